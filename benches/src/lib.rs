@@ -1,0 +1,1 @@
+//! Benchmarks of fog against peer tools.

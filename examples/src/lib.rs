@@ -1,0 +1,1 @@
+//! Examples of fogcore as a library; see `examples/`.

@@ -1,0 +1,149 @@
+//! Chunks: pieces of a partition's used data, cut by FastCDC, named by BLAKE3, stored compressed.
+//!
+//! The stored form of a chunk is one tag byte and a payload: [`TAG_RAW`] (incompressible data is
+//! kept as is, so deploy skips a useless decompression) or [`TAG_ZSTD`]. Every decode checks the
+//! hash, so a wrong byte can never reach a disk.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{Error, Result};
+
+/// FastCDC minimum chunk size. Cut points are what dedupe matches on: changing these (or the
+/// fastcdc version, pinned exactly) makes old and new images share nothing.
+pub const MIN_SIZE: u32 = 4 * 1024;
+/// FastCDC average chunk size. Small enough that a scattered 4 KiB change costs little, large
+/// enough that per-chunk overhead stays low (see the decisions in DESIGN.md).
+pub const AVG_SIZE: u32 = 16 * 1024;
+/// FastCDC maximum chunk size.
+pub const MAX_SIZE: u32 = 64 * 1024;
+
+/// zstd level for new chunks: level 3 is what `zstd -3` (FOG's and Clonezilla's default) uses.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// Stored payload is the plain data.
+pub const TAG_RAW: u8 = 0;
+/// Stored payload is one zstd frame.
+pub const TAG_ZSTD: u8 = 1;
+
+/// The name of a chunk: BLAKE3 of its plain bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// The id of `data`.
+    pub fn of(data: &[u8]) -> ChunkId {
+        ChunkId(*blake3::hash(data).as_bytes())
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", self.to_hex())
+    }
+}
+
+impl FromStr for ChunkId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(s, &mut id).map_err(|_| Error::InvalidInput(format!("{s:?} is not a chunk id")))?;
+        Ok(ChunkId(id))
+    }
+}
+
+/// The stored form of `data`: compressed when that saves at least 1/32 of it.
+pub fn encode(data: &[u8]) -> Vec<u8> {
+    if let Ok(compressed) = zstd::bulk::compress(data, ZSTD_LEVEL)
+        && compressed.len() + data.len() / 32 < data.len()
+    {
+        let mut out = Vec::with_capacity(compressed.len() + 1);
+        out.push(TAG_ZSTD);
+        out.extend_from_slice(&compressed);
+        return out;
+    }
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(TAG_RAW);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Decodes a stored chunk and checks it is `id` of `len` bytes. The error says what was wrong;
+/// callers wrap it with the image name.
+pub fn decode(id: &ChunkId, stored: &[u8], len: u32) -> std::result::Result<Vec<u8>, String> {
+    let (tag, payload) = stored.split_first().ok_or("empty chunk file")?;
+    let data = match *tag {
+        TAG_RAW => payload.to_vec(),
+        TAG_ZSTD => zstd::bulk::decompress(payload, len as usize).map_err(|e| format!("zstd: {e}"))?,
+        other => return Err(format!("unknown encoding tag {other}")),
+    };
+    if data.len() != len as usize {
+        return Err(format!("{} bytes, expected {len}", data.len()));
+    }
+    if ChunkId::of(&data) != *id {
+        return Err("content does not match its hash".into());
+    }
+    Ok(data)
+}
+
+/// Where chunks come from: a local store, or a remote node.
+pub trait ChunkSource: Send + Sync {
+    /// The stored (encoded) bytes of `id`, or `None` when absent.
+    fn get_encoded(&self, id: &ChunkId) -> Result<Option<Vec<u8>>>;
+}
+
+/// Where chunks go: a store being written.
+pub trait ChunkSink: Send + Sync {
+    /// True when the sink already holds `id` (so it need not be compressed or sent).
+    fn has(&self, id: &ChunkId) -> Result<bool>;
+    /// Stores the encoded bytes of `id`. Returns false when it was already there.
+    fn put_encoded(&self, id: &ChunkId, stored: &[u8]) -> Result<bool>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_compressible_and_random_data() {
+        let text = b"fog fog fog fog ".repeat(1000);
+        let random: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for data in [&text[..], &random[..], &[][..]] {
+            let id = ChunkId::of(data);
+            let stored = encode(data);
+            assert_eq!(decode(&id, &stored, data.len() as u32).as_deref(), Ok(data));
+        }
+        assert_eq!(encode(&text)[0], TAG_ZSTD);
+    }
+
+    #[test]
+    fn rejects_a_flipped_byte() {
+        let data = b"hello world".repeat(100);
+        let id = ChunkId::of(&data);
+        let mut stored = encode(&data);
+        stored[0] = TAG_RAW;
+        stored.truncate(1);
+        stored.extend_from_slice(&data);
+        let last = stored.len() - 1;
+        stored[last] ^= 1;
+        assert!(decode(&id, &stored, data.len() as u32).is_err());
+    }
+
+    #[test]
+    fn parses_its_own_hex() {
+        let id = ChunkId::of(b"x");
+        assert_eq!(id.to_hex().parse::<ChunkId>().ok(), Some(id));
+        assert!("zz".parse::<ChunkId>().is_err());
+    }
+}

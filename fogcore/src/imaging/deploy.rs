@@ -1,0 +1,292 @@
+//! Deploy: manifest -> checks against the target -> per region: chunk ids -> source -> verify ->
+//! decompress -> write extents (skipping zeros on a fresh target) -> partition table adapted to
+//! the target -> optional read-back verify.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::chunk::{self, ChunkSource};
+use super::disk::{Disk, ReadAt};
+use super::extent::Extent;
+use super::fs::Filesystem;
+use super::manifest::{ChunkRef, Manifest, Region};
+use super::partition::{self, TableKind};
+use super::store::Store;
+use crate::progress::Progress;
+use crate::{Error, Result};
+
+/// Options of a deploy.
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    /// Read the written extents back and compare them with the image.
+    pub verify: bool,
+    /// Worker threads (all cores when unset).
+    pub threads: Option<usize>,
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployReport {
+    /// Image deployed.
+    pub name: String,
+    /// Target written.
+    pub target: String,
+    /// Target size in bytes.
+    pub target_size: u64,
+    /// Bytes of image data (used extents) deployed.
+    pub data_bytes: u64,
+    /// Bytes actually written (zero chunks are skipped on a fresh target).
+    pub bytes_written: u64,
+    /// Chunks read and checked.
+    pub chunks: u64,
+    /// True when the written data was read back and matched.
+    pub verified: bool,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// Deploys image `name` from `store` to `target` (an image file, created if absent, or a block
+/// device).
+pub fn deploy(store: &Store, name: &str, target: &Path, options: &DeployOptions, progress: &dyn Progress) -> Result<DeployReport> {
+    let _lock = store.lock_shared()?;
+    let manifest = store.manifest(name)?;
+    deploy_manifest(store, &manifest, target, options, progress)
+}
+
+/// Deploys an opened manifest with chunks from any [`ChunkSource`] (a store, a remote node).
+pub fn deploy_manifest(
+    source: &dyn ChunkSource,
+    manifest: &Manifest,
+    target_path: &Path,
+    options: &DeployOptions,
+    progress: &dyn Progress,
+) -> Result<DeployReport> {
+    let started = Instant::now();
+    manifest.check()?;
+    let header = &manifest.header;
+    let layout = &header.layout;
+    let target = Disk::open_target(target_path, layout.disk_size)?;
+    if target.is_block_device() && target.sector_size() != layout.sector_size {
+        return Err(Error::SectorSizeMismatch {
+            path: target_path.into(),
+            target: target.sector_size(),
+            image: layout.sector_size,
+        });
+    }
+    let needed = layout.min_target_size();
+    if target.size() < needed {
+        return Err(Error::TargetTooSmall {
+            path: target_path.into(),
+            size: target.size(),
+            needed,
+        });
+    }
+    if layout.table == TableKind::Gpt && target.size() % u64::from(layout.sector_size) != 0 {
+        return Err(Error::InvalidInput(format!(
+            "target {} is {} bytes, not a whole number of {}-byte sectors",
+            target_path.display(),
+            target.size(),
+            layout.sector_size
+        )));
+    }
+    let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+    // Captured bytes outside partitions past this point (only zeros or junk after the last
+    // partition) do not fit a smaller target and are not needed.
+    let writable_end = target.size() - if layout.table == TableKind::Gpt { layout.backup_gpt_len } else { 0 };
+
+    progress.start("deploy", header.data_bytes);
+    let written = AtomicU64::new(0);
+    for region in &header.regions {
+        let extents = manifest.extents(region)?;
+        let map = StreamMap::new(region.offset, &extents);
+        for_each_chunk(manifest, region, threads, |chunk, stream_offset| {
+            let stored = source.get_encoded(&chunk.id)?.ok_or_else(|| Error::ChunkMissing {
+                image: header.name.clone(),
+                chunk: chunk.id.to_hex(),
+            })?;
+            let data = chunk::decode(&chunk.id, &stored, chunk.len).map_err(|reason| Error::ChunkCorrupt {
+                image: header.name.clone(),
+                chunk: chunk.id.to_hex(),
+                reason,
+            })?;
+            progress.advance(u64::from(chunk.len));
+            if target.is_fresh() && data.iter().all(|&b| b == 0) {
+                return Ok(());
+            }
+            map.for_each_piece(stream_offset, data.len() as u64, |disk_offset, from, len| {
+                let len = len.min(writable_end.saturating_sub(disk_offset));
+                if len == 0 {
+                    return Ok(());
+                }
+                let piece = data.get(from as usize..(from + len) as usize).unwrap_or_default();
+                target.write_all_at(piece, disk_offset)?;
+                written.fetch_add(len, Ordering::Relaxed);
+                Ok(())
+            })
+        })?;
+        if let Filesystem::Swap(swap) = &region.filesystem {
+            target.write_all_at(&swap.build(region.len), region.offset)?;
+        }
+    }
+    if layout.table == TableKind::Gpt {
+        for (offset, bytes) in partition::relocate_gpt(&target, layout.sector_size, target.size())?.writes {
+            target.write_all_at(&bytes, offset)?;
+        }
+    }
+    target.sync()?;
+    progress.finish();
+
+    if options.verify {
+        verify_target(manifest, &target, threads, progress)?;
+    }
+    Ok(DeployReport {
+        name: header.name.clone(),
+        target: target_path.display().to_string(),
+        target_size: target.size(),
+        data_bytes: header.data_bytes,
+        bytes_written: written.into_inner(),
+        chunks: header.chunk_count,
+        verified: options.verify,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Reads every chunk's bytes back from the target and checks their hash.
+pub fn verify_target(manifest: &Manifest, target: &Disk, threads: usize, progress: &dyn Progress) -> Result<()> {
+    let header = &manifest.header;
+    let writable_end = target.size() - if header.layout.table == TableKind::Gpt { header.layout.backup_gpt_len } else { 0 };
+    progress.start("verify", header.data_bytes);
+    for region in &header.regions {
+        let extents = manifest.extents(region)?;
+        let map = StreamMap::new(region.offset, &extents);
+        for_each_chunk(manifest, region, threads, |chunk, stream_offset| {
+            let mut data = vec![0u8; chunk.len as usize];
+            let mut first_disk_offset = None;
+            let mut clipped = false;
+            map.for_each_piece(stream_offset, u64::from(chunk.len), |disk_offset, from, len| {
+                first_disk_offset.get_or_insert(disk_offset);
+                if disk_offset + len > writable_end {
+                    clipped = true;
+                    return Ok(());
+                }
+                let piece = data.get_mut(from as usize..(from + len) as usize).unwrap_or_default();
+                target.read_exact_at(piece, disk_offset)
+            })?;
+            progress.advance(u64::from(chunk.len));
+            if !clipped && chunk::ChunkId::of(&data) != chunk.id {
+                return Err(Error::VerifyMismatch {
+                    path: target.path().into(),
+                    image: header.name.clone(),
+                    offset: first_disk_offset.unwrap_or(region.offset),
+                });
+            }
+            Ok(())
+        })?;
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// Runs `work(chunk, stream offset)` for every chunk of a region on `threads` threads; stops at
+/// the first error and returns it.
+fn for_each_chunk(
+    manifest: &Manifest,
+    region: &Region,
+    threads: usize,
+    work: impl Fn(&ChunkRef, u64) -> Result<()> + Sync,
+) -> Result<()> {
+    let stop = AtomicBool::new(false);
+    let failure = Mutex::new(None);
+    let (tx, rx) = crossbeam_channel::bounded::<(ChunkRef, u64)>(threads * 16);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let rx = rx.clone();
+            let (work, stop, failure) = (&work, &stop, &failure);
+            scope.spawn(move || {
+                for (chunk, offset) in rx {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Err(e) = work(&chunk, offset) {
+                        stop.store(true, Ordering::Relaxed);
+                        if let Ok(mut slot) = failure.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+        drop(rx);
+        let mut offset = 0u64;
+        for chunk in manifest.chunks(region) {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match chunk {
+                Ok(chunk) => {
+                    let len = u64::from(chunk.len);
+                    if tx.send((chunk, offset)).is_err() {
+                        break;
+                    }
+                    offset += len;
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    if let Ok(mut slot) = failure.lock() {
+                        slot.get_or_insert(e);
+                    }
+                    break;
+                }
+            }
+        }
+    });
+    match failure.into_inner() {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Maps offsets in a region's data stream (its extents laid end to end) to disk offsets.
+struct StreamMap<'a> {
+    base: u64,
+    extents: &'a [Extent],
+    starts: Vec<u64>,
+}
+
+impl<'a> StreamMap<'a> {
+    fn new(base: u64, extents: &'a [Extent]) -> Self {
+        let mut pos = 0;
+        let starts = extents
+            .iter()
+            .map(|e| {
+                let s = pos;
+                pos += e.len;
+                s
+            })
+            .collect();
+        StreamMap { base, extents, starts }
+    }
+
+    /// Calls `f(disk offset, offset within the piece of data, length)` for each contiguous piece of
+    /// the stream range `[offset, offset+len)`.
+    fn for_each_piece(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, u64) -> Result<()>) -> Result<()> {
+        let mut i = self.starts.partition_point(|&s| s <= offset).saturating_sub(1);
+        let mut done = 0;
+        while done < len {
+            let (Some(extent), Some(&start)) = (self.extents.get(i), self.starts.get(i)) else {
+                return Err(Error::InvalidInput("image chunks run past their extents (damaged manifest)".into()));
+            };
+            let within = offset + done - start;
+            let n = (extent.len - within).min(len - done);
+            f(self.base + extent.offset + within, done, n)?;
+            done += n;
+            i += 1;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! Imaging: disks, partition tables, used-block maps, chunks, the store, capture and deploy.
+
+pub mod capture;
+pub mod chunk;
+pub mod deploy;
+pub mod disk;
+pub mod extent;
+pub mod fs;
+pub mod manifest;
+pub mod partition;
+pub mod store;
