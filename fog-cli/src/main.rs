@@ -1,1 +1,182 @@
-fn main() {}
+//! `fog`: the command line of fog. Flags, progress bars and exit codes; the work is in fogcore.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fogcore::imaging::{capture, demo, deploy, store::Store};
+use fogcore::Error;
+use serde_json::json;
+
+mod bar;
+mod print;
+
+/// Exit code for bad input: a wrong path, name or argument.
+const EXIT_BAD_INPUT: u8 = 2;
+/// Exit code for a failure underneath: I/O, a damaged store, a failed verify.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "fog", version, about = "Network imaging: capture, store and deploy disk images")]
+struct Cli {
+    /// Image store directory [default: $XDG_DATA_HOME/fog/store]
+    #[arg(long, global = true, env = "FOG_STORE")]
+    store: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text and bars
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a sample disk, capture it, deploy it, verify it, and show what happened
+    Demo {
+        /// Directory for the demo's disks and store [default: $XDG_DATA_HOME/fog/demo]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Images in the store
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// The store itself
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Capture a disk image file or block device
+    Capture {
+        /// Disk image file or block device
+        source: PathBuf,
+        /// Image name
+        #[arg(long)]
+        name: String,
+        /// Logical sector size of an image file (detected from its GPT when not given)
+        #[arg(long)]
+        sector_size: Option<u32>,
+    },
+    /// Deploy an image to a disk image file (created if absent) or block device
+    Deploy {
+        /// Image name
+        name: String,
+        /// Target disk image file or block device
+        target: PathBuf,
+        /// Read the written data back and compare it with the image
+        #[arg(long)]
+        verify: bool,
+    },
+    /// List images
+    Ls,
+    /// Show an image's layout and regions
+    Info {
+        /// Image name
+        name: String,
+    },
+    /// Remove an image (its chunks stay until `fog store gc`)
+    Rm {
+        /// Image name
+        name: String,
+    },
+    /// Check an image's manifest and that every chunk it needs is in the store
+    Verify {
+        /// Image name
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Remove chunks no image uses and leftovers of interrupted captures
+    Gc,
+    /// Check every chunk against its hash and every image's references
+    Verify,
+    /// Count images, chunks and bytes
+    Stats,
+}
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("fog")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if cli.json {
+                println!("{}", json!({ "error": e.to_string(), "bad_input": e.is_bad_input() }));
+            } else {
+                eprintln!("fog: {e}");
+            }
+            ExitCode::from(if e.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_FAILURE })
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), Error> {
+    let store_dir = || cli.store.clone().unwrap_or_else(|| data_dir().join("store"));
+    let progress = bar::Bar::new(cli.json);
+    let out = print::Out { json: cli.json };
+    match &cli.command {
+        Command::Demo { dir } => {
+            let dir = dir.clone().unwrap_or_else(|| data_dir().join("demo"));
+            let report = demo::run(&dir, &progress)?;
+            out.demo(&report);
+        }
+        Command::Image(cmd) => {
+            let store = Store::open(store_dir())?;
+            match cmd {
+                ImageCommand::Capture { source, name, sector_size } => {
+                    let options = capture::CaptureOptions { sector_size: *sector_size, threads: None };
+                    let report = capture::capture(&store, source, name, &options, &progress)?;
+                    out.capture(&report);
+                }
+                ImageCommand::Deploy { name, target, verify } => {
+                    let options = deploy::DeployOptions { verify: *verify, threads: None };
+                    let report = deploy::deploy(&store, name, target, &options, &progress)?;
+                    out.deploy(&report);
+                }
+                ImageCommand::Ls => out.images(&store.images()?),
+                ImageCommand::Info { name } => out.info(&store.manifest(name)?.header),
+                ImageCommand::Rm { name } => {
+                    store.remove_image(name)?;
+                    out.done(&format!("removed image {name}"));
+                }
+                ImageCommand::Verify { name } => {
+                    store.verify_image_refs(name)?;
+                    out.done(&format!("image {name}: manifest intact, every chunk present"));
+                }
+            }
+        }
+        Command::Store(cmd) => {
+            let store = Store::open(store_dir())?;
+            match cmd {
+                StoreCommand::Gc => out.gc(&store.gc()?),
+                StoreCommand::Verify => {
+                    let report = store.verify()?;
+                    out.store_verify(&report);
+                    if !report.is_ok() {
+                        return Err(Error::ChunkCorrupt {
+                            image: "store".into(),
+                            chunk: report.corrupt.first().cloned().unwrap_or_else(|| "-".into()),
+                            reason: format!(
+                                "{} corrupt chunks, {} damaged images",
+                                report.corrupt.len(),
+                                report.image_errors.len()
+                            ),
+                        });
+                    }
+                }
+                StoreCommand::Stats => out.stats(&store.stats()?),
+            }
+        }
+    }
+    Ok(())
+}

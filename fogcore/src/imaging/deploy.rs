@@ -104,15 +104,7 @@ pub fn deploy_manifest(
         let extents = manifest.extents(region)?;
         let map = StreamMap::new(region.offset, &extents);
         for_each_chunk(manifest, region, threads, |chunk, stream_offset| {
-            let stored = source.get_encoded(&chunk.id)?.ok_or_else(|| Error::ChunkMissing {
-                image: header.name.clone(),
-                chunk: chunk.id.to_hex(),
-            })?;
-            let data = chunk::decode(&chunk.id, &stored, chunk.len).map_err(|reason| Error::ChunkCorrupt {
-                image: header.name.clone(),
-                chunk: chunk.id.to_hex(),
-                reason,
-            })?;
+            let data = load_chunk(source, &header.name, chunk)?;
             progress.advance(u64::from(chunk.len));
             if target.is_fresh() && data.iter().all(|&b| b == 0) {
                 return Ok(());
@@ -132,16 +124,20 @@ pub fn deploy_manifest(
             target.write_all_at(&swap.build(region.len), region.offset)?;
         }
     }
-    if layout.table == TableKind::Gpt {
-        for (offset, bytes) in partition::relocate_gpt(&target, layout.sector_size, target.size())?.writes {
-            target.write_all_at(&bytes, offset)?;
-        }
+    // Bytes deploy writes over the captured ones: the GPT moved to the target's end.
+    let patches = if layout.table == TableKind::Gpt {
+        partition::relocate_gpt(&target, layout.sector_size, target.size())?.writes
+    } else {
+        Vec::new()
+    };
+    for (offset, bytes) in &patches {
+        target.write_all_at(bytes, *offset)?;
     }
     target.sync()?;
     progress.finish();
 
     if options.verify {
-        verify_target(manifest, &target, threads, progress)?;
+        verify_target(source, manifest, &target, &patches, threads, progress)?;
     }
     Ok(DeployReport {
         name: header.name.clone(),
@@ -155,8 +151,17 @@ pub fn deploy_manifest(
     })
 }
 
-/// Reads every chunk's bytes back from the target and checks their hash.
-pub fn verify_target(manifest: &Manifest, target: &Disk, threads: usize, progress: &dyn Progress) -> Result<()> {
+/// Reads every chunk's bytes back from the target and checks their hash. A chunk that deploy
+/// partly overwrote (`patches`: the relocated GPT header, the protective MBR's size) is compared
+/// with its stored content with those patches applied.
+pub fn verify_target(
+    source: &dyn ChunkSource,
+    manifest: &Manifest,
+    target: &Disk,
+    patches: &[(u64, Vec<u8>)],
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<()> {
     let header = &manifest.header;
     let writable_end = target.size() - if header.layout.table == TableKind::Gpt { header.layout.backup_gpt_len } else { 0 };
     progress.start("verify", header.data_bytes);
@@ -164,31 +169,68 @@ pub fn verify_target(manifest: &Manifest, target: &Disk, threads: usize, progres
         let extents = manifest.extents(region)?;
         let map = StreamMap::new(region.offset, &extents);
         for_each_chunk(manifest, region, threads, |chunk, stream_offset| {
-            let mut data = vec![0u8; chunk.len as usize];
-            let mut first_disk_offset = None;
-            let mut clipped = false;
-            map.for_each_piece(stream_offset, u64::from(chunk.len), |disk_offset, from, len| {
-                first_disk_offset.get_or_insert(disk_offset);
-                if disk_offset + len > writable_end {
-                    clipped = true;
-                    return Ok(());
-                }
-                let piece = data.get_mut(from as usize..(from + len) as usize).unwrap_or_default();
-                target.read_exact_at(piece, disk_offset)
-            })?;
             progress.advance(u64::from(chunk.len));
-            if !clipped && chunk::ChunkId::of(&data) != chunk.id {
-                return Err(Error::VerifyMismatch {
+            let mut pieces = Vec::new();
+            map.for_each_piece(stream_offset, u64::from(chunk.len), |disk_offset, from, len| {
+                pieces.push((disk_offset, from, len));
+                Ok(())
+            })?;
+            if pieces.iter().any(|&(disk_offset, _, len)| disk_offset + len > writable_end) {
+                return Ok(()); // past a smaller target's end: deploy did not write it either
+            }
+            let mut written = vec![0u8; chunk.len as usize];
+            for &(disk_offset, from, len) in &pieces {
+                let piece = written.get_mut(from as usize..(from + len) as usize).unwrap_or_default();
+                target.read_exact_at(piece, disk_offset)?;
+            }
+            let patched = |&(disk_offset, _, len): &(u64, u64, u64)| {
+                patches.iter().any(|(at, bytes)| *at < disk_offset + len && disk_offset < at + bytes.len() as u64)
+            };
+            let matches = if pieces.iter().any(patched) {
+                let mut expected = load_chunk(source, &header.name, chunk)?;
+                for &(disk_offset, from, len) in &pieces {
+                    for (at, bytes) in patches {
+                        let start = disk_offset.max(*at);
+                        let end = (disk_offset + len).min(at + bytes.len() as u64);
+                        if start < end {
+                            let dst = (from + start - disk_offset) as usize..(from + end - disk_offset) as usize;
+                            let src = (start - at) as usize..(end - at) as usize;
+                            if let (Some(d), Some(s)) = (expected.get_mut(dst), bytes.get(src)) {
+                                d.copy_from_slice(s);
+                            }
+                        }
+                    }
+                }
+                expected == written
+            } else {
+                chunk::ChunkId::of(&written) == chunk.id
+            };
+            if matches {
+                Ok(())
+            } else {
+                Err(Error::VerifyMismatch {
                     path: target.path().into(),
                     image: header.name.clone(),
-                    offset: first_disk_offset.unwrap_or(region.offset),
-                });
+                    offset: pieces.first().map_or(region.offset, |p| p.0),
+                })
             }
-            Ok(())
         })?;
     }
     progress.finish();
     Ok(())
+}
+
+/// Fetches and checks one chunk of image `image`.
+fn load_chunk(source: &dyn ChunkSource, image: &str, chunk: &ChunkRef) -> Result<Vec<u8>> {
+    let stored = source.get_encoded(&chunk.id)?.ok_or_else(|| Error::ChunkMissing {
+        image: image.into(),
+        chunk: chunk.id.to_hex(),
+    })?;
+    chunk::decode(&chunk.id, &stored, chunk.len).map_err(|reason| Error::ChunkCorrupt {
+        image: image.into(),
+        chunk: chunk.id.to_hex(),
+        reason,
+    })
 }
 
 /// Runs `work(chunk, stream offset)` for every chunk of a region on `threads` threads; stops at
@@ -244,6 +286,7 @@ fn for_each_chunk(
                 }
             }
         }
+        drop(tx); // lets the workers' loops end before the scope joins them
     });
     match failure.into_inner() {
         Ok(Some(e)) => Err(e),

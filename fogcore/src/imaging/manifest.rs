@@ -158,8 +158,8 @@ impl ManifestWriter {
     pub fn finish(mut self, header: &Header) -> Result<()> {
         let json = serde_json::to_vec(header).map_err(|e| Error::InvalidInput(format!("manifest header: {e}")))?;
         self.write(&json)?;
-        self.write(&(json.len() as u64).to_le_bytes())?;
         let hash = *self.hasher.finalize().as_bytes();
+        self.out.write_all(&(json.len() as u64).to_le_bytes()).at(&self.path)?;
         self.out.write_all(&hash).at(&self.path)?;
         self.out.write_all(MAGIC).at(&self.path)?;
         let file = self.out.into_inner().map_err(|e| Error::io(&self.path, e.into_error()))?;

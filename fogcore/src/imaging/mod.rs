@@ -2,10 +2,12 @@
 
 pub mod capture;
 pub mod chunk;
+pub mod demo;
 pub mod deploy;
 pub mod disk;
 pub mod extent;
 pub mod fs;
 pub mod manifest;
 pub mod partition;
+pub mod sample;
 pub mod store;

@@ -317,7 +317,7 @@ impl Store {
         let _lock = self.lock_shared()?;
         let mut report = VerifyReport::default();
         let mut batch: Vec<(ChunkId, PathBuf)> = Vec::new();
-        let mut check_batch = |batch: &mut Vec<(ChunkId, PathBuf)>, report: &mut VerifyReport| {
+        let check_batch = |batch: &mut Vec<(ChunkId, PathBuf)>, report: &mut VerifyReport| {
             let bad: Vec<String> = batch
                 .par_iter()
                 .filter(|(id, path)| {

@@ -8,6 +8,9 @@
 //! FAT12, fewer than 65525 is FAT16. A BPB in FAT32 form (16-bit FAT size zero, 32-bit FAT size
 //! set) is FAT32 whatever its cluster count, as the Windows and Linux drivers read it: `mkfs.fat
 //! -F 32` makes such volumes below 65525 clusters.
+//!
+//! `probe` accepts only a BPB that is consistent throughout (geometry inside the device, a FAT
+//! large enough for the clusters); anything else is left to raw capture.
 
 use crate::imaging::disk::{ReadAt, le};
 use crate::imaging::extent::{Extent, ExtentList};
@@ -111,8 +114,16 @@ fn read_boot_sector(dev: &dyn ReadAt) -> Result<Option<[u8; 512]>> {
 /// Checks the BPB and works out the layout; the error is the reason it is not a usable FAT.
 fn parse_boot_sector(boot: &[u8], dev_size: u64) -> std::result::Result<Geometry, String> {
     let byte = |off: usize| boot.get(off).copied().ok_or("boot sector too short");
-    let u16_at = |off: usize| le::u16(boot, off).map(u64::from).ok_or("boot sector too short");
-    let u32_at = |off: usize| le::u32(boot, off).map(u64::from).ok_or("boot sector too short");
+    let u16_at = |off: usize| {
+        le::u16(boot, off)
+            .map(u64::from)
+            .ok_or("boot sector too short")
+    };
+    let u32_at = |off: usize| {
+        le::u32(boot, off)
+            .map(u64::from)
+            .ok_or("boot sector too short")
+    };
 
     if u16_at(SIGNATURE_OFFSET)? != 0xAA55 {
         return Err("no 55 AA boot sector signature".into());
@@ -292,5 +303,567 @@ fn fat_entry(buf: &[u8], kind: FatType, i: u64) -> Option<u32> {
         }
         FatType::Fat16 => le::u16(buf, i * 2).map(u32::from),
         FatType::Fat32 => le::u32(buf, i * 4).map(|e| e & 0x0FFF_FFFF),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::imaging::disk::Disk;
+    use crate::imaging::extent::total_len;
+
+    const INSTALL: &str = "apt-get install -y dosfstools mtools";
+
+    /// The path of an external tool; the test fails when it is not installed.
+    fn tool(name: &str) -> PathBuf {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{name} is not installed; these tests need it: {INSTALL}"))
+    }
+
+    fn run(name: &str, args: &[&str]) -> Output {
+        Command::new(tool(name))
+            .args(args)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+    }
+
+    fn run_ok(name: &str, args: &[&str]) -> String {
+        let out = run(name, args);
+        assert!(
+            out.status.success(),
+            "{name} {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn s(p: &Path) -> &str {
+        p.to_str().expect("temporary paths are UTF-8")
+    }
+
+    /// Writes `size` pseudo-random bytes to `root/rel`, creating directories, and returns them.
+    fn write_file(root: &Path, rel: &str, size: usize, rng: &mut StdRng) -> Vec<u8> {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().expect("file has a parent")).expect("mkdir");
+        let mut data = vec![0u8; size];
+        rng.fill(&mut data[..]);
+        std::fs::write(&path, &data).expect("write source file");
+        data
+    }
+
+    /// Copies only `extents` of `src` into a new sparse, zero-filled file of the same size.
+    fn copy_extents(src: &Path, extents: &[Extent], dst: &Path) {
+        let src = File::open(src).expect("open source image");
+        let size = src.metadata().expect("stat source image").len();
+        let dst = File::create(dst).expect("create copy");
+        dst.set_len(size).expect("size copy");
+        let mut buf = vec![0u8; 1 << 20];
+        for e in extents {
+            let mut at = e.offset;
+            while at < e.end() {
+                let n = (e.end() - at).min(buf.len() as u64) as usize;
+                src.read_exact_at(&mut buf[..n], at).expect("read extent");
+                dst.write_all_at(&buf[..n], at).expect("write extent");
+                at += n as u64;
+            }
+        }
+    }
+
+    /// What a user would check: fsck finds nothing wrong and every file reads back the same.
+    /// `restore_total` puts back the original total sector count after fsck, for volumes whose
+    /// BPB was shrunk to a size mtools cannot read.
+    fn check_copy(
+        copy: &Path,
+        files: &[(String, Vec<u8>)],
+        work: &Path,
+        restore_total: Option<u32>,
+    ) -> std::result::Result<(), String> {
+        let fsck = run("fsck.vfat", &["-n", s(copy)]);
+        if !fsck.status.success() {
+            return Err(format!(
+                "fsck.vfat -n failed ({}): {}{}",
+                fsck.status,
+                String::from_utf8_lossy(&fsck.stdout),
+                String::from_utf8_lossy(&fsck.stderr)
+            ));
+        }
+        if let Some(total) = restore_total {
+            set_total_sectors(copy, total);
+        }
+        for (i, (name, data)) in files.iter().enumerate() {
+            let out = work.join(format!("readback-{i}"));
+            let _ = std::fs::remove_file(&out);
+            let mcopy = run(
+                "mcopy",
+                &["-n", "-i", s(copy), &format!("::/{name}"), s(&out)],
+            );
+            if !mcopy.status.success() {
+                return Err(format!(
+                    "mcopy of {name} failed: {}",
+                    String::from_utf8_lossy(&mcopy.stderr)
+                ));
+            }
+            if std::fs::read(&out).map_err(|e| e.to_string())? != *data {
+                return Err(format!("{name} reads back different"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the 32-bit total sector count of a FAT32 volume with 512-byte sectors in its boot
+    /// sector and backup boot sector, and marks the FSInfo free count unknown.
+    fn set_total_sectors(img: &Path, total: u32) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(img)
+            .expect("open image for patching");
+        for sector in [0u64, 6] {
+            f.write_all_at(&total.to_le_bytes(), sector * 512 + 32)
+                .expect("patch total sectors");
+        }
+        f.write_all_at(&[0xFF; 8], 512 + 488).expect("patch FSInfo");
+    }
+
+    /// (data area offset, cluster size, used clusters) as fsck.vfat -v counts them.
+    fn fsck_counts(img: &Path) -> (u64, u64, u64) {
+        let out = run_ok("fsck.vfat", &["-n", "-v", s(img)]);
+        let number_before = |marker: &str| -> u64 {
+            let line = out
+                .lines()
+                .find(|l| l.contains(marker))
+                .unwrap_or_else(|| panic!("no {marker:?} in {out}"));
+            line.split_whitespace()
+                .next()
+                .and_then(|w| w.parse().ok())
+                .expect("a number")
+        };
+        let data_start = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Data area starts at byte "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no data area offset in {out}"));
+        let cluster_size = number_before("bytes per cluster");
+        let used = out
+            .lines()
+            .find(|l| l.ends_with(" clusters") && l.contains(" files, "))
+            .and_then(|l| l.rsplit(", ").next())
+            .and_then(|w| w.split('/').next())
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no cluster count in {out}"));
+        (data_start, cluster_size, used)
+    }
+
+    fn assert_sorted_disjoint(extents: &[Extent], size: u64) {
+        for pair in extents.windows(2) {
+            assert!(
+                pair[0].end() < pair[1].offset,
+                "extents overlap or touch: {pair:?}"
+            );
+        }
+        for e in extents {
+            assert!(
+                e.len > 0 && e.end() <= size,
+                "bad extent {e:?} on a {size}-byte device"
+            );
+        }
+    }
+
+    /// Makes a FAT image, fills it, deletes a file in the middle, and checks the used map.
+    fn round_trip(
+        fat_bits: u32,
+        size_kb: u64,
+        mkfs_extra: &[&str],
+        file_sizes: &[usize],
+        expect: FatType,
+        shrink_to: Option<u64>,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = dir.path();
+        let img = work.join("fat.img");
+        let mut args = vec!["-F".to_string(), fat_bits.to_string()];
+        args.extend(mkfs_extra.iter().map(|a| a.to_string()));
+        args.extend(["-C".to_string(), s(&img).to_string(), size_kb.to_string()]);
+        run_ok(
+            "mkfs.vfat",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+
+        // Files at the top, in a directory and two levels down; "victim" is deleted later.
+        let src = work.join("src");
+        let mut rng = StdRng::seed_from_u64(u64::from(fat_bits) * 1000 + size_kb);
+        let mut files = Vec::new();
+        for (i, &size) in file_sizes.iter().enumerate() {
+            let rel = match i % 3 {
+                0 => format!("top{i}.bin"),
+                1 => format!("docs/file{i}.dat"),
+                _ => format!("docs/deep/er/f{i}.bin"),
+            };
+            let data = write_file(&src, &rel, size, &mut rng);
+            files.push((rel, data));
+        }
+        let victim = write_file(
+            &src,
+            "victim.bin",
+            file_sizes.iter().max().copied().unwrap_or(1000),
+            &mut rng,
+        );
+        let mut mcopy_args = vec!["-s", "-Q", "-i", s(&img)];
+        // victim.bin goes in before the last files so its clusters sit in the middle.
+        let top0 = src.join("top0.bin");
+        let victim_path = src.join("victim.bin");
+        let docs = src.join("docs");
+        mcopy_args.extend([s(&top0), s(&victim_path), s(&docs), "::/"]);
+        run_ok("mcopy", &mcopy_args);
+        for (rel, _) in &files {
+            if !rel.starts_with("docs/") && rel != "top0.bin" {
+                run_ok(
+                    "mcopy",
+                    &["-i", s(&img), s(&src.join(rel)), &format!("::/{rel}")],
+                );
+            }
+        }
+
+        let disk = Disk::open(&img).expect("open image");
+        assert!(
+            probe(&disk).expect("probe"),
+            "probe does not recognise {fat_bits}-bit FAT"
+        );
+        let boot = read_boot_sector(&disk).expect("read").expect("boot sector");
+        let size = disk.size();
+        let with_victim = used_extents(&disk).expect("used extents before delete");
+        drop(disk);
+
+        run_ok("mdel", &["-i", s(&img), "::/victim.bin"]);
+        let mut restore_total = None;
+        if let Some(clusters) = shrink_to {
+            let g = parse_boot_sector(&boot, size).expect("geometry");
+            assert_eq!(le::u16(&boot, 11), Some(512));
+            restore_total = le::u32(&boot, 32);
+            let total = (g.data_offset / 512 + clusters * g.cluster_size / 512) as u32;
+            set_total_sectors(&img, total);
+        }
+        let disk = Disk::open(&img).expect("open image");
+        let boot = read_boot_sector(&disk).expect("read").expect("boot sector");
+        let g = parse_boot_sector(&boot, disk.size()).expect("geometry");
+        assert_eq!(g.kind, expect);
+        if let Some(clusters) = shrink_to {
+            assert_eq!(g.clusters, clusters);
+        }
+        let extents = used_extents(&disk).expect("used extents");
+        assert_sorted_disjoint(&extents, size);
+        let used = total_len(&extents);
+        let before = total_len(&with_victim);
+        assert!(
+            used + victim.len() as u64 <= before,
+            "deleting {} bytes took used from {before} only to {used}",
+            victim.len()
+        );
+        assert!(
+            extents.len() >= 2,
+            "no free space in the middle after delete: {extents:?}"
+        );
+        assert!(
+            used < size / 2,
+            "{used} of {size} bytes used on a mostly empty volume"
+        );
+
+        // The same total, counted independently by fsck.vfat.
+        let (data_start, cluster_size, used_clusters) = fsck_counts(&img);
+        assert_eq!(
+            used,
+            data_start + used_clusters * cluster_size,
+            "used bytes differ from fsck.vfat's count"
+        );
+        assert_eq!(extents.first().map(|e| e.offset), Some(0));
+        assert!(
+            extents.first().is_some_and(|e| e.len >= data_start),
+            "metadata regions not all kept"
+        );
+
+        // Tiny chunks give the same map (FAT12 entries straddle bytes and chunk ends).
+        for chunk in [1, 3, 5, 7, 12] {
+            assert_eq!(
+                used_extents_in_chunks(&disk, chunk).expect("chunked"),
+                extents,
+                "chunk {chunk}"
+            );
+        }
+
+        let copy = work.join("copy.img");
+        copy_extents(&img, &extents, &copy);
+        check_copy(&copy, &files, work, restore_total)
+            .expect("copy of the used extents is a good filesystem");
+
+        // The check can fail: without the last extent, some file or directory is lost.
+        let fewer = &extents[..extents.len() - 1];
+        let broken = work.join("broken.img");
+        copy_extents(&img, fewer, &broken);
+        assert!(
+            check_copy(&broken, &files, work, restore_total).is_err(),
+            "copy without {:?} passed",
+            extents.last()
+        );
+    }
+
+    #[test]
+    fn fat12_used_clusters_round_trip() {
+        round_trip(
+            12,
+            2048,
+            &[],
+            &[100_000, 3, 70_000, 4096, 250_000, 1],
+            FatType::Fat12,
+            None,
+        );
+    }
+
+    #[test]
+    fn fat16_used_clusters_round_trip() {
+        round_trip(
+            16,
+            32 * 1024,
+            &[],
+            &[3_000_000, 10, 700_000, 40_000, 2_000_000, 2048, 5_000],
+            FatType::Fat16,
+            None,
+        );
+    }
+
+    #[test]
+    fn fat32_used_clusters_round_trip() {
+        round_trip(
+            32,
+            64 * 1024,
+            &[],
+            &[5_000_000, 512, 1_000_000, 80_000, 3_000_000, 0, 4_000],
+            FatType::Fat32,
+            None,
+        );
+    }
+
+    /// `mkfs.fat -F 32` makes FAT32 volumes with fewer than 65525 clusters; Linux and Windows
+    /// read them as FAT32. mtools does not, so a bigger volume is filled and then cut down.
+    #[test]
+    fn small_fat32_by_bpb_round_trip() {
+        let files = [1_000_000, 1, 300_000, 9_000, 20_000];
+        round_trip(
+            32,
+            40_000,
+            &["-s", "1"],
+            &files,
+            FatType::Fat32,
+            Some(60_000),
+        );
+    }
+
+    /// Bigger clusters and sectors than the default.
+    #[test]
+    fn fat16_4k_sectors_round_trip() {
+        round_trip(
+            16,
+            32 * 1024,
+            &["-S", "4096", "-s", "1"],
+            &[1_000_000, 77, 300_000, 9_000],
+            FatType::Fat16,
+            None,
+        );
+    }
+
+    /// A full volume: the run of used clusters ends at the last cluster.
+    #[test]
+    fn full_fat12_keeps_last_cluster() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("fat.img");
+        run_ok("mkfs.vfat", &["-F", "12", "-C", s(&img), "2048"]);
+        let disk = Disk::open(&img).expect("open image");
+        let boot = read_boot_sector(&disk).expect("read").expect("boot sector");
+        let g = parse_boot_sector(&boot, disk.size()).expect("geometry");
+        drop(disk);
+        let mut rng = StdRng::seed_from_u64(12);
+        let src = dir.path().join("src");
+        let data = write_file(
+            &src,
+            "full.bin",
+            (g.clusters * g.cluster_size) as usize,
+            &mut rng,
+        );
+        run_ok(
+            "mcopy",
+            &["-i", s(&img), s(&src.join("full.bin")), "::/full.bin"],
+        );
+        let disk = Disk::open(&img).expect("open image");
+        let extents = used_extents(&disk).expect("used extents");
+        let end = g.data_offset + g.clusters * g.cluster_size;
+        assert_eq!(extents, [Extent::new(0, end)]);
+        let copy = dir.path().join("copy.img");
+        copy_extents(&img, &extents, &copy);
+        let files = [("full.bin".to_string(), data)];
+        check_copy(&copy, &files, dir.path(), None).expect("copy of a full volume");
+    }
+
+    /// A FAT32 volume that does not mirror its FATs is read from the active one.
+    #[test]
+    fn fat32_reads_the_active_fat() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("fat.img");
+        run_ok("mkfs.vfat", &["-F", "32", "-C", s(&img), "65536"]);
+        let mut rng = StdRng::seed_from_u64(32);
+        let src = dir.path().join("src");
+        write_file(&src, "d/a.bin", 2_000_000, &mut rng);
+        run_ok("mcopy", &["-s", "-i", s(&img), s(&src.join("d")), "::/"]);
+        let mut bytes = std::fs::read(&img).expect("read image");
+        let expected = used_extents(&bytes).expect("used extents");
+        let g = parse_boot_sector(&bytes[..512], bytes.len() as u64).expect("geometry");
+        let fat_bytes = (le::u32(&bytes, 36).expect("FAT size") * 512) as usize;
+        let fat0 = g.active_fat_offset as usize;
+        // FAT 1 active, FAT 0 stale (empty): the map comes from FAT 1.
+        bytes[40..42].copy_from_slice(&0x81u16.to_le_bytes());
+        bytes[fat0 + 8..fat0 + fat_bytes].fill(0);
+        assert_eq!(used_extents(&bytes).expect("used extents"), expected);
+        // FAT 0 active and empty: only the metadata regions.
+        bytes[40..42].copy_from_slice(&0x80u16.to_le_bytes());
+        assert_eq!(
+            used_extents(&bytes).expect("used extents"),
+            [Extent::new(0, g.data_offset)]
+        );
+        // A FAT that does not exist.
+        bytes[40..42].copy_from_slice(&0x82u16.to_le_bytes());
+        assert!(matches!(
+            used_extents(&bytes),
+            Err(Error::BadFilesystem { .. })
+        ));
+    }
+
+    fn fresh_fat12() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("fat.img");
+        run_ok("mkfs.vfat", &["-F", "12", "-C", s(&img), "2048"]);
+        let mut rng = StdRng::seed_from_u64(7);
+        let src = dir.path().join("src");
+        write_file(&src, "a/b.bin", 300_000, &mut rng);
+        run_ok("mcopy", &["-s", "-i", s(&img), s(&src.join("a")), "::/"]);
+        let bytes = std::fs::read(&img).expect("read image");
+        (dir, img, bytes)
+    }
+
+    #[test]
+    fn corrupt_boot_sectors_are_errors() {
+        let (dir, _img, good) = fresh_fat12();
+        type Patch = fn(&mut [u8]);
+        let cases: [(&str, Patch); 10] = [
+            ("sectors per cluster 0", |b| b[13] = 0),
+            ("sectors per cluster 3", |b| b[13] = 3),
+            ("bytes per sector 3", |b| {
+                b[11..13].copy_from_slice(&3u16.to_le_bytes())
+            }),
+            ("no reserved sectors", |b| {
+                b[14..16].copy_from_slice(&0u16.to_le_bytes())
+            }),
+            ("no FATs", |b| b[16] = 0),
+            ("FAT size 0", |b| {
+                b[22..24].copy_from_slice(&0u16.to_le_bytes())
+            }),
+            ("FAT too small", |b| {
+                b[22..24].copy_from_slice(&1u16.to_le_bytes())
+            }),
+            ("larger than device", |b| {
+                b[19..21].copy_from_slice(&0u16.to_le_bytes());
+                b[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
+            }),
+            ("no signature", |b| b[510] = 0),
+            ("root directory fills the volume", |b| {
+                b[17..19].copy_from_slice(&u16::MAX.to_le_bytes())
+            }),
+        ];
+        for (what, patch) in cases {
+            let mut bytes = good.clone();
+            patch(&mut bytes);
+            let path = dir.path().join("corrupt.img");
+            std::fs::write(&path, &bytes).expect("write corrupt image");
+            let disk = Disk::open(&path).expect("open");
+            assert!(
+                !probe(&disk).expect("probe reads"),
+                "{what}: probe accepted it"
+            );
+            match used_extents(&disk) {
+                Err(Error::BadFilesystem { what: name, reason }) => {
+                    assert_eq!(name, s(&path), "{what}: error names the device");
+                    assert!(!reason.is_empty());
+                }
+                other => panic!("{what}: expected BadFilesystem, got {other:?}"),
+            }
+        }
+        // A device truncated below the filesystem size, and one too small for a boot sector.
+        let path = dir.path().join("short.img");
+        std::fs::write(&path, &good[..good.len() / 2]).expect("write short image");
+        let disk = Disk::open(&path).expect("open");
+        assert!(!probe(&disk).expect("probe reads"));
+        assert!(matches!(
+            used_extents(&disk),
+            Err(Error::BadFilesystem { .. })
+        ));
+        let tiny = good[..100].to_vec();
+        assert!(!probe(&tiny).expect("probe reads"));
+        assert!(matches!(
+            used_extents(&tiny),
+            Err(Error::BadFilesystem { .. })
+        ));
+        // An NTFS boot sector is not FAT.
+        let mut ntfs = good.clone();
+        ntfs[3..11].copy_from_slice(b"NTFS    ");
+        assert!(!probe(&ntfs).expect("probe reads"));
+    }
+
+    /// Random damage to the BPB and the FAT never panics, and whatever is accepted stays inside
+    /// the device.
+    #[test]
+    fn random_damage_never_panics() {
+        let (_dir, _img, good) = fresh_fat12();
+        let mut bytes = good.clone();
+        let mut rng = StdRng::seed_from_u64(42);
+        for round in 0..4000 {
+            bytes[..8192].copy_from_slice(&good[..8192]);
+            for _ in 0..rng.random_range(1..4) {
+                let at = if round % 4 == 0 {
+                    rng.random_range(512..8192)
+                } else {
+                    rng.random_range(0..64)
+                };
+                bytes[at] = rng.random();
+            }
+            let _ = probe(&bytes);
+            if let Ok(extents) = used_extents(&bytes) {
+                assert_sorted_disjoint(&extents, bytes.len() as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn fat12_entries_decode() {
+        // Entries 0..4 = 0xFF8, 0xFFF, 0x003, 0xABC packed in 6 bytes.
+        let buf = [0xF8, 0xFF, 0xFF, 0x03, 0xC0, 0xAB];
+        let got: Vec<_> = (0..4).map(|i| fat_entry(&buf, FatType::Fat12, i)).collect();
+        assert_eq!(got, [Some(0xFF8), Some(0xFFF), Some(0x003), Some(0xABC)]);
+        assert_eq!(fat_entry(&buf, FatType::Fat12, 4), None);
+        assert_eq!(
+            fat_entry(&[0xFF, 0xFF, 0xFF, 0xFF], FatType::Fat32, 0),
+            Some(0x0FFF_FFFF)
+        );
     }
 }

@@ -1,0 +1,168 @@
+//! Output of each command, as text for people or JSON for scripts.
+
+use fogcore::imaging::capture::CaptureReport;
+use fogcore::imaging::demo::DemoReport;
+use fogcore::imaging::deploy::DeployReport;
+use fogcore::imaging::manifest::Header;
+use fogcore::imaging::store::{GcReport, ImageSummary, StoreStats, VerifyReport};
+
+pub struct Out {
+    pub json: bool,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn rate(bytes: u64, seconds: f64) -> String {
+    format!("{:.0} MiB/s", bytes as f64 / (1024.0 * 1024.0) / seconds.max(1e-9))
+}
+
+impl Out {
+    fn json(&self, value: &impl serde::Serialize) -> bool {
+        if self.json {
+            match serde_json::to_string_pretty(value) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("fog: cannot format output: {e}"),
+            }
+        }
+        self.json
+    }
+
+    pub fn done(&self, message: &str) {
+        if !self.json(&serde_json::json!({ "ok": true, "message": message })) {
+            println!("{message}");
+        }
+    }
+
+    pub fn capture(&self, r: &CaptureReport) {
+        if self.json(r) {
+            return;
+        }
+        print_capture(r);
+    }
+
+    pub fn deploy(&self, r: &DeployReport) {
+        if self.json(r) {
+            return;
+        }
+        print_deploy(r);
+    }
+
+    pub fn images(&self, images: &[ImageSummary]) {
+        if self.json(&images) {
+            return;
+        }
+        println!("{:<24} {:>12} {:>12} {:>9} {:>6}", "NAME", "DISK", "DATA", "CHUNKS", "TABLE");
+        for i in images {
+            println!("{:<24} {:>12} {:>12} {:>9} {:>6}", i.name, mib(i.disk_size), mib(i.data_bytes), i.chunk_count, i.table);
+        }
+    }
+
+    pub fn info(&self, h: &Header) {
+        if self.json(h) {
+            return;
+        }
+        println!("image      {}", h.name);
+        println!("source     {}", h.source);
+        println!("disk       {} ({} bytes), {:?} table, {}-byte sectors", mib(h.layout.disk_size), h.layout.disk_size, h.layout.table, h.layout.sector_size);
+        println!("data       {} in {} chunks", mib(h.data_bytes), h.chunk_count);
+        for p in &h.layout.partitions {
+            println!("partition  {:>2}  start {:>12}  size {:>12}  type {} {}", p.number, p.offset, mib(p.len), p.type_id, p.name);
+        }
+        for r in &h.regions {
+            let what = r.partition.map_or("outside partitions".to_string(), |n| format!("partition {n}"));
+            println!("region     {what:<20} {:<5} used {}", r.filesystem.label(), mib(r.used_bytes));
+        }
+    }
+
+    pub fn gc(&self, r: &GcReport) {
+        if !self.json(r) {
+            println!(
+                "gc: removed {} chunks ({}), kept {}, cleared {} interrupted captures",
+                r.chunks_removed,
+                mib(r.bytes_freed),
+                r.chunks_kept,
+                r.staging_removed
+            );
+        }
+    }
+
+    pub fn store_verify(&self, r: &VerifyReport) {
+        if self.json(r) {
+            return;
+        }
+        println!("checked {} chunks and {} images", r.chunks_checked, r.images_checked);
+        for c in &r.corrupt {
+            println!("corrupt chunk {c}");
+        }
+        for e in &r.image_errors {
+            println!("{e}");
+        }
+        if r.is_ok() {
+            println!("store is intact");
+        }
+    }
+
+    pub fn stats(&self, s: &StoreStats) {
+        if !self.json(s) {
+            println!(
+                "{} images, {} chunks, {} stored for {} of image data (x{:.2})",
+                s.images,
+                s.chunks,
+                mib(s.stored_bytes),
+                mib(s.logical_bytes),
+                s.ratio()
+            );
+        }
+    }
+
+    pub fn demo(&self, r: &DemoReport) {
+        if self.json(r) {
+            return;
+        }
+        println!("built sample disk {} (GPT: FAT32 EFI partition + ext4 with files)", r.source);
+        print_capture(&r.capture);
+        print_deploy(&r.deploy);
+        println!("re-captured the deployed disk as {}:", r.recapture.name);
+        print_capture(&r.recapture);
+        self.stats(&r.store);
+    }
+}
+
+fn print_capture(r: &CaptureReport) {
+    println!(
+        "captured {} -> image {}: {} disk, {} table, {} of used data in {:.2}s ({})",
+        r.source,
+        r.name,
+        mib(r.disk_size),
+        r.table,
+        mib(r.data_bytes),
+        r.seconds,
+        rate(r.data_bytes, r.seconds)
+    );
+    for region in &r.regions {
+        let what = region.partition.map_or("outside partitions".to_string(), |n| format!("partition {n}"));
+        println!("  {what:<20} {:<5} {} used of {}", region.filesystem, mib(region.used_bytes), mib(region.size));
+    }
+    println!(
+        "  {} chunks, {} new, {} added to the store ({:.1}% of the data)",
+        r.chunks,
+        r.new_chunks,
+        mib(r.new_stored_bytes),
+        100.0 * r.new_stored_bytes as f64 / (r.data_bytes.max(1)) as f64
+    );
+}
+
+fn print_deploy(r: &DeployReport) {
+    println!(
+        "deployed image {} -> {}: {} of data, {} written in {:.2}s ({}){}",
+        r.name,
+        r.target,
+        mib(r.data_bytes),
+        mib(r.bytes_written),
+        r.seconds,
+        rate(r.data_bytes, r.seconds),
+        if r.verified { ", read back and verified" } else { "" }
+    );
+}
