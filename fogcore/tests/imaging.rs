@@ -230,15 +230,20 @@ fn corrupt_chunk_fails_deploy_naming_image_and_chunk() {
     let source = small_ext_disk(dir.path());
     let store = Store::open(dir.path().join("store")).expect("store");
     capture(&store, &source, "img", &CaptureOptions::default(), &NoProgress).expect("capture");
-    // Flip one byte in the largest chunk file.
-    let mut chunks: Vec<PathBuf> = walk(&dir.path().join("store/chunks"));
-    chunks.sort_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0));
-    let victim = chunks.pop().expect("a chunk");
-    let mut bytes = fs::read(&victim).expect("read chunk");
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    fs::write(&victim, bytes).expect("write chunk");
-    let id = victim.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    // Flip one byte in the largest chunk of the pack (entries: id 32 | length u32 | stored bytes).
+    let pack = walk(&dir.path().join("store/packs")).into_iter().max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0)).expect("a pack");
+    let mut bytes = fs::read(&pack).expect("read pack");
+    let (mut at, mut largest) = (0usize, (0usize, 0usize));
+    while at + 36 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 32..at + 36].try_into().expect("4 bytes")) as usize;
+        if len > largest.1 {
+            largest = (at, len);
+        }
+        at += 36 + len;
+    }
+    let id = hex::encode(&bytes[largest.0..largest.0 + 32]);
+    bytes[largest.0 + 36 + largest.1 / 2] ^= 0x40;
+    fs::write(&pack, bytes).expect("write pack");
 
     let err = deploy(&store, "img", &dir.path().join("t.img"), &deploy_opts(false), &NoProgress).expect_err("deploy must fail");
     match &err {

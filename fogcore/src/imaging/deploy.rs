@@ -54,7 +54,7 @@ pub struct DeployReport {
 pub fn deploy(store: &Store, name: &str, target: &Path, options: &DeployOptions, progress: &dyn Progress) -> Result<DeployReport> {
     let _lock = store.lock_shared()?;
     let manifest = store.manifest(name)?;
-    deploy_manifest(store, &manifest, target, options, progress)
+    deploy_manifest(&store.reader()?, &manifest, target, options, progress)
 }
 
 /// Deploys an opened manifest with chunks from any [`ChunkSource`] (a store, a remote node).

@@ -1,0 +1,748 @@
+//! The content-addressed store: chunks in pack files found through a sorted index, image
+//! manifests, and the rules that keep it consistent when captures run side by side or are killed.
+//!
+//! ```text
+//! STORE/fog-store            marker and format version
+//! STORE/lock                 shared by captures and deploys, exclusive for gc
+//! STORE/index.lock           exclusive while index runs are added or merged
+//! STORE/packs/<n>.pack       chunks appended (see `pack`)
+//! STORE/index/<name>.idx     sorted runs mapping chunk id -> pack, offset, length (see `index`)
+//! STORE/images/<name>.fogimg manifests
+//! STORE/tmp/<writer>/        a capture's manifest (and spilled index runs) until commit
+//! ```
+//!
+//! Commit order: packs fsynced -> index run written, fsynced, renamed -> manifest renamed into
+//! `images/`. A crash at any point leaves either no image or a complete one; a pack that no run
+//! names, or a staging directory, is what [`Store::gc`] removes.
+
+pub mod index;
+pub mod pack;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::chunk::{self, ChunkId, ChunkSink, ChunkSource};
+use super::manifest::{Header, Manifest, ManifestWriter};
+use crate::error::IoContext;
+use crate::{Error, Result};
+use index::{Index, Loc, RUN_SUFFIX, Run, write_run};
+use pack::{PackWriter, pack_path, parse_pack_name, remove_pack};
+
+const MARKER: &str = "fog-store";
+const MARKER_CONTENT: &str = "fog content-addressed store, format 2 (packs)\n";
+const IMAGE_SUFFIX: &str = ".fogimg";
+/// Runs beyond this many are merged into one at the next commit, keeping lookups cheap.
+const MAX_RUNS: usize = 8;
+/// A writer moves its in-memory entries to a staged run past this many, bounding its memory.
+const SPILL_ENTRIES: usize = 1 << 20;
+
+/// A store directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A lock on the store; dropped when the work is done.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+/// Summary of an image, from its header.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSummary {
+    /// Image name.
+    pub name: String,
+    /// Unix time of capture.
+    pub created: u64,
+    /// Source disk size in bytes.
+    pub disk_size: u64,
+    /// Used data bytes.
+    pub data_bytes: u64,
+    /// Number of chunk references.
+    pub chunk_count: u64,
+    /// Partition table kind.
+    pub table: String,
+}
+
+/// What `gc` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Chunks still referenced (or kept by chance, see [`Store::gc`]).
+    pub chunks_kept: u64,
+    /// Chunks removed.
+    pub chunks_removed: u64,
+    /// Stored bytes freed.
+    pub bytes_freed: u64,
+    /// Abandoned capture directories removed.
+    pub staging_removed: u64,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    /// Chunk files checked.
+    pub chunks_checked: u64,
+    /// Chunk files whose content is wrong (ids, hex).
+    pub corrupt: Vec<String>,
+    /// Images checked.
+    pub images_checked: u64,
+    /// Problems with images (damaged manifest, missing chunks).
+    pub image_errors: Vec<String>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.corrupt.is_empty() && self.image_errors.is_empty()
+    }
+}
+
+/// Sizes of the store.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreStats {
+    /// Number of images.
+    pub images: u64,
+    /// Number of chunk files.
+    pub chunks: u64,
+    /// Bytes the chunk files take.
+    pub stored_bytes: u64,
+    /// Bytes of used data the images hold, summed over images.
+    pub logical_bytes: u64,
+}
+
+impl StoreStats {
+    /// Logical bytes per stored byte (dedupe and compression together).
+    pub fn ratio(&self) -> f64 {
+        if self.stored_bytes == 0 {
+            0.0
+        } else {
+            self.logical_bytes as f64 / self.stored_bytes as f64
+        }
+    }
+}
+
+/// Checks an image name: it becomes a file name, so no separators and no leading dot.
+pub fn check_image_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok { Ok(()) } else { Err(Error::InvalidImageName(name.into())) }
+}
+
+impl Store {
+    /// Opens the store at `root`, creating it if the directory is absent or empty.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store> {
+        let root = root.as_ref().to_path_buf();
+        let marker = root.join(MARKER);
+        if !marker.exists() {
+            fs::create_dir_all(&root).at(&root)?;
+            let foreign = fs::read_dir(&root).at(&root)?.next().is_some();
+            if foreign {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not empty and not a fog store; give an empty or new directory",
+                    root.display()
+                )));
+            }
+            for dir in ["packs", "index", "images", "tmp"] {
+                fs::create_dir_all(root.join(dir)).at(root.join(dir))?;
+            }
+            for lock in ["lock", "index.lock"] {
+                fs::write(root.join(lock), b"").at(root.join(lock))?;
+            }
+            fs::write(&marker, MARKER_CONTENT).at(&marker)?;
+        } else {
+            let content = fs::read_to_string(&marker).at(&marker)?;
+            if content != MARKER_CONTENT {
+                return Err(Error::InvalidInput(format!(
+                    "{} holds a store of another format ({:?}); this fog reads {:?}",
+                    root.display(),
+                    content.trim(),
+                    MARKER_CONTENT.trim()
+                )));
+            }
+        }
+        Ok(Store { root })
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lock_file(&self, name: &str) -> Result<File> {
+        let path = self.root.join(name);
+        File::options().read(true).write(true).create(true).truncate(false).open(&path).at(&path)
+    }
+
+    /// A shared lock: captures and deploys take it, so gc cannot remove chunks under them.
+    pub fn lock_shared(&self) -> Result<StoreLock> {
+        let file = self.lock_file("lock")?;
+        file.lock_shared().at(self.root.join("lock"))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    fn lock_exclusive(&self) -> Result<StoreLock> {
+        let file = self.lock_file("lock")?;
+        match file.try_lock() {
+            Ok(()) => Ok(StoreLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::StoreBusy {
+                path: self.root.clone(),
+                reason: "a capture or deploy is running; try again when it ends".into(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(self.root.join("lock"), e)),
+        }
+    }
+
+    fn lock_index(&self) -> Result<StoreLock> {
+        let file = self.lock_file("index.lock")?;
+        file.lock().at(self.root.join("index.lock"))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    fn packs_dir(&self) -> PathBuf {
+        self.root.join("packs")
+    }
+
+    fn index_dir(&self) -> PathBuf {
+        self.root.join("index")
+    }
+
+    fn image_path(&self, name: &str) -> PathBuf {
+        self.root.join("images").join(format!("{name}{IMAGE_SUFFIX}"))
+    }
+
+    /// Opens the manifest of image `name`.
+    pub fn manifest(&self, name: &str) -> Result<Manifest> {
+        check_image_name(name)?;
+        let path = self.image_path(name);
+        if !path.exists() {
+            return Err(Error::ImageNotFound(name.into()));
+        }
+        Manifest::open(&path, name)
+    }
+
+    /// Names of all images, sorted.
+    pub fn image_names(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("images");
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).at(&dir)? {
+            let entry = entry.at(&dir)?;
+            let file_name = entry.file_name();
+            if let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(IMAGE_SUFFIX))
+                && check_image_name(name).is_ok()
+            {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Summaries of all images. A damaged manifest is an error naming it.
+    pub fn images(&self) -> Result<Vec<ImageSummary>> {
+        self.image_names()?.iter().map(|name| self.manifest(name).map(|m| summary(&m.header))).collect()
+    }
+
+    /// Removes image `name` (its chunks stay until gc).
+    pub fn remove_image(&self, name: &str) -> Result<()> {
+        check_image_name(name)?;
+        let path = self.image_path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.root.join("images")),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::ImageNotFound(name.into())),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    /// Reads chunks as the index stands now.
+    pub fn reader(&self) -> Result<StoreReader> {
+        Ok(StoreReader {
+            packs_dir: self.packs_dir(),
+            index: Index::load(&self.index_dir())?,
+            open_packs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Starts writing new chunks and one manifest. Holds a shared lock until dropped.
+    pub fn writer(&self) -> Result<StoreWriter> {
+        let lock = self.lock_shared()?;
+        let staging = tempdir_in(&self.root.join("tmp"))?;
+        Ok(StoreWriter {
+            store: self.clone(),
+            known: Index::load(&self.index_dir())?,
+            staging,
+            _lock: lock,
+            state: Mutex::new(WriterState::default()),
+            new_chunks: AtomicU64::new(0),
+            new_bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// Removes chunks no image references, packs and staging left by interrupted captures, and
+    /// merges the index into one run.
+    ///
+    /// Live chunks are marked in a Bloom filter sized for the number of references, so memory
+    /// stays bounded (about 3 bytes per chunk) however large the store is. A false positive only
+    /// keeps a dead chunk until the next gc (the filter is seeded anew each run); a live chunk is
+    /// never removed. Packs holding dead chunks are rewritten with their live ones.
+    pub fn gc(&self) -> Result<GcReport> {
+        let _lock = self.lock_exclusive()?;
+        let _index_lock = self.lock_index()?;
+        let mut report = GcReport::default();
+        let tmp = self.root.join("tmp");
+        for entry in fs::read_dir(&tmp).at(&tmp)? {
+            let path = entry.at(&tmp)?.path();
+            fs::remove_dir_all(&path).at(&path)?;
+            report.staging_removed += 1;
+        }
+        let manifests: Vec<Manifest> = self.image_names()?.iter().map(|n| self.manifest(n)).collect::<Result<_>>()?;
+        let mut live = Bloom::new(manifests.iter().map(|m| m.header.chunk_count).sum());
+        for m in &manifests {
+            for region in &m.header.regions {
+                for chunk in m.chunks(region) {
+                    live.insert(&chunk?.id);
+                }
+            }
+        }
+        let index = Index::load(&self.index_dir())?;
+        // Pass 1: which packs hold dead entries (unreferenced chunks or extra copies).
+        let mut packs_with_dead = HashSet::new();
+        let mut referenced_packs = HashSet::new();
+        for (id, loc, first) in index.merged() {
+            referenced_packs.insert(loc.pack);
+            if first && live.contains(&id) {
+                report.chunks_kept += 1;
+            } else {
+                packs_with_dead.insert(loc.pack);
+                if first {
+                    report.chunks_removed += 1;
+                }
+                report.bytes_freed += pack::ENTRY_HEADER + u64::from(loc.len);
+            }
+        }
+        // Pass 2: one new run; live chunks of packs with dead entries are copied to a new pack.
+        let reader = StoreReader {
+            packs_dir: self.packs_dir(),
+            index: Index::default(),
+            open_packs: Mutex::new(HashMap::new()),
+        };
+        let mut new_pack: Option<PackWriter> = None;
+        let mut created_packs = HashSet::new();
+        let mut failure = None;
+        let new_run = self.index_dir().join(format!("gc-{}{RUN_SUFFIX}", unique_name()));
+        let entries = index.merged().filter(|(id, _, first)| *first && live.contains(id)).map_while(|(id, loc, _)| {
+            if !packs_with_dead.contains(&loc.pack) {
+                return Some((id, loc));
+            }
+            let moved = (|| {
+                let stored = reader.read_loc(&loc)?;
+                if new_pack.as_ref().is_some_and(|p| p.len() >= pack::PACK_TARGET_SIZE) {
+                    if let Some(full) = new_pack.take() {
+                        full.finish()?;
+                    }
+                }
+                let writer = match &mut new_pack {
+                    Some(w) => w,
+                    None => new_pack.insert(PackWriter::create(&self.packs_dir())?),
+                };
+                created_packs.insert(writer.number());
+                writer.append(&id, &stored)
+            })();
+            match moved {
+                Ok(new_loc) => Some((id, new_loc)),
+                Err(e) => {
+                    failure = Some(e);
+                    None
+                }
+            }
+        });
+        // The run is only renamed into place after every pack it names is durable: collect
+        // it into a staging file first, then finish the pack, then publish.
+        let staged_run = tmp.join(format!("gc-{}{RUN_SUFFIX}", unique_name()));
+        write_run(&staged_run, entries)?;
+        if let Some(e) = failure {
+            let _ = fs::remove_file(&staged_run);
+            return Err(e);
+        }
+        if let Some(p) = new_pack.take() {
+            p.finish()?;
+        }
+        fs::rename(&staged_run, &new_run).at(&new_run)?;
+        sync_dir(&self.index_dir())?;
+        for run in index.runs() {
+            fs::remove_file(run.path()).at(run.path())?;
+        }
+        sync_dir(&self.index_dir())?;
+        drop(index);
+        // Packs no run names any more: rewritten ones and those of killed captures.
+        let packs_dir = self.packs_dir();
+        for entry in fs::read_dir(&packs_dir).at(&packs_dir)? {
+            let entry = entry.at(&packs_dir)?;
+            let Some(number) = entry.file_name().to_str().and_then(parse_pack_name) else {
+                continue;
+            };
+            if created_packs.contains(&number) {
+                continue;
+            }
+            if packs_with_dead.contains(&number) || !referenced_packs.contains(&number) {
+                if !referenced_packs.contains(&number) {
+                    report.bytes_freed += entry.metadata().at(entry.path())?.len();
+                }
+                remove_pack(&packs_dir, number)?;
+            }
+        }
+        sync_dir(&packs_dir)?;
+        Ok(report)
+    }
+
+    /// Checks every indexed chunk against its hash (in parallel) and every image's manifest and
+    /// chunk references.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let _lock = self.lock_shared()?;
+        let reader = self.reader()?;
+        let mut report = VerifyReport::default();
+        let mut batch: Vec<(ChunkId, Loc)> = Vec::new();
+        let check_batch = |batch: &mut Vec<(ChunkId, Loc)>, report: &mut VerifyReport| {
+            let bad: Vec<String> = batch
+                .par_iter()
+                .filter(|(id, loc)| reader.read_loc(loc).map_or(true, |stored| chunk_is_corrupt(id, &stored)))
+                .map(|(id, _)| id.to_hex())
+                .collect();
+            report.chunks_checked += batch.len() as u64;
+            report.corrupt.extend(bad);
+            batch.clear();
+        };
+        for (id, loc, _) in reader.index.merged() {
+            batch.push((id, loc));
+            if batch.len() >= 4096 {
+                check_batch(&mut batch, &mut report);
+            }
+        }
+        check_batch(&mut batch, &mut report);
+        for name in self.image_names()? {
+            report.images_checked += 1;
+            if let Err(e) = self.verify_image_refs_with(&reader, &name) {
+                report.image_errors.push(e.to_string());
+            }
+        }
+        Ok(report)
+    }
+
+    /// Checks one image: manifest checksum and that every chunk it needs is indexed.
+    pub fn verify_image_refs(&self, name: &str) -> Result<()> {
+        self.verify_image_refs_with(&self.reader()?, name)
+    }
+
+    fn verify_image_refs_with(&self, reader: &StoreReader, name: &str) -> Result<()> {
+        let manifest = self.manifest(name)?;
+        manifest.check()?;
+        for region in &manifest.header.regions {
+            for chunk in manifest.chunks(region) {
+                let chunk = chunk?;
+                if reader.index.get(&chunk.id).is_none() {
+                    return Err(Error::ChunkMissing {
+                        image: name.into(),
+                        chunk: chunk.id.to_hex(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts images, chunks and bytes.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let mut stats = StoreStats::default();
+        for image in self.images()? {
+            stats.images += 1;
+            stats.logical_bytes += image.data_bytes;
+        }
+        let index = Index::load(&self.index_dir())?;
+        stats.chunks = index.merged().filter(|m| m.2).count() as u64;
+        for dir in [self.packs_dir(), self.index_dir()] {
+            for entry in fs::read_dir(&dir).at(&dir)? {
+                let entry = entry.at(&dir)?;
+                stats.stored_bytes += entry.metadata().at(entry.path())?.len();
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// Reads chunks from a store's packs through the index loaded when it was made.
+pub struct StoreReader {
+    packs_dir: PathBuf,
+    index: Index,
+    open_packs: Mutex<HashMap<u32, Arc<File>>>,
+}
+
+impl StoreReader {
+    /// True when the store holds chunk `id`.
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.index.get(id).is_some()
+    }
+
+    fn pack(&self, number: u32) -> Result<Arc<File>> {
+        let mut open = lock(&self.open_packs);
+        if let Some(f) = open.get(&number) {
+            return Ok(f.clone());
+        }
+        let path = pack_path(&self.packs_dir, number);
+        let file = Arc::new(File::open(&path).at(&path)?);
+        open.insert(number, file.clone());
+        Ok(file)
+    }
+
+    fn read_loc(&self, loc: &Loc) -> Result<Vec<u8>> {
+        let mut stored = vec![0u8; loc.len as usize];
+        self.pack(loc.pack)?.read_exact_at(&mut stored, loc.offset).at(pack_path(&self.packs_dir, loc.pack))?;
+        Ok(stored)
+    }
+}
+
+impl ChunkSource for StoreReader {
+    fn get_encoded(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        match self.index.get(id) {
+            Some(loc) => self.read_loc(&loc).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Default)]
+struct WriterState {
+    pack: Option<PackWriter>,
+    finished_packs: Vec<PathBuf>,
+    pending: HashMap<ChunkId, Loc>,
+    spilled: Index,
+}
+
+/// Writes new chunks and one manifest into a store; see the module docs for the commit order.
+/// Dropping it without [`StoreWriter::commit`] leaves a pack no run names and a staging
+/// directory, both for gc.
+pub struct StoreWriter {
+    store: Store,
+    known: Index,
+    staging: PathBuf,
+    _lock: StoreLock,
+    state: Mutex<WriterState>,
+    new_chunks: AtomicU64,
+    new_bytes: AtomicU64,
+}
+
+impl StoreWriter {
+    /// Where the manifest is written before commit.
+    pub fn manifest_writer(&self) -> Result<ManifestWriter> {
+        ManifestWriter::create(&self.staging.join("manifest"))
+    }
+
+    /// Chunks this writer added that the store did not have.
+    pub fn new_chunks(&self) -> u64 {
+        self.new_chunks.load(Ordering::Relaxed)
+    }
+
+    /// Bytes those chunks take in packs.
+    pub fn new_bytes(&self) -> u64 {
+        self.new_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Makes the new chunks, their index run and then the manifest durable and visible as image
+    /// `name`, replacing an image of that name.
+    pub fn commit(self, name: &str) -> Result<()> {
+        check_image_name(name)?;
+        let state = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut packs = state.finished_packs;
+        if let Some(p) = state.pack {
+            packs.push(p.finish()?);
+        }
+        let index_dir = self.store.index_dir();
+        let mut pending: Vec<(ChunkId, Loc)> = state.pending.into_iter().collect();
+        pending.sort_unstable_by_key(|e| e.0);
+        if !pending.is_empty() || !state.spilled.runs().is_empty() {
+            let run = self.staging.join(format!("new{RUN_SUFFIX}"));
+            write_run(&run, merge_sorted(&state.spilled, pending))?;
+            let _index_lock = self.store.lock_index()?;
+            let published = index_dir.join(format!("{}{RUN_SUFFIX}", unique_name()));
+            fs::rename(&run, &published).at(&published)?;
+            sync_dir(&index_dir)?;
+            compact(&index_dir)?;
+        }
+        let image = self.store.image_path(name);
+        fs::rename(self.staging.join("manifest"), &image).at(&image)?;
+        sync_dir(&self.store.root.join("images"))?;
+        fs::remove_dir_all(&self.staging).at(&self.staging)
+    }
+}
+
+/// The writer's spilled runs and its in-memory entries as one sorted stream.
+fn merge_sorted(spilled: &Index, pending: Vec<(ChunkId, Loc)>) -> impl Iterator<Item = (ChunkId, Loc)> + '_ {
+    let mut spilled = spilled.merged().map(|(id, loc, _)| (id, loc)).peekable();
+    let mut pending = pending.into_iter().peekable();
+    std::iter::from_fn(move || match (spilled.peek(), pending.peek()) {
+        (Some(a), Some(b)) if a.0 <= b.0 => spilled.next(),
+        (Some(_), Some(_)) | (None, Some(_)) => pending.next(),
+        (Some(_), None) => spilled.next(),
+        (None, None) => None,
+    })
+}
+
+/// Merges all runs into one when there are too many. Caller holds the index lock.
+fn compact(index_dir: &Path) -> Result<()> {
+    let index = Index::load(index_dir)?;
+    if index.runs().len() <= MAX_RUNS {
+        return Ok(());
+    }
+    let merged = index_dir.join(format!("{}{RUN_SUFFIX}", unique_name()));
+    write_run(&merged, index.merged().filter(|m| m.2).map(|(id, loc, _)| (id, loc)))?;
+    sync_dir(index_dir)?;
+    for run in index.runs() {
+        fs::remove_file(run.path()).at(run.path())?;
+    }
+    sync_dir(index_dir)
+}
+
+impl ChunkSink for StoreWriter {
+    fn has(&self, id: &ChunkId) -> Result<bool> {
+        if self.known.get(id).is_some() {
+            return Ok(true);
+        }
+        let state = lock(&self.state);
+        Ok(state.pending.contains_key(id) || state.spilled.get(id).is_some())
+    }
+
+    fn put_encoded(&self, id: &ChunkId, stored: &[u8]) -> Result<bool> {
+        if self.known.get(id).is_some() {
+            return Ok(false);
+        }
+        let mut state = lock(&self.state);
+        if state.pending.contains_key(id) || state.spilled.get(id).is_some() {
+            return Ok(false);
+        }
+        if state.pack.as_ref().is_some_and(|p| p.len() >= pack::PACK_TARGET_SIZE)
+            && let Some(full) = state.pack.take()
+        {
+            let path = full.finish()?;
+            state.finished_packs.push(path);
+        }
+        let pack = match &mut state.pack {
+            Some(p) => p,
+            None => state.pack.insert(PackWriter::create(&self.store.packs_dir())?),
+        };
+        let loc = pack.append(id, stored)?;
+        state.pending.insert(*id, loc);
+        if state.pending.len() >= SPILL_ENTRIES {
+            let mut entries: Vec<(ChunkId, Loc)> = state.pending.drain().collect();
+            entries.sort_unstable_by_key(|e| e.0);
+            let path = self.staging.join(format!("spill-{}{RUN_SUFFIX}", state.spilled.runs().len()));
+            write_run(&path, entries.into_iter())?;
+            state.spilled.push(Run::open(&path)?);
+        }
+        self.new_chunks.fetch_add(1, Ordering::Relaxed);
+        self.new_bytes.fetch_add(pack::ENTRY_HEADER + stored.len() as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+fn unique_name() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{nanos:032x}-{}", std::process::id())
+}
+
+fn tempdir_in(parent: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(parent).at(parent)?;
+    for attempt in 0u32..1000 {
+        let path = parent.join(format!("w-{}-{attempt}", unique_name()));
+        match fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    Err(Error::InvalidInput(format!("cannot create a staging directory in {}", parent.display())))
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    File::open(path).and_then(|d| d.sync_all()).at(path)
+}
+
+fn chunk_is_corrupt(id: &ChunkId, stored: &[u8]) -> bool {
+    // The plain length is not in the chunk file; zstd frames carry it, raw chunks are their payload.
+    let len = match stored.split_first() {
+        Some((&chunk::TAG_RAW, payload)) => payload.len() as u64,
+        Some((&chunk::TAG_ZSTD, payload)) => zstd::zstd_safe::get_frame_content_size(payload).ok().flatten().unwrap_or(u64::MAX),
+        _ => return true,
+    };
+    u32::try_from(len).map_or(true, |len| chunk::decode(id, stored, len).is_err())
+}
+
+fn summary(h: &Header) -> ImageSummary {
+    ImageSummary {
+        name: h.name.clone(),
+        created: h.created,
+        disk_size: h.layout.disk_size,
+        data_bytes: h.data_bytes,
+        chunk_count: h.chunk_count,
+        table: format!("{:?}", h.layout.table).to_lowercase(),
+    }
+}
+
+/// A Bloom filter over chunk ids; ids are uniform hashes already, so probes are slices of them
+/// mixed with a per-run seed.
+struct Bloom {
+    bits: Vec<u64>,
+    mask: u64,
+    seed: u64,
+}
+
+const BLOOM_PROBES: u64 = 11;
+
+impl Bloom {
+    fn new(entries: u64) -> Bloom {
+        // At least 64 Mbit (8 MiB), else 24 bits per entry: false positives ~1e-5 at capacity.
+        let bits = (entries.saturating_mul(24)).max(1 << 26).next_power_of_two();
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0x9E37_79B9);
+        Bloom {
+            bits: vec![0; (bits / 64) as usize],
+            mask: bits - 1,
+            seed,
+        }
+    }
+
+    fn probes(&self, id: &ChunkId) -> impl Iterator<Item = u64> {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&id.0[..8]);
+        b.copy_from_slice(&id.0[8..16]);
+        let h1 = u64::from_le_bytes(a) ^ self.seed;
+        let h2 = u64::from_le_bytes(b).rotate_left(17) ^ self.seed.rotate_left(31) | 1;
+        let mask = self.mask;
+        (0..BLOOM_PROBES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) & mask)
+    }
+
+    fn insert(&mut self, id: &ChunkId) {
+        let probes: Vec<u64> = self.probes(id).collect();
+        for bit in probes {
+            if let Some(word) = self.bits.get_mut((bit / 64) as usize) {
+                *word |= 1 << (bit % 64);
+            }
+        }
+    }
+
+    fn contains(&self, id: &ChunkId) -> bool {
+        self.probes(id).all(|bit| self.bits.get((bit / 64) as usize).is_some_and(|w| w & (1 << (bit % 64)) != 0))
+    }
+}
