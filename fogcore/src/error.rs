@@ -108,6 +108,9 @@ pub enum Error {
     /// A value given by the user that makes no sense.
     #[error("{0}")]
     InvalidInput(String),
+    /// The job was stopped by its caller (see `Progress::cancelled`).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {
@@ -139,7 +142,8 @@ impl Error {
             | Error::ChunkMissing { .. }
             | Error::ChunkCorrupt { .. }
             | Error::VerifyMismatch { .. }
-            | Error::StoreBusy { .. } => false,
+            | Error::StoreBusy { .. }
+            | Error::Cancelled => false,
         }
     }
 }

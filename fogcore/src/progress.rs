@@ -9,6 +9,11 @@ pub trait Progress: Send + Sync {
     fn advance(&self, bytes: u64);
     /// The current phase is over.
     fn finish(&self) {}
+    /// True when whoever watches wants the job stopped (Ctrl-C, a Python exception, a cancelled
+    /// task). Long jobs check it between chunks and end with [`crate::Error::Cancelled`].
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// A sink that ignores everything.

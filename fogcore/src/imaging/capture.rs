@@ -231,6 +231,9 @@ impl<'a> ExtentStream<'a> {
     /// Loads the next piece of data into `buf`; false at the end.
     fn refill(&mut self) -> Result<bool> {
         loop {
+            if self.progress.cancelled() {
+                return Err(Error::Cancelled);
+            }
             let Some(range) = self.ranges.get(self.next_range) else {
                 return Ok(false);
             };

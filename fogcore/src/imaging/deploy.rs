@@ -103,7 +103,7 @@ pub fn deploy_manifest(
     for region in &header.regions {
         let extents = manifest.extents(region)?;
         let map = StreamMap::new(region.offset, &extents);
-        for_each_chunk(manifest, region, threads, |chunk, stream_offset| {
+        for_each_chunk(manifest, region, threads, progress, |chunk, stream_offset| {
             let data = load_chunk(source, &header.name, chunk)?;
             progress.advance(u64::from(chunk.len));
             if target.is_fresh() && data.iter().all(|&b| b == 0) {
@@ -168,7 +168,7 @@ pub fn verify_target(
     for region in &header.regions {
         let extents = manifest.extents(region)?;
         let map = StreamMap::new(region.offset, &extents);
-        for_each_chunk(manifest, region, threads, |chunk, stream_offset| {
+        for_each_chunk(manifest, region, threads, progress, |chunk, stream_offset| {
             progress.advance(u64::from(chunk.len));
             let mut pieces = Vec::new();
             map.for_each_piece(stream_offset, u64::from(chunk.len), |disk_offset, from, len| {
@@ -239,6 +239,7 @@ fn for_each_chunk(
     manifest: &Manifest,
     region: &Region,
     threads: usize,
+    progress: &dyn Progress,
     work: impl Fn(&ChunkRef, u64) -> Result<()> + Sync,
 ) -> Result<()> {
     let stop = AtomicBool::new(false);
@@ -267,6 +268,13 @@ fn for_each_chunk(
         let mut offset = 0u64;
         for chunk in manifest.chunks(region) {
             if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if progress.cancelled() {
+                stop.store(true, Ordering::Relaxed);
+                if let Ok(mut slot) = failure.lock() {
+                    slot.get_or_insert(Error::Cancelled);
+                }
                 break;
             }
             match chunk {
