@@ -6,6 +6,14 @@ use fogcore::imaging::deploy::DeployReport;
 use fogcore::imaging::manifest::Header;
 use fogcore::imaging::store::{GcReport, ImageSummary, StoreStats, VerifyReport};
 
+/// `println!` that ignores a closed stdout (`fog image ls | head`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub struct Out {
     pub json: bool,
 }
@@ -22,8 +30,8 @@ impl Out {
     fn json(&self, value: &impl serde::Serialize) -> bool {
         if self.json {
             match serde_json::to_string_pretty(value) {
-                Ok(text) => println!("{text}"),
-                Err(e) => eprintln!("fog: cannot format output: {e}"),
+                Ok(text) => say!("{text}"),
+                Err(e) => esay!("fog: cannot format output: {e}"),
             }
         }
         self.json
@@ -31,7 +39,7 @@ impl Out {
 
     pub fn done(&self, message: &str) {
         if !self.json(&serde_json::json!({ "ok": true, "message": message })) {
-            println!("{message}");
+            say!("{message}");
         }
     }
 
@@ -53,9 +61,9 @@ impl Out {
         if self.json(&images) {
             return;
         }
-        println!("{:<24} {:>12} {:>12} {:>9} {:>6}", "NAME", "DISK", "DATA", "CHUNKS", "TABLE");
+        say!("{:<24} {:>12} {:>12} {:>9} {:>6}", "NAME", "DISK", "DATA", "CHUNKS", "TABLE");
         for i in images {
-            println!("{:<24} {:>12} {:>12} {:>9} {:>6}", i.name, mib(i.disk_size), mib(i.data_bytes), i.chunk_count, i.table);
+            say!("{:<24} {:>12} {:>12} {:>9} {:>6}", i.name, mib(i.disk_size), mib(i.data_bytes), i.chunk_count, i.table);
         }
     }
 
@@ -63,22 +71,22 @@ impl Out {
         if self.json(h) {
             return;
         }
-        println!("image      {}", h.name);
-        println!("source     {}", h.source);
-        println!("disk       {} ({} bytes), {:?} table, {}-byte sectors", mib(h.layout.disk_size), h.layout.disk_size, h.layout.table, h.layout.sector_size);
-        println!("data       {} in {} chunks", mib(h.data_bytes), h.chunk_count);
+        say!("image      {}", h.name);
+        say!("source     {}", h.source);
+        say!("disk       {} ({} bytes), {:?} table, {}-byte sectors", mib(h.layout.disk_size), h.layout.disk_size, h.layout.table, h.layout.sector_size);
+        say!("data       {} in {} chunks", mib(h.data_bytes), h.chunk_count);
         for p in &h.layout.partitions {
-            println!("partition  {:>2}  start {:>12}  size {:>12}  type {} {}", p.number, p.offset, mib(p.len), p.type_id, p.name);
+            say!("partition  {:>2}  start {:>12}  size {:>12}  type {} {}", p.number, p.offset, mib(p.len), p.type_id, p.name);
         }
         for r in &h.regions {
             let what = r.partition.map_or("outside partitions".to_string(), |n| format!("partition {n}"));
-            println!("region     {what:<20} {:<5} used {}", r.filesystem.label(), mib(r.used_bytes));
+            say!("region     {what:<20} {:<5} used {}", r.filesystem.label(), mib(r.used_bytes));
         }
     }
 
     pub fn gc(&self, r: &GcReport) {
         if !self.json(r) {
-            println!(
+            say!(
                 "gc: removed {} chunks ({}), kept {}, cleared {} interrupted captures",
                 r.chunks_removed,
                 mib(r.bytes_freed),
@@ -92,21 +100,21 @@ impl Out {
         if self.json(r) {
             return;
         }
-        println!("checked {} chunks and {} images", r.chunks_checked, r.images_checked);
+        say!("checked {} chunks and {} images", r.chunks_checked, r.images_checked);
         for c in &r.corrupt {
-            println!("corrupt chunk {c}");
+            say!("corrupt chunk {c}");
         }
         for e in &r.image_errors {
-            println!("{e}");
+            say!("{e}");
         }
         if r.is_ok() {
-            println!("store is intact");
+            say!("store is intact");
         }
     }
 
     pub fn stats(&self, s: &StoreStats) {
         if !self.json(s) {
-            println!(
+            say!(
                 "{} images, {} chunks, {} stored for {} of image data (x{:.2})",
                 s.images,
                 s.chunks,
@@ -121,17 +129,17 @@ impl Out {
         if self.json(r) {
             return;
         }
-        println!("built sample disk {} (GPT: FAT32 EFI partition + ext4 with files)", r.source);
+        say!("built sample disk {} (GPT: FAT32 EFI partition + ext4 with files)", r.source);
         print_capture(&r.capture);
         print_deploy(&r.deploy);
-        println!("re-captured the deployed disk as {}:", r.recapture.name);
+        say!("re-captured the deployed disk as {}:", r.recapture.name);
         print_capture(&r.recapture);
         self.stats(&r.store);
     }
 }
 
 fn print_capture(r: &CaptureReport) {
-    println!(
+    say!(
         "captured {} -> image {}: {} disk, {} table, {} of used data in {:.2}s ({})",
         r.source,
         r.name,
@@ -143,9 +151,9 @@ fn print_capture(r: &CaptureReport) {
     );
     for region in &r.regions {
         let what = region.partition.map_or("outside partitions".to_string(), |n| format!("partition {n}"));
-        println!("  {what:<20} {:<5} {} used of {}", region.filesystem, mib(region.used_bytes), mib(region.size));
+        say!("  {what:<20} {:<5} {} used of {}", region.filesystem, mib(region.used_bytes), mib(region.size));
     }
-    println!(
+    say!(
         "  {} chunks, {} new, {} added to the store ({:.1}% of the data)",
         r.chunks,
         r.new_chunks,
@@ -155,7 +163,7 @@ fn print_capture(r: &CaptureReport) {
 }
 
 fn print_deploy(r: &DeployReport) {
-    println!(
+    say!(
         "deployed image {} -> {}: {} of data, {} written in {:.2}s ({}){}",
         r.name,
         r.target,

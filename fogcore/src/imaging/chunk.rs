@@ -63,20 +63,37 @@ impl FromStr for ChunkId {
     }
 }
 
+thread_local! {
+    // A zstd context per thread: creating one per chunk costs more than compressing 16 KiB.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok());
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+}
+
 /// The stored form of `data`: compressed when that saves at least 1/32 of it.
 pub fn encode(data: &[u8]) -> Vec<u8> {
-    if let Ok(compressed) = zstd::bulk::compress(data, ZSTD_LEVEL)
-        && compressed.len() + data.len() / 32 < data.len()
-    {
-        let mut out = Vec::with_capacity(compressed.len() + 1);
-        out.push(TAG_ZSTD);
-        out.extend_from_slice(&compressed);
-        return out;
-    }
     let mut out = Vec::with_capacity(data.len() + 1);
-    out.push(TAG_RAW);
-    out.extend_from_slice(data);
-    out
+    out.push(TAG_ZSTD);
+    let compressed = COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        let compressor = c.as_mut()?;
+        out.resize(1 + zstd::zstd_safe::compress_bound(data.len()), 0);
+        let n = compressor.compress_to_buffer(data, out.get_mut(1..)?).ok()?;
+        Some(n)
+    });
+    match compressed {
+        Some(n) if n + data.len() / 32 < data.len() => {
+            out.truncate(1 + n);
+            out
+        }
+        _ => {
+            out.clear();
+            out.push(TAG_RAW);
+            out.extend_from_slice(data);
+            out
+        }
+    }
 }
 
 /// Decodes a stored chunk and checks it is `id` of `len` bytes. The error says what was wrong;
@@ -85,7 +102,15 @@ pub fn decode(id: &ChunkId, stored: &[u8], len: u32) -> std::result::Result<Vec<
     let (tag, payload) = stored.split_first().ok_or("empty chunk file")?;
     let data = match *tag {
         TAG_RAW => payload.to_vec(),
-        TAG_ZSTD => zstd::bulk::decompress(payload, len as usize).map_err(|e| format!("zstd: {e}"))?,
+        TAG_ZSTD => DECOMPRESSOR
+            .with(|d| {
+                let mut d = d.borrow_mut();
+                match d.as_mut() {
+                    Some(d) => d.decompress(payload, len as usize),
+                    None => zstd::bulk::decompress(payload, len as usize),
+                }
+            })
+            .map_err(|e| format!("zstd: {e}"))?,
         other => return Err(format!("unknown encoding tag {other}")),
     };
     if data.len() != len as usize {

@@ -346,10 +346,10 @@ impl Store {
             }
             let moved = (|| {
                 let stored = reader.read_loc(&loc)?;
-                if new_pack.as_ref().is_some_and(|p| p.len() >= pack::PACK_TARGET_SIZE) {
-                    if let Some(full) = new_pack.take() {
-                        full.finish()?;
-                    }
+                if new_pack.as_ref().is_some_and(|p| p.len() >= pack::PACK_TARGET_SIZE)
+                    && let Some(full) = new_pack.take()
+                {
+                    full.finish()?;
                 }
                 let writer = match &mut new_pack {
                     Some(w) => w,
