@@ -31,7 +31,7 @@ impl Out {
         if self.json {
             match serde_json::to_string_pretty(value) {
                 Ok(text) => say!("{text}"),
-                Err(e) => esay!("fog: cannot format output: {e}"),
+                Err(e) => eprintln!("fog: cannot format output: {e}"),
             }
         }
         self.json
