@@ -17,6 +17,7 @@
 
 pub mod error;
 pub mod imaging;
+pub mod net;
 pub mod progress;
 
 pub use error::{Error, Result};

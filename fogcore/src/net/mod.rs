@@ -1,0 +1,4 @@
+//! Network services a node runs for its subnet: PXE-aware DHCP (full or proxy), TFTP and HTTP
+//! boot, and the server that starts them from a config.
+
+pub mod boot;
