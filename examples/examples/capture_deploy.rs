@@ -28,17 +28,41 @@ fn main() -> fogcore::Result<()> {
     std::fs::create_dir_all(&dir).map_err(|e| fogcore::Error::io(&dir, e))?;
 
     let source = dir.join("source.img");
-    let info = build_sample_disk(&source, &SampleSpec { disk_size: 128 << 20, files_bytes: 24 << 20, ..SampleSpec::default() })?;
+    let info = build_sample_disk(
+        &source,
+        &SampleSpec {
+            disk_size: 128 << 20,
+            files_bytes: 24 << 20,
+            ..SampleSpec::default()
+        },
+    )?;
     println!("sample disk: {} files", info.files.len());
 
     let store = Store::open(dir.join("store"))?;
     let captured = capture(&store, &source, "golden", &CaptureOptions::default(), &Print)?;
-    println!("captured {} bytes of data into {} new stored bytes", captured.data_bytes, captured.new_stored_bytes);
+    println!(
+        "captured {} bytes of data into {} new stored bytes",
+        captured.data_bytes, captured.new_stored_bytes
+    );
 
     // A larger target: the GPT's backup moves to its end.
     let target = dir.join("target.img");
-    std::fs::File::create(&target).and_then(|f| f.set_len(192 << 20)).map_err(|e| fogcore::Error::io(&target, e))?;
-    let deployed = deploy(&store, "golden", &target, &DeployOptions { verify: true, threads: None }, &Print)?;
-    println!("deployed {} bytes, verified: {}", deployed.bytes_written, deployed.verified);
+    std::fs::File::create(&target)
+        .and_then(|f| f.set_len(192 << 20))
+        .map_err(|e| fogcore::Error::io(&target, e))?;
+    let deployed = deploy(
+        &store,
+        "golden",
+        &target,
+        &DeployOptions {
+            verify: true,
+            threads: None,
+        },
+        &Print,
+    )?;
+    println!(
+        "deployed {} bytes, verified: {}",
+        deployed.bytes_written, deployed.verified
+    );
     Ok(())
 }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fogcore::imaging::{capture, demo, deploy, store::Store};
 use fogcore::Error;
+use fogcore::imaging::{capture, demo, deploy, store::Store};
 use serde_json::json;
 
 mod bar;
@@ -17,7 +17,11 @@ const EXIT_BAD_INPUT: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "fog", version, about = "Network imaging: capture, store and deploy disk images")]
+#[command(
+    name = "fog",
+    version,
+    about = "Network imaging: capture, store and deploy disk images"
+)]
 struct Cli {
     /// Image store directory [default: $XDG_DATA_HOME/fog/store]
     #[arg(long, global = true, env = "FOG_STORE")]
@@ -133,13 +137,23 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Image(cmd) => {
             let store = Store::open(store_dir())?;
             match cmd {
-                ImageCommand::Capture { source, name, sector_size } => {
-                    let options = capture::CaptureOptions { sector_size: *sector_size, threads: None };
+                ImageCommand::Capture {
+                    source,
+                    name,
+                    sector_size,
+                } => {
+                    let options = capture::CaptureOptions {
+                        sector_size: *sector_size,
+                        threads: None,
+                    };
                     let report = capture::capture(&store, source, name, &options, &progress)?;
                     out.capture(&report);
                 }
                 ImageCommand::Deploy { name, target, verify } => {
-                    let options = deploy::DeployOptions { verify: *verify, threads: None };
+                    let options = deploy::DeployOptions {
+                        verify: *verify,
+                        threads: None,
+                    };
                     let report = deploy::deploy(&store, name, target, &options, &progress)?;
                     out.deploy(&report);
                 }

@@ -61,9 +61,23 @@ impl Out {
         if self.json(&images) {
             return;
         }
-        say!("{:<24} {:>12} {:>12} {:>9} {:>6}", "NAME", "DISK", "DATA", "CHUNKS", "TABLE");
+        say!(
+            "{:<24} {:>12} {:>12} {:>9} {:>6}",
+            "NAME",
+            "DISK",
+            "DATA",
+            "CHUNKS",
+            "TABLE"
+        );
         for i in images {
-            say!("{:<24} {:>12} {:>12} {:>9} {:>6}", i.name, mib(i.disk_size), mib(i.data_bytes), i.chunk_count, i.table);
+            say!(
+                "{:<24} {:>12} {:>12} {:>9} {:>6}",
+                i.name,
+                mib(i.disk_size),
+                mib(i.data_bytes),
+                i.chunk_count,
+                i.table
+            );
         }
     }
 
@@ -73,14 +87,33 @@ impl Out {
         }
         say!("image      {}", h.name);
         say!("source     {}", h.source);
-        say!("disk       {} ({} bytes), {:?} table, {}-byte sectors", mib(h.layout.disk_size), h.layout.disk_size, h.layout.table, h.layout.sector_size);
+        say!(
+            "disk       {} ({} bytes), {:?} table, {}-byte sectors",
+            mib(h.layout.disk_size),
+            h.layout.disk_size,
+            h.layout.table,
+            h.layout.sector_size
+        );
         say!("data       {} in {} chunks", mib(h.data_bytes), h.chunk_count);
         for p in &h.layout.partitions {
-            say!("partition  {:>2}  start {:>12}  size {:>12}  type {} {}", p.number, p.offset, mib(p.len), p.type_id, p.name);
+            say!(
+                "partition  {:>2}  start {:>12}  size {:>12}  type {} {}",
+                p.number,
+                p.offset,
+                mib(p.len),
+                p.type_id,
+                p.name
+            );
         }
         for r in &h.regions {
-            let what = r.partition.map_or("outside partitions".to_string(), |n| format!("partition {n}"));
-            say!("region     {what:<20} {:<5} used {}", r.filesystem.label(), mib(r.used_bytes));
+            let what = r
+                .partition
+                .map_or("outside partitions".to_string(), |n| format!("partition {n}"));
+            say!(
+                "region     {what:<20} {:<5} used {}",
+                r.filesystem.label(),
+                mib(r.used_bytes)
+            );
         }
     }
 
@@ -129,7 +162,10 @@ impl Out {
         if self.json(r) {
             return;
         }
-        say!("built sample disk {} (GPT: FAT32 EFI partition + ext4 with files)", r.source);
+        say!(
+            "built sample disk {} (GPT: FAT32 EFI partition + ext4 with files)",
+            r.source
+        );
         print_capture(&r.capture);
         print_deploy(&r.deploy);
         say!("re-captured the deployed disk as {}:", r.recapture.name);
@@ -150,8 +186,15 @@ fn print_capture(r: &CaptureReport) {
         rate(r.data_bytes, r.seconds)
     );
     for region in &r.regions {
-        let what = region.partition.map_or("outside partitions".to_string(), |n| format!("partition {n}"));
-        say!("  {what:<20} {:<5} {} used of {}", region.filesystem, mib(region.used_bytes), mib(region.size));
+        let what = region
+            .partition
+            .map_or("outside partitions".to_string(), |n| format!("partition {n}"));
+        say!(
+            "  {what:<20} {:<5} {} used of {}",
+            region.filesystem,
+            mib(region.used_bytes),
+            mib(region.size)
+        );
     }
     say!(
         "  {} chunks, {} new, {} added to the store ({:.1}% of the data)",

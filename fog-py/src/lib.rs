@@ -12,7 +12,6 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use fogcore::imaging::capture::{self, CaptureOptions};
-use fogcore::imaging::chunk::{ChunkId, ChunkSource};
 use fogcore::imaging::deploy::{self, DeployOptions};
 use fogcore::imaging::store::Store;
 use fogcore::progress::Progress;
@@ -184,42 +183,35 @@ impl Progress for PyProgress {
         self.call(&mut last_call);
         *last_call = None;
     }
-}
 
-/// The store as a chunk source that fails once the job is to stop, so a deploy ends early.
-struct StoppableSource<'a> {
-    store: &'a Store,
-    progress: &'a PyProgress,
-}
-
-impl ChunkSource for StoppableSource<'_> {
-    fn get_encoded(&self, id: &ChunkId) -> fogcore::Result<Option<Vec<u8>>> {
-        if self.progress.failed() {
-            return Err(fogcore::Error::InvalidInput("stopped by a Python exception".into()));
-        }
-        self.store.get_encoded(id)
+    fn cancelled(&self) -> bool {
+        self.failed()
     }
 }
 
 /// Runs `job` on a helper thread with the GIL released. Meanwhile the calling thread checks for
 /// signals (Ctrl-C) and records a raised exception in `progress` so the job can stop. Returns
-/// the job's result and the first Python exception, if any.
+/// the job's result and the first Python exception, if any; `Err` when the job panicked.
 fn run_job<T: Send>(
     py: Python<'_>,
     progress: &PyProgress,
     job: impl FnOnce() -> fogcore::Result<T> + Send,
-) -> (fogcore::Result<T>, Option<PyErr>) {
+) -> PyResult<(fogcore::Result<T>, Option<PyErr>)> {
     let result = py.detach(|| {
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel();
-            scope.spawn(move || {
+            let handle = scope.spawn(move || {
                 // The receiver lives until the end of the scope.
                 let _ = tx.send(job());
             });
             loop {
                 match rx.recv_timeout(SIGNAL_POLL) {
                     Ok(result) => return Some(result),
-                    Err(RecvTimeoutError::Disconnected) => return None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        // The job panicked; joining here keeps the scope from panicking again.
+                        let _ = handle.join();
+                        return None;
+                    }
                     Err(RecvTimeoutError::Timeout) => {
                         if !progress.failed()
                             && let Err(e) = Python::attach(|py| py.check_signals())
@@ -232,8 +224,10 @@ fn run_job<T: Send>(
         })
     });
     let error = progress.take_error();
-    let result = result.unwrap_or_else(|| Err(fogcore::Error::InvalidInput("the fog job thread panicked".into())));
-    (result, error)
+    match result {
+        Some(result) => Ok((result, error)),
+        None => Err(error.unwrap_or_else(|| FogError::new_err("internal error: the fog job panicked"))),
+    }
 }
 
 /// A fog image store: a directory of content-addressed chunks and image manifests.
@@ -274,12 +268,8 @@ impl PyStore {
         let sink = PyProgress::new(progress);
         let options = CaptureOptions { sector_size, threads };
         let store = &self.store;
-        let (result, error) = run_job(py, &sink, || capture::capture(store, &source, name, &options, &sink));
+        let (result, error) = run_job(py, &sink, || capture::capture(store, &source, name, &options, &sink))?;
         if let Some(e) = error {
-            // fogcore cannot stop a capture midway: it ran to the end, so undo its commit.
-            if result.is_ok() {
-                let _ = py.detach(|| store.remove_image(name));
-            }
             return Err(e);
         }
         to_py(py, &result.map_err(fog_err)?)
@@ -299,13 +289,7 @@ impl PyStore {
         let sink = PyProgress::new(progress);
         let options = DeployOptions { verify, threads };
         let store = &self.store;
-        // What `deploy::deploy` does, with a chunk source that lets a Python exception stop it.
-        let (result, error) = run_job(py, &sink, || {
-            let _lock = store.lock_shared()?;
-            let manifest = store.manifest(name)?;
-            let source = StoppableSource { store, progress: &sink };
-            deploy::deploy_manifest(&source, &manifest, &target, &options, &sink)
-        });
+        let (result, error) = run_job(py, &sink, || deploy::deploy(store, name, &target, &options, &sink))?;
         if let Some(e) = error {
             return Err(e);
         }

@@ -49,7 +49,10 @@ fn build_gpt_disk(dir: &Path) -> GptDisk {
     sh(&format!("mkfs.vfat -F 32 -n EFI -C {} {}", fat.display(), 40 * 1024));
     let fat_files = vec![
         ("/EFI/BOOT/BOOTX64.EFI".to_string(), pseudo_random(300_000, 7)),
-        ("/EFI/fog/grub.cfg".to_string(), b"set timeout=5\nmenuentry fog {}\n".repeat(50)),
+        (
+            "/EFI/fog/grub.cfg".to_string(),
+            b"set timeout=5\nmenuentry fog {}\n".repeat(50),
+        ),
     ];
     sh(&format!("mmd -i {} ::/EFI ::/EFI/BOOT ::/EFI/fog", fat.display()));
     for (name, data) in &fat_files {
@@ -75,7 +78,10 @@ fn build_gpt_disk(dir: &Path) -> GptDisk {
 
     let swap = dir.join("swap.img");
     make_sparse(&swap, 16 * MIB);
-    sh(&format!("mkswap -q -L fogswap -U 5a5a5a5a-1111-2222-3333-444455556666 {}", swap.display()));
+    sh(&format!(
+        "mkswap -q -L fogswap -U 5a5a5a5a-1111-2222-3333-444455556666 {}",
+        swap.display()
+    ));
     put_partition(&path, parts[3], &swap);
 
     // Boot code in the MBR and a "core.img" in the BIOS boot partition, as GRUB would leave.
@@ -83,17 +89,34 @@ fn build_gpt_disk(dir: &Path) -> GptDisk {
     boot_code.truncate(440);
     write_at(&path, 0, &boot_code);
     write_at(&path, parts[4].0, &pseudo_random(30_000, 4));
-    GptDisk { path, ext_files, fat_files, ntfs_files }
+    GptDisk {
+        path,
+        ext_files,
+        fat_files,
+        ntfs_files,
+    }
 }
 
 fn check_gpt_disk(disk: &GptDisk, target: &Path, dir: &Path) {
     let out = sh(&format!("sgdisk -v {}", target.display()));
-    assert!(out.contains("No problems found"), "sgdisk -v on {}:\n{out}", target.display());
+    assert!(
+        out.contains("No problems found"),
+        "sgdisk -v on {}:\n{out}",
+        target.display()
+    );
     let src_parts = partitions(&disk.path);
     let parts = partitions(target);
     assert_eq!(src_parts, parts, "partition table changed");
-    assert_eq!(read_at(&disk.path, 0, 440), read_at(target, 0, 440), "MBR boot code lost");
-    assert_eq!(read_at(&disk.path, parts[4].0, parts[4].1), read_at(target, parts[4].0, parts[4].1), "BIOS boot partition differs");
+    assert_eq!(
+        read_at(&disk.path, 0, 440),
+        read_at(target, 0, 440),
+        "MBR boot code lost"
+    );
+    assert_eq!(
+        read_at(&disk.path, parts[4].0, parts[4].1),
+        read_at(target, parts[4].0, parts[4].1),
+        "BIOS boot partition differs"
+    );
 
     let ext = extract(target, parts[1], &dir.join("t-ext.img"));
     sh(&format!("e2fsck -fn {}", ext.display()));
@@ -111,11 +134,18 @@ fn check_gpt_disk(disk: &GptDisk, target: &Path, dir: &Path) {
     let ntfs = extract(target, parts[2], &dir.join("t-ntfs.img"));
     sh(&format!("ntfsfix -n {}", ntfs.display()));
     for (name, data) in &disk.ntfs_files {
-        assert_eq!(&sh_bytes(&format!("ntfscat {} {}", ntfs.display(), name)), data, "NTFS file {name}");
+        assert_eq!(
+            &sh_bytes(&format!("ntfscat {} {}", ntfs.display(), name)),
+            data,
+            "NTFS file {name}"
+        );
     }
     let swap = extract(target, parts[3], &dir.join("t-swap.img"));
     let blkid = sh(&format!("blkid -p -o export {}", swap.display()));
-    assert!(blkid.contains("UUID=5a5a5a5a-1111-2222-3333-444455556666"), "swap UUID lost: {blkid}");
+    assert!(
+        blkid.contains("UUID=5a5a5a5a-1111-2222-3333-444455556666"),
+        "swap UUID lost: {blkid}"
+    );
     assert!(blkid.contains("LABEL=fogswap"), "swap label lost: {blkid}");
 }
 
@@ -125,7 +155,11 @@ fn gpt_disk_round_trips_to_a_larger_target() {
     let disk = build_gpt_disk(dir.path());
     let store = Store::open(dir.path().join("store")).expect("store");
     let report = capture(&store, &disk.path, "gpt", &CaptureOptions::default(), &NoProgress).expect("capture");
-    assert!(report.data_bytes < 120 * MIB, "stored {} bytes of a 200 MiB disk: used maps not applied?", report.data_bytes);
+    assert!(
+        report.data_bytes < 120 * MIB,
+        "stored {} bytes of a 200 MiB disk: used maps not applied?",
+        report.data_bytes
+    );
     let filesystems: Vec<_> = report.regions.iter().map(|r| r.filesystem.as_str()).collect();
     assert_eq!(filesystems, ["raw", "fat", "ext", "ntfs", "swap", "raw"]);
 
@@ -138,7 +172,11 @@ fn gpt_disk_round_trips_to_a_larger_target() {
     let fresh = dir.path().join("fresh.img");
     let r = deploy(&store, "gpt", &fresh, &deploy_opts(false), &NoProgress).expect("deploy fresh");
     let allocated = allocated_bytes(&fresh);
-    assert!(allocated <= report.data_bytes + 4 * MIB, "fresh target has {allocated} bytes allocated for {} of data", report.data_bytes);
+    assert!(
+        allocated <= report.data_bytes + 4 * MIB,
+        "fresh target has {allocated} bytes allocated for {} of data",
+        report.data_bytes
+    );
     assert!(r.bytes_written <= report.data_bytes);
     check_gpt_disk(&disk, &fresh, dir.path());
 }
@@ -155,12 +193,21 @@ fn mbr_disk_with_logical_partitions_round_trips() {
     let files = write_tree(&tree, 2);
     for (i, part) in parts.iter().enumerate().take(2) {
         let img = dir.path().join(format!("p{i}.img"));
-        sh(&format!("mkfs.ext4 -q -F -d {} {} {}k", tree.display(), img.display(), part.1 / 1024));
+        sh(&format!(
+            "mkfs.ext4 -q -F -d {} {} {}k",
+            tree.display(),
+            img.display(),
+            part.1 / 1024
+        ));
         put_partition(&path, *part, &img);
     }
     let fat = dir.path().join("fat16.img");
     sh(&format!("mkfs.vfat -F 16 -C {} {}", fat.display(), parts[2].1 / 1024));
-    sh(&format!("mcopy -i {} {} ::/DATA.BIN", fat.display(), tree.join("bin/blob0").display()));
+    sh(&format!(
+        "mcopy -i {} {} ::/DATA.BIN",
+        fat.display(),
+        tree.join("bin/blob0").display()
+    ));
     put_partition(&path, parts[2], &fat);
 
     let store = Store::open(dir.path().join("store")).expect("store");
@@ -170,8 +217,10 @@ fn mbr_disk_with_logical_partitions_round_trips() {
     let target = dir.path().join("target.img");
     make_sparse(&target, 200 * MIB);
     deploy(&store, "mbr", &target, &deploy_opts(true), &NoProgress).expect("deploy");
-    assert_eq!(sh(&format!("sfdisk -d {}", path.display())).replace(&path.display().to_string(), "X"),
-               sh(&format!("sfdisk -d {}", target.display())).replace(&target.display().to_string(), "X"));
+    assert_eq!(
+        sh(&format!("sfdisk -d {}", path.display())).replace(&path.display().to_string(), "X"),
+        sh(&format!("sfdisk -d {}", target.display())).replace(&target.display().to_string(), "X")
+    );
     for (i, part) in partitions(&target).iter().enumerate().take(2) {
         let ext = extract(&target, *part, &dir.path().join(format!("t{i}.img")));
         sh(&format!("e2fsck -fn {}", ext.display()));
@@ -181,7 +230,10 @@ fn mbr_disk_with_logical_partitions_round_trips() {
     }
     let fat = extract(&target, partitions(&target)[2], &dir.path().join("t-fat.img"));
     sh(&format!("fsck.vfat -n {}", fat.display()));
-    assert_eq!(sh_bytes(&format!("mtype -i {} ::/DATA.BIN", fat.display())), fs::read(tree.join("bin/blob0")).expect("blob"));
+    assert_eq!(
+        sh_bytes(&format!("mtype -i {} ::/DATA.BIN", fat.display())),
+        fs::read(tree.join("bin/blob0")).expect("blob")
+    );
 }
 
 #[test]
@@ -190,12 +242,20 @@ fn disk_with_4096_byte_sectors_round_trips() {
     let path = dir.path().join("4k.img");
     make_sparse(&path, 96 * MIB);
     // sfdisk 2.38 has no --sector-size; fdisk -b does.
-    sh(&format!("printf 'g\\nn\\n1\\n\\n+48M\\nw\\n' | fdisk -b 4096 {} >/dev/null", path.display()));
+    sh(&format!(
+        "printf 'g\\nn\\n1\\n\\n+48M\\nw\\n' | fdisk -b 4096 {} >/dev/null",
+        path.display()
+    ));
     let parts = partitions_4k(&path);
     let tree = dir.path().join("tree");
     let files = write_tree(&tree, 3);
     let ext = dir.path().join("ext.img");
-    sh(&format!("mkfs.ext4 -q -F -b 4096 -d {} {} {}k", tree.display(), ext.display(), parts[0].1 / 1024));
+    sh(&format!(
+        "mkfs.ext4 -q -F -b 4096 -d {} {} {}k",
+        tree.display(),
+        ext.display(),
+        parts[0].1 / 1024
+    ));
     put_partition(&path, parts[0], &ext);
 
     let store = Store::open(dir.path().join("store")).expect("store");
@@ -231,7 +291,10 @@ fn corrupt_chunk_fails_deploy_naming_image_and_chunk() {
     let store = Store::open(dir.path().join("store")).expect("store");
     capture(&store, &source, "img", &CaptureOptions::default(), &NoProgress).expect("capture");
     // Flip one byte in the largest chunk of the pack (entries: id 32 | length u32 | stored bytes).
-    let pack = walk(&dir.path().join("store/packs")).into_iter().max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0)).expect("a pack");
+    let pack = walk(&dir.path().join("store/packs"))
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
     let mut bytes = fs::read(&pack).expect("read pack");
     let (mut at, mut largest) = (0usize, (0usize, 0usize));
     while at + 36 <= bytes.len() {
@@ -245,7 +308,14 @@ fn corrupt_chunk_fails_deploy_naming_image_and_chunk() {
     bytes[largest.0 + 36 + largest.1 / 2] ^= 0x40;
     fs::write(&pack, bytes).expect("write pack");
 
-    let err = deploy(&store, "img", &dir.path().join("t.img"), &deploy_opts(false), &NoProgress).expect_err("deploy must fail");
+    let err = deploy(
+        &store,
+        "img",
+        &dir.path().join("t.img"),
+        &deploy_opts(false),
+        &NoProgress,
+    )
+    .expect_err("deploy must fail");
     match &err {
         Error::ChunkCorrupt { image, chunk, .. } => {
             assert_eq!(image, "img");
@@ -268,9 +338,22 @@ fn truncated_manifest_is_refused_by_name() {
     let len = fs::metadata(&manifest).expect("manifest").len();
     let file = fs::OpenOptions::new().write(true).open(&manifest).expect("open");
     file.set_len(len - 100).expect("truncate");
-    let err = deploy(&store, "img", &dir.path().join("t.img"), &deploy_opts(false), &NoProgress).expect_err("must fail");
-    assert!(matches!(err, Error::BadManifest { ref image, .. } if image == "img"), "got {err}");
-    assert!(!dir.path().join("t.img").exists(), "a target was created from a damaged image");
+    let err = deploy(
+        &store,
+        "img",
+        &dir.path().join("t.img"),
+        &deploy_opts(false),
+        &NoProgress,
+    )
+    .expect_err("must fail");
+    assert!(
+        matches!(err, Error::BadManifest { ref image, .. } if image == "img"),
+        "got {err}"
+    );
+    assert!(
+        !dir.path().join("t.img").exists(),
+        "a target was created from a damaged image"
+    );
     assert!(store.images().is_err());
     // A byte flipped inside the tables is caught by the checksum.
     capture(&store, &source, "img2", &CaptureOptions::default(), &NoProgress).expect("capture");
@@ -278,7 +361,14 @@ fn truncated_manifest_is_refused_by_name() {
     let mut bytes = fs::read(&manifest).expect("read");
     bytes[5] ^= 1;
     fs::write(&manifest, bytes).expect("write");
-    let err = deploy(&store, "img2", &dir.path().join("t2.img"), &deploy_opts(false), &NoProgress).expect_err("must fail");
+    let err = deploy(
+        &store,
+        "img2",
+        &dir.path().join("t2.img"),
+        &deploy_opts(false),
+        &NoProgress,
+    )
+    .expect_err("must fail");
     assert!(matches!(err, Error::BadManifest { .. }), "got {err}");
 }
 
@@ -294,7 +384,11 @@ fn target_too_small_is_refused_before_writing() {
     let err = deploy(&store, "gpt", &target, &deploy_opts(false), &NoProgress).expect_err("must fail");
     assert!(matches!(err, Error::TargetTooSmall { .. }), "got {err}");
     assert!(err.is_bad_input());
-    assert_eq!(blake3::hash(&fs::read(&target).expect("read")), before, "target was written");
+    assert_eq!(
+        blake3::hash(&fs::read(&target).expect("read")),
+        before,
+        "target was written"
+    );
 }
 
 #[test]
@@ -331,9 +425,18 @@ fn recapture_stores_only_changes_and_gc_reclaims_removed_images() {
     let first = capture(&store, &source, "v1", &CaptureOptions::default(), &NoProgress).expect("capture");
     let change = dir.path().join("change.txt");
     fs::write(&change, b"a new file in version 2\n".repeat(100)).expect("write");
-    sh(&format!("debugfs -w -R \"write {} /new.txt\" {}", change.display(), source.display()));
+    sh(&format!(
+        "debugfs -w -R \"write {} /new.txt\" {}",
+        change.display(),
+        source.display()
+    ));
     let second = capture(&store, &source, "v2", &CaptureOptions::default(), &NoProgress).expect("capture");
-    assert!(second.new_stored_bytes * 10 < first.new_stored_bytes, "v2 added {} bytes, v1 {}", second.new_stored_bytes, first.new_stored_bytes);
+    assert!(
+        second.new_stored_bytes * 10 < first.new_stored_bytes,
+        "v2 added {} bytes, v1 {}",
+        second.new_stored_bytes,
+        first.new_stored_bytes
+    );
     let target = dir.path().join("v2.out");
     deploy(&store, "v2", &target, &deploy_opts(true), &NoProgress).expect("deploy");
     assert_eq!(debugfs_cat(&target, "/new.txt"), fs::read(&change).expect("read"));
@@ -357,8 +460,22 @@ fn bad_names_and_paths_are_bad_input() {
         let err = capture(&store, &source, name, &CaptureOptions::default(), &NoProgress).expect_err("bad name");
         assert!(err.is_bad_input(), "{name:?}: {err}");
     }
-    let err = capture(&store, &dir.path().join("missing.img"), "x", &CaptureOptions::default(), &NoProgress).expect_err("missing");
+    let err = capture(
+        &store,
+        &dir.path().join("missing.img"),
+        "x",
+        &CaptureOptions::default(),
+        &NoProgress,
+    )
+    .expect_err("missing");
     assert!(err.is_bad_input() && err.to_string().contains("missing.img"), "{err}");
-    let err = deploy(&store, "nope", &dir.path().join("t.img"), &deploy_opts(false), &NoProgress).expect_err("missing image");
+    let err = deploy(
+        &store,
+        "nope",
+        &dir.path().join("t.img"),
+        &deploy_opts(false),
+        &NoProgress,
+    )
+    .expect_err("missing image");
     assert!(matches!(err, Error::ImageNotFound(_)));
 }

@@ -2,7 +2,7 @@
 
 import os
 import pathlib
-from typing import Optional, Union
+from typing import Optional, Union, final
 
 from ._reports import (
     CaptureReport,
@@ -18,7 +18,9 @@ from ._reports import (
 __version__: str
 """Version of the fog crate this module was built from."""
 
-StrPath = Union[str, "os.PathLike[str]"]
+__all__ = ["BadInputError", "FogError", "Store", "__version__"]
+
+_StrPath = Union[str, "os.PathLike[str]"]
 
 class FogError(Exception):
     """Base class of fog's errors.
@@ -34,6 +36,7 @@ class BadInputError(FogError):
     cannot use, a target too small for the image, a directory that is not a store.
     """
 
+@final
 class Store:
     """A fog image store: a directory of content-addressed chunks and image manifests.
 
@@ -41,7 +44,7 @@ class Store:
     releases the GIL while it works; one store may be used from several threads.
     """
 
-    def __init__(self, path: StrPath) -> None:
+    def __new__(cls, path: _StrPath) -> "Store":
         """Opens the store at ``path``, creating it when the directory is absent or empty.
 
         Raises :class:`BadInputError` when ``path`` is a non-empty directory that is not a store.
@@ -53,7 +56,7 @@ class Store:
 
     def capture(
         self,
-        source: StrPath,
+        source: _StrPath,
         name: str,
         progress: Optional[ProgressCallback] = None,
         *,
@@ -81,7 +84,7 @@ class Store:
     def deploy(
         self,
         name: str,
-        target: StrPath,
+        target: _StrPath,
         verify: bool = False,
         progress: Optional[ProgressCallback] = None,
         *,

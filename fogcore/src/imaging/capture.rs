@@ -78,24 +78,45 @@ struct Plan {
 }
 
 /// Captures the disk image or block device `source` into `store` as image `name`.
-pub fn capture(store: &Store, source: &Path, name: &str, options: &CaptureOptions, progress: &dyn Progress) -> Result<CaptureReport> {
+pub fn capture(
+    store: &Store,
+    source: &Path,
+    name: &str,
+    options: &CaptureOptions,
+    progress: &dyn Progress,
+) -> Result<CaptureReport> {
     check_image_name(name)?;
     let started = Instant::now();
     let mut disk = Disk::open(source)?;
-    let sector_size = if disk.is_block_device() { Some(disk.sector_size()) } else { options.sector_size };
+    let sector_size = if disk.is_block_device() {
+        Some(disk.sector_size())
+    } else {
+        options.sector_size
+    };
     let layout = partition::read_layout(&disk, sector_size)?;
     disk.set_sector_size(layout.sector_size);
     let plans = plan(&disk, &layout)?;
     let writer = store.writer()?;
     let mut manifest = writer.manifest_writer()?;
-    let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+    let threads = options
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
 
     progress.start("capture", plans.iter().map(|p| total_len(&p.ranges)).sum());
     let mut regions = Vec::new();
     let mut chunk_count = 0;
     for p in plans {
         let slice = Slice::new(&disk, p.offset, p.len, region_name(&disk, p.partition));
-        let (extents, chunks) = chunk_region(&slice, &p.ranges, p.skip_zero_blocks, &writer, &mut manifest, threads, progress)?;
+        let (extents, chunks) = chunk_region(
+            &slice,
+            &p.ranges,
+            p.skip_zero_blocks,
+            &writer,
+            &mut manifest,
+            threads,
+            progress,
+        )?;
         chunk_count += chunks.count;
         let extents_section = manifest.write_extents(&extents)?;
         regions.push(Region {
@@ -301,7 +322,9 @@ impl Read for ExtentStream<'_> {
 
 fn is_zero(block: &[u8]) -> bool {
     // OR-folding fixed-size pieces vectorises; an early exit per byte does not.
-    block.chunks(64).all(|piece| piece.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    block
+        .chunks(64)
+        .all(|piece| piece.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Chunks one region into `sink`, appending its chunk table to `manifest`. Returns the extents
@@ -320,7 +343,12 @@ fn chunk_region(
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut stream = ExtentStream::new(dev, ranges, skip_zero_blocks, progress);
-            let chunker = StreamCDC::new(&mut stream, chunk::MIN_SIZE as usize, chunk::AVG_SIZE as usize, chunk::MAX_SIZE as usize);
+            let chunker = StreamCDC::new(
+                &mut stream,
+                chunk::MIN_SIZE as usize,
+                chunk::AVG_SIZE as usize,
+                chunk::MAX_SIZE as usize,
+            );
             let mut failure = None;
             for (seq, piece) in (0u64..).zip(chunker) {
                 match piece {
@@ -346,7 +374,15 @@ fn chunk_region(
             let done = done_tx.clone();
             scope.spawn(move || {
                 for (seq, data) in jobs {
-                    let result = store_chunk(sink, &data).map(|id| (seq, ChunkRef { id, len: data.len() as u32 }));
+                    let result = store_chunk(sink, &data).map(|id| {
+                        (
+                            seq,
+                            ChunkRef {
+                                id,
+                                len: data.len() as u32,
+                            },
+                        )
+                    });
                     let failed = result.is_err();
                     if done.send(result).is_err() || failed {
                         break;
@@ -382,7 +418,9 @@ fn chunk_region(
             }
         }
         drop(done_rx);
-        let extents = reader.join().map_err(|_| Error::InvalidInput("capture reader thread panicked".into()))?;
+        let extents = reader
+            .join()
+            .map_err(|_| Error::InvalidInput("capture reader thread panicked".into()))?;
         if let Some(e) = failure {
             return Err(e);
         }

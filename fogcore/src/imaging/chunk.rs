@@ -143,7 +143,9 @@ mod tests {
     #[test]
     fn round_trips_compressible_and_random_data() {
         let text = b"fog fog fog fog ".repeat(1000);
-        let random: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let random: Vec<u8> = (0..10_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         for data in [&text[..], &random[..], &[][..]] {
             let id = ChunkId::of(data);
             let stored = encode(data);

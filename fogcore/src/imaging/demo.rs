@@ -9,9 +9,9 @@ use super::capture::{CaptureOptions, CaptureReport, capture};
 use super::deploy::{DeployOptions, DeployReport, deploy};
 use super::sample::{SampleSpec, build_sample_disk};
 use super::store::{Store, StoreStats};
+use crate::Result;
 use crate::error::IoContext;
 use crate::progress::Progress;
-use crate::Result;
 
 /// What the demo did.
 #[derive(Debug, Clone, Serialize)]
@@ -41,7 +41,16 @@ pub fn run(dir: &Path, progress: &dyn Progress) -> Result<DemoReport> {
     build_sample_disk(&source, &SampleSpec::default())?;
     let store = Store::open(dir.join("store"))?;
     let capture_report = capture(&store, &source, "demo", &CaptureOptions::default(), progress)?;
-    let deploy_report = deploy(&store, "demo", &target, &DeployOptions { verify: true, threads: None }, progress)?;
+    let deploy_report = deploy(
+        &store,
+        "demo",
+        &target,
+        &DeployOptions {
+            verify: true,
+            threads: None,
+        },
+        progress,
+    )?;
     let recapture = capture(&store, &target, "demo-copy", &CaptureOptions::default(), progress)?;
     Ok(DemoReport {
         source: source.display().to_string(),

@@ -51,7 +51,13 @@ pub struct DeployReport {
 
 /// Deploys image `name` from `store` to `target` (an image file, created if absent, or a block
 /// device).
-pub fn deploy(store: &Store, name: &str, target: &Path, options: &DeployOptions, progress: &dyn Progress) -> Result<DeployReport> {
+pub fn deploy(
+    store: &Store,
+    name: &str,
+    target: &Path,
+    options: &DeployOptions,
+    progress: &dyn Progress,
+) -> Result<DeployReport> {
     let _lock = store.lock_shared()?;
     let manifest = store.manifest(name)?;
     deploy_manifest(&store.reader()?, &manifest, target, options, progress)
@@ -93,10 +99,18 @@ pub fn deploy_manifest(
             layout.sector_size
         )));
     }
-    let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+    let threads = options
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
     // Captured bytes outside partitions past this point (only zeros or junk after the last
     // partition) do not fit a smaller target and are not needed.
-    let writable_end = target.size() - if layout.table == TableKind::Gpt { layout.backup_gpt_len } else { 0 };
+    let writable_end = target.size()
+        - if layout.table == TableKind::Gpt {
+            layout.backup_gpt_len
+        } else {
+            0
+        };
 
     progress.start("deploy", header.data_bytes);
     let written = AtomicU64::new(0);
@@ -163,7 +177,12 @@ pub fn verify_target(
     progress: &dyn Progress,
 ) -> Result<()> {
     let header = &manifest.header;
-    let writable_end = target.size() - if header.layout.table == TableKind::Gpt { header.layout.backup_gpt_len } else { 0 };
+    let writable_end = target.size()
+        - if header.layout.table == TableKind::Gpt {
+            header.layout.backup_gpt_len
+        } else {
+            0
+        };
     progress.start("verify", header.data_bytes);
     for region in &header.regions {
         let extents = manifest.extents(region)?;
@@ -175,16 +194,23 @@ pub fn verify_target(
                 pieces.push((disk_offset, from, len));
                 Ok(())
             })?;
-            if pieces.iter().any(|&(disk_offset, _, len)| disk_offset + len > writable_end) {
+            if pieces
+                .iter()
+                .any(|&(disk_offset, _, len)| disk_offset + len > writable_end)
+            {
                 return Ok(()); // past a smaller target's end: deploy did not write it either
             }
             let mut written = vec![0u8; chunk.len as usize];
             for &(disk_offset, from, len) in &pieces {
-                let piece = written.get_mut(from as usize..(from + len) as usize).unwrap_or_default();
+                let piece = written
+                    .get_mut(from as usize..(from + len) as usize)
+                    .unwrap_or_default();
                 target.read_exact_at(piece, disk_offset)?;
             }
             let patched = |&(disk_offset, _, len): &(u64, u64, u64)| {
-                patches.iter().any(|(at, bytes)| *at < disk_offset + len && disk_offset < at + bytes.len() as u64)
+                patches
+                    .iter()
+                    .any(|(at, bytes)| *at < disk_offset + len && disk_offset < at + bytes.len() as u64)
             };
             let matches = if pieces.iter().any(patched) {
                 let mut expected = load_chunk(source, &header.name, chunk)?;
@@ -330,7 +356,9 @@ impl<'a> StreamMap<'a> {
         let mut done = 0;
         while done < len {
             let (Some(extent), Some(&start)) = (self.extents.get(i), self.starts.get(i)) else {
-                return Err(Error::InvalidInput("image chunks run past their extents (damaged manifest)".into()));
+                return Err(Error::InvalidInput(
+                    "image chunks run past their extents (damaged manifest)".into(),
+                ));
             };
             let within = offset + done - start;
             let n = (extent.len - within).min(len - done);

@@ -132,7 +132,11 @@ impl ReadAt for Disk {
         if offset.checked_add(buf.len() as u64).is_none_or(|end| end > self.size) {
             return Err(Error::BadDisk {
                 path: self.path.clone(),
-                reason: format!("read of {} bytes at {offset} is past the end ({} bytes)", buf.len(), self.size),
+                reason: format!(
+                    "read of {} bytes at {offset} is past the end ({} bytes)",
+                    buf.len(),
+                    self.size
+                ),
             });
         }
         self.file.read_exact_at(buf, offset).at(&self.path)
@@ -177,7 +181,11 @@ impl ReadAt for Slice<'_> {
         if offset.checked_add(buf.len() as u64).is_none_or(|end| end > self.len) {
             return Err(Error::BadFilesystem {
                 what: self.name.clone(),
-                reason: format!("read of {} bytes at {offset} is past its end ({} bytes)", buf.len(), self.len),
+                reason: format!(
+                    "read of {} bytes at {offset} is past its end ({} bytes)",
+                    buf.len(),
+                    self.len
+                ),
             });
         }
         self.inner.read_exact_at(buf, self.offset + offset)
@@ -199,7 +207,13 @@ impl ReadAt for [u8] {
         let src = start
             .and_then(|s| s.checked_add(buf.len()).map(|e| (s, e)))
             .and_then(|(s, e)| self.get(s..e))
-            .ok_or_else(|| Error::InvalidInput(format!("read of {} bytes at {offset} past the end of a {}-byte buffer", buf.len(), self.len())))?;
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "read of {} bytes at {offset} past the end of a {}-byte buffer",
+                    buf.len(),
+                    self.len()
+                ))
+            })?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -254,14 +268,20 @@ fn block_sector_size(file: &File, path: &Path) -> Result<u32> {
 pub(crate) mod le {
     /// `u16` at `off`, or None past the end.
     pub fn u16(b: &[u8], off: usize) -> Option<u16> {
-        b.get(off..off + 2).and_then(|s| s.try_into().ok()).map(u16::from_le_bytes)
+        b.get(off..off + 2)
+            .and_then(|s| s.try_into().ok())
+            .map(u16::from_le_bytes)
     }
     /// `u32` at `off`, or None past the end.
     pub fn u32(b: &[u8], off: usize) -> Option<u32> {
-        b.get(off..off + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes)
+        b.get(off..off + 4)
+            .and_then(|s| s.try_into().ok())
+            .map(u32::from_le_bytes)
     }
     /// `u64` at `off`, or None past the end.
     pub fn u64(b: &[u8], off: usize) -> Option<u64> {
-        b.get(off..off + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes)
+        b.get(off..off + 8)
+            .and_then(|s| s.try_into().ok())
+            .map(u64::from_le_bytes)
     }
 }

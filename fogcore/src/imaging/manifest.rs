@@ -162,7 +162,10 @@ impl ManifestWriter {
         self.out.write_all(&(json.len() as u64).to_le_bytes()).at(&self.path)?;
         self.out.write_all(&hash).at(&self.path)?;
         self.out.write_all(MAGIC).at(&self.path)?;
-        let file = self.out.into_inner().map_err(|e| Error::io(&self.path, e.into_error()))?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
         file.sync_all().at(&self.path)
     }
 }
@@ -206,7 +209,10 @@ impl Manifest {
         file.read_exact_at(&mut json, body_len - header_len).at(path)?;
         let header: Header = serde_json::from_slice(&json).map_err(|e| damaged(format!("header: {e}")))?;
         if header.format != FORMAT {
-            return Err(damaged(format!("format {} is not supported (this fog reads {FORMAT})", header.format)));
+            return Err(damaged(format!(
+                "format {} is not supported (this fog reads {FORMAT})",
+                header.format
+            )));
         }
         let tables_end = body_len - header_len;
         for r in &header.regions {
@@ -245,7 +251,9 @@ impl Manifest {
     /// The extents of a region.
     pub fn extents(&self, region: &Region) -> Result<Vec<Extent>> {
         let mut raw = vec![0u8; (region.extents.count * EXTENT_LEN) as usize];
-        self.file.read_exact_at(&mut raw, region.extents.offset).at(&self.path)?;
+        self.file
+            .read_exact_at(&mut raw, region.extents.offset)
+            .at(&self.path)?;
         Ok(raw
             .chunks_exact(EXTENT_LEN as usize)
             .map(|e| {

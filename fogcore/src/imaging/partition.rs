@@ -153,12 +153,18 @@ fn read_mbr(disk: &dyn ReadAt, mbr: &[u8; 512], ss: u32) -> Result<Layout> {
         let mut number = 5;
         loop {
             if number > 4 + MAX_LOGICAL {
-                return Err(bad(disk, format!("more than {MAX_LOGICAL} logical partitions (EBR loop?)")));
+                return Err(bad(
+                    disk,
+                    format!("more than {MAX_LOGICAL} logical partitions (EBR loop?)"),
+                ));
             }
             let mut ebr = [0u8; 512];
             disk.read_exact_at(&mut ebr, ebr_lba * ssz)?;
             if ebr.get(510..512) != Some(&MBR_SIGNATURE[..]) {
-                return Err(bad(disk, format!("extended boot record at sector {ebr_lba} has no 55AA signature")));
+                return Err(bad(
+                    disk,
+                    format!("extended boot record at sector {ebr_lba} has no 55AA signature"),
+                ));
             }
             let kind = ebr[450];
             let rel = u64::from(le::u32(&ebr, 454).unwrap_or(0));
@@ -178,7 +184,10 @@ fn read_mbr(disk: &dyn ReadAt, mbr: &[u8; 512], ss: u32) -> Result<Layout> {
                 break;
             }
             if next >= ext_len {
-                return Err(bad(disk, format!("EBR link at sector {ebr_lba} points outside the extended partition")));
+                return Err(bad(
+                    disk,
+                    format!("EBR link at sector {ebr_lba} points outside the extended partition"),
+                ));
             }
             ebr_lba = ext_start + next;
         }
@@ -221,7 +230,10 @@ fn parse_gpt_header(disk: &dyn ReadAt, raw: &[u8]) -> Result<GptHeader> {
         entry_size: le::u32(raw, 84).unwrap_or(0),
     };
     if h.entry_size < 128 || h.entry_size > 4096 || h.entry_count > 16384 {
-        return Err(bad(disk, format!("GPT has {} entries of {} bytes", h.entry_count, h.entry_size)));
+        return Err(bad(
+            disk,
+            format!("GPT has {} entries of {} bytes", h.entry_count, h.entry_size),
+        ));
     }
     Ok(h)
 }
@@ -266,7 +278,13 @@ fn read_gpt(disk: &dyn ReadAt, ss: u32) -> Result<Layout> {
     finish(disk, TableKind::Gpt, ss, partitions, backup_gpt_len)
 }
 
-fn finish(disk: &dyn ReadAt, table: TableKind, ss: u32, mut partitions: Vec<Partition>, backup_gpt_len: u64) -> Result<Layout> {
+fn finish(
+    disk: &dyn ReadAt,
+    table: TableKind,
+    ss: u32,
+    mut partitions: Vec<Partition>,
+    backup_gpt_len: u64,
+) -> Result<Layout> {
     partitions.sort_by_key(|p| p.offset);
     let disk_size = disk.size();
     let mut prev_end = 0;
@@ -274,7 +292,12 @@ fn finish(disk: &dyn ReadAt, table: TableKind, ss: u32, mut partitions: Vec<Part
         if p.offset + p.len > disk_size {
             return Err(bad(
                 disk,
-                format!("partition {} ends at byte {} beyond the disk's {} bytes", p.number, p.offset + p.len, disk_size),
+                format!(
+                    "partition {} ends at byte {} beyond the disk's {} bytes",
+                    p.number,
+                    p.offset + p.len,
+                    disk_size
+                ),
             ));
         }
         if p.offset < prev_end {
@@ -382,7 +405,11 @@ pub fn relocate_gpt(target: &dyn ReadAt, ss: u32, target_size: u64) -> Result<Gp
 
     let mut mbr = [0u8; 512];
     target.read_exact_at(&mut mbr, 0)?;
-    let mut writes = vec![(ssz, primary), (backup_entries_lba * ssz, entries), (last_lba * ssz, backup)];
+    let mut writes = vec![
+        (ssz, primary),
+        (backup_entries_lba * ssz, entries),
+        (last_lba * ssz, backup),
+    ];
     // Protective MBR: the 0xEE entry covers the disk, capped at 32 bits.
     if let Some(i) = (0..4).find(|i| mbr.get(446 + i * 16 + 4) == Some(&0xEE)) {
         let size = u32::try_from(last_lba).unwrap_or(u32::MAX);

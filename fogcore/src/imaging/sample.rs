@@ -97,8 +97,7 @@ impl Plan {
         // every small file rounds up to a block.
         let needed = spec.files_bytes + spec.files_bytes / 8 + 20 * MIB;
         if root_bytes * 7 / 8 < needed {
-            let min_disk =
-                (root_first * SECTOR + needed * 8 / 7 + (entry_sectors + 1) * SECTOR).div_ceil(MIB);
+            let min_disk = (root_first * SECTOR + needed * 8 / 7 + (entry_sectors + 1) * SECTOR).div_ceil(MIB);
             return Err(Error::InvalidInput(format!(
                 "sample disk of {} bytes is too small for a {} byte EFI partition and {} bytes \
                  of files: make it at least {min_disk} MiB",
@@ -151,13 +150,7 @@ pub fn build_sample_disk(path: &Path, spec: &SampleSpec) -> Result<SampleInfo> {
 }
 
 /// Writes both partitions and the GPT into the zero-filled image `file`.
-fn fill(
-    file: &File,
-    path: &Path,
-    spec: &SampleSpec,
-    plan: &Plan,
-    mkfs: &Path,
-) -> Result<SampleInfo> {
+fn fill(file: &File, path: &Path, spec: &SampleSpec, plan: &Plan, mkfs: &Path) -> Result<SampleInfo> {
     // Partition 2 first: mkfs.ext4 writes only inside its range, and everything of ours after it
     // cannot be disturbed by whatever it zeroes or discards.
     let tree = TempDir::new()?;
@@ -203,14 +196,8 @@ fn fill(
     let loader = efi_loader(&mut rng);
     let readme = efi_readme(spec);
     let efi_files = vec![
-        (
-            "/EFI/BOOT/BOOTX64.EFI".to_string(),
-            *blake3::hash(&loader).as_bytes(),
-        ),
-        (
-            "/EFI/fog/README.TXT".to_string(),
-            *blake3::hash(&readme).as_bytes(),
-        ),
+        ("/EFI/BOOT/BOOTX64.EFI".to_string(), *blake3::hash(&loader).as_bytes()),
+        ("/EFI/fog/README.TXT".to_string(), *blake3::hash(&readme).as_bytes()),
     ];
     let mut fat = FatTree::new();
     fat.file("EFI/BOOT/BOOTX64.EFI", loader)?;
@@ -245,14 +232,7 @@ fn fill(
             name: "root",
         },
     ];
-    write_gpt(
-        file,
-        path,
-        spec.disk_size,
-        SECTOR as u32,
-        &disk_guid,
-        &parts,
-    )?;
+    write_gpt(file, path, spec.disk_size, SECTOR as u32, &disk_guid, &parts)?;
     Ok(SampleInfo {
         disk_size: spec.disk_size,
         files,
@@ -443,14 +423,8 @@ pub fn write_gpt(
                 p.last_lba
             )));
         }
-        if spans
-            .iter()
-            .any(|&(a, b)| p.first_lba <= b && a <= p.last_lba)
-        {
-            return Err(Error::InvalidInput(format!(
-                "GPT partition {} overlaps another",
-                i + 1
-            )));
+        if spans.iter().any(|&(a, b)| p.first_lba <= b && a <= p.last_lba) {
+            return Err(Error::InvalidInput(format!("GPT partition {} overlaps another", i + 1)));
         }
         spans.push((p.first_lba, p.last_lba));
         let name: Vec<u16> = p.name.encode_utf16().collect();
@@ -650,9 +624,7 @@ impl FatTree {
     fn add(&mut self, parent: usize, component: &str, data: Option<Vec<u8>>) -> Result<usize> {
         let (name, case) = short_name(component)?;
         if self.child(parent, &name).is_some() {
-            return Err(Error::InvalidInput(format!(
-                "{component:?} is on the FAT volume twice"
-            )));
+            return Err(Error::InvalidInput(format!("{component:?} is on the FAT volume twice")));
         }
         let index = self.nodes.len();
         self.nodes.push(FatNode {
@@ -779,15 +751,10 @@ fn write_fat32(file: &File, path: &Path, vol: &FatVolume<'_>, tree: &mut FatTree
             node.cluster_count = node.cluster_count.max(1);
         }
         if node.cluster_count > 0 {
-            node.first_cluster = u32::try_from(next)
-                .map_err(|_| Error::InvalidInput("FAT volume overflow".into()))?;
+            node.first_cluster = u32::try_from(next).map_err(|_| Error::InvalidInput("FAT volume overflow".into()))?;
             next += node.cluster_count;
         }
-        if node
-            .data
-            .as_ref()
-            .is_some_and(|d| u32::try_from(d.len()).is_err())
-        {
+        if node.data.as_ref().is_some_and(|d| u32::try_from(d.len()).is_err()) {
             return Err(Error::InvalidInput(
                 "a file of 4 GiB or more does not fit on FAT32".into(),
             ));
@@ -816,10 +783,7 @@ fn write_fat32(file: &File, path: &Path, vol: &FatVolume<'_>, tree: &mut FatTree
         }
     }
     let mut fat_bytes: Vec<u8> = fat.iter().flat_map(|e| e.to_le_bytes()).collect();
-    fat_bytes.resize(
-        fat_bytes.len().div_ceil(SECTOR as usize) * SECTOR as usize,
-        0,
-    );
+    fat_bytes.resize(fat_bytes.len().div_ceil(SECTOR as usize) * SECTOR as usize, 0);
     for copy in 0..FAT_COUNT {
         let at = vol.offset + (FAT_RESERVED_SECTORS + copy * geo.fat_sectors) * SECTOR;
         file.write_all_at(&fat_bytes, at).at(path)?;
@@ -831,20 +795,13 @@ fn write_fat32(file: &File, path: &Path, vol: &FatVolume<'_>, tree: &mut FatTree
         match &node.data {
             Some(data) => {
                 if !data.is_empty() {
-                    file.write_all_at(data, cluster_at(node.first_cluster))
-                        .at(path)?;
+                    file.write_all_at(data, cluster_at(node.first_cluster)).at(path)?;
                 }
             }
             None => {
                 let mut buf = Vec::with_capacity((node.cluster_count * cs) as usize);
                 if i == 0 {
-                    buf.extend_from_slice(&dir_entry(
-                        &label_bytes(vol.label),
-                        ATTR_VOLUME_ID,
-                        0,
-                        0,
-                        0,
-                    ));
+                    buf.extend_from_slice(&dir_entry(&label_bytes(vol.label), ATTR_VOLUME_ID, 0, 0, 0));
                 } else {
                     // `..` of a directory in the root points at cluster 0.
                     let parent = if node.parent == 0 {
@@ -852,13 +809,7 @@ fn write_fat32(file: &File, path: &Path, vol: &FatVolume<'_>, tree: &mut FatTree
                     } else {
                         tree.nodes.get(node.parent).map_or(0, |p| p.first_cluster)
                     };
-                    buf.extend_from_slice(&dir_entry(
-                        b".          ",
-                        ATTR_DIRECTORY,
-                        0,
-                        node.first_cluster,
-                        0,
-                    ));
+                    buf.extend_from_slice(&dir_entry(b".          ", ATTR_DIRECTORY, 0, node.first_cluster, 0));
                     buf.extend_from_slice(&dir_entry(b"..         ", ATTR_DIRECTORY, 0, parent, 0));
                 }
                 for child in node.children.iter().filter_map(|&c| tree.nodes.get(c)) {
@@ -866,16 +817,9 @@ fn write_fat32(file: &File, path: &Path, vol: &FatVolume<'_>, tree: &mut FatTree
                         Some(d) => (ATTR_ARCHIVE, d.len() as u32),
                         None => (ATTR_DIRECTORY, 0),
                     };
-                    buf.extend_from_slice(&dir_entry(
-                        &child.name,
-                        attr,
-                        child.case,
-                        child.first_cluster,
-                        size,
-                    ));
+                    buf.extend_from_slice(&dir_entry(&child.name, attr, child.case, child.first_cluster, size));
                 }
-                file.write_all_at(&buf, cluster_at(node.first_cluster))
-                    .at(path)?;
+                file.write_all_at(&buf, cluster_at(node.first_cluster)).at(path)?;
             }
         }
     }
@@ -891,8 +835,7 @@ fn write_fat32(file: &File, path: &Path, vol: &FatVolume<'_>, tree: &mut FatTree
     info[492..496].copy_from_slice(&next_free.to_le_bytes());
     info[508..512].copy_from_slice(&0xAA55_0000u32.to_le_bytes());
     for (sector, bytes) in [(0, &boot), (1, &info), (6, &boot), (7, &info)] {
-        file.write_all_at(bytes, vol.offset + sector * SECTOR)
-            .at(path)?;
+        file.write_all_at(bytes, vol.offset + sector * SECTOR).at(path)?;
     }
     Ok(())
 }
@@ -908,10 +851,8 @@ fn label_bytes(label: &str) -> [u8; 11] {
 /// The FAT32 boot sector: BPB, extended BPB, a boot stub that halts, and 55AA.
 fn boot_sector(geo: &FatGeometry, vol: &FatVolume<'_>) -> [u8; 512] {
     let mut b = [0u8; 512];
-    let put16 =
-        |b: &mut [u8; 512], off: usize, v: u16| b[off..off + 2].copy_from_slice(&v.to_le_bytes());
-    let put32 =
-        |b: &mut [u8; 512], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    let put16 = |b: &mut [u8; 512], off: usize, v: u16| b[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    let put32 = |b: &mut [u8; 512], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
     b[0..3].copy_from_slice(&[0xEB, 0x58, 0x90]);
     b[3..11].copy_from_slice(b"MSWIN4.1");
     put16(&mut b, 11, SECTOR as u16);
@@ -1168,8 +1109,7 @@ impl TreeWriter<'_> {
         }
         std::fs::write(&path, data).at(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).at(&path)?;
-        self.files
-            .push((rel.to_string(), *blake3::hash(data).as_bytes()));
+        self.files.push((rel.to_string(), *blake3::hash(data).as_bytes()));
         self.bytes += data.len() as u64;
         Ok(())
     }
@@ -1230,27 +1170,19 @@ pub fn generate_tree(dir: &Path, total_bytes: u64, seed: u64) -> Result<Vec<(Str
     let mut passwd = String::from("root:x:0:0:root:/root:/bin/bash\n");
     let mut group = String::from("root:x:0:\n");
     for (i, user) in [
-        "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "www-data", "backup",
-        "nobody",
+        "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "www-data", "backup", "nobody",
     ]
     .iter()
     .enumerate()
     {
-        passwd.push_str(&format!(
-            "{user}:x:{}:{}:{user}:/usr/sbin/nologin\n",
-            i + 1,
-            i + 1
-        ));
+        passwd.push_str(&format!("{user}:x:{}:{}:{user}:/usr/sbin/nologin\n", i + 1, i + 1));
         group.push_str(&format!("{user}:x:{}:\n", i + 1));
     }
     passwd.push_str("fog:x:1000:1000:fog,,,:/home/fog:/bin/bash\n");
     group.push_str("fog:x:1000:\nsudo:x:27:fog\n");
     t.file("/etc/passwd", passwd.as_bytes())?;
     t.file("/etc/group", group.as_bytes())?;
-    t.file(
-        "/etc/resolv.conf",
-        b"nameserver 192.0.2.53\nsearch example.org\n",
-    )?;
+    t.file("/etc/resolv.conf", b"nameserver 192.0.2.53\nsearch example.org\n")?;
     t.file("/etc/timezone", b"Etc/UTC\n")?;
     t.file(
         "/etc/network/interfaces",
@@ -1376,10 +1308,7 @@ pub fn generate_tree(dir: &Path, total_bytes: u64, seed: u64) -> Result<Vec<(Str
         let mut text = format!("{name}\n\n");
         let len = license_len / 2 + rng.below(license_len as u64) as usize;
         prose(&mut rng, &mut text, len);
-        t.file(
-            &format!("/usr/share/common-licenses/{name}"),
-            text.as_bytes(),
-        )?;
+        t.file(&format!("/usr/share/common-licenses/{name}"), text.as_bytes())?;
         licenses.push(text);
     }
 
@@ -1403,29 +1332,16 @@ pub fn generate_tree(dir: &Path, total_bytes: u64, seed: u64) -> Result<Vec<(Str
         let len = (bin_budget * w / weight_sum.max(1)) as usize;
         let data = binary(&mut rng, len);
         let round = i / 2 / PROGRAMS.len();
-        let suffix = if round == 0 {
-            String::new()
-        } else {
-            format!("-{round}")
-        };
+        let suffix = if round == 0 { String::new() } else { format!("-{round}") };
         if i % 2 == 0 {
-            let name = PROGRAMS
-                .get(i / 2 % PROGRAMS.len())
-                .copied()
-                .unwrap_or("prog");
+            let name = PROGRAMS.get(i / 2 % PROGRAMS.len()).copied().unwrap_or("prog");
             t.file_mode(&format!("/usr/bin/{name}{suffix}"), &data, 0o755)?;
         } else {
-            let name = LIBRARIES
-                .get(i / 2 % LIBRARIES.len())
-                .copied()
-                .unwrap_or("lib");
+            let name = LIBRARIES.get(i / 2 % LIBRARIES.len()).copied().unwrap_or("lib");
             let so = format!("lib{name}{suffix}.so");
             let major = rng.range(0, 3);
             t.file(&format!("/usr/lib/x86_64-linux-gnu/{so}.{major}"), &data)?;
-            t.symlink(
-                &format!("/usr/lib/x86_64-linux-gnu/{so}"),
-                &format!("{so}.{major}"),
-            )?;
+            t.symlink(&format!("/usr/lib/x86_64-linux-gnu/{so}"), &format!("{so}.{major}"))?;
         }
     }
 
@@ -1466,18 +1382,12 @@ pub fn generate_tree(dir: &Path, total_bytes: u64, seed: u64) -> Result<Vec<(Str
         let license = licenses
             .get(rng.below(licenses.len() as u64) as usize)
             .map_or("", String::as_str);
-        t.file(
-            &format!("/usr/share/doc/{package}/copyright"),
-            license.as_bytes(),
-        )?;
+        t.file(&format!("/usr/share/doc/{package}/copyright"), license.as_bytes())?;
         if rng.below(3) == 0 {
             let mut readme = format!("{package} for fog sample\n\n");
             let len = rng.range(200, 1200) as usize;
             prose(&mut rng, &mut readme, len);
-            t.file(
-                &format!("/usr/share/doc/{package}/README.Debian"),
-                readme.as_bytes(),
-            )?;
+            t.file(&format!("/usr/share/doc/{package}/README.Debian"), readme.as_bytes())?;
         }
     }
     t.file("/var/lib/dpkg/status", status.as_bytes())?;
@@ -1489,10 +1399,7 @@ pub fn generate_tree(dir: &Path, total_bytes: u64, seed: u64) -> Result<Vec<(Str
     for (package, w) in packages.iter().zip(&weights) {
         let len = (left * w / weight_sum.max(1)) as usize;
         let log = changelog(&mut rng, package, len);
-        t.file(
-            &format!("/usr/share/doc/{package}/changelog"),
-            log.as_bytes(),
-        )?;
+        t.file(&format!("/usr/share/doc/{package}/changelog"), log.as_bytes())?;
     }
 
     t.files.sort();
@@ -1512,8 +1419,7 @@ mod tests {
 
     /// The path of an external tool; the test fails when it is not installed.
     fn tool(name: &str) -> PathBuf {
-        find_tool(name)
-            .unwrap_or_else(|| panic!("{name} is not installed; these tests need it: {INSTALL}"))
+        find_tool(name).unwrap_or_else(|| panic!("{name} is not installed; these tests need it: {INSTALL}"))
     }
 
     fn run(name: &str, args: &[&str]) -> Output {
@@ -1560,11 +1466,9 @@ mod tests {
         let mut at = 0;
         while at < len {
             let n = (len - at).min(MIB) as usize;
-            src.read_exact_at(&mut buf[..n], offset + at)
-                .expect("read disk");
+            src.read_exact_at(&mut buf[..n], offset + at).expect("read disk");
             if buf[..n].iter().any(|&b| b != 0) {
-                dst.write_all_at(&buf[..n], at)
-                    .expect("write partition copy");
+                dst.write_all_at(&buf[..n], at).expect("write partition copy");
             }
             at += n as u64;
         }
@@ -1621,28 +1525,20 @@ mod tests {
             (EFI_SYSTEM_TYPE, "EFI system")
         );
         assert_eq!((root.number, root.offset), (2, 41 * MIB));
-        assert_eq!(
-            (root.type_id.as_str(), root.name.as_str()),
-            (LINUX_FS_TYPE, "root")
-        );
+        assert_eq!((root.type_id.as_str(), root.name.as_str()), (LINUX_FS_TYPE, "root"));
         // The end is aligned down to a MiB, before the backup GPT's 33 sectors.
         assert_eq!(root.offset + root.len, spec.disk_size - MIB);
         let sgdisk = run_ok("sgdisk", &["-v", s(&img)]);
         assert!(
             text(&sgdisk).contains("No problems found")
-                && ![
-                    "caution", "warning", "error", "corrupt", "invalid", "problem:"
-                ]
-                .iter()
-                .any(|w| text(&sgdisk).to_lowercase().contains(w)),
+                && !["caution", "warning", "error", "corrupt", "invalid", "problem:"]
+                    .iter()
+                    .any(|w| text(&sgdisk).to_lowercase().contains(w)),
             "sgdisk -v: {}",
             text(&sgdisk)
         );
         let print = text(&run_ok("sgdisk", &["-p", s(&img)]));
-        assert!(
-            print.contains("EF00") && print.contains("8300"),
-            "sgdisk -p: {print}"
-        );
+        assert!(print.contains("EF00") && print.contains("8300"), "sgdisk -p: {print}");
 
         // The FAT32 volume: fsck clean, files read back through mtools.
         let efi_img = tmp.path().join("efi.img");
@@ -1650,24 +1546,12 @@ mod tests {
         let fsck = run("fsck.vfat", &["-n", "-v", s(&efi_img)]);
         let fsck_text = text(&fsck);
         assert!(fsck.status.success(), "fsck.vfat -n: {fsck_text}");
-        assert!(
-            fsck_text.contains("32 bit entries"),
-            "not FAT32: {fsck_text}"
-        );
+        assert!(fsck_text.contains("32 bit entries"), "not FAT32: {fsck_text}");
         for word in ["differ", "wrong", "Free cluster", "bad", "Bad"] {
-            assert!(
-                !fsck_text.contains(word),
-                "fsck.vfat complains ({word}): {fsck_text}"
-            );
+            assert!(!fsck_text.contains(word), "fsck.vfat complains ({word}): {fsck_text}");
         }
-        let minfo = text(&run_ok(
-            "minfo",
-            &["-i", &format!("{}@@{}", s(&img), efi.offset), "::"],
-        ));
-        assert!(
-            minfo.contains("FAT32") && minfo.contains("EFI"),
-            "minfo: {minfo}"
-        );
+        let minfo = text(&run_ok("minfo", &["-i", &format!("{}@@{}", s(&img), efi.offset), "::"]));
+        assert!(minfo.contains("FAT32") && minfo.contains("EFI"), "minfo: {minfo}");
         assert_eq!(info.efi_files.len(), 2);
         for (i, (name, want)) in info.efi_files.iter().enumerate() {
             let out = tmp.path().join(format!("efi-{i}"));
@@ -1694,12 +1578,7 @@ mod tests {
         }
         let listing = text(&run_ok(
             "mdir",
-            &[
-                "-b",
-                "-i",
-                &format!("{}@@{}", s(&img), efi.offset),
-                "::/EFI",
-            ],
+            &["-b", "-i", &format!("{}@@{}", s(&img), efi.offset), "::/EFI"],
         ));
         assert!(
             listing.contains("::/EFI/fog") && listing.contains("::/EFI/BOOT"),
@@ -1722,10 +1601,7 @@ mod tests {
         assert!(String::from_utf8_lossy(&hostname.stdout).starts_with("fog-sample-"));
         let dump = tmp.path().join("dump");
         std::fs::create_dir(&dump).expect("mkdir dump");
-        run_ok(
-            "debugfs",
-            &["-R", &format!("rdump / {}", s(&dump)), s(&root_img)],
-        );
+        run_ok("debugfs", &["-R", &format!("rdump / {}", s(&dump)), s(&root_img)]);
         let on_disk = walk(&dump);
         let listed: BTreeMap<String, [u8; 32]> = info.files.iter().cloned().collect();
         assert_eq!(listed.len(), info.files.len(), "paths listed twice");
@@ -1765,27 +1641,15 @@ mod tests {
         );
         assert!(a.len() > 60, "{} files", a.len());
         let empty = hash(b"");
-        assert!(
-            a.iter().filter(|(_, h)| *h == empty).count() >= 5,
-            "empty files"
-        );
+        assert!(a.iter().filter(|(_, h)| *h == empty).count() >= 5, "empty files");
         let mut by_hash: BTreeMap<[u8; 32], Vec<&str>> = BTreeMap::new();
         for (p, h) in &a {
             by_hash.entry(*h).or_default().push(p);
         }
-        let dup_groups = by_hash
-            .iter()
-            .filter(|(h, ps)| **h != empty && ps.len() > 1)
-            .count();
+        let dup_groups = by_hash.iter().filter(|(h, ps)| **h != empty && ps.len() > 1).count();
         assert!(dup_groups >= 4, "{dup_groups} groups of identical files");
-        assert!(
-            a.iter().any(|(p, _)| p.matches('/').count() >= 9),
-            "deep directories"
-        );
-        assert!(
-            a.iter().any(|(p, _)| p.starts_with("/etc/"))
-                && a.iter().any(|(p, _)| p == "/etc/hostname")
-        );
+        assert!(a.iter().any(|(p, _)| p.matches('/').count() >= 9), "deep directories");
+        assert!(a.iter().any(|(p, _)| p.starts_with("/etc/")) && a.iter().any(|(p, _)| p == "/etc/hostname"));
 
         // Documentation compresses well, binaries do not.
         let ratio = |prefix: &str| {
@@ -1864,8 +1728,7 @@ mod tests {
             tree.file(&name, data.clone()).expect("add file");
             files.push((name, data));
         }
-        tree.file("a/b/c/d/empty.txt", Vec::new())
-            .expect("add empty");
+        tree.file("a/b/c/d/empty.txt", Vec::new()).expect("add empty");
         let vol = FatVolume {
             offset: 0,
             size,
@@ -1880,18 +1743,11 @@ mod tests {
 
         let fsck = run("fsck.vfat", &["-n", "-v", s(&img)]);
         assert!(fsck.status.success(), "fsck.vfat -n: {}", text(&fsck));
-        assert!(
-            text(&fsck).contains("4096 bytes per cluster"),
-            "{}",
-            text(&fsck)
-        );
+        assert!(text(&fsck).contains("4096 bytes per cluster"), "{}", text(&fsck));
         for (name, data) in files.iter().step_by(37) {
             let out = tmp.path().join("out");
             let _ = std::fs::remove_file(&out);
-            run_ok(
-                "mcopy",
-                &["-n", "-i", s(&img), &format!("::/{name}"), s(&out)],
-            );
+            run_ok("mcopy", &["-n", "-i", s(&img), &format!("::/{name}"), s(&out)]);
             assert_eq!(&std::fs::read(&out).expect("read"), data, "{name}");
         }
         let listing = text(&run_ok("mdir", &["-b", "-i", s(&img), "::/MANY"]));
@@ -1903,10 +1759,7 @@ mod tests {
     #[test]
     fn short_names_and_guids() {
         assert_eq!(short_name("BOOTX64.EFI").expect("ok"), (*b"BOOTX64 EFI", 0));
-        assert_eq!(
-            short_name("fog").expect("ok"),
-            (*b"FOG        ", CASE_LOWER_BASE)
-        );
+        assert_eq!(short_name("fog").expect("ok"), (*b"FOG        ", CASE_LOWER_BASE));
         assert_eq!(
             short_name("readme.txt").expect("ok").1,
             CASE_LOWER_BASE | CASE_LOWER_EXT
@@ -1917,8 +1770,7 @@ mod tests {
         assert_eq!(
             guid_bytes(EFI_SYSTEM_TYPE).expect("guid"),
             [
-                0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E,
-                0xC9, 0x3B
+                0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B
             ]
         );
         assert!(guid_bytes("C12A7328-F81F-11D2-BA4B").is_err());

@@ -58,10 +58,18 @@ pub struct BootRequest {
 impl BootRequest {
     /// Classifies the firmware. iPXE wins over the architecture: iPXE also sends option 93.
     pub fn firmware(&self) -> Firmware {
-        if self.user_class.as_deref().is_some_and(|u| u == b"iPXE" || u.ends_with(b"iPXE")) {
+        if self
+            .user_class
+            .as_deref()
+            .is_some_and(|u| u == b"iPXE" || u.ends_with(b"iPXE"))
+        {
             return Firmware::Ipxe;
         }
-        if self.vendor_class.as_deref().is_some_and(|v| v.starts_with("HTTPClient")) {
+        if self
+            .vendor_class
+            .as_deref()
+            .is_some_and(|v| v.starts_with("HTTPClient"))
+        {
             return Firmware::UefiHttp;
         }
         match self.arch {
@@ -76,7 +84,9 @@ impl BootRequest {
     /// True when the request comes from PXE firmware (vendor class `PXEClient...` or
     /// `HTTPClient...`, or iPXE). Proxy DHCP answers only these.
     pub fn is_pxe(&self) -> bool {
-        self.vendor_class.as_deref().is_some_and(|v| v.starts_with("PXEClient") || v.starts_with("HTTPClient"))
+        self.vendor_class
+            .as_deref()
+            .is_some_and(|v| v.starts_with("PXEClient") || v.starts_with("HTTPClient"))
             || self.firmware() == Firmware::Ipxe
     }
 }
@@ -180,17 +190,35 @@ mod tests {
     fn picks_the_file_by_firmware() {
         let p = DefaultBootPolicy::new(Ipv4Addr::new(10, 99, 0, 1), 8080);
         let file = |r: &BootRequest| p.boot_file(r);
-        let tftp = |f: &str| Some(BootFile::Tftp { next_server: Ipv4Addr::new(10, 99, 0, 1), file: f.into() });
-        assert_eq!(file(&req(Some(0), None, Some("PXEClient:Arch:00000"))), tftp("undionly.kpxe"));
-        assert_eq!(file(&req(Some(7), None, Some("PXEClient:Arch:00007"))), tftp("ipxe.efi"));
-        assert_eq!(file(&req(Some(11), None, Some("PXEClient:Arch:00011"))), tftp("ipxe-arm64.efi"));
+        let tftp = |f: &str| {
+            Some(BootFile::Tftp {
+                next_server: Ipv4Addr::new(10, 99, 0, 1),
+                file: f.into(),
+            })
+        };
+        assert_eq!(
+            file(&req(Some(0), None, Some("PXEClient:Arch:00000"))),
+            tftp("undionly.kpxe")
+        );
+        assert_eq!(
+            file(&req(Some(7), None, Some("PXEClient:Arch:00007"))),
+            tftp("ipxe.efi")
+        );
+        assert_eq!(
+            file(&req(Some(11), None, Some("PXEClient:Arch:00011"))),
+            tftp("ipxe-arm64.efi")
+        );
         assert_eq!(
             file(&req(Some(7), Some(b"iPXE"), Some("PXEClient"))),
-            Some(BootFile::Http { url: "http://10.99.0.1:8080/boot.ipxe".into() })
+            Some(BootFile::Http {
+                url: "http://10.99.0.1:8080/boot.ipxe".into()
+            })
         );
         assert_eq!(
             file(&req(Some(16), None, Some("HTTPClient:Arch:00016"))),
-            Some(BootFile::Http { url: "http://10.99.0.1:8080/ipxe.efi".into() })
+            Some(BootFile::Http {
+                url: "http://10.99.0.1:8080/ipxe.efi".into()
+            })
         );
         assert_eq!(file(&req(Some(99), None, Some("PXEClient"))), None);
         assert!(!req(None, None, Some("MSFT 5.0")).is_pxe());

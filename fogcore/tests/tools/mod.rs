@@ -14,7 +14,12 @@ pub fn sh(cmd: &str) -> String {
 
 /// Like [`sh`], returning raw stdout.
 pub fn sh_bytes(cmd: &str) -> Vec<u8> {
-    let out = Command::new("bash").arg("-c").arg(cmd).env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").output().expect("run bash");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .expect("run bash");
     assert!(
         out.status.success(),
         "`{cmd}` failed ({}):\n{}\n{}",
@@ -33,11 +38,16 @@ pub fn make_sparse(path: &Path, size: u64) {
 pub fn sfdisk(path: &Path, script: &str, flags: &str) {
     let script_file = path.with_extension("sfdisk");
     fs::write(&script_file, script).expect("write script");
-    sh(&format!("sfdisk -q {flags} {} < {}", path.display(), script_file.display()));
+    sh(&format!(
+        "sfdisk -q {flags} {} < {}",
+        path.display(),
+        script_file.display()
+    ));
 }
 
 fn partitions_with(path: &Path, flags: &str) -> Vec<(u64, u64)> {
-    let json: serde_json::Value = serde_json::from_str(&sh(&format!("sfdisk {flags} -J {}", path.display()))).expect("sfdisk json");
+    let json: serde_json::Value =
+        serde_json::from_str(&sh(&format!("sfdisk {flags} -J {}", path.display()))).expect("sfdisk json");
     let table = &json["partitiontable"];
     let sector = table["sectorsize"].as_u64().unwrap_or(512);
     let mut parts: Vec<(u64, u64)> = table["partitions"]
@@ -45,7 +55,12 @@ fn partitions_with(path: &Path, flags: &str) -> Vec<(u64, u64)> {
         .expect("partitions")
         .iter()
         .filter(|p| !matches!(p["type"].as_str(), Some("5" | "f" | "85")))
-        .map(|p| (p["start"].as_u64().expect("start") * sector, p["size"].as_u64().expect("size") * sector))
+        .map(|p| {
+            (
+                p["start"].as_u64().expect("start") * sector,
+                p["size"].as_u64().expect("size") * sector,
+            )
+        })
         .collect();
     parts.sort();
     parts
@@ -85,7 +100,11 @@ pub fn read_at(path: &Path, offset: u64, len: u64) -> Vec<u8> {
 /// Copies a filesystem image into a partition of a disk.
 pub fn put_partition(disk: &Path, (offset, len): (u64, u64), image: &Path) {
     let data = fs::read(image).expect("read image");
-    assert!(data.len() as u64 <= len, "{} does not fit the partition", image.display());
+    assert!(
+        data.len() as u64 <= len,
+        "{} does not fit the partition",
+        image.display()
+    );
     write_at(disk, offset, &data);
 }
 
@@ -113,14 +132,20 @@ pub fn write_tree(dir: &Path, seed: u64) -> Vec<(String, Vec<u8>)> {
     let mut files = vec![
         ("/etc/hostname".to_string(), format!("host-{seed}\n").into_bytes()),
         ("/etc/fstab".to_string(), b"UUID=1234 / ext4 defaults 0 1\n".repeat(20)),
-        ("/usr/share/doc/readme.txt".to_string(), b"fog images disks over the network. ".repeat(4000)),
+        (
+            "/usr/share/doc/readme.txt".to_string(),
+            b"fog images disks over the network. ".repeat(4000),
+        ),
         ("/bin/blob0".to_string(), pseudo_random(700_000, seed)),
         ("/bin/blob1".to_string(), pseudo_random(1_300_000, seed + 100)),
         ("/bin/copy-of-blob0".to_string(), pseudo_random(700_000, seed)),
         ("/var/empty.log".to_string(), Vec::new()),
     ];
     for i in 0..30 {
-        files.push((format!("/srv/data/file{i}.txt"), format!("line {i} of seed {seed}\n").repeat(50 + i * 40).into_bytes()));
+        files.push((
+            format!("/srv/data/file{i}.txt"),
+            format!("line {i} of seed {seed}\n").repeat(50 + i * 40).into_bytes(),
+        ));
     }
     for (name, data) in &files {
         let path = dir.join(name.trim_start_matches('/'));

@@ -240,10 +240,7 @@ impl Geometry {
 
         let log_bs = u32::try_from(sb.u32(S_LOG_BLOCK_SIZE)).unwrap_or(u32::MAX);
         if log_bs > MAX_LOG_BLOCK_SIZE {
-            return Err(bad(
-                dev,
-                format!("block size 1024 << {log_bs} is larger than 64 KiB"),
-            ));
+            return Err(bad(dev, format!("block size 1024 << {log_bs} is larger than 64 KiB")));
         }
         let bs = 1024u64 << log_bs;
         let bigalloc = ro_compat & RO_COMPAT_BIGALLOC != 0;
@@ -261,11 +258,7 @@ impl Geometry {
         };
 
         let bpg = sb.u32(S_BLOCKS_PER_GROUP);
-        let cpg = if bigalloc {
-            sb.u32(S_CLUSTERS_PER_GROUP)
-        } else {
-            bpg
-        };
+        let cpg = if bigalloc { sb.u32(S_CLUSTERS_PER_GROUP) } else { bpg };
         if cpg == 0 || cpg > 8 * bs {
             return Err(bad(
                 dev,
@@ -280,12 +273,7 @@ impl Geometry {
         }
 
         let wide = incompat & INCOMPAT_64BIT != 0;
-        let blocks = sb.u32(S_BLOCKS_COUNT_LO)
-            | if wide {
-                sb.u32(S_BLOCKS_COUNT_HI) << 32
-            } else {
-                0
-            };
+        let blocks = sb.u32(S_BLOCKS_COUNT_LO) | if wide { sb.u32(S_BLOCKS_COUNT_HI) << 32 } else { 0 };
         let first_data_block = sb.u32(S_FIRST_DATA_BLOCK);
         if first_data_block > 1 || (first_data_block == 1 && (bs != 1024 || ratio != 1)) {
             return Err(bad(
@@ -294,10 +282,7 @@ impl Geometry {
             ));
         }
         if blocks <= first_data_block {
-            return Err(bad(
-                dev,
-                format!("block count {blocks} leaves no block groups"),
-            ));
+            return Err(bad(dev, format!("block count {blocks} leaves no block groups")));
         }
         match blocks.checked_mul(bs) {
             Some(bytes) if bytes <= dev.size() => {}
@@ -332,10 +317,7 @@ impl Geometry {
         }
         let ipg = sb.u32(S_INODES_PER_GROUP);
         if ipg == 0 || ipg > 8 * bs {
-            return Err(bad(
-                dev,
-                format!("{ipg} inodes per group, must be 1 to {}", 8 * bs),
-            ));
+            return Err(bad(dev, format!("{ipg} inodes per group, must be 1 to {}", 8 * bs)));
         }
         let itable_blocks = (ipg * inode_size).div_ceil(bs);
 
@@ -349,21 +331,15 @@ impl Geometry {
         let gdt_blocks = groups.div_ceil(descs_per_block);
         let sb_block = SUPERBLOCK_OFFSET / bs;
         let meta_bg = incompat & INCOMPAT_META_BG != 0;
-        let first_meta_bg = if meta_bg {
-            sb.u32(S_FIRST_META_BG)
-        } else {
-            gdt_blocks
-        };
+        let first_meta_bg = if meta_bg { sb.u32(S_FIRST_META_BG) } else { gdt_blocks };
         if first_meta_bg > gdt_blocks {
             return Err(bad(
                 dev,
-                format!(
-                    "first meta block group {first_meta_bg} is past the {gdt_blocks} descriptor blocks"
-                ),
+                format!("first meta block group {first_meta_bg} is past the {gdt_blocks} descriptor blocks"),
             ));
         }
-        let sparse_super2 = (compat & COMPAT_SPARSE_SUPER2 != 0)
-            .then(|| [sb.u32(S_BACKUP_BGS), sb.u32(S_BACKUP_BGS + 4)]);
+        let sparse_super2 =
+            (compat & COMPAT_SPARSE_SUPER2 != 0).then(|| [sb.u32(S_BACKUP_BGS), sb.u32(S_BACKUP_BGS + 4)]);
 
         Ok(Plan::Groups(Geometry {
             bs,
@@ -480,10 +456,7 @@ impl Geometry {
             }
         }
         if g != self.groups {
-            return Err(bad(
-                dev,
-                format!("read {g} group descriptors of {}", self.groups),
-            ));
+            return Err(bad(dev, format!("read {g} group descriptors of {}", self.groups)));
         }
         Ok(descs)
     }
@@ -491,11 +464,7 @@ impl Geometry {
     fn parse_desc(&self, dev: &dyn ReadAt, g: u64, raw: &[u8]) -> Result<Desc> {
         let field = |lo: usize, hi: usize| -> Option<u64> {
             let lo = u64::from(le::u32(raw, lo)?);
-            let hi = if self.wide {
-                u64::from(le::u32(raw, hi)?)
-            } else {
-                0
-            };
+            let hi = if self.wide { u64::from(le::u32(raw, hi)?) } else { 0 };
             Some(hi << 32 | lo)
         };
         let parsed = (|| {
@@ -756,8 +725,7 @@ impl<'a> BatchReader<'a> {
                 n += 1;
             }
             self.buf.resize(n * self.bs, 0);
-            self.dev
-                .read_exact_at(&mut self.buf, start * self.bs as u64)?;
+            self.dev.read_exact_at(&mut self.buf, start * self.bs as u64)?;
             self.first = i;
             self.count = n;
         }
@@ -795,8 +763,7 @@ mod tests {
     }
 
     fn run(name: &str, c: &mut Command) -> Output {
-        c.output()
-            .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+        c.output().unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
     }
 
     fn run_ok(name: &str, c: &mut Command) -> Output {
@@ -900,10 +867,7 @@ mod tests {
         let size = fs::metadata(src).expect("stat image").len();
         let from = File::open(src).expect("open image");
         sparse_file(dst, size);
-        let to = fs::OpenOptions::new()
-            .write(true)
-            .open(dst)
-            .expect("open copy");
+        let to = fs::OpenOptions::new().write(true).open(dst).expect("open copy");
         let mut buf = vec![0u8; 1 << 20];
         for e in extents {
             let mut off = e.offset;
@@ -918,11 +882,7 @@ mod tests {
     }
 
     /// What a user would check on a deployed copy: e2fsck is happy and every file reads back.
-    fn check_copy(
-        copy: &Path,
-        files: &[(String, Vec<u8>)],
-        work: &Path,
-    ) -> std::result::Result<(), String> {
+    fn check_copy(copy: &Path, files: &[(String, Vec<u8>)], work: &Path) -> std::result::Result<(), String> {
         let out = run("e2fsck", cmd("e2fsck").arg("-fn").arg(copy));
         if !out.status.success() {
             return Err(format!(
@@ -937,14 +897,12 @@ mod tests {
         let script = work.join("debugfs.cmds");
         let mut s = File::create(&script).expect("create debugfs script");
         for (i, (path, _)) in files.iter().enumerate() {
-            writeln!(s, "dump /{path} {}", dump.join(i.to_string()).display())
-                .expect("write debugfs script");
+            writeln!(s, "dump /{path} {}", dump.join(i.to_string()).display()).expect("write debugfs script");
         }
         drop(s);
         run_ok("debugfs", cmd("debugfs").arg("-f").arg(&script).arg(copy));
         for (i, (path, data)) in files.iter().enumerate() {
-            let got = fs::read(dump.join(i.to_string()))
-                .map_err(|e| format!("debugfs did not dump /{path}: {e}"))?;
+            let got = fs::read(dump.join(i.to_string())).map_err(|e| format!("debugfs did not dump /{path}: {e}"))?;
             if &got != data {
                 return Err(format!(
                     "/{path} differs in the copy ({} bytes, expected {})",
@@ -964,10 +922,7 @@ mod tests {
         }
         for w in extents.windows(2) {
             if let [a, b] = w {
-                assert!(
-                    a.end() < b.offset,
-                    "extents not sorted and merged: {a:?} {b:?}"
-                );
+                assert!(a.end() < b.offset, "extents not sorted and merged: {a:?} {b:?}");
             }
         }
     }
@@ -999,22 +954,13 @@ mod tests {
             }
             drop(f);
             let mut c = cmd(mkfs_name);
-            c.args(["-F", "-q"])
-                .args(opts)
-                .arg("-d")
-                .arg(&src)
-                .arg(&img);
+            c.args(["-F", "-q"]).args(opts).arg("-d").arg(&src).arg(&img);
             run_ok(mkfs_name, &mut c);
         } else {
             mkfs(mkfs_name, opts, size, Some(&src), &img);
         }
         run_ok("e2fsck", cmd("e2fsck").arg("-fn").arg(&img));
-        Built {
-            dir,
-            img,
-            files,
-            size,
-        }
+        Built { dir, img, files, size }
     }
 
     /// Builds, maps, copies only the used extents, and checks the copy like a user would.
@@ -1023,13 +969,7 @@ mod tests {
         roundtrip_on(mkfs_name, opts, size, big, false)
     }
 
-    fn roundtrip_on(
-        mkfs_name: &str,
-        opts: &[&str],
-        size: u64,
-        big: usize,
-        old_data: bool,
-    ) -> (u64, String) {
+    fn roundtrip_on(mkfs_name: &str, opts: &[&str], size: u64, big: usize, old_data: bool) -> (u64, String) {
         let b = build_on(mkfs_name, opts, size, big, old_data);
         let disk = Disk::open(&b.img).expect("open image");
         assert!(
@@ -1065,10 +1005,7 @@ mod tests {
             listing.contains("BLOCK_UNINIT"),
             "expected BLOCK_UNINIT groups:\n{listing}"
         );
-        assert!(
-            used < 64 * MIB / 5,
-            "{used} bytes used of a mostly empty 64 MiB fs"
-        );
+        assert!(used < 64 * MIB / 5, "{used} bytes used of a mostly empty 64 MiB fs");
     }
 
     #[test]
@@ -1079,10 +1016,7 @@ mod tests {
             128 * MIB,
             12_000_000,
         );
-        assert!(
-            !listing.contains(" 64bit"),
-            "expected 32-byte descriptors:\n{listing}"
-        );
+        assert!(!listing.contains(" 64bit"), "expected 32-byte descriptors:\n{listing}");
         assert!(
             listing.contains("BLOCK_UNINIT"),
             "expected BLOCK_UNINIT groups:\n{listing}"
@@ -1095,16 +1029,7 @@ mod tests {
     fn ext4_64bit_lazy_itable_init() {
         let (used, listing) = roundtrip(
             "mkfs.ext4",
-            &[
-                "-b",
-                "4096",
-                "-g",
-                "1024",
-                "-O",
-                "64bit",
-                "-E",
-                "lazy_itable_init=1",
-            ],
+            &["-b", "4096", "-g", "1024", "-O", "64bit", "-E", "lazy_itable_init=1"],
             128 * MIB,
             6_000_000,
         );
@@ -1121,10 +1046,7 @@ mod tests {
             64 * MIB,
             2_000_000,
         );
-        assert!(
-            listing.contains("uninit_bg"),
-            "expected uninit_bg:\n{listing}"
-        );
+        assert!(listing.contains("uninit_bg"), "expected uninit_bg:\n{listing}");
         assert!(
             listing.contains("First block:              1"),
             "expected 1 KiB layout:\n{listing}"
@@ -1137,14 +1059,7 @@ mod tests {
         // 64 groups of 1 MiB, 16 descriptors per block: 4 meta groups.
         let (_, listing) = roundtrip(
             "mkfs.ext4",
-            &[
-                "-b",
-                "1024",
-                "-g",
-                "1024",
-                "-O",
-                "meta_bg,^resize_inode,64bit",
-            ],
+            &["-b", "1024", "-g", "1024", "-O", "meta_bg,^resize_inode,64bit"],
             64 * MIB,
             2_000_000,
         );
@@ -1153,12 +1068,7 @@ mod tests {
 
     #[test]
     fn ext4_sparse_super2() {
-        let (_, listing) = roundtrip(
-            "mkfs.ext4",
-            &["-b", "1024", "-O", "sparse_super2"],
-            64 * MIB,
-            2_000_000,
-        );
+        let (_, listing) = roundtrip("mkfs.ext4", &["-b", "1024", "-O", "sparse_super2"], 64 * MIB, 2_000_000);
         assert!(
             listing.contains("Backup block groups"),
             "expected sparse_super2:\n{listing}"
@@ -1173,10 +1083,7 @@ mod tests {
             128 * MIB,
             2_000_000,
         );
-        assert!(
-            listing.contains("bigalloc"),
-            "expected bigalloc:\n{listing}"
-        );
+        assert!(listing.contains("bigalloc"), "expected bigalloc:\n{listing}");
     }
 
     #[test]
@@ -1187,19 +1094,13 @@ mod tests {
             128 * MIB,
             2_000_000,
         );
-        assert!(
-            listing.contains("bigalloc"),
-            "expected bigalloc:\n{listing}"
-        );
+        assert!(listing.contains("bigalloc"), "expected bigalloc:\n{listing}");
     }
 
     #[test]
     fn ext2_without_flex_bg() {
         let (used, listing) = roundtrip("mkfs.ext2", &["-O", "^flex_bg"], 64 * MIB, 2_000_000);
-        assert!(
-            !listing.contains("flex_bg"),
-            "expected no flex_bg:\n{listing}"
-        );
+        assert!(!listing.contains("flex_bg"), "expected no flex_bg:\n{listing}");
         assert!(used < 64 * MIB / 5, "{used} bytes used");
     }
 
@@ -1208,14 +1109,7 @@ mod tests {
         // Every group holds a superblock backup.
         roundtrip(
             "mkfs.ext2",
-            &[
-                "-b",
-                "4096",
-                "-g",
-                "2048",
-                "-O",
-                "^sparse_super,^resize_inode",
-            ],
+            &["-b", "4096", "-g", "2048", "-O", "^sparse_super,^resize_inode"],
             64 * MIB,
             2_000_000,
         );
@@ -1224,10 +1118,7 @@ mod tests {
     #[test]
     fn ext3_with_journal() {
         let (used, listing) = roundtrip("mkfs.ext3", &[], 64 * MIB, 2_000_000);
-        assert!(
-            listing.contains("has_journal"),
-            "expected a journal:\n{listing}"
-        );
+        assert!(listing.contains("has_journal"), "expected a journal:\n{listing}");
         assert!(used < 64 * MIB / 5, "{used} bytes used");
     }
 
@@ -1260,21 +1151,13 @@ mod tests {
             .take_while(|l| !l.starts_with("Group "));
         for line in section {
             for part in line.split(" at ").skip(1) {
-                let num: String = part
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '-')
-                    .collect();
-                let mut it = num
-                    .split('-')
-                    .map(|n| n.parse::<u64>().expect("block number"));
+                let num: String = part.chars().take_while(|c| c.is_ascii_digit() || *c == '-').collect();
+                let mut it = num.split('-').map(|n| n.parse::<u64>().expect("block number"));
                 let first = it.next().expect("a block");
                 ranges.push((first, it.next().unwrap_or(first)));
             }
         }
-        assert!(
-            !ranges.is_empty(),
-            "no metadata for {header:?} in:\n{listing}"
-        );
+        assert!(!ranges.is_empty(), "no metadata for {header:?} in:\n{listing}");
         ranges
     }
 
@@ -1283,12 +1166,7 @@ mod tests {
         // Two 8 MiB groups with flex_bg: group 0 holds the bitmaps and inode tables of both.
         // Flag group 0 BLOCK_UNINIT and wipe its bitmap: what is left used in group 0 must be
         // exactly the boot block, superblock, descriptors, reserved GDT and both groups' tables.
-        let b = build(
-            "mkfs.ext4",
-            &["-b", "1024", "-O", "flex_bg"],
-            16 * MIB,
-            100_000,
-        );
+        let b = build("mkfs.ext4", &["-b", "1024", "-O", "flex_bg"], 16 * MIB, 100_000);
         let listing = dumpe2fs_all(&b.img);
         let group1 = 8193u64;
         assert!(
@@ -1316,9 +1194,7 @@ mod tests {
         let flags = le::u16(&d, gd + BG_FLAGS).expect("flags") | BG_BLOCK_UNINIT;
         put16(&mut d, gd + BG_FLAGS, flags);
         let bitmap = le::u32(&d, gd + BG_BLOCK_BITMAP_LO).expect("bitmap") as usize * 1024;
-        d.get_mut(bitmap..bitmap + 1024)
-            .expect("bitmap block")
-            .fill(0);
+        d.get_mut(bitmap..bitmap + 1024).expect("bitmap block").fill(0);
         let got: Vec<Extent> = used_extents(&d)
             .expect("map")
             .into_iter()
@@ -1365,10 +1241,7 @@ mod tests {
         let extents = used_extents(&disk).expect("used_extents");
         let took = t.elapsed();
         assert_well_formed(&extents, 2048 * MIB);
-        assert_eq!(
-            extents.iter().map(|e| e.len).sum::<u64>(),
-            dumpe2fs_used(&img)
-        );
+        assert_eq!(extents.iter().map(|e| e.len).sum::<u64>(), dumpe2fs_used(&img));
         assert!(
             took < std::time::Duration::from_millis(500),
             "mapping 2 GiB took {took:?}"
@@ -1382,14 +1255,8 @@ mod tests {
         assert!(probe(&disk).expect("probe"));
         assert!(!probe(&vec![0u8; 1 << 20]).expect("probe zeros"));
         assert!(!probe(&vec![0u8; 100]).expect("probe tiny"));
-        assert!(
-            used_extents(&vec![0u8; 1 << 20]).is_err(),
-            "zeros are not ext"
-        );
-        assert!(
-            used_extents(&vec![0u8; 100]).is_err(),
-            "100 bytes are not ext"
-        );
+        assert!(used_extents(&vec![0u8; 1 << 20]).is_err(), "zeros are not ext");
+        assert!(used_extents(&vec![0u8; 100]).is_err(), "100 bytes are not ext");
     }
 
     // ---- corrupt input -------------------------------------------------------------------------
@@ -1398,10 +1265,7 @@ mod tests {
     fn small_image(opts: &[&str]) -> (Vec<u8>, usize) {
         let b = build("mkfs.ext4", opts, 16 * MIB, 200_000);
         let data = fs::read(&b.img).expect("read image");
-        let log = data
-            .get(1024 + S_LOG_BLOCK_SIZE)
-            .copied()
-            .expect("superblock");
+        let log = data.get(1024 + S_LOG_BLOCK_SIZE).copied().expect("superblock");
         let bs = 1024usize << log;
         (data, if bs == 1024 { 2048 } else { bs })
     }
@@ -1467,10 +1331,7 @@ mod tests {
                 "first data block 7",
                 Box::new(move |d| put32(d, sb + S_FIRST_DATA_BLOCK, 7)),
             ),
-            (
-                "bad desc size",
-                Box::new(move |d| put16(d, sb + S_DESC_SIZE, 48)),
-            ),
+            ("bad desc size", Box::new(move |d| put16(d, sb + S_DESC_SIZE, 48))),
             (
                 "huge reserved gdt",
                 Box::new(move |d| put16(d, sb + S_RESERVED_GDT_BLOCKS, 0xFFFF)),
@@ -1509,35 +1370,22 @@ mod tests {
     #[test]
     fn errors_name_the_device() {
         let b = build("mkfs.ext4", &[], 16 * MIB, 100_000);
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(&b.img)
-            .expect("open image");
+        let f = fs::OpenOptions::new().write(true).open(&b.img).expect("open image");
         f.write_all_at(&20u32.to_le_bytes(), 1024 + S_LOG_BLOCK_SIZE as u64)
             .expect("corrupt");
         drop(f);
         let disk = Disk::open(&b.img).expect("open image");
         let err = used_extents(&disk).expect_err("corrupt block size");
         assert!(matches!(err, Error::BadFilesystem { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains(&b.img.display().to_string()),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&b.img.display().to_string()), "{err}");
     }
 
     #[test]
     fn needs_recovery_is_captured_whole() {
         let (mut d, _) = small_image(&[]);
         let incompat = le::u32(&d, 1024 + S_FEATURE_INCOMPAT).expect("incompat");
-        put32(
-            &mut d,
-            1024 + S_FEATURE_INCOMPAT,
-            incompat | INCOMPAT_RECOVER,
-        );
-        assert_eq!(
-            used_extents(&d).expect("map"),
-            vec![Extent::new(0, d.len() as u64)]
-        );
+        put32(&mut d, 1024 + S_FEATURE_INCOMPAT, incompat | INCOMPAT_RECOVER);
+        assert_eq!(used_extents(&d).expect("map"), vec![Extent::new(0, d.len() as u64)]);
     }
 
     #[test]
@@ -1602,10 +1450,7 @@ mod tests {
             wide: true,
         };
         let with: BTreeSet<u64> = (0..3000).filter(|&g| geo.has_super(g)).collect();
-        let expected: BTreeSet<u64> = [
-            0, 1, 3, 5, 7, 9, 25, 27, 49, 81, 125, 243, 343, 625, 729, 2187, 2401,
-        ]
-        .into();
+        let expected: BTreeSet<u64> = [0, 1, 3, 5, 7, 9, 25, 27, 49, 81, 125, 243, 343, 625, 729, 2187, 2401].into();
         assert_eq!(with, expected);
         let geo2 = Geometry {
             sparse_super2: Some([1, 2999]),
@@ -1633,11 +1478,7 @@ mod tests {
             // Sometimes long runs of zeros and ones.
             if round % 3 == 0 {
                 for b in bits.iter_mut() {
-                    *b = if rng.next().is_multiple_of(2) {
-                        0
-                    } else {
-                        0xFF
-                    };
+                    *b = if rng.next().is_multiple_of(2) { 0 } else { 0xFF };
                 }
             }
             let nbits = rng.next() % (len as u64 * 8 + 1);
@@ -1645,9 +1486,7 @@ mod tests {
             for_each_run(&bits, nbits, |s, n| got.push((s, n)));
             let mut want: Vec<(u64, u64)> = Vec::new();
             for i in 0..nbits {
-                let set = bits
-                    .get((i / 8) as usize)
-                    .is_some_and(|b| b >> (i % 8) & 1 == 1);
+                let set = bits.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 == 1);
                 if set {
                     match want.last_mut() {
                         Some(last) if last.0 + last.1 == i => last.1 += 1,
@@ -1662,9 +1501,7 @@ mod tests {
             let mut m = vec![0u8; len];
             set_bits(&mut m, from, to);
             for i in 0..len as u64 * 8 {
-                let set = m
-                    .get((i / 8) as usize)
-                    .is_some_and(|x| x >> (i % 8) & 1 == 1);
+                let set = m.get((i / 8) as usize).is_some_and(|x| x >> (i % 8) & 1 == 1);
                 assert_eq!(set, i >= from && i < to, "set_bits({from}, {to}) bit {i}");
             }
         }

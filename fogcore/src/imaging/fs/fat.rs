@@ -88,12 +88,8 @@ fn used_extents_in_chunks(dev: &dyn ReadAt, chunk_bytes: u64) -> Result<Vec<Exte
         what: dev.name(),
         reason,
     };
-    let boot = read_boot_sector(dev)?.ok_or_else(|| {
-        bad(format!(
-            "too small for a FAT boot sector ({} bytes)",
-            dev.size()
-        ))
-    })?;
+    let boot =
+        read_boot_sector(dev)?.ok_or_else(|| bad(format!("too small for a FAT boot sector ({} bytes)", dev.size())))?;
     let geometry = parse_boot_sector(&boot, dev.size()).map_err(bad)?;
     let mut list = ExtentList::new();
     list.push(0, geometry.data_offset);
@@ -114,16 +110,8 @@ fn read_boot_sector(dev: &dyn ReadAt) -> Result<Option<[u8; 512]>> {
 /// Checks the BPB and works out the layout; the error is the reason it is not a usable FAT.
 fn parse_boot_sector(boot: &[u8], dev_size: u64) -> std::result::Result<Geometry, String> {
     let byte = |off: usize| boot.get(off).copied().ok_or("boot sector too short");
-    let u16_at = |off: usize| {
-        le::u16(boot, off)
-            .map(u64::from)
-            .ok_or("boot sector too short")
-    };
-    let u32_at = |off: usize| {
-        le::u32(boot, off)
-            .map(u64::from)
-            .ok_or("boot sector too short")
-    };
+    let u16_at = |off: usize| le::u16(boot, off).map(u64::from).ok_or("boot sector too short");
+    let u32_at = |off: usize| le::u32(boot, off).map(u64::from).ok_or("boot sector too short");
 
     if u16_at(SIGNATURE_OFFSET)? != 0xAA55 {
         return Err("no 55 AA boot sector signature".into());
@@ -219,9 +207,7 @@ fn parse_boot_sector(boot: &[u8], dev_size: u64) -> std::result::Result<Geometry
         if ext_flags & 0x80 != 0 {
             active_fat = ext_flags & 0x0F;
             if active_fat >= fat_count {
-                return Err(format!(
-                    "active FAT {active_fat} of {fat_count} FATs does not exist"
-                ));
+                return Err(format!("active FAT {active_fat} of {fat_count} FATs does not exist"));
             }
         }
     }
@@ -236,12 +222,7 @@ fn parse_boot_sector(boot: &[u8], dev_size: u64) -> std::result::Result<Geometry
 
 /// Adds every data cluster whose FAT entry is in use, reading the FAT about `chunk_bytes` at a
 /// time.
-fn add_used_clusters(
-    dev: &dyn ReadAt,
-    g: &Geometry,
-    chunk_bytes: u64,
-    list: &mut ExtentList,
-) -> Result<()> {
+fn add_used_clusters(dev: &dyn ReadAt, g: &Geometry, chunk_bytes: u64, list: &mut ExtentList) -> Result<()> {
     let entries = g.clusters + 2;
     // An even number of entries per chunk, so FAT12 chunks start on a byte boundary.
     let per_chunk = match g.kind {
@@ -408,10 +389,7 @@ mod tests {
         for (i, (name, data)) in files.iter().enumerate() {
             let out = work.join(format!("readback-{i}"));
             let _ = std::fs::remove_file(&out);
-            let mcopy = run(
-                "mcopy",
-                &["-n", "-i", s(copy), &format!("::/{name}"), s(&out)],
-            );
+            let mcopy = run("mcopy", &["-n", "-i", s(copy), &format!("::/{name}"), s(&out)]);
             if !mcopy.status.success() {
                 return Err(format!(
                     "mcopy of {name} failed: {}",
@@ -471,16 +449,10 @@ mod tests {
 
     fn assert_sorted_disjoint(extents: &[Extent], size: u64) {
         for pair in extents.windows(2) {
-            assert!(
-                pair[0].end() < pair[1].offset,
-                "extents overlap or touch: {pair:?}"
-            );
+            assert!(pair[0].end() < pair[1].offset, "extents overlap or touch: {pair:?}");
         }
         for e in extents {
-            assert!(
-                e.len > 0 && e.end() <= size,
-                "bad extent {e:?} on a {size}-byte device"
-            );
+            assert!(e.len > 0 && e.end() <= size, "bad extent {e:?} on a {size}-byte device");
         }
     }
 
@@ -499,10 +471,7 @@ mod tests {
         let mut args = vec!["-F".to_string(), fat_bits.to_string()];
         args.extend(mkfs_extra.iter().map(|a| a.to_string()));
         args.extend(["-C".to_string(), s(&img).to_string(), size_kb.to_string()]);
-        run_ok(
-            "mkfs.vfat",
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
+        run_ok("mkfs.vfat", &args.iter().map(String::as_str).collect::<Vec<_>>());
 
         // Files at the top, in a directory and two levels down; "victim" is deleted later.
         let src = work.join("src");
@@ -532,10 +501,7 @@ mod tests {
         run_ok("mcopy", &mcopy_args);
         for (rel, _) in &files {
             if !rel.starts_with("docs/") && rel != "top0.bin" {
-                run_ok(
-                    "mcopy",
-                    &["-i", s(&img), s(&src.join(rel)), &format!("::/{rel}")],
-                );
+                run_ok("mcopy", &["-i", s(&img), s(&src.join(rel)), &format!("::/{rel}")]);
             }
         }
 
@@ -578,10 +544,7 @@ mod tests {
             extents.len() >= 2,
             "no free space in the middle after delete: {extents:?}"
         );
-        assert!(
-            used < size / 2,
-            "{used} of {size} bytes used on a mostly empty volume"
-        );
+        assert!(used < size / 2, "{used} of {size} bytes used on a mostly empty volume");
 
         // The same total, counted independently by fsck.vfat.
         let (data_start, cluster_size, used_clusters) = fsck_counts(&img);
@@ -607,8 +570,7 @@ mod tests {
 
         let copy = work.join("copy.img");
         copy_extents(&img, &extents, &copy);
-        check_copy(&copy, &files, work, restore_total)
-            .expect("copy of the used extents is a good filesystem");
+        check_copy(&copy, &files, work, restore_total).expect("copy of the used extents is a good filesystem");
 
         // The check can fail: without the last extent, some file or directory is lost.
         let fewer = &extents[..extents.len() - 1];
@@ -662,14 +624,7 @@ mod tests {
     #[test]
     fn small_fat32_by_bpb_round_trip() {
         let files = [1_000_000, 1, 300_000, 9_000, 20_000];
-        round_trip(
-            32,
-            40_000,
-            &["-s", "1"],
-            &files,
-            FatType::Fat32,
-            Some(60_000),
-        );
+        round_trip(32, 40_000, &["-s", "1"], &files, FatType::Fat32, Some(60_000));
     }
 
     /// Bigger clusters and sectors than the default.
@@ -697,16 +652,8 @@ mod tests {
         drop(disk);
         let mut rng = StdRng::seed_from_u64(12);
         let src = dir.path().join("src");
-        let data = write_file(
-            &src,
-            "full.bin",
-            (g.clusters * g.cluster_size) as usize,
-            &mut rng,
-        );
-        run_ok(
-            "mcopy",
-            &["-i", s(&img), s(&src.join("full.bin")), "::/full.bin"],
-        );
+        let data = write_file(&src, "full.bin", (g.clusters * g.cluster_size) as usize, &mut rng);
+        run_ok("mcopy", &["-i", s(&img), s(&src.join("full.bin")), "::/full.bin"]);
         let disk = Disk::open(&img).expect("open image");
         let extents = used_extents(&disk).expect("used extents");
         let end = g.data_offset + g.clusters * g.cluster_size;
@@ -744,10 +691,7 @@ mod tests {
         );
         // A FAT that does not exist.
         bytes[40..42].copy_from_slice(&0x82u16.to_le_bytes());
-        assert!(matches!(
-            used_extents(&bytes),
-            Err(Error::BadFilesystem { .. })
-        ));
+        assert!(matches!(used_extents(&bytes), Err(Error::BadFilesystem { .. })));
     }
 
     fn fresh_fat12() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
@@ -769,19 +713,13 @@ mod tests {
         let cases: [(&str, Patch); 10] = [
             ("sectors per cluster 0", |b| b[13] = 0),
             ("sectors per cluster 3", |b| b[13] = 3),
-            ("bytes per sector 3", |b| {
-                b[11..13].copy_from_slice(&3u16.to_le_bytes())
-            }),
+            ("bytes per sector 3", |b| b[11..13].copy_from_slice(&3u16.to_le_bytes())),
             ("no reserved sectors", |b| {
                 b[14..16].copy_from_slice(&0u16.to_le_bytes())
             }),
             ("no FATs", |b| b[16] = 0),
-            ("FAT size 0", |b| {
-                b[22..24].copy_from_slice(&0u16.to_le_bytes())
-            }),
-            ("FAT too small", |b| {
-                b[22..24].copy_from_slice(&1u16.to_le_bytes())
-            }),
+            ("FAT size 0", |b| b[22..24].copy_from_slice(&0u16.to_le_bytes())),
+            ("FAT too small", |b| b[22..24].copy_from_slice(&1u16.to_le_bytes())),
             ("larger than device", |b| {
                 b[19..21].copy_from_slice(&0u16.to_le_bytes());
                 b[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -797,10 +735,7 @@ mod tests {
             let path = dir.path().join("corrupt.img");
             std::fs::write(&path, &bytes).expect("write corrupt image");
             let disk = Disk::open(&path).expect("open");
-            assert!(
-                !probe(&disk).expect("probe reads"),
-                "{what}: probe accepted it"
-            );
+            assert!(!probe(&disk).expect("probe reads"), "{what}: probe accepted it");
             match used_extents(&disk) {
                 Err(Error::BadFilesystem { what: name, reason }) => {
                     assert_eq!(name, s(&path), "{what}: error names the device");
@@ -814,16 +749,10 @@ mod tests {
         std::fs::write(&path, &good[..good.len() / 2]).expect("write short image");
         let disk = Disk::open(&path).expect("open");
         assert!(!probe(&disk).expect("probe reads"));
-        assert!(matches!(
-            used_extents(&disk),
-            Err(Error::BadFilesystem { .. })
-        ));
+        assert!(matches!(used_extents(&disk), Err(Error::BadFilesystem { .. })));
         let tiny = good[..100].to_vec();
         assert!(!probe(&tiny).expect("probe reads"));
-        assert!(matches!(
-            used_extents(&tiny),
-            Err(Error::BadFilesystem { .. })
-        ));
+        assert!(matches!(used_extents(&tiny), Err(Error::BadFilesystem { .. })));
         // An NTFS boot sector is not FAT.
         let mut ntfs = good.clone();
         ntfs[3..11].copy_from_slice(b"NTFS    ");

@@ -79,12 +79,8 @@ fn used_extents_in_chunks(dev: &dyn ReadAt, chunk_bytes: u64) -> Result<Vec<Exte
         what: dev.name(),
         reason,
     };
-    let boot = read_boot_sector(dev)?.ok_or_else(|| {
-        bad(format!(
-            "too small for an NTFS boot sector ({} bytes)",
-            dev.size()
-        ))
-    })?;
+    let boot = read_boot_sector(dev)?
+        .ok_or_else(|| bad(format!("too small for an NTFS boot sector ({} bytes)", dev.size())))?;
     let g = parse_boot_sector(&boot, dev.size()).map_err(bad)?;
 
     // $MFT maps the MFT; record 6 is $Bitmap.
@@ -99,13 +95,7 @@ fn used_extents_in_chunks(dev: &dyn ReadAt, chunk_bytes: u64) -> Result<Vec<Exte
         }
     };
     let mut record = vec![0u8; g.record_size as usize];
-    read_runs(
-        dev,
-        &g,
-        &mft_runs,
-        BITMAP_RECORD * g.record_size,
-        &mut record,
-    )?;
+    read_runs(dev, &g, &mft_runs, BITMAP_RECORD * g.record_size, &mut record)?;
     load_record(&mut record, BITMAP_RECORD).map_err(bad)?;
     let bitmap = find_unnamed_data(&record)
         .map_err(bad)?
@@ -148,8 +138,8 @@ fn used_extents_in_chunks(dev: &dyn ReadAt, chunk_bytes: u64) -> Result<Vec<Exte
             pos += n;
         }
     } else {
-        let value = resident_value(bitmap)
-            .ok_or_else(|| bad("$Bitmap resident value lies outside its record".into()))?;
+        let value =
+            resident_value(bitmap).ok_or_else(|| bad("$Bitmap resident value lies outside its record".into()))?;
         let value = value.get(..needed as usize).ok_or_else(|| {
             bad(format!(
                 "$Bitmap holds {} bytes, {} clusters need {needed}",
@@ -226,9 +216,7 @@ fn parse_boot_sector(boot: &[u8], dev_size: u64) -> std::result::Result<Geometry
     let volume_bytes = total_sectors
         .checked_mul(bytes_per_sector)
         .filter(|&b| b <= dev_size)
-        .ok_or_else(|| {
-            format!("volume of {total_sectors} sectors is larger than the {dev_size}-byte device")
-        })?;
+        .ok_or_else(|| format!("volume of {total_sectors} sectors is larger than the {dev_size}-byte device"))?;
     let clusters = volume_bytes / cluster_size;
     if clusters == 0 {
         return Err("no clusters".into());
@@ -243,10 +231,7 @@ fn parse_boot_sector(boot: &[u8], dev_size: u64) -> std::result::Result<Geometry
         return Err(format!("{record_size}-byte MFT records"));
     }
     let mft_clusters = record_size.div_ceil(cluster_size);
-    if mft_lcn
-        .checked_add(mft_clusters)
-        .is_none_or(|end| end > clusters)
-    {
+    if mft_lcn.checked_add(mft_clusters).is_none_or(|end| end > clusters) {
         return Err(format!(
             "MFT at cluster {mft_lcn} is outside the {clusters}-cluster volume"
         ));
@@ -316,10 +301,7 @@ fn find_unnamed_data(record: &[u8]) -> std::result::Result<Option<&[u8]>, String
             .ok_or_else(|| format!("attribute at {off} of length {len} runs past the record"))?;
         has_list |= kind == ATTR_ATTRIBUTE_LIST;
         let unnamed = attr.get(9) == Some(&0);
-        if kind == ATTR_DATA
-            && unnamed
-            && (!is_non_resident(attr) || le::u64(attr, 0x10) == Some(0))
-        {
+        if kind == ATTR_DATA && unnamed && (!is_non_resident(attr) || le::u64(attr, 0x10) == Some(0)) {
             return Ok(Some(attr));
         }
         off += len;
@@ -350,9 +332,7 @@ fn decode_runs(attr: &[u8], clusters: u64) -> std::result::Result<Vec<Run>, Stri
     let mut lcn: i64 = 0;
     let mut runs = Vec::new();
     loop {
-        let header = *attr
-            .get(pos)
-            .ok_or("mapping pairs run past the attribute")?;
+        let header = *attr.get(pos).ok_or("mapping pairs run past the attribute")?;
         if header == 0 {
             break;
         }
@@ -361,8 +341,7 @@ fn decode_runs(attr: &[u8], clusters: u64) -> std::result::Result<Vec<Run>, Stri
         if len_size == 0 || len_size > 8 || off_size > 8 {
             return Err(format!("mapping pair header {header:#04x}"));
         }
-        let len = signed(attr.get(pos + 1..pos + 1 + len_size))
-            .ok_or("mapping pairs run past the attribute")?;
+        let len = signed(attr.get(pos + 1..pos + 1 + len_size)).ok_or("mapping pairs run past the attribute")?;
         let len = u64::try_from(len)
             .ok()
             .filter(|&l| l > 0)
@@ -371,8 +350,7 @@ fn decode_runs(attr: &[u8], clusters: u64) -> std::result::Result<Vec<Run>, Stri
         if off_size == 0 {
             return Err(format!("sparse run of {len} clusters in a system file"));
         }
-        let delta = signed(attr.get(start..start + off_size))
-            .ok_or("mapping pairs run past the attribute")?;
+        let delta = signed(attr.get(start..start + off_size)).ok_or("mapping pairs run past the attribute")?;
         lcn = lcn.checked_add(delta).ok_or("run offset overflows")?;
         let first = u64::try_from(lcn).map_err(|_| format!("run at cluster {lcn}"))?;
         if first.checked_add(len).is_none_or(|end| end > clusters) {
@@ -380,11 +358,7 @@ fn decode_runs(attr: &[u8], clusters: u64) -> std::result::Result<Vec<Run>, Stri
                 "run of {len} clusters at {first} is outside the {clusters}-cluster volume"
             ));
         }
-        runs.push(Run {
-            vcn,
-            lcn: first,
-            len,
-        });
+        runs.push(Run { vcn, lcn: first, len });
         vcn = vcn
             .checked_add(len)
             .filter(|&end| end <= clusters)
@@ -559,10 +533,7 @@ mod tests {
     fn check_copy(copy: &Path, files: &[(String, Vec<u8>)]) -> std::result::Result<(), String> {
         for (name, args) in [
             ("ntfsfix", vec!["-n", s(copy)]),
-            (
-                "ntfsresize",
-                vec!["--info", "--force", "--no-progress-bar", s(copy)],
-            ),
+            ("ntfsresize", vec!["--info", "--force", "--no-progress-bar", s(copy)]),
         ] {
             let out = run(name, &args);
             if !out.status.success() {
@@ -593,27 +564,17 @@ mod tests {
     fn number_after(text: &str, label: &str) -> u64 {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(label))
-            .and_then(|rest| {
-                rest.trim_start_matches([' ', ':', '\t'])
-                    .split_whitespace()
-                    .next()
-            })
+            .and_then(|rest| rest.trim_start_matches([' ', ':', '\t']).split_whitespace().next())
             .and_then(|w| w.parse().ok())
             .unwrap_or_else(|| panic!("no {label:?} in {text}"))
     }
 
     fn assert_sorted_disjoint(extents: &[Extent], size: u64) {
         for pair in extents.windows(2) {
-            assert!(
-                pair[0].end() < pair[1].offset,
-                "extents overlap or touch: {pair:?}"
-            );
+            assert!(pair[0].end() < pair[1].offset, "extents overlap or touch: {pair:?}");
         }
         for e in extents {
-            assert!(
-                e.len > 0 && e.end() <= size,
-                "bad extent {e:?} on a {size}-byte device"
-            );
+            assert!(e.len > 0 && e.end() <= size, "bad extent {e:?} on a {size}-byte device");
         }
     }
 
@@ -630,13 +591,7 @@ mod tests {
     }
 
     /// Copies a file with `size` random bytes into the image as `/name`.
-    fn put_file(
-        img: &Path,
-        work: &Path,
-        name: &str,
-        size: usize,
-        rng: &mut StdRng,
-    ) -> (String, Vec<u8>) {
+    fn put_file(img: &Path, work: &Path, name: &str, size: usize, rng: &mut StdRng) -> (String, Vec<u8>) {
         let mut data = vec![0u8; size];
         rng.fill(&mut data[..]);
         let src = work.join("src.bin");
@@ -648,13 +603,7 @@ mod tests {
 
     /// Makes an NTFS image, fills it, truncates a file in the middle to nothing, and checks the
     /// used map. `grow` adds bytes to the device after mkfs (a partition larger than its volume).
-    fn round_trip(
-        size_mb: u64,
-        mkfs_extra: &[&str],
-        sizes: &[usize],
-        small_files: usize,
-        grow: u64,
-    ) {
+    fn round_trip(size_mb: u64, mkfs_extra: &[&str], sizes: &[usize], small_files: usize, grow: u64) {
         let dir = tempfile::tempdir().expect("tempdir");
         let work = dir.path();
         let img = make_ntfs(work, size_mb, mkfs_extra);
@@ -673,8 +622,7 @@ mod tests {
                 .and_then(|b| le::u16(&b, 0x0B))
                 .map(usize::from)
                 .expect("sector size");
-            f.read_exact_at(&mut boot[..bps], 0)
-                .expect("read boot sector");
+            f.read_exact_at(&mut boot[..bps], 0).expect("read boot sector");
             f.write_all_at(&boot[..bps], (size_mb << 20) + grow - bps as u64)
                 .expect("write backup boot sector");
         }
@@ -685,31 +633,16 @@ mod tests {
         let victim_size = sizes.iter().max().copied().unwrap_or(1) + 12345;
         let (victim, _) = put_file(&img, work, "victim.bin", victim_size, &mut rng);
         for (i, &size) in rest.iter().enumerate() {
-            files.push(put_file(
-                &img,
-                work,
-                &format!("file{i}.dat"),
-                size,
-                &mut rng,
-            ));
+            files.push(put_file(&img, work, &format!("file{i}.dat"), size, &mut rng));
         }
         // Enough small files that the MFT and the root index grow past what mkfs made.
         for i in 0..small_files {
             let size = rng.random_range(0..3000);
-            files.push(put_file(
-                &img,
-                work,
-                &format!("small{i}.txt"),
-                size,
-                &mut rng,
-            ));
+            files.push(put_file(&img, work, &format!("small{i}.txt"), size, &mut rng));
         }
 
         let disk = Disk::open(&img).expect("open image");
-        assert!(
-            probe(&disk).expect("probe"),
-            "probe does not recognise NTFS"
-        );
+        assert!(probe(&disk).expect("probe"), "probe does not recognise NTFS");
         assert!(
             !super::super::fat::probe(&disk).expect("fat probe"),
             "FAT probe accepts NTFS"
@@ -738,14 +671,8 @@ mod tests {
             used + freed <= before,
             "truncating {victim_size} bytes took used from {before} only to {used}"
         );
-        assert!(
-            extents.len() >= 2,
-            "no free space in the middle: {extents:?}"
-        );
-        assert!(
-            used < size / 2,
-            "{used} of {size} bytes used on a mostly empty volume"
-        );
+        assert!(extents.len() >= 2, "no free space in the middle: {extents:?}");
+        assert!(used < size / 2, "{used} of {size} bytes used on a mostly empty volume");
         assert_eq!(extents.first().map(|e| e.offset), Some(0));
         assert_eq!(
             extents.last().map(|e| e.end()),
@@ -765,22 +692,14 @@ mod tests {
         let info = run_ok("ntfsinfo", &["-m", s(&img)]);
         assert_eq!(number_after(&info, "Cluster Size"), g.cluster_size);
         assert_eq!(number_after(&info, "Volume Size in Clusters"), g.clusters);
-        let free = number_after(
-            &run_ok("ntfscluster", &["-i", s(&img)]),
-            "bytes of free space",
-        );
+        let free = number_after(&run_ok("ntfscluster", &["-i", s(&img)]), "bytes of free space");
         if grow == 0 {
-            assert_eq!(
-                used,
-                size - free,
-                "used bytes differ from ntfscluster's free space"
-            );
+            assert_eq!(used, size - free, "used bytes differ from ntfscluster's free space");
         } else {
             let tail = size - g.clusters * g.cluster_size;
             assert_eq!(
                 used,
-                size - tail - free
-                    + (g.bytes_per_sector + (size - grow - g.clusters * g.cluster_size))
+                size - tail - free + (g.bytes_per_sector + (size - grow - g.clusters * g.cluster_size))
             );
         }
 
@@ -811,22 +730,13 @@ mod tests {
             let dropped = fewer.remove(drop_at);
             let broken = work.join("broken.img");
             copy_extents(&img, &fewer, &broken);
-            assert!(
-                check_copy(&broken, &files).is_err(),
-                "copy without {dropped:?} passed"
-            );
+            assert!(check_copy(&broken, &files).is_err(), "copy without {dropped:?} passed");
         }
     }
 
     #[test]
     fn ntfs_4k_clusters_round_trip() {
-        round_trip(
-            32,
-            &["-s", "512"],
-            &[3_000_000, 100, 1_000_000, 5_000_000, 4096],
-            20,
-            0,
-        );
+        round_trip(32, &["-s", "512"], &[3_000_000, 100, 1_000_000, 5_000_000, 4096], 20, 0);
     }
 
     /// 512-byte clusters: a positive clusters-per-MFT-record count and a bigger bitmap; with many
@@ -845,13 +755,7 @@ mod tests {
     /// 4 KiB sectors: 4 KiB MFT records with eight fixups each, a 4 KiB backup boot sector.
     #[test]
     fn ntfs_4k_sectors_round_trip() {
-        round_trip(
-            32,
-            &["-s", "4096"],
-            &[1_500_000, 10, 600_000, 2_500_000],
-            10,
-            0,
-        );
+        round_trip(32, &["-s", "4096"], &[1_500_000, 10, 600_000, 2_500_000], 10, 0);
     }
 
     /// 64 KiB clusters: the volume ends mid-cluster, so sectors past the last cluster matter.
@@ -870,13 +774,7 @@ mod tests {
     /// last sector of the device are both kept.
     #[test]
     fn ntfs_in_larger_partition_round_trip() {
-        round_trip(
-            32,
-            &["-s", "512"],
-            &[1_000_000, 5, 300_000, 2_000_000],
-            5,
-            3 << 20,
-        );
+        round_trip(32, &["-s", "512"], &[1_000_000, 5, 300_000, 2_000_000], 5, 3 << 20);
     }
 
     fn fresh_ntfs() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
@@ -905,41 +803,21 @@ mod tests {
         };
         // (what, patch, probe still says NTFS)
         let cases: Vec<(&str, Patch, bool)> = vec![
-            (
-                "bytes per sector 3",
-                put(0x0B, 3u16.to_le_bytes().to_vec()),
-                false,
-            ),
+            ("bytes per sector 3", put(0x0B, 3u16.to_le_bytes().to_vec()), false),
             ("sectors per cluster 0", put(0x0D, vec![0]), false),
             ("sectors per cluster 3", put(0x0D, vec![3]), false),
             ("clusters per MFT record 0", put(0x40, vec![0]), false),
-            (
-                "MFT records of 2^-40 bytes",
-                put(0x40, vec![(-40i8) as u8]),
-                false,
-            ),
-            (
-                "MFT past the end",
-                put(0x30, u64::MAX.to_le_bytes().to_vec()),
-                false,
-            ),
+            ("MFT records of 2^-40 bytes", put(0x40, vec![(-40i8) as u8]), false),
+            ("MFT past the end", put(0x30, u64::MAX.to_le_bytes().to_vec()), false),
             (
                 "volume larger than device",
                 put(0x28, (1u64 << 40).to_le_bytes().to_vec()),
                 false,
             ),
-            (
-                "huge volume",
-                put(0x28, u64::MAX.to_le_bytes().to_vec()),
-                false,
-            ),
+            ("huge volume", put(0x28, u64::MAX.to_le_bytes().to_vec()), false),
             ("no OEM id", put(3, b"MSDOS5.0".to_vec()), false),
             ("$MFT record signature", put(mft, b"BAAD".to_vec()), true),
-            (
-                "$Bitmap torn write",
-                put(bitmap + 510, vec![0x12, 0x34]),
-                true,
-            ),
+            ("$Bitmap torn write", put(bitmap + 510, vec![0x12, 0x34]), true),
             ("$Bitmap not in use", put(bitmap + 0x16, vec![0, 0]), true),
             (
                 "$Bitmap attributes past the record",
@@ -953,11 +831,7 @@ mod tests {
             let path = dir.path().join("corrupt.img");
             std::fs::write(&path, &bytes).expect("write corrupt image");
             let disk = Disk::open(&path).expect("open");
-            assert_eq!(
-                probe(&disk).expect("probe reads"),
-                still_ntfs,
-                "{what}: probe"
-            );
+            assert_eq!(probe(&disk).expect("probe reads"), still_ntfs, "{what}: probe");
             match used_extents(&disk) {
                 Err(Error::BadFilesystem { what: name, reason }) => {
                     assert_eq!(name, s(&path), "{what}: error names the device");
@@ -968,10 +842,7 @@ mod tests {
         }
         let tiny = good[..100].to_vec();
         assert!(!probe(&tiny).expect("probe reads"));
-        assert!(matches!(
-            used_extents(&tiny),
-            Err(Error::BadFilesystem { .. })
-        ));
+        assert!(matches!(used_extents(&tiny), Err(Error::BadFilesystem { .. })));
     }
 
     /// A volume that fills its device has its backup boot sector in the middle (chkdsk).
@@ -986,23 +857,14 @@ mod tests {
         let (_, at) = record_offsets(&bytes);
         let mut record = bytes[at..at + g.record_size as usize].to_vec();
         load_record(&mut record, 6).expect("record 6");
-        let attr = find_unnamed_data(&record)
-            .expect("attributes")
-            .expect("$DATA");
+        let attr = find_unnamed_data(&record).expect("attributes").expect("$DATA");
         let runs = decode_runs(attr, g.clusters).expect("runs");
         let cluster = middle / g.cluster_size;
         let byte = (runs[0].lcn * g.cluster_size + cluster / 8) as usize;
         bytes[byte] &= !(1 << (cluster % 8));
-        let covers = |extents: &[Extent]| {
-            extents
-                .iter()
-                .any(|e| e.offset <= middle && middle + 512 <= e.end())
-        };
+        let covers = |extents: &[Extent]| extents.iter().any(|e| e.offset <= middle && middle + 512 <= e.end());
         let normal = used_extents(&bytes).expect("used extents");
-        assert!(
-            !covers(&normal),
-            "middle sector is in a used cluster: {normal:?}"
-        );
+        assert!(!covers(&normal), "middle sector is in a used cluster: {normal:?}");
         bytes[0x28..0x30].copy_from_slice(&sectors.to_le_bytes());
         let extents = used_extents(&bytes).expect("used extents");
         assert!(covers(&extents), "middle sector not kept: {extents:?}");
@@ -1094,10 +956,7 @@ mod tests {
                 }
             ]
         );
-        assert!(
-            decode_runs(&attr, 0x1000).is_err(),
-            "run past the volume accepted"
-        );
+        assert!(decode_runs(&attr, 0x1000).is_err(), "run past the volume accepted");
         attr[0x44] = 0x01; // sparse run
         assert!(decode_runs(&attr, 1 << 20).is_err());
         assert_eq!(signed(Some(&[0xFF])), Some(-1));
@@ -1118,21 +977,9 @@ mod tests {
         };
         let dev: Vec<u8> = (0..64).collect();
         let runs = [
-            Run {
-                vcn: 0,
-                lcn: 5,
-                len: 2,
-            },
-            Run {
-                vcn: 2,
-                lcn: 1,
-                len: 1,
-            },
-            Run {
-                vcn: 3,
-                lcn: 9,
-                len: 3,
-            },
+            Run { vcn: 0, lcn: 5, len: 2 },
+            Run { vcn: 2, lcn: 1, len: 1 },
+            Run { vcn: 3, lcn: 9, len: 3 },
         ];
         // The stream is clusters 5, 6, 1, 9, 10, 11: bytes 20..28, 4..8, 36..48.
         let stream: Vec<u8> = (20..28).chain(4..8).chain(36..48).collect();
@@ -1144,10 +991,7 @@ mod tests {
             }
         }
         let mut buf = [0u8; 2];
-        assert!(
-            read_runs(&dev, &g, &runs, 23, &mut buf).is_err(),
-            "read past the runs"
-        );
+        assert!(read_runs(&dev, &g, &runs, 23, &mut buf).is_err(), "read past the runs");
 
         // Bits across chunks: clusters 3..=9, 15 and 16 used of 17; bits past 16 are ignored.
         let bitmap = [0b1111_1000u8, 0b1000_0011, 0b1111_0001, 0xFF];

@@ -52,7 +52,11 @@ impl SwapHeader {
         put(&mut page, INFO_OFFSET + 4, &last_page.to_le_bytes());
         put(&mut page, INFO_OFFSET + 12, uuid.get(..16).unwrap_or_default());
         let label = self.label.as_bytes();
-        put(&mut page, INFO_OFFSET + 28, label.get(..label.len().min(16)).unwrap_or_default());
+        put(
+            &mut page,
+            INFO_OFFSET + 28,
+            label.get(..label.len().min(16)).unwrap_or_default(),
+        );
         let sig_at = page.len() - SIGNATURE.len();
         put(&mut page, sig_at, SIGNATURE);
         page

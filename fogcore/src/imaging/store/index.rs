@@ -47,11 +47,15 @@ pub struct Run {
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
-    b.get(off..off + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes)
+    b.get(off..off + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes)
+    b.get(off..off + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
 }
 
 impl Run {
@@ -115,7 +119,11 @@ impl Run {
     /// Looks `id` up: the fan-out narrows to ids with the same first byte, then binary search.
     pub fn get(&self, id: &ChunkId) -> Option<Loc> {
         let first = usize::from(id.0[0]);
-        let lo = if first == 0 { 0 } else { u64_at(&self.map, 16 + (first - 1) * 8) as usize };
+        let lo = if first == 0 {
+            0
+        } else {
+            u64_at(&self.map, 16 + (first - 1) * 8) as usize
+        };
         let hi = (u64_at(&self.map, 16 + first * 8) as usize).min(self.count);
         let (mut lo, mut hi) = (lo.min(hi), hi);
         while lo < hi {
@@ -260,8 +268,18 @@ mod tests {
     #[test]
     fn finds_every_entry_and_nothing_else() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut entries: Vec<(ChunkId, Loc)> =
-            (0..5000).map(|n| (id(n), Loc { pack: n % 7, offset: u64::from(n) * 100, len: n })).collect();
+        let mut entries: Vec<(ChunkId, Loc)> = (0..5000)
+            .map(|n| {
+                (
+                    id(n),
+                    Loc {
+                        pack: n % 7,
+                        offset: u64::from(n) * 100,
+                        len: n,
+                    },
+                )
+            })
+            .collect();
         entries.sort_by_key(|e| e.0);
         let path = dir.path().join("a.idx");
         write_run(&path, entries.iter().copied()).expect("write");
@@ -276,7 +294,11 @@ mod tests {
     #[test]
     fn merge_orders_and_marks_duplicates() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let loc = Loc { pack: 1, offset: 0, len: 1 };
+        let loc = Loc {
+            pack: 1,
+            offset: 0,
+            len: 1,
+        };
         let mut a: Vec<ChunkId> = (0..100).map(id).collect();
         let mut b: Vec<ChunkId> = (50..150).map(id).collect();
         a.sort();
@@ -294,9 +316,27 @@ mod tests {
     fn rejects_a_truncated_run() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("a.idx");
-        write_run(&path, (0..10).map(|n| (ChunkId([n; 32]), Loc { pack: 0, offset: 0, len: 0 }))).expect("write");
+        write_run(
+            &path,
+            (0..10).map(|n| {
+                (
+                    ChunkId([n; 32]),
+                    Loc {
+                        pack: 0,
+                        offset: 0,
+                        len: 0,
+                    },
+                )
+            }),
+        )
+        .expect("write");
         let len = fs::metadata(&path).expect("meta").len();
-        File::options().write(true).open(&path).expect("open").set_len(len - 5).expect("truncate");
+        File::options()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_len(len - 5)
+            .expect("truncate");
         assert!(Run::open(&path).is_err());
     }
 }

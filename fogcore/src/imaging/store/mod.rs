@@ -135,8 +135,14 @@ pub fn check_image_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok { Ok(()) } else { Err(Error::InvalidImageName(name.into())) }
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidImageName(name.into()))
+    }
 }
 
 impl Store {
@@ -181,7 +187,13 @@ impl Store {
 
     fn lock_file(&self, name: &str) -> Result<File> {
         let path = self.root.join(name);
-        File::options().read(true).write(true).create(true).truncate(false).open(&path).at(&path)
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at(&path)
     }
 
     /// A shared lock: captures and deploys take it, so gc cannot remove chunks under them.
@@ -250,7 +262,10 @@ impl Store {
 
     /// Summaries of all images. A damaged manifest is an error naming it.
     pub fn images(&self) -> Result<Vec<ImageSummary>> {
-        self.image_names()?.iter().map(|name| self.manifest(name).map(|m| summary(&m.header))).collect()
+        self.image_names()?
+            .iter()
+            .map(|name| self.manifest(name).map(|m| summary(&m.header)))
+            .collect()
     }
 
     /// Removes image `name` (its chunks stay until gc).
@@ -305,7 +320,11 @@ impl Store {
             fs::remove_dir_all(&path).at(&path)?;
             report.staging_removed += 1;
         }
-        let manifests: Vec<Manifest> = self.image_names()?.iter().map(|n| self.manifest(n)).collect::<Result<_>>()?;
+        let manifests: Vec<Manifest> = self
+            .image_names()?
+            .iter()
+            .map(|n| self.manifest(n))
+            .collect::<Result<_>>()?;
         let mut live = Bloom::new(manifests.iter().map(|m| m.header.chunk_count).sum());
         for m in &manifests {
             for region in &m.header.regions {
@@ -340,32 +359,35 @@ impl Store {
         let mut created_packs = HashSet::new();
         let mut failure = None;
         let new_run = self.index_dir().join(format!("gc-{}{RUN_SUFFIX}", unique_name()));
-        let entries = index.merged().filter(|(id, _, first)| *first && live.contains(id)).map_while(|(id, loc, _)| {
-            if !packs_with_dead.contains(&loc.pack) {
-                return Some((id, loc));
-            }
-            let moved = (|| {
-                let stored = reader.read_loc(&loc)?;
-                if new_pack.as_ref().is_some_and(|p| p.len() >= pack::PACK_TARGET_SIZE)
-                    && let Some(full) = new_pack.take()
-                {
-                    full.finish()?;
+        let entries = index
+            .merged()
+            .filter(|(id, _, first)| *first && live.contains(id))
+            .map_while(|(id, loc, _)| {
+                if !packs_with_dead.contains(&loc.pack) {
+                    return Some((id, loc));
                 }
-                let writer = match &mut new_pack {
-                    Some(w) => w,
-                    None => new_pack.insert(PackWriter::create(&self.packs_dir())?),
-                };
-                created_packs.insert(writer.number());
-                writer.append(&id, &stored)
-            })();
-            match moved {
-                Ok(new_loc) => Some((id, new_loc)),
-                Err(e) => {
-                    failure = Some(e);
-                    None
+                let moved = (|| {
+                    let stored = reader.read_loc(&loc)?;
+                    if new_pack.as_ref().is_some_and(|p| p.len() >= pack::PACK_TARGET_SIZE)
+                        && let Some(full) = new_pack.take()
+                    {
+                        full.finish()?;
+                    }
+                    let writer = match &mut new_pack {
+                        Some(w) => w,
+                        None => new_pack.insert(PackWriter::create(&self.packs_dir())?),
+                    };
+                    created_packs.insert(writer.number());
+                    writer.append(&id, &stored)
+                })();
+                match moved {
+                    Ok(new_loc) => Some((id, new_loc)),
+                    Err(e) => {
+                        failure = Some(e);
+                        None
+                    }
                 }
-            }
-        });
+            });
         // The run is only renamed into place after every pack it names is durable: collect
         // it into a staging file first, then finish the pack, then publish.
         let staged_run = tmp.join(format!("gc-{}{RUN_SUFFIX}", unique_name()));
@@ -415,7 +437,11 @@ impl Store {
         let check_batch = |batch: &mut Vec<(ChunkId, Loc)>, report: &mut VerifyReport| {
             let bad: Vec<String> = batch
                 .par_iter()
-                .filter(|(id, loc)| reader.read_loc(loc).map_or(true, |stored| chunk_is_corrupt(id, &stored)))
+                .filter(|(id, loc)| {
+                    reader
+                        .read_loc(loc)
+                        .map_or(true, |stored| chunk_is_corrupt(id, &stored))
+                })
                 .map(|(id, _)| id.to_hex())
                 .collect();
             report.chunks_checked += batch.len() as u64;
@@ -505,7 +531,9 @@ impl StoreReader {
 
     fn read_loc(&self, loc: &Loc) -> Result<Vec<u8>> {
         let mut stored = vec![0u8; loc.len as usize];
-        self.pack(loc.pack)?.read_exact_at(&mut stored, loc.offset).at(pack_path(&self.packs_dir, loc.pack))?;
+        self.pack(loc.pack)?
+            .read_exact_at(&mut stored, loc.offset)
+            .at(pack_path(&self.packs_dir, loc.pack))?;
         Ok(stored)
     }
 }
@@ -647,18 +675,23 @@ impl ChunkSink for StoreWriter {
         if state.pending.len() >= SPILL_ENTRIES {
             let mut entries: Vec<(ChunkId, Loc)> = state.pending.drain().collect();
             entries.sort_unstable_by_key(|e| e.0);
-            let path = self.staging.join(format!("spill-{}{RUN_SUFFIX}", state.spilled.runs().len()));
+            let path = self
+                .staging
+                .join(format!("spill-{}{RUN_SUFFIX}", state.spilled.runs().len()));
             write_run(&path, entries.into_iter())?;
             state.spilled.push(Run::open(&path)?);
         }
         self.new_chunks.fetch_add(1, Ordering::Relaxed);
-        self.new_bytes.fetch_add(pack::ENTRY_HEADER + stored.len() as u64, Ordering::Relaxed);
+        self.new_bytes
+            .fetch_add(pack::ENTRY_HEADER + stored.len() as u64, Ordering::Relaxed);
         Ok(true)
     }
 }
 
 fn unique_name() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     format!("{nanos:032x}-{}", std::process::id())
 }
 
@@ -672,7 +705,10 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf> {
             Err(e) => return Err(Error::io(path, e)),
         }
     }
-    Err(Error::InvalidInput(format!("cannot create a staging directory in {}", parent.display())))
+    Err(Error::InvalidInput(format!(
+        "cannot create a staging directory in {}",
+        parent.display()
+    )))
 }
 
 fn sync_dir(path: &Path) -> Result<()> {
@@ -683,7 +719,10 @@ fn chunk_is_corrupt(id: &ChunkId, stored: &[u8]) -> bool {
     // The plain length is not in the chunk file; zstd frames carry it, raw chunks are their payload.
     let len = match stored.split_first() {
         Some((&chunk::TAG_RAW, payload)) => payload.len() as u64,
-        Some((&chunk::TAG_ZSTD, payload)) => zstd::zstd_safe::get_frame_content_size(payload).ok().flatten().unwrap_or(u64::MAX),
+        Some((&chunk::TAG_ZSTD, payload)) => zstd::zstd_safe::get_frame_content_size(payload)
+            .ok()
+            .flatten()
+            .unwrap_or(u64::MAX),
         _ => return true,
     };
     u32::try_from(len).map_or(true, |len| chunk::decode(id, stored, len).is_err())
@@ -714,7 +753,10 @@ impl Bloom {
     fn new(entries: u64) -> Bloom {
         // At least 64 Mbit (8 MiB), else 24 bits per entry: false positives ~1e-5 at capacity.
         let bits = (entries.saturating_mul(24)).max(1 << 26).next_power_of_two();
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0x9E37_79B9);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9);
         Bloom {
             bits: vec![0; (bits / 64) as usize],
             mask: bits - 1,
@@ -743,6 +785,10 @@ impl Bloom {
     }
 
     fn contains(&self, id: &ChunkId) -> bool {
-        self.probes(id).all(|bit| self.bits.get((bit / 64) as usize).is_some_and(|w| w & (1 << (bit % 64)) != 0))
+        self.probes(id).all(|bit| {
+            self.bits
+                .get((bit / 64) as usize)
+                .is_some_and(|w| w & (1 << (bit % 64)) != 0)
+        })
     }
 }

@@ -52,7 +52,9 @@ impl PackWriter {
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()).rotate_left(32);
         for _ in 0..1000 {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             let number = (seed >> 32) as u32;
             let path = pack_path(dir, number);
             match File::options().write(true).create_new(true).open(&path) {
@@ -68,7 +70,10 @@ impl PackWriter {
                 Err(e) => return Err(Error::io(path, e)),
             }
         }
-        Err(Error::InvalidInput(format!("cannot find a free pack name in {}", dir.display())))
+        Err(Error::InvalidInput(format!(
+            "cannot find a free pack name in {}",
+            dir.display()
+        )))
     }
 
     /// The pack's number.
@@ -104,7 +109,10 @@ impl PackWriter {
 
     /// Flushes and fsyncs the pack; returns its path.
     pub fn finish(self) -> Result<PathBuf> {
-        let file = self.out.into_inner().map_err(|e| Error::io(&self.path, e.into_error()))?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
         file.sync_all().at(&self.path)?;
         Ok(self.path)
     }
