@@ -130,6 +130,10 @@ pub fn capture(
         });
     }
     progress.finish();
+    // A cancel up to this point must leave no image; after the commit it is too late.
+    if progress.cancelled() {
+        return Err(Error::Cancelled);
+    }
 
     let data_bytes = regions.iter().map(|r| r.used_bytes).sum();
     let header = Header {

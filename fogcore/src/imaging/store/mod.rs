@@ -399,8 +399,12 @@ impl Store {
         if let Some(p) = new_pack.take() {
             p.finish()?;
         }
-        fs::rename(&staged_run, &new_run).at(&new_run)?;
-        sync_dir(&self.index_dir())?;
+        if Run::open(&staged_run)?.is_empty() {
+            fs::remove_file(&staged_run).at(&staged_run)?;
+        } else {
+            fs::rename(&staged_run, &new_run).at(&new_run)?;
+            sync_dir(&self.index_dir())?;
+        }
         for run in index.runs() {
             fs::remove_file(run.path()).at(run.path())?;
         }
