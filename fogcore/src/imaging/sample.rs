@@ -118,7 +118,7 @@ impl Plan {
 /// partition 2 a Linux root (ext4 made by `mkfs.ext4 -d` from [`generate_tree`]) to the end.
 pub fn build_sample_disk(path: &Path, spec: &SampleSpec) -> Result<SampleInfo> {
     let plan = Plan::new(spec)?;
-    let mkfs = find_tool(MKFS_EXT4).ok_or_else(|| Error::InvalidInput(MKFS_MISSING.into()))?;
+    let mkfs = crate::tools::find_tool(MKFS_EXT4).ok_or_else(|| Error::InvalidInput(MKFS_MISSING.into()))?;
     match std::fs::metadata(path) {
         Ok(meta) if !meta.is_file() => {
             return Err(Error::InvalidInput(format!(
@@ -238,16 +238,6 @@ fn fill(file: &File, path: &Path, spec: &SampleSpec, plan: &Plan, mkfs: &Path) -
         files,
         efi_files,
     })
-}
-
-/// An executable named `name` in `PATH` or the sbin directories (which a normal user's `PATH`
-/// often lacks).
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 /// A directory under the system temporary directory, removed with everything in it on drop.
@@ -1418,16 +1408,8 @@ mod tests {
     const INSTALL: &str = "apt-get install -y gdisk dosfstools mtools e2fsprogs";
 
     /// The path of an external tool; the test fails when it is not installed.
-    fn tool(name: &str) -> PathBuf {
-        find_tool(name).unwrap_or_else(|| panic!("{name} is not installed; these tests need it: {INSTALL}"))
-    }
-
     fn run(name: &str, args: &[&str]) -> Output {
-        Command::new(tool(name))
-            .args(args)
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+        crate::tools::test::output(name, crate::tools::test::command(name, INSTALL).args(args))
     }
 
     fn text(out: &Output) -> String {

@@ -747,35 +747,16 @@ mod tests {
 
     // ---- helpers -------------------------------------------------------------------------------
 
-    /// Finds an e2fsprogs tool; the tests fail (not skip) without it.
-    fn tool(name: &str) -> PathBuf {
-        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
-            .unwrap_or_default();
-        dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
-        dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file()).unwrap_or_else(|| {
-            panic!("{name} not found in PATH, /usr/sbin or /sbin: the ext tests need e2fsprogs (apt-get install e2fsprogs)")
-        })
-    }
-
     fn cmd(name: &str) -> Command {
-        Command::new(tool(name))
+        crate::tools::test::command(name, "apt-get install -y e2fsprogs")
     }
 
     fn run(name: &str, c: &mut Command) -> Output {
-        c.output().unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+        crate::tools::test::output(name, c)
     }
 
     fn run_ok(name: &str, c: &mut Command) -> Output {
-        let out = run(name, c);
-        assert!(
-            out.status.success(),
-            "{name} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        crate::tools::test::output_ok(name, c)
     }
 
     /// Deterministic pseudo-random bytes (xorshift64*), so data is neither zero nor repetitive.

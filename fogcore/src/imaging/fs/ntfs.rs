@@ -465,7 +465,7 @@ mod tests {
     use std::fs::File;
     use std::os::unix::fs::FileExt;
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Output};
+    use std::process::Output;
 
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -476,21 +476,8 @@ mod tests {
 
     const INSTALL: &str = "apt-get install -y ntfs-3g";
 
-    /// The path of an external tool; the test fails when it is not installed.
-    fn tool(name: &str) -> PathBuf {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| panic!("{name} is not installed; these tests need it: {INSTALL}"))
-    }
-
     fn run(name: &str, args: &[&str]) -> Output {
-        Command::new(tool(name))
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+        crate::tools::test::output(name, crate::tools::test::command(name, INSTALL).args(args))
     }
 
     fn run_ok(name: &str, args: &[&str]) -> String {
