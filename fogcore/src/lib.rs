@@ -19,5 +19,6 @@ pub mod error;
 pub mod imaging;
 pub mod net;
 pub mod progress;
+mod tools;
 
 pub use error::{Error, Result};
