@@ -10,6 +10,7 @@ use serde_json::json;
 
 mod bar;
 mod print;
+mod serve;
 
 /// Exit code for bad input: a wrong path, name or argument.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -47,6 +48,14 @@ enum Command {
     /// The store itself
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Serve network boot on this node: DHCP (full, proxy or off), TFTP, HTTP
+    Serve(serve::ServeArgs),
+    /// Node config files (fog.toml)
+    #[command(subcommand)]
+    Config(serve::ConfigCommand),
+    /// iPXE binaries in the boot directory
+    #[command(subcommand)]
+    Bootfiles(serve::BootfilesCommand),
 }
 
 #[derive(Subcommand)]
@@ -129,6 +138,9 @@ fn run(cli: &Cli) -> Result<(), Error> {
     let progress = bar::Bar::new(cli.json);
     let out = print::Out { json: cli.json };
     match &cli.command {
+        Command::Serve(args) => serve::serve(args)?,
+        Command::Config(cmd) => serve::config(cmd, cli.json)?,
+        Command::Bootfiles(cmd) => serve::bootfiles(cmd, cli.json)?,
         Command::Demo { dir } => {
             let dir = dir.clone().unwrap_or_else(|| data_dir().join("demo"));
             let report = demo::run(&dir, &progress)?;

@@ -22,6 +22,8 @@ use pyo3::types::{PyBool, PyDict, PyList, PyString};
 use serde::Serialize;
 use serde_json::Value;
 
+mod server;
+
 create_exception!(
     fog,
     FogError,
@@ -342,6 +344,7 @@ impl PyStore {
 fn fog_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<PyStore>()?;
+    m.add_class::<server::PyServer>()?;
     m.add("FogError", py.get_type::<FogError>())?;
     m.add("BadInputError", py.get_type::<BadInputError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

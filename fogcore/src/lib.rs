@@ -15,6 +15,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod error;
 pub mod imaging;
 pub mod net;

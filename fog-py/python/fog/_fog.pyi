@@ -2,7 +2,7 @@
 
 import os
 import pathlib
-from typing import Optional, Union, final
+from typing import Any, Optional, Union, final
 
 from ._reports import (
     CaptureReport,
@@ -18,7 +18,7 @@ from ._reports import (
 __version__: str
 """Version of the fog crate this module was built from."""
 
-__all__ = ["BadInputError", "FogError", "Store", "__version__"]
+__all__ = ["BadInputError", "FogError", "Server", "Store", "__version__"]
 
 _StrPath = Union[str, "os.PathLike[str]"]
 
@@ -130,4 +130,46 @@ class Store:
     def stats(self) -> StoreStats:
         """Counts images, chunks and bytes, and the dedupe-and-compression ratio."""
 
+    def __repr__(self) -> str: ...
+
+@final
+class Server:
+    """The node's boot services (DHCP full/proxy, TFTP, HTTP boot) from a ``fog.toml`` config.
+
+    ``config`` is TOML text, a path to a TOML file (``str`` without ``=``, ``[`` or a newline,
+    or an ``os.PathLike``), or a dict of the same tables, e.g.
+    ``{"node": {"address": "10.99.0.1", "boot_dir": "/srv/boot"}, "http": {"listen": "0.0.0.0:8080"},
+    "tftp": {}, "dhcp": {"mode": "proxy", "interface": "br0"}}``.
+    The config is checked here: a bad key or value raises :class:`BadInputError` naming it.
+
+    Use it as a context manager (``with fog.Server(cfg) as server: ...``) or call
+    :meth:`start` and :meth:`stop`.
+    """
+
+    def __new__(cls, config: Union[str, "os.PathLike[str]", dict[str, Any]]) -> "Server": ...
+    def start(self) -> None:
+        """Binds every service, then serves on background threads.
+
+        Raises :class:`BadInputError` naming the port, interface or value that cannot be used
+        (a port already taken, a missing privilege); then nothing is served.
+        """
+
+    def stop(self) -> None:
+        """Stops every service within a few seconds (running transfers are cut after a grace
+        period). Raises :class:`FogError` if a service had failed while running."""
+
+    @property
+    def running(self) -> bool:
+        """True while the services run."""
+
+    @property
+    def addrs(self) -> dict[str, Optional[str]]:
+        """Where each service listens while running, ``{"http": "127.0.0.1:8080", "tftp": None,
+        "dhcp": None}`` (the real port when 0 was asked)."""
+
+    def describe(self) -> str:
+        """What the config means, as ``fog config check`` prints it."""
+
+    def __enter__(self) -> "Server": ...
+    def __exit__(self, *args: object) -> bool: ...
     def __repr__(self) -> str: ...

@@ -2,3 +2,8 @@
 //! boot, and the server that starts them from a config.
 
 pub mod boot;
+pub mod bootfiles;
+pub mod dhcp;
+pub mod http;
+pub mod server;
+pub mod tftp;

@@ -1,0 +1,239 @@
+//! `fog serve`, `fog config check`, `fog bootfiles install`: flags to fogcore calls, logs, signals.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use fogcore::Error;
+use fogcore::config::{DhcpMode, QuickServe, ServeConfig};
+use fogcore::net::bootfiles::{self, FileOutcome};
+use fogcore::net::server::Server;
+
+/// `println!` that ignores a closed stdout.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DhcpArg {
+    /// Addresses and boot files
+    Full,
+    /// Boot files only, beside the DHCP server that owns the addresses
+    Proxy,
+    /// No DHCP
+    Off,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Config file (fog.toml); without it, the flags below describe the node
+    #[arg(long, conflicts_with_all = ["interface", "address", "dhcp", "range", "subnet", "boot_dir", "data_dir", "http_port", "tftp_port", "no_tftp"])]
+    config: Option<PathBuf>,
+    /// Interface of the clients' subnet (DHCP binds to it)
+    #[arg(long)]
+    interface: Option<String>,
+    /// This node's IPv4 address on the clients' subnet (HTTP and TFTP listen on it)
+    #[arg(long, required_unless_present = "config")]
+    address: Option<String>,
+    /// DHCP service
+    #[arg(long, value_enum, default_value = "off")]
+    dhcp: DhcpArg,
+    /// Addresses handed out with --dhcp full, FIRST-LAST
+    #[arg(long)]
+    range: Option<String>,
+    /// Subnet of the range [default: the /24 holding --address]
+    #[arg(long)]
+    subnet: Option<String>,
+    /// Boot directory: iPXE binaries, kernels, initramfs [default: DATA_DIR/boot]
+    #[arg(long)]
+    boot_dir: Option<PathBuf>,
+    /// State directory (DHCP leases) [default: /var/lib/fog]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP port
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// TFTP port
+    #[arg(long, default_value_t = 69)]
+    tftp_port: u16,
+    /// Do not serve TFTP
+    #[arg(long)]
+    no_tftp: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Check a config file and print what it means
+    Check {
+        /// The config file (fog.toml)
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BootfilesCommand {
+    /// Copy the iPXE binaries of the system's ipxe package into the boot directory
+    Install {
+        /// Boot directory [default: the config's, or /var/lib/fog/boot]
+        #[arg(long)]
+        boot_dir: Option<PathBuf>,
+        /// Take the boot directory from this config file
+        #[arg(long, conflicts_with = "boot_dir")]
+        config: Option<PathBuf>,
+        /// Look for the package files under this root instead of /
+        #[arg(long, default_value = "/", hide = true)]
+        system_root: PathBuf,
+    },
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn serve_config(args: &ServeArgs) -> Result<ServeConfig, Error> {
+    if let Some(path) = &args.config {
+        return ServeConfig::load(path);
+    }
+    let quick = QuickServe {
+        interface: args.interface.clone(),
+        address: args.address.clone().unwrap_or_default(),
+        dhcp: match args.dhcp {
+            DhcpArg::Full => DhcpMode::Full,
+            DhcpArg::Proxy => DhcpMode::Proxy,
+            DhcpArg::Off => DhcpMode::Off,
+        },
+        range: args.range.clone(),
+        subnet: args.subnet.clone(),
+        boot_dir: args.boot_dir.clone(),
+        data_dir: args.data_dir.clone(),
+        http_port: args.http_port,
+        tftp_port: (!args.no_tftp).then_some(args.tftp_port),
+    };
+    ServeConfig::try_from(quick.to_file()?)
+}
+
+/// Runs the services until SIGINT or SIGTERM, or until one fails.
+pub fn serve(args: &ServeArgs) -> Result<(), Error> {
+    init_logs();
+    let config = serve_config(args)?;
+    for missing in config.missing_boot_files() {
+        tracing::warn!(
+            "boot file {} is missing: PXE clients asking for it will fail (fog bootfiles install)",
+            missing.display()
+        );
+    }
+    let server = Server::start(config)?;
+    let addrs = server.addrs();
+    let on = |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(
+        http = on(addrs.http),
+        tftp = on(addrs.tftp),
+        dhcp = on(addrs.dhcp),
+        "fog serve: running; SIGINT or SIGTERM stops it"
+    );
+    let stopped = server.cancellation();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("signal handler runtime", e))?;
+    let signal = runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        Ok::<_, std::io::Error>(tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map(|()| Some("SIGINT"))?,
+            _ = term.recv() => Some("SIGTERM"),
+            () = stopped.cancelled() => None,
+        })
+    });
+    match signal {
+        Ok(Some(name)) => tracing::info!("{name}: stopping"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("cannot wait for signals ({e}): stopping"),
+    }
+    let result = server.stop();
+    if result.is_ok() {
+        tracing::info!("fog serve: stopped");
+    }
+    result
+}
+
+/// `fog config check FILE`.
+pub fn config(cmd: &ConfigCommand, json: bool) -> Result<(), Error> {
+    match cmd {
+        ConfigCommand::Check { file } => {
+            let config = ServeConfig::load(file)?;
+            let missing = config.missing_boot_files();
+            if json {
+                let missing: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+                say!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "description": config.describe(), "missing_boot_files": missing })
+                );
+            } else {
+                say!("{}: ok", file.display());
+                say!("{}", config.describe().trim_end());
+                for path in missing {
+                    say!(
+                        "warning: boot file {} is missing (fog bootfiles install --boot-dir {})",
+                        path.display(),
+                        config.boot_dir.display()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `fog bootfiles install`.
+pub fn bootfiles(cmd: &BootfilesCommand, json: bool) -> Result<(), Error> {
+    match cmd {
+        BootfilesCommand::Install {
+            boot_dir,
+            config,
+            system_root,
+        } => {
+            let boot_dir = match (boot_dir, config) {
+                (Some(dir), _) => dir.clone(),
+                (None, Some(path)) => ServeConfig::load(path)?.boot_dir,
+                (None, None) => ServeConfig::try_from(fogcore::config::ServeFile::default())?.boot_dir,
+            };
+            let report = bootfiles::install(&boot_dir, &bootfiles::ipxe_sources(system_root))?;
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => say!("{text}"),
+                    Err(e) => eprintln!("fog: cannot format output: {e}"),
+                }
+            } else {
+                for (name, outcome) in &report.files {
+                    match outcome {
+                        FileOutcome::Installed { from, bytes } => {
+                            say!("installed {name:<16} {bytes:>9} bytes from {}", from.display());
+                        }
+                        FileOutcome::Unchanged { from } => {
+                            say!("unchanged {name:<16} (same as {})", from.display());
+                        }
+                        FileOutcome::Missing {
+                            looked_in,
+                            package_hint,
+                            required,
+                        } => {
+                            let looked: Vec<String> = looked_in.iter().map(|p| p.display().to_string()).collect();
+                            let what = if *required { "missing" } else { "optional, not found" };
+                            say!("{what}: {name} (looked in {}); {package_hint}", looked.join(", "));
+                        }
+                    }
+                }
+                say!("boot directory: {}", report.boot_dir.display());
+            }
+            report.check()
+        }
+    }
+}

@@ -1,0 +1,672 @@
+//! The node's config file (`fog.toml`): what `fog serve` and `fog.Server` run.
+//!
+//! Two layers, as in dora: [`ServeFile`] is the file as written (serde, `deny_unknown_fields`,
+//! every value a plain string or number), and [`ServeConfig`] is the checked config built from it
+//! with `TryFrom`. A wrong value is an error naming its key (`[http] listen: ...`), reported
+//! before anything binds.
+//!
+//! ```toml
+//! [node]
+//! address = "10.99.0.1"          # our IPv4 address on the clients' subnet
+//! data_dir = "/var/lib/fog"      # leases, state
+//! boot_dir = "/var/lib/fog/boot" # iPXE binaries, kernels, initramfs (default: data_dir/boot)
+//!
+//! [http]                         # on unless `enabled = false`
+//! listen = "0.0.0.0:8080"
+//!
+//! [tftp]                         # on when the section is present (and not `enabled = false`)
+//! listen = "0.0.0.0:69"
+//!
+//! [dhcp]                         # `mode = "full"`, `"proxy"` or `"off"`
+//! mode = "proxy"
+//! interface = "br0"
+//!
+//! [boot]
+//! bios_file = "undionly.kpxe"
+//! uefi_x64_file = "ipxe.efi"     # or "snponly.efi"
+//! uefi_arm64_file = "ipxe-arm64.efi"
+//! menu_timeout_ms = 5000
+//! ```
+//!
+//! The `[dhcp]` and `[tftp]` sections are the DHCP and TFTP servers' own configs
+//! (`net::dhcp::DhcpConfig`, `net::tftp::TftpConfig`) plus the keys above; fog fills in what the
+//! node section already says (server address, TFTP root, lease file).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::net::dhcp::{self, DhcpConfig};
+use crate::net::tftp::TftpConfig;
+
+/// Default HTTP listen address.
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
+/// Default TFTP listen address.
+pub const DEFAULT_TFTP_LISTEN: &str = "0.0.0.0:69";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/fog";
+
+/// `fog.toml` as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    /// `[node]`.
+    #[serde(default)]
+    pub node: NodeFile,
+    /// `[http]`.
+    #[serde(default)]
+    pub http: HttpFile,
+    /// `[tftp]`: the TFTP server's config plus `enabled`; absent = TFTP off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tftp: Option<toml::Table>,
+    /// `[dhcp]`: the DHCP server's config (`mode` may also be `"off"`); absent = DHCP off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<toml::Table>,
+    /// `[boot]`.
+    #[serde(default)]
+    pub boot: BootFile,
+}
+
+/// `[node]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// Our IPv4 address on the clients' subnet; required when DHCP is on.
+    pub address: Option<String>,
+    /// State directory (leases). Default `/var/lib/fog`.
+    pub data_dir: Option<PathBuf>,
+    /// Boot directory. Default `data_dir/boot`.
+    pub boot_dir: Option<PathBuf>,
+}
+
+/// `[http]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// `ip:port`, default `0.0.0.0:8080`.
+    pub listen: Option<String>,
+}
+
+/// `[boot]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootFile {
+    /// BIOS PXE boot file, default `undionly.kpxe`.
+    pub bios_file: Option<String>,
+    /// x64 UEFI boot file, default `ipxe.efi` (`snponly.efi` for NICs whose UNDI iPXE lacks).
+    pub uefi_x64_file: Option<String>,
+    /// ARM64 UEFI boot file, default `ipxe-arm64.efi`.
+    pub uefi_arm64_file: Option<String>,
+    /// Milliseconds the default menu waits before booting the local disk (default 5000).
+    pub menu_timeout_ms: Option<u32>,
+}
+
+/// The DHCP service a config asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    /// No DHCP: another server gives addresses and boot files (or clients boot by other means).
+    Off,
+    /// Addresses and boot files.
+    Full,
+    /// Boot files only, beside a DHCP server that owns the addresses.
+    Proxy,
+}
+
+impl std::str::FromStr for DhcpMode {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "off" => Ok(DhcpMode::Off),
+            "full" => Ok(DhcpMode::Full),
+            "proxy" => Ok(DhcpMode::Proxy),
+            other => Err(Error::InvalidInput(format!(
+                "[dhcp] mode: {other:?} is not one of \"full\", \"proxy\", \"off\""
+            ))),
+        }
+    }
+}
+
+/// The boot files the DHCP policy names, checked to be plain file names in the boot directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootFiles {
+    /// BIOS.
+    pub bios_file: String,
+    /// x64 UEFI.
+    pub uefi_x64_file: String,
+    /// ARM64 UEFI.
+    pub uefi_arm64_file: String,
+    /// Default menu timeout.
+    pub menu_timeout_ms: u32,
+}
+
+/// A checked config: what `fog serve` runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    /// Our address on the clients' subnet (required with DHCP).
+    pub address: Option<Ipv4Addr>,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Boot directory (HTTP and TFTP root).
+    pub boot_dir: PathBuf,
+    /// HTTP listen address, `None` when off.
+    pub http: Option<SocketAddr>,
+    /// TFTP, `None` when off (`root` defaults to the boot directory).
+    pub tftp: Option<TftpConfig>,
+    /// DHCP, `None` when off (`server_ip` defaults to the node address, `lease_file` to
+    /// `data_dir/dhcp.leases`).
+    pub dhcp: Option<DhcpConfig>,
+    /// Boot files and menu.
+    pub boot: BootFiles,
+}
+
+fn bad(key: &str, reason: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(format!("{key}: {reason}"))
+}
+
+fn socket_addr(key: &str, text: &str) -> Result<SocketAddr> {
+    text.parse().map_err(|_| {
+        bad(
+            key,
+            format!("{text:?} is not an ip:port address (e.g. \"0.0.0.0:8080\")"),
+        )
+    })
+}
+
+fn file_name(key: &str, value: Option<String>, default: &str) -> Result<String> {
+    let name = value.unwrap_or_else(|| default.to_string());
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && name.bytes().all(|b| b.is_ascii_graphic());
+    if plain {
+        Ok(name)
+    } else {
+        Err(bad(
+            key,
+            format!("{name:?} is not a plain file name in the boot directory"),
+        ))
+    }
+}
+
+fn take_bool(table: &mut toml::Table, section: &str, key: &str) -> Result<Option<bool>> {
+    match table.remove(key) {
+        None => Ok(None),
+        Some(toml::Value::Boolean(b)) => Ok(Some(b)),
+        Some(other) => Err(bad(
+            &format!("[{section}] {key}"),
+            format!("{other} is not true or false"),
+        )),
+    }
+}
+
+/// A section that does not deserialize: the message names the field (`unknown field`,
+/// `missing field`, `invalid type ... for key`).
+fn section_error(section: &str, e: &toml::de::Error) -> Error {
+    Error::InvalidInput(format!("[{section}] {}", e.message().trim_end()))
+}
+
+/// An error of a section's own checks, prefixed with the section.
+fn in_section(section: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidInput(m) => {
+            let m = m.strip_prefix(&format!("{section}: ")).unwrap_or(&m).to_string();
+            Error::InvalidInput(format!("[{section}] {m}"))
+        }
+        other => other,
+    }
+}
+
+fn path_value(path: &Path) -> toml::Value {
+    toml::Value::String(path.to_string_lossy().into_owned())
+}
+
+impl TryFrom<ServeFile> for ServeConfig {
+    type Error = Error;
+
+    fn try_from(file: ServeFile) -> Result<Self> {
+        let address = match &file.node.address {
+            None => None,
+            Some(text) => Some(text.parse::<Ipv4Addr>().map_err(|_| {
+                bad(
+                    "[node] address",
+                    format!("{text:?} is not an IPv4 address (e.g. \"10.99.0.1\")"),
+                )
+            })?),
+        };
+        if address.is_some_and(|a| a.is_unspecified() || a.is_broadcast() || a.is_multicast()) {
+            return Err(bad(
+                "[node] address",
+                "must be this node's own unicast address on the clients' subnet",
+            ));
+        }
+        let data_dir = file.node.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let boot_dir = file.node.boot_dir.unwrap_or_else(|| data_dir.join("boot"));
+        for (key, dir) in [("[node] data_dir", &data_dir), ("[node] boot_dir", &boot_dir)] {
+            if dir.as_os_str().is_empty() {
+                return Err(bad(key, "is empty"));
+            }
+        }
+
+        let http = match file.http.enabled {
+            Some(false) => None,
+            _ => Some(socket_addr(
+                "[http] listen",
+                file.http.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN),
+            )?),
+        };
+
+        let boot = BootFiles {
+            bios_file: file_name("[boot] bios_file", file.boot.bios_file, "undionly.kpxe")?,
+            uefi_x64_file: file_name("[boot] uefi_x64_file", file.boot.uefi_x64_file, "ipxe.efi")?,
+            uefi_arm64_file: file_name("[boot] uefi_arm64_file", file.boot.uefi_arm64_file, "ipxe-arm64.efi")?,
+            menu_timeout_ms: file.boot.menu_timeout_ms.unwrap_or(5000),
+        };
+        if boot.menu_timeout_ms > 3_600_000 {
+            return Err(bad("[boot] menu_timeout_ms", "more than an hour"));
+        }
+
+        let tftp = match file.tftp {
+            None => None,
+            Some(mut table) => match take_bool(&mut table, "tftp", "enabled")? {
+                Some(false) => None,
+                _ => {
+                    table.entry("root").or_insert_with(|| path_value(&boot_dir));
+                    let config: TftpConfig = table.try_into().map_err(|e| section_error("tftp", &e))?;
+                    config.validate().map_err(|e| in_section("tftp", e))?;
+                    Some(config)
+                }
+            },
+        };
+
+        let dhcp = match file.dhcp {
+            None => None,
+            Some(mut table) => {
+                let mode = match table.get("mode") {
+                    None => return Err(bad("[dhcp] mode", "missing: \"full\", \"proxy\" or \"off\"")),
+                    Some(toml::Value::String(s)) => s.parse::<DhcpMode>()?,
+                    Some(other) => return Err(bad("[dhcp] mode", format!("{other} is not a string"))),
+                };
+                if mode == DhcpMode::Off {
+                    // Keys are still checked (a typo stays an error when DHCP is switched back on);
+                    // values are not.
+                    table.remove("mode");
+                    table
+                        .entry("server_ip")
+                        .or_insert_with(|| toml::Value::String(Ipv4Addr::UNSPECIFIED.to_string()));
+                    let _: DhcpConfig = table.try_into().map_err(|e| section_error("dhcp", &e))?;
+                    None
+                } else {
+                    let Some(address) = address else {
+                        return Err(bad(
+                            "[node] address",
+                            "required when [dhcp] mode is \"full\" or \"proxy\" (clients are sent to it)",
+                        ));
+                    };
+                    table
+                        .entry("server_ip")
+                        .or_insert_with(|| toml::Value::String(address.to_string()));
+                    table
+                        .entry("lease_file")
+                        .or_insert_with(|| path_value(&data_dir.join("dhcp.leases")));
+                    let config: DhcpConfig = table.try_into().map_err(|e| section_error("dhcp", &e))?;
+                    dhcp::check(&config).map_err(|e| in_section("dhcp", e))?;
+                    Some(config)
+                }
+            }
+        };
+
+        if http.is_none() && tftp.is_none() && dhcp.is_none() {
+            return Err(Error::InvalidInput(
+                "the config runs no service: [http] is disabled and there is no [tftp] or [dhcp]".into(),
+            ));
+        }
+        Ok(ServeConfig {
+            address,
+            data_dir,
+            boot_dir,
+            http,
+            tftp,
+            dhcp,
+            boot,
+        })
+    }
+}
+
+/// The common cases without a config file (`fog serve --interface br0 --address 10.99.0.1
+/// --dhcp full --range 10.99.0.100-10.99.0.200 --boot-dir DIR`): turned into the same
+/// [`ServeFile`] a config would be, so the same checks apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuickServe {
+    /// Interface the DHCP server binds to.
+    pub interface: Option<String>,
+    /// Our address on the clients' subnet; HTTP and TFTP listen on it.
+    pub address: String,
+    /// DHCP mode.
+    pub dhcp: DhcpMode,
+    /// `FIRST-LAST` addresses handed out in full mode.
+    pub range: Option<String>,
+    /// The subnet of the range (default: the /24 holding `address`).
+    pub subnet: Option<String>,
+    /// Boot directory.
+    pub boot_dir: Option<PathBuf>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// HTTP port.
+    pub http_port: u16,
+    /// TFTP port, `None` for no TFTP.
+    pub tftp_port: Option<u16>,
+}
+
+impl QuickServe {
+    /// The config file these settings stand for.
+    pub fn to_file(&self) -> Result<ServeFile> {
+        let address: Ipv4Addr = self.address.parse().map_err(|_| {
+            bad(
+                "--address",
+                format!("{:?} is not an IPv4 address (e.g. 10.99.0.1)", self.address),
+            )
+        })?;
+        let mut file = ServeFile {
+            node: NodeFile {
+                address: Some(address.to_string()),
+                data_dir: self.data_dir.clone(),
+                boot_dir: self.boot_dir.clone(),
+            },
+            http: HttpFile {
+                enabled: Some(true),
+                listen: Some(SocketAddr::from((address, self.http_port)).to_string()),
+            },
+            ..ServeFile::default()
+        };
+        if let Some(port) = self.tftp_port {
+            let mut tftp = toml::Table::new();
+            tftp.insert("listen".into(), SocketAddr::from((address, port)).to_string().into());
+            file.tftp = Some(tftp);
+        }
+        if self.range.is_some() && self.dhcp != DhcpMode::Full {
+            return Err(bad("--range", "only with --dhcp full"));
+        }
+        let mut dhcp = toml::Table::new();
+        let mode = match self.dhcp {
+            DhcpMode::Off => "off",
+            DhcpMode::Full => "full",
+            DhcpMode::Proxy => "proxy",
+        };
+        dhcp.insert("mode".into(), mode.into());
+        if let Some(interface) = &self.interface {
+            dhcp.insert("interface".into(), interface.clone().into());
+        }
+        if self.dhcp == DhcpMode::Full {
+            let Some(range) = &self.range else {
+                return Err(bad(
+                    "--range",
+                    "required with --dhcp full (e.g. 10.99.0.100-10.99.0.200)",
+                ));
+            };
+            let parse = |s: &str| s.trim().parse::<Ipv4Addr>().ok();
+            let (first, last) = range
+                .split_once('-')
+                .and_then(|(a, b)| Some((parse(a)?, parse(b)?)))
+                .ok_or_else(|| {
+                    bad(
+                        "--range",
+                        format!("{range:?} is not FIRST-LAST (e.g. 10.99.0.100-10.99.0.200)"),
+                    )
+                })?;
+            let subnet = match &self.subnet {
+                Some(s) => s.clone(),
+                None => {
+                    let [a, b, c, _] = address.octets();
+                    format!("{a}.{b}.{c}.0/24")
+                }
+            };
+            let mut pool = toml::Table::new();
+            pool.insert("subnet".into(), subnet.into());
+            pool.insert(
+                "range".into(),
+                toml::Value::Array(vec![first.to_string().into(), last.to_string().into()]),
+            );
+            pool.insert("router".into(), address.to_string().into());
+            dhcp.insert("pools".into(), toml::Value::Array(vec![toml::Value::Table(pool)]));
+        }
+        file.dhcp = Some(dhcp);
+        Ok(file)
+    }
+}
+
+/// The line (1-based) of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+impl ServeFile {
+    /// Parses TOML text; `origin` (a file name) starts the error message, with the line.
+    pub fn parse(text: &str, origin: &str) -> Result<ServeFile> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| format!(" line {}", line_of(text, s.start)))
+                .unwrap_or_default();
+            Error::InvalidInput(format!("{origin}{line}: {}", e.message().trim_end()))
+        })
+    }
+}
+
+impl ServeConfig {
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str, origin: &str) -> Result<ServeConfig> {
+        ServeConfig::try_from(ServeFile::parse(text, origin)?).map_err(|e| match e {
+            Error::InvalidInput(m) => Error::InvalidInput(format!("{origin}: {m}")),
+            other => other,
+        })
+    }
+
+    /// Reads, parses and checks a config file.
+    pub fn load(path: &Path) -> Result<ServeConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        ServeConfig::parse(&text, &path.display().to_string())
+    }
+
+    /// The HTTP base URL clients are sent to (`http://address:port`), when both are known.
+    pub fn http_base(&self) -> Option<String> {
+        let listen = self.http?;
+        let host = match (listen.ip(), self.address) {
+            (IpAddr::V4(ip), _) if !ip.is_unspecified() => ip,
+            (_, Some(address)) => address,
+            _ => return None,
+        };
+        Some(if listen.port() == 80 {
+            format!("http://{host}")
+        } else {
+            format!("http://{host}:{}", listen.port())
+        })
+    }
+
+    /// Boot files named by the config that are not in the boot directory (a warning, not an
+    /// error: `fog bootfiles install` puts them there).
+    pub fn missing_boot_files(&self) -> Vec<PathBuf> {
+        if self.tftp.is_none() && self.http.is_none() {
+            return Vec::new();
+        }
+        [&self.boot.bios_file, &self.boot.uefi_x64_file]
+            .into_iter()
+            .map(|f| self.boot_dir.join(f))
+            .filter(|p| !p.is_file())
+            .collect()
+    }
+
+    /// What the config means, for people: which services listen where, and what clients get.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let addr = self.address.map_or_else(|| "(not set)".to_string(), |a| a.to_string());
+        let _ = writeln!(out, "node address  {addr}");
+        let _ = writeln!(out, "data dir      {}", self.data_dir.display());
+        let _ = writeln!(out, "boot dir      {}", self.boot_dir.display());
+        match self.http {
+            Some(listen) => {
+                let base = self
+                    .http_base()
+                    .unwrap_or_else(|| format!("http://<node>:{}", listen.port()));
+                let _ = writeln!(
+                    out,
+                    "http          tcp {listen}: {base}/boot.ipxe, {base}/boot/<mac>, files of the boot dir"
+                );
+            }
+            None => {
+                let _ = writeln!(out, "http          off");
+            }
+        }
+        match &self.tftp {
+            Some(t) => {
+                let _ = writeln!(
+                    out,
+                    "tftp          udp {}: files of {} (blksize up to {}, windowsize up to {})",
+                    t.listen,
+                    t.root.display(),
+                    t.max_blksize,
+                    t.max_windowsize
+                );
+            }
+            None => {
+                let _ = writeln!(out, "tftp          off");
+            }
+        }
+        match &self.dhcp {
+            Some(d) => {
+                let mode = match d.mode {
+                    dhcp::DhcpMode::Full => "full (addresses and boot files)",
+                    dhcp::DhcpMode::Proxy => "proxy (boot files only, beside another DHCP server)",
+                };
+                let on = d
+                    .interface
+                    .as_deref()
+                    .map_or_else(String::new, |i| format!(" on interface {i}"));
+                let _ = writeln!(
+                    out,
+                    "dhcp          {mode}, udp {}{on}, server {}",
+                    d.listen, d.server_ip
+                );
+                if d.mode == dhcp::DhcpMode::Proxy {
+                    match d.proxy_port {
+                        Some(port) => {
+                            let _ = writeln!(out, "              PXE boot server on udp port {port}");
+                        }
+                        None => {
+                            let _ = writeln!(out, "              no PXE boot server port");
+                        }
+                    }
+                } else {
+                    let _ = writeln!(out, "              leases in {}", d.lease_file.display());
+                }
+                for pool in &d.pools {
+                    let (first, last) = pool.range;
+                    let _ = write!(
+                        out,
+                        "  pool {}: {first}-{last}, lease {} s",
+                        pool.subnet, pool.lease_secs
+                    );
+                    if let Some(router) = pool.router {
+                        let _ = write!(out, ", router {router}");
+                    }
+                    if !pool.dns.is_empty() {
+                        let dns: Vec<String> = pool.dns.iter().map(Ipv4Addr::to_string).collect();
+                        let _ = write!(out, ", dns {}", dns.join(" "));
+                    }
+                    if let Some(domain) = &pool.domain {
+                        let _ = write!(out, ", domain {domain}");
+                    }
+                    let _ = writeln!(
+                        out,
+                        ", {} reservations, {} custom options",
+                        pool.reservations.len(),
+                        pool.options.len()
+                    );
+                }
+            }
+            None => {
+                let _ = writeln!(out, "dhcp          off");
+            }
+        }
+        let ipxe = self
+            .http_base()
+            .map_or_else(|| "the HTTP script".to_string(), |b| format!("{b}/boot.ipxe"));
+        let _ = writeln!(out, "boot files    BIOS -> {} (tftp)", self.boot.bios_file);
+        let _ = writeln!(out, "              UEFI x64 -> {} (tftp)", self.boot.uefi_x64_file);
+        let _ = writeln!(out, "              UEFI arm64 -> {} (tftp)", self.boot.uefi_arm64_file);
+        let _ = writeln!(out, "              iPXE -> {ipxe}");
+        let _ = writeln!(
+            out,
+            "menu          boots the local disk after {} ms",
+            self.boot.menu_timeout_ms
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match ServeConfig::parse(text, "fog.toml") {
+            Ok(config) => panic!("accepted {text:?}: {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_run_http_only() -> Result<()> {
+        let config = ServeConfig::parse("", "fog.toml")?;
+        assert_eq!(config.http, Some(socket_addr("x", DEFAULT_HTTP_LISTEN)?));
+        assert!(config.tftp.is_none() && config.dhcp.is_none());
+        assert_eq!(config.boot_dir, Path::new("/var/lib/fog/boot"));
+        assert_eq!(config.boot.uefi_x64_file, "ipxe.efi");
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("[node]\nadress = \"1.2.3.4\"\n").contains("line 2: unknown field `adress`"));
+        assert!(err("[nod]\n").contains("unknown field `nod`"));
+        assert!(err("[node]\naddress = \"10.99.0.300\"\n").contains("[node] address"));
+        assert!(err("[http]\nlisten = \"0.0.0.0\"\n").contains("[http] listen"));
+        assert!(err("[boot]\nuefi_x64_file = \"../x.efi\"\n").contains("[boot] uefi_x64_file"));
+        assert!(err("[dhcp]\nmode = \"ful\"\n").contains("[dhcp] mode"));
+        assert!(err("[dhcp]\nmode = \"proxy\"\n").contains("[node] address"));
+        assert!(err("[tftp]\nenabled = 1\n").contains("[tftp] enabled"));
+        assert!(err("[tftp]\nlisten = \"x:69\"\n").contains("[tftp]"));
+        assert!(err("[tftp]\nmax_blksize = 4\n").contains("[tftp] max_blksize"));
+        assert!(err("[tftp]\nblksize = 512\n").contains("[tftp] unknown field `blksize`"));
+        assert!(err("[node]\naddress = \"10.0.0.1\"\n[dhcp]\nmode = \"full\"\n").contains("[dhcp]"));
+        assert!(
+            err("[node]\naddress = \"10.0.0.1\"\n[dhcp]\nmode = \"proxy\"\nintreface = \"br0\"\n")
+                .contains("[dhcp] unknown field `intreface`")
+        );
+        assert!(err("[http]\nenabled = false\n").contains("no service"));
+    }
+
+    #[test]
+    fn fills_in_the_node_values() -> Result<()> {
+        let config = ServeConfig::parse(
+            "[node]\naddress = \"10.99.0.1\"\nboot_dir = \"/srv/boot\"\n[tftp]\n[dhcp]\nmode = \"proxy\"\n",
+            "fog.toml",
+        )?;
+        let tftp = config.tftp.as_ref().ok_or(Error::Cancelled)?;
+        assert_eq!(tftp.root, Path::new("/srv/boot"));
+        assert_eq!(tftp.listen, socket_addr("x", "0.0.0.0:69")?);
+        let dhcp = config.dhcp.as_ref().ok_or(Error::Cancelled)?;
+        assert_eq!(dhcp.server_ip, Ipv4Addr::new(10, 99, 0, 1));
+        assert_eq!(dhcp.lease_file, Path::new("/var/lib/fog/dhcp.leases"));
+        assert_eq!(config.http_base().as_deref(), Some("http://10.99.0.1:8080"));
+        let off = ServeConfig::parse("[dhcp]\nmode = \"off\"\n", "fog.toml")?;
+        assert!(off.dhcp.is_none());
+        Ok(())
+    }
+}

@@ -1,0 +1,366 @@
+//! HTTP boot: the iPXE scripts a client chains to, and the boot directory's files (kernels and
+//! initramfs images of hundreds of MB, with Content-Length and Range).
+//!
+//! Routes:
+//! - `GET /boot.ipxe`: a script that chains to `/boot/${netX/mac}` on the same host;
+//! - `GET /boot/{mac}`: that host's script, from a [`BootScripts`] provider (default: [`DefaultMenu`],
+//!   a menu whose default after a timeout is booting from the local disk); a malformed MAC is 400;
+//! - anything else: a file under the boot directory. `..`, absolute paths and symlinks that lead
+//!   out of the directory are refused (404), whatever their encoding.
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::services::ServeDir;
+
+use crate::error::{Error, Result};
+
+/// Gives the iPXE script of a host, by its MAC address. The control plane implements it per
+/// host (tasks, menus); [`DefaultMenu`] is what a node without a master answers.
+pub trait BootScripts: Send + Sync {
+    /// The iPXE script (starting with `#!ipxe`) for the host with this MAC.
+    fn script(&self, mac: [u8; 6]) -> String;
+}
+
+/// A menu whose default, after `timeout_ms`, is to boot from the local disk: `sanboot` of the
+/// first BIOS disk, or `exit` back to the UEFI boot manager (next boot entry).
+#[derive(Debug, Clone)]
+pub struct DefaultMenu {
+    /// Milliseconds before the default item is taken.
+    pub timeout_ms: u32,
+}
+
+impl Default for DefaultMenu {
+    fn default() -> Self {
+        DefaultMenu { timeout_ms: 5000 }
+    }
+}
+
+impl BootScripts for DefaultMenu {
+    fn script(&self, mac: [u8; 6]) -> String {
+        let mac = format_mac(mac);
+        format!(
+            "#!ipxe\n\
+             # fog boot menu for {mac}\n\
+             menu fog: {mac}\n\
+             item local Boot from the local disk\n\
+             item --gap -- Imaging tasks appear here when the node has one for this host\n\
+             item shell iPXE shell\n\
+             item reboot Reboot\n\
+             choose --timeout {timeout} --default local target && goto ${{target}} || goto local\n\
+             \n\
+             :local\n\
+             echo Booting from the local disk\n\
+             iseq ${{platform}} efi && goto local_efi ||\n\
+             sanboot --no-describe --drive 0x80 || goto local_failed\n\
+             :local_efi\n\
+             exit\n\
+             :local_failed\n\
+             echo No bootable local disk; press a key to reboot\n\
+             prompt\n\
+             reboot\n\
+             \n\
+             :shell\n\
+             shell\n\
+             goto local\n\
+             \n\
+             :reboot\n\
+             reboot\n",
+            timeout = self.timeout_ms,
+        )
+    }
+}
+
+/// The script at `/boot.ipxe` (and in TFTP's virtual `boot.ipxe`): chain to this host's script at
+/// `base` (e.g. `http://10.99.0.1:8080`). `${netX/mac}` is the MAC of the NIC iPXE booted from.
+pub fn chain_script(base: &str) -> String {
+    format!(
+        "#!ipxe\n\
+         # fog: fetch this host's script from its node\n\
+         chain --autofree {base}/boot/${{netX/mac}} || goto failed\n\
+         exit\n\
+         :failed\n\
+         echo fog: cannot fetch {base}/boot/${{netX/mac}}; retrying in 10 s\n\
+         sleep 10\n\
+         chain --autofree {base}/boot.ipxe\n"
+    )
+}
+
+/// `52:54:00:12:34:56`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+/// Parses a MAC written `52:54:00:12:34:56`, `52-54-00-12-34-56` or `525400123456` (any case).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let hex: Vec<&str> = if text.len() == 12 {
+        (0..6).map(|i| text.get(2 * i..2 * i + 2)).collect::<Option<Vec<_>>>()?
+    } else {
+        let sep = if text.contains('-') { '-' } else { ':' };
+        text.split(sep).collect()
+    };
+    if hex.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(hex) {
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    Some(mac)
+}
+
+/// What the HTTP service serves.
+#[derive(Clone)]
+pub struct HttpService {
+    /// The boot directory (files served as they are).
+    pub boot_dir: PathBuf,
+    /// Per-host scripts.
+    pub scripts: Arc<dyn BootScripts>,
+    /// Base URL put in `/boot.ipxe` when the request has no usable `Host` header
+    /// (e.g. `http://10.99.0.1:8080`).
+    pub fallback_base: String,
+}
+
+#[derive(Clone)]
+struct AppState {
+    root: PathBuf,
+    scripts: Arc<dyn BootScripts>,
+    fallback_base: String,
+    files: ServeDir,
+}
+
+impl HttpService {
+    /// The axum router of the service (for embedding or tests). The boot directory must exist.
+    pub fn router(&self) -> Result<Router> {
+        let root = std::fs::canonicalize(&self.boot_dir).map_err(|e| Error::io(&self.boot_dir, e))?;
+        if !root.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "boot directory {} is not a directory",
+                self.boot_dir.display()
+            )));
+        }
+        let state = AppState {
+            files: ServeDir::new(&root).append_index_html_on_directories(false),
+            root,
+            scripts: self.scripts.clone(),
+            fallback_base: self.fallback_base.clone(),
+        };
+        Ok(Router::new()
+            .route("/boot.ipxe", get(boot_ipxe))
+            .route("/boot/{mac}", get(host_script))
+            .fallback(static_file)
+            .with_state(state))
+    }
+
+    /// Binds `listen` and checks the boot directory; nothing is served until [`HttpServer::run`].
+    pub async fn bind(&self, listen: SocketAddr) -> Result<HttpServer> {
+        let router = self.router()?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| bind_error("http", "tcp", listen, e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| bind_error("http", "tcp", listen, e))?;
+        Ok(HttpServer {
+            listener,
+            router,
+            local_addr,
+        })
+    }
+}
+
+/// The error of a socket that cannot be bound, naming the service, the address and the likely
+/// cause. Always bad input (exit code 2): the user picks ports and privileges.
+pub(crate) fn bind_error(service: &str, proto: &str, addr: SocketAddr, e: std::io::Error) -> Error {
+    let port = addr.port();
+    let why = match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!("port {port} is already in use by another program"),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("permission denied for port {port} (ports below 1024 need root or CAP_NET_BIND_SERVICE)")
+        }
+        std::io::ErrorKind::AddrNotAvailable => format!("no interface of this machine has address {}", addr.ip()),
+        _ => format!("port {port}: {e}"),
+    };
+    Error::InvalidInput(format!("{service}: cannot listen on {proto} {addr}: {why}"))
+}
+
+/// A bound HTTP service.
+pub struct HttpServer {
+    listener: TcpListener,
+    router: Router,
+    local_addr: SocketAddr,
+}
+
+impl HttpServer {
+    /// The address actually bound (the port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `cancel`, then stops accepting and lets running requests finish for at most
+    /// `grace` (a 500 MB download is cut, not waited for).
+    pub async fn run(self, cancel: CancellationToken, grace: Duration) -> Result<()> {
+        let addr = self.local_addr;
+        tracing::info!(%addr, "http: serving");
+        let stop = cancel.clone();
+        let serve =
+            axum::serve(self.listener, self.router).with_graceful_shutdown(async move { stop.cancelled().await });
+        let serve = std::pin::pin!(serve.into_future());
+        let result = tokio::select! {
+            r = serve => r,
+            () = async {
+                cancel.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(%addr, "http: requests still running after {grace:?}; cut");
+                Ok(())
+            }
+        };
+        tracing::info!(%addr, "http: stopped");
+        result.map_err(|e| Error::InvalidInput(format!("http {addr}: {e}")))
+    }
+}
+
+/// The host of the request as a base URL, if the `Host` header is a plain host[:port].
+fn base_from_host(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let plain = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    plain.then(|| format!("http://{host}"))
+}
+
+fn ipxe(script: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], script).into_response()
+}
+
+async fn boot_ipxe(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let base = base_from_host(&headers).unwrap_or_else(|| state.fallback_base.clone());
+    ipxe(chain_script(&base))
+}
+
+async fn host_script(State(state): State<AppState>, UrlPath(mac): UrlPath<String>) -> Response {
+    match parse_mac(&mac) {
+        Some(mac) => ipxe(state.scripts.script(mac)),
+        None => (
+            StatusCode::BAD_REQUEST,
+            format!("malformed MAC address {mac:?}: expected six hex bytes like 52:54:00:12:34:56\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The file under `root` that `url_path` names, if it stays inside `root` once every symlink is
+/// resolved. `Err(())` when the path must be refused, `Ok(None)` when it does not exist.
+async fn resolve_inside(root: &Path, url_path: &str) -> Result<Option<PathBuf>, ()> {
+    let decoded = percent_decode(url_path.trim_start_matches('/')).ok_or(())?;
+    if decoded.contains('\0') || decoded.contains('\\') {
+        return Err(());
+    }
+    let mut path = root.to_path_buf();
+    for component in Path::new(&decoded).components() {
+        match component {
+            Component::Normal(part) => path.push(part),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return Err(()),
+        }
+    }
+    match tokio::fs::canonicalize(&path).await {
+        Ok(real) if real.starts_with(root) => Ok(Some(real)),
+        Ok(_) => Err(()),
+        Err(_) => Ok(None),
+    }
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+async fn static_file(State(mut state): State<AppState>, request: Request) -> Response {
+    let path = request.uri().path().to_string();
+    match resolve_inside(&state.root, &path).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return not_found(),
+        Err(()) => {
+            tracing::warn!(path, "http: refused a path outside the boot directory");
+            return not_found();
+        }
+    }
+    match state.files.try_call(request).await {
+        Ok(response) => response.map(Body::new),
+        Err(e) => {
+            tracing::warn!(path, error = %e, "http: cannot serve file");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot read file\n").into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_macs_in_the_usual_spellings() {
+        let mac = Some([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+        assert_eq!(parse_mac("52:54:00:12:34:56"), mac);
+        assert_eq!(parse_mac("52-54-00-12-34-56"), mac);
+        assert_eq!(parse_mac("525400123456"), mac);
+        assert_eq!(parse_mac("52:54:00:12:34:5G"), None);
+        assert_eq!(parse_mac("52:54:00:12:34"), None);
+        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
+        assert_eq!(parse_mac("5:54:00:12:34:567"), None);
+        assert_eq!(parse_mac("+2:54:00:12:34:56"), None);
+        assert_eq!(parse_mac("ééé"), None);
+        assert_eq!(format_mac([0x52, 0x54, 0, 0x12, 0x34, 0xab]), "52:54:00:12:34:ab");
+    }
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("%2e%2E/a%20b").as_deref(), Some("../a b"));
+        assert_eq!(percent_decode("%2"), None);
+        assert_eq!(percent_decode("%zz"), None);
+    }
+
+    #[test]
+    fn menu_defaults_to_the_local_disk() {
+        let script = DefaultMenu::default().script([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert!(script.starts_with("#!ipxe\n"));
+        assert!(script.contains("choose --timeout 5000 --default local"));
+        assert!(script.contains("sanboot --no-describe --drive 0x80"));
+        assert!(script.contains("iseq ${platform} efi"));
+    }
+}
