@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use fogcore::Error;
-use fogcore::config::{DhcpMode, QuickServe, ServeConfig};
 use fogcore::net::bootfiles::{self, FileOutcome};
+use fogcore::net::config::{DhcpMode, QuickServe, ServeConfig};
 use fogcore::net::server::Server;
 
 /// `println!` that ignores a closed stdout.
@@ -203,7 +203,7 @@ pub fn bootfiles(cmd: &BootfilesCommand, json: bool) -> Result<(), Error> {
             let boot_dir = match (boot_dir, config) {
                 (Some(dir), _) => dir.clone(),
                 (None, Some(path)) => ServeConfig::load(path)?.boot_dir,
-                (None, None) => ServeConfig::try_from(fogcore::config::ServeFile::default())?.boot_dir,
+                (None, None) => ServeConfig::try_from(fogcore::net::config::ServeFile::default())?.boot_dir,
             };
             let report = bootfiles::install(&boot_dir, &bootfiles::ipxe_sources(system_root))?;
             if json {

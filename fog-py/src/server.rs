@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use fogcore::config::{ServeConfig, ServeFile};
+use fogcore::net::config::{ServeConfig, ServeFile};
 use fogcore::net::server::{Server, ServerHandle};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};

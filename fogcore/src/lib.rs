@@ -15,7 +15,6 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod config;
 pub mod error;
 pub mod imaging;
 pub mod net;

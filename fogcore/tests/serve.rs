@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use fogcore::config::ServeConfig;
+use fogcore::net::config::ServeConfig;
 use fogcore::net::server::Server;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;

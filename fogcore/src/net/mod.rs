@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod bootfiles;
+pub mod config;
 pub mod dhcp;
 pub mod http;
 pub mod server;

@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # fn main() -> fogcore::Result<()> {
-//! let config = fogcore::config::ServeConfig::load("fog.toml".as_ref())?;
+//! let config = fogcore::net::config::ServeConfig::load("fog.toml".as_ref())?;
 //! let server = fogcore::net::server::Server::start(config)?;
 //! println!("http on {:?}", server.addrs().http);
 //! server.stop()?;
@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServeConfig;
+use super::config::ServeConfig;
 use crate::error::{Error, Result};
 use crate::net::boot::DefaultBootPolicy;
 use crate::net::dhcp::DhcpServer;
