@@ -43,6 +43,10 @@ const IMAGE_SUFFIX: &str = ".fogimg";
 const MAX_RUNS: usize = 8;
 /// A writer moves its in-memory entries to a staged run past this many, bounding its memory.
 const SPILL_ENTRIES: usize = 1 << 20;
+/// A writer merges its spilled runs into one past this many, so its lookups stay cheap.
+const MAX_SPILLED_RUNS: usize = 2;
+/// Chunks verify checks per batch (sorted by pack position, checked in parallel).
+const VERIFY_BATCH: usize = 1 << 16;
 
 /// A store directory.
 #[derive(Debug, Clone)]
@@ -439,6 +443,8 @@ impl Store {
         let mut report = VerifyReport::default();
         let mut batch: Vec<(ChunkId, Loc)> = Vec::new();
         let check_batch = |batch: &mut Vec<(ChunkId, Loc)>, report: &mut VerifyReport| {
+            // The index is in id order; reading in pack order keeps the disk sequential.
+            batch.sort_unstable_by_key(|(_, loc)| (loc.pack, loc.offset));
             let bad: Vec<String> = batch
                 .par_iter()
                 .filter(|(id, loc)| {
@@ -454,7 +460,7 @@ impl Store {
         };
         for (id, loc, _) in reader.index.merged() {
             batch.push((id, loc));
-            if batch.len() >= 4096 {
+            if batch.len() >= VERIFY_BATCH {
                 check_batch(&mut batch, &mut report);
             }
         }
@@ -684,6 +690,15 @@ impl ChunkSink for StoreWriter {
                 .join(format!("spill-{}{RUN_SUFFIX}", state.spilled.runs().len()));
             write_run(&path, entries.into_iter())?;
             state.spilled.push(Run::open(&path)?);
+            if state.spilled.runs().len() > MAX_SPILLED_RUNS {
+                let merged = self.staging.join(format!("spill-merged-{}{RUN_SUFFIX}", unique_name()));
+                write_run(&merged, state.spilled.merged().map(|(id, loc, _)| (id, loc)))?;
+                for run in state.spilled.runs() {
+                    fs::remove_file(run.path()).at(run.path())?;
+                }
+                state.spilled = Index::default();
+                state.spilled.push(Run::open(&merged)?);
+            }
         }
         self.new_chunks.fetch_add(1, Ordering::Relaxed);
         self.new_bytes
@@ -768,20 +783,25 @@ impl Bloom {
         }
     }
 
-    fn probes(&self, id: &ChunkId) -> impl Iterator<Item = u64> {
+    fn hashes(&self, id: &ChunkId) -> (u64, u64, u64) {
         let mut a = [0u8; 8];
         let mut b = [0u8; 8];
         a.copy_from_slice(&id.0[..8]);
         b.copy_from_slice(&id.0[8..16]);
         let h1 = u64::from_le_bytes(a) ^ self.seed;
         let h2 = u64::from_le_bytes(b).rotate_left(17) ^ self.seed.rotate_left(31) | 1;
-        let mask = self.mask;
+        (h1, h2, self.mask)
+    }
+
+    fn probes(&self, id: &ChunkId) -> impl Iterator<Item = u64> {
+        let (h1, h2, mask) = self.hashes(id);
         (0..BLOOM_PROBES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) & mask)
     }
 
     fn insert(&mut self, id: &ChunkId) {
-        let probes: Vec<u64> = self.probes(id).collect();
-        for bit in probes {
+        let (h1, h2, mask) = self.hashes(id);
+        for i in 0..BLOOM_PROBES {
+            let bit = h1.wrapping_add(i.wrapping_mul(h2)) & mask;
             if let Some(word) = self.bits.get_mut((bit / 64) as usize) {
                 *word |= 1 << (bit % 64);
             }
