@@ -1207,7 +1207,7 @@ mod tests {
     }
 
     #[test]
-    fn two_gib_maps_in_milliseconds() {
+    fn two_gib_filesystem_maps_exactly() {
         let dir = tempfile::tempdir().expect("tempdir");
         let img = dir.path().join("big.img");
         mkfs(
@@ -1218,15 +1218,9 @@ mod tests {
             &img,
         );
         let disk = Disk::open(&img).expect("open image");
-        let t = std::time::Instant::now();
         let extents = used_extents(&disk).expect("used_extents");
-        let took = t.elapsed();
         assert_well_formed(&extents, 2048 * MIB);
         assert_eq!(extents.iter().map(|e| e.len).sum::<u64>(), dumpe2fs_used(&img));
-        assert!(
-            took < std::time::Duration::from_millis(500),
-            "mapping 2 GiB took {took:?}"
-        );
     }
 
     #[test]
