@@ -279,7 +279,7 @@ def test_stubs_match_module():
     stub = Path(fog.__file__).with_name("_fog.pyi")
     tree = ast.parse(stub.read_text())
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-    assert set(classes) == {"FogError", "BadInputError", "Store"}
+    assert set(classes) == {"FogError", "BadInputError", "Store", "Server"}
     stub_methods = {
         n.name for n in classes["Store"].body if isinstance(n, ast.FunctionDef) and not n.name.startswith("__")
     }
