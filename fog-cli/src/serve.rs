@@ -29,7 +29,7 @@ pub enum DhcpArg {
 #[derive(Args)]
 pub struct ServeArgs {
     /// Config file (fog.toml); without it, the flags below describe the node
-    #[arg(long, conflicts_with_all = ["interface", "address", "dhcp", "range", "subnet", "boot_dir", "data_dir", "http_port", "tftp_port", "no_tftp"])]
+    #[arg(long, conflicts_with_all = ["interface", "address", "dhcp", "range", "subnet", "boot_dir", "data_dir", "http_port", "tftp_port", "no_tftp", "no_ra"])]
     config: Option<PathBuf>,
     /// Interface of the clients' subnet (DHCP binds to it)
     #[arg(long)]
@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// Do not serve TFTP
     #[arg(long)]
     no_tftp: bool,
+    /// Do not answer IPv6 router solicitations (on by default with --dhcp full and --interface,
+    /// so iPXE does not wait ~13 s for an IPv6 router at every boot)
+    #[arg(long)]
+    no_ra: bool,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +120,7 @@ fn serve_config(args: &ServeArgs) -> Result<ServeConfig, Error> {
         data_dir: args.data_dir.clone(),
         http_port: args.http_port,
         tftp_port: (!args.no_tftp).then_some(args.tftp_port),
+        router_advertisements: !args.no_ra,
     };
     ServeConfig::try_from(quick.to_file()?)
 }

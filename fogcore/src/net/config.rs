@@ -68,6 +68,20 @@ pub struct ServeFile {
     /// `[boot]`.
     #[serde(default)]
     pub boot: BootFile,
+    /// `[ra]`.
+    #[serde(default)]
+    pub ra: RaFile,
+}
+
+/// `[ra]` as written: IPv6 router advertisements that tell PXE clients there is no IPv6 router,
+/// so iPXE does not wait ~13 s for one at every boot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaFile {
+    /// Default: on with `[dhcp] mode = "full"` and an interface (fog owns that subnet), else off.
+    pub enabled: Option<bool>,
+    /// Default: `[dhcp] interface`.
+    pub interface: Option<String>,
 }
 
 /// `[node]` as written.
@@ -163,6 +177,8 @@ pub struct ServeConfig {
     pub dhcp: Option<DhcpConfig>,
     /// Boot files and menu.
     pub boot: BootFiles,
+    /// The interface whose router solicitations are answered, `None` when off.
+    pub ra: Option<String>,
 }
 
 fn bad(key: &str, reason: impl std::fmt::Display) -> Error {
@@ -322,6 +338,21 @@ impl TryFrom<ServeFile> for ServeConfig {
             }
         };
 
+        let dhcp_interface = dhcp.as_ref().and_then(|d| d.interface.clone());
+        let ra = match file.ra.enabled {
+            Some(false) => None,
+            Some(true) => Some(file.ra.interface.or(dhcp_interface).ok_or_else(|| {
+                bad("[ra] interface", "required with [ra] enabled = true when [dhcp] names none")
+            })?),
+            None => match &dhcp {
+                Some(d) if d.mode == dhcp::DhcpMode::Full => file.ra.interface.or(dhcp_interface),
+                _ => None,
+            },
+        };
+        if let Some(name) = ra.as_deref().filter(|n| !dhcp::valid_interface_name(n)) {
+            return Err(bad("[ra] interface", format!("{name:?} is not a valid interface name")));
+        }
+
         if http.is_none() && tftp.is_none() && dhcp.is_none() {
             return Err(Error::InvalidInput(
                 "the config runs no service: [http] is disabled and there is no [tftp] or [dhcp]".into(),
@@ -335,6 +366,7 @@ impl TryFrom<ServeFile> for ServeConfig {
             tftp,
             dhcp,
             boot,
+            ra,
         })
     }
 }
@@ -362,6 +394,8 @@ pub struct QuickServe {
     pub http_port: u16,
     /// TFTP port, `None` for no TFTP.
     pub tftp_port: Option<u16>,
+    /// `false` switches off the router advertisements that `[ra]` would send by default.
+    pub router_advertisements: bool,
 }
 
 impl QuickServe {
@@ -437,6 +471,9 @@ impl QuickServe {
             dhcp.insert("pools".into(), toml::Value::Array(vec![toml::Value::Table(pool)]));
         }
         file.dhcp = Some(dhcp);
+        if !self.router_advertisements {
+            file.ra.enabled = Some(false);
+        }
         Ok(file)
     }
 }
@@ -592,6 +629,17 @@ impl ServeConfig {
             }
             None => {
                 let _ = writeln!(out, "dhcp          off");
+            }
+        }
+        match &self.ra {
+            Some(interface) => {
+                let _ = writeln!(
+                    out,
+                    "ipv6 ra       answers router solicitations on {interface} (no IPv6 router here: iPXE stops waiting)"
+                );
+            }
+            None => {
+                let _ = writeln!(out, "ipv6 ra       off");
             }
         }
         let ipxe = self

@@ -81,6 +81,42 @@ impl BootScripts for DefaultMenu {
     }
 }
 
+/// Hand-written per-host scripts beside the menu: `hosts/52-54-00-12-34-56.ipxe` under the boot
+/// directory is that host's script (as pxelinux's `pxelinux.cfg/01-<mac>`); a host without one gets
+/// `menu`. A file that resolves outside the boot directory (a symlink) is ignored.
+#[derive(Debug, Clone)]
+pub struct HostFilesOrMenu {
+    /// The boot directory.
+    pub boot_dir: PathBuf,
+    /// What hosts without a file get.
+    pub menu: DefaultMenu,
+}
+
+impl HostFilesOrMenu {
+    /// The path of `mac`'s script file.
+    pub fn host_file(&self, mac: [u8; 6]) -> PathBuf {
+        let name = format_mac(mac).replace(':', "-");
+        self.boot_dir.join("hosts").join(format!("{name}.ipxe"))
+    }
+
+    fn read_inside(&self, path: &Path) -> Option<String> {
+        let root = std::fs::canonicalize(&self.boot_dir).ok()?;
+        let real = std::fs::canonicalize(path).ok()?;
+        if !real.starts_with(&root) {
+            tracing::warn!(path = %path.display(), "http: host script resolves outside the boot directory; ignored");
+            return None;
+        }
+        std::fs::read_to_string(real).ok()
+    }
+}
+
+impl BootScripts for HostFilesOrMenu {
+    fn script(&self, mac: [u8; 6]) -> String {
+        self.read_inside(&self.host_file(mac))
+            .unwrap_or_else(|| self.menu.script(mac))
+    }
+}
+
 /// The script at `/boot.ipxe` (and in TFTP's virtual `boot.ipxe`): chain to this host's script at
 /// `base` (e.g. `http://10.99.0.1:8080`). `${netX/mac}` is the MAC of the NIC iPXE booted from.
 pub fn chain_script(base: &str) -> String {
@@ -353,6 +389,28 @@ mod tests {
         assert_eq!(percent_decode("%2e%2E/a%20b").as_deref(), Some("../a b"));
         assert_eq!(percent_decode("%2"), None);
         assert_eq!(percent_decode("%zz"), None);
+    }
+
+    #[test]
+    fn a_host_file_replaces_the_menu_for_that_host_only() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let outside = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("hosts"))?;
+        std::fs::write(dir.path().join("hosts/52-54-00-12-34-56.ipxe"), "#!ipxe\necho mine\n")?;
+        std::fs::write(outside.path().join("secret.ipxe"), "#!ipxe\necho secret\n")?;
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.ipxe"),
+            dir.path().join("hosts/52-54-00-00-00-02.ipxe"),
+        )?;
+        let scripts = HostFilesOrMenu {
+            boot_dir: dir.path().to_path_buf(),
+            menu: DefaultMenu::default(),
+        };
+        assert_eq!(scripts.script([0x52, 0x54, 0, 0x12, 0x34, 0x56]), "#!ipxe\necho mine\n");
+        assert!(scripts.script([0x52, 0x54, 0, 0x12, 0x34, 0x57]).contains("choose --timeout"));
+        let escaped = scripts.script([0x52, 0x54, 0, 0, 0, 2]);
+        assert!(!escaped.contains("secret") && escaped.contains("choose --timeout"));
+        Ok(())
     }
 
     #[test]

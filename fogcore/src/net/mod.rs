@@ -6,5 +6,6 @@ pub mod bootfiles;
 pub mod config;
 pub mod dhcp;
 pub mod http;
+pub mod ra;
 pub mod server;
 pub mod tftp;

@@ -27,7 +27,8 @@ use super::config::ServeConfig;
 use crate::error::{Error, Result};
 use crate::net::boot::DefaultBootPolicy;
 use crate::net::dhcp::DhcpServer;
-use crate::net::http::{BootScripts, DefaultMenu, HttpService, chain_script};
+use crate::net::http::{BootScripts, DefaultMenu, HostFilesOrMenu, HttpService, chain_script};
+use crate::net::ra::RaResponder;
 use crate::net::tftp::{TftpServer, VirtualFiles};
 
 /// How long running requests and transfers may go on after a stop.
@@ -53,8 +54,11 @@ impl Server {
     /// Binds everything `config` names, then serves on a runtime thread of its own, with the
     /// default boot menu. Must not be called from inside a tokio runtime.
     pub fn start(config: ServeConfig) -> Result<ServerHandle> {
-        let scripts = Arc::new(DefaultMenu {
-            timeout_ms: config.boot.menu_timeout_ms,
+        let scripts = Arc::new(HostFilesOrMenu {
+            boot_dir: config.boot_dir.clone(),
+            menu: DefaultMenu {
+                timeout_ms: config.boot.menu_timeout_ms,
+            },
         });
         Server::start_with(config, scripts)
     }
@@ -142,6 +146,10 @@ async fn bind_all(
             .map_err(|e| startup("dhcp", e))?;
         addrs.dhcp = Some(server.local_addr());
         services.push(("dhcp", Box::new(move |cancel| Box::pin(server.run(cancel)))));
+    }
+    if let Some(interface) = &config.ra {
+        let responder = RaResponder::bind(interface).map_err(|e| startup("ra", e))?;
+        services.push(("ra", Box::new(move |cancel| Box::pin(responder.run(cancel)))));
     }
     Ok((addrs, services))
 }

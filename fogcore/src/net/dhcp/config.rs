@@ -368,6 +368,11 @@ impl CheckedPool {
     }
 }
 
+/// Whether `name` can be a Linux interface name (IFNAMSIZ, no `/`, NUL or whitespace).
+pub(crate) fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 15 && !name.contains(['/', '\0']) && !name.contains(char::is_whitespace)
+}
+
 /// The whole config after checking.
 #[derive(Debug, Clone)]
 pub(crate) struct Checked {
@@ -399,10 +404,7 @@ impl TryFrom<&DhcpConfig> for Checked {
         if c.mode == DhcpMode::Full && c.pools.is_empty() {
             return bad("full mode needs at least one [[dhcp.pools]]".into());
         }
-        if c.interface
-            .as_deref()
-            .is_some_and(|i| i.is_empty() || i.len() > 15 || i.contains('/'))
-        {
+        if c.interface.as_deref().is_some_and(|i| !valid_interface_name(i)) {
             return bad(format!("interface {:?} is not a valid interface name", c.interface));
         }
         let mut pools: Vec<CheckedPool> = Vec::new();

@@ -32,5 +32,6 @@ pub mod server;
 mod tests;
 
 pub use config::{CustomOption, DhcpConfig, DhcpMode, IpList, Mac, Pool, Reservation, Subnet, check};
+pub(crate) use config::valid_interface_name;
 pub use lease::{Clock, LeaseTable, ManualClock, Record, SystemClock};
 pub use server::DhcpServer;
