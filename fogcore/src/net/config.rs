@@ -717,4 +717,21 @@ mod tests {
         assert!(off.dhcp.is_none());
         Ok(())
     }
+
+    #[test]
+    fn router_advertisements_follow_full_dhcp_unless_switched() -> Result<()> {
+        let full = "[node]\naddress = \"10.99.0.1\"\n[dhcp]\nmode = \"full\"\ninterface = \"br0\"\n\
+                    [[dhcp.pools]]\nsubnet = \"10.99.0.0/24\"\nrange = [\"10.99.0.100\", \"10.99.0.200\"]\n";
+        assert_eq!(ServeConfig::parse(full, "fog.toml")?.ra.as_deref(), Some("br0"));
+        let off = format!("{full}[ra]\nenabled = false\n");
+        assert_eq!(ServeConfig::parse(&off, "fog.toml")?.ra, None);
+        let proxy = "[node]\naddress = \"10.99.0.1\"\n[dhcp]\nmode = \"proxy\"\ninterface = \"br0\"\n";
+        assert_eq!(ServeConfig::parse(proxy, "fog.toml")?.ra, None, "not our subnet: off unless asked");
+        let asked = format!("{proxy}[ra]\nenabled = true\ninterface = \"eth1\"\n");
+        assert_eq!(ServeConfig::parse(&asked, "fog.toml")?.ra.as_deref(), Some("eth1"));
+        assert!(err("[ra]\nenabled = true\n").contains("[ra] interface"));
+        assert!(err("[ra]\nenabled = true\ninterface = \"a/b\"\n").contains("[ra] interface"));
+        assert!(err("[ra]\nenable = true\n").contains("unknown field `enable`"));
+        Ok(())
+    }
 }

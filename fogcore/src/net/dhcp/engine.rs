@@ -8,7 +8,9 @@ use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 
 use super::config::{Checked, CheckedPool, DhcpMode, Mac};
 use super::lease::{HoldKind, LeaseTable, Record};
-use super::options::{add_boot, boot_request, decode_request, encode_reply, mac_of, set_raw};
+use super::options::{
+    add_boot, append_raw, boot_request, decode_request, encode_reply, mac_of, relay_agent_information, set_raw,
+};
 use crate::net::boot::BootPolicy;
 
 /// Which socket a request came in on.
@@ -111,11 +113,19 @@ impl Engine {
         };
         let mac = Mac(mac);
         tracing::trace!(%from, %mac, ?kind, "dhcp request");
-        match self.cfg.mode {
+        let mut outcome = match self.cfg.mode {
             DhcpMode::Full if port == Port::Dhcp => self.full(&msg, mac, kind, from, now),
             DhcpMode::Full => Outcome::none(),
             DhcpMode::Proxy => self.proxy(&msg, mac, kind, from, port),
+        };
+        if nonzero(msg.giaddr()).is_some()
+            && let Some(info) = relay_agent_information(bytes)
+            && let Some(reply) = &mut outcome.reply
+            && !append_raw(&mut reply.bytes, 82, info)
+        {
+            tracing::debug!(%from, %mac, "cannot echo the relay agent information");
         }
+        outcome
     }
 
     fn pool_index(&self, msg: &Message) -> Option<usize> {

@@ -76,6 +76,55 @@ pub fn sanitize(bytes: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The options of a raw DHCP packet as (code, value), in order, until End or the first
+/// malformed one.
+fn raw_options(bytes: &[u8]) -> impl Iterator<Item = (usize, u8, &[u8])> {
+    let mut at = 240;
+    std::iter::from_fn(move || {
+        loop {
+            let code = *bytes.get(at)?;
+            match code {
+                0 => at += 1,
+                255 => return None,
+                _ => {
+                    let len = *bytes.get(at + 1)? as usize;
+                    let value = bytes.get(at + 2..at + 2 + len)?;
+                    let start = at;
+                    at += 2 + len;
+                    return Some((start, code, value));
+                }
+            }
+        }
+    })
+}
+
+/// The raw Relay Agent Information (option 82) of a request, as a relay put it there.
+pub fn relay_agent_information(request: &[u8]) -> Option<&[u8]> {
+    raw_options(request).find(|(_, code, _)| *code == 82).map(|(_, _, value)| value)
+}
+
+/// Adds a raw option as the last one of an encoded reply (before End). RFC 3046: the server
+/// echoes option 82 unchanged, and relays expect it there.
+pub fn append_raw(reply: &mut Vec<u8>, code: u8, value: &[u8]) -> bool {
+    let Ok(len) = u8::try_from(value.len()) else {
+        return false;
+    };
+    let end = match raw_options(reply).last() {
+        Some((start, _, v)) => start + 2 + v.len(),
+        None => 240,
+    };
+    // Only pads may sit between the last option and End.
+    let Some(end) = (end..reply.len()).find(|&i| reply.get(i) == Some(&255)) else {
+        return false;
+    };
+    let mut option = Vec::with_capacity(value.len() + 2);
+    option.push(code);
+    option.push(len);
+    option.extend_from_slice(value);
+    reply.splice(end..end, option);
+    true
+}
+
 /// The client's MAC (the message must come from [`decode_request`]).
 pub fn mac_of(msg: &Message) -> Option<[u8; 6]> {
     msg.chaddr().get(..6).and_then(|s| <[u8; 6]>::try_from(s).ok())

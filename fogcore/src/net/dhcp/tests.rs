@@ -367,6 +367,36 @@ fn relayed_requests_get_the_relay_subnet_and_go_back_to_the_relay() {
 }
 
 #[test]
+fn relay_agent_information_goes_back_to_the_relay_unchanged_and_last() {
+    let mut e = engine(DhcpMode::Full);
+    let mut d = msg(MessageType::Discover, mac(1));
+    d.set_giaddr(ip("10.50.0.1"));
+    let mut bytes = d.to_vec().expect("encode request");
+    // Circuit id "eth7", remote id 0x0001, as a relay appends it (after the client's options).
+    let info = [1, 4, b'e', b't', b'h', b'7', 2, 2, 0, 1];
+    let end = bytes.iter().rposition(|&b| b == 255).expect("End");
+    bytes.splice(end..end, [82, info.len() as u8].into_iter().chain(info));
+    let out = e.handle(&bytes, "10.50.0.1:67".parse().expect("addr"), Port::Dhcp, T0);
+    let r = out.reply.as_ref().expect("a reply");
+    let mut option = vec![82, info.len() as u8];
+    option.extend_from_slice(&info);
+    option.push(255);
+    assert!(
+        r.bytes.windows(option.len()).any(|w| w == option.as_slice()),
+        "option 82 echoed as the last option"
+    );
+    assert_eq!(reply(&out).yiaddr(), ip("10.50.1.1"));
+
+    // Not relayed (giaddr 0): nothing to echo to.
+    let mut direct = msg(MessageType::Discover, mac(2)).to_vec().expect("encode request");
+    let end = direct.iter().rposition(|&b| b == 255).expect("End");
+    direct.splice(end..end, [82, info.len() as u8].into_iter().chain(info));
+    let out = e.handle(&direct, client(), Port::Dhcp, T0);
+    let r = out.reply.as_ref().expect("a reply");
+    assert!(!r.bytes.windows(2).any(|w| w == [82, info.len() as u8]));
+}
+
+#[test]
 fn pxe_clients_get_the_boot_file_for_their_firmware() {
     let mut e = engine(DhcpMode::Full);
     let cases: [(u16, Option<&[u8]>, &str); 4] = [
