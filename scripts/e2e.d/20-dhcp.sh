@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # DHCP with real clients in network namespaces: udhcpc and dhclient get leases from fog in full
 # mode and the same addresses after a restart; a relayed request gets an address from the relay's
-# subnet; proxy mode beside dnsmasq: a PXE client gets its address from dnsmasq and its boot file
-# from fog (port 67 offer and port 4011 ACK).
+# subnet and its relay agent information (option 82) back unchanged; proxy mode beside dnsmasq:
+# a PXE client gets its address from dnsmasq and its boot file from fog (port 67 offer and port
+# 4011 ACK).
 #
 # Runs DhcpServer through fogcore's example `fog_dhcp_e2e` (a TOML [dhcp] table) until `fog serve`
 # takes over. Topology: namespace dhsrv holds bridge br0 (10.99.0.1/24) where fog serves; client
@@ -100,12 +101,18 @@ def relay(a):
     s.bind(("0.0.0.0", 67))
     xid = random.getrandbits(32)
     dst = (a.server, 67)
-    offer = exchange(s, build(1, mac, xid, giaddr=a.giaddr, flags=0, hops=1), dst, xid, lambda m: m["type"] == 2)
-    print(f"OFFER yiaddr={offer['yiaddr']} giaddr={offer['giaddr']} from={offer['from'][0]}")
+    # Relay agent information (RFC 3046): circuit id "eth7", remote id 0x0001; the server must
+    # echo it unchanged.
+    agent = [(82, b"\x01\x04eth7\x02\x02\x00\x01")]
+    offer = exchange(s, build(1, mac, xid, giaddr=a.giaddr, flags=0, hops=1, opts=agent), dst, xid,
+                     lambda m: m["type"] == 2)
+    print(f"OFFER yiaddr={offer['yiaddr']} giaddr={offer['giaddr']} from={offer['from'][0]} "
+          f"opt82={offer['opts'].get(82, b'').hex()}")
     req = build(3, mac, xid, giaddr=a.giaddr, flags=0, hops=1,
-                opts=[(50, ip4(offer["yiaddr"])), (54, ip4(offer["sid"]))])
+                opts=[(50, ip4(offer["yiaddr"])), (54, ip4(offer["sid"]))] + agent)
     ack = exchange(s, req, dst, xid, lambda m: m["type"] in (5, 6))
-    print(f"{'ACK' if ack['type'] == 5 else 'NAK'} yiaddr={ack['yiaddr']} server={ack['sid']}")
+    print(f"{'ACK' if ack['type'] == 5 else 'NAK'} yiaddr={ack['yiaddr']} server={ack['sid']} "
+          f"opt82={ack['opts'].get(82, b'').hex()}")
 
 PXE_OPTS = [(60, b"PXEClient:Arch:00000:UNDI:002001"), (93, b"\0\0"), (94, b"\x01\x02\x01"),
             (97, b"\0" + bytes(range(16))), (55, bytes([1, 3, 6, 43, 60, 66, 67]))]
@@ -268,6 +275,8 @@ ip netns exec dhrel timeout 30 python3 "$helper" relay --giaddr 10.99.1.1 --serv
   --mac 02:99:00:00:01:01 >"$work/relay.log" 2>&1
 cat "$work/relay.log"
 grep -q "^ACK yiaddr=10.99.1.1[0-4][0-9] " "$work/relay.log"
+grep -q "^OFFER .* opt82=01046574683702020001$" "$work/relay.log"
+grep -q "^ACK .* opt82=01046574683702020001$" "$work/relay.log"
 
 echo "== full mode: a restarted fog gives the same addresses"
 stop_fog
