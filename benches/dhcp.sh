@@ -24,8 +24,8 @@ trap cleanup EXIT
 
 command -v perfdhcp >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q kea-admin >/dev/null
 command -v dnsmasq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsmasq-base >/dev/null
-cargo build --release -q -p fogcore --example fog_dhcp_e2e
-fog=$PWD/target/release/examples/fog_dhcp_e2e
+cargo build --release --locked -q -p fog-cli
+fog=$PWD/target/release/fog
 
 ip netns del dbsrv 2>/dev/null || true; ip netns del dbcli 2>/dev/null || true
 ip netns add dbsrv; ip netns add dbcli
@@ -39,11 +39,16 @@ ip -n dbsrv link set dbs0 up; ip -n dbcli link set dbc0 up
 mkdir -p "$PWD/target/bench-dhcp"
 leasedir=$(mktemp -d "$PWD/target/bench-dhcp/run.XXXXXX")
 cat > "$work/fog.toml" <<EOF2
+[node]
+address = "10.98.0.1"
+data_dir = "$leasedir"
+[http]
+enabled = false
+[dhcp]
 mode = "full"
 interface = "dbs0"
-server_ip = "10.98.0.1"
 lease_file = "$leasedir/fog.leases"
-[[pools]]
+[[dhcp.pools]]
 subnet = "10.98.0.0/16"
 range = ["10.98.1.0", "10.98.250.255"]
 lease_secs = 3600
@@ -52,7 +57,7 @@ EOF2
 start_server() { # NAME
   rm -f "$leasedir"/*
   case "$1" in
-    fog) ip netns exec dbsrv "$fog" "$work/fog.toml" >"$work/fog.log" 2>&1 & ;;
+    fog) ip netns exec dbsrv "$fog" serve --config "$work/fog.toml" >"$work/fog.log" 2>&1 & ;;
     dnsmasq) ip netns exec dbsrv dnsmasq --no-daemon --port=0 --interface=dbs0 --bind-interfaces \
         --dhcp-range=10.98.1.0,10.98.250.255,255.255.0.0,1h --dhcp-leasefile="$leasedir/dnsmasq.leases" \
         --dhcp-lease-max=100000 --no-ping --no-resolv --dhcp-authoritative >"$work/dnsmasq.log" 2>&1 & ;;

@@ -14,7 +14,7 @@
 #
 # Peers: tftpd-hpa (`in.tftpd -L`, foreground) and atftpd (`--daemon --no-fork`). The two Debian
 # packages conflict: tftpd-hpa is installed, atftpd unpacked with dpkg-deb into the work dir.
-# Until `fog serve` lands, fog is the fogcore example `fog_tftp_e2e`.
+# fog is `fog serve` with TFTP only.
 #
 # Environment:
 #   BENCH_REPEAT         runs per cell, the median counts (default 5)
@@ -65,8 +65,8 @@ if [ -z "$atftpd_bin" ]; then
   (cd "$work" && timeout 300 apt-get download atftpd > "$work/apt-atftpd.log" 2>&1 && dpkg-deb -x atftpd_*.deb "$work/atftpd-pkg")
   atftpd_bin=$work/atftpd-pkg/usr/sbin/atftpd
 fi
-(cd "$root_dir" && cargo build --release --locked -q -p fogcore --example fog_tftp_e2e)
-fog_bin=$target_dir/release/examples/fog_tftp_e2e
+(cd "$root_dir" && cargo build --release --locked -q -p fog-cli)
+fog_bin=$target_dir/release/fog
 
 srv=$work/srv
 mkdir -p "$srv" "$work/out"
@@ -99,7 +99,17 @@ wait_udp() { # PORT PID NAME
 
 echo "== servers"
 fog_port=$(free_port)
-"$fog_bin" --root "$srv" --listen "127.0.0.1:$fog_port" --max-transfers 1024 > "$work/fog.log" 2>&1 &
+cat > "$work/fog.toml" <<EOF
+[node]
+data_dir = "$work"
+boot_dir = "$srv"
+[http]
+enabled = false
+[tftp]
+listen = "127.0.0.1:$fog_port"
+max_transfers = 1024
+EOF
+"$fog_bin" serve --config "$work/fog.toml" > "$work/fog.log" 2>&1 &
 pids+=($!)
 wait_udp "$fog_port" $! fog
 hpa_port=$(free_port)

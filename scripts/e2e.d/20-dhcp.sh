@@ -5,8 +5,7 @@
 # a PXE client gets its address from dnsmasq and its boot file from fog (port 67 offer and port
 # 4011 ACK).
 #
-# Runs DhcpServer through fogcore's example `fog_dhcp_e2e` (a TOML [dhcp] table) until `fog serve`
-# takes over. Topology: namespace dhsrv holds bridge br0 (10.99.0.1/24) where fog serves; client
+# Runs `fog serve --config` with DHCP only (HTTP and TFTP off). Topology: namespace dhsrv holds bridge br0 (10.99.0.1/24) where fog serves; client
 # namespaces dhc1 (udhcpc, PXE client), dhc2 (dhclient), dhrel (a relay at 10.99.1.1) and dhdns
 # (dnsmasq, 10.99.0.3) hang off it by veths.
 set -euo pipefail
@@ -34,8 +33,7 @@ command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null; fi
 
-cargo build --release -q -p fogcore --example fog_dhcp_e2e
-server=$PWD/target/release/examples/fog_dhcp_e2e
+fog=${FOG:?run through scripts/e2e}
 helper=$work/dhcp_client.py
 # Test clients: a relay agent, and a PXE client that collects every offer.
 cat > "$helper" <<'PY'
@@ -212,11 +210,11 @@ chmod +x "$work/udhcpc.sh" "$work/dhclient.sh"
 
 fog_pid=
 start_fog() { # CONFIG LOG
-  ip netns exec dhsrv "$server" "$1" 8080 >>"$2" 2>&1 &
+  ip netns exec dhsrv "$fog" serve --config "$1" >>"$2" 2>&1 &
   fog_pid=$!
   pids+=("$fog_pid")
   for _ in $(seq 1 100); do
-    grep -q "^ready on" "$2" && return 0
+    grep -q "fog serve: running" "$2" && return 0
     kill -0 "$fog_pid" 2>/dev/null || { echo "fog exited"; return 1; }
     sleep 0.1
   done
@@ -244,18 +242,23 @@ run_dhclient() { # LOG -> prints ip
 
 # --- full mode
 cat > "$work/full.toml" <<EOF2
+[node]
+address = "10.99.0.1"
+data_dir = "$work"
+[http]
+enabled = false
+[dhcp]
 mode = "full"
 interface = "br0"
-server_ip = "10.99.0.1"
 lease_file = "$work/full.leases"
-[[pools]]
+[[dhcp.pools]]
 subnet = "10.99.0.0/24"
 range = ["10.99.0.100", "10.99.0.150"]
 router = "10.99.0.1"
 dns = ["10.99.0.1"]
 domain = "fog.test"
 lease_secs = 600
-[[pools]]
+[[dhcp.pools]]
 subnet = "10.99.1.0/24"
 range = ["10.99.1.100", "10.99.1.150"]
 router = "10.99.1.1"
@@ -294,9 +297,14 @@ ip netns exec dhdns dnsmasq --no-daemon --port=0 --interface=eth0 --bind-interfa
   --no-ping --no-resolv --log-dhcp --dhcp-authoritative >"$work/dnsmasq.log" 2>&1 &
 pids+=($!)
 cat > "$work/proxy.toml" <<EOF2
+[node]
+address = "10.99.0.1"
+data_dir = "$work"
+[http]
+enabled = false
+[dhcp]
 mode = "proxy"
 interface = "br0"
-server_ip = "10.99.0.1"
 lease_file = "$work/proxy.leases"
 EOF2
 start_fog "$work/proxy.toml" "$work/fog-proxy.log"

@@ -3,8 +3,7 @@
 # rolls over), atftp (blksize, windowsize) and curl (tsize, blksize, timeout) fetch a 32 MiB file
 # from fog's TFTP server, hashes equal; traversal attempts (`..`, `/../..`, a symlink out of the
 # root) are refused with ERROR 2, a missing file with ERROR 1; SIGTERM stops the server cleanly.
-#
-# Until `fog serve` lands the server is the fogcore example `fog_tftp_e2e`.
+# The server is `fog serve` with TFTP only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d /tmp/fog-e2e-tftp.XXXXXX)
@@ -33,8 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "== server"
-cargo build --release --locked -q -p fogcore --example fog_tftp_e2e
-server_bin=${CARGO_TARGET_DIR:-target}/release/examples/fog_tftp_e2e
+fog=${FOG:?run through scripts/e2e}
 root=$work/root
 mkdir -p "$root/sub"
 head -c $((32 * 1024 * 1024)) /dev/urandom > "$root/big.bin"
@@ -44,12 +42,21 @@ ln -s /etc/passwd "$root/escape"
 ln -s "$work" "$root/updir"
 want=$(sha256sum < "$root/big.bin")
 
-"$server_bin" --root "$root" --listen 127.0.0.1:0 > "$work/server.log" 2>&1 &
+cat > "$work/fog.toml" <<EOF
+[node]
+data_dir = "$work"
+boot_dir = "$root"
+[http]
+enabled = false
+[tftp]
+listen = "127.0.0.1:0"
+EOF
+"$fog" serve --config "$work/fog.toml" > "$work/server.log" 2>&1 &
 pids+=($!)
 server_pid=$!
 port=
 for _ in $(seq 1 100); do
-  port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$work/server.log")
+  port=$(sed -n 's/.*fog serve: running.*tftp="127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$work/server.log")
   [ -n "$port" ] && break
   kill -0 "$server_pid" 2>/dev/null || { echo "server exited"; exit 1; }
   sleep 0.1

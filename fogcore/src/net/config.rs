@@ -342,7 +342,10 @@ impl TryFrom<ServeFile> for ServeConfig {
         let ra = match file.ra.enabled {
             Some(false) => None,
             Some(true) => Some(file.ra.interface.or(dhcp_interface).ok_or_else(|| {
-                bad("[ra] interface", "required with [ra] enabled = true when [dhcp] names none")
+                bad(
+                    "[ra] interface",
+                    "required with [ra] enabled = true when [dhcp] names none",
+                )
             })?),
             None => match &dhcp {
                 Some(d) if d.mode == dhcp::DhcpMode::Full => file.ra.interface.or(dhcp_interface),
@@ -726,7 +729,11 @@ mod tests {
         let off = format!("{full}[ra]\nenabled = false\n");
         assert_eq!(ServeConfig::parse(&off, "fog.toml")?.ra, None);
         let proxy = "[node]\naddress = \"10.99.0.1\"\n[dhcp]\nmode = \"proxy\"\ninterface = \"br0\"\n";
-        assert_eq!(ServeConfig::parse(proxy, "fog.toml")?.ra, None, "not our subnet: off unless asked");
+        assert_eq!(
+            ServeConfig::parse(proxy, "fog.toml")?.ra,
+            None,
+            "not our subnet: off unless asked"
+        );
         let asked = format!("{proxy}[ra]\nenabled = true\ninterface = \"eth1\"\n");
         assert_eq!(ServeConfig::parse(&asked, "fog.toml")?.ra.as_deref(), Some("eth1"));
         assert!(err("[ra]\nenabled = true\n").contains("[ra] interface"));

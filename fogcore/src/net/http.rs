@@ -407,7 +407,11 @@ mod tests {
             menu: DefaultMenu::default(),
         };
         assert_eq!(scripts.script([0x52, 0x54, 0, 0x12, 0x34, 0x56]), "#!ipxe\necho mine\n");
-        assert!(scripts.script([0x52, 0x54, 0, 0x12, 0x34, 0x57]).contains("choose --timeout"));
+        assert!(
+            scripts
+                .script([0x52, 0x54, 0, 0x12, 0x34, 0x57])
+                .contains("choose --timeout")
+        );
         let escaped = scripts.script([0x52, 0x54, 0, 0, 0, 2]);
         assert!(!escaped.contains("secret") && escaped.contains("choose --timeout"));
         Ok(())

@@ -151,7 +151,9 @@ mod tests {
     #[test]
     fn only_solicitations_are_answered() {
         assert!(is_solicitation(&[133, 0, 0, 0, 0, 0, 0, 0]));
-        assert!(is_solicitation(&[133, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert!(is_solicitation(&[
+            133, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0x52, 0x54, 0, 0x12, 0x34, 0x56
+        ]));
         assert!(!is_solicitation(&[133, 0, 0, 0]), "truncated");
         assert!(!is_solicitation(&[133, 1, 0, 0, 0, 0, 0, 0]), "code must be 0");
         assert!(!is_solicitation(&[134, 0, 0, 0, 0, 0, 0, 0]), "an advertisement");
@@ -160,7 +162,10 @@ mod tests {
 
     #[test]
     fn an_unknown_interface_is_named() {
-        let e = interface_index("fog-no-such0").err().map(|e| e.to_string()).unwrap_or_default();
+        let e = interface_index("fog-no-such0")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("no interface named \"fog-no-such0\""), "{e}");
     }
 }

@@ -100,7 +100,9 @@ fn raw_options(bytes: &[u8]) -> impl Iterator<Item = (usize, u8, &[u8])> {
 
 /// The raw Relay Agent Information (option 82) of a request, as a relay put it there.
 pub fn relay_agent_information(request: &[u8]) -> Option<&[u8]> {
-    raw_options(request).find(|(_, code, _)| *code == 82).map(|(_, _, value)| value)
+    raw_options(request)
+        .find(|(_, code, _)| *code == 82)
+        .map(|(_, _, value)| value)
 }
 
 /// Adds a raw option as the last one of an encoded reply (before End). RFC 3046: the server
