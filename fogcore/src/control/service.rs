@@ -419,6 +419,7 @@ impl Control {
                 &task,
                 &next,
                 TaskUpdate {
+                    ticket: task.ticket,
                     node: task.node.as_deref(),
                     detail: Some("cancelled by an admin"),
                     ..TaskUpdate::default()
@@ -500,15 +501,45 @@ impl Control {
             .position(|(id, _)| *id == task.id)
             .unwrap_or(line.waiting.len());
         let ahead = u32::try_from(ahead).unwrap_or(u32::MAX);
-        match slot_for(node.max_clients, node.enabled, line.active, ahead) {
-            Slot::Granted => {
-                let next = step(task.id, &task.state, Event::Grant)?;
-                let task = self.db.set_task_state(&task, &next, update(task.ticket)).await?;
-                Ok(CheckInReply {
-                    task,
-                    slot: SlotState::Granted,
-                })
+        // Free slots go to the head of the line, all of them now, so tasks start in line
+        // order even when the agent first in line asks a moment after the one behind it.
+        let free = u32::try_from(line.waiting.len()).unwrap_or(u32::MAX).min(
+            match slot_for(node.max_clients, node.enabled, line.active, 0) {
+                Slot::Granted => node.max_clients.saturating_sub(line.active),
+                Slot::Waiting { .. } => 0,
+            },
+        );
+        let mut mine = None;
+        for (id, _) in line.waiting.iter().take(free as usize) {
+            let head = self.db.task(*id).await?;
+            let next = step(head.id, &head.state, Event::Grant)?;
+            let started = self
+                .db
+                .set_task_state(
+                    &head,
+                    &next,
+                    TaskUpdate {
+                        ticket: head.ticket,
+                        node: Some(node_name.as_str()),
+                        ..TaskUpdate::default()
+                    },
+                )
+                .await?;
+            if started.id == task.id {
+                mine = Some(started);
             }
+        }
+        if let Some(task) = mine {
+            return Ok(CheckInReply {
+                task,
+                slot: SlotState::Granted,
+            });
+        }
+        match slot_for(node.max_clients, node.enabled, line.active, ahead) {
+            Slot::Granted => Err(Error::Database(format!(
+                "task {}: a free slot was not handed out",
+                task.id
+            ))),
             Slot::Waiting { place } => {
                 let task = if task.state == TaskState::CheckedIn {
                     let next = step(task.id, &task.state, Event::Wait)?;
@@ -609,6 +640,7 @@ impl Control {
                 &task,
                 &next,
                 TaskUpdate {
+                    ticket: task.ticket,
                     node: task.node.as_deref(),
                     contact: Some(self.clock.now()),
                     ..TaskUpdate::default()
