@@ -9,6 +9,7 @@ use fogcore::imaging::{capture, demo, deploy, store::Store};
 use serde_json::json;
 
 mod bar;
+mod control;
 mod print;
 mod serve;
 
@@ -30,6 +31,8 @@ struct Cli {
     /// Print machine-readable JSON instead of text and bars
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    master: control::MasterArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +59,20 @@ enum Command {
     /// iPXE binaries in the boot directory
     #[command(subcommand)]
     Bootfiles(serve::BootfilesCommand),
+    /// Run the master: the inventory, tasks and the REST API (/api/v1)
+    Master(control::MasterServe),
+    /// Hosts on a master (--master URL --token T)
+    #[command(subcommand)]
+    Host(control::HostCommand),
+    /// Host groups on a master
+    #[command(subcommand)]
+    Group(control::GroupCommand),
+    /// Site nodes on a master
+    #[command(subcommand)]
+    Node(control::NodeCommand),
+    /// Tasks on a master: deploy, capture, inventory, wipe, debug, ls, show, cancel
+    #[command(subcommand)]
+    Task(control::TaskCommand),
 }
 
 #[derive(Subcommand)]
@@ -141,6 +158,11 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Serve(args) => serve::serve(args)?,
         Command::Config(cmd) => serve::config(cmd, cli.json)?,
         Command::Bootfiles(cmd) => serve::bootfiles(cmd, cli.json)?,
+        Command::Master(args) => control::master(args)?,
+        Command::Host(cmd) => control::host(&cli.master, cmd, cli.json)?,
+        Command::Group(cmd) => control::group(&cli.master, cmd, cli.json)?,
+        Command::Node(cmd) => control::node(&cli.master, cmd, cli.json)?,
+        Command::Task(cmd) => control::task(&cli.master, cmd, cli.json)?,
         Command::Demo { dir } => {
             let dir = dir.clone().unwrap_or_else(|| data_dir().join("demo"));
             let report = demo::run(&dir, &progress)?;

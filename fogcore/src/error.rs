@@ -111,6 +111,73 @@ pub enum Error {
     /// The job was stopped by its caller (see `Progress::cancelled`).
     #[error("cancelled")]
     Cancelled,
+
+    // Control plane (hosts, nodes, tasks, the master's API).
+    /// A field that fails validation: a MAC, a name, a subnet, a cron line.
+    #[error("invalid {field} {value:?}: {reason}")]
+    Invalid {
+        /// Which field (`mac`, `host name`, `subnet`, ...).
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No record with that key.
+    #[error("no {kind} {key:?}")]
+    NotFound {
+        /// `host`, `group`, `image`, `node`, `task`, ...
+        kind: &'static str,
+        /// The name or id looked up.
+        key: String,
+    },
+    /// The request conflicts with what exists (a name or MAC taken, a host busy with a task).
+    #[error("{kind} {key:?}: {reason}")]
+    Conflict {
+        /// Kind of record.
+        kind: &'static str,
+        /// Its name or id.
+        key: String,
+        /// What it conflicts with.
+        reason: String,
+    },
+    /// A task state change that the state machine does not allow.
+    #[error("task {task}: cannot go from {from} to {to}")]
+    IllegalTransition {
+        /// Task id.
+        task: i64,
+        /// Its state.
+        from: String,
+        /// The state or event asked for.
+        to: String,
+    },
+    /// No credentials, or credentials that are not known.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// Known credentials that do not allow this request.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The database failed (not the caller's input). Retrying may help.
+    #[error("database: {0}")]
+    Database(String),
+    /// A master answered with an error.
+    #[error("master: {message} ({code}, HTTP {status})")]
+    Remote {
+        /// HTTP status.
+        status: u16,
+        /// Error code (`not_found`, `invalid`, ...).
+        code: String,
+        /// The master's message.
+        message: String,
+    },
+    /// A master could not be reached or answered something that is not fog's API.
+    #[error("{url}: {reason}")]
+    Http {
+        /// The URL asked.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -137,13 +204,74 @@ impl Error {
             | Error::SectorSizeMismatch { .. }
             | Error::ImageNotFound(_)
             | Error::InvalidImageName(_)
-            | Error::InvalidInput(_) => true,
+            | Error::InvalidInput(_)
+            | Error::Invalid { .. }
+            | Error::NotFound { .. }
+            | Error::Conflict { .. }
+            | Error::IllegalTransition { .. }
+            | Error::Unauthorized(_)
+            | Error::Forbidden(_) => true,
+            Error::Remote { status, .. } => (400..500).contains(status),
             Error::BadManifest { .. }
             | Error::ChunkMissing { .. }
             | Error::ChunkCorrupt { .. }
             | Error::VerifyMismatch { .. }
             | Error::StoreBusy { .. }
-            | Error::Cancelled => false,
+            | Error::Cancelled
+            | Error::Database(_)
+            | Error::Http { .. } => false,
+        }
+    }
+
+    /// A short stable code for the wire (`{code, message}` JSON errors of the master's API).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Invalid { .. }
+            | Error::InvalidInput(_)
+            | Error::InvalidImageName(_)
+            | Error::BadDisk { .. }
+            | Error::TargetTooSmall { .. }
+            | Error::SectorSizeMismatch { .. } => "invalid",
+            Error::NotFound { .. } | Error::ImageNotFound(_) => "not_found",
+            Error::Conflict { .. } | Error::StoreBusy { .. } => "conflict",
+            Error::IllegalTransition { .. } => "illegal_transition",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::Database(_) => "database",
+            Error::Cancelled => "cancelled",
+            Error::Remote { .. } | Error::Http { .. } => "upstream",
+            Error::Io { .. }
+            | Error::BadFilesystem { .. }
+            | Error::BadManifest { .. }
+            | Error::ChunkMissing { .. }
+            | Error::ChunkCorrupt { .. }
+            | Error::VerifyMismatch { .. } => "internal",
+        }
+    }
+
+    /// Builds an [`Error::Invalid`].
+    pub fn invalid(field: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            field,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds an [`Error::NotFound`].
+    pub fn not_found(kind: &'static str, key: impl ToString) -> Self {
+        Error::NotFound {
+            kind,
+            key: key.to_string(),
+        }
+    }
+
+    /// Builds an [`Error::Conflict`].
+    pub fn conflict(kind: &'static str, key: impl ToString, reason: impl Into<String>) -> Self {
+        Error::Conflict {
+            kind,
+            key: key.to_string(),
+            reason: reason.into(),
         }
     }
 }

@@ -15,6 +15,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod error;
 pub mod imaging;
 pub mod net;

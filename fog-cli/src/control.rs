@@ -1,0 +1,468 @@
+//! `fog master` and the commands that talk to a master (`fog host|group|node|task`): flags to
+//! fogcore's control client, results printed as text or JSON.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use fogcore::Error;
+use fogcore::control::client::Client;
+use fogcore::control::db::{Db, TaskFilter};
+use fogcore::control::master::Master;
+use fogcore::control::model::{After, Group, Host, NewTask, Node, Task, TaskKind, TaskState, parse_subnet};
+use fogcore::control::service::Control;
+use serde::Serialize;
+
+/// `println!` that ignores a closed stdout.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Where the master is and the token to show it.
+#[derive(Args, Clone)]
+pub struct MasterArgs {
+    /// The master's URL
+    #[arg(long, global = true, env = "FOG_MASTER", default_value = "http://127.0.0.1:8090")]
+    master: String,
+    /// Bearer token (admin, or a node's)
+    #[arg(long, global = true, env = "FOG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Args)]
+pub struct MasterServe {
+    /// Directory of the database (fog.db) and the first admin token
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address the API listens on
+    #[arg(long, default_value = "0.0.0.0:8090")]
+    listen: SocketAddr,
+    /// A database URL instead of DATA_DIR/fog.db (postgres://user@host/db)
+    #[arg(long, env = "FOG_DATABASE_URL", hide_env_values = true)]
+    database: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// List hosts
+    Ls,
+    /// Show a host
+    Show { name: String },
+    /// Add a host
+    Add {
+        name: String,
+        /// Network card (repeat for several)
+        #[arg(long = "mac", required = true)]
+        macs: Vec<String>,
+        #[arg(long)]
+        uuid: Option<String>,
+        /// IPv4 address (picks the node whose subnet holds it)
+        #[arg(long)]
+        address: Option<Ipv4Addr>,
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        /// The node that images it
+        #[arg(long)]
+        node: Option<String>,
+        /// Which disk the agent images
+        #[arg(long)]
+        primary_disk: Option<String>,
+        /// Extra kernel arguments for the agent
+        #[arg(long, default_value = "")]
+        kernel_args: String,
+    },
+    /// Remove a host
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum GroupCommand {
+    /// List groups
+    Ls,
+    /// Add a group
+    Add {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Remove a group (its hosts stay)
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// List nodes
+    Ls,
+    /// Add a node; prints its token once
+    Add {
+        name: String,
+        /// URL the agents reach it at
+        #[arg(long)]
+        url: String,
+        /// Subnet it serves, 10.99.0.0/24 (repeat for several)
+        #[arg(long = "subnet")]
+        subnets: Vec<String>,
+        /// Hosts imaged at once
+        #[arg(long, default_value_t = 10)]
+        max_clients: u32,
+    },
+    /// Remove a node and its tokens
+    Rm { name: String },
+    /// Revoke a node's tokens and print a new one
+    Token { name: String },
+}
+
+/// Target of a task: one host, or every host of a group.
+#[derive(Args)]
+pub struct Target {
+    /// Host name
+    #[arg(required_unless_present = "group")]
+    host: Option<String>,
+    /// One task per host of this group instead
+    #[arg(long, conflicts_with = "host")]
+    group: Option<String>,
+    /// Power off afterwards instead of rebooting
+    #[arg(long)]
+    poweroff: bool,
+    /// Wake the host with a magic packet from its node
+    #[arg(long)]
+    wake: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TaskCommand {
+    /// List tasks, newest first
+    Ls {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        /// Only tasks not over
+        #[arg(long)]
+        open: bool,
+    },
+    /// Show a task and its history
+    Show { id: i64 },
+    /// Cancel a task
+    Cancel { id: i64 },
+    /// Deploy an image (default: the host's)
+    Deploy {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Capture a host's disk into an image
+    Capture {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        image: String,
+    },
+    /// Report a host's hardware
+    Inventory {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Wipe a host's disk (signatures; --full overwrites everything)
+    Wipe {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        full: bool,
+    },
+    /// Boot a host into the agent's shell
+    Debug {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))
+}
+
+fn client(args: &MasterArgs) -> Result<Client, Error> {
+    Client::new(&args.master, args.token.as_deref())
+}
+
+fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T)) {
+    if json {
+        say!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    } else {
+        text(value);
+    }
+}
+
+/// `fog master`: serves the API until SIGINT or SIGTERM.
+pub fn master(args: &MasterServe) -> Result<(), Error> {
+    crate::serve::init_logs();
+    let rt = runtime()?;
+    rt.block_on(async {
+        std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::io(&args.data_dir, e))?;
+        let db = match &args.database {
+            Some(url) => Db::open(url).await?,
+            None => Db::open_dir(&args.data_dir).await?,
+        };
+        let control = Arc::new(Control::new(db));
+        if let Some((token, file)) = control.first_admin_token(&args.data_dir).await? {
+            say!("admin token (also in {}, mode 0600): {token}", file.display());
+        }
+        let master = Master::start(control, args.listen).await?;
+        tracing::info!(listen = %master.addr(), "fog master: running; SIGINT or SIGTERM stops it");
+        say!("fog master: listening on http://{}", master.addr());
+        let stopped = master.cancellation();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Error::io("SIGTERM handler", e))?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            () = stopped.cancelled() => {}
+        }
+        master.stop().await?;
+        tracing::info!("fog master: stopped");
+        Ok(())
+    })
+}
+
+fn host_line(h: &Host) {
+    say!(
+        "{:<20} {:<40} image={} group={} node={}",
+        h.name,
+        h.macs.join(","),
+        h.image.as_deref().unwrap_or("-"),
+        h.group.as_deref().unwrap_or("-"),
+        h.node.as_deref().unwrap_or("-")
+    );
+}
+
+fn node_line(n: &Node) {
+    let subnets: Vec<String> = n.subnets.iter().map(ToString::to_string).collect();
+    say!(
+        "{:<16} {:<32} max={:<3} {} subnets={}",
+        n.name,
+        n.url,
+        n.max_clients,
+        if n.enabled { "enabled " } else { "disabled" },
+        subnets.join(",")
+    );
+}
+
+fn task_line(t: &Task) {
+    let state = match &t.state {
+        TaskState::InProgress { percent, rate, .. } => {
+            format!("in_progress {percent:.1}% {:.1} MB/s", *rate as f64 / 1e6)
+        }
+        TaskState::Failed { reason } => format!("failed: {reason}"),
+        s => s.name().to_string(),
+    };
+    say!(
+        "{:<6} {:<10} {:<20} {:<16} node={} {state}",
+        t.id,
+        t.kind.as_str(),
+        t.host,
+        t.image.as_deref().unwrap_or("-"),
+        t.node.as_deref().unwrap_or("-")
+    );
+}
+
+/// `fog host ...`.
+pub fn host(args: &MasterArgs, cmd: &HostCommand, json: bool) -> Result<(), Error> {
+    let c = client(args)?;
+    runtime()?.block_on(async {
+        match cmd {
+            HostCommand::Ls => emit(json, &c.hosts().await?, |hs| hs.iter().for_each(host_line)),
+            HostCommand::Show { name } => emit(json, &c.host(name).await?, |h| {
+                say!("{}", serde_json::to_string_pretty(h).unwrap_or_default())
+            }),
+            HostCommand::Add {
+                name,
+                macs,
+                uuid,
+                address,
+                image,
+                group,
+                node,
+                primary_disk,
+                kernel_args,
+            } => {
+                let host = Host {
+                    name: name.clone(),
+                    macs: macs.clone(),
+                    uuid: uuid.clone(),
+                    address: *address,
+                    image: image.clone(),
+                    group: group.clone(),
+                    node: node.clone(),
+                    primary_disk: primary_disk.clone(),
+                    kernel_args: kernel_args.clone(),
+                    inventory: serde_json::Value::Null,
+                };
+                emit(json, &c.create_host(&host).await?, host_line);
+            }
+            HostCommand::Rm { name } => {
+                c.delete_host(name).await?;
+                emit(json, &serde_json::json!({ "removed": name }), |_| {
+                    say!("removed host {name}")
+                });
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `fog group ...`.
+pub fn group(args: &MasterArgs, cmd: &GroupCommand, json: bool) -> Result<(), Error> {
+    let c = client(args)?;
+    runtime()?.block_on(async {
+        match cmd {
+            GroupCommand::Ls => emit(json, &c.groups().await?, |gs| {
+                gs.iter().for_each(|g| say!("{:<20} {}", g.name, g.description))
+            }),
+            GroupCommand::Add { name, description } => {
+                let g = Group {
+                    name: name.clone(),
+                    description: description.clone(),
+                };
+                emit(json, &c.create_group(&g).await?, |g| say!("added group {}", g.name));
+            }
+            GroupCommand::Rm { name } => {
+                c.delete_group(name).await?;
+                emit(json, &serde_json::json!({ "removed": name }), |_| {
+                    say!("removed group {name}")
+                });
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `fog node ...`.
+pub fn node(args: &MasterArgs, cmd: &NodeCommand, json: bool) -> Result<(), Error> {
+    let c = client(args)?;
+    runtime()?.block_on(async {
+        match cmd {
+            NodeCommand::Ls => emit(json, &c.nodes().await?, |ns| ns.iter().for_each(node_line)),
+            NodeCommand::Add {
+                name,
+                url,
+                subnets,
+                max_clients,
+            } => {
+                let node = Node {
+                    name: name.clone(),
+                    url: url.clone(),
+                    subnets: subnets.iter().map(|s| parse_subnet(s)).collect::<Result<_, _>>()?,
+                    max_clients: *max_clients,
+                    enabled: true,
+                    last_seen: None,
+                };
+                emit(json, &c.create_node(&node).await?, |t| {
+                    node_line(&t.node);
+                    say!("node token (shown once): {}", t.token);
+                });
+            }
+            NodeCommand::Rm { name } => {
+                c.delete_node(name).await?;
+                emit(json, &serde_json::json!({ "removed": name }), |_| {
+                    say!("removed node {name}")
+                });
+            }
+            NodeCommand::Token { name } => emit(json, &c.node_token(name).await?, |t| {
+                say!("node token (shown once): {}", t.token)
+            }),
+        }
+        Ok(())
+    })
+}
+
+/// `fog task ...`.
+pub fn task(args: &MasterArgs, cmd: &TaskCommand, json: bool) -> Result<(), Error> {
+    let c = client(args)?;
+    runtime()?.block_on(async {
+        let (kind, target, image) = match cmd {
+            TaskCommand::Ls {
+                state,
+                host,
+                node,
+                open,
+            } => {
+                let filter = TaskFilter {
+                    state: state.clone(),
+                    host: host.clone(),
+                    node: node.clone(),
+                    open_only: *open,
+                    limit: None,
+                };
+                emit(json, &c.tasks(&filter).await?, |ts| ts.iter().for_each(task_line));
+                return Ok(());
+            }
+            TaskCommand::Show { id } => {
+                let task = c.task(*id).await?;
+                let history = c.task_history(*id).await?;
+                emit(json, &serde_json::json!({ "task": task, "history": history }), |_| {
+                    task_line(&task);
+                    for e in &history {
+                        say!(
+                            "  {} {} -> {}{}",
+                            e.at,
+                            e.from.as_deref().unwrap_or("-"),
+                            e.to,
+                            e.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+                        );
+                    }
+                });
+                return Ok(());
+            }
+            TaskCommand::Cancel { id } => {
+                emit(json, &c.cancel_task(*id).await?, task_line);
+                return Ok(());
+            }
+            TaskCommand::Deploy { target, image } => (TaskKind::Deploy, target, image.clone()),
+            TaskCommand::Capture { target, image } => (TaskKind::Capture, target, Some(image.clone())),
+            TaskCommand::Inventory { target } => (TaskKind::Inventory, target, None),
+            TaskCommand::Wipe { target, full } => (
+                if *full { TaskKind::WipeFull } else { TaskKind::WipeFast },
+                target,
+                None,
+            ),
+            TaskCommand::Debug { target } => (TaskKind::Debug, target, None),
+        };
+        let new = NewTask {
+            kind,
+            host: target.host.clone(),
+            image,
+            after: if target.poweroff {
+                After::Poweroff
+            } else {
+                After::Reboot
+            },
+            wake: target.wake,
+        };
+        match &target.group {
+            Some(group) => {
+                let report = c.group_task(group, &new).await?;
+                emit(json, &report, |r| {
+                    r.created.iter().for_each(task_line);
+                    for s in &r.skipped {
+                        say!("skipped {}: {}", s.host, s.reason);
+                    }
+                });
+            }
+            None => emit(json, &c.create_task(&new).await?, task_line),
+        }
+        Ok(())
+    })
+}

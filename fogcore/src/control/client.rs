@@ -1,0 +1,295 @@
+//! The master's API from the other side: typed calls that the CLI (and later the agent, the nodes
+//! and Python) make. A `{code, message}` answer becomes [`Error::Remote`]; a master that cannot
+//! be reached, [`Error::Http`].
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::control::db::TaskFilter;
+use crate::control::model::{
+    CheckIn, CheckInReply, CheckOut, Group, Heartbeat, Host, Image, ImageCopy, NewTask, Node, NodeToken,
+    ProgressReport, Schedule, Task, TaskEvent, TaskId,
+};
+use crate::control::service::GroupTasks;
+use crate::error::{Error, Result};
+
+/// A connection to a master.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the master at `url` (`http://host:port`), with a bearer token.
+    pub fn new(url: &str, token: Option<&str>) -> Result<Client> {
+        let base = url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::invalid("master url", url, "must start with http:// or https://"));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::Http {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Client {
+            base,
+            token: token.map(str::to_string),
+            http,
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(dyn erased::Json + Sync)>,
+    ) -> Result<T> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let http_err = |reason: String| Error::Http {
+            url: url.clone(),
+            reason,
+        };
+        let mut req = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            req = req.header(reqwest::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(body) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_json()?);
+        }
+        let resp = req.send().await.map_err(|e| http_err(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| http_err(e.to_string()))?;
+        if !status.is_success() {
+            #[derive(serde::Deserialize)]
+            struct Wire {
+                code: String,
+                message: String,
+            }
+            return Err(match serde_json::from_slice::<Wire>(&bytes) {
+                Ok(w) => Error::Remote {
+                    status: status.as_u16(),
+                    code: w.code,
+                    message: w.message,
+                },
+                Err(_) => http_err(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(bytes.get(..200).unwrap_or(&bytes))
+                )),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| http_err(format!("unexpected answer: {e}")))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None).await
+    }
+
+    async fn send<T: DeserializeOwned>(&self, method: Method, path: &str, body: &(impl Serialize + Sync)) -> Result<T> {
+        self.call(method, path, Some(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<()> {
+        self.call::<serde_json::Value>(Method::DELETE, path, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<serde_json::Value> {
+        self.get("/health").await
+    }
+
+    /// Every host.
+    pub async fn hosts(&self) -> Result<Vec<Host>> {
+        self.get("/hosts").await
+    }
+    /// One host.
+    pub async fn host(&self, name: &str) -> Result<Host> {
+        self.get(&format!("/hosts/{}", seg(name))).await
+    }
+    /// Adds a host.
+    pub async fn create_host(&self, host: &Host) -> Result<Host> {
+        self.send(Method::POST, "/hosts", host).await
+    }
+    /// Replaces a host.
+    pub async fn update_host(&self, host: &Host) -> Result<Host> {
+        self.send(Method::PUT, &format!("/hosts/{}", seg(&host.name)), host)
+            .await
+    }
+    /// Removes a host.
+    pub async fn delete_host(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/hosts/{}", seg(name))).await
+    }
+
+    /// Every group.
+    pub async fn groups(&self) -> Result<Vec<Group>> {
+        self.get("/groups").await
+    }
+    /// Adds a group.
+    pub async fn create_group(&self, group: &Group) -> Result<Group> {
+        self.send(Method::POST, "/groups", group).await
+    }
+    /// Removes a group.
+    pub async fn delete_group(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/groups/{}", seg(name))).await
+    }
+    /// One task per host of a group.
+    pub async fn group_task(&self, group: &str, task: &NewTask) -> Result<GroupTasks> {
+        self.send(Method::POST, &format!("/groups/{}/tasks", seg(group)), task)
+            .await
+    }
+
+    /// Every image record.
+    pub async fn images(&self) -> Result<Vec<Image>> {
+        self.get("/images").await
+    }
+    /// Adds an image record.
+    pub async fn create_image(&self, image: &Image) -> Result<Image> {
+        self.send(Method::POST, "/images", image).await
+    }
+    /// Replaces an image record.
+    pub async fn update_image(&self, image: &Image) -> Result<Image> {
+        self.send(Method::PUT, &format!("/images/{}", seg(&image.name)), image)
+            .await
+    }
+    /// Removes an image record.
+    pub async fn delete_image(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/images/{}", seg(name))).await
+    }
+    /// Each node's copy of an image.
+    pub async fn image_copies(&self, name: &str) -> Result<Vec<ImageCopy>> {
+        self.get(&format!("/images/{}/copies", seg(name))).await
+    }
+
+    /// Every node.
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        self.get("/nodes").await
+    }
+    /// Adds a node; its token comes back once.
+    pub async fn create_node(&self, node: &Node) -> Result<NodeToken> {
+        self.send(Method::POST, "/nodes", node).await
+    }
+    /// Replaces a node's settings.
+    pub async fn update_node(&self, node: &Node) -> Result<Node> {
+        self.send(Method::PUT, &format!("/nodes/{}", seg(&node.name)), node)
+            .await
+    }
+    /// Removes a node.
+    pub async fn delete_node(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/nodes/{}", seg(name))).await
+    }
+    /// Revokes a node's tokens and issues a new one.
+    pub async fn node_token(&self, name: &str) -> Result<NodeToken> {
+        self.send(Method::POST, &format!("/nodes/{}/token", seg(name)), &())
+            .await
+    }
+    /// A node's heartbeat.
+    pub async fn heartbeat(&self, node: &str, beat: &Heartbeat) -> Result<Node> {
+        self.send(Method::POST, &format!("/nodes/{}/heartbeat", seg(node)), beat)
+            .await
+    }
+    /// The tasks not over of a node's hosts.
+    pub async fn node_tasks(&self, node: &str) -> Result<Vec<Task>> {
+        self.get(&format!("/nodes/{}/tasks", seg(node))).await
+    }
+
+    /// Tasks matching a filter, newest first.
+    pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
+        let mut query = Vec::new();
+        for (key, value) in [("state", &filter.state), ("host", &filter.host), ("node", &filter.node)] {
+            if let Some(value) = value {
+                query.push(format!("{key}={}", seg(value)));
+            }
+        }
+        if filter.open_only {
+            query.push("open_only=true".into());
+        }
+        if let Some(limit) = filter.limit {
+            query.push(format!("limit={limit}"));
+        }
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
+        self.get(&format!("/tasks{q}")).await
+    }
+    /// One task.
+    pub async fn task(&self, id: TaskId) -> Result<Task> {
+        self.get(&format!("/tasks/{id}")).await
+    }
+    /// A task's state changes.
+    pub async fn task_history(&self, id: TaskId) -> Result<Vec<TaskEvent>> {
+        self.get(&format!("/tasks/{id}/history")).await
+    }
+    /// Creates a task for a host.
+    pub async fn create_task(&self, task: &NewTask) -> Result<Task> {
+        self.send(Method::POST, "/tasks", task).await
+    }
+    /// Cancels a task.
+    pub async fn cancel_task(&self, id: TaskId) -> Result<Task> {
+        self.send(Method::POST, &format!("/tasks/{id}/cancel"), &()).await
+    }
+    /// An agent's check-in.
+    pub async fn check_in(&self, check_in: &CheckIn) -> Result<CheckInReply> {
+        self.send(Method::POST, "/checkin", check_in).await
+    }
+    /// An agent's progress.
+    pub async fn progress(&self, id: TaskId, report: &ProgressReport) -> Result<Task> {
+        self.send(Method::POST, &format!("/tasks/{id}/progress"), report).await
+    }
+    /// An agent's check-out.
+    pub async fn check_out(&self, id: TaskId, out: &CheckOut) -> Result<Task> {
+        self.send(Method::POST, &format!("/tasks/{id}/checkout"), out).await
+    }
+
+    /// Every schedule.
+    pub async fn schedules(&self) -> Result<Vec<Schedule>> {
+        self.get("/schedules").await
+    }
+    /// Adds a schedule.
+    pub async fn create_schedule(&self, schedule: &Schedule) -> Result<Schedule> {
+        self.send(Method::POST, "/schedules", schedule).await
+    }
+    /// Removes a schedule.
+    pub async fn delete_schedule(&self, id: i64) -> Result<()> {
+        self.delete(&format!("/schedules/{id}")).await
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+fn seg(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+mod erased {
+    use crate::error::{Error, Result};
+
+    /// A body that serializes to JSON (object-safe `Serialize`).
+    pub trait Json {
+        fn to_json(&self) -> Result<Vec<u8>>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Result<Vec<u8>> {
+            serde_json::to_vec(self).map_err(|e| Error::InvalidInput(format!("encoding a request: {e}")))
+        }
+    }
+}

@@ -1,0 +1,1142 @@
+//! Persistence of the inventory with sqlx: SQLite (a file in the data directory) by default,
+//! PostgreSQL by URL for large sites.
+//!
+//! One code path for both, through sqlx's `Any` driver: every statement is written in the SQL the
+//! two share (`$1` parameters, `BIGINT`, `TEXT`, `DOUBLE PRECISION`, `RETURNING`, `ON CONFLICT`),
+//! booleans and times are stored as integers, lists and JSON as text. Only the auto-increment id
+//! column differs, and [`MIGRATIONS`] writes it per backend. The migrations are ours (a table of
+//! applied versions), run at open, each in a transaction: idempotent, and readable in one place.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::control::model::{
+    After, CopyState, Group, Host, Image, ImageCopy, Millis, NewTask, Node, Placement, Schedule, Task, TaskEvent,
+    TaskId, TaskKind, TaskState,
+};
+use crate::error::{Error, Result};
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://PATH`.
+    Sqlite,
+    /// `postgres://...` or `postgresql://...`.
+    Postgres,
+}
+
+/// Schema versions, oldest first. `{id}` becomes each backend's auto-increment primary key.
+pub const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE groups (name TEXT PRIMARY KEY, description TEXT NOT NULL, created_at BIGINT NOT NULL);
+     CREATE TABLE nodes (name TEXT PRIMARY KEY, url TEXT NOT NULL, subnets TEXT NOT NULL,
+        max_clients BIGINT NOT NULL, enabled BIGINT NOT NULL, last_seen BIGINT, free_bytes BIGINT,
+        created_at BIGINT NOT NULL);
+     CREATE TABLE images (name TEXT PRIMARY KEY, description TEXT NOT NULL, os TEXT NOT NULL,
+        size_bytes BIGINT NOT NULL, placement TEXT NOT NULL, created_at BIGINT NOT NULL);
+     CREATE TABLE image_copies (image TEXT NOT NULL, node TEXT NOT NULL, state TEXT NOT NULL,
+        bytes BIGINT NOT NULL, reason TEXT, updated_at BIGINT NOT NULL, PRIMARY KEY (image, node));
+     CREATE TABLE hosts (name TEXT PRIMARY KEY, uuid TEXT, address TEXT, image TEXT, grp TEXT,
+        node TEXT, primary_disk TEXT, kernel_args TEXT NOT NULL, inventory TEXT NOT NULL,
+        created_at BIGINT NOT NULL);
+     CREATE TABLE host_macs (mac TEXT PRIMARY KEY, host TEXT NOT NULL, pos BIGINT NOT NULL);
+     CREATE INDEX host_macs_host ON host_macs (host);
+     CREATE TABLE tasks (id {id}, kind TEXT NOT NULL, host TEXT NOT NULL, image TEXT, node TEXT,
+        grp TEXT, schedule BIGINT, after_task TEXT NOT NULL, wake BIGINT NOT NULL,
+        state TEXT NOT NULL, percent DOUBLE PRECISION NOT NULL, bytes BIGINT NOT NULL,
+        rate BIGINT NOT NULL, reason TEXT, ticket BIGINT, last_contact BIGINT,
+        created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);
+     CREATE INDEX tasks_host ON tasks (host, state);
+     CREATE INDEX tasks_node ON tasks (node, state, ticket);
+     CREATE TABLE task_events (id {id}, task BIGINT NOT NULL, at BIGINT NOT NULL, from_state TEXT,
+        to_state TEXT NOT NULL, detail TEXT);
+     CREATE INDEX task_events_task ON task_events (task);
+     CREATE TABLE schedules (id {id}, spec TEXT NOT NULL, next_run BIGINT, created_at BIGINT NOT NULL);
+     CREATE TABLE tokens (hash TEXT PRIMARY KEY, role TEXT NOT NULL, node TEXT, created_at BIGINT NOT NULL)",
+)];
+
+/// States of a task that is not over.
+const OPEN_STATES: &str = "('queued', 'checked_in', 'waiting_for_slot', 'in_progress')";
+
+/// A stored token's rights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRole {
+    /// Everything.
+    Admin,
+    /// What this node does.
+    Node(String),
+}
+
+/// The database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn db_err(e: sqlx::Error) -> Error {
+    Error::Database(e.to_string())
+}
+
+/// Maps a unique-key violation to [`Error::Conflict`], anything else to [`Error::Database`].
+fn unique(kind: &'static str, key: &str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |e| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => Error::conflict(kind, key, "already exists"),
+        _ => db_err(e),
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn json_text<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Database(format!("encoding json: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Database(format!("stored {what} is damaged: {e}")))
+}
+
+impl Db {
+    /// Opens (creating if needed) `DIR/fog.db` and migrates it.
+    pub async fn open_dir(dir: &Path) -> Result<Db> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join("fog.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Db::open(&url).await
+    }
+
+    /// Opens a database by URL (`sqlite://PATH?mode=rwc`, `postgres://...`) and migrates it.
+    pub async fn open(url: &str) -> Result<Db> {
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(Error::invalid(
+                "database url",
+                url,
+                "use sqlite://PATH or postgres://...",
+            ));
+        };
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .connect(url)
+            .await
+            .map_err(|e| Error::Database(format!("{}: {e}", redact(url))))?;
+        let db = Db { pool, backend };
+        if backend == Backend::Sqlite {
+            // Readers beside one writer; durable at each commit.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&db.pool)
+                .await
+                .map_err(db_err)?;
+        }
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the migrations not applied yet; returns how many ran.
+    pub async fn migrate(&self) -> Result<usize> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS fog_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let id = match self.backend {
+            Backend::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+            Backend::Postgres => "BIGSERIAL PRIMARY KEY",
+        };
+        let mut ran = 0;
+        for (version, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
+            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM fog_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            if done.is_some() {
+                continue;
+            }
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(sqlx::AssertSqlSafe(statement.replace("{id}", id)))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| Error::Database(format!("migration {version}: {e}")))?;
+            }
+            sqlx::query("INSERT INTO fog_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            ran += 1;
+        }
+        Ok(ran)
+    }
+
+    /// Applied schema versions.
+    pub async fn schema_versions(&self) -> Result<Vec<i64>> {
+        sqlx::query_scalar("SELECT version FROM fog_migrations ORDER BY version")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- groups
+
+    /// Adds a group.
+    pub async fn create_group(&self, group: &Group) -> Result<()> {
+        sqlx::query("INSERT INTO groups (name, description, created_at) VALUES ($1, $2, $3)")
+            .bind(&group.name)
+            .bind(&group.description)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(unique("group", &group.name))?;
+        Ok(())
+    }
+
+    /// Every group, by name.
+    pub async fn groups(&self) -> Result<Vec<Group>> {
+        let rows = sqlx::query("SELECT name, description FROM groups ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Group {
+                    name: r.try_get("name").map_err(db_err)?,
+                    description: r.try_get("description").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    /// One group.
+    pub async fn group(&self, name: &str) -> Result<Group> {
+        self.groups()
+            .await?
+            .into_iter()
+            .find(|g| g.name == name)
+            .ok_or_else(|| Error::not_found("group", name))
+    }
+
+    /// Removes a group (its hosts stay, without a group).
+    pub async fn delete_group(&self, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let n = sqlx::query("DELETE FROM groups WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("group", name));
+        }
+        sqlx::query("UPDATE hosts SET grp = NULL WHERE grp = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    // ---- nodes
+
+    /// Adds a node.
+    pub async fn create_node(&self, node: &Node) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO nodes (name, url, subnets, max_clients, enabled, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&node.name)
+        .bind(&node.url)
+        .bind(json_text(&node.subnets)?)
+        .bind(i64::from(node.max_clients))
+        .bind(i64::from(node.enabled))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(unique("node", &node.name))?;
+        Ok(())
+    }
+
+    /// Replaces a node's settings (not its name or last heartbeat).
+    pub async fn update_node(&self, node: &Node) -> Result<()> {
+        let n = sqlx::query("UPDATE nodes SET url = $2, subnets = $3, max_clients = $4, enabled = $5 WHERE name = $1")
+            .bind(&node.name)
+            .bind(&node.url)
+            .bind(json_text(&node.subnets)?)
+            .bind(i64::from(node.max_clients))
+            .bind(i64::from(node.enabled))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("node", &node.name));
+        }
+        Ok(())
+    }
+
+    fn node_row(r: &AnyRow) -> Result<Node> {
+        let subnets: String = r.try_get("subnets").map_err(db_err)?;
+        let max: i64 = r.try_get("max_clients").map_err(db_err)?;
+        Ok(Node {
+            name: r.try_get("name").map_err(db_err)?,
+            url: r.try_get("url").map_err(db_err)?,
+            subnets: from_json("subnets", &subnets)?,
+            max_clients: u32::try_from(max).unwrap_or(u32::MAX),
+            enabled: r.try_get::<i64, _>("enabled").map_err(db_err)? != 0,
+            last_seen: r.try_get("last_seen").map_err(db_err)?,
+        })
+    }
+
+    /// Every node, by name.
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        let rows = sqlx::query("SELECT name, url, subnets, max_clients, enabled, last_seen FROM nodes ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(Db::node_row).collect()
+    }
+
+    /// One node.
+    pub async fn node(&self, name: &str) -> Result<Node> {
+        let row = sqlx::query("SELECT name, url, subnets, max_clients, enabled, last_seen FROM nodes WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Error::not_found("node", name))?;
+        Db::node_row(&row)
+    }
+
+    /// Removes a node, its tokens and its image copies.
+    pub async fn delete_node(&self, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let n = sqlx::query("DELETE FROM nodes WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("node", name));
+        }
+        for sql in [
+            "DELETE FROM tokens WHERE node = $1",
+            "DELETE FROM image_copies WHERE node = $1",
+            "UPDATE hosts SET node = NULL WHERE node = $1",
+        ] {
+            sqlx::query(sql).bind(name).execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    /// Records a heartbeat: last seen, free bytes, and the images the node holds whole.
+    pub async fn heartbeat(&self, node: &str, free_bytes: Option<u64>, images: &[String]) -> Result<()> {
+        let now = now_ms();
+        let n = sqlx::query("UPDATE nodes SET last_seen = $2, free_bytes = $3 WHERE name = $1")
+            .bind(node)
+            .bind(now)
+            .bind(free_bytes.map(to_i64))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("node", node));
+        }
+        for image in images {
+            sqlx::query(
+                "UPDATE image_copies SET state = 'complete', reason = NULL, updated_at = $3 WHERE image = $1 AND node = $2",
+            )
+            .bind(image)
+            .bind(node)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    // ---- images
+
+    /// Adds an image's record.
+    pub async fn create_image(&self, image: &Image) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO images (name, description, os, size_bytes, placement, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&image.name)
+        .bind(&image.description)
+        .bind(&image.os)
+        .bind(to_i64(image.size_bytes))
+        .bind(json_text(&image.placement)?)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(unique("image", &image.name))?;
+        self.place_image(image).await
+    }
+
+    /// Replaces an image's record.
+    pub async fn update_image(&self, image: &Image) -> Result<()> {
+        let n =
+            sqlx::query("UPDATE images SET description = $2, os = $3, size_bytes = $4, placement = $5 WHERE name = $1")
+                .bind(&image.name)
+                .bind(&image.description)
+                .bind(&image.os)
+                .bind(to_i64(image.size_bytes))
+                .bind(json_text(&image.placement)?)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("image", &image.name));
+        }
+        self.place_image(image).await
+    }
+
+    /// Makes the copy rows match the placement: new targets pending, dropped ones removed.
+    pub async fn place_image(&self, image: &Image) -> Result<()> {
+        let targets: Vec<String> = match &image.placement {
+            Placement::All => self.nodes().await?.into_iter().map(|n| n.name).collect(),
+            Placement::Nodes { nodes } => nodes.clone(),
+        };
+        let now = now_ms();
+        for node in &targets {
+            sqlx::query(
+                "INSERT INTO image_copies (image, node, state, bytes, updated_at) VALUES ($1, $2, 'pending', 0, $3)
+                 ON CONFLICT (image, node) DO NOTHING",
+            )
+            .bind(&image.name)
+            .bind(node)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        }
+        for copy in self.image_copies(&image.name).await? {
+            if !targets.contains(&copy.node) {
+                sqlx::query("DELETE FROM image_copies WHERE image = $1 AND node = $2")
+                    .bind(&image.name)
+                    .bind(&copy.node)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn image_row(r: &AnyRow) -> Result<Image> {
+        let placement: String = r.try_get("placement").map_err(db_err)?;
+        Ok(Image {
+            name: r.try_get("name").map_err(db_err)?,
+            description: r.try_get("description").map_err(db_err)?,
+            os: r.try_get("os").map_err(db_err)?,
+            size_bytes: to_u64(r.try_get("size_bytes").map_err(db_err)?),
+            placement: from_json("placement", &placement)?,
+        })
+    }
+
+    /// Every image, by name.
+    pub async fn images(&self) -> Result<Vec<Image>> {
+        let rows = sqlx::query("SELECT name, description, os, size_bytes, placement FROM images ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(Db::image_row).collect()
+    }
+
+    /// One image.
+    pub async fn image(&self, name: &str) -> Result<Image> {
+        let row = sqlx::query("SELECT name, description, os, size_bytes, placement FROM images WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Error::not_found("image", name))?;
+        Db::image_row(&row)
+    }
+
+    /// Removes an image's record and copies.
+    pub async fn delete_image(&self, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let n = sqlx::query("DELETE FROM images WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("image", name));
+        }
+        sqlx::query("DELETE FROM image_copies WHERE image = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    /// Each node's copy of an image.
+    pub async fn image_copies(&self, image: &str) -> Result<Vec<ImageCopy>> {
+        let rows = sqlx::query(
+            "SELECT image, node, state, bytes, reason, updated_at FROM image_copies WHERE image = $1 ORDER BY node",
+        )
+        .bind(image)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get("state").map_err(db_err)?;
+                Ok(ImageCopy {
+                    image: r.try_get("image").map_err(db_err)?,
+                    node: r.try_get("node").map_err(db_err)?,
+                    state: CopyState::parse(&state)?,
+                    bytes: to_u64(r.try_get("bytes").map_err(db_err)?),
+                    reason: r.try_get("reason").map_err(db_err)?,
+                    updated_at: r.try_get("updated_at").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    /// True when a host or an open task uses the image.
+    pub async fn image_in_use(&self, name: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT (SELECT COUNT(*) FROM hosts WHERE image = $1) + (SELECT COUNT(*) FROM tasks WHERE image = $1 AND state IN {OPEN_STATES})"
+        )))
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    // ---- hosts
+
+    /// Adds a host (validated by the caller). A MAC of another host is a conflict naming it.
+    pub async fn create_host(&self, host: &Host) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO hosts (name, uuid, address, image, grp, node, primary_disk, kernel_args, inventory, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&host.name)
+        .bind(&host.uuid)
+        .bind(host.address.map(|a| a.to_string()))
+        .bind(&host.image)
+        .bind(&host.group)
+        .bind(&host.node)
+        .bind(&host.primary_disk)
+        .bind(&host.kernel_args)
+        .bind(json_text(&host.inventory)?)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(unique("host", &host.name))?;
+        Db::insert_macs(&mut tx, host).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn insert_macs(tx: &mut sqlx::Transaction<'_, sqlx::Any>, host: &Host) -> Result<()> {
+        for (pos, mac) in host.macs.iter().enumerate() {
+            sqlx::query("INSERT INTO host_macs (mac, host, pos) VALUES ($1, $2, $3)")
+                .bind(mac)
+                .bind(&host.name)
+                .bind(i64::try_from(pos).unwrap_or(i64::MAX))
+                .execute(&mut **tx)
+                .await
+                .map_err(unique("mac", mac))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces a host's record (validated by the caller).
+    pub async fn update_host(&self, host: &Host) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let n = sqlx::query(
+            "UPDATE hosts SET uuid = $2, address = $3, image = $4, grp = $5, node = $6, primary_disk = $7,
+             kernel_args = $8, inventory = $9 WHERE name = $1",
+        )
+        .bind(&host.name)
+        .bind(&host.uuid)
+        .bind(host.address.map(|a| a.to_string()))
+        .bind(&host.image)
+        .bind(&host.group)
+        .bind(&host.node)
+        .bind(&host.primary_disk)
+        .bind(&host.kernel_args)
+        .bind(json_text(&host.inventory)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("host", &host.name));
+        }
+        sqlx::query("DELETE FROM host_macs WHERE host = $1")
+            .bind(&host.name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        Db::insert_macs(&mut tx, host).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    /// Stores what the agent found on the host.
+    pub async fn set_inventory(&self, host: &str, inventory: &serde_json::Value) -> Result<()> {
+        sqlx::query("UPDATE hosts SET inventory = $2 WHERE name = $1")
+            .bind(host)
+            .bind(json_text(inventory)?)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn hosts_where(&self, filter: &str, arg: Option<&str>) -> Result<Vec<Host>> {
+        let sql = format!(
+            "SELECT h.name, h.uuid, h.address, h.image, h.grp, h.node, h.primary_disk, h.kernel_args, h.inventory,
+                    m.mac
+             FROM hosts h LEFT JOIN host_macs m ON m.host = h.name {filter}
+             ORDER BY h.name, m.pos"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(arg) = arg {
+            query = query.bind(arg.to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db_err)?;
+        let mut hosts: Vec<Host> = Vec::new();
+        for r in &rows {
+            let name: String = r.try_get("name").map_err(db_err)?;
+            let mac: Option<String> = r.try_get("mac").map_err(db_err)?;
+            if let Some(last) = hosts.last_mut().filter(|h| h.name == name) {
+                last.macs.extend(mac);
+                continue;
+            }
+            let address: Option<String> = r.try_get("address").map_err(db_err)?;
+            let inventory: String = r.try_get("inventory").map_err(db_err)?;
+            hosts.push(Host {
+                name,
+                macs: mac.into_iter().collect(),
+                uuid: r.try_get("uuid").map_err(db_err)?,
+                address: address.and_then(|a| a.parse::<Ipv4Addr>().ok()),
+                image: r.try_get("image").map_err(db_err)?,
+                group: r.try_get("grp").map_err(db_err)?,
+                node: r.try_get("node").map_err(db_err)?,
+                primary_disk: r.try_get("primary_disk").map_err(db_err)?,
+                kernel_args: r.try_get("kernel_args").map_err(db_err)?,
+                inventory: from_json("inventory", &inventory)?,
+            });
+        }
+        Ok(hosts)
+    }
+
+    /// Every host, by name.
+    pub async fn hosts(&self) -> Result<Vec<Host>> {
+        self.hosts_where("", None).await
+    }
+
+    /// The hosts of a group.
+    pub async fn hosts_in_group(&self, group: &str) -> Result<Vec<Host>> {
+        self.hosts_where("WHERE h.grp = $1", Some(group)).await
+    }
+
+    /// One host.
+    pub async fn host(&self, name: &str) -> Result<Host> {
+        self.hosts_where("WHERE h.name = $1", Some(name))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::not_found("host", name))
+    }
+
+    /// The host with this MAC (canonical form).
+    pub async fn host_by_mac(&self, mac: &str) -> Result<Host> {
+        let name: Option<String> = sqlx::query_scalar("SELECT host FROM host_macs WHERE mac = $1")
+            .bind(mac)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        match name {
+            Some(name) => self.host(&name).await,
+            None => Err(Error::not_found("host with mac", mac)),
+        }
+    }
+
+    /// Removes a host and its MACs (its finished tasks stay in the history).
+    pub async fn delete_host(&self, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let n = sqlx::query("DELETE FROM hosts WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("host", name));
+        }
+        sqlx::query("DELETE FROM host_macs WHERE host = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    // ---- tasks
+
+    /// Inserts a task in state queued and its first history event; returns it.
+    pub async fn insert_task(
+        &self,
+        new: &NewTask,
+        host: &str,
+        node: Option<&str>,
+        group: Option<&str>,
+        schedule: Option<i64>,
+    ) -> Result<Task> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO tasks (kind, host, image, node, grp, schedule, after_task, wake, state, percent, bytes, rate,
+                                created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', 0, 0, 0, $9, $9) RETURNING id",
+        )
+        .bind(new.kind.as_str())
+        .bind(host)
+        .bind(&new.image)
+        .bind(node)
+        .bind(group)
+        .bind(schedule)
+        .bind(new.after.as_str())
+        .bind(i64::from(new.wake))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        Db::insert_event(&mut tx, id, now, None, "queued", None).await?;
+        tx.commit().await.map_err(db_err)?;
+        self.task(id).await
+    }
+
+    async fn insert_event(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        task: TaskId,
+        at: Millis,
+        from: Option<&str>,
+        to: &str,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO task_events (task, at, from_state, to_state, detail) VALUES ($1, $2, $3, $4, $5)")
+            .bind(task)
+            .bind(at)
+            .bind(from)
+            .bind(to)
+            .bind(detail)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    const TASK_COLUMNS: &str = "id, kind, host, image, node, grp, schedule, after_task, wake, state, percent, bytes, rate, reason, ticket, created_at, updated_at";
+
+    fn task_row(r: &AnyRow) -> Result<Task> {
+        let kind: String = r.try_get("kind").map_err(db_err)?;
+        let after: String = r.try_get("after_task").map_err(db_err)?;
+        let state: String = r.try_get("state").map_err(db_err)?;
+        let state = match state.as_str() {
+            "queued" => TaskState::Queued,
+            "checked_in" => TaskState::CheckedIn,
+            "waiting_for_slot" => TaskState::WaitingForSlot,
+            "in_progress" => TaskState::InProgress {
+                percent: r.try_get("percent").map_err(db_err)?,
+                bytes: to_u64(r.try_get("bytes").map_err(db_err)?),
+                rate: to_u64(r.try_get("rate").map_err(db_err)?),
+            },
+            "complete" => TaskState::Complete,
+            "failed" => TaskState::Failed {
+                reason: r
+                    .try_get::<Option<String>, _>("reason")
+                    .map_err(db_err)?
+                    .unwrap_or_default(),
+            },
+            "cancelled" => TaskState::Cancelled,
+            other => return Err(Error::Database(format!("unknown task state {other:?}"))),
+        };
+        Ok(Task {
+            id: r.try_get("id").map_err(db_err)?,
+            kind: TaskKind::parse(&kind)?,
+            host: r.try_get("host").map_err(db_err)?,
+            image: r.try_get("image").map_err(db_err)?,
+            node: r.try_get("node").map_err(db_err)?,
+            group: r.try_get("grp").map_err(db_err)?,
+            schedule: r.try_get("schedule").map_err(db_err)?,
+            after: After::parse(&after)?,
+            wake: r.try_get::<i64, _>("wake").map_err(db_err)? != 0,
+            state,
+            ticket: r.try_get("ticket").map_err(db_err)?,
+            created_at: r.try_get("created_at").map_err(db_err)?,
+            updated_at: r.try_get("updated_at").map_err(db_err)?,
+        })
+    }
+
+    /// One task.
+    pub async fn task(&self, id: TaskId) -> Result<Task> {
+        let sql = format!("SELECT {} FROM tasks WHERE id = $1", Db::TASK_COLUMNS);
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Error::not_found("task", id))?;
+        Db::task_row(&row)
+    }
+
+    /// Tasks, newest first, optionally of one state, host or node.
+    pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
+        let mut sql = format!("SELECT {} FROM tasks WHERE 1 = 1", Db::TASK_COLUMNS);
+        let mut args = Vec::new();
+        for (column, value) in [("state", &filter.state), ("host", &filter.host), ("node", &filter.node)] {
+            if let Some(value) = value {
+                args.push(value.clone());
+                sql.push_str(&format!(" AND {column} = ${}", args.len()));
+            }
+        }
+        if filter.open_only {
+            sql.push_str(&format!(" AND state IN {OPEN_STATES}"));
+        }
+        sql.push_str(" ORDER BY id DESC");
+        if let Some(limit) = filter.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for arg in args {
+            query = query.bind(arg);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(Db::task_row).collect()
+    }
+
+    /// The host's task that is not over, if any.
+    pub async fn open_task_for_host(&self, host: &str) -> Result<Option<Task>> {
+        let filter = TaskFilter {
+            host: Some(host.to_string()),
+            open_only: true,
+            ..TaskFilter::default()
+        };
+        Ok(self.tasks(&filter).await?.into_iter().next())
+    }
+
+    /// Stores a task's new state (with a history event when the state name changes).
+    pub async fn set_task_state(&self, task: &Task, next: &TaskState, update: TaskUpdate<'_>) -> Result<Task> {
+        let now = now_ms();
+        let (percent, bytes, rate) = match next {
+            TaskState::InProgress { percent, bytes, rate } => (*percent, to_i64(*bytes), to_i64(*rate)),
+            _ => (0.0, 0, 0),
+        };
+        let reason = match next {
+            TaskState::Failed { reason } => Some(reason.as_str()),
+            _ => None,
+        };
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query(
+            "UPDATE tasks SET state = $2, percent = $3, bytes = $4, rate = $5, reason = $6, ticket = $7,
+             node = $8, last_contact = $9, updated_at = $10 WHERE id = $1",
+        )
+        .bind(task.id)
+        .bind(next.name())
+        .bind(percent)
+        .bind(bytes)
+        .bind(rate)
+        .bind(reason)
+        .bind(update.ticket)
+        .bind(update.node)
+        .bind(update.contact)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if task.state.name() != next.name() {
+            Db::insert_event(
+                &mut tx,
+                task.id,
+                now,
+                Some(task.state.name()),
+                next.name(),
+                update.detail.or(reason),
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        self.task(task.id).await
+    }
+
+    /// A task's history, oldest first.
+    pub async fn task_events(&self, task: TaskId) -> Result<Vec<TaskEvent>> {
+        let rows =
+            sqlx::query("SELECT task, at, from_state, to_state, detail FROM task_events WHERE task = $1 ORDER BY id")
+                .bind(task)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(TaskEvent {
+                    task: r.try_get("task").map_err(db_err)?,
+                    at: r.try_get("at").map_err(db_err)?,
+                    from: r.try_get("from_state").map_err(db_err)?,
+                    to: r.try_get("to_state").map_err(db_err)?,
+                    detail: r.try_get("detail").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The node's slot holders and its line, for the slot decision.
+    pub async fn node_line(&self, node: &str) -> Result<NodeLine> {
+        let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE node = $1 AND state = 'in_progress'")
+            .bind(node)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let rows = sqlx::query(
+            "SELECT id, last_contact FROM tasks WHERE node = $1 AND state IN ('checked_in', 'waiting_for_slot')
+             ORDER BY ticket, id",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let waiting = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("id").map_err(db_err)?,
+                    r.try_get::<Option<i64>, _>("last_contact")
+                        .map_err(db_err)?
+                        .unwrap_or(0),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(NodeLine {
+            active: u32::try_from(active).unwrap_or(u32::MAX),
+            waiting,
+        })
+    }
+
+    /// The next ticket: after every ticket handed out.
+    pub async fn next_ticket(&self) -> Result<i64> {
+        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(ticket) FROM tasks")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(max.unwrap_or(0) + 1)
+    }
+
+    // ---- schedules
+
+    /// Adds a schedule; returns its id.
+    pub async fn create_schedule(&self, schedule: &Schedule) -> Result<i64> {
+        sqlx::query_scalar("INSERT INTO schedules (spec, next_run, created_at) VALUES ($1, $2, $3) RETURNING id")
+            .bind(json_text(schedule)?)
+            .bind(schedule.next_run)
+            .bind(now_ms())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)
+    }
+
+    /// Every schedule.
+    pub async fn schedules(&self) -> Result<Vec<Schedule>> {
+        let rows = sqlx::query("SELECT id, spec, next_run FROM schedules ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let spec: String = r.try_get("spec").map_err(db_err)?;
+                let mut s: Schedule = from_json("schedule", &spec)?;
+                s.id = r.try_get("id").map_err(db_err)?;
+                s.next_run = r.try_get("next_run").map_err(db_err)?;
+                Ok(s)
+            })
+            .collect()
+    }
+
+    /// Sets when a schedule fires next (none: never again).
+    pub async fn set_next_run(&self, id: i64, next: Option<Millis>) -> Result<()> {
+        sqlx::query("UPDATE schedules SET next_run = $2 WHERE id = $1")
+            .bind(id)
+            .bind(next)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Removes a schedule.
+    pub async fn delete_schedule(&self, id: i64) -> Result<()> {
+        let n = sqlx::query("DELETE FROM schedules WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("schedule", id));
+        }
+        Ok(())
+    }
+
+    // ---- tokens
+
+    /// Stores a token's hash with its rights.
+    pub async fn insert_token(&self, hash: &str, role: &TokenRole) -> Result<()> {
+        let (role, node) = match role {
+            TokenRole::Admin => ("admin", None),
+            TokenRole::Node(n) => ("node", Some(n.as_str())),
+        };
+        sqlx::query("INSERT INTO tokens (hash, role, node, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(hash)
+            .bind(role)
+            .bind(node)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The rights of the token with this hash.
+    pub async fn token_role(&self, hash: &str) -> Result<Option<TokenRole>> {
+        let row = sqlx::query("SELECT role, node FROM tokens WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let role: String = row.try_get("role").map_err(db_err)?;
+        let node: Option<String> = row.try_get("node").map_err(db_err)?;
+        Ok(match (role.as_str(), node) {
+            ("admin", _) => Some(TokenRole::Admin),
+            ("node", Some(node)) => Some(TokenRole::Node(node)),
+            _ => None,
+        })
+    }
+
+    /// How many admin tokens exist.
+    pub async fn admin_tokens(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE role = 'admin'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)
+    }
+
+    /// Revokes a node's tokens.
+    pub async fn delete_node_tokens(&self, node: &str) -> Result<()> {
+        sqlx::query("DELETE FROM tokens WHERE role = 'node' AND node = $1")
+            .bind(node)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// Which tasks [`Db::tasks`] returns.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFilter {
+    /// Only in this state.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Only of this host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Only on this node.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Only tasks not over.
+    #[serde(default)]
+    pub open_only: bool,
+    /// At most this many.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Fields stored with a state change.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TaskUpdate<'a> {
+    /// Place in line (kept while checked in, waiting or running).
+    pub ticket: Option<i64>,
+    /// The node imaging the host.
+    pub node: Option<&'a str>,
+    /// The agent's last contact.
+    pub contact: Option<Millis>,
+    /// Detail for the history.
+    pub detail: Option<&'a str>,
+}
+
+/// A node's slot holders and waiting line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLine {
+    /// Tasks holding slots.
+    pub active: u32,
+    /// Checked-in tasks without a slot, first in line first: (task id, last contact).
+    pub waiting: Vec<(TaskId, Millis)>,
+}
+
+/// The wall clock in milliseconds since the epoch.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = url.get(scheme + 3..at).unwrap_or("");
+            match creds.split_once(':') {
+                Some((user, _)) => format!(
+                    "{}{user}:***{}",
+                    url.get(..scheme + 3).unwrap_or(""),
+                    url.get(at..).unwrap_or("")
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

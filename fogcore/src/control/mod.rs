@@ -1,0 +1,18 @@
+//! The control plane: the inventory (hosts, groups, images, nodes), tasks and their slot queue,
+//! persistence, and the master's REST API with its client.
+//!
+//! - [`model`]: serde types and their checks;
+//! - [`db`]: sqlx persistence, SQLite by default, PostgreSQL by URL, one SQL for both;
+//! - [`tasks`]: the task state machine and the slot decision, without I/O;
+//! - [`cron`]: cron lines for scheduled tasks;
+//! - [`service`]: the master's logic (validation, node choice, check-in, schedules, tokens);
+//! - [`master`]: the REST API over [`service`] (axum), with its OpenAPI document;
+//! - [`client`]: the API's client, for the CLI and later the agent, the nodes and Python.
+
+pub mod client;
+pub mod cron;
+pub mod db;
+pub mod master;
+pub mod model;
+pub mod service;
+pub mod tasks;

@@ -1,0 +1,721 @@
+//! The inventory: hosts, groups, images, nodes, tasks and schedules, as serde types with the
+//! checks every write goes through. Records refer to each other by name (names never change), so
+//! a task's history still reads after its host is gone.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::net::dhcp::config::Subnet;
+use crate::net::http::{format_mac, parse_mac};
+
+/// A task id.
+pub type TaskId = i64;
+
+/// Milliseconds since the Unix epoch (UTC).
+pub type Millis = i64;
+
+/// A machine fog images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    /// Unique name (letters, digits, `.`, `-`, `_`).
+    pub name: String,
+    /// Its network cards, written `52:54:00:12:34:56` (at least one; any MAC belongs to one host).
+    pub macs: Vec<String>,
+    /// SMBIOS UUID, when known.
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// Its IPv4 address, when known: picks the node whose subnet holds it.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    /// The image deployed to it by default.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The group it belongs to.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The node that images it (else the node whose subnet holds `address`).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Which disk the agent images (`/dev/nvme0n1`, `size:largest`, ...); else the only fixed disk.
+    #[serde(default)]
+    pub primary_disk: Option<String>,
+    /// Extra kernel arguments for the agent's boot.
+    #[serde(default)]
+    pub kernel_args: String,
+    /// What the agent found (DMI, CPU, memory, disks, NICs), as reported.
+    #[serde(default)]
+    pub inventory: serde_json::Value,
+}
+
+impl Host {
+    /// Checks every field and puts MACs and the UUID in canonical form (lower case, `:`).
+    pub fn validate(&mut self) -> Result<()> {
+        check_name("host name", &self.name)?;
+        if self.macs.is_empty() {
+            return Err(Error::invalid("mac", "", "a host needs at least one MAC"));
+        }
+        let mut macs = Vec::with_capacity(self.macs.len());
+        for mac in &self.macs {
+            let mac = canonical_mac(mac)?;
+            if macs.contains(&mac) {
+                return Err(Error::invalid("mac", mac, "listed twice"));
+            }
+            macs.push(mac);
+        }
+        self.macs = macs;
+        if let Some(uuid) = &self.uuid {
+            self.uuid = Some(canonical_uuid(uuid)?);
+        }
+        for (field, value) in [
+            ("image name", &self.image),
+            ("group name", &self.group),
+            ("node name", &self.node),
+        ] {
+            if let Some(value) = value {
+                check_name(field, value)?;
+            }
+        }
+        if self.kernel_args.contains(['\n', '\r']) {
+            return Err(Error::invalid("kernel args", &self.kernel_args, "must be one line"));
+        }
+        Ok(())
+    }
+}
+
+/// A set of hosts imaged together (by `host.group`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+}
+
+impl Group {
+    /// Checks the name.
+    pub fn validate(&self) -> Result<()> {
+        check_name("group name", &self.name)
+    }
+}
+
+/// Which nodes keep a copy of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Placement {
+    /// Every node.
+    #[default]
+    All,
+    /// Only these nodes.
+    Nodes {
+        /// Node names.
+        nodes: Vec<String>,
+    },
+}
+
+/// An image's record on the master (its chunks live in the nodes' stores).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Unique name, as in the store.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Operating system, free text (`windows-11`, `debian-13`).
+    #[serde(default)]
+    pub os: String,
+    /// Bytes of the image's partitions' used data, once captured.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// Which nodes hold it.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+impl Image {
+    /// Checks the name and the nodes named by the placement.
+    pub fn validate(&self) -> Result<()> {
+        check_name("image name", &self.name)?;
+        if let Placement::Nodes { nodes } = &self.placement {
+            for node in nodes {
+                check_name("node name", node)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where one node's copy of an image stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyState {
+    /// Placed on the node, not copied yet.
+    Pending,
+    /// Chunks are moving.
+    Replicating,
+    /// The node holds the whole image.
+    Complete,
+    /// The last attempt failed (see `reason`).
+    Failed,
+}
+
+impl CopyState {
+    /// Wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyState::Pending => "pending",
+            CopyState::Replicating => "replicating",
+            CopyState::Complete => "complete",
+            CopyState::Failed => "failed",
+        }
+    }
+
+    /// Parses [`CopyState::as_str`].
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(match text {
+            "pending" => CopyState::Pending,
+            "replicating" => CopyState::Replicating,
+            "complete" => CopyState::Complete,
+            "failed" => CopyState::Failed,
+            _ => return Err(Error::invalid("copy state", text, "unknown")),
+        })
+    }
+}
+
+/// One node's copy of an image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageCopy {
+    /// Image name.
+    pub image: String,
+    /// Node name.
+    pub node: String,
+    /// Where it stands.
+    pub state: CopyState,
+    /// Bytes copied so far.
+    pub bytes: u64,
+    /// Why the last attempt failed.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// A site server: serves network boot to its subnets and images their hosts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Unique name.
+    pub name: String,
+    /// Base URL the agents and the master reach it at (`http://10.99.0.1:8080`).
+    pub url: String,
+    /// The subnets it serves (`10.99.0.0/24`).
+    #[serde(default)]
+    pub subnets: Vec<Subnet>,
+    /// How many hosts it images at once.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: u32,
+    /// A disabled node starts no new task.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Last heartbeat (set by the master; ignored on writes).
+    #[serde(default)]
+    pub last_seen: Option<Millis>,
+}
+
+fn default_max_clients() -> u32 {
+    10
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Node {
+    /// Checks the name, the URL and the slot limit.
+    pub fn validate(&self) -> Result<()> {
+        check_name("node name", &self.name)?;
+        let rest = self
+            .url
+            .strip_prefix("http://")
+            .or_else(|| self.url.strip_prefix("https://"))
+            .ok_or_else(|| Error::invalid("node url", &self.url, "must start with http:// or https://"))?;
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(Error::invalid("node url", &self.url, "needs a host"));
+        }
+        if self.max_clients == 0 {
+            return Err(Error::invalid("max clients", "0", "a node needs at least one slot"));
+        }
+        Ok(())
+    }
+
+    /// True when `address` is in one of its subnets; the prefix length of the best match.
+    pub fn matches(&self, address: Ipv4Addr) -> Option<u8> {
+        self.subnets
+            .iter()
+            .filter(|s| s.contains(address))
+            .map(|s| s.prefix)
+            .max()
+    }
+}
+
+/// Parses a subnet written `10.99.0.0/24`, naming the input when it is wrong.
+pub fn parse_subnet(text: &str) -> Result<Subnet> {
+    text.parse::<Subnet>()
+        .map_err(|e| Error::invalid("subnet", text, e.to_string()))
+}
+
+/// What a task does to its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Write an image to the host's disk.
+    Deploy,
+    /// Read the host's disk into an image.
+    Capture,
+    /// Report the hardware.
+    Inventory,
+    /// Erase partition tables and filesystem signatures.
+    WipeFast,
+    /// Overwrite the whole disk.
+    WipeFull,
+    /// Boot the agent's environment to a shell.
+    Debug,
+    /// Deploy in a multicast session (the transport comes later; refused for now).
+    Multicast,
+}
+
+impl TaskKind {
+    /// Wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Deploy => "deploy",
+            TaskKind::Capture => "capture",
+            TaskKind::Inventory => "inventory",
+            TaskKind::WipeFast => "wipe_fast",
+            TaskKind::WipeFull => "wipe_full",
+            TaskKind::Debug => "debug",
+            TaskKind::Multicast => "multicast",
+        }
+    }
+
+    /// Parses [`TaskKind::as_str`].
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(match text {
+            "deploy" => TaskKind::Deploy,
+            "capture" => TaskKind::Capture,
+            "inventory" => TaskKind::Inventory,
+            "wipe_fast" => TaskKind::WipeFast,
+            "wipe_full" => TaskKind::WipeFull,
+            "debug" => TaskKind::Debug,
+            "multicast" => TaskKind::Multicast,
+            _ => return Err(Error::invalid("task kind", text, "unknown")),
+        })
+    }
+
+    /// Deploy and capture need an image.
+    pub fn needs_image(self) -> bool {
+        matches!(self, TaskKind::Deploy | TaskKind::Capture | TaskKind::Multicast)
+    }
+}
+
+/// What the agent does when the task is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum After {
+    /// Reboot (the default).
+    #[default]
+    Reboot,
+    /// Power off.
+    Poweroff,
+    /// Stay up (debug).
+    Stay,
+}
+
+impl After {
+    /// Wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            After::Reboot => "reboot",
+            After::Poweroff => "poweroff",
+            After::Stay => "stay",
+        }
+    }
+
+    /// Parses [`After::as_str`].
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(match text {
+            "reboot" => After::Reboot,
+            "poweroff" => After::Poweroff,
+            "stay" => After::Stay,
+            _ => return Err(Error::invalid("after", text, "use reboot, poweroff or stay")),
+        })
+    }
+}
+
+/// Where a task stands. Serialized flat into the task: `"state": "in_progress", "percent": ...`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TaskState {
+    /// Created; its host has not asked yet.
+    Queued,
+    /// The host's agent asked for it.
+    CheckedIn,
+    /// The agent waits for a free slot on its node.
+    WaitingForSlot,
+    /// Running, holding one of its node's slots.
+    InProgress {
+        /// 0 to 100.
+        percent: f64,
+        /// Bytes moved.
+        bytes: u64,
+        /// Bytes per second, as the agent measured.
+        rate: u64,
+    },
+    /// Done.
+    Complete,
+    /// Given up.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Stopped by an operator.
+    Cancelled,
+}
+
+impl TaskState {
+    /// Wire and database name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::CheckedIn => "checked_in",
+            TaskState::WaitingForSlot => "waiting_for_slot",
+            TaskState::InProgress { .. } => "in_progress",
+            TaskState::Complete => "complete",
+            TaskState::Failed { .. } => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Complete, failed or cancelled: nothing more happens to the task.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            TaskState::Complete | TaskState::Failed { .. } | TaskState::Cancelled
+        )
+    }
+}
+
+/// The names of the states, for filters and checks.
+pub const STATE_NAMES: [&str; 7] = [
+    "queued",
+    "checked_in",
+    "waiting_for_slot",
+    "in_progress",
+    "complete",
+    "failed",
+    "cancelled",
+];
+
+/// A task: one job for one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// Id.
+    pub id: TaskId,
+    /// What it does.
+    pub kind: TaskKind,
+    /// The host it runs on.
+    pub host: String,
+    /// The image deployed or captured.
+    pub image: Option<String>,
+    /// The node imaging the host (chosen at creation when known, else at check-in).
+    pub node: Option<String>,
+    /// The group task that created it.
+    pub group: Option<String>,
+    /// The schedule that created it.
+    pub schedule: Option<i64>,
+    /// What the agent does afterwards.
+    pub after: After,
+    /// Wake the host with a magic packet from its node.
+    pub wake: bool,
+    /// Where it stands.
+    #[serde(flatten)]
+    pub state: TaskState,
+    /// Place in its node's line (set at check-in; lower goes first).
+    pub ticket: Option<i64>,
+    /// Created.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// A request for a task (for one host, or for each host of a group).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    /// What it does.
+    pub kind: TaskKind,
+    /// The host (unless created for a group).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The image; for a deploy, defaults to the host's image.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// After the task.
+    #[serde(default)]
+    pub after: After,
+    /// Wake the host first.
+    #[serde(default)]
+    pub wake: bool,
+}
+
+/// One state change of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// Task id.
+    pub task: TaskId,
+    /// When.
+    pub at: Millis,
+    /// From this state (none at creation).
+    pub from: Option<String>,
+    /// To this state.
+    pub to: String,
+    /// Detail (a failure's reason, who cancelled).
+    pub detail: Option<String>,
+}
+
+/// When a schedule fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum When {
+    /// Once, at this time (milliseconds since the epoch).
+    At(Millis),
+    /// Each time the cron line matches (five fields, UTC).
+    Cron(String),
+}
+
+/// A task created later, once or repeatedly, for a host or a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Id (set by the master).
+    #[serde(default)]
+    pub id: i64,
+    /// When.
+    pub when: When,
+    /// The task; `group` below instead of `task.host` for one task per member.
+    pub task: NewTask,
+    /// A group: one task per host in it when it fires.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Next time it fires (set by the master; none once a one-off has fired).
+    #[serde(default)]
+    pub next_run: Option<Millis>,
+}
+
+/// What an agent sends when it starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckIn {
+    /// The MAC it booted from.
+    pub mac: String,
+    /// Its SMBIOS UUID, when it can read it.
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// Its IPv4 address (picks the node when the host has none set).
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+}
+
+/// Whether the agent may start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "slot", rename_all = "snake_case")]
+pub enum SlotState {
+    /// Go: the task holds one of the node's slots.
+    Granted,
+    /// Ask again later; `place` 1 is next in line.
+    Waiting {
+        /// Place in line.
+        place: u32,
+        /// Hosts of the node being imaged now.
+        active: u32,
+        /// The node's slot limit.
+        max: u32,
+    },
+}
+
+/// The master's answer to a check-in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckInReply {
+    /// The task.
+    pub task: Task,
+    /// Whether to start.
+    #[serde(flatten)]
+    pub slot: SlotState,
+}
+
+/// An agent's progress report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressReport {
+    /// 0 to 100.
+    pub percent: f64,
+    /// Bytes moved.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Bytes per second.
+    #[serde(default)]
+    pub rate: u64,
+}
+
+/// An agent's last word on a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckOut {
+    /// True when the task did what it should.
+    pub ok: bool,
+    /// Why not.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Hardware inventory found (stored on the host).
+    #[serde(default)]
+    pub inventory: Option<serde_json::Value>,
+}
+
+/// A node's periodic report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Free bytes in its store.
+    #[serde(default)]
+    pub free_bytes: Option<u64>,
+    /// Images it holds completely.
+    #[serde(default)]
+    pub images: Vec<String>,
+}
+
+/// A new node and its token (shown once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeToken {
+    /// The node.
+    pub node: Node,
+    /// Its bearer token; the master keeps only its hash.
+    pub token: String,
+}
+
+/// Checks a record name: 1 to 64 of letters, digits, `.`, `-`, `_`, not starting with `.` or `-`.
+pub fn check_name(field: &'static str, name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > 64 {
+        "longer than 64 characters"
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        "use letters, digits, '.', '-', '_'"
+    } else if name.starts_with(['.', '-']) {
+        "must not start with '.' or '-'"
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid(field, name, reason))
+}
+
+/// A MAC in canonical form (`52:54:00:12:34:56`), or an error naming it.
+pub fn canonical_mac(text: &str) -> Result<String> {
+    let mac = parse_mac(text.trim())
+        .ok_or_else(|| Error::invalid("mac", text, "write six hex bytes, like 52:54:00:12:34:56"))?;
+    if mac[0] & 1 == 1 {
+        return Err(Error::invalid("mac", text, "a multicast address is not a network card"));
+    }
+    if mac == [0; 6] {
+        return Err(Error::invalid("mac", text, "all zeros"));
+    }
+    Ok(format_mac(mac))
+}
+
+/// A UUID in canonical form (lower case, 8-4-4-4-12), or an error naming it.
+pub fn canonical_uuid(text: &str) -> Result<String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let groups: Vec<&str> = lower.split('-').collect();
+    let ok = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && lower.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit());
+    if ok {
+        Ok(lower)
+    } else {
+        Err(Error::invalid("uuid", text, "write 8-4-4-4-12 hex digits"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Host {
+        Host {
+            name: "lab-01".into(),
+            macs: vec!["52-54-00-AB-CD-EF".into()],
+            uuid: Some("4C4C4544-0042-3510-8051-B7C04F563232".into()),
+            address: None,
+            image: None,
+            group: None,
+            node: None,
+            primary_disk: None,
+            kernel_args: String::new(),
+            inventory: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn canonicalizes_macs_and_uuids() -> Result<()> {
+        let mut h = host();
+        h.validate()?;
+        assert_eq!(h.macs, ["52:54:00:ab:cd:ef"]);
+        assert_eq!(h.uuid.as_deref(), Some("4c4c4544-0042-3510-8051-b7c04f563232"));
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_bad_macs_naming_them() {
+        for bad in [
+            "52:54:00:ab:cd",
+            "zz:54:00:ab:cd:ef",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+        ] {
+            let mut h = host();
+            h.macs = vec![bad.into()];
+            let e = h.validate().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+        let mut h = host();
+        h.macs.push("52:54:00:ab:cd:ef".into());
+        assert!(h.validate().is_err());
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        for bad in ["", ".hidden", "a/b", "has space", &"x".repeat(65)] {
+            assert!(check_name("host name", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name("host name", "PC-12_b.lab").is_ok());
+    }
+
+    #[test]
+    fn task_state_serializes_flat() -> Result<()> {
+        let s = TaskState::InProgress {
+            percent: 12.5,
+            bytes: 10,
+            rate: 3,
+        };
+        let j = serde_json::to_value(&s).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        assert_eq!(j["state"], "in_progress");
+        assert_eq!(j["percent"], 12.5);
+        Ok(())
+    }
+}

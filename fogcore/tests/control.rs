@@ -1,0 +1,854 @@
+//! The master as a user meets it: a real server on loopback, HTTP status and JSON bodies.
+//! Every test runs on SQLite, and on PostgreSQL too when `FOG_TEST_POSTGRES_URL` names a server
+//! (each test then gets a database of its own).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use fogcore::Error;
+use fogcore::control::client::Client;
+use fogcore::control::db::{Db, TaskFilter};
+use fogcore::control::master::{self, Access, Master};
+use fogcore::control::model::{
+    After, CheckIn, CheckOut, Group, Heartbeat, Host, Image, NewTask, Node, Placement, ProgressReport, Schedule,
+    SlotState, TaskKind, TaskState, When,
+};
+use fogcore::control::service::{Clock, Control};
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A database for one test: a SQLite file in a temp dir, or a fresh PostgreSQL database.
+struct Backend {
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+async fn backends() -> Result<Vec<Backend>, Box<dyn std::error::Error + Send + Sync>> {
+    let dir = tempfile::tempdir()?;
+    let mut out = vec![Backend {
+        url: format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display()),
+        dir,
+    }];
+    if let Ok(base) = std::env::var("FOG_TEST_POSTGRES_URL") {
+        sqlx::any::install_default_drivers();
+        let name = format!("fog_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let mut conn = sqlx::AnyConnection::connect(&base).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        let (path, query) = base.split_once('?').unwrap_or((&base, ""));
+        let root = path.rsplit_once('/').map_or(path, |(root, _)| root);
+        let url = if query.is_empty() {
+            format!("{root}/{name}")
+        } else {
+            format!("{root}/{name}?{query}")
+        };
+        out.push(Backend {
+            url,
+            dir: tempfile::tempdir()?,
+        });
+    }
+    Ok(out)
+}
+
+struct Running {
+    master: Master,
+    base: String,
+    admin: String,
+    client: Client,
+    http: reqwest::Client,
+}
+
+async fn start(url: &str) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
+    let control = Arc::new(Control::new(Db::open(url).await?));
+    let admin = control.create_admin_token().await?;
+    let master = Master::start(control, "127.0.0.1:0".parse()?).await?;
+    let base = format!("http://{}", master.addr());
+    let client = Client::new(&base, Some(&admin))?;
+    Ok(Running {
+        master,
+        base,
+        admin,
+        client,
+        http: reqwest::Client::new(),
+    })
+}
+
+impl Running {
+    /// Sends a request; returns the status and the JSON body.
+    async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), Box<dyn std::error::Error + Send + Sync>> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body)?);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+}
+
+fn host(name: &str, mac: &str) -> Host {
+    Host {
+        name: name.into(),
+        macs: vec![mac.into()],
+        uuid: None,
+        address: None,
+        image: None,
+        group: None,
+        node: None,
+        primary_disk: None,
+        kernel_args: String::new(),
+        inventory: Value::Null,
+    }
+}
+
+fn node(name: &str, subnet: &str, max: u32) -> Result<Node, Error> {
+    Ok(Node {
+        name: name.into(),
+        url: format!("http://{name}.lab:8080"),
+        subnets: vec![fogcore::control::model::parse_subnet(subnet)?],
+        max_clients: max,
+        enabled: true,
+        last_seen: None,
+    })
+}
+
+fn image(name: &str) -> Image {
+    Image {
+        name: name.into(),
+        description: "golden".into(),
+        os: "debian-13".into(),
+        size_bytes: 1 << 30,
+        placement: Placement::All,
+    }
+}
+
+fn task(kind: TaskKind, host: &str) -> NewTask {
+    NewTask {
+        kind,
+        host: Some(host.into()),
+        image: None,
+        after: After::Reboot,
+        wake: false,
+    }
+}
+
+/// The `{code, message}` of a failed call, or a panic-free empty pair.
+fn remote(result: Result<impl std::fmt::Debug, Error>) -> (u16, String, String) {
+    match result {
+        Err(Error::Remote { status, code, message }) => (status, code, message),
+        other => (0, String::new(), format!("{other:?}")),
+    }
+}
+
+#[tokio::test]
+async fn crud_and_validation_errors_name_the_input() -> TestResult {
+    for b in backends().await? {
+        let m = start(&b.url).await?;
+        let c = &m.client;
+        let created = c.create_node(&node("site-a", "10.1.0.0/16", 4)?).await?;
+        assert!(created.token.starts_with("fog_"));
+        c.create_group(&Group {
+            name: "lab".into(),
+            description: "room 12".into(),
+        })
+        .await?;
+        c.create_image(&image("win11")).await?;
+        let mut h = host("pc-01", "52-54-00-AA-BB-01");
+        h.group = Some("lab".into());
+        h.image = Some("win11".into());
+        h.uuid = Some("4C4C4544-0042-3510-8051-B7C04F563232".into());
+        let stored = c.create_host(&h).await?;
+        assert_eq!(stored.macs, ["52:54:00:aa:bb:01"], "MACs come back canonical");
+        assert_eq!(c.hosts().await?.len(), 1);
+        assert_eq!(c.image_copies("win11").await?.len(), 1, "placed on all nodes: site-a");
+
+        let mut h2 = stored.clone();
+        h2.macs.push("52:54:00:aa:bb:02".into());
+        h2.kernel_args = "quiet".into();
+        assert_eq!(c.update_host(&h2).await?.macs.len(), 2);
+        assert_eq!(c.host("pc-01").await?.kernel_args, "quiet");
+
+        // Validation: each error names what was wrong.
+        let (status, code, msg) = remote(c.create_host(&host("pc-02", "52:54:00:zz:00:01")).await);
+        assert_eq!((status, code.as_str()), (400, "invalid"), "{msg}");
+        assert!(msg.contains("52:54:00:zz:00:01"), "{msg}");
+        let (status, code, msg) = remote(c.create_host(&host("pc 02", "52:54:00:00:00:09")).await);
+        assert_eq!((status, code.as_str()), (400, "invalid"));
+        assert!(msg.contains("pc 02"), "{msg}");
+        let (status, code, msg) = remote(c.create_host(&host("pc-03", "52:54:00:aa:bb:02")).await);
+        assert_eq!((status, code.as_str()), (409, "conflict"), "{msg}");
+        assert!(msg.contains("52:54:00:aa:bb:02"), "the MAC another host has: {msg}");
+        let (status, _, _) = remote(c.create_host(&host("pc-01", "52:54:00:00:00:10")).await);
+        assert_eq!(status, 409, "duplicate name");
+        let mut orphan = host("pc-04", "52:54:00:00:00:11");
+        orphan.image = Some("nope".into());
+        let (status, code, msg) = remote(c.create_host(&orphan).await);
+        assert_eq!((status, code.as_str()), (404, "not_found"));
+        assert!(msg.contains("nope"), "{msg}");
+        let (status, _, msg) = remote(c.create_node(&node("site-b", "10.2.0.0/16", 0)?).await);
+        assert_eq!(status, 400, "{msg}");
+        let (status, body) = m
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/nodes",
+                Some(&m.admin),
+                Some(json!({"name": "n", "url": "http://n", "subnets": ["10.0.0.0/33"]})),
+            )
+            .await?;
+        assert_eq!(status, 400);
+        assert_eq!(body["code"], "invalid");
+        assert!(body["message"].as_str().unwrap_or("").contains("10.0.0.0/33"), "{body}");
+        let (status, body) = m
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/hosts",
+                Some(&m.admin),
+                Some(json!({"name": "x", "macs": ["52:54:00:00:00:12"], "colour": 1})),
+            )
+            .await?;
+        assert_eq!((status, body["code"].as_str()), (400, Some("invalid")), "{body}");
+        assert!(body["message"].as_str().unwrap_or("").contains("colour"), "{body}");
+        let (status, body) = m
+            .raw(reqwest::Method::GET, "/api/v1/nope", Some(&m.admin), None)
+            .await?;
+        assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+
+        // Deletes: refused while in use, then gone.
+        let (status, _, _) = remote(c.delete_image("win11").await);
+        assert_eq!(status, 409, "a host uses it");
+        c.delete_host("pc-01").await?;
+        c.delete_image("win11").await?;
+        c.delete_group("lab").await?;
+        c.delete_node("site-a").await?;
+        assert!(c.hosts().await?.is_empty() && c.images().await?.is_empty() && c.nodes().await?.is_empty());
+        let (status, code, _) = remote(c.host("pc-01").await);
+        assert_eq!((status, code.as_str()), (404, "not_found"));
+        m.master.stop().await?;
+        drop(b.dir);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_none_wrong_or_node_are_refused() -> TestResult {
+    for b in backends().await? {
+        let m = start(&b.url).await?;
+        let a = m.client.create_node(&node("site-a", "10.1.0.0/16", 2)?).await?;
+        let other = m.client.create_node(&node("site-b", "10.2.0.0/16", 2)?).await?;
+        m.client.create_image(&image("img")).await?;
+        let mut h = host("pc-b", "52:54:00:00:0b:01");
+        h.node = Some("site-b".into());
+        m.client.create_host(&h).await?;
+        m.client.create_task(&task(TaskKind::Inventory, "pc-b")).await?;
+        use reqwest::Method as M;
+        let new_host = json!({"name": "evil", "macs": ["52:54:00:00:0e:01"]});
+        for (token, status, code) in [
+            (None, 401, "unauthorized"),
+            (Some("fog_wrong"), 401, "unauthorized"),
+            (Some(a.token.as_str()), 403, "forbidden"),
+        ] {
+            let (s, body) = m.raw(M::POST, "/api/v1/hosts", token, Some(new_host.clone())).await?;
+            assert_eq!((s, body["code"].as_str()), (status, Some(code)), "{token:?}: {body}");
+            let (s, _) = m.raw(M::GET, "/api/v1/hosts", token, None).await?;
+            assert_eq!(s, status, "reads need a token too");
+            let (s, _) = m.raw(M::DELETE, "/api/v1/nodes/site-b", token, None).await?;
+            assert_eq!(s, status);
+        }
+        assert!(m.client.host("evil").await.is_err(), "nothing was created");
+        // A node token does node things, for itself only.
+        let (s, _) = m
+            .raw(
+                M::POST,
+                "/api/v1/nodes/site-a/heartbeat",
+                Some(&a.token),
+                Some(json!({"images": ["img"]})),
+            )
+            .await?;
+        assert_eq!(s, 200);
+        let (s, _) = m
+            .raw(
+                M::POST,
+                "/api/v1/nodes/site-b/heartbeat",
+                Some(&a.token),
+                Some(json!({})),
+            )
+            .await?;
+        assert_eq!(s, 403);
+        let (s, body) = m
+            .raw(
+                M::POST,
+                "/api/v1/checkin",
+                Some(&a.token),
+                Some(json!({"mac": "52:54:00:00:0b:01"})),
+            )
+            .await?;
+        assert_eq!(
+            (s, body["code"].as_str()),
+            (403, Some("forbidden")),
+            "a host of another node: {body}"
+        );
+        let (s, body) = m
+            .raw(
+                M::POST,
+                "/api/v1/checkin",
+                Some(&other.token),
+                Some(json!({"mac": "52:54:00:00:0b:01"})),
+            )
+            .await?;
+        assert_eq!((s, body["slot"].as_str()), (200, Some("granted")), "{body}");
+        let (s, tasks) = m
+            .raw(M::GET, "/api/v1/nodes/site-b/tasks", Some(&other.token), None)
+            .await?;
+        assert_eq!((s, tasks.as_array().map(Vec::len)), (200, Some(1)));
+        // Rotating a node's token revokes the old one.
+        let rotated = m.client.node_token("site-a").await?;
+        let (s, _) = m
+            .raw(M::GET, "/api/v1/nodes/site-a/tasks", Some(&a.token), None)
+            .await?;
+        assert_eq!(s, 401);
+        let (s, _) = m
+            .raw(M::GET, "/api/v1/nodes/site-a/tasks", Some(&rotated.token), None)
+            .await?;
+        assert_eq!(s, 200);
+        let copies = m.client.image_copies("img").await?;
+        assert_eq!(
+            copies.iter().map(|c| c.state.as_str()).collect::<Vec<_>>(),
+            ["complete", "pending"]
+        );
+        let (s, _) = m.raw(M::GET, "/api/v1/health", None, None).await?;
+        assert_eq!(s, 200);
+        m.master.stop().await?;
+        if b.url.starts_with("sqlite") {
+            // Tokens are stored hashed: no token's text is in the database files.
+            for entry in std::fs::read_dir(b.dir.path())? {
+                let bytes = std::fs::read(entry?.path())?;
+                for token in [&m.admin, &rotated.token, &other.token] {
+                    assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn slot_limit_two_five_agents_fifo() -> TestResult {
+    for b in backends().await? {
+        let m = start(&b.url).await?;
+        let site = m.client.create_node(&node("site-a", "10.1.0.0/16", 2)?).await?;
+        m.client.create_image(&image("img")).await?;
+        for i in 0..5 {
+            let mut h = host(&format!("pc-{i}"), &format!("52:54:00:00:01:{i:02x}"));
+            h.image = Some("img".into());
+            h.address = Some(format!("10.1.0.{}", 10 + i).parse()?);
+            m.client.create_host(&h).await?;
+            let t = m.client.create_task(&task(TaskKind::Deploy, &h.name)).await?;
+            assert_eq!(t.node.as_deref(), Some("site-a"), "picked by subnet");
+        }
+        let agent = Client::new(&m.base, Some(&site.token))?;
+        let running = Arc::new(AtomicU32::new(0));
+        let peak = Arc::new(AtomicU32::new(0));
+        let grants = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut agents = Vec::new();
+        for i in 0..5u32 {
+            let (agent, running, peak, grants) = (agent.clone(), running.clone(), peak.clone(), grants.clone());
+            agents.push(tokio::spawn(async move {
+                let mut places = Vec::new();
+                let check_in = CheckIn {
+                    mac: format!("52:54:00:00:01:{i:02x}"),
+                    uuid: None,
+                    address: None,
+                };
+                let reply = loop {
+                    let reply = agent.check_in(&check_in).await?;
+                    match reply.slot {
+                        SlotState::Granted => break reply,
+                        SlotState::Waiting { place, active, max } => {
+                            assert!(place >= 1 && active <= max && max == 2);
+                            places.push(place);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                };
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                grants
+                    .lock()
+                    .map_err(|_| Error::InvalidInput("poisoned".into()))?
+                    .push(reply.task.ticket);
+                for pct in [25.0, 50.0, 100.0] {
+                    agent
+                        .progress(
+                            reply.task.id,
+                            &ProgressReport {
+                                percent: pct,
+                                bytes: 1 << 20,
+                                rate: 1 << 20,
+                            },
+                        )
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                running.fetch_sub(1, Ordering::SeqCst);
+                let done = agent
+                    .check_out(
+                        reply.task.id,
+                        &CheckOut {
+                            ok: true,
+                            reason: None,
+                            inventory: None,
+                        },
+                    )
+                    .await?;
+                assert_eq!(done.state, TaskState::Complete);
+                Ok::<Vec<u32>, Error>(places)
+            }));
+        }
+        // Watch the master's own view while the agents run.
+        let watcher = {
+            let c = m.client.clone();
+            tokio::spawn(async move {
+                let mut most = 0;
+                for _ in 0..200 {
+                    let filter = TaskFilter {
+                        state: Some("in_progress".into()),
+                        ..TaskFilter::default()
+                    };
+                    let n = c.tasks(&filter).await?.len();
+                    most = most.max(n);
+                    let open = c
+                        .tasks(&TaskFilter {
+                            open_only: true,
+                            ..TaskFilter::default()
+                        })
+                        .await?;
+                    if open.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok::<usize, Error>(most)
+            })
+        };
+        for a in agents {
+            let places = a.await??;
+            assert!(
+                places.windows(2).all(|w| w[1] <= w[0]),
+                "place in line never goes back: {places:?}"
+            );
+        }
+        assert!(watcher.await?? <= 2, "the master showed more than 2 in progress");
+        assert!(peak.load(Ordering::SeqCst) <= 2);
+        let granted = grants.lock().map_err(|_| "poisoned")?.len();
+        assert_eq!(granted, 5, "all five ran");
+        // First come, first served, as the master recorded it: in ticket order, each task
+        // started no earlier than the one before it in line.
+        let mut starts = Vec::new();
+        for t in m.client.tasks(&TaskFilter::default()).await? {
+            let history = m.client.task_history(t.id).await?;
+            let started = history.iter().find(|e| e.to == "in_progress").map(|e| e.at);
+            starts.push((t.ticket.ok_or("no ticket")?, started.ok_or("never started")?));
+        }
+        starts.sort();
+        assert!(
+            starts.windows(2).all(|w| w[0].1 <= w[1].1),
+            "slots out of line order: {starts:?}"
+        );
+        let all = m.client.tasks(&TaskFilter::default()).await?;
+        assert!(all.iter().all(|t| t.state == TaskState::Complete));
+        let history = m.client.task_history(all[0].id).await?;
+        let path: Vec<&str> = history.iter().map(|e| e.to.as_str()).collect();
+        assert_eq!(path.first(), Some(&"queued"));
+        assert_eq!(path.last(), Some(&"complete"));
+        assert!(path.contains(&"in_progress"));
+        m.master.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn task_rules_and_illegal_transitions() -> TestResult {
+    for b in backends().await? {
+        let m = start(&b.url).await?;
+        let c = &m.client;
+        c.create_node(&node("site-a", "10.1.0.0/16", 2)?).await?;
+        let near = c.create_node(&node("site-a-lab", "10.1.5.0/24", 2)?).await?;
+        c.create_group(&Group {
+            name: "lab".into(),
+            description: String::new(),
+        })
+        .await?;
+        for i in 0..3 {
+            let mut h = host(&format!("pc-{i}"), &format!("52:54:00:00:02:{i:02x}"));
+            h.group = Some("lab".into());
+            h.address = Some(format!("10.1.5.{i}").parse()?);
+            c.create_host(&h).await?;
+        }
+        let (s, code, msg) = remote(c.create_task(&task(TaskKind::Deploy, "pc-0")).await);
+        assert_eq!((s, code.as_str()), (400, "invalid"), "deploy without an image: {msg}");
+        let (s, _, _) = remote(c.create_task(&task(TaskKind::Multicast, "pc-0")).await);
+        assert_eq!(s, 400);
+        let t = c.create_task(&task(TaskKind::WipeFast, "pc-0")).await?;
+        assert_eq!(
+            t.node.as_deref(),
+            Some("site-a-lab"),
+            "the longest matching subnet wins"
+        );
+        let (s, code, _) = remote(c.create_task(&task(TaskKind::Inventory, "pc-0")).await);
+        assert_eq!((s, code.as_str()), (409, "conflict"), "one open task per host");
+        let (s, code, msg) = remote(
+            c.progress(
+                t.id,
+                &ProgressReport {
+                    percent: 5.0,
+                    bytes: 0,
+                    rate: 0,
+                },
+            )
+            .await,
+        );
+        assert_eq!((s, code.as_str()), (409, "illegal_transition"));
+        assert!(msg.contains("queued"), "{msg}");
+        let (s, code, _) = remote(c.delete_host("pc-0").await);
+        assert_eq!((s, code.as_str()), (409, "conflict"), "host busy");
+        let report = c
+            .group_task(
+                "lab",
+                &NewTask {
+                    host: None,
+                    ..task(TaskKind::Inventory, "")
+                },
+            )
+            .await?;
+        assert_eq!(report.created.len(), 2);
+        assert_eq!(report.skipped.len(), 1);
+        assert_eq!(report.skipped[0].host, "pc-0");
+        assert!(report.created.iter().all(|t| t.group.as_deref() == Some("lab")));
+        let cancelled = c.cancel_task(t.id).await?;
+        assert_eq!(cancelled.state, TaskState::Cancelled);
+        let (s, code, _) = remote(c.cancel_task(t.id).await);
+        assert_eq!((s, code.as_str()), (409, "illegal_transition"));
+        // An agent that fails reports why; the reason stays on the task and in its history.
+        let agent = Client::new(&m.base, Some(&near.token))?;
+        let r = agent
+            .check_in(&CheckIn {
+                mac: "52:54:00:00:02:01".into(),
+                uuid: Some("4C4C4544-0042-3510-8051-B7C04F563299".into()),
+                address: None,
+            })
+            .await?;
+        assert_eq!(r.slot, SlotState::Granted);
+        let failed = agent
+            .check_out(
+                r.task.id,
+                &CheckOut {
+                    ok: false,
+                    reason: Some("disk /dev/sda not found".into()),
+                    inventory: Some(json!({"cpu": "x"})),
+                },
+            )
+            .await?;
+        assert_eq!(
+            failed.state,
+            TaskState::Failed {
+                reason: "disk /dev/sda not found".into()
+            }
+        );
+        let h1 = c.host("pc-1").await?;
+        assert_eq!(
+            h1.uuid.as_deref(),
+            Some("4c4c4544-0042-3510-8051-b7c04f563299"),
+            "learned at check-in"
+        );
+        assert_eq!(h1.inventory, json!({"cpu": "x"}));
+        let history = c.task_history(r.task.id).await?;
+        assert_eq!(
+            history.last().and_then(|e| e.detail.as_deref()),
+            Some("disk /dev/sda not found")
+        );
+        let (s, code, _) = remote(
+            agent
+                .check_in(&CheckIn {
+                    mac: "52:54:00:00:09:09".into(),
+                    uuid: None,
+                    address: None,
+                })
+                .await,
+        );
+        assert_eq!((s, code.as_str()), (404, "not_found"), "unknown MAC");
+        let (s, _, _) = remote(
+            c.tasks(&TaskFilter {
+                state: Some("sleeping".into()),
+                ..TaskFilter::default()
+            })
+            .await,
+        );
+        assert_eq!(s, 400);
+        m.master.stop().await?;
+    }
+    Ok(())
+}
+
+struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl Clock for ManualClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
+    for b in backends().await? {
+        let clock = Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(1_795_688_100_000)));
+        let control = Control::with_clock(Db::open(&b.url).await?, clock.clone(), 60_000);
+        let now = clock.now();
+        control.create_node(&node("site-a", "10.1.0.0/16", 1)?).await?;
+        control
+            .create_group(&Group {
+                name: "lab".into(),
+                description: String::new(),
+            })
+            .await?;
+        for i in 0..3 {
+            let mut h = host(&format!("pc-{i}"), &format!("52:54:00:00:03:{i:02x}"));
+            h.group = Some("lab".into());
+            h.node = Some("site-a".into());
+            control.create_host(h).await?;
+        }
+        let once = control
+            .create_schedule(&Schedule {
+                id: 0,
+                when: When::At(now + 1000),
+                task: task(TaskKind::Inventory, "pc-0"),
+                group: None,
+                next_run: None,
+            })
+            .await?;
+        let nightly = control
+            .create_schedule(&Schedule {
+                id: 0,
+                when: When::Cron("0 2 * * *".into()),
+                task: NewTask {
+                    host: None,
+                    ..task(TaskKind::WipeFast, "")
+                },
+                group: Some("lab".into()),
+                next_run: None,
+            })
+            .await?;
+        assert!(
+            control
+                .create_schedule(&Schedule {
+                    id: 0,
+                    when: When::Cron("0 25 * * *".into()),
+                    task: task(TaskKind::Inventory, "pc-0"),
+                    group: None,
+                    next_run: None
+                })
+                .await
+                .is_err()
+        );
+        assert!(control.run_schedules(now).await?.created.is_empty(), "nothing due yet");
+        let fired = control.run_schedules(now + 1000).await?;
+        assert_eq!(fired.created.len(), 1);
+        assert_eq!(fired.created[0].schedule, Some(once.id));
+        let at_two = nightly.next_run.ok_or("no next run")?;
+        let fired = control.run_schedules(at_two).await?;
+        assert_eq!((fired.created.len(), fired.skipped.len()), (2, 1), "pc-0 is busy");
+        let left = control.db().schedules().await?;
+        assert_eq!(
+            left.iter().find(|s| s.id == once.id).and_then(|s| s.next_run),
+            None,
+            "one-off retired"
+        );
+        assert_eq!(
+            left.iter().find(|s| s.id == nightly.id).and_then(|s| s.next_run),
+            Some(at_two + 86_400_000)
+        );
+
+        // One slot: pc-0 runs, pc-1 waits first, pc-2 second. pc-1 goes quiet past the timeout.
+        let admin = fogcore::control::service::Caller::Admin;
+        let ci = |i: u32| CheckIn {
+            mac: format!("52:54:00:00:03:{i:02x}"),
+            uuid: None,
+            address: None,
+        };
+        assert_eq!(control.check_in(&admin, &ci(0)).await?.slot, SlotState::Granted);
+        assert_eq!(
+            control.check_in(&admin, &ci(1)).await?.slot,
+            SlotState::Waiting {
+                place: 1,
+                active: 1,
+                max: 1
+            }
+        );
+        assert_eq!(
+            control.check_in(&admin, &ci(2)).await?.slot,
+            SlotState::Waiting {
+                place: 2,
+                active: 1,
+                max: 1
+            }
+        );
+        clock.0.fetch_add(45_000, Ordering::SeqCst);
+        assert_eq!(
+            control.check_in(&admin, &ci(2)).await?.slot,
+            SlotState::Waiting {
+                place: 2,
+                active: 1,
+                max: 1
+            }
+        );
+        clock.0.fetch_add(30_000, Ordering::SeqCst);
+        assert_eq!(
+            control.check_in(&admin, &ci(2)).await?.slot,
+            SlotState::Waiting {
+                place: 1,
+                active: 1,
+                max: 1
+            },
+            "pc-1 went quiet"
+        );
+        assert_eq!(
+            control.check_in(&admin, &ci(1)).await?.slot,
+            SlotState::Waiting {
+                place: 2,
+                active: 1,
+                max: 1
+            },
+            "back of the line"
+        );
+        control.db().close().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn restart_keeps_state_and_migrations_are_idempotent() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let control = Arc::new(Control::new(Db::open_dir(dir.path()).await?));
+    let (admin, file) = control.first_admin_token(dir.path()).await?.ok_or("no first token")?;
+    assert_eq!(std::fs::read_to_string(&file)?.trim(), admin);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file)?.permissions().mode() & 0o777, 0o600);
+    let master = Master::start(control, "127.0.0.1:0".parse()?).await?;
+    let c = Client::new(&format!("http://{}", master.addr()), Some(&admin))?;
+    c.create_node(&node("site-a", "10.1.0.0/16", 2)?).await?;
+    let mut h = host("pc-01", "52:54:00:00:04:01");
+    h.node = Some("site-a".into());
+    c.create_host(&h).await?;
+    let t = c.create_task(&task(TaskKind::Inventory, "pc-01")).await?;
+    c.check_in(&CheckIn {
+        mac: "52:54:00:00:04:01".into(),
+        uuid: None,
+        address: None,
+    })
+    .await?;
+    master.stop().await?;
+
+    let db = Db::open_dir(dir.path()).await?;
+    assert_eq!(db.migrate().await?, 0, "nothing left to migrate");
+    assert_eq!(db.schema_versions().await?, [1]);
+    let control = Arc::new(Control::new(db));
+    assert!(
+        control.first_admin_token(dir.path()).await?.is_none(),
+        "no second admin token"
+    );
+    let master = Master::start(control, "127.0.0.1:0".parse()?).await?;
+    let c = Client::new(&format!("http://{}", master.addr()), Some(&admin))?;
+    assert_eq!(c.host("pc-01").await?.macs, ["52:54:00:00:04:01"]);
+    let again = c.task(t.id).await?;
+    assert!(matches!(again.state, TaskState::InProgress { .. }), "{:?}", again.state);
+    let done = c
+        .check_out(
+            t.id,
+            &CheckOut {
+                ok: true,
+                reason: None,
+                inventory: None,
+            },
+        )
+        .await?;
+    assert_eq!(done.state, TaskState::Complete);
+    master.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route() -> TestResult {
+    let b = backends().await?.into_iter().next().ok_or("no backend")?;
+    let m = start(&b.url).await?;
+    let (status, doc) = m.raw(reqwest::Method::GET, "/api/v1/openapi.json", None, None).await?;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().ok_or("no paths")?;
+    let mut documented = 0;
+    let access: HashMap<(String, String), Access> = master::routes()
+        .into_iter()
+        .map(|r| ((r.method.as_str().to_lowercase(), r.path), r.access))
+        .collect();
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().ok_or("no ops")? {
+            documented += 1;
+            assert!(op["summary"].as_str().is_some_and(|s| !s.is_empty()), "{method} {path}");
+            let url = path.replace("{name}", "x").replace("{id}", "1");
+            let m_ = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())?;
+            let (status, body) = m.raw(m_, &url, None, Some(json!({}))).await?;
+            match access.get(&(method.clone(), path.clone())) {
+                Some(Access::Public) => assert_eq!(status, 200, "{method} {path}"),
+                Some(_) => {
+                    assert_eq!(status, 401, "{method} {path} is served and needs a token");
+                    assert_eq!(body["code"], "unauthorized");
+                    assert_eq!(op["security"][0]["bearer"], json!([]));
+                }
+                None => panic!("{method} {path} documented but not in the route table"),
+            }
+        }
+    }
+    assert_eq!(documented, access.len());
+    assert!(documented >= 30);
+    // A route that is not in the table is not served.
+    let (status, body) = m
+        .raw(reqwest::Method::PATCH, "/api/v1/hosts/x", Some(&m.admin), None)
+        .await?;
+    assert_eq!((status, body["code"].as_str()), (405, Some("method_not_allowed")));
+    m.master.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_taken_port_is_an_error_naming_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr: SocketAddr = taken.local_addr()?;
+    let control = Arc::new(Control::new(Db::open_dir(dir.path()).await?));
+    let e = Master::start(control, addr)
+        .await
+        .err()
+        .ok_or("started on a taken port")?;
+    assert!(e.to_string().contains(&format!("port {}", addr.port())), "{e}");
+    assert!(e.is_bad_input());
+    let _ = Heartbeat::default();
+    Ok(())
+}
