@@ -168,6 +168,12 @@ fn ok_none() -> Json<Value> {
 }
 
 fn table() -> Vec<(Route, MethodRouter<App>)> {
+    let mut rows = control_table();
+    rows.extend(crate::control::chunks::table::<App>());
+    rows
+}
+
+fn control_table() -> Vec<(Route, MethodRouter<App>)> {
     use Access::{Admin, Node as NodeAccess, Public};
     let r = |method: Method, path: &str, access, summary, body, reply| Route {
         method,
@@ -587,6 +593,12 @@ fn table() -> Vec<(Route, MethodRouter<App>)> {
             }),
         ),
     ]
+}
+
+impl crate::control::chunks::HasStore for App {
+    fn image_store(&self) -> Result<Arc<dyn crate::imaging::replica::ImageStore>> {
+        Control::image_store(self)
+    }
 }
 
 /// Every route, as documented.
