@@ -60,7 +60,17 @@ fn disk(dir: &Path) -> PathBuf {
 }
 
 fn deployed(store: &Store, name: &str, out: &Path) -> Vec<u8> {
-    deploy(store, name, out, &DeployOptions { verify: true, threads: None }, &NoProgress).expect("deploy");
+    deploy(
+        store,
+        name,
+        out,
+        &DeployOptions {
+            verify: true,
+            threads: None,
+        },
+        &NoProgress,
+    )
+    .expect("deploy");
     fs::read(out).expect("read target")
 }
 
@@ -122,9 +132,16 @@ fn replicates_over_http_then_sends_only_new_chunks_of_a_recapture() {
          manifest {} bytes (delta); whole-image copy would send {whole:.1}x the new chunks",
         wire, second.bytes_sent, second.chunks_sent, second.manifest_bytes
     );
-    assert!(ratio <= 1.1, "sent {wire} bytes for {} bytes of new chunks", second.bytes_sent);
+    assert!(
+        ratio <= 1.1,
+        "sent {wire} bytes for {} bytes of new chunks",
+        second.bytes_sent
+    );
     let from_b = deployed(&b, "golden", &dir.path().join("from-b2.img"));
-    assert_eq!(debugfs_cat(&dir.path().join("from-b2.img"), "/big/new.bin"), fs::read(&change).expect("read"));
+    assert_eq!(
+        debugfs_cat(&dir.path().join("from-b2.img"), "/big/new.bin"),
+        fs::read(&change).expect("read")
+    );
     assert!(from_b == deployed(&a, "golden", &dir.path().join("from-a2.img")));
 }
 
@@ -196,7 +213,11 @@ fn corrupt_chunk_on_the_wire_is_refused_and_the_destination_stays_consistent() {
     let tree = dir.path().join("tree");
     write_tree(&tree, 3);
     let source_disk = dir.path().join("small.img");
-    sh(&format!("mkfs.ext4 -q -F -d {} {} 16M", tree.display(), source_disk.display()));
+    sh(&format!(
+        "mkfs.ext4 -q -F -d {} {} 16M",
+        tree.display(),
+        source_disk.display()
+    ));
     let a = Store::open(dir.path().join("a")).expect("store a");
     let b = Store::open(dir.path().join("b")).expect("store b");
     capture(&a, &source_disk, "img", &CaptureOptions::default(), &NoProgress).expect("capture");
@@ -212,7 +233,9 @@ fn corrupt_chunk_on_the_wire_is_refused_and_the_destination_stays_consistent() {
     )
     .expect_err("corrupt chunk accepted");
     match &err {
-        Error::Remote { status: 400, message, .. } => assert!(message.contains("chunk"), "{message}"),
+        Error::Remote {
+            status: 400, message, ..
+        } => assert!(message.contains("chunk"), "{message}"),
         other => panic!("unexpected {other}"),
     }
     assert!(remote_b.images().expect("images").is_empty());
@@ -243,8 +266,14 @@ fn corrupt_chunk_on_the_wire_is_refused_and_the_destination_stays_consistent() {
         Err(Error::Remote { status: 409, .. }) => {}
         other => panic!("manifest without chunks: {other:?}"),
     }
-    replicate(&LocalStore::new(a.clone()), &remote_b, "img", &ReplicateOptions::default(), &NoProgress)
-        .expect("clean replicate");
+    replicate(
+        &LocalStore::new(a.clone()),
+        &remote_b,
+        "img",
+        &ReplicateOptions::default(),
+        &NoProgress,
+    )
+    .expect("clean replicate");
     assert_eq!(remote_b.images().expect("images"), vec!["img".to_string()]);
     assert!(b.verify().expect("verify").is_ok());
 }
@@ -273,4 +302,128 @@ fn chunk_routes_refuse_missing_and_wrong_tokens() {
             }
         }
     }
+}
+
+#[test]
+fn master_serves_its_store_to_node_tokens_and_records_a_node_pull() {
+    use fogcore::control::client::Client;
+    use fogcore::control::db::Db;
+    use fogcore::control::master::Master;
+    use fogcore::control::model::{CopyState, Image, Node, Placement};
+    use fogcore::control::replicate::pull_for_node;
+    use fogcore::control::service::Control;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = dir.path().join("tree");
+    write_tree(&tree, 5);
+    let source_disk = dir.path().join("small.img");
+    sh(&format!(
+        "mkfs.ext4 -q -F -d {} {} 16M",
+        tree.display(),
+        source_disk.display()
+    ));
+    let m = Store::open(dir.path().join("master-store")).expect("store");
+    capture(&m, &source_disk, "golden", &CaptureOptions::default(), &NoProgress).expect("capture");
+    let n1 = Store::open(dir.path().join("node-store")).expect("store");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display());
+        let control = Arc::new(Control::new(Db::open(&url).await.expect("db")));
+        control.set_image_store(Arc::new(LocalStore::new(m.clone())));
+        let admin_token = control.create_admin_token().await.expect("token");
+        let master = Master::start(control, "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("master");
+        let base = format!("http://{}", master.addr());
+        let admin = Client::new(&base, Some(&admin_token)).expect("client");
+        let node = |name: &str| Node {
+            name: name.into(),
+            url: format!("http://{name}.lab:8080"),
+            subnets: Vec::new(),
+            max_clients: 2,
+            enabled: true,
+            last_seen: None,
+        };
+        let n1_token = admin.create_node(&node("n1")).await.expect("node").token;
+        let n2_token = admin.create_node(&node("n2")).await.expect("node").token;
+        admin
+            .create_image(&Image {
+                name: "golden".into(),
+                description: String::new(),
+                os: String::new(),
+                size_bytes: 0,
+                placement: Placement::All,
+            })
+            .await
+            .expect("image");
+
+        // Node n1 pulls from the master with its own token; the master's row follows.
+        let as_n1 = Client::new(&base, Some(&n1_token)).expect("client");
+        let (b, t) = (base.clone(), n1_token.clone());
+        let source: Arc<dyn ImageStore> = tokio::task::spawn_blocking(move || RemoteStore::new(&b, Some(&t)))
+            .await
+            .expect("join")
+            .map(Arc::new)
+            .expect("remote");
+        let report = pull_for_node(
+            &as_n1,
+            "n1",
+            source.clone(),
+            Arc::new(LocalStore::new(n1.clone())),
+            "golden",
+            ReplicateOptions::default(),
+        )
+        .await
+        .expect("pull");
+        assert_eq!(report.chunks_sent, report.chunks_considered);
+        let copies = admin.image_copies("golden").await.expect("copies");
+        let n1_copy = copies.iter().find(|c| c.node == "n1").expect("n1 row");
+        assert_eq!(n1_copy.state, CopyState::Complete);
+        assert_eq!(n1_copy.bytes, report.bytes_considered);
+        assert_eq!(
+            copies.iter().find(|c| c.node == "n2").map(|c| c.state),
+            Some(CopyState::Pending)
+        );
+
+        // n2's token cannot report for n1; no token cannot read chunks; a failed pull says why.
+        let as_n2 = Client::new(&base, Some(&n2_token)).expect("client");
+        let err = as_n2
+            .set_copy_state(
+                "golden",
+                "n1",
+                &fogcore::control::model::CopyReport {
+                    state: CopyState::Failed,
+                    bytes: 0,
+                    reason: None,
+                },
+            )
+            .await
+            .expect_err("n2 reported for n1");
+        assert!(matches!(err, Error::Remote { status: 403, .. }), "{err}");
+        let status = reqwest::Client::new()
+            .post(format!("{base}/api/v1/store/chunks/get"))
+            .body(vec![0u8; 32])
+            .send()
+            .await
+            .expect("send")
+            .status();
+        assert_eq!(status, 401);
+        let failed = pull_for_node(
+            &as_n2,
+            "n2",
+            source,
+            Arc::new(LocalStore::new(n1.clone())),
+            "no-such-image",
+            ReplicateOptions::default(),
+        )
+        .await;
+        assert!(failed.is_err());
+        assert!(n1.image_names().expect("names") == vec!["golden".to_string()]);
+        assert_eq!(
+            deployed(&n1, "golden", &dir.path().join("n1.img")),
+            deployed(&m, "golden", &dir.path().join("m.img"))
+        );
+        master.stop().await.expect("stop");
+    });
 }

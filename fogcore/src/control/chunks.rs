@@ -49,7 +49,7 @@ pub fn encode_ids(ids: &[ChunkId]) -> Vec<u8> {
 
 /// Parses a body of ids.
 pub fn decode_ids(body: &[u8]) -> Result<Vec<ChunkId>> {
-    if body.len() % 32 != 0 || body.len() / 32 > MAX_IDS {
+    if !body.len().is_multiple_of(32) || body.len() / 32 > MAX_IDS {
         return Err(Error::invalid(
             "chunk id list",
             format!("{} bytes", body.len()),
@@ -156,8 +156,12 @@ pub fn encode_pieces(pieces: &[PieceHash]) -> Vec<u8> {
 
 /// Parses piece hashes.
 pub fn decode_pieces(body: &[u8]) -> Result<Vec<PieceHash>> {
-    if body.len() % 16 != 0 {
-        return Err(Error::invalid("piece list", format!("{} bytes", body.len()), "not 16-byte hashes"));
+    if !body.len().is_multiple_of(16) {
+        return Err(Error::invalid(
+            "piece list",
+            format!("{} bytes", body.len()),
+            "not 16-byte hashes",
+        ));
     }
     Ok(body
         .chunks_exact(16)
@@ -257,7 +261,13 @@ pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
     let big = || DefaultBodyLimit::max(MAX_BODY);
     vec![
         (
-            r(Method::GET, "/store/images", "Images complete in the store", None, "ImageNames"),
+            r(
+                Method::GET,
+                "/store/images",
+                "Images complete in the store",
+                None,
+                "ImageNames",
+            ),
             get(images::<S>),
         ),
         (

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::db::{TaskFilter, now_ms};
 use crate::control::model::{
-    CheckIn, CheckOut, Group, Heartbeat, Host, Image, NewTask, Node, ProgressReport, Schedule, TaskId,
+    CheckIn, CheckOut, CopyReport, Group, Heartbeat, Host, Image, NewTask, Node, ProgressReport, Schedule, TaskId,
 };
 use crate::control::service::{Caller, Control};
 use crate::error::{Error, Result};
@@ -343,6 +343,26 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 c.db().image(&n).await?;
                 ApiResult::Ok(Json(c.db().image_copies(&n).await?))
             }),
+        ),
+        (
+            r(
+                Method::PUT,
+                "/images/{name}/copies/{node}",
+                NodeAccess,
+                "A node reports its copy of the image: replicating (bytes), complete, failed (reason)",
+                Some("CopyReport"),
+                "Ok",
+            ),
+            put(
+                |State(c): State<App>,
+                 Extension(caller): Extension<Caller>,
+                 Path((image, node)): Path<(String, String)>,
+                 Body(report): Body<CopyReport>| async move {
+                    own_node(&caller, &node)?;
+                    c.db().set_copy_state(&report, &image, &node).await?;
+                    ApiResult::Ok(ok_none())
+                },
+            ),
         ),
         // nodes
         (

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 
-use crate::control::chunks::{
-    decode_get_reply, decode_ids, encode_ids, encode_pieces, encode_put,
-};
+use crate::control::chunks::{decode_get_reply, decode_ids, encode_ids, encode_pieces, encode_put};
 use crate::error::{Error, Result};
 use crate::imaging::chunk::{ChunkId, ChunkSink, ChunkSource};
 use crate::imaging::replica::{ImageStore, PieceHash, WireChunk, plain_len};
@@ -27,7 +25,7 @@ pub struct RemoteStore {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
-    runtime: tokio::runtime::Runtime,
+    runtime: Option<tokio::runtime::Runtime>,
     sent: AtomicU64,
     received: AtomicU64,
     pending: Mutex<Vec<WireChunk>>,
@@ -65,7 +63,7 @@ impl RemoteStore {
             base,
             token: token.map(str::to_string),
             http,
-            runtime,
+            runtime: Some(runtime),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
@@ -96,7 +94,11 @@ impl RemoteStore {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let url2 = url.clone();
-        self.runtime.spawn(async move {
+        let runtime = self.runtime.as_ref().ok_or_else(|| Error::Http {
+            url: url.clone(),
+            reason: "client is shut down".into(),
+        })?;
+        runtime.spawn(async move {
             let result = async {
                 let resp = req.send().await?;
                 let status = resp.status();
@@ -143,6 +145,15 @@ impl RemoteStore {
     }
 }
 
+impl Drop for RemoteStore {
+    fn drop(&mut self) {
+        // Dropping a runtime inside async code panics; this does not wait for it.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 fn image_path(name: &str) -> Result<String> {
     crate::imaging::store::check_image_name(name)?;
     Ok(format!("/store/images/{name}/manifest"))
@@ -158,11 +169,10 @@ impl ImageStore for RemoteStore {
     }
 
     fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>> {
-        self.call(Method::GET, &image_path(name)?, None)
-            .map_err(|e| match e {
-                Error::Remote { status: 404, .. } => Error::ImageNotFound(name.into()),
-                other => other,
-            })
+        self.call(Method::GET, &image_path(name)?, None).map_err(|e| match e {
+            Error::Remote { status: 404, .. } => Error::ImageNotFound(name.into()),
+            other => other,
+        })
     }
 
     fn manifest_delta(&self, name: &str, base: &[PieceHash]) -> Result<Vec<u8>> {

@@ -150,7 +150,16 @@ pub fn replicate(
     // A gc on the destination between a chunk batch and the manifest can take chunks away:
     // the manifest is refused (409) and one more pass sends them.
     for attempt in 0..2 {
-        copy_missing(source, dest, image, &chunks, options, &mut bucket, progress, &mut report)?;
+        copy_missing(
+            source,
+            dest,
+            image,
+            &chunks,
+            options,
+            &mut bucket,
+            progress,
+            &mut report,
+        )?;
         match dest.put_manifest(image, &manifest_bytes) {
             Ok(()) => break,
             Err(e) if attempt == 0 && is_conflict(&e) => continue,
@@ -237,6 +246,60 @@ fn copy_missing(
         }
     }
     Ok(())
+}
+
+/// Counts progress for [`pull_for_node`], which posts it to the master.
+#[derive(Debug, Default)]
+struct Counter {
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl Progress for Counter {
+    fn start(&self, _phase: &str, _total: u64) {}
+    fn advance(&self, bytes: u64) {
+        self.done.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// How often [`pull_for_node`] reports bytes to the master.
+pub const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// A node pulls `image` from `source` into `dest` and keeps the master's copy row current:
+/// replicating (with bytes, every [`REPORT_EVERY`]), then complete, or failed with the reason.
+/// A master that cannot be told does not stop the copy.
+pub async fn pull_for_node(
+    master: &crate::control::client::Client,
+    node: &str,
+    source: std::sync::Arc<dyn ImageStore>,
+    dest: std::sync::Arc<dyn ImageStore>,
+    image: &str,
+    options: ReplicateOptions,
+) -> Result<ReplicateReport> {
+    use crate::control::model::{CopyReport, CopyState};
+    let report = |state, bytes, reason: Option<String>| CopyReport { state, bytes, reason };
+    let tell = |r: CopyReport| async move {
+        if let Err(e) = master.set_copy_state(image, node, &r).await {
+            tracing::warn!(image, node, "copy state not recorded: {e}");
+        }
+    };
+    tell(report(CopyState::Replicating, 0, None)).await;
+    let counter = std::sync::Arc::new(Counter::default());
+    let (c, name) = (counter.clone(), image.to_string());
+    let mut job = tokio::task::spawn_blocking(move || replicate(&*source, &*dest, &name, &options, &*c));
+    let result = loop {
+        tokio::select! {
+            r = &mut job => break r.map_err(|e| Error::InvalidInput(format!("replication worker: {e}")))?,
+            () = tokio::time::sleep(REPORT_EVERY) => {
+                let done = counter.done.load(std::sync::atomic::Ordering::Relaxed);
+                tell(report(CopyState::Replicating, done, None)).await;
+            }
+        }
+    };
+    match &result {
+        Ok(r) => tell(report(CopyState::Complete, r.bytes_considered, None)).await,
+        Err(e) => tell(report(CopyState::Failed, 0, Some(e.to_string()))).await,
+    }
+    result
 }
 
 #[cfg(test)]

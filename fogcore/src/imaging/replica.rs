@@ -362,14 +362,21 @@ mod tests {
 
     #[test]
     fn delta_of_a_small_change_is_small_and_rebuilds_the_target() {
-        let base: Vec<u8> = (0..200_000u32).flat_map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[..4].to_vec()).collect();
+        let base: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[..4].to_vec())
+            .collect();
         let mut target = base.clone();
         target.splice(100_000..100_000, [7u8; 72]);
         if let Some(b) = target.get_mut(500_000) {
             *b ^= 1;
         }
         let delta = manifest_delta(&target, &manifest_pieces(&base));
-        assert!(delta.len() < target.len() / 50, "delta {} of {}", delta.len(), target.len());
+        assert!(
+            delta.len() < target.len() / 50,
+            "delta {} of {}",
+            delta.len(),
+            target.len()
+        );
         assert_eq!(apply_manifest_delta(&base, &delta).ok(), Some(target.clone()));
         // Against the wrong base the hash check refuses it.
         let other = vec![1u8; base.len()];
