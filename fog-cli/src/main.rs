@@ -115,6 +115,39 @@ enum ImageCommand {
         /// Image name
         name: String,
     },
+    /// Copy an image between stores, sending only the chunks the destination lacks (manifest last)
+    Replicate {
+        /// Image name
+        name: String,
+        /// Source: a store directory or a fog server URL [default: the local store]
+        #[arg(long)]
+        from: Option<String>,
+        /// Destination: a store directory or a fog server URL [default: the local store]
+        #[arg(long)]
+        to: Option<String>,
+        /// Bearer token for the URLs
+        #[arg(long, env = "FOG_TOKEN")]
+        token: Option<String>,
+        /// Bandwidth limit in bytes per second
+        #[arg(long)]
+        bandwidth: Option<u64>,
+    },
+}
+
+/// A store directory or a fog server URL.
+fn image_store(
+    spec: Option<&str>,
+    local: &Store,
+    token: Option<&str>,
+) -> Result<Box<dyn fogcore::imaging::replica::ImageStore>, Error> {
+    use fogcore::imaging::replica::LocalStore;
+    Ok(match spec {
+        None => Box::new(LocalStore::new(local.clone())),
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            Box::new(fogcore::control::remote::RemoteStore::new(url, token)?)
+        }
+        Some(dir) => Box::new(LocalStore::new(Store::open(dir)?)),
+    })
 }
 
 #[derive(Subcommand)]
@@ -200,6 +233,30 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 ImageCommand::Verify { name } => {
                     store.verify_image_refs(name)?;
                     out.done(&format!("image {name}: manifest intact, every chunk present"));
+                }
+                ImageCommand::Replicate {
+                    name,
+                    from,
+                    to,
+                    token,
+                    bandwidth,
+                } => {
+                    let source = image_store(from.as_deref(), &store, token.as_deref())?;
+                    let dest = image_store(to.as_deref(), &store, token.as_deref())?;
+                    let options = fogcore::control::replicate::ReplicateOptions {
+                        bandwidth: *bandwidth,
+                        ..Default::default()
+                    };
+                    let r = fogcore::control::replicate::replicate(&*source, &*dest, name, &options, &progress)?;
+                    out.done(&format!(
+                        "image {name}: {} of {} chunks sent ({} bytes), {} already there; manifest {} bytes{}",
+                        r.chunks_sent,
+                        r.chunks_considered,
+                        r.bytes_sent,
+                        r.chunks_skipped,
+                        r.manifest_bytes,
+                        if r.manifest_delta { " (delta)" } else { "" }
+                    ));
                 }
             }
         }

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::control::db::TaskFilter;
 use crate::control::model::{
-    CheckIn, CheckInReply, CheckOut, Group, Heartbeat, Host, Image, ImageCopy, NewTask, Node, NodeToken,
+    CheckIn, CheckInReply, CheckOut, CopyReport, Group, Heartbeat, Host, Image, ImageCopy, NewTask, Node, NodeToken,
     ProgressReport, Schedule, Task, TaskEvent, TaskId,
 };
 use crate::control::service::GroupTasks;
@@ -168,6 +168,14 @@ impl Client {
     /// Each node's copy of an image.
     pub async fn image_copies(&self, name: &str) -> Result<Vec<ImageCopy>> {
         self.get(&format!("/images/{}/copies", seg(name))).await
+    }
+
+    /// Reports where `node`'s copy of `image` stands.
+    pub async fn set_copy_state(&self, image: &str, node: &str, report: &CopyReport) -> Result<()> {
+        let path = format!("/images/{}/copies/{}", seg(image), seg(node));
+        self.send::<serde_json::Value>(Method::PUT, &path, report)
+            .await
+            .map(|_| ())
     }
 
     /// Every node.

@@ -14,8 +14,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::control::model::{
-    After, CopyState, Group, Host, Image, ImageCopy, Millis, NewTask, Node, Placement, Schedule, Task, TaskEvent,
-    TaskId, TaskKind, TaskState,
+    After, CopyReport, CopyState, Group, Host, Image, ImageCopy, Millis, NewTask, Node, Placement, Schedule, Task,
+    TaskEvent, TaskId, TaskKind, TaskState,
 };
 use crate::error::{Error, Result};
 
@@ -502,6 +502,27 @@ impl Db {
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)
+    }
+
+    /// Records where a node's copy of an image stands (the row exists once the image is placed).
+    pub async fn set_copy_state(&self, copy: &CopyReport, image: &str, node: &str) -> Result<()> {
+        let n = sqlx::query(
+            "UPDATE image_copies SET state = $3, bytes = $4, reason = $5, updated_at = $6 WHERE image = $1 AND node = $2",
+        )
+        .bind(image)
+        .bind(node)
+        .bind(copy.state.as_str())
+        .bind(to_i64(copy.bytes))
+        .bind(copy.reason.as_deref())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("image copy", format!("{image} on {node}")));
+        }
+        Ok(())
     }
 
     /// Each node's copy of an image.

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::db::{TaskFilter, now_ms};
 use crate::control::model::{
-    CheckIn, CheckOut, Group, Heartbeat, Host, Image, NewTask, Node, ProgressReport, Schedule, TaskId,
+    CheckIn, CheckOut, CopyReport, Group, Heartbeat, Host, Image, NewTask, Node, ProgressReport, Schedule, TaskId,
 };
 use crate::control::service::{Caller, Control};
 use crate::error::{Error, Result};
@@ -168,6 +168,12 @@ fn ok_none() -> Json<Value> {
 }
 
 fn table() -> Vec<(Route, MethodRouter<App>)> {
+    let mut rows = control_table();
+    rows.extend(crate::control::chunks::table::<App>());
+    rows
+}
+
+fn control_table() -> Vec<(Route, MethodRouter<App>)> {
     use Access::{Admin, Node as NodeAccess, Public};
     let r = |method: Method, path: &str, access, summary, body, reply| Route {
         method,
@@ -337,6 +343,26 @@ fn table() -> Vec<(Route, MethodRouter<App>)> {
                 c.db().image(&n).await?;
                 ApiResult::Ok(Json(c.db().image_copies(&n).await?))
             }),
+        ),
+        (
+            r(
+                Method::PUT,
+                "/images/{name}/copies/{node}",
+                NodeAccess,
+                "A node reports its copy of the image: replicating (bytes), complete, failed (reason)",
+                Some("CopyReport"),
+                "Ok",
+            ),
+            put(
+                |State(c): State<App>,
+                 Extension(caller): Extension<Caller>,
+                 Path((image, node)): Path<(String, String)>,
+                 Body(report): Body<CopyReport>| async move {
+                    own_node(&caller, &node)?;
+                    c.db().set_copy_state(&report, &image, &node).await?;
+                    ApiResult::Ok(ok_none())
+                },
+            ),
         ),
         // nodes
         (
@@ -587,6 +613,12 @@ fn table() -> Vec<(Route, MethodRouter<App>)> {
             }),
         ),
     ]
+}
+
+impl crate::control::chunks::HasStore for App {
+    fn image_store(&self) -> Result<Arc<dyn crate::imaging::replica::ImageStore>> {
+        Control::image_store(self)
+    }
 }
 
 /// Every route, as documented.

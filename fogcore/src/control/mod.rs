@@ -7,12 +7,17 @@
 //! - [`cron`]: cron lines for scheduled tasks;
 //! - [`service`]: the master's logic (validation, node choice, check-in, schedules, tokens);
 //! - [`master`]: the REST API over [`service`] (axum), with its OpenAPI document;
+//! - [`chunks`]: the chunk and manifest service over a store, [`remote`] its client;
+//! - [`replicate`]: copying an image between stores, only the chunks the other side lacks;
 //! - [`client`]: the API's client, for the CLI and later the agent, the nodes and Python.
 
+pub mod chunks;
 pub mod client;
 pub mod cron;
 pub mod db;
 pub mod master;
 pub mod model;
+pub mod remote;
+pub mod replicate;
 pub mod service;
 pub mod tasks;

@@ -187,6 +187,20 @@ impl CopyState {
     }
 }
 
+/// A node's report on its copy of an image (`PUT /images/{name}/copies/{node}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyReport {
+    /// Where it stands.
+    pub state: CopyState,
+    /// Bytes copied so far.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Why it failed.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// One node's copy of an image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageCopy {

@@ -72,6 +72,7 @@ pub struct Control {
     /// Serializes check-ins, progress, check-outs and cancels: slot decisions see one line.
     line: Mutex<()>,
     waiter_timeout: Millis,
+    store: std::sync::OnceLock<Arc<dyn crate::imaging::replica::ImageStore>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -104,7 +105,22 @@ impl Control {
             clock,
             line: Mutex::new(()),
             waiter_timeout,
+            store: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Gives the master an image store, served by the chunk routes (`/api/v1/store/...`).
+    /// Only the first call counts.
+    pub fn set_image_store(&self, store: Arc<dyn crate::imaging::replica::ImageStore>) {
+        let _ = self.store.set(store);
+    }
+
+    /// The master's image store, if it has one.
+    pub fn image_store(&self) -> Result<Arc<dyn crate::imaging::replica::ImageStore>> {
+        self.store
+            .get()
+            .cloned()
+            .ok_or_else(|| Error::not_found("store", "this master keeps no image store"))
     }
 
     /// The database.

@@ -9,5 +9,6 @@ pub mod extent;
 pub mod fs;
 pub mod manifest;
 pub mod partition;
+pub mod replica;
 pub mod sample;
 pub mod store;

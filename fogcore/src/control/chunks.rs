@@ -1,0 +1,411 @@
+//! The chunk and manifest service over an [`ImageStore`]: what replication and the agent use to
+//! move chunks between a store and the network. Served by the master (rows of its route table,
+//! over the master's store) and by any process that mounts [`router`] with its own tokens.
+//!
+//! Bodies are binary (`application/octet-stream`), all integers little-endian:
+//!
+//! ```text
+//! POST /api/v1/store/chunks/missing   ids (32 bytes each)           -> the ids absent, same form
+//! POST /api/v1/store/chunks/get       ids                           -> per id: u32 len | bytes (len u32::MAX: absent)
+//! POST /api/v1/store/chunks/put       per chunk: id | u32 plain len | u32 len | bytes  -> {"received", "new"}
+//! GET  /api/v1/store/images           -> ["name", ...]
+//! GET  /api/v1/store/images/{name}/manifest        -> the manifest file
+//! PUT  /api/v1/store/images/{name}/manifest        the manifest file: 409 while chunks are missing
+//! POST /api/v1/store/images/{name}/manifest/delta  piece hashes (16 bytes each) -> a manifest delta
+//! ```
+//!
+//! A put is checked whole before anything is stored: one bad chunk is a 400 naming it.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post, put};
+use serde_json::json;
+
+use crate::control::master::{API, Access, ApiError, Route};
+use crate::error::{Error, Result};
+use crate::imaging::chunk::ChunkId;
+use crate::imaging::replica::{ImageStore, PieceHash, WireChunk};
+
+/// Largest request body the chunk routes take (a put batch is a few MiB).
+pub const MAX_BODY: usize = 64 << 20;
+/// Most ids one request may name.
+pub const MAX_IDS: usize = 1 << 16;
+/// Length that marks an absent chunk in a get reply.
+pub const ABSENT: u32 = u32::MAX;
+
+// ---- wire codec (no I/O)
+
+/// Ids as a body.
+pub fn encode_ids(ids: &[ChunkId]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.0).collect()
+}
+
+/// Parses a body of ids.
+pub fn decode_ids(body: &[u8]) -> Result<Vec<ChunkId>> {
+    if !body.len().is_multiple_of(32) || body.len() / 32 > MAX_IDS {
+        return Err(Error::invalid(
+            "chunk id list",
+            format!("{} bytes", body.len()),
+            format!("must be a multiple of 32 bytes, at most {MAX_IDS} ids"),
+        ));
+    }
+    Ok(body
+        .chunks_exact(32)
+        .map(|c| {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(c);
+            ChunkId(id)
+        })
+        .collect())
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let (head, rest) = self
+            .0
+            .split_at_checked(n)
+            .ok_or_else(|| Error::invalid("chunk batch", what.to_string(), "body ends early"))?;
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn id(&mut self) -> Result<ChunkId> {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(self.take(32, "chunk id")?);
+        Ok(ChunkId(id))
+    }
+}
+
+/// A get reply.
+pub fn encode_get_reply(chunks: &[Option<Vec<u8>>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunks.iter().map(|c| 4 + c.as_ref().map_or(0, Vec::len)).sum());
+    for c in chunks {
+        match c {
+            Some(bytes) => {
+                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                out.extend_from_slice(bytes);
+            }
+            None => out.extend_from_slice(&ABSENT.to_le_bytes()),
+        }
+    }
+    out
+}
+
+/// Parses a get reply for `count` ids.
+pub fn decode_get_reply(body: &[u8], count: usize) -> Result<Vec<Option<Vec<u8>>>> {
+    let mut cur = Cursor(body);
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = cur.u32("chunk length")?;
+        out.push(if len == ABSENT {
+            None
+        } else {
+            Some(cur.take(len as usize, "chunk bytes")?.to_vec())
+        });
+    }
+    if !cur.0.is_empty() {
+        return Err(Error::invalid("chunk batch", "reply", "trailing bytes"));
+    }
+    Ok(out)
+}
+
+/// A put body.
+pub fn encode_put(chunks: &[WireChunk]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunks.iter().map(|c| 40 + c.encoded.len()).sum());
+    for c in chunks {
+        out.extend_from_slice(&c.id.0);
+        out.extend_from_slice(&c.len.to_le_bytes());
+        out.extend_from_slice(&(c.encoded.len() as u32).to_le_bytes());
+        out.extend_from_slice(&c.encoded);
+    }
+    out
+}
+
+/// Parses a put body.
+pub fn decode_put(body: &[u8]) -> Result<Vec<WireChunk>> {
+    let mut cur = Cursor(body);
+    let mut out = Vec::new();
+    while !cur.0.is_empty() {
+        let id = cur.id()?;
+        let len = cur.u32("plain length")?;
+        let n = cur.u32("length")?;
+        let encoded = cur.take(n as usize, "chunk bytes")?.to_vec();
+        out.push(WireChunk { id, len, encoded });
+    }
+    Ok(out)
+}
+
+/// Piece hashes as a body, and back.
+pub fn encode_pieces(pieces: &[PieceHash]) -> Vec<u8> {
+    pieces.iter().flatten().copied().collect()
+}
+
+/// Parses piece hashes.
+pub fn decode_pieces(body: &[u8]) -> Result<Vec<PieceHash>> {
+    if !body.len().is_multiple_of(16) {
+        return Err(Error::invalid(
+            "piece list",
+            format!("{} bytes", body.len()),
+            "not 16-byte hashes",
+        ));
+    }
+    Ok(body
+        .chunks_exact(16)
+        .map(|c| {
+            let mut h = [0u8; 16];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect())
+}
+
+// ---- handlers
+
+/// A server state that may hold a store.
+pub trait HasStore: Clone + Send + Sync + 'static {
+    /// The store the chunk routes serve.
+    fn image_store(&self) -> Result<Arc<dyn ImageStore>>;
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(Error::InvalidInput(format!("worker failed: {e}"))))?
+        .map_err(ApiError)
+}
+
+fn octets(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+}
+
+async fn missing<S: HasStore>(State(s): State<S>, body: Bytes) -> Result<Response, ApiError> {
+    let store = s.image_store()?;
+    let ids = decode_ids(&body)?;
+    blocking(move || store.missing(&ids).map(|m| octets(encode_ids(&m)))).await
+}
+
+async fn get_chunks<S: HasStore>(State(s): State<S>, body: Bytes) -> Result<Response, ApiError> {
+    let store = s.image_store()?;
+    let ids = decode_ids(&body)?;
+    blocking(move || store.get_chunks(&ids).map(|c| octets(encode_get_reply(&c)))).await
+}
+
+async fn put_chunks<S: HasStore>(State(s): State<S>, body: Bytes) -> Result<Response, ApiError> {
+    let store = s.image_store()?;
+    let chunks = decode_put(&body)?;
+    let received = chunks.len();
+    let new = blocking(move || {
+        store.put_chunks(&chunks).map_err(|e| match e {
+            Error::ChunkCorrupt { chunk, reason, .. } => Error::invalid("chunk", chunk, reason),
+            other => other,
+        })
+    })
+    .await?;
+    Ok(Json(json!({ "received": received, "new": new })).into_response())
+}
+
+async fn images<S: HasStore>(State(s): State<S>) -> Result<Response, ApiError> {
+    let store = s.image_store()?;
+    blocking(move || store.images().map(|i| Json(i).into_response())).await
+}
+
+async fn get_manifest<S: HasStore>(State(s): State<S>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let store = s.image_store()?;
+    blocking(move || store.manifest_bytes(&name).map(octets)).await
+}
+
+async fn manifest_delta<S: HasStore>(
+    State(s): State<S>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let store = s.image_store()?;
+    let pieces = decode_pieces(&body)?;
+    blocking(move || store.manifest_delta(&name, &pieces).map(octets)).await
+}
+
+async fn put_manifest<S: HasStore>(
+    State(s): State<S>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let store = s.image_store()?;
+    blocking(move || store.put_manifest(&name, &body)).await?;
+    Ok(Json(json!({ "ok": true })).into_response())
+}
+
+/// The chunk routes, as rows for a route table over state `S`.
+pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
+    let r = |method: Method, path: &str, summary, body, reply| Route {
+        method,
+        path: format!("{API}{path}"),
+        access: Access::Node,
+        summary,
+        body,
+        reply,
+    };
+    let big = || DefaultBodyLimit::max(MAX_BODY);
+    vec![
+        (
+            r(
+                Method::GET,
+                "/store/images",
+                "Images complete in the store",
+                None,
+                "ImageNames",
+            ),
+            get(images::<S>),
+        ),
+        (
+            r(
+                Method::GET,
+                "/store/images/{name}/manifest",
+                "An image's manifest file",
+                None,
+                "ManifestBytes",
+            ),
+            get(get_manifest::<S>),
+        ),
+        (
+            r(
+                Method::PUT,
+                "/store/images/{name}/manifest",
+                "Make a manifest an image, once every chunk it names is here (else 409)",
+                Some("ManifestBytes"),
+                "Ok",
+            ),
+            put(put_manifest::<S>).layer(big()),
+        ),
+        (
+            r(
+                Method::POST,
+                "/store/images/{name}/manifest/delta",
+                "An image's manifest as a delta against pieces the caller holds",
+                Some("PieceHashes"),
+                "ManifestDelta",
+            ),
+            post(manifest_delta::<S>).layer(big()),
+        ),
+        (
+            r(
+                Method::POST,
+                "/store/chunks/missing",
+                "Of these chunk ids, those the store lacks",
+                Some("ChunkIds"),
+                "ChunkIds",
+            ),
+            post(missing::<S>).layer(big()),
+        ),
+        (
+            r(
+                Method::POST,
+                "/store/chunks/get",
+                "Encoded chunks, length-prefixed",
+                Some("ChunkIds"),
+                "ChunkBatch",
+            ),
+            post(get_chunks::<S>).layer(big()),
+        ),
+        (
+            r(
+                Method::POST,
+                "/store/chunks/put",
+                "Store chunks, each checked first (a bad one: 400, nothing stored)",
+                Some("ChunkBatch"),
+                "PutReport",
+            ),
+            post(put_chunks::<S>).layer(big()),
+        ),
+    ]
+}
+
+/// A store served on its own with a fixed set of accepted tokens (a node, a test).
+#[derive(Clone)]
+pub struct ChunkServer {
+    store: Arc<dyn ImageStore>,
+    tokens: Arc<Vec<String>>,
+}
+
+impl HasStore for ChunkServer {
+    fn image_store(&self) -> Result<Arc<dyn ImageStore>> {
+        Ok(self.store.clone())
+    }
+}
+
+async fn check_token(State(tokens): State<Arc<Vec<String>>>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    match token {
+        None => ApiError(Error::Unauthorized("no token: send Authorization: Bearer TOKEN".into())).into_response(),
+        Some(t) if tokens.iter().any(|k| k == t) => next.run(req).await,
+        Some(_) => ApiError(Error::Unauthorized("unknown token".into())).into_response(),
+    }
+}
+
+/// The chunk routes over `store`, accepting any of `tokens`.
+pub fn router(store: Arc<dyn ImageStore>, tokens: Vec<String>) -> Router {
+    let tokens = Arc::new(tokens);
+    let state = ChunkServer {
+        store,
+        tokens: tokens.clone(),
+    };
+    let mut router = Router::new();
+    for (route, method_router) in table::<ChunkServer>() {
+        let guard = middleware::from_fn_with_state(state.tokens.clone(), check_token);
+        router = router.route(&route.path, method_router.route_layer(guard));
+    }
+    router
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            ApiError(Error::not_found("route", format!("{method} {uri}")))
+        })
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_and_refuse_truncation() {
+        let chunks = vec![
+            WireChunk {
+                id: ChunkId::of(b"a"),
+                len: 1,
+                encoded: vec![0, b'a'],
+            },
+            WireChunk {
+                id: ChunkId::of(b""),
+                len: 0,
+                encoded: vec![0],
+            },
+        ];
+        let body = encode_put(&chunks);
+        assert_eq!(decode_put(&body).ok(), Some(chunks.clone()));
+        assert!(decode_put(&body[..body.len() - 1]).is_err());
+        let reply = encode_get_reply(&[Some(vec![1, 2]), None]);
+        assert_eq!(decode_get_reply(&reply, 2).ok(), Some(vec![Some(vec![1, 2]), None]));
+        assert!(decode_get_reply(&reply, 1).is_err());
+        assert!(decode_get_reply(&reply[..5], 2).is_err());
+        let ids = vec![ChunkId::of(b"x"), ChunkId::of(b"y")];
+        assert_eq!(decode_ids(&encode_ids(&ids)).ok(), Some(ids));
+        assert!(decode_ids(&[0u8; 33]).is_err());
+    }
+}

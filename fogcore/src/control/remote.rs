@@ -1,0 +1,259 @@
+//! A store behind the chunk service ([`crate::control::chunks`]), usable from blocking code:
+//! [`RemoteStore`] implements [`ImageStore`] (batched, for replication) and [`ChunkSource`] /
+//! [`ChunkSink`] (for deploy and capture pipelines, which are synchronous).
+//!
+//! It owns a small tokio runtime (one worker) and hands each request to it, waiting on a channel.
+//! That works from any thread, also one inside another runtime (where `block_on` and
+//! `reqwest::blocking` panic), needs no extra reqwest feature, and keeps one connection pool.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::Method;
+
+use crate::control::chunks::{decode_get_reply, decode_ids, encode_ids, encode_pieces, encode_put};
+use crate::error::{Error, Result};
+use crate::imaging::chunk::{ChunkId, ChunkSink, ChunkSource};
+use crate::imaging::replica::{ImageStore, PieceHash, WireChunk, plain_len};
+
+/// Puts buffered by [`ChunkSink::put_encoded`] are sent when they reach this many bytes.
+pub const PUT_BATCH_BYTES: usize = 4 << 20;
+
+/// A store at a fog node or master, over HTTP.
+pub struct RemoteStore {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+    runtime: Option<tokio::runtime::Runtime>,
+    sent: AtomicU64,
+    received: AtomicU64,
+    pending: Mutex<Vec<WireChunk>>,
+}
+
+impl std::fmt::Debug for RemoteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteStore").field("base", &self.base).finish()
+    }
+}
+
+impl RemoteStore {
+    /// The store served at `url` (`http://host:port`), with a bearer token.
+    pub fn new(url: &str, token: Option<&str>) -> Result<RemoteStore> {
+        let base = url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::invalid("store url", url, "must start with http:// or https://"));
+        }
+        let http_err = |e: String| Error::Http {
+            url: base.clone(),
+            reason: e,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .connect_timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| http_err(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fog-remote-store")
+            .enable_all()
+            .build()
+            .map_err(|e| http_err(format!("runtime: {e}")))?;
+        Ok(RemoteStore {
+            base,
+            token: token.map(str::to_string),
+            http,
+            runtime: Some(runtime),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            pending: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// HTTP body bytes sent so far (requests).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// HTTP body bytes received so far (replies).
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            req = req.header(reqwest::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(body) = body {
+            self.sent.fetch_add(body.len() as u64, Ordering::Relaxed);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let url2 = url.clone();
+        let runtime = self.runtime.as_ref().ok_or_else(|| Error::Http {
+            url: url.clone(),
+            reason: "client is shut down".into(),
+        })?;
+        runtime.spawn(async move {
+            let result = async {
+                let resp = req.send().await?;
+                let status = resp.status();
+                let bytes = resp.bytes().await?;
+                Ok::<_, reqwest::Error>((status, bytes))
+            }
+            .await;
+            let _ = tx.send(result);
+        });
+        let http_err = |reason: String| Error::Http {
+            url: url2.clone(),
+            reason,
+        };
+        let (status, bytes) = rx
+            .recv()
+            .map_err(|_| http_err("request task ended".into()))?
+            .map_err(|e| http_err(e.to_string()))?;
+        self.received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if !status.is_success() {
+            #[derive(serde::Deserialize)]
+            struct Wire {
+                code: String,
+                message: String,
+            }
+            return Err(match serde_json::from_slice::<Wire>(&bytes) {
+                Ok(w) => Error::Remote {
+                    status: status.as_u16(),
+                    code: w.code,
+                    message: w.message,
+                },
+                Err(_) => http_err(format!("HTTP {status}")),
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Sends the puts buffered by [`ChunkSink::put_encoded`].
+    pub fn flush(&self) -> Result<()> {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.put_chunks(&batch).map(|_| ())
+    }
+}
+
+impl Drop for RemoteStore {
+    fn drop(&mut self) {
+        // Dropping a runtime inside async code panics; this does not wait for it.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn image_path(name: &str) -> Result<String> {
+    crate::imaging::store::check_image_name(name)?;
+    Ok(format!("/store/images/{name}/manifest"))
+}
+
+impl ImageStore for RemoteStore {
+    fn images(&self) -> Result<Vec<String>> {
+        let body = self.call(Method::GET, "/store/images", None)?;
+        serde_json::from_slice(&body).map_err(|e| Error::Http {
+            url: self.base.clone(),
+            reason: format!("image list: {e}"),
+        })
+    }
+
+    fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        self.call(Method::GET, &image_path(name)?, None).map_err(|e| match e {
+            Error::Remote { status: 404, .. } => Error::ImageNotFound(name.into()),
+            other => other,
+        })
+    }
+
+    fn manifest_delta(&self, name: &str, base: &[PieceHash]) -> Result<Vec<u8>> {
+        self.call(
+            Method::POST,
+            &format!("{}/delta", image_path(name)?),
+            Some(encode_pieces(base)),
+        )
+    }
+
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        decode_ids(&self.call(Method::POST, "/store/chunks/missing", Some(encode_ids(ids)))?)
+    }
+
+    fn get_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let body = self.call(Method::POST, "/store/chunks/get", Some(encode_ids(ids)))?;
+        decode_get_reply(&body, ids.len())
+    }
+
+    fn put_chunks(&self, chunks: &[WireChunk]) -> Result<u64> {
+        if chunks.is_empty() {
+            return Ok(0);
+        }
+        let body = self.call(Method::POST, "/store/chunks/put", Some(encode_put(chunks)))?;
+        let reply: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Error::Http {
+            url: self.base.clone(),
+            reason: format!("put reply: {e}"),
+        })?;
+        Ok(reply["new"].as_u64().unwrap_or(0))
+    }
+
+    fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.call(Method::PUT, &image_path(name)?, Some(bytes.to_vec()))
+            .map(|_| ())
+    }
+}
+
+impl ChunkSource for RemoteStore {
+    fn get_encoded(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_chunks(std::slice::from_ref(id))?.into_iter().next().flatten())
+    }
+}
+
+impl ChunkSink for RemoteStore {
+    fn has(&self, id: &ChunkId) -> Result<bool> {
+        if self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|c| c.id == *id)
+        {
+            return Ok(true);
+        }
+        Ok(self.missing(std::slice::from_ref(id))?.is_empty())
+    }
+
+    fn put_encoded(&self, id: &ChunkId, stored: &[u8]) -> Result<bool> {
+        let len = plain_len(stored).ok_or_else(|| Error::ChunkCorrupt {
+            image: "upload".into(),
+            chunk: id.to_hex(),
+            reason: "its plain length is not recorded".into(),
+        })?;
+        let full = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.push(WireChunk {
+                id: *id,
+                len,
+                encoded: stored.to_vec(),
+            });
+            pending.iter().map(|c| c.encoded.len()).sum::<usize>() >= PUT_BATCH_BYTES
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,394 @@
+//! A store as replication sees it: batched chunk questions and whole manifests, the same for a
+//! local store ([`LocalStore`], the one adapter that touches [`Store`]) and a store behind HTTP
+//! (`control::remote::RemoteStore`).
+//!
+//! Manifests travel as their file bytes (self-checking: BLAKE3 trailer). A re-captured image's
+//! manifest differs from the old one in a few places, so it can also travel as a delta against a
+//! manifest the receiver holds: both sides cut manifests into content-defined pieces (FastCDC,
+//! about 1 KiB), the receiver names the pieces it has, the sender answers with references to
+//! those and literal bytes for the rest ([`manifest_delta`], [`apply_manifest_delta`]).
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+
+use super::chunk::{self, ChunkId, ChunkSink};
+use super::manifest::{ChunkRef, FORMAT, Header, Manifest, ManifestWriter};
+use super::partition::{Layout, TableKind};
+use super::store::Store;
+use crate::error::IoContext;
+use crate::{Error, Result};
+
+/// A chunk in transit: its id, plain length (needed to check it) and stored bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireChunk {
+    /// Chunk id.
+    pub id: ChunkId,
+    /// Plain length.
+    pub len: u32,
+    /// Encoded bytes (see [`chunk::encode`]).
+    pub encoded: Vec<u8>,
+}
+
+impl WireChunk {
+    /// Decodes and hashes the chunk; the error names it.
+    pub fn verify(&self) -> Result<()> {
+        chunk::decode(&self.id, &self.encoded, self.len)
+            .map(|_| ())
+            .map_err(|reason| Error::ChunkCorrupt {
+                image: "transfer".into(),
+                chunk: self.id.to_hex(),
+                reason,
+            })
+    }
+}
+
+/// The plain length of an encoded chunk, from its tag and zstd frame header.
+pub fn plain_len(encoded: &[u8]) -> Option<u32> {
+    let (tag, payload) = encoded.split_first()?;
+    match *tag {
+        chunk::TAG_RAW => u32::try_from(payload.len()).ok(),
+        chunk::TAG_ZSTD => zstd::zstd_safe::get_frame_content_size(payload)
+            .ok()
+            .flatten()
+            .and_then(|n| u32::try_from(n).ok()),
+        _ => None,
+    }
+}
+
+/// A store that images can be replicated from and to. Every method is one round trip for a
+/// remote store, so callers batch.
+pub trait ImageStore: Send + Sync {
+    /// Names of the complete images.
+    fn images(&self) -> Result<Vec<String>>;
+    /// The manifest file of image `name` ([`Error::ImageNotFound`] when absent).
+    fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>>;
+    /// The manifest of `name` as a delta against a manifest cut into `base` pieces.
+    fn manifest_delta(&self, name: &str, base: &[PieceHash]) -> Result<Vec<u8>> {
+        Ok(manifest_delta(&self.manifest_bytes(name)?, base))
+    }
+    /// Of `ids`, those the store does not hold, in the order given.
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>>;
+    /// The encoded bytes of each of `ids` (`None` when absent), in the order given.
+    fn get_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>>;
+    /// Checks every chunk (decode and hash) and, only if all are good, stores them durably.
+    /// Returns how many were new.
+    fn put_chunks(&self, chunks: &[WireChunk]) -> Result<u64>;
+    /// Makes `bytes` (a manifest file) image `name`, atomically, once every chunk it names is
+    /// present; else [`Error::Conflict`] naming what is missing, and nothing changes.
+    fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()>;
+}
+
+/// Prefix of the chunks-only commits [`LocalStore::put_chunks`] makes (removed at once).
+pub const PARTIAL_PREFIX: &str = "_fog-partial-";
+
+/// The local store as an [`ImageStore`]. All of replication's contact with [`Store`] is here.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    store: Store,
+}
+
+impl LocalStore {
+    /// Wraps `store`.
+    pub fn new(store: Store) -> Self {
+        LocalStore { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{tag}{nanos:x}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A temporary file removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new() -> TempFile {
+        TempFile(std::env::temp_dir().join(unique("fog-manifest-")))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Rewrites `src` into `out` as image `name` (tables streamed, sections recomputed).
+fn copy_manifest(src: &Manifest, mut out: ManifestWriter, name: &str) -> Result<()> {
+    let mut header = src.header.clone();
+    header.name = name.into();
+    for region in &mut header.regions {
+        for chunk in src.chunks(region) {
+            out.push_chunk(&chunk?)?;
+        }
+        region.chunks = out.end_chunks();
+        region.extents = out.write_extents(&src.extents(region)?)?;
+    }
+    out.finish(&header)
+}
+
+/// A manifest opened from bytes (kept in a temporary file while this lives).
+pub struct OpenedManifest {
+    /// The manifest.
+    pub manifest: Manifest,
+    _file: TempFile,
+}
+
+/// Opens manifest file bytes as image `name`, checking trailer, header and checksum.
+pub fn open_manifest_bytes(bytes: &[u8], name: &str) -> Result<OpenedManifest> {
+    let file = TempFile::new();
+    fs::write(&file.0, bytes).at(&file.0)?;
+    let manifest = Manifest::open(&file.0, name)?;
+    manifest.check()?;
+    Ok(OpenedManifest { manifest, _file: file })
+}
+
+/// Every distinct chunk a manifest names, in first-use order.
+pub fn unique_chunks(manifest: &Manifest) -> Result<Vec<ChunkRef>> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for region in &manifest.header.regions {
+        for chunk in manifest.chunks(region) {
+            let chunk = chunk?;
+            if seen.insert(chunk.id) {
+                out.push(chunk);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl ImageStore for LocalStore {
+    fn images(&self) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .image_names()?
+            .into_iter()
+            .filter(|n| !n.starts_with(PARTIAL_PREFIX))
+            .collect())
+    }
+
+    fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        let _lock = self.store.lock_shared()?;
+        let manifest = self.store.manifest(name)?;
+        let tmp = TempFile::new();
+        copy_manifest(&manifest, ManifestWriter::create(&tmp.0)?, name)?;
+        fs::read(&tmp.0).at(&tmp.0)
+    }
+
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        let reader = self.store.reader()?;
+        Ok(ids.iter().filter(|id| !reader.has(id)).copied().collect())
+    }
+
+    fn get_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>> {
+        use super::chunk::ChunkSource;
+        let _lock = self.store.lock_shared()?;
+        let reader = self.store.reader()?;
+        ids.iter().map(|id| reader.get_encoded(id)).collect()
+    }
+
+    fn put_chunks(&self, chunks: &[WireChunk]) -> Result<u64> {
+        chunks.par_iter().try_for_each(WireChunk::verify)?;
+        let writer = self.store.writer()?;
+        let mut new = 0;
+        for c in chunks {
+            if writer.put_encoded(&c.id, &c.encoded)? {
+                new += 1;
+            }
+        }
+        if new == 0 {
+            return Ok(0);
+        }
+        // The store commits chunks with a manifest only: commit an empty one under a reserved
+        // name and remove it. (A `StoreWriter::commit_chunks` would make this one call.)
+        let name = unique(PARTIAL_PREFIX);
+        let header = Header {
+            format: FORMAT,
+            name: name.clone(),
+            created: now_secs(),
+            source: "fog replication: chunks only".into(),
+            layout: Layout {
+                table: TableKind::None,
+                sector_size: 512,
+                disk_size: 0,
+                partitions: Vec::new(),
+                backup_gpt_len: 0,
+            },
+            regions: Vec::new(),
+            chunk_count: 0,
+            data_bytes: 0,
+        };
+        writer.manifest_writer()?.finish(&header)?;
+        writer.commit(&name)?;
+        self.store.remove_image(&name)?;
+        Ok(new)
+    }
+
+    fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        super::store::check_image_name(name)?;
+        if name.starts_with(PARTIAL_PREFIX) {
+            return Err(Error::InvalidImageName(name.into()));
+        }
+        let opened = open_manifest_bytes(bytes, name)?;
+        let manifest = &opened.manifest;
+        let writer = self.store.writer()?;
+        let mut missing = Vec::new();
+        for chunk in unique_chunks(manifest)? {
+            if !writer.has(&chunk.id)? {
+                missing.push(chunk.id);
+            }
+        }
+        if let Some(first) = missing.first() {
+            return Err(Error::conflict(
+                "image",
+                name,
+                format!(
+                    "{} chunks it names are missing (first {first}); send them, then the manifest",
+                    missing.len()
+                ),
+            ));
+        }
+        copy_manifest(manifest, writer.manifest_writer()?, name)?;
+        writer.commit(name)
+    }
+}
+
+/// The name of a manifest piece: the first 16 bytes of its BLAKE3.
+pub type PieceHash = [u8; 16];
+
+const PIECE_MIN: usize = 256;
+const PIECE_AVG: usize = 1024;
+const PIECE_MAX: usize = 4096;
+const OP_COPY: u8 = 0;
+const OP_LITERAL: u8 = 1;
+
+fn piece_hash(bytes: &[u8]) -> PieceHash {
+    let mut h = [0u8; 16];
+    h.copy_from_slice(&blake3::hash(bytes).as_bytes()[..16]);
+    h
+}
+
+fn cut(bytes: &[u8]) -> Vec<(usize, usize)> {
+    fastcdc::v2020::FastCDC::new(bytes, PIECE_MIN, PIECE_AVG, PIECE_MAX)
+        .map(|c| (c.offset, c.length))
+        .collect()
+}
+
+/// The pieces of a manifest the receiver holds, to send with a delta request.
+pub fn manifest_pieces(bytes: &[u8]) -> Vec<PieceHash> {
+    cut(bytes)
+        .into_iter()
+        .filter_map(|(o, l)| bytes.get(o..o + l).map(piece_hash))
+        .collect()
+}
+
+/// `target` as references to `base` pieces and literal bytes, with its BLAKE3 first.
+pub fn manifest_delta(target: &[u8], base: &[PieceHash]) -> Vec<u8> {
+    let index: HashMap<&PieceHash, u32> = base.iter().zip(0u32..).collect();
+    let mut out = blake3::hash(target).as_bytes().to_vec();
+    for (o, l) in cut(target) {
+        let Some(piece) = target.get(o..o + l) else { continue };
+        match index.get(&piece_hash(piece)) {
+            Some(i) => {
+                out.push(OP_COPY);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            None => {
+                out.push(OP_LITERAL);
+                out.extend_from_slice(&(l as u32).to_le_bytes());
+                out.extend_from_slice(piece);
+            }
+        }
+    }
+    out
+}
+
+/// Rebuilds a manifest from `base` and a [`manifest_delta`], checking its BLAKE3.
+pub fn apply_manifest_delta(base: &[u8], delta: &[u8]) -> Result<Vec<u8>> {
+    let bad = |why: &str| Error::InvalidInput(format!("manifest delta: {why}"));
+    let pieces = cut(base);
+    let (hash, mut ops) = delta.split_at_checked(32).ok_or_else(|| bad("truncated"))?;
+    let mut out = Vec::with_capacity(base.len());
+    let u32_at = |b: &[u8]| -> Option<u32> { Some(u32::from_le_bytes(b.get(..4)?.try_into().ok()?)) };
+    while let Some((&op, rest)) = ops.split_first() {
+        let n = u32_at(rest).ok_or_else(|| bad("truncated"))?;
+        let rest = rest.get(4..).ok_or_else(|| bad("truncated"))?;
+        match op {
+            OP_COPY => {
+                let (o, l) = pieces
+                    .get(n as usize)
+                    .copied()
+                    .ok_or_else(|| bad("reference past the base"))?;
+                out.extend_from_slice(base.get(o..o + l).ok_or_else(|| bad("reference past the base"))?);
+                ops = rest;
+            }
+            OP_LITERAL => {
+                let (lit, rest) = rest
+                    .split_at_checked(n as usize)
+                    .ok_or_else(|| bad("truncated literal"))?;
+                out.extend_from_slice(lit);
+                ops = rest;
+            }
+            other => return Err(bad(&format!("unknown op {other}"))),
+        }
+    }
+    if blake3::hash(&out).as_bytes() != hash {
+        return Err(bad("result does not match its hash"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_of_a_small_change_is_small_and_rebuilds_the_target() {
+        let base: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[..4].to_vec())
+            .collect();
+        let mut target = base.clone();
+        target.splice(100_000..100_000, [7u8; 72]);
+        if let Some(b) = target.get_mut(500_000) {
+            *b ^= 1;
+        }
+        let delta = manifest_delta(&target, &manifest_pieces(&base));
+        assert!(
+            delta.len() < target.len() / 50,
+            "delta {} of {}",
+            delta.len(),
+            target.len()
+        );
+        assert_eq!(apply_manifest_delta(&base, &delta).ok(), Some(target.clone()));
+        // Against the wrong base the hash check refuses it.
+        let other = vec![1u8; base.len()];
+        assert!(apply_manifest_delta(&other, &delta).is_err());
+        assert!(apply_manifest_delta(&base, &delta[..delta.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn plain_length_comes_from_the_encoding() {
+        for data in [b"fog ".repeat(5000), vec![9u8; 3], Vec::new()] {
+            assert_eq!(plain_len(&chunk::encode(&data)), Some(data.len() as u32));
+        }
+        assert_eq!(plain_len(&[]), None);
+    }
+}
