@@ -1,4 +1,4 @@
-//! The TFTP server: the listening socket, one task and one ephemeral socket per transfer.
+//! The TFTP server: the listening socket on tokio; per transfer an ephemeral socket and a thread.
 
 use std::fs::File;
 use std::io;
@@ -24,6 +24,8 @@ use crate::{Error, Result};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Bytes read from a file at once (rounded up to whole windows).
 const READ_AHEAD: u64 = 128 * 1024;
+/// Longest a transfer thread sleeps in `recv` before looking at its clock and its cancellation.
+const POLL: Duration = Duration::from_millis(100);
 
 /// A bound TFTP server. [`TftpServer::run`] serves until its token is cancelled.
 pub struct TftpServer {
@@ -193,76 +195,34 @@ enum Source {
     File(FileSource),
 }
 
-/// A file read in large pieces on blocking threads: while one piece is sent, the next is read
-/// (the hand-off to a blocking thread never sits between two packets). Two buffers, reused.
+/// A file read in pieces of whole windows into one reused buffer.
 struct FileSource {
-    file: Arc<File>,
+    file: File,
     size: u64,
     buf: Vec<u8>,
     /// File offset of `buf[0]`; `buf.len()` bytes are valid.
     buf_offset: u64,
     /// Bytes per read: a multiple of the window, so windows do not straddle two pieces.
-    read_size: usize,
-    /// The read of the piece after `buf`, under way.
-    ahead: Option<tokio::task::JoinHandle<Piece>>,
-    /// The other buffer, when no read holds it.
-    spare: Vec<u8>,
+    read_size: u64,
 }
 
-/// A piece read on a blocking thread: the buffer, its file offset, how the read went.
-type Piece = (Vec<u8>, u64, io::Result<()>);
-
 impl FileSource {
-    fn covers(&self, start: u64, end: u64) -> bool {
-        start >= self.buf_offset && end <= self.buf_offset + self.buf.len() as u64
-    }
-
-    /// Starts reading `len` bytes at `offset` into `buf` on a blocking thread.
-    fn spawn_read(&self, mut buf: Vec<u8>, offset: u64, len: u64) -> tokio::task::JoinHandle<Piece> {
-        let file = Arc::clone(&self.file);
-        tokio::task::spawn_blocking(move || {
-            let result = usize::try_from(len).map_err(io::Error::other).and_then(|len| {
-                buf.resize(len, 0);
-                file.read_exact_at(&mut buf, offset)
-            });
-            (buf, offset, result)
+    /// Makes bytes `start..end` available in `buf`.
+    fn prepare(&mut self, start: u64, end: u64) -> io::Result<()> {
+        if start >= self.buf_offset && end <= self.buf_offset + self.buf.len() as u64 {
+            return Ok(());
+        }
+        let len = (end - start).max(self.read_size).min(self.size - start);
+        self.buf.resize(usize::try_from(len).map_err(io::Error::other)?, 0);
+        self.buf_offset = start;
+        self.file.read_exact_at(&mut self.buf, start).map_err(|e| {
+            self.buf.clear();
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::other("the file shrank while being sent")
+            } else {
+                e
+            }
         })
-    }
-
-    async fn prepare(&mut self, start: u64, end: u64) -> io::Result<()> {
-        if !self.covers(start, end) {
-            if let Some(ahead) = self.ahead.take() {
-                let (buf, offset, result) = ahead.await.map_err(io::Error::other)?;
-                let old = std::mem::replace(&mut self.buf, buf);
-                self.spare = old;
-                self.buf_offset = offset;
-                if result.is_err() {
-                    self.buf.clear(); // the direct read below reports the error
-                }
-            }
-            if !self.covers(start, end) {
-                let len = (end - start).max(self.read_size as u64).min(self.size - start);
-                let buf = std::mem::take(&mut self.buf);
-                let (buf, offset, result) = self.spawn_read(buf, start, len).await.map_err(io::Error::other)?;
-                self.buf = buf;
-                self.buf_offset = offset;
-                if let Err(e) = result {
-                    self.buf.clear();
-                    return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
-                        io::Error::other("the file shrank while being sent")
-                    } else {
-                        e
-                    });
-                }
-            }
-        }
-        let next = self.buf_offset + self.buf.len() as u64;
-        if self.ahead.is_none() && next < self.size {
-            let len = (self.read_size as u64).min(self.size - next);
-            let spare = std::mem::take(&mut self.spare);
-            self.ahead = Some(self.spawn_read(spare, next, len));
-        }
-        Ok(())
     }
 }
 
@@ -274,62 +234,85 @@ impl Source {
         }
     }
 
-    /// Makes bytes `start..end` available to [`Source::slice`].
-    async fn prepare(&mut self, start: u64, end: u64) -> io::Result<()> {
-        match self {
-            Source::Memory(_) => Ok(()),
-            Source::File(f) => f.prepare(start, end).await,
-        }
-    }
-
-    fn slice(&self, offset: u64, len: usize) -> Option<&[u8]> {
+    /// Bytes `offset..offset + len`, read from the file if needed.
+    fn bytes(&mut self, offset: u64, len: usize) -> io::Result<&[u8]> {
         let (data, base) = match self {
-            Source::Memory(b) => (b.as_ref(), 0),
-            Source::File(f) => (f.buf.as_slice(), f.buf_offset),
+            Source::Memory(b) => (&b[..], 0),
+            Source::File(f) => {
+                f.prepare(offset, offset + len as u64)?;
+                (f.buf.as_slice(), f.buf_offset)
+            }
         };
-        let start = usize::try_from(offset.checked_sub(base)?).ok()?;
-        data.get(start..start.checked_add(len)?)
+        usize::try_from(offset - base)
+            .ok()
+            .and_then(|start| data.get(start..start.checked_add(len)?))
+            .ok_or_else(|| io::Error::other("block outside the read buffer"))
     }
 }
 
-/// Runs one read transfer from its own socket to the end, logging the outcome.
+/// Runs one read transfer from its own socket to the end, logging the outcome. The transfer
+/// itself runs on a thread of its own with blocking I/O: lock-step TFTP is one small packet per
+/// round trip, and a thread asleep in `recv` wakes straight to the ACK, where an async task pays
+/// for a readiness poll, a wake-up and a failed `recv` on every block.
 async fn serve_transfer(shared: &Shared, client: SocketAddr, request: Request, cancel: CancellationToken) {
-    let socket = match UdpSocket::bind(shared.transfer_bind).await {
+    let socket = match transfer_socket(shared.transfer_bind, client) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%client, "tftp: no socket for a transfer: {e}");
             return;
         }
     };
-    if let Err(e) = socket.connect(client).await {
-        tracing::warn!(%client, "tftp: connect: {e}");
-        return;
-    }
-    let started = Instant::now();
     let source = match open_source(shared, &request.filename, client).await {
         Ok(source) => source,
         Err((code, message)) => {
             tracing::info!(%client, file = %request.filename, "tftp: refused: {message}");
-            let mut buf = Vec::new();
-            codec::put_error(&mut buf, code, &message);
-            let _ = socket.send(&buf).await;
+            send_error(&socket, code, &message);
             return;
         }
     };
-    let size = source.size();
-    match run_transfer(&socket, source, &request, &shared.limits, &cancel).await {
-        Ok(Outcome::Finished) => {
-            let secs = started.elapsed().as_secs_f64();
-            tracing::debug!(%client, file = %request.filename, size, secs, "tftp: sent");
-        }
-        Ok(outcome) => tracing::info!(%client, file = %request.filename, "tftp: transfer ended: {outcome}"),
-        Err(e) => {
-            tracing::warn!(%client, file = %request.filename, "tftp: transfer failed: {e}");
-            let mut buf = Vec::new();
-            codec::put_error(&mut buf, ErrorCode::NOT_DEFINED, &e.to_string());
-            let _ = socket.send(&buf).await;
-        }
+    let limits = shared.limits;
+    let filename = request.filename.clone();
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("fog-tftp".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let started = Instant::now();
+            let size = source.size();
+            let result = run_transfer(&socket, source, &request, &limits, &cancel);
+            if let Err(e) = &result {
+                send_error(&socket, ErrorCode::NOT_DEFINED, &e.to_string());
+            }
+            let _ = done.send((result, size, started.elapsed()));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(%client, "tftp: no thread for a transfer: {e}");
+        return;
     }
+    match finished.await {
+        Ok((Ok(Outcome::Finished), size, took)) => {
+            tracing::debug!(%client, file = %filename, size, secs = took.as_secs_f64(), "tftp: sent");
+        }
+        Ok((Ok(outcome), _, _)) => tracing::info!(%client, file = %filename, "tftp: transfer ended: {outcome}"),
+        Ok((Err(e), _, _)) => tracing::warn!(%client, file = %filename, "tftp: transfer failed: {e}"),
+        Err(_) => tracing::warn!(%client, file = %filename, "tftp: transfer thread ended without a result"),
+    }
+}
+
+/// A blocking UDP socket on an ephemeral port, connected to the client (packets from any other
+/// address are dropped by the kernel), waking at least every [`POLL`] to look at the clock and
+/// at cancellation.
+fn transfer_socket(bind: SocketAddr, client: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(bind)?;
+    socket.connect(client)?;
+    socket.set_read_timeout(Some(POLL))?;
+    Ok(socket)
+}
+
+fn send_error(socket: &std::net::UdpSocket, code: ErrorCode, message: &str) {
+    let mut buf = Vec::with_capacity(message.len() + 5);
+    codec::put_error(&mut buf, code, message);
+    let _ = socket.send(&buf);
 }
 
 /// How a transfer ended, for the log.
@@ -380,18 +363,16 @@ async fn open_source(
         .map_err(|e| (ErrorCode::NOT_DEFINED, e.to_string()))?;
     let (file, size, _) = opened.map_err(refused)?;
     Ok(Source::File(FileSource {
-        file: Arc::new(file),
+        file,
         size,
         buf: Vec::new(),
         buf_offset: 0,
-        read_size: 0,
-        ahead: None,
-        spare: Vec::new(),
+        read_size: READ_AHEAD,
     }))
 }
 
-async fn run_transfer(
-    socket: &UdpSocket,
+fn run_transfer(
+    socket: &std::net::UdpSocket,
     mut source: Source,
     request: &Request,
     limits: &transfer::Limits,
@@ -399,52 +380,35 @@ async fn run_transfer(
 ) -> io::Result<Outcome> {
     let size = source.size();
     let negotiated = transfer::negotiate(&request.options, size, limits);
-    let blksize = u64::from(negotiated.blksize);
     if let Source::File(f) = &mut source {
-        let window = blksize * u64::from(negotiated.windowsize);
-        let read = READ_AHEAD.div_ceil(window) * window;
-        f.read_size = usize::try_from(read.min(size.max(1))).unwrap_or(usize::MAX);
+        let window = u64::from(negotiated.blksize) * u64::from(negotiated.windowsize);
+        f.read_size = READ_AHEAD.div_ceil(window) * window;
     }
     let oack = if negotiated.oack.is_empty() {
         None
     } else {
         Some(Packet::Oack(negotiated.oack.clone()).encode())
     };
-    let now = Instant::now();
-    let mut t = Transfer::new(size, &negotiated, oack.is_some(), limits.retries, now);
+    let mut t = Transfer::new(size, &negotiated, oack.is_some(), limits.retries, Instant::now());
     let mut packet = Vec::with_capacity(4 + usize::from(negotiated.blksize));
     let mut incoming = vec![0u8; 2048];
-    // Both futures live for the whole transfer: nothing is registered again per packet, and the
-    // timer is moved only when it fires (the state machine says whether it was really due).
-    let sleep = tokio::time::sleep_until(t.deadline().into());
-    tokio::pin!(sleep);
-    let cancelled = cancel.cancelled();
-    tokio::pin!(cancelled);
-    let mut step = t.start(now);
+    let mut step = t.start(Instant::now());
     loop {
         match step {
             Step::SendOack => {
                 if let Some(oack) = &oack
-                    && send(socket, oack).await?
+                    && send(socket, oack)?
                 {
                     return Ok(Outcome::ClientGone);
                 }
             }
             Step::SendBlocks { first, count } => {
-                let last = t.block(first + count - 1);
-                let first_block = t.block(first);
-                source
-                    .prepare(first_block.offset, last.offset + last.len as u64)
-                    .await?;
                 for index in first..first + count {
                     let block = t.block(index);
-                    let data = source
-                        .slice(block.offset, block.len)
-                        .ok_or_else(|| io::Error::other("block outside the read buffer"))?;
                     packet.clear();
                     codec::put_data_header(&mut packet, block.number);
-                    packet.extend_from_slice(data);
-                    if send(socket, &packet).await? {
+                    packet.extend_from_slice(source.bytes(block.offset, block.len)?);
+                    if send(socket, &packet)? {
                         return Ok(Outcome::ClientGone);
                     }
                 }
@@ -455,46 +419,39 @@ async fn run_transfer(
             Step::TimedOut => return Ok(Outcome::TimedOut),
         }
         step = loop {
-            tokio::select! {
-                biased;
-                () = &mut cancelled => {
-                    let mut buf = Vec::new();
-                    codec::put_error(&mut buf, ErrorCode::NOT_DEFINED, "server shutting down");
-                    let _ = socket.send(&buf).await;
-                    return Ok(Outcome::Shutdown);
-                }
-                received = socket.recv(&mut incoming) => match received {
-                    Ok(n) => match Packet::decode(incoming.get(..n).unwrap_or_default()) {
-                        Ok(Packet::Ack(number)) => break t.on_ack(number, Instant::now()),
-                        Ok(Packet::Error { code, message }) => {
-                            t.on_error();
-                            return Ok(Outcome::ClientError(format!("{code}: {message}")));
-                        }
-                        _ => continue, // anything else from the client's port is ignored
-                    },
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(Outcome::ClientGone),
-                    Err(e) => {
-                        tracing::debug!("tftp: receive: {e}");
-                        continue;
-                    }
-                },
-                () = &mut sleep => {
-                    let s = t.on_timeout(Instant::now());
-                    sleep.as_mut().reset(t.deadline().into());
-                    match s {
-                        Step::Wait => continue,
-                        Step::TimedOut => return Ok(Outcome::TimedOut),
+            if cancel.is_cancelled() {
+                send_error(socket, ErrorCode::NOT_DEFINED, "server shutting down");
+                return Ok(Outcome::Shutdown);
+            }
+            match socket.recv(&mut incoming) {
+                Ok(n) => match Packet::decode(incoming.get(..n).unwrap_or_default()) {
+                    Ok(Packet::Ack(number)) => match t.on_ack(number, Instant::now()) {
+                        Step::Wait => {}
                         s => break s,
+                    },
+                    Ok(Packet::Error { code, message }) => {
+                        t.on_error();
+                        return Ok(Outcome::ClientError(format!("{code}: {message}")));
                     }
-                }
+                    _ => {} // anything else from the client's port is ignored
+                },
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(Outcome::ClientGone),
+                Err(e) => tracing::debug!("tftp: receive: {e}"),
+            }
+            // Checked after every packet too: a client sending only stale ACKs must still time out.
+            match t.on_timeout(Instant::now()) {
+                Step::Wait => {}
+                Step::TimedOut => return Ok(Outcome::TimedOut),
+                s => break s,
             }
         };
     }
 }
 
 /// Sends one datagram; `Ok(true)` when the client is gone (ICMP port unreachable).
-async fn send(socket: &UdpSocket, datagram: &[u8]) -> io::Result<bool> {
-    match socket.send(datagram).await {
+fn send(socket: &std::net::UdpSocket, datagram: &[u8]) -> io::Result<bool> {
+    match socket.send(datagram) {
         Ok(_) => Ok(false),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(true),
         // A full queue or a transient routing error: the retransmission timer covers it.
