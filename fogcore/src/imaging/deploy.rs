@@ -246,21 +246,38 @@ pub fn verify_target(
     Ok(())
 }
 
-/// Fetches and checks one chunk of image `image`.
+/// Fetches one chunk of image `image` (the source checks its hash; deploy checks its length).
 fn load_chunk(source: &dyn ChunkSource, image: &str, chunk: &ChunkRef) -> Result<Vec<u8>> {
-    let stored = source.get_encoded(&chunk.id)?.ok_or_else(|| Error::ChunkMissing {
-        image: image.into(),
-        chunk: chunk.id.to_hex(),
-    })?;
-    chunk::decode(&chunk.id, &stored, chunk.len).map_err(|reason| Error::ChunkCorrupt {
+    let corrupt = |reason| Error::ChunkCorrupt {
         image: image.into(),
         chunk: chunk.id.to_hex(),
         reason,
-    })
+    };
+    let data = match source.get(&chunk.id) {
+        Ok(Some(data)) => data,
+        Ok(None) => {
+            return Err(Error::ChunkMissing {
+                image: image.into(),
+                chunk: chunk.id.to_hex(),
+            });
+        }
+        Err(Error::ChunkCorrupt { reason, .. }) => return Err(corrupt(reason)),
+        Err(e) => return Err(e),
+    };
+    if data.len() != chunk.len as usize {
+        return Err(corrupt(format!(
+            "{} bytes, the image expects {}",
+            data.len(),
+            chunk.len
+        )));
+    }
+    Ok(data)
 }
 
 /// Runs `work(chunk, stream offset)` for every chunk of a region on `threads` threads; stops at
-/// the first error and returns it.
+/// the first error and returns it. Each thread takes runs of consecutive chunks cut as capture
+/// cuts its frames (about `FRAME_TARGET` bytes from the region's start), so the threads mostly
+/// decode different frames.
 fn for_each_chunk(
     manifest: &Manifest,
     region: &Region,
@@ -270,28 +287,32 @@ fn for_each_chunk(
 ) -> Result<()> {
     let stop = AtomicBool::new(false);
     let failure = Mutex::new(None);
-    let (tx, rx) = crossbeam_channel::bounded::<(ChunkRef, u64)>(threads * 16);
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<(ChunkRef, u64)>>(threads * 2);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let rx = rx.clone();
             let (work, stop, failure) = (&work, &stop, &failure);
             scope.spawn(move || {
-                for (chunk, offset) in rx {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if let Err(e) = work(&chunk, offset) {
-                        stop.store(true, Ordering::Relaxed);
-                        if let Ok(mut slot) = failure.lock() {
-                            slot.get_or_insert(e);
+                'runs: for run in rx {
+                    for (chunk, offset) in run {
+                        if stop.load(Ordering::Relaxed) {
+                            break 'runs;
                         }
-                        break;
+                        if let Err(e) = work(&chunk, offset) {
+                            stop.store(true, Ordering::Relaxed);
+                            if let Ok(mut slot) = failure.lock() {
+                                slot.get_or_insert(e);
+                            }
+                            break 'runs;
+                        }
                     }
                 }
             });
         }
         drop(rx);
         let mut offset = 0u64;
+        let mut run = Vec::new();
+        let mut run_len = 0;
         for chunk in manifest.chunks(region) {
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -306,10 +327,15 @@ fn for_each_chunk(
             match chunk {
                 Ok(chunk) => {
                     let len = u64::from(chunk.len);
-                    if tx.send((chunk, offset)).is_err() {
-                        break;
-                    }
+                    run.push((chunk, offset));
                     offset += len;
+                    run_len += len as usize;
+                    if run_len >= chunk::FRAME_TARGET {
+                        run_len = 0;
+                        if tx.send(std::mem::take(&mut run)).is_err() {
+                            break;
+                        }
+                    }
                 }
                 Err(e) => {
                     stop.store(true, Ordering::Relaxed);
@@ -319,6 +345,9 @@ fn for_each_chunk(
                     break;
                 }
             }
+        }
+        if !run.is_empty() && !stop.load(Ordering::Relaxed) {
+            let _ = tx.send(run);
         }
         drop(tx); // lets the workers' loops end before the scope joins them
     });
