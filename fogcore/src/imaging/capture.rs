@@ -148,6 +148,7 @@ pub fn capture(
         data_bytes,
     };
     manifest.finish(&header)?;
+    writer.flush()?;
     let (new_chunks, new_stored_bytes) = (writer.new_chunks(), writer.new_bytes());
     writer.commit(name)?;
     Ok(CaptureReport {

@@ -834,8 +834,12 @@ struct WriterState {
     pack: Option<PackWriter>,
     finished_packs: Vec<PathBuf>,
     pending: HashMap<ChunkId, Loc>,
-    /// Chunks a thread is compressing into a frame right now (no other thread stores them).
+    /// New chunks in the open frame or being compressed (no other thread stores them).
     claimed: HashSet<ChunkId>,
+    /// The open frame: new chunks gathered across runs until it holds `FRAME_TARGET` bytes, so
+    /// the scattered changes of a re-capture are compressed together too.
+    open_table: Vec<(ChunkId, u32)>,
+    open_plain: Vec<u8>,
     spilled: Index,
 }
 
@@ -865,7 +869,24 @@ impl StoreWriter {
         self.new_chunks.load(Ordering::Relaxed)
     }
 
-    /// Bytes those chunks take in packs.
+    /// Compresses and appends the open frame. [`StoreWriter::commit`] does it too; call it first
+    /// to count the last frame in [`StoreWriter::new_bytes`].
+    pub fn flush(&self) -> Result<()> {
+        let (table, plain) = {
+            let mut state = lock(&self.state);
+            (
+                std::mem::take(&mut state.open_table),
+                std::mem::take(&mut state.open_plain),
+            )
+        };
+        if table.is_empty() {
+            return Ok(());
+        }
+        self.store_frame(&table, &plain)
+            .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))
+    }
+
+    /// Bytes the new chunks take in packs (frames appended so far; see [`StoreWriter::flush`]).
     pub fn new_bytes(&self) -> u64 {
         self.new_bytes.load(Ordering::Relaxed)
     }
@@ -874,6 +895,7 @@ impl StoreWriter {
     /// `name`, replacing an image of that name.
     pub fn commit(self, name: &str) -> Result<()> {
         check_image_name(name)?;
+        self.flush()?;
         if self.failed.load(Ordering::Relaxed) {
             return Err(Error::InvalidInput(
                 "a frame of this capture could not be stored; nothing was committed".into(),
@@ -939,54 +961,32 @@ fn compact(index_dir: &Path) -> Result<()> {
 }
 
 impl StoreWriter {
-    /// Compresses `chunks` (claimed by this thread) as frames of about `FRAME_TARGET` bytes and
-    /// appends them to the pack.
-    fn store_frames(&self, chunks: &[(ChunkId, &[u8])]) -> Result<()> {
-        let mut rest = chunks;
-        while !rest.is_empty() {
-            let mut take = 0;
-            let mut plain_len = 0;
-            while let Some((_, data)) = rest.get(take)
-                && (take == 0 || plain_len < chunk::FRAME_TARGET)
-            {
-                plain_len += data.len();
-                take += 1;
-            }
-            let (frame, tail) = rest.split_at(take);
-            rest = tail;
-            let mut plain = Vec::with_capacity(plain_len);
-            let mut table = Vec::with_capacity(frame.len());
-            for (id, data) in frame {
-                let len = u32::try_from(data.len())
-                    .map_err(|_| Error::InvalidInput(format!("chunk {id} of {} bytes is too large", data.len())))?;
-                table.push((*id, len));
-                plain.extend_from_slice(data);
-            }
-            let stored = chunk::encode(&plain);
-            let mut state = lock(&self.state);
-            if state.pack.as_ref().is_some_and(|p| p.len() >= pack::PACK_TARGET_SIZE)
-                && let Some(full) = state.pack.take()
-            {
-                let path = full.finish()?;
-                state.finished_packs.push(path);
-            }
-            let pack = match &mut state.pack {
-                Some(p) => p,
-                None => state.pack.insert(PackWriter::create(&self.store.packs_dir())?),
-            };
-            let locs = pack.append_frame(&table, &stored)?;
-            for (&(id, _), loc) in table.iter().zip(locs) {
-                state.claimed.remove(&id);
-                state.pending.insert(id, loc);
-            }
-            if state.pending.len() >= SPILL_ENTRIES {
-                self.spill(&mut state)?;
-            }
-            drop(state);
-            self.new_chunks.fetch_add(table.len() as u64, Ordering::Relaxed);
-            self.new_bytes
-                .fetch_add(frame_size(table.len(), stored.len()), Ordering::Relaxed);
+    /// Compresses one frame of claimed chunks (ids and lengths, their bytes end to end in
+    /// `plain`) and appends it to the pack.
+    fn store_frame(&self, table: &[(ChunkId, u32)], plain: &[u8]) -> Result<()> {
+        let stored = chunk::encode(plain);
+        let mut state = lock(&self.state);
+        if state.pack.as_ref().is_some_and(|p| p.len() >= pack::PACK_TARGET_SIZE)
+            && let Some(full) = state.pack.take()
+        {
+            let path = full.finish()?;
+            state.finished_packs.push(path);
         }
+        let pack = match &mut state.pack {
+            Some(p) => p,
+            None => state.pack.insert(PackWriter::create(&self.store.packs_dir())?),
+        };
+        let locs = pack.append_frame(table, &stored)?;
+        for (&(id, _), loc) in table.iter().zip(locs) {
+            state.claimed.remove(&id);
+            state.pending.insert(id, loc);
+        }
+        if state.pending.len() >= SPILL_ENTRIES {
+            self.spill(&mut state)?;
+        }
+        drop(state);
+        self.new_bytes
+            .fetch_add(frame_size(table.len(), stored.len()), Ordering::Relaxed);
         Ok(())
     }
 
@@ -1022,33 +1022,75 @@ impl ChunkSink for StoreWriter {
     }
 
     fn put_run(&self, chunks: &[(ChunkId, &[u8])]) -> Result<usize> {
-        let fresh: Vec<&(ChunkId, &[u8])> = chunks.iter().filter(|(id, _)| self.known.get(id).is_none()).collect();
+        let mut fresh = Vec::new();
+        for (id, data) in chunks {
+            if self.known.get(id).is_none() {
+                let len = u32::try_from(data.len())
+                    .ok()
+                    .filter(|&n| n as usize <= chunk::FRAME_MAX)
+                    .ok_or_else(|| Error::InvalidInput(format!("chunk {id} of {} bytes is too large", data.len())))?;
+                fresh.push((id, len, data));
+            }
+        }
         if fresh.is_empty() {
             return Ok(0);
         }
-        let mine: Vec<(ChunkId, &[u8])> = {
+        // A run with at least half a frame of new chunks (a first capture, a new file) is framed
+        // on its own, so frames follow the runs deploy reads; fewer (the scattered changes of a
+        // re-capture) wait in the open frame to be compressed with others.
+        let new;
+        let mut own: Vec<(ChunkId, u32, &[u8])> = Vec::new();
+        let mut full = Vec::new();
+        {
             let mut state = lock(&self.state);
             let state = &mut *state;
-            fresh
-                .into_iter()
-                .filter(|(id, _)| {
-                    !state.pending.contains_key(id) && state.spilled.get(id).is_none() && state.claimed.insert(*id)
-                })
-                .copied()
-                .collect()
-        };
-        if mine.is_empty() {
-            return Ok(0);
-        }
-        if let Err(e) = self.store_frames(&mine) {
-            self.failed.store(true, Ordering::Relaxed);
-            let mut state = lock(&self.state);
-            for (id, _) in &mine {
-                state.claimed.remove(id);
+            for (id, len, data) in fresh {
+                if !state.pending.contains_key(id) && state.spilled.get(id).is_none() && state.claimed.insert(*id) {
+                    own.push((*id, len, &data[..]));
+                }
             }
-            return Err(e);
+            new = own.len() as u64;
+            let own_len: usize = own.iter().map(|c| c.2.len()).sum();
+            if own_len < chunk::FRAME_TARGET / 2 {
+                for (id, len, data) in own.drain(..) {
+                    state.open_table.push((id, len));
+                    state.open_plain.extend_from_slice(data);
+                }
+                if state.open_plain.len() >= chunk::FRAME_TARGET {
+                    full.push((
+                        std::mem::take(&mut state.open_table),
+                        std::mem::take(&mut state.open_plain),
+                    ));
+                }
+            }
         }
-        Ok(mine.len())
+        // Own chunks in frames of about FRAME_TARGET (a long run makes several).
+        let mut rest = &own[..];
+        while !rest.is_empty() {
+            let mut take = 0;
+            let mut plain_len = 0;
+            while let Some(c) = rest.get(take)
+                && (take == 0 || plain_len < chunk::FRAME_TARGET)
+            {
+                plain_len += c.2.len();
+                take += 1;
+            }
+            let (frame, tail) = rest.split_at(take);
+            rest = tail;
+            let mut plain = Vec::with_capacity(plain_len);
+            for c in frame {
+                plain.extend_from_slice(c.2);
+            }
+            full.push((frame.iter().map(|c| (c.0, c.1)).collect(), plain));
+        }
+        self.new_chunks.fetch_add(new, Ordering::Relaxed);
+        for (table, plain) in full {
+            if let Err(e) = self.store_frame(&table, &plain) {
+                self.failed.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(new as usize)
     }
 }
 

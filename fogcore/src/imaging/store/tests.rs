@@ -154,6 +154,31 @@ fn known_chunks_are_not_stored_again_and_runs_split_into_frames() {
 }
 
 #[test]
+fn scattered_new_chunks_of_many_runs_share_one_frame() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("s")).expect("store");
+    let runs: Vec<Vec<Vec<u8>>> = (0..4)
+        .map(|f| (0..16).map(|i| text(f * 100 + i, 16 * 1024)).collect())
+        .collect();
+    commit_image(&store, "a", &runs);
+    assert_eq!(frames(&store).len(), 4);
+    // A re-capture that changed one chunk in each run: the four new chunks are one frame.
+    let mut changed = runs.clone();
+    for (f, run) in changed.iter_mut().enumerate() {
+        run[5] = text(9000 + f as u64, 16 * 1024);
+    }
+    assert_eq!(commit_image(&store, "b", &changed), 4);
+    let all = frames(&store);
+    assert_eq!(all.len(), 5);
+    assert!(all.iter().any(|f| f.chunks.len() == 4));
+    assert!(store.verify().expect("verify").is_ok());
+    let reader = store.reader().expect("reader");
+    for data in changed.iter().flatten() {
+        assert_eq!(reader.get(&ChunkId::of(data)).expect("get").as_ref(), Some(data));
+    }
+}
+
+#[test]
 fn sequential_and_interleaved_reads_decode_each_frame_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path().join("s")).expect("store");
@@ -198,8 +223,11 @@ fn cache_evicts_old_frames_and_reads_them_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path().join("s")).expect("store");
     let frame_count = FRAME_CACHE as u64 + 8;
-    let runs: Vec<Vec<Vec<u8>>> = (0..frame_count).map(|f| vec![text(f, 4096)]).collect();
+    // Runs of half a frame each get a frame of their own.
+    let half = chunk::FRAME_TARGET / 2;
+    let runs: Vec<Vec<Vec<u8>>> = (0..frame_count).map(|f| vec![text(f, half)]).collect();
     commit_image(&store, "a", &runs);
+    assert_eq!(frames(&store).len() as u64, frame_count);
     let reader = store.reader().expect("reader");
     for _ in 0..2 {
         for run in &runs {
