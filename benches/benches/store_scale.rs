@@ -42,7 +42,7 @@ const PAYLOAD: usize = 64;
 const LOOKUPS: u64 = 1_000_000;
 /// Bytes of one index entry (id 32, pack 4, frame offset 8, frame length 4, place in frame 4 + 4).
 const INDEX_ENTRY: u64 = 56;
-/// Chunks handed to the writer at once (compressed together as one frame, as capture does).
+/// Chunks handed to the writer at once and framed together (capture frames about 32 chunks).
 const RUN: usize = 16;
 const SALT: u64 = 0x5CA1_E0F5_70E5_CA1E;
 const PHASES: [&str; 8] = [
@@ -354,6 +354,9 @@ fn generate(dir: &Path, scale: Scale, meter: &Meter) -> Result<Outcome, String> 
                 if ctx(writer.put_run(&chunks), "put")? != chunks.len() {
                     return Err(format!("a chunk up to {i} was already stored: ids are not distinct"));
                 }
+                // Each run its own frame: 64-byte chunks would otherwise gather by the thousand
+                // into one 256 KiB frame, where real chunks (2 KiB at least) make at most 128.
+                ctx(writer.flush(), "flush")?;
                 run.clear();
             }
             ctx(
