@@ -75,7 +75,7 @@ impl FromStr for ChunkId {
 }
 
 thread_local! {
-    // A zstd context per thread: creating one per chunk costs more than compressing 16 KiB.
+    // A zstd context per thread: creating one per frame costs more than compressing a small one.
     static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
         std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok());
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =

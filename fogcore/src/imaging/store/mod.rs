@@ -102,9 +102,9 @@ pub struct GcReport {
 /// What `verify` found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VerifyReport {
-    /// Chunk files checked.
+    /// Chunks checked.
     pub chunks_checked: u64,
-    /// Chunk files whose content is wrong (ids, hex).
+    /// Chunks whose content is wrong or whose frame is damaged (ids, hex).
     pub corrupt: Vec<String>,
     /// Images checked.
     pub images_checked: u64,
@@ -124,9 +124,9 @@ impl VerifyReport {
 pub struct StoreStats {
     /// Number of images.
     pub images: u64,
-    /// Number of chunk files.
+    /// Number of chunks.
     pub chunks: u64,
-    /// Bytes the chunk files take.
+    /// Bytes the packs (frames of chunks) and the index take.
     pub stored_bytes: u64,
     /// Bytes of used data the images hold, summed over images.
     pub logical_bytes: u64,
