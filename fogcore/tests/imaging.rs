@@ -290,22 +290,28 @@ fn corrupt_chunk_fails_deploy_naming_image_and_chunk() {
     let source = small_ext_disk(dir.path());
     let store = Store::open(dir.path().join("store")).expect("store");
     capture(&store, &source, "img", &CaptureOptions::default(), &NoProgress).expect("capture");
-    // Flip one byte in the largest chunk of the pack (entries: id 32 | length u32 | stored bytes).
+    // Flip one byte in the middle of the largest frame of the pack (frame: chunk count u32 |
+    // plain length u32 | stored length u32 | count x (id 32 | length u32) | stored bytes).
     let pack = walk(&dir.path().join("store/packs"))
         .into_iter()
         .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .expect("a pack");
     let mut bytes = fs::read(&pack).expect("read pack");
-    let (mut at, mut largest) = (0usize, (0usize, 0usize));
-    while at + 36 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at + 32..at + 36].try_into().expect("4 bytes")) as usize;
-        if len > largest.1 {
-            largest = (at, len);
+    let word = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")) as usize;
+    let (mut at, mut largest) = (0usize, (0usize, 0usize, 0usize));
+    while at + 12 <= bytes.len() {
+        let (count, stored) = (word(&bytes, at), word(&bytes, at + 8));
+        if stored > largest.2 {
+            largest = (at, count, stored);
         }
-        at += 36 + len;
+        at += 12 + 36 * count + stored;
     }
-    let id = hex::encode(&bytes[largest.0..largest.0 + 32]);
-    bytes[largest.0 + 36 + largest.1 / 2] ^= 0x40;
+    assert_eq!(at, bytes.len(), "frames fill the pack exactly");
+    let (frame, count, stored) = largest;
+    let ids: Vec<String> = (0..count)
+        .map(|i| hex::encode(&bytes[frame + 12 + 36 * i..frame + 12 + 36 * i + 32]))
+        .collect();
+    bytes[frame + 12 + 36 * count + stored / 2] ^= 0x40;
     fs::write(&pack, bytes).expect("write pack");
 
     let err = deploy(
@@ -316,16 +322,19 @@ fn corrupt_chunk_fails_deploy_naming_image_and_chunk() {
         &NoProgress,
     )
     .expect_err("deploy must fail");
-    match &err {
+    let named = match &err {
         Error::ChunkCorrupt { image, chunk, .. } => {
             assert_eq!(image, "img");
-            assert_eq!(chunk, &id);
+            assert!(ids.contains(chunk), "{chunk} is not in the damaged frame");
+            chunk.clone()
         }
         other => panic!("expected ChunkCorrupt, got {other}"),
-    }
-    assert!(err.to_string().contains(&id) && err.to_string().contains("img"));
+    };
+    assert!(err.to_string().contains(&named) && err.to_string().contains("img"));
+    // A damaged compressed frame spoils its chunks; a raw one only the chunk holding the byte.
     let report = store.verify().expect("verify runs");
-    assert_eq!(report.corrupt, vec![id]);
+    assert!(report.corrupt.contains(&named), "verify missed {named}");
+    assert!(report.corrupt.iter().all(|c| ids.contains(c)), "{:?}", report.corrupt);
 }
 
 #[test]

@@ -166,7 +166,7 @@ class VerifyReport(TypedDict):
     """True when nothing is wrong."""
     chunks_checked: int
     corrupt: List[str]
-    """Ids (hex) of chunk files whose content does not match their hash."""
+    """Ids (hex) of chunks whose content does not match their hash (or whose frame is damaged)."""
     images_checked: int
     image_errors: List[str]
     """Problems with images (damaged manifest, missing chunks)."""
@@ -188,7 +188,7 @@ class StoreStats(TypedDict):
     images: int
     chunks: int
     stored_bytes: int
-    """Bytes the chunk files take."""
+    """Bytes the packs (frames of chunks) and the index take."""
     logical_bytes: int
     """Used bytes the images hold, summed over images."""
     ratio: float

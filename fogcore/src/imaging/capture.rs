@@ -1,5 +1,6 @@
-//! Capture: disk -> partition table -> per region used extents -> chunker -> hash and compress
-//! in parallel -> store (dedupe) -> manifest commit.
+//! Capture: disk -> partition table -> per region used extents -> chunker -> runs of
+//! consecutive chunks -> hash, dedupe and compress each run's new chunks as one frame, in
+//! parallel -> manifest commit.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -147,6 +148,7 @@ pub fn capture(
         data_bytes,
     };
     manifest.finish(&header)?;
+    writer.flush()?;
     let (new_chunks, new_stored_bytes) = (writer.new_chunks(), writer.new_bytes());
     writer.commit(name)?;
     Ok(CaptureReport {
@@ -342,8 +344,10 @@ fn chunk_region(
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<(Vec<Extent>, Section)> {
-    let (job_tx, job_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(threads * 8);
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<Result<(u64, ChunkRef)>>(threads * 16);
+    // A job is a run of consecutive chunks of about one frame: the new ones among them are
+    // compressed together.
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<(u64, Vec<Vec<u8>>)>(threads * 4);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<Result<(u64, Vec<ChunkRef>)>>(threads * 8);
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut stream = ExtentStream::new(dev, ranges, skip_zero_blocks, progress);
@@ -354,11 +358,20 @@ fn chunk_region(
                 chunk::MAX_SIZE as usize,
             );
             let mut failure = None;
-            for (seq, piece) in (0u64..).zip(chunker) {
+            let mut seq = 0u64;
+            let mut run = Vec::new();
+            let mut run_len = 0;
+            for piece in chunker {
                 match piece {
                     Ok(piece) => {
-                        if job_tx.send((seq, piece.data)).is_err() {
-                            break; // the collector stopped on an error
+                        run_len += piece.data.len();
+                        run.push(piece.data);
+                        if run_len >= chunk::FRAME_TARGET {
+                            run_len = 0;
+                            if job_tx.send((seq, std::mem::take(&mut run))).is_err() {
+                                break; // the collector stopped on an error
+                            }
+                            seq += 1;
                         }
                     }
                     Err(e) => {
@@ -366,6 +379,9 @@ fn chunk_region(
                         break;
                     }
                 }
+            }
+            if failure.is_none() && !run.is_empty() {
+                let _ = job_tx.send((seq, run));
             }
             drop(job_tx);
             match stream.failure.take().or(failure) {
@@ -377,16 +393,8 @@ fn chunk_region(
             let jobs = job_rx.clone();
             let done = done_tx.clone();
             scope.spawn(move || {
-                for (seq, data) in jobs {
-                    let result = store_chunk(sink, &data).map(|id| {
-                        (
-                            seq,
-                            ChunkRef {
-                                id,
-                                len: data.len() as u32,
-                            },
-                        )
-                    });
+                for (seq, run) in jobs {
+                    let result = store_run(sink, &run).map(|refs| (seq, refs));
                     let failed = result.is_err();
                     if done.send(result).is_err() || failed {
                         break;
@@ -403,11 +411,13 @@ fn chunk_region(
         let mut failure = None;
         for result in &done_rx {
             match result {
-                Ok((seq, chunk)) => {
-                    pending.insert(seq, chunk);
-                    while let Some(chunk) = pending.remove(&next) {
-                        if let Err(e) = manifest.push_chunk(&chunk) {
-                            failure.get_or_insert(e);
+                Ok((seq, refs)) => {
+                    pending.insert(seq, refs);
+                    while let Some(refs) = pending.remove(&next) {
+                        for chunk in &refs {
+                            if let Err(e) = manifest.push_chunk(chunk) {
+                                failure.get_or_insert(e);
+                            }
                         }
                         next += 1;
                     }
@@ -433,11 +443,16 @@ fn chunk_region(
     })
 }
 
-/// Hashes a chunk and, when the store lacks it, compresses and stages it.
-fn store_chunk(sink: &StoreWriter, data: &[u8]) -> Result<ChunkId> {
-    let id = ChunkId::of(data);
-    if !sink.has(&id)? {
-        sink.put_encoded(&id, &chunk::encode(data))?;
-    }
-    Ok(id)
+/// Hashes a run of consecutive chunks and stores those the store lacks (as one frame).
+fn store_run(sink: &StoreWriter, run: &[Vec<u8>]) -> Result<Vec<ChunkRef>> {
+    let chunks: Vec<(ChunkId, &[u8])> = run.iter().map(|data| (ChunkId::of(data), &data[..])).collect();
+    sink.put_run(&chunks)?;
+    chunks
+        .iter()
+        .map(|(id, data)| {
+            let len = u32::try_from(data.len())
+                .map_err(|_| Error::InvalidInput(format!("chunk {id} of {} bytes is too large", data.len())))?;
+            Ok(ChunkRef { id: *id, len })
+        })
+        .collect()
 }

@@ -117,22 +117,38 @@ pub fn deploy_manifest(
     for region in &header.regions {
         let extents = manifest.extents(region)?;
         let map = StreamMap::new(region.offset, &extents);
-        for_each_chunk(manifest, region, threads, progress, |chunk, stream_offset| {
-            let data = load_chunk(source, &header.name, chunk)?;
-            progress.advance(u64::from(chunk.len));
-            if target.is_fresh() && data.iter().all(|&b| b == 0) {
-                return Ok(());
-            }
-            map.for_each_piece(stream_offset, data.len() as u64, |disk_offset, from, len| {
-                let len = len.min(writable_end.saturating_sub(disk_offset));
-                if len == 0 {
-                    return Ok(());
+        for_each_run(manifest, region, threads, progress, |run| {
+            // A run's chunks are consecutive in the stream: stretches of them (all but the
+            // all-zero chunks on a fresh target) are written with one write per extent piece.
+            let mut buf = Vec::new();
+            let mut stretches: Vec<(u64, usize, usize)> = Vec::new(); // stream offset, buf range
+            for (chunk, stream_offset) in run {
+                let data = load_chunk(source, &header.name, chunk)?;
+                progress.advance(u64::from(chunk.len));
+                if target.is_fresh() && data.iter().all(|&b| b == 0) {
+                    continue;
                 }
-                let piece = data.get(from as usize..(from + len) as usize).unwrap_or_default();
-                target.write_all_at(piece, disk_offset)?;
-                written.fetch_add(len, Ordering::Relaxed);
-                Ok(())
-            })
+                let from = buf.len();
+                buf.extend_from_slice(&data);
+                match stretches.last_mut() {
+                    Some(s) if s.0 + (s.2 - s.1) as u64 == *stream_offset => s.2 = buf.len(),
+                    _ => stretches.push((*stream_offset, from, buf.len())),
+                }
+            }
+            for (stream_offset, from, to) in stretches {
+                let data = buf.get(from..to).unwrap_or_default();
+                map.for_each_piece(stream_offset, data.len() as u64, |disk_offset, at, len| {
+                    let len = len.min(writable_end.saturating_sub(disk_offset));
+                    if len == 0 {
+                        return Ok(());
+                    }
+                    let piece = data.get(at as usize..(at + len) as usize).unwrap_or_default();
+                    target.write_all_at(piece, disk_offset)?;
+                    written.fetch_add(len, Ordering::Relaxed);
+                    Ok(())
+                })?;
+            }
+            Ok(())
         })?;
         if let Filesystem::Swap(swap) = &region.filesystem {
             target.write_all_at(&swap.build(region.len), region.offset)?;
@@ -187,100 +203,120 @@ pub fn verify_target(
     for region in &header.regions {
         let extents = manifest.extents(region)?;
         let map = StreamMap::new(region.offset, &extents);
-        for_each_chunk(manifest, region, threads, progress, |chunk, stream_offset| {
-            progress.advance(u64::from(chunk.len));
-            let mut pieces = Vec::new();
-            map.for_each_piece(stream_offset, u64::from(chunk.len), |disk_offset, from, len| {
-                pieces.push((disk_offset, from, len));
-                Ok(())
-            })?;
-            if pieces
-                .iter()
-                .any(|&(disk_offset, _, len)| disk_offset + len > writable_end)
-            {
-                return Ok(()); // past a smaller target's end: deploy did not write it either
-            }
-            let mut written = vec![0u8; chunk.len as usize];
-            for &(disk_offset, from, len) in &pieces {
-                let piece = written
-                    .get_mut(from as usize..(from + len) as usize)
-                    .unwrap_or_default();
-                target.read_exact_at(piece, disk_offset)?;
-            }
-            let patched = |&(disk_offset, _, len): &(u64, u64, u64)| {
-                patches
+        for_each_run(manifest, region, threads, progress, |run| {
+            run.iter().try_for_each(|(chunk, stream_offset)| {
+                let (chunk, stream_offset) = (chunk, *stream_offset);
+                progress.advance(u64::from(chunk.len));
+                let mut pieces = Vec::new();
+                map.for_each_piece(stream_offset, u64::from(chunk.len), |disk_offset, from, len| {
+                    pieces.push((disk_offset, from, len));
+                    Ok(())
+                })?;
+                if pieces
                     .iter()
-                    .any(|(at, bytes)| *at < disk_offset + len && disk_offset < at + bytes.len() as u64)
-            };
-            let matches = if pieces.iter().any(patched) {
-                let mut expected = load_chunk(source, &header.name, chunk)?;
+                    .any(|&(disk_offset, _, len)| disk_offset + len > writable_end)
+                {
+                    return Ok(()); // past a smaller target's end: deploy did not write it either
+                }
+                let mut written = vec![0u8; chunk.len as usize];
                 for &(disk_offset, from, len) in &pieces {
-                    for (at, bytes) in patches {
-                        let start = disk_offset.max(*at);
-                        let end = (disk_offset + len).min(at + bytes.len() as u64);
-                        if start < end {
-                            let dst = (from + start - disk_offset) as usize..(from + end - disk_offset) as usize;
-                            let src = (start - at) as usize..(end - at) as usize;
-                            if let (Some(d), Some(s)) = (expected.get_mut(dst), bytes.get(src)) {
-                                d.copy_from_slice(s);
+                    let piece = written
+                        .get_mut(from as usize..(from + len) as usize)
+                        .unwrap_or_default();
+                    target.read_exact_at(piece, disk_offset)?;
+                }
+                let patched = |&(disk_offset, _, len): &(u64, u64, u64)| {
+                    patches
+                        .iter()
+                        .any(|(at, bytes)| *at < disk_offset + len && disk_offset < at + bytes.len() as u64)
+                };
+                let matches = if pieces.iter().any(patched) {
+                    let mut expected = load_chunk(source, &header.name, chunk)?;
+                    for &(disk_offset, from, len) in &pieces {
+                        for (at, bytes) in patches {
+                            let start = disk_offset.max(*at);
+                            let end = (disk_offset + len).min(at + bytes.len() as u64);
+                            if start < end {
+                                let dst = (from + start - disk_offset) as usize..(from + end - disk_offset) as usize;
+                                let src = (start - at) as usize..(end - at) as usize;
+                                if let (Some(d), Some(s)) = (expected.get_mut(dst), bytes.get(src)) {
+                                    d.copy_from_slice(s);
+                                }
                             }
                         }
                     }
+                    expected == written
+                } else {
+                    chunk::ChunkId::of(&written) == chunk.id
+                };
+                if matches {
+                    Ok(())
+                } else {
+                    Err(Error::VerifyMismatch {
+                        path: target.path().into(),
+                        image: header.name.clone(),
+                        offset: pieces.first().map_or(region.offset, |p| p.0),
+                    })
                 }
-                expected == written
-            } else {
-                chunk::ChunkId::of(&written) == chunk.id
-            };
-            if matches {
-                Ok(())
-            } else {
-                Err(Error::VerifyMismatch {
-                    path: target.path().into(),
-                    image: header.name.clone(),
-                    offset: pieces.first().map_or(region.offset, |p| p.0),
-                })
-            }
+            })
         })?;
     }
     progress.finish();
     Ok(())
 }
 
-/// Fetches and checks one chunk of image `image`.
+/// Fetches one chunk of image `image` (the source checks its hash; deploy checks its length).
 fn load_chunk(source: &dyn ChunkSource, image: &str, chunk: &ChunkRef) -> Result<Vec<u8>> {
-    let stored = source.get_encoded(&chunk.id)?.ok_or_else(|| Error::ChunkMissing {
-        image: image.into(),
-        chunk: chunk.id.to_hex(),
-    })?;
-    chunk::decode(&chunk.id, &stored, chunk.len).map_err(|reason| Error::ChunkCorrupt {
+    let corrupt = |reason| Error::ChunkCorrupt {
         image: image.into(),
         chunk: chunk.id.to_hex(),
         reason,
-    })
+    };
+    let data = match source.get(&chunk.id) {
+        Ok(Some(data)) => data,
+        Ok(None) => {
+            return Err(Error::ChunkMissing {
+                image: image.into(),
+                chunk: chunk.id.to_hex(),
+            });
+        }
+        Err(Error::ChunkCorrupt { reason, .. }) => return Err(corrupt(reason)),
+        Err(e) => return Err(e),
+    };
+    if data.len() != chunk.len as usize {
+        return Err(corrupt(format!(
+            "{} bytes, the image expects {}",
+            data.len(),
+            chunk.len
+        )));
+    }
+    Ok(data)
 }
 
-/// Runs `work(chunk, stream offset)` for every chunk of a region on `threads` threads; stops at
-/// the first error and returns it.
-fn for_each_chunk(
+/// Runs `work(run)` for runs of consecutive chunks of a region (each with its stream offset) on
+/// `threads` threads; stops at the first error and returns it. Each thread takes runs of consecutive chunks cut as capture
+/// cuts its frames (about `FRAME_TARGET` bytes from the region's start), so the threads mostly
+/// decode different frames.
+fn for_each_run(
     manifest: &Manifest,
     region: &Region,
     threads: usize,
     progress: &dyn Progress,
-    work: impl Fn(&ChunkRef, u64) -> Result<()> + Sync,
+    work: impl Fn(&[(ChunkRef, u64)]) -> Result<()> + Sync,
 ) -> Result<()> {
     let stop = AtomicBool::new(false);
     let failure = Mutex::new(None);
-    let (tx, rx) = crossbeam_channel::bounded::<(ChunkRef, u64)>(threads * 16);
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<(ChunkRef, u64)>>(threads * 2);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let rx = rx.clone();
             let (work, stop, failure) = (&work, &stop, &failure);
             scope.spawn(move || {
-                for (chunk, offset) in rx {
+                for run in rx {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    if let Err(e) = work(&chunk, offset) {
+                    if let Err(e) = work(&run) {
                         stop.store(true, Ordering::Relaxed);
                         if let Ok(mut slot) = failure.lock() {
                             slot.get_or_insert(e);
@@ -292,6 +328,8 @@ fn for_each_chunk(
         }
         drop(rx);
         let mut offset = 0u64;
+        let mut run = Vec::new();
+        let mut run_len = 0;
         for chunk in manifest.chunks(region) {
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -306,10 +344,15 @@ fn for_each_chunk(
             match chunk {
                 Ok(chunk) => {
                     let len = u64::from(chunk.len);
-                    if tx.send((chunk, offset)).is_err() {
-                        break;
-                    }
+                    run.push((chunk, offset));
                     offset += len;
+                    run_len += len as usize;
+                    if run_len >= chunk::FRAME_TARGET {
+                        run_len = 0;
+                        if tx.send(std::mem::take(&mut run)).is_err() {
+                            break;
+                        }
+                    }
                 }
                 Err(e) => {
                     stop.store(true, Ordering::Relaxed);
@@ -319,6 +362,9 @@ fn for_each_chunk(
                     break;
                 }
             }
+        }
+        if !run.is_empty() && !stop.load(Ordering::Relaxed) {
+            let _ = tx.send(run);
         }
         drop(tx); // lets the workers' loops end before the scope joins them
     });

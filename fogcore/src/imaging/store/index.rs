@@ -1,12 +1,13 @@
-//! The chunk index: which pack holds a chunk, and where.
+//! The chunk index: which pack and frame hold a chunk, and where in the frame.
 //!
 //! The index is a set of immutable sorted *runs*, each written once (by a capture's commit, by
 //! compaction, by gc) and memory-mapped for lookups, so a store of ten million chunks is looked
 //! up without loading it into the heap:
 //!
 //! ```text
-//! "FOGIDX01" | entry count u64 LE | fan-out: 256 x u64 LE (entries whose first id byte <= i)
-//! entries sorted by id: id (32) | pack u32 LE | offset u64 LE | stored length u32 LE
+//! "FOGIDX02" | entry count u64 LE | fan-out: 256 x u64 LE (entries whose first id byte <= i)
+//! entries sorted by id: id (32) | pack u32 LE | frame offset u64 LE | frame stored length u32 LE
+//!                       | chunk offset in the frame's plain bytes u32 LE | chunk length u32 LE
 //! ```
 //! A chunk may appear in several runs (two captures stored it at once); any copy is valid.
 
@@ -22,21 +23,33 @@ use crate::error::IoContext;
 use crate::imaging::chunk::ChunkId;
 use crate::{Error, Result};
 
-const MAGIC: &[u8; 8] = b"FOGIDX01";
+const MAGIC: &[u8; 8] = b"FOGIDX02";
 const HEADER_LEN: usize = 8 + 8 + 256 * 8;
-const ENTRY_LEN: usize = 48;
+/// Bytes of one entry.
+pub const ENTRY_LEN: usize = 56;
 /// File name suffix of index runs.
 pub const RUN_SUFFIX: &str = ".idx";
 
-/// Where a chunk's stored bytes are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a chunk is: its frame's stored bytes in a pack, and its place in the frame's plain bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Loc {
     /// Pack number.
     pub pack: u32,
-    /// Offset of the stored bytes in the pack.
+    /// Offset of the frame's stored bytes in the pack.
     pub offset: u64,
-    /// Stored length.
+    /// Stored length of the frame.
     pub len: u32,
+    /// Offset of the chunk in the frame's plain bytes.
+    pub start: u32,
+    /// Length of the chunk.
+    pub chunk_len: u32,
+}
+
+impl Loc {
+    /// The frame: pack and offset.
+    pub fn frame(&self) -> (u32, u64) {
+        (self.pack, self.offset)
+    }
 }
 
 /// One sorted, memory-mapped run.
@@ -107,6 +120,8 @@ impl Run {
             pack: u32_at(raw, 32),
             offset: u64_at(raw, 36),
             len: u32_at(raw, 44),
+            start: u32_at(raw, 48),
+            chunk_len: u32_at(raw, 52),
         };
         (ChunkId(id), loc)
     }
@@ -162,7 +177,9 @@ pub fn write_run(path: &Path, entries: impl Iterator<Item = (ChunkId, Loc)>) -> 
         entry[..32].copy_from_slice(&id.0);
         entry[32..36].copy_from_slice(&loc.pack.to_le_bytes());
         entry[36..44].copy_from_slice(&loc.offset.to_le_bytes());
-        entry[44..].copy_from_slice(&loc.len.to_le_bytes());
+        entry[44..48].copy_from_slice(&loc.len.to_le_bytes());
+        entry[48..52].copy_from_slice(&loc.start.to_le_bytes());
+        entry[52..].copy_from_slice(&loc.chunk_len.to_le_bytes());
         out.write_all(&entry).at(&tmp)?;
         fanout[usize::from(id.0[0])] += 1;
         count += 1;
@@ -276,6 +293,8 @@ mod tests {
                         pack: n % 7,
                         offset: u64::from(n) * 100,
                         len: n,
+                        start: n / 3,
+                        chunk_len: n / 2,
                     },
                 )
             })
@@ -298,6 +317,8 @@ mod tests {
             pack: 1,
             offset: 0,
             len: 1,
+            start: 0,
+            chunk_len: 1,
         };
         let mut a: Vec<ChunkId> = (0..100).map(id).collect();
         let mut b: Vec<ChunkId> = (50..150).map(id).collect();
@@ -325,6 +346,8 @@ mod tests {
                         pack: 0,
                         offset: 0,
                         len: 0,
+                        start: 0,
+                        chunk_len: 0,
                     },
                 )
             }),

@@ -5,8 +5,8 @@
 //! STORE/fog-store            marker and format version
 //! STORE/lock                 shared by captures and deploys, exclusive for gc
 //! STORE/index.lock           exclusive while index runs are added or merged
-//! STORE/packs/<n>.pack       chunks appended (see `pack`)
-//! STORE/index/<name>.idx     sorted runs mapping chunk id -> pack, offset, length (see `index`)
+//! STORE/packs/<n>.pack       frames of chunks compressed together, appended (see `pack`)
+//! STORE/index/<name>.idx     sorted runs mapping chunk id -> pack, frame, place in the frame (see `index`)
 //! STORE/images/<name>.fogimg manifests
 //! STORE/tmp/<writer>/        a capture's manifest (and spilled index runs) until commit
 //! ```
@@ -14,17 +14,22 @@
 //! Commit order: packs fsynced -> index run written, fsynced, renamed -> manifest renamed into
 //! `images/`. A crash at any point leaves either no image or a complete one; a pack that no run
 //! names, or a staging directory, is what [`Store::gc`] removes.
+//!
+//! A capture hands the writer runs of consecutive chunks; the ones the store lacks are compressed
+//! together as one frame. Readers decompress a whole frame to get one chunk, so a
+//! [`StoreReader`] keeps the last frames it decoded: a sequential deploy decodes each frame once.
 
 pub mod index;
 pub mod pack;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -34,10 +39,10 @@ use super::manifest::{Header, Manifest, ManifestWriter};
 use crate::error::IoContext;
 use crate::{Error, Result};
 use index::{Index, Loc, RUN_SUFFIX, Run, write_run};
-use pack::{PackWriter, pack_path, parse_pack_name, remove_pack};
+use pack::{Frame, FrameReader, PackWriter, frame_size, pack_path, parse_pack_name, remove_pack};
 
 const MARKER: &str = "fog-store";
-const MARKER_CONTENT: &str = "fog content-addressed store, format 2 (packs)\n";
+const MARKER_CONTENT: &str = "fog content-addressed store, format 3 (framed packs)\n";
 const IMAGE_SUFFIX: &str = ".fogimg";
 /// Runs beyond this many are merged into one at the next commit, keeping lookups cheap.
 const MAX_RUNS: usize = 8;
@@ -45,8 +50,12 @@ const MAX_RUNS: usize = 8;
 const SPILL_ENTRIES: usize = 1 << 20;
 /// A writer merges its spilled runs into one past this many, so its lookups stay cheap.
 const MAX_SPILLED_RUNS: usize = 2;
-/// Chunks verify checks per batch (sorted by pack position, checked in parallel).
+/// Chunks verify checks per batch (sorted by pack position, checked in parallel by frame).
 const VERIFY_BATCH: usize = 1 << 16;
+/// Decoded frames a reader keeps: each deploy thread's current frame and the next, with room.
+const FRAME_CACHE: usize = 32;
+/// Tries (20 ms apart) of the exclusive lock before gc reports the store busy.
+const LOCK_RETRIES: u32 = 25;
 
 /// A store directory.
 #[derive(Debug, Clone)]
@@ -93,9 +102,9 @@ pub struct GcReport {
 /// What `verify` found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VerifyReport {
-    /// Chunk files checked.
+    /// Chunks checked.
     pub chunks_checked: u64,
-    /// Chunk files whose content is wrong (ids, hex).
+    /// Chunks whose content is wrong or whose frame is damaged (ids, hex).
     pub corrupt: Vec<String>,
     /// Images checked.
     pub images_checked: u64,
@@ -115,9 +124,9 @@ impl VerifyReport {
 pub struct StoreStats {
     /// Number of images.
     pub images: u64,
-    /// Number of chunk files.
+    /// Number of chunks.
     pub chunks: u64,
-    /// Bytes the chunk files take.
+    /// Bytes the packs (frames of chunks) and the index take.
     pub stored_bytes: u64,
     /// Bytes of used data the images hold, summed over images.
     pub logical_bytes: u64,
@@ -174,7 +183,8 @@ impl Store {
             let content = fs::read_to_string(&marker).at(&marker)?;
             if content != MARKER_CONTENT {
                 return Err(Error::InvalidInput(format!(
-                    "{} holds a store of another format ({:?}); this fog reads {:?}",
+                    "{} holds a store of another format ({:?}); this fog reads {:?} only: \
+                     capture the images again into a new store",
                     root.display(),
                     content.trim(),
                     MARKER_CONTENT.trim()
@@ -209,14 +219,22 @@ impl Store {
 
     fn lock_exclusive(&self) -> Result<StoreLock> {
         let file = self.lock_file("lock")?;
-        match file.try_lock() {
-            Ok(()) => Ok(StoreLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::StoreBusy {
-                path: self.root.clone(),
-                reason: "a capture or deploy is running; try again when it ends".into(),
-            }),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(self.root.join("lock"), e)),
+        // A child process another thread is starting holds a copy of a lock's descriptor until
+        // its exec closes it: a lock seen busy is tried again for a moment before giving up.
+        for attempt in 0..=LOCK_RETRIES {
+            match file.try_lock() {
+                Ok(()) => return Ok(StoreLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if attempt < LOCK_RETRIES => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => break,
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(self.root.join("lock"), e)),
+            }
         }
+        Err(Error::StoreBusy {
+            path: self.root.clone(),
+            reason: "a capture or deploy is running; try again when it ends".into(),
+        })
     }
 
     fn lock_index(&self) -> Result<StoreLock> {
@@ -285,11 +303,7 @@ impl Store {
 
     /// Reads chunks as the index stands now.
     pub fn reader(&self) -> Result<StoreReader> {
-        Ok(StoreReader {
-            packs_dir: self.packs_dir(),
-            index: Index::load(&self.index_dir())?,
-            open_packs: Mutex::new(HashMap::new()),
-        })
+        Ok(StoreReader::new(self.packs_dir(), Index::load(&self.index_dir())?))
     }
 
     /// Starts writing new chunks and one manifest. Holds a shared lock until dropped.
@@ -302,6 +316,7 @@ impl Store {
             staging,
             _lock: lock,
             state: Mutex::new(WriterState::default()),
+            failed: AtomicBool::new(false),
             new_chunks: AtomicU64::new(0),
             new_bytes: AtomicU64::new(0),
         })
@@ -313,7 +328,10 @@ impl Store {
     /// Live chunks are marked in a Bloom filter sized for the number of references, so memory
     /// stays bounded (about 3 bytes per chunk) however large the store is. A false positive only
     /// keeps a dead chunk until the next gc (the filter is seeded anew each run); a live chunk is
-    /// never removed. Packs holding dead chunks are rewritten with their live ones.
+    /// never removed. Packs holding dead chunks are rewritten frame by frame: a frame whose chunks
+    /// all live is copied as it is, one with dead chunks is decoded and its live chunks are
+    /// compressed again into new frames (with those of the next such frames), so every dead byte
+    /// is freed and only frames that lost something cost CPU.
     pub fn gc(&self) -> Result<GcReport> {
         let _lock = self.lock_exclusive()?;
         let _index_lock = self.lock_index()?;
@@ -338,71 +356,82 @@ impl Store {
             }
         }
         let index = Index::load(&self.index_dir())?;
-        // Pass 1: which packs hold dead entries (unreferenced chunks or extra copies).
-        let mut packs_with_dead = HashSet::new();
-        let mut referenced_packs = HashSet::new();
+        // Pass 1: which packs hold dead entries (unreferenced chunks or extra copies), and how
+        // many live chunks each pack holds.
+        let mut dirty = HashSet::new();
+        let mut live_per_pack: HashMap<u32, u64> = HashMap::new();
         for (id, loc, first) in index.merged() {
-            referenced_packs.insert(loc.pack);
+            let live_count = live_per_pack.entry(loc.pack).or_insert(0);
             if first && live.contains(&id) {
                 report.chunks_kept += 1;
+                *live_count += 1;
             } else {
-                packs_with_dead.insert(loc.pack);
+                dirty.insert(loc.pack);
                 if first {
                     report.chunks_removed += 1;
                 }
-                report.bytes_freed += pack::ENTRY_HEADER + u64::from(loc.len);
             }
         }
-        // Pass 2: one new run; live chunks of packs with dead entries are copied to a new pack.
-        let reader = StoreReader {
-            packs_dir: self.packs_dir(),
-            index: Index::default(),
-            open_packs: Mutex::new(HashMap::new()),
+        // Pass 2: the live chunks of dirty packs move to new packs, read in pack order.
+        let packs_dir = self.packs_dir();
+        let staging = tempdir_in(&tmp)?;
+        let mut rewriter = Rewriter::new(&packs_dir, &staging);
+        let mut dirty_sorted: Vec<u32> = dirty.iter().copied().collect();
+        dirty_sorted.sort_unstable();
+        let moved = (|| {
+            for &number in &dirty_sorted {
+                if live_per_pack.get(&number).copied().unwrap_or(0) == 0 {
+                    continue;
+                }
+                let mut frames = FrameReader::open(&packs_dir, number)?;
+                while let Some(frame) = frames.next_frame()? {
+                    let keep: Vec<bool> = frame
+                        .chunks
+                        .iter()
+                        .map(|&(id, start, _)| {
+                            live.contains(&id)
+                                && index
+                                    .get(&id)
+                                    .is_some_and(|l| l.pack == number && l.offset == frame.offset && l.start == start)
+                        })
+                        .collect();
+                    rewriter.take(&frame, &keep)?;
+                }
+            }
+            rewriter.finish()
+        })();
+        let created = rewriter.created.clone();
+        let abandon = |e: Error| {
+            for &number in &created {
+                let _ = remove_pack(&packs_dir, number);
+            }
+            let _ = fs::remove_dir_all(&staging);
+            e
         };
-        let mut new_pack: Option<PackWriter> = None;
-        let mut created_packs = HashSet::new();
-        let mut failure = None;
-        let new_run = self.index_dir().join(format!("gc-{}{RUN_SUFFIX}", unique_name()));
-        let entries = index
+        let moved = moved.map_err(abandon)?;
+        let expected: u64 = dirty.iter().filter_map(|p| live_per_pack.get(p)).sum();
+        if rewriter.moved_count != expected {
+            return Err(abandon(Error::InvalidInput(format!(
+                "gc found {} of the {expected} live chunks the index places in packs {}; nothing was \
+                 removed: run `fog store verify`",
+                rewriter.moved_count,
+                packs_dir.display()
+            ))));
+        }
+        // One new run: live entries of clean packs and the moved ones. It is renamed into place
+        // only now that every pack it names is durable.
+        let kept = index
             .merged()
-            .filter(|(id, _, first)| *first && live.contains(id))
-            .map_while(|(id, loc, _)| {
-                if !packs_with_dead.contains(&loc.pack) {
-                    return Some((id, loc));
-                }
-                let moved = (|| {
-                    let stored = reader.read_loc(&loc)?;
-                    if new_pack.as_ref().is_some_and(|p| p.len() >= pack::PACK_TARGET_SIZE)
-                        && let Some(full) = new_pack.take()
-                    {
-                        full.finish()?;
-                    }
-                    let writer = match &mut new_pack {
-                        Some(w) => w,
-                        None => new_pack.insert(PackWriter::create(&self.packs_dir())?),
-                    };
-                    created_packs.insert(writer.number());
-                    writer.append(&id, &stored)
-                })();
-                match moved {
-                    Ok(new_loc) => Some((id, new_loc)),
-                    Err(e) => {
-                        failure = Some(e);
-                        None
-                    }
-                }
-            });
-        // The run is only renamed into place after every pack it names is durable: collect
-        // it into a staging file first, then finish the pack, then publish.
-        let staged_run = tmp.join(format!("gc-{}{RUN_SUFFIX}", unique_name()));
-        write_run(&staged_run, entries)?;
-        if let Some(e) = failure {
-            let _ = fs::remove_file(&staged_run);
-            return Err(e);
-        }
-        if let Some(p) = new_pack.take() {
-            p.finish()?;
-        }
+            .filter(|(id, loc, first)| *first && !dirty.contains(&loc.pack) && live.contains(id))
+            .map(|(id, loc, _)| (id, loc));
+        let staged_run = staging.join(format!("gc{RUN_SUFFIX}"));
+        write_run(
+            &staged_run,
+            merge_two(kept, moved.merged().map(|(id, loc, _)| (id, loc))),
+        )
+        .map_err(abandon)?;
+        drop(moved);
+        let new_run = self.index_dir().join(format!("gc-{}{RUN_SUFFIX}", unique_name()));
         if Run::open(&staged_run)?.is_empty() {
             fs::remove_file(&staged_run).at(&staged_run)?;
         } else {
@@ -415,28 +444,28 @@ impl Store {
         sync_dir(&self.index_dir())?;
         drop(index);
         // Packs no run names any more: rewritten ones and those of killed captures.
-        let packs_dir = self.packs_dir();
+        let (mut removed_bytes, mut created_bytes) = (0u64, 0u64);
         for entry in fs::read_dir(&packs_dir).at(&packs_dir)? {
             let entry = entry.at(&packs_dir)?;
             let Some(number) = entry.file_name().to_str().and_then(parse_pack_name) else {
                 continue;
             };
-            if created_packs.contains(&number) {
-                continue;
-            }
-            if packs_with_dead.contains(&number) || !referenced_packs.contains(&number) {
-                if !referenced_packs.contains(&number) {
-                    report.bytes_freed += entry.metadata().at(entry.path())?.len();
-                }
+            let size = entry.metadata().at(entry.path())?.len();
+            if created.contains(&number) {
+                created_bytes += size;
+            } else if dirty.contains(&number) || !live_per_pack.contains_key(&number) {
+                removed_bytes += size;
                 remove_pack(&packs_dir, number)?;
             }
         }
         sync_dir(&packs_dir)?;
+        fs::remove_dir_all(&staging).at(&staging)?;
+        report.bytes_freed = removed_bytes.saturating_sub(created_bytes);
         Ok(report)
     }
 
-    /// Checks every indexed chunk against its hash (in parallel) and every image's manifest and
-    /// chunk references.
+    /// Checks every indexed chunk against its hash (frames decoded in parallel, in pack order)
+    /// and every image's manifest and chunk references.
     pub fn verify(&self) -> Result<VerifyReport> {
         let _lock = self.lock_shared()?;
         let reader = self.reader()?;
@@ -444,15 +473,11 @@ impl Store {
         let mut batch: Vec<(ChunkId, Loc)> = Vec::new();
         let check_batch = |batch: &mut Vec<(ChunkId, Loc)>, report: &mut VerifyReport| {
             // The index is in id order; reading in pack order keeps the disk sequential.
-            batch.sort_unstable_by_key(|(_, loc)| (loc.pack, loc.offset));
-            let bad: Vec<String> = batch
+            batch.sort_unstable_by_key(|(_, loc)| (loc.pack, loc.offset, loc.start));
+            let frames: Vec<&[(ChunkId, Loc)]> = batch.chunk_by(|a, b| a.1.frame() == b.1.frame()).collect();
+            let bad: Vec<String> = frames
                 .par_iter()
-                .filter(|(id, loc)| {
-                    reader
-                        .read_loc(loc)
-                        .map_or(true, |stored| chunk_is_corrupt(id, &stored))
-                })
-                .map(|(id, _)| id.to_hex())
+                .flat_map_iter(|chunks| reader.corrupt_in_frame(chunks))
                 .collect();
             report.chunks_checked += batch.len() as u64;
             report.corrupt.extend(bad);
@@ -520,12 +545,61 @@ pub struct StoreReader {
     packs_dir: PathBuf,
     index: Index,
     open_packs: Mutex<HashMap<u32, Arc<File>>>,
+    cache: FrameCache,
+}
+
+/// A decoded frame, shared by the threads that need it; `None` when decoding failed.
+type FrameSlot = Arc<OnceLock<Option<Arc<Vec<u8>>>>>;
+
+/// The last frames a reader decoded (least recently used at the front). A slot is inserted before
+/// its frame is decoded, so threads asking for the same frame at once wait for one decode.
+#[derive(Default)]
+struct FrameCache {
+    slots: Mutex<VecDeque<((u32, u64), FrameSlot)>>,
+    decoded: AtomicU64,
+}
+
+impl FrameCache {
+    fn slot(&self, key: (u32, u64)) -> FrameSlot {
+        let mut slots = lock(&self.slots);
+        if let Some(at) = slots.iter().position(|(k, _)| *k == key)
+            && let Some(entry) = slots.remove(at)
+        {
+            let slot = entry.1.clone();
+            slots.push_back(entry);
+            return slot;
+        }
+        let slot = FrameSlot::default();
+        slots.push_back((key, slot.clone()));
+        while slots.len() > FRAME_CACHE {
+            slots.pop_front();
+        }
+        slot
+    }
+
+    fn forget(&self, key: (u32, u64)) {
+        lock(&self.slots).retain(|(k, _)| *k != key);
+    }
 }
 
 impl StoreReader {
+    fn new(packs_dir: PathBuf, index: Index) -> StoreReader {
+        StoreReader {
+            packs_dir,
+            index,
+            open_packs: Mutex::new(HashMap::new()),
+            cache: FrameCache::default(),
+        }
+    }
+
     /// True when the store holds chunk `id`.
     pub fn has(&self, id: &ChunkId) -> bool {
         self.index.get(id).is_some()
+    }
+
+    /// Frames this reader has read and decoded so far (a sequential read decodes each once).
+    pub fn frames_decoded(&self) -> u64 {
+        self.cache.decoded.load(Ordering::Relaxed)
     }
 
     fn pack(&self, number: u32) -> Result<Arc<File>> {
@@ -539,21 +613,215 @@ impl StoreReader {
         Ok(file)
     }
 
-    fn read_loc(&self, loc: &Loc) -> Result<Vec<u8>> {
+    /// Reads and decodes the frame holding `id` (named in the error when the frame is damaged).
+    fn load_frame(&self, id: &ChunkId, loc: &Loc) -> Result<Vec<u8>> {
         let mut stored = vec![0u8; loc.len as usize];
         self.pack(loc.pack)?
             .read_exact_at(&mut stored, loc.offset)
             .at(pack_path(&self.packs_dir, loc.pack))?;
-        Ok(stored)
+        self.cache.decoded.fetch_add(1, Ordering::Relaxed);
+        frame_plain_len(&stored)
+            .and_then(|len| chunk::decode(&stored, len))
+            .map_err(|reason| corrupt(id, format!("its frame is damaged: {reason}")))
+    }
+
+    /// The decoded frame of `loc`, from the cache when it is there.
+    fn cached_frame(&self, id: &ChunkId, loc: &Loc) -> Result<Arc<Vec<u8>>> {
+        let slot = self.cache.slot(loc.frame());
+        let mut failure = None;
+        let frame = slot.get_or_init(|| match self.load_frame(id, loc) {
+            Ok(frame) => Some(Arc::new(frame)),
+            Err(e) => {
+                failure = Some(e);
+                None
+            }
+        });
+        match frame {
+            Some(frame) => Ok(frame.clone()),
+            None => {
+                self.cache.forget(loc.frame());
+                // Another thread's decode failed: read it again for this chunk's own error.
+                Err(failure.unwrap_or_else(|| match self.load_frame(id, loc) {
+                    Ok(_) => corrupt(id, "its frame could not be read".into()),
+                    Err(e) => e,
+                }))
+            }
+        }
+    }
+
+    /// Ids (hex) of the chunks that are wrong among `chunks`, all in one frame.
+    fn corrupt_in_frame(&self, chunks: &[(ChunkId, Loc)]) -> Vec<String> {
+        let frame = chunks.first().map(|(id, loc)| self.load_frame(id, loc));
+        chunks
+            .iter()
+            .filter(|(id, loc)| match &frame {
+                Some(Ok(frame)) => chunk_in(frame, loc).is_none_or(|data| chunk::check(id, data).is_err()),
+                _ => true,
+            })
+            .map(|(id, _)| id.to_hex())
+            .collect()
     }
 }
 
 impl ChunkSource for StoreReader {
-    fn get_encoded(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        match self.index.get(id) {
-            Some(loc) => self.read_loc(&loc).map(Some),
-            None => Ok(None),
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        let Some(loc) = self.index.get(id) else {
+            return Ok(None);
+        };
+        let frame = self.cached_frame(id, &loc)?;
+        let data = chunk_in(&frame, &loc).ok_or_else(|| corrupt(id, "it lies past the end of its frame".into()))?;
+        chunk::check(id, data).map_err(|reason| corrupt(id, reason))?;
+        Ok(Some(data.to_vec()))
+    }
+}
+
+/// The bytes of the chunk at `loc` in its decoded frame.
+fn chunk_in<'a>(frame: &'a [u8], loc: &Loc) -> Option<&'a [u8]> {
+    let start = loc.start as usize;
+    frame.get(start..start.checked_add(loc.chunk_len as usize)?)
+}
+
+/// The plain length of a stored frame: a zstd frame carries it, a raw one is its payload.
+fn frame_plain_len(stored: &[u8]) -> std::result::Result<usize, String> {
+    match stored.split_first() {
+        Some((&chunk::TAG_RAW, payload)) => Ok(payload.len()),
+        Some((&chunk::TAG_ZSTD, payload)) => zstd::zstd_safe::get_frame_content_size(payload)
+            .ok()
+            .flatten()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| "no readable zstd frame header".into()),
+        Some((tag, _)) => Err(format!("unknown encoding tag {tag}")),
+        None => Err("empty frame".into()),
+    }
+}
+
+fn corrupt(id: &ChunkId, reason: String) -> Error {
+    Error::ChunkCorrupt {
+        image: "store".into(),
+        chunk: id.to_hex(),
+        reason,
+    }
+}
+
+/// Moves live chunks of dirty packs into new packs for gc (see [`Store::gc`]).
+struct Rewriter<'a> {
+    packs_dir: &'a Path,
+    staging: &'a Path,
+    pack: Option<PackWriter>,
+    created: HashSet<u32>,
+    /// Live chunks of partly dead frames waiting to be framed again.
+    table: Vec<(ChunkId, u32)>,
+    plain: Vec<u8>,
+    /// New index entries not yet in a staged run, and the staged runs.
+    moved: Vec<(ChunkId, Loc)>,
+    runs: Index,
+    moved_count: u64,
+}
+
+impl<'a> Rewriter<'a> {
+    fn new(packs_dir: &'a Path, staging: &'a Path) -> Rewriter<'a> {
+        Rewriter {
+            packs_dir,
+            staging,
+            pack: None,
+            created: HashSet::new(),
+            table: Vec::new(),
+            plain: Vec::new(),
+            moved: Vec::new(),
+            runs: Index::default(),
+            moved_count: 0,
         }
+    }
+
+    /// Keeps the chunks of `frame` marked in `keep`.
+    fn take(&mut self, frame: &Frame, keep: &[bool]) -> Result<()> {
+        let kept = keep.iter().filter(|&&k| k).count();
+        if kept == 0 {
+            return Ok(());
+        }
+        if kept == frame.chunks.len() {
+            let table: Vec<(ChunkId, u32)> = frame.chunks.iter().map(|&(id, _, len)| (id, len)).collect();
+            return self.append(&table, &frame.stored);
+        }
+        let first_live = frame.chunks.iter().zip(keep).find(|(_, k)| **k).map(|(c, _)| c.0);
+        let named = |reason: String| corrupt(&first_live.unwrap_or(ChunkId([0; 32])), reason);
+        let plain = chunk::decode(&frame.stored, frame.plain_len as usize)
+            .map_err(|reason| named(format!("its frame is damaged: {reason}")))?;
+        for (&(id, start, len), _) in frame.chunks.iter().zip(keep).filter(|(_, k)| **k) {
+            let loc = Loc {
+                pack: 0,
+                offset: 0,
+                len: 0,
+                start,
+                chunk_len: len,
+            };
+            let data = chunk_in(&plain, &loc).ok_or_else(|| named("chunk table past its frame".into()))?;
+            chunk::check(&id, data).map_err(|reason| corrupt(&id, reason))?;
+            self.table.push((id, len));
+            self.plain.extend_from_slice(data);
+            if self.plain.len() >= chunk::FRAME_TARGET {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames the waiting live chunks.
+    fn flush(&mut self) -> Result<()> {
+        if self.table.is_empty() {
+            return Ok(());
+        }
+        let stored = chunk::encode(&self.plain);
+        let table = std::mem::take(&mut self.table);
+        self.plain.clear();
+        self.append(&table, &stored)
+    }
+
+    fn append(&mut self, table: &[(ChunkId, u32)], stored: &[u8]) -> Result<()> {
+        if self.pack.as_ref().is_some_and(|p| p.len() >= pack::PACK_TARGET_SIZE)
+            && let Some(full) = self.pack.take()
+        {
+            full.finish()?;
+        }
+        let writer = match &mut self.pack {
+            Some(w) => w,
+            None => self.pack.insert(PackWriter::create(self.packs_dir)?),
+        };
+        self.created.insert(writer.number());
+        let locs = writer.append_frame(table, stored)?;
+        for (&(id, _), loc) in table.iter().zip(locs) {
+            self.moved.push((id, loc));
+        }
+        self.moved_count += table.len() as u64;
+        if self.moved.len() >= SPILL_ENTRIES {
+            self.stage()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the moved entries gathered so far as a sorted run in the staging directory.
+    fn stage(&mut self) -> Result<()> {
+        if self.moved.is_empty() {
+            return Ok(());
+        }
+        let mut entries = std::mem::take(&mut self.moved);
+        entries.sort_unstable_by_key(|e| e.0);
+        let path = self
+            .staging
+            .join(format!("moved-{}{RUN_SUFFIX}", self.runs.runs().len()));
+        write_run(&path, entries.into_iter())?;
+        self.runs.push(Run::open(&path)?);
+        Ok(())
+    }
+
+    /// Frames what waits, makes the new packs durable, and returns the moved entries as runs.
+    fn finish(&mut self) -> Result<Index> {
+        self.flush()?;
+        if let Some(p) = self.pack.take() {
+            p.finish()?;
+        }
+        self.stage()?;
+        Ok(std::mem::take(&mut self.runs))
     }
 }
 
@@ -566,6 +834,12 @@ struct WriterState {
     pack: Option<PackWriter>,
     finished_packs: Vec<PathBuf>,
     pending: HashMap<ChunkId, Loc>,
+    /// New chunks in the open frame or being compressed (no other thread stores them).
+    claimed: HashSet<ChunkId>,
+    /// The open frame: new chunks gathered across runs until it holds `FRAME_TARGET` bytes, so
+    /// the scattered changes of a re-capture are compressed together too.
+    open_table: Vec<(ChunkId, u32)>,
+    open_plain: Vec<u8>,
     spilled: Index,
 }
 
@@ -578,6 +852,8 @@ pub struct StoreWriter {
     staging: PathBuf,
     _lock: StoreLock,
     state: Mutex<WriterState>,
+    /// Set when storing a frame failed: its chunks may be in the manifest but not in the store.
+    failed: AtomicBool,
     new_chunks: AtomicU64,
     new_bytes: AtomicU64,
 }
@@ -593,7 +869,24 @@ impl StoreWriter {
         self.new_chunks.load(Ordering::Relaxed)
     }
 
-    /// Bytes those chunks take in packs.
+    /// Compresses and appends the open frame. [`StoreWriter::commit`] does it too; call it first
+    /// to count the last frame in [`StoreWriter::new_bytes`].
+    pub fn flush(&self) -> Result<()> {
+        let (table, plain) = {
+            let mut state = lock(&self.state);
+            (
+                std::mem::take(&mut state.open_table),
+                std::mem::take(&mut state.open_plain),
+            )
+        };
+        if table.is_empty() {
+            return Ok(());
+        }
+        self.store_frame(&table, &plain)
+            .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))
+    }
+
+    /// Bytes the new chunks take in packs (frames appended so far; see [`StoreWriter::flush`]).
     pub fn new_bytes(&self) -> u64 {
         self.new_bytes.load(Ordering::Relaxed)
     }
@@ -602,6 +895,12 @@ impl StoreWriter {
     /// `name`, replacing an image of that name.
     pub fn commit(self, name: &str) -> Result<()> {
         check_image_name(name)?;
+        self.flush()?;
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::InvalidInput(
+                "a frame of this capture could not be stored; nothing was committed".into(),
+            ));
+        }
         let state = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
         let mut packs = state.finished_packs;
         if let Some(p) = state.pack {
@@ -628,12 +927,20 @@ impl StoreWriter {
 
 /// The writer's spilled runs and its in-memory entries as one sorted stream.
 fn merge_sorted(spilled: &Index, pending: Vec<(ChunkId, Loc)>) -> impl Iterator<Item = (ChunkId, Loc)> + '_ {
-    let mut spilled = spilled.merged().map(|(id, loc, _)| (id, loc)).peekable();
-    let mut pending = pending.into_iter().peekable();
-    std::iter::from_fn(move || match (spilled.peek(), pending.peek()) {
-        (Some(a), Some(b)) if a.0 <= b.0 => spilled.next(),
-        (Some(_), Some(_)) | (None, Some(_)) => pending.next(),
-        (Some(_), None) => spilled.next(),
+    merge_two(spilled.merged().map(|(id, loc, _)| (id, loc)), pending.into_iter())
+}
+
+/// Two streams sorted by id as one.
+fn merge_two(
+    a: impl Iterator<Item = (ChunkId, Loc)>,
+    b: impl Iterator<Item = (ChunkId, Loc)>,
+) -> impl Iterator<Item = (ChunkId, Loc)> {
+    let mut a = a.peekable();
+    let mut b = b.peekable();
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if x.0 <= y.0 => a.next(),
+        (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+        (Some(_), None) => a.next(),
         (None, None) => None,
     })
 }
@@ -653,23 +960,12 @@ fn compact(index_dir: &Path) -> Result<()> {
     sync_dir(index_dir)
 }
 
-impl ChunkSink for StoreWriter {
-    fn has(&self, id: &ChunkId) -> Result<bool> {
-        if self.known.get(id).is_some() {
-            return Ok(true);
-        }
-        let state = lock(&self.state);
-        Ok(state.pending.contains_key(id) || state.spilled.get(id).is_some())
-    }
-
-    fn put_encoded(&self, id: &ChunkId, stored: &[u8]) -> Result<bool> {
-        if self.known.get(id).is_some() {
-            return Ok(false);
-        }
+impl StoreWriter {
+    /// Compresses one frame of claimed chunks (ids and lengths, their bytes end to end in
+    /// `plain`) and appends it to the pack.
+    fn store_frame(&self, table: &[(ChunkId, u32)], plain: &[u8]) -> Result<()> {
+        let stored = chunk::encode(plain);
         let mut state = lock(&self.state);
-        if state.pending.contains_key(id) || state.spilled.get(id).is_some() {
-            return Ok(false);
-        }
         if state.pack.as_ref().is_some_and(|p| p.len() >= pack::PACK_TARGET_SIZE)
             && let Some(full) = state.pack.take()
         {
@@ -680,30 +976,121 @@ impl ChunkSink for StoreWriter {
             Some(p) => p,
             None => state.pack.insert(PackWriter::create(&self.store.packs_dir())?),
         };
-        let loc = pack.append(id, stored)?;
-        state.pending.insert(*id, loc);
+        let locs = pack.append_frame(table, &stored)?;
+        for (&(id, _), loc) in table.iter().zip(locs) {
+            state.claimed.remove(&id);
+            state.pending.insert(id, loc);
+        }
         if state.pending.len() >= SPILL_ENTRIES {
-            let mut entries: Vec<(ChunkId, Loc)> = state.pending.drain().collect();
-            entries.sort_unstable_by_key(|e| e.0);
-            let path = self
-                .staging
-                .join(format!("spill-{}{RUN_SUFFIX}", state.spilled.runs().len()));
-            write_run(&path, entries.into_iter())?;
-            state.spilled.push(Run::open(&path)?);
-            if state.spilled.runs().len() > MAX_SPILLED_RUNS {
-                let merged = self.staging.join(format!("spill-merged-{}{RUN_SUFFIX}", unique_name()));
-                write_run(&merged, state.spilled.merged().map(|(id, loc, _)| (id, loc)))?;
-                for run in state.spilled.runs() {
-                    fs::remove_file(run.path()).at(run.path())?;
-                }
-                state.spilled = Index::default();
-                state.spilled.push(Run::open(&merged)?);
+            self.spill(&mut state)?;
+        }
+        drop(state);
+        self.new_bytes
+            .fetch_add(frame_size(table.len(), stored.len()), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Moves the in-memory entries to a staged run, merging staged runs past a few.
+    fn spill(&self, state: &mut WriterState) -> Result<()> {
+        let mut entries: Vec<(ChunkId, Loc)> = state.pending.drain().collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        let path = self
+            .staging
+            .join(format!("spill-{}{RUN_SUFFIX}", state.spilled.runs().len()));
+        write_run(&path, entries.into_iter())?;
+        state.spilled.push(Run::open(&path)?);
+        if state.spilled.runs().len() > MAX_SPILLED_RUNS {
+            let merged = self.staging.join(format!("spill-merged-{}{RUN_SUFFIX}", unique_name()));
+            write_run(&merged, state.spilled.merged().map(|(id, loc, _)| (id, loc)))?;
+            for run in state.spilled.runs() {
+                fs::remove_file(run.path()).at(run.path())?;
+            }
+            state.spilled = Index::default();
+            state.spilled.push(Run::open(&merged)?);
+        }
+        Ok(())
+    }
+}
+
+impl ChunkSink for StoreWriter {
+    fn has(&self, id: &ChunkId) -> Result<bool> {
+        if self.known.get(id).is_some() {
+            return Ok(true);
+        }
+        let state = lock(&self.state);
+        Ok(state.pending.contains_key(id) || state.claimed.contains(id) || state.spilled.get(id).is_some())
+    }
+
+    fn put_run(&self, chunks: &[(ChunkId, &[u8])]) -> Result<usize> {
+        let mut fresh = Vec::new();
+        for (id, data) in chunks {
+            if self.known.get(id).is_none() {
+                let len = u32::try_from(data.len())
+                    .ok()
+                    .filter(|&n| n as usize <= chunk::FRAME_MAX)
+                    .ok_or_else(|| Error::InvalidInput(format!("chunk {id} of {} bytes is too large", data.len())))?;
+                fresh.push((id, len, data));
             }
         }
-        self.new_chunks.fetch_add(1, Ordering::Relaxed);
-        self.new_bytes
-            .fetch_add(pack::ENTRY_HEADER + stored.len() as u64, Ordering::Relaxed);
-        Ok(true)
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        // A run with at least half a frame of new chunks (a first capture, a new file) is framed
+        // on its own, so frames follow the runs deploy reads; fewer (the scattered changes of a
+        // re-capture) wait in the open frame to be compressed with others.
+        let new;
+        let mut own: Vec<(ChunkId, u32, &[u8])> = Vec::new();
+        let mut full = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            let state = &mut *state;
+            for (id, len, data) in fresh {
+                if !state.pending.contains_key(id) && state.spilled.get(id).is_none() && state.claimed.insert(*id) {
+                    own.push((*id, len, &data[..]));
+                }
+            }
+            new = own.len() as u64;
+            let own_len: usize = own.iter().map(|c| c.2.len()).sum();
+            if own_len < chunk::FRAME_TARGET / 2 {
+                for (id, len, data) in own.drain(..) {
+                    state.open_table.push((id, len));
+                    state.open_plain.extend_from_slice(data);
+                }
+                if state.open_plain.len() >= chunk::FRAME_TARGET {
+                    full.push((
+                        std::mem::take(&mut state.open_table),
+                        std::mem::take(&mut state.open_plain),
+                    ));
+                }
+            }
+        }
+        // Own chunks in frames of about FRAME_TARGET (a long run makes several).
+        let mut rest = &own[..];
+        while !rest.is_empty() {
+            let mut take = 0;
+            let mut plain_len = 0;
+            while let Some(c) = rest.get(take)
+                && (take == 0 || plain_len < chunk::FRAME_TARGET)
+            {
+                plain_len += c.2.len();
+                take += 1;
+            }
+            let (frame, tail) = rest.split_at(take);
+            rest = tail;
+            let mut plain = Vec::with_capacity(plain_len);
+            for c in frame {
+                plain.extend_from_slice(c.2);
+            }
+            full.push((frame.iter().map(|c| (c.0, c.1)).collect(), plain));
+        }
+        self.new_chunks.fetch_add(new, Ordering::Relaxed);
+        for (table, plain) in full {
+            if let Err(e) = self.store_frame(&table, &plain) {
+                self.failed.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(new as usize)
     }
 }
 
@@ -732,19 +1119,6 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf> {
 
 fn sync_dir(path: &Path) -> Result<()> {
     File::open(path).and_then(|d| d.sync_all()).at(path)
-}
-
-fn chunk_is_corrupt(id: &ChunkId, stored: &[u8]) -> bool {
-    // The plain length is not in the chunk file; zstd frames carry it, raw chunks are their payload.
-    let len = match stored.split_first() {
-        Some((&chunk::TAG_RAW, payload)) => payload.len() as u64,
-        Some((&chunk::TAG_ZSTD, payload)) => zstd::zstd_safe::get_frame_content_size(payload)
-            .ok()
-            .flatten()
-            .unwrap_or(u64::MAX),
-        _ => return true,
-    };
-    u32::try_from(len).map_or(true, |len| chunk::decode(id, stored, len).is_err())
 }
 
 fn summary(h: &Header) -> ImageSummary {
@@ -816,3 +1190,6 @@ impl Bloom {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
