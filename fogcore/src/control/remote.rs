@@ -14,7 +14,7 @@ use reqwest::Method;
 
 use crate::control::chunks::{decode_get_reply, decode_ids, encode_ids, encode_pieces, encode_put};
 use crate::error::{Error, Result};
-use crate::imaging::chunk::{ChunkId, ChunkSink, ChunkSource};
+use crate::imaging::chunk::{self, ChunkId, ChunkSink, ChunkSource};
 use crate::imaging::replica::{ImageStore, PieceHash, WireChunk, plain_len};
 
 /// Puts buffered by [`ChunkSink::put_encoded`] are sent when they reach this many bytes.
@@ -217,8 +217,16 @@ impl ImageStore for RemoteStore {
 }
 
 impl ChunkSource for RemoteStore {
-    fn get_encoded(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        Ok(self.get_chunks(std::slice::from_ref(id))?.into_iter().next().flatten())
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        let Some(encoded) = self.get_chunks(std::slice::from_ref(id))?.into_iter().next().flatten() else {
+            return Ok(None);
+        };
+        let len = plain_len(&encoded).ok_or_else(|| Error::ChunkCorrupt {
+            image: "store".into(),
+            chunk: id.to_hex(),
+            reason: "its plain length is not recorded".into(),
+        })?;
+        WireChunk { id: *id, len, encoded }.plain().map(Some)
     }
 }
 
@@ -236,24 +244,26 @@ impl ChunkSink for RemoteStore {
         Ok(self.missing(std::slice::from_ref(id))?.is_empty())
     }
 
-    fn put_encoded(&self, id: &ChunkId, stored: &[u8]) -> Result<bool> {
-        let len = plain_len(stored).ok_or_else(|| Error::ChunkCorrupt {
-            image: "upload".into(),
-            chunk: id.to_hex(),
-            reason: "its plain length is not recorded".into(),
-        })?;
+    fn put_run(&self, chunks: &[(ChunkId, &[u8])]) -> Result<usize> {
         let full = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.push(WireChunk {
-                id: *id,
-                len,
-                encoded: stored.to_vec(),
-            });
+            for (id, plain) in chunks {
+                let len = u32::try_from(plain.len()).map_err(|_| Error::ChunkCorrupt {
+                    image: "upload".into(),
+                    chunk: id.to_hex(),
+                    reason: format!("{} bytes is too large for a chunk", plain.len()),
+                })?;
+                pending.push(WireChunk {
+                    id: *id,
+                    len,
+                    encoded: chunk::encode(plain),
+                });
+            }
             pending.iter().map(|c| c.encoded.len()).sum::<usize>() >= PUT_BATCH_BYTES
         };
         if full {
             self.flush()?;
         }
-        Ok(true)
+        Ok(chunks.len())
     }
 }

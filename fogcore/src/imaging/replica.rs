@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 
 use super::chunk::{self, ChunkId, ChunkSink};
-use super::manifest::{ChunkRef, FORMAT, Header, Manifest, ManifestWriter};
-use super::partition::{Layout, TableKind};
+use super::manifest::{ChunkRef, Manifest, ManifestWriter};
 use super::store::Store;
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -33,15 +32,20 @@ pub struct WireChunk {
 }
 
 impl WireChunk {
-    /// Decodes and hashes the chunk; the error names it.
-    pub fn verify(&self) -> Result<()> {
-        chunk::decode(&self.id, &self.encoded, self.len)
-            .map(|_| ())
+    /// The plain bytes, decoded and checked against the id; the error names the chunk.
+    pub fn plain(&self) -> Result<Vec<u8>> {
+        chunk::decode(&self.encoded, self.len as usize)
+            .and_then(|plain| chunk::check(&self.id, &plain).map(|()| plain))
             .map_err(|reason| Error::ChunkCorrupt {
                 image: "transfer".into(),
                 chunk: self.id.to_hex(),
                 reason,
             })
+    }
+
+    /// Decodes and hashes the chunk; the error names it.
+    pub fn verify(&self) -> Result<()> {
+        self.plain().map(|_| ())
     }
 }
 
@@ -81,9 +85,6 @@ pub trait ImageStore: Send + Sync {
     fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()>;
 }
 
-/// Prefix of the chunks-only commits [`LocalStore::put_chunks`] makes (removed at once).
-pub const PARTIAL_PREFIX: &str = "_fog-partial-";
-
 /// The local store as an [`ImageStore`]. All of replication's contact with [`Store`] is here.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -107,12 +108,6 @@ fn unique(tag: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!("{tag}{nanos:x}-{}-{:08x}", std::process::id(), rand::random::<u32>())
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A temporary file removed on drop.
@@ -177,12 +172,7 @@ pub fn unique_chunks(manifest: &Manifest) -> Result<Vec<ChunkRef>> {
 
 impl ImageStore for LocalStore {
     fn images(&self) -> Result<Vec<String>> {
-        Ok(self
-            .store
-            .image_names()?
-            .into_iter()
-            .filter(|n| !n.starts_with(PARTIAL_PREFIX))
-            .collect())
+        self.store.image_names()
     }
 
     fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>> {
@@ -202,51 +192,27 @@ impl ImageStore for LocalStore {
         use super::chunk::ChunkSource;
         let _lock = self.store.lock_shared()?;
         let reader = self.store.reader()?;
-        ids.iter().map(|id| reader.get_encoded(id)).collect()
+        // The store keeps frames of many chunks; the wire carries each chunk on its own,
+        // compressed (verified plain bytes from the store, encoded in parallel).
+        let plain: Vec<Option<Vec<u8>>> = ids.iter().map(|id| reader.get(id)).collect::<Result<_>>()?;
+        Ok(plain.into_par_iter().map(|p| p.map(|p| chunk::encode(&p))).collect())
     }
 
     fn put_chunks(&self, chunks: &[WireChunk]) -> Result<u64> {
-        chunks.par_iter().try_for_each(WireChunk::verify)?;
+        // Every chunk of the batch is checked before any is stored: one bad chunk stores nothing.
+        let plain: Vec<Vec<u8>> = chunks.par_iter().map(WireChunk::plain).collect::<Result<_>>()?;
+        let run: Vec<(ChunkId, &[u8])> = chunks.iter().zip(&plain).map(|(c, p)| (c.id, p.as_slice())).collect();
         let writer = self.store.writer()?;
-        let mut new = 0;
-        for c in chunks {
-            if writer.put_encoded(&c.id, &c.encoded)? {
-                new += 1;
-            }
+        let new = writer.put_run(&run)?;
+        if new > 0 {
+            // Durable per batch: a re-run after a crash sends only what is still missing.
+            writer.commit_chunks()?;
         }
-        if new == 0 {
-            return Ok(0);
-        }
-        // The store commits chunks with a manifest only: commit an empty one under a reserved
-        // name and remove it. (A `StoreWriter::commit_chunks` would make this one call.)
-        let name = unique(PARTIAL_PREFIX);
-        let header = Header {
-            format: FORMAT,
-            name: name.clone(),
-            created: now_secs(),
-            source: "fog replication: chunks only".into(),
-            layout: Layout {
-                table: TableKind::None,
-                sector_size: 512,
-                disk_size: 0,
-                partitions: Vec::new(),
-                backup_gpt_len: 0,
-            },
-            regions: Vec::new(),
-            chunk_count: 0,
-            data_bytes: 0,
-        };
-        writer.manifest_writer()?.finish(&header)?;
-        writer.commit(&name)?;
-        self.store.remove_image(&name)?;
-        Ok(new)
+        Ok(new as u64)
     }
 
     fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()> {
         super::store::check_image_name(name)?;
-        if name.starts_with(PARTIAL_PREFIX) {
-            return Err(Error::InvalidImageName(name.into()));
-        }
         let opened = open_manifest_bytes(bytes, name)?;
         let manifest = &opened.manifest;
         let writer = self.store.writer()?;

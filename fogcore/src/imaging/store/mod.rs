@@ -895,6 +895,22 @@ impl StoreWriter {
     /// `name`, replacing an image of that name.
     pub fn commit(self, name: &str) -> Result<()> {
         check_image_name(name)?;
+        let (store, staging) = self.publish_chunks()?;
+        let image = store.image_path(name);
+        fs::rename(staging.join("manifest"), &image).at(&image)?;
+        sync_dir(&store.root.join("images"))?;
+        fs::remove_dir_all(&staging).at(&staging)
+    }
+
+    /// Makes the new chunks and their index run durable and visible, with no image: replication
+    /// commits batch by batch this way, so a re-run after a crash sends only what is missing.
+    pub fn commit_chunks(self) -> Result<()> {
+        let (_, staging) = self.publish_chunks()?;
+        fs::remove_dir_all(&staging).at(&staging)
+    }
+
+    /// Flushes the open frame, finishes the packs and publishes the index run of the new chunks.
+    fn publish_chunks(self) -> Result<(Store, PathBuf)> {
         self.flush()?;
         if self.failed.load(Ordering::Relaxed) {
             return Err(Error::InvalidInput(
@@ -918,10 +934,7 @@ impl StoreWriter {
             sync_dir(&index_dir)?;
             compact(&index_dir)?;
         }
-        let image = self.store.image_path(name);
-        fs::rename(self.staging.join("manifest"), &image).at(&image)?;
-        sync_dir(&self.store.root.join("images"))?;
-        fs::remove_dir_all(&self.staging).at(&self.staging)
+        Ok((self.store, self.staging))
     }
 }
 
