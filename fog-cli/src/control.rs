@@ -466,3 +466,79 @@ pub fn task(args: &MasterArgs, cmd: &TaskCommand, json: bool) -> Result<(), Erro
         Ok(())
     })
 }
+
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Check in with the master (--master URL --token T), wait for a slot, run the task, check out
+    Run(AgentRun),
+}
+
+#[derive(Args)]
+pub struct AgentRun {
+    /// Image this disk (or disk image file) instead of choosing one
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// The host's primary-disk rule: /dev/sdX, a disk name, size:largest or size:smallest
+    #[arg(long, conflicts_with = "disk")]
+    disk_rule: Option<String>,
+    /// Check in with this MAC (repeatable) instead of the network cards' addresses
+    #[arg(long)]
+    mac: Vec<String>,
+    /// SMBIOS UUID instead of /sys/class/dmi/id/product_uuid
+    #[arg(long)]
+    uuid: Option<String>,
+    /// Exit when no task waits instead of asking again until one does
+    #[arg(long)]
+    once: bool,
+    /// Do not reboot or power off afterwards, whatever the task says
+    #[arg(long)]
+    no_power: bool,
+    /// Read the deployed data back and compare it (every chunk is checked by hash anyway)
+    #[arg(long)]
+    verify: bool,
+}
+
+/// `fog agent run`.
+pub fn agent(
+    args: &MasterArgs,
+    cmd: &AgentCommand,
+    json: bool,
+    progress: &dyn fogcore::progress::Progress,
+) -> Result<(), Error> {
+    crate::serve::init_logs();
+    let AgentCommand::Run(run) = cmd;
+    let mut config = fogcore::agent::AgentConfig::new(&args.master, args.token.as_deref());
+    config.disk = run.disk.clone();
+    config.disk_rule = run.disk_rule.clone();
+    config.macs = run.mac.clone();
+    config.uuid = run.uuid.clone();
+    config.once = run.once;
+    config.verify = run.verify;
+    let report = fogcore::agent::run(&config, progress)?;
+    emit(json, &report, |r| match &r.task {
+        None => say!("no task waits for this host"),
+        Some(t) if r.ok => say!(
+            "task {} ({}) complete: {} bytes in {:.1} s",
+            t.id,
+            t.kind.as_str(),
+            r.bytes,
+            r.seconds
+        ),
+        Some(t) => say!(
+            "task {} ({}) failed: {}",
+            t.id,
+            t.kind.as_str(),
+            r.reason.as_deref().unwrap_or("?")
+        ),
+    });
+    if !report.ok {
+        return Err(Error::InvalidInput(format!(
+            "the task failed: {}",
+            report.reason.as_deref().unwrap_or("no reason given")
+        )));
+    }
+    match report.after {
+        Some(after) if !run.no_power => fogcore::agent::power_action(after),
+        _ => Ok(()),
+    }
+}

@@ -73,6 +73,9 @@ enum Command {
     /// Tasks on a master: deploy, capture, inventory, wipe, debug, ls, show, cancel
     #[command(subcommand)]
     Task(control::TaskCommand),
+    /// The imaging agent, on the machine being imaged
+    #[command(subcommand)]
+    Agent(control::AgentCommand),
 }
 
 #[derive(Subcommand)]
@@ -196,6 +199,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Group(cmd) => control::group(&cli.master, cmd, cli.json)?,
         Command::Node(cmd) => control::node(&cli.master, cmd, cli.json)?,
         Command::Task(cmd) => control::task(&cli.master, cmd, cli.json)?,
+        Command::Agent(cmd) => control::agent(&cli.master, cmd, cli.json, &progress)?,
         Command::Demo { dir } => {
             let dir = dir.clone().unwrap_or_else(|| data_dir().join("demo"));
             let report = demo::run(&dir, &progress)?;

@@ -15,6 +15,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod control;
 pub mod error;
 pub mod imaging;

@@ -16,7 +16,7 @@ use super::extent::{Extent, ExtentList, total_len};
 use super::fs::{self, Filesystem};
 use super::manifest::{ChunkRef, FORMAT, Header, ManifestWriter, Region, Section};
 use super::partition::{self, Layout};
-use super::store::{Store, StoreWriter, check_image_name};
+use super::store::{Store, check_image_name};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -87,6 +87,29 @@ pub fn capture(
     progress: &dyn Progress,
 ) -> Result<CaptureReport> {
     check_image_name(name)?;
+    let writer = store.writer()?;
+    let manifest = writer.manifest_writer()?;
+    let mut report = capture_to(&writer, manifest, source, name, options, progress)?;
+    writer.flush()?; // the last frame counts in new_bytes
+    report.new_chunks = writer.new_chunks();
+    report.new_stored_bytes = writer.new_bytes();
+    writer.commit(name)?;
+    Ok(report)
+}
+
+/// Captures `source` as image `name` into any [`ChunkSink`] (a store being written, a remote
+/// node), writing the manifest with `manifest`. The caller commits: the manifest is finished
+/// only when every chunk went to the sink, and not at all when the job was cancelled. The
+/// report's `new_chunks` and `new_stored_bytes` are left at zero for the caller to fill.
+pub fn capture_to(
+    sink: &dyn ChunkSink,
+    mut manifest: ManifestWriter,
+    source: &Path,
+    name: &str,
+    options: &CaptureOptions,
+    progress: &dyn Progress,
+) -> Result<CaptureReport> {
+    check_image_name(name)?;
     let started = Instant::now();
     let mut disk = Disk::open(source)?;
     let sector_size = if disk.is_block_device() {
@@ -97,8 +120,6 @@ pub fn capture(
     let layout = partition::read_layout(&disk, sector_size)?;
     disk.set_sector_size(layout.sector_size);
     let plans = plan(&disk, &layout)?;
-    let writer = store.writer()?;
-    let mut manifest = writer.manifest_writer()?;
     let threads = options
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
@@ -113,7 +134,7 @@ pub fn capture(
             &slice,
             &p.ranges,
             p.skip_zero_blocks,
-            &writer,
+            sink,
             &mut manifest,
             threads,
             progress,
@@ -148,9 +169,6 @@ pub fn capture(
         data_bytes,
     };
     manifest.finish(&header)?;
-    writer.flush()?;
-    let (new_chunks, new_stored_bytes) = (writer.new_chunks(), writer.new_bytes());
-    writer.commit(name)?;
     Ok(CaptureReport {
         name: name.into(),
         source: source.display().to_string(),
@@ -168,8 +186,8 @@ pub fn capture(
             .collect(),
         data_bytes,
         chunks: chunk_count,
-        new_chunks,
-        new_stored_bytes,
+        new_chunks: 0,
+        new_stored_bytes: 0,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -339,7 +357,7 @@ fn chunk_region(
     dev: &dyn ReadAt,
     ranges: &[Extent],
     skip_zero_blocks: bool,
-    sink: &StoreWriter,
+    sink: &dyn ChunkSink,
     manifest: &mut ManifestWriter,
     threads: usize,
     progress: &dyn Progress,
@@ -444,7 +462,7 @@ fn chunk_region(
 }
 
 /// Hashes a run of consecutive chunks and stores those the store lacks (as one frame).
-fn store_run(sink: &StoreWriter, run: &[Vec<u8>]) -> Result<Vec<ChunkRef>> {
+fn store_run(sink: &dyn ChunkSink, run: &[Vec<u8>]) -> Result<Vec<ChunkRef>> {
     let chunks: Vec<(ChunkId, &[u8])> = run.iter().map(|data| (ChunkId::of(data), &data[..])).collect();
     sink.put_run(&chunks)?;
     chunks

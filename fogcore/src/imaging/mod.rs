@@ -1,5 +1,6 @@
 //! Imaging: disks, partition tables, used-block maps, chunks, the store, capture and deploy.
 
+pub mod batch;
 pub mod capture;
 pub mod chunk;
 pub mod demo;

@@ -1,0 +1,440 @@
+//! The agent: the program on the machine being imaged (`fog agent run`).
+//!
+//! [`run`] checks in with its master or node by MAC (each card in turn) and SMBIOS UUID, waits
+//! for a slot (backing off, logging its place in line), runs the task over HTTP (deploy from the
+//! store with chunks prefetched in batches, capture into it with puts batched and the manifest
+//! last, or an inventory), reports progress every couple of seconds, checks out (complete, or
+//! failed with the reason) and says what to do next (reboot, power off, stay), which
+//! [`power_action`] carries out.
+
+pub mod inventory;
+pub mod target;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use crate::control::client::Client;
+use crate::control::model::{After, CheckIn, CheckOut, ProgressReport, SlotState, Task, TaskKind};
+use crate::control::remote::RemoteStore;
+use crate::imaging::batch::{BatchSink, with_prefetch};
+use crate::imaging::capture::{CaptureOptions, capture_to};
+use crate::imaging::deploy::{DeployOptions, deploy_manifest};
+use crate::imaging::manifest::ManifestWriter;
+use crate::imaging::replica::{ImageStore, open_manifest_bytes};
+use crate::progress::Progress;
+use crate::{Error, Result};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The master's (or node's) URL.
+    pub master: String,
+    /// Bearer token (a node's, usually).
+    pub token: Option<String>,
+    /// The target disk; overrides the rule below (a disk image file in tests).
+    pub disk: Option<PathBuf>,
+    /// The host's primary-disk rule (see [`target::choose`]).
+    pub disk_rule: Option<String>,
+    /// MACs to check in with; empty: the cards under `sys_root`.
+    pub macs: Vec<String>,
+    /// SMBIOS UUID; unset: read under `sys_root`.
+    pub uuid: Option<String>,
+    /// Where `/sys` is (fixtures in tests).
+    pub sys_root: PathBuf,
+    /// Where `/proc` is.
+    pub proc_root: PathBuf,
+    /// Return at once when no task waits, instead of asking again until one does.
+    pub once: bool,
+    /// First wait between check-ins; doubles up to `poll_max`.
+    pub poll: Duration,
+    /// Longest wait between check-ins.
+    pub poll_max: Duration,
+    /// Time between progress reports.
+    pub report_every: Duration,
+    /// Read the deployed data back and compare (every chunk is checked by hash anyway).
+    pub verify: bool,
+    /// Worker threads for capture and deploy (all cores when unset).
+    pub threads: Option<usize>,
+    /// Where a capture's manifest is written before it is sent (the system's temp dir when unset).
+    pub work_dir: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// Defaults for the agent of the master at `master`.
+    pub fn new(master: &str, token: Option<&str>) -> Self {
+        AgentConfig {
+            master: master.to_string(),
+            token: token.map(str::to_string),
+            disk: None,
+            disk_rule: None,
+            macs: Vec::new(),
+            uuid: None,
+            sys_root: PathBuf::from("/sys"),
+            proc_root: PathBuf::from("/proc"),
+            once: false,
+            poll: Duration::from_secs(2),
+            poll_max: Duration::from_secs(30),
+            report_every: Duration::from_secs(2),
+            verify: false,
+            threads: None,
+            work_dir: None,
+        }
+    }
+}
+
+/// What the agent did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentReport {
+    /// The task run (none when `once` found nothing to do).
+    pub task: Option<Task>,
+    /// True when the task did what it should.
+    pub ok: bool,
+    /// Why not.
+    pub reason: Option<String>,
+    /// What to do now.
+    pub after: Option<After>,
+    /// Bytes of image data moved.
+    pub bytes: u64,
+    /// Wall time of the task, in seconds.
+    pub seconds: f64,
+}
+
+/// Forwards to the caller's [`Progress`] and keeps what the reporter posts.
+struct Tracker<'a> {
+    user: &'a dyn Progress,
+    total: AtomicU64,
+    done: AtomicU64,
+    moved: AtomicU64,
+    phase_start: Mutex<Instant>,
+    cancelled: AtomicBool,
+}
+
+impl Tracker<'_> {
+    fn report(&self) -> ProgressReport {
+        let (total, done) = (self.total.load(Ordering::Relaxed), self.done.load(Ordering::Relaxed));
+        let elapsed = self.phase_start.lock().map_or(0.0, |s| s.elapsed().as_secs_f64());
+        ProgressReport {
+            percent: if total == 0 {
+                0.0
+            } else {
+                (done as f64 * 100.0 / total as f64).min(100.0)
+            },
+            bytes: done,
+            rate: if elapsed > 0.0 {
+                (done as f64 / elapsed) as u64
+            } else {
+                0
+            },
+        }
+    }
+}
+
+impl Progress for Tracker<'_> {
+    fn start(&self, phase: &str, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+        if let Ok(mut s) = self.phase_start.lock() {
+            *s = Instant::now();
+        }
+        self.user.start(phase, total);
+    }
+    fn advance(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+        self.moved.fetch_add(bytes, Ordering::Relaxed);
+        self.user.advance(bytes);
+    }
+    fn finish(&self) {
+        self.user.finish();
+    }
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed) || self.user.cancelled()
+    }
+}
+
+/// Errors worth asking again for: the master unreachable or busy.
+fn is_transient(e: &Error) -> bool {
+    match e {
+        Error::Http { .. } => true,
+        Error::Remote { status, .. } => *status >= 500,
+        _ => false,
+    }
+}
+
+/// Checks in, waits for a slot, runs the task, reports, checks out. Blocking: call it from a
+/// plain thread, not from async code.
+pub fn run(config: &AgentConfig, progress: &dyn Progress) -> Result<AgentReport> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("fog-agent")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Http {
+            url: config.master.clone(),
+            reason: format!("runtime: {e}"),
+        })?;
+    let client = Client::new(&config.master, config.token.as_deref())?;
+    let macs = if config.macs.is_empty() {
+        inventory::macs(&config.sys_root)
+    } else {
+        config.macs.clone()
+    };
+    if macs.is_empty() {
+        return Err(Error::invalid("mac", "", "no network card found to check in with"));
+    }
+    let uuid = config.uuid.clone().or_else(|| inventory::dmi(&config.sys_root).uuid);
+
+    // Check in until a task holds a slot.
+    let mut wait = config.poll;
+    let mut last_place = None;
+    let task = loop {
+        let mut reply = None;
+        let mut last_err = None;
+        for mac in &macs {
+            let check_in = CheckIn {
+                mac: mac.clone(),
+                uuid: uuid.clone(),
+                address: None,
+            };
+            match runtime.block_on(client.check_in(&check_in)) {
+                Ok(r) => {
+                    reply = Some(r);
+                    break;
+                }
+                Err(Error::Remote { status: 404, .. }) => {}
+                Err(e) if is_transient(&e) && !config.once => {
+                    tracing::warn!("check-in as {mac}: {e}; trying again");
+                    last_err = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match reply {
+            Some(r) => match r.slot {
+                SlotState::Granted => break r.task,
+                SlotState::Waiting { place, active, max } => {
+                    if last_place != Some(place) {
+                        tracing::info!(
+                            "task {} ({}): place {place} in line, {active} of {max} slots busy",
+                            r.task.id,
+                            r.task.kind.as_str()
+                        );
+                        last_place = Some(place);
+                    }
+                }
+            },
+            None if config.once && last_err.is_none() => {
+                tracing::info!("no task for {}", macs.join(", "));
+                return Ok(AgentReport {
+                    task: None,
+                    ok: true,
+                    reason: None,
+                    after: None,
+                    bytes: 0,
+                    seconds: 0.0,
+                });
+            }
+            None => {}
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(config.poll_max);
+    };
+    tracing::info!("task {} ({}) started", task.id, task.kind.as_str());
+
+    let inventory = inventory::collect(&config.sys_root, &config.proc_root);
+    let tracker = Tracker {
+        user: progress,
+        total: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        moved: AtomicU64::new(0),
+        phase_start: Mutex::new(Instant::now()),
+        cancelled: AtomicBool::new(false),
+    };
+    let started = Instant::now();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let result = std::thread::scope(|scope| {
+        let (runtime, client, tracker, task) = (&runtime, &client, &tracker, &task);
+        let reporter = scope.spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(config.report_every) {
+                match runtime.block_on(client.progress(task.id, &tracker.report())) {
+                    Ok(_) => {}
+                    Err(Error::Remote { status: 409, .. }) => {
+                        tracing::warn!("task {} is no longer running here: stopping", task.id);
+                        tracker.cancelled.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!("progress report: {e}"),
+                }
+            }
+        });
+        let result = run_task(config, task, tracker);
+        let _ = stop_tx.send(());
+        let _ = reporter.join();
+        result
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes = tracker.moved.load(Ordering::Relaxed);
+
+    let (ok, reason) = match &result {
+        Ok(()) => {
+            let last = ProgressReport {
+                percent: 100.0,
+                bytes,
+                rate: if seconds > 0.0 {
+                    (bytes as f64 / seconds) as u64
+                } else {
+                    0
+                },
+            };
+            if let Err(e) = runtime.block_on(client.progress(task.id, &last)) {
+                tracing::warn!("progress report: {e}");
+            }
+            (true, None)
+        }
+        Err(e) => (false, Some(e.to_string())),
+    };
+    let out = CheckOut {
+        ok,
+        reason: reason.clone(),
+        inventory: serde_json::to_value(&inventory).ok(),
+    };
+    let mut wait = config.poll;
+    let mut tries = 0;
+    let task = loop {
+        match runtime.block_on(client.check_out(task.id, &out)) {
+            Ok(task) => break task,
+            Err(e) if is_transient(&e) && tries < 10 => {
+                tracing::warn!("check-out: {e}; trying again");
+                tries += 1;
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(config.poll_max);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    match &reason {
+        None => tracing::info!("task {} complete: {bytes} bytes in {seconds:.1} s", task.id),
+        Some(r) => tracing::warn!("task {} failed: {r}", task.id),
+    }
+    Ok(AgentReport {
+        after: Some(task.after),
+        task: Some(task),
+        ok,
+        reason,
+        bytes,
+        seconds,
+    })
+}
+
+fn target_disk(config: &AgentConfig) -> Result<PathBuf> {
+    match &config.disk {
+        Some(disk) => Ok(disk.clone()),
+        None => target::choose(&config.sys_root, config.disk_rule.as_deref()),
+    }
+}
+
+fn task_image(task: &Task) -> Result<&str> {
+    task.image
+        .as_deref()
+        .ok_or_else(|| Error::invalid("task image", task.id.to_string(), "the task names no image"))
+}
+
+fn run_task(config: &AgentConfig, task: &Task, progress: &dyn Progress) -> Result<()> {
+    match task.kind {
+        TaskKind::Deploy => {
+            let image = task_image(task)?;
+            let disk = target_disk(config)?;
+            let store = RemoteStore::new(&config.master, config.token.as_deref())?;
+            deploy_remote(&store, image, &disk, config, progress)
+        }
+        TaskKind::Capture => {
+            let image = task_image(task)?;
+            let disk = target_disk(config)?;
+            let store = RemoteStore::new(&config.master, config.token.as_deref())?;
+            capture_remote(&store, image, &disk, config, progress)
+        }
+        TaskKind::Inventory => Ok(()), // the inventory goes with the check-out
+        other => Err(Error::invalid(
+            "task kind",
+            other.as_str(),
+            "this agent does not run it yet",
+        )),
+    }
+}
+
+/// Deploys `image` from `store` to `disk`, chunks prefetched in manifest order.
+pub fn deploy_remote(
+    store: &dyn ImageStore,
+    image: &str,
+    disk: &Path,
+    config: &AgentConfig,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let bytes = store.manifest_bytes(image)?;
+    let opened = open_manifest_bytes(&bytes, image)?;
+    let manifest = &opened.manifest;
+    let options = DeployOptions {
+        verify: config.verify,
+        threads: config.threads,
+    };
+    with_prefetch(store, manifest, |source| {
+        deploy_manifest(source, manifest, disk, &options, progress)
+    })?;
+    Ok(())
+}
+
+/// Captures `disk` into `store` as `image`: chunks the store holds are not sent, the rest go in
+/// batches, the manifest last (so the image is complete or absent).
+pub fn capture_remote(
+    store: &dyn ImageStore,
+    image: &str,
+    disk: &Path,
+    config: &AgentConfig,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let sink = BatchSink::new(store);
+    let known = sink.seed_from_image(image)?;
+    tracing::debug!("{known} chunks of the previous {image} are in the store");
+    let work = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let path = work.join(format!("fog-agent-{}-{nanos:x}.manifest", std::process::id()));
+    let result = (|| {
+        let writer = ManifestWriter::create(&path)?;
+        let options = CaptureOptions {
+            sector_size: None,
+            threads: config.threads,
+        };
+        capture_to(&sink, writer, disk, image, &options, progress)?;
+        sink.flush()?;
+        let manifest = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        store.put_manifest(image, &manifest)
+    })();
+    let _ = std::fs::remove_file(&path);
+    let stats = sink.stats();
+    tracing::info!(
+        "capture {image}: {} chunks sent ({} bytes), {} already in the store",
+        stats.chunks_sent,
+        stats.bytes_sent,
+        stats.chunks_present + known as u64
+    );
+    result
+}
+
+/// Reboots or powers off the machine (after sync), or does nothing for [`After::Stay`].
+pub fn power_action(after: After) -> Result<()> {
+    let command = match after {
+        After::Stay => return Ok(()),
+        After::Reboot => "reboot",
+        After::Poweroff => "poweroff",
+    };
+    let status = std::process::Command::new(command)
+        .status()
+        .map_err(|e| Error::io(command, e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!("{command} exited with {status}")))
+    }
+}

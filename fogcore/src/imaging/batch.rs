@@ -1,0 +1,351 @@
+//! Batching between the per-chunk pipelines (deploy asks [`ChunkSource`] for one chunk at a
+//! time, capture hands [`ChunkSink`] one chunk at a time) and an [`ImageStore`] that answers
+//! batches (a node over HTTP, where one request per 16 KiB chunk would cost a round trip each).
+//!
+//! - [`with_prefetch`]: a source that reads a manifest's chunks ahead, in manifest order, a few
+//!   MiB per request, within a bounded window of memory.
+//! - [`BatchSink`]: a sink that buffers puts and sends them a few MiB at a time, asking first which
+//!   of them the store lacks; what it knows the store holds (seeded from an earlier manifest of
+//!   the same image) is never compressed or sent.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use super::chunk::{self, ChunkId, ChunkSink, ChunkSource};
+use super::manifest::Manifest;
+use super::replica::{ImageStore, WireChunk, plain_len, unique_chunks};
+use crate::{Error, Result};
+
+/// Bytes of chunks asked for (or sent) in one request.
+pub const BATCH_BYTES: usize = 4 << 20;
+/// Bytes of prefetched chunks held before the prefetcher waits for deploy to use them.
+pub const WINDOW_BYTES: usize = 32 << 20;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Default)]
+struct Cached {
+    /// The stored bytes; `None` when the store said it does not have the chunk.
+    data: Option<Vec<u8>>,
+    /// Uses announced by the prefetcher and not yet taken.
+    uses: u32,
+}
+
+#[derive(Default)]
+struct PrefetchState {
+    cache: HashMap<ChunkId, Cached>,
+    bytes: usize,
+    /// Readers waiting for a chunk not yet cached: the prefetcher never pauses while one waits.
+    waiters: usize,
+    done: bool,
+    stop: bool,
+    failure: Option<Error>,
+    failed: bool,
+}
+
+/// A [`ChunkSource`] fed by a prefetcher; see [`with_prefetch`].
+pub struct Prefetch<'a> {
+    store: &'a dyn ImageStore,
+    state: Mutex<PrefetchState>,
+    changed: Condvar,
+    fetched: AtomicU64,
+}
+
+impl Prefetch<'_> {
+    fn fetch_loop(&self, manifest: &Manifest, batch_bytes: usize, window: usize) -> Result<()> {
+        let mut batch: Vec<ChunkId> = Vec::new();
+        let mut batch_uses: HashMap<ChunkId, u32> = HashMap::new();
+        let mut pending_bytes = 0usize;
+        for region in &manifest.header.regions {
+            for chunk in manifest.chunks(region) {
+                let chunk = chunk?;
+                {
+                    let mut state = lock(&self.state);
+                    if state.stop {
+                        return Ok(());
+                    }
+                    if let Some(cached) = state.cache.get_mut(&chunk.id) {
+                        cached.uses += 1;
+                        continue;
+                    }
+                }
+                let uses = batch_uses.entry(chunk.id).or_insert(0);
+                *uses += 1;
+                if *uses == 1 {
+                    batch.push(chunk.id);
+                    pending_bytes += chunk.len as usize;
+                }
+                if pending_bytes >= batch_bytes {
+                    self.fetch(&mut batch, &mut batch_uses, window)?;
+                    pending_bytes = 0;
+                }
+            }
+        }
+        self.fetch(&mut batch, &mut batch_uses, window)
+    }
+
+    fn fetch(&self, batch: &mut Vec<ChunkId>, uses: &mut HashMap<ChunkId, u32>, window: usize) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut state = lock(&self.state);
+            while state.bytes > window && state.waiters == 0 && !state.stop {
+                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            if state.stop {
+                return Ok(());
+            }
+        }
+        let got = self.store.get_chunks(batch)?;
+        let mut state = lock(&self.state);
+        for (id, data) in batch.drain(..).zip(got) {
+            let n = uses.remove(&id).unwrap_or(1);
+            let len = data.as_ref().map_or(0, Vec::len);
+            self.fetched.fetch_add(len as u64, Ordering::Relaxed);
+            let cached = state.cache.entry(id).or_default();
+            cached.uses += n;
+            let added = if cached.data.is_none() && data.is_some() {
+                cached.data = data;
+                len
+            } else {
+                0
+            };
+            state.bytes += added;
+        }
+        uses.clear();
+        drop(state);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Stored bytes received by the prefetcher so far.
+    pub fn bytes_fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+}
+
+impl ChunkSource for Prefetch<'_> {
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        let Some(encoded) = self.take_encoded(id)? else {
+            return Ok(None);
+        };
+        let len = plain_len(&encoded).ok_or_else(|| Error::ChunkCorrupt {
+            image: "store".into(),
+            chunk: id.to_hex(),
+            reason: "its plain length is not recorded".into(),
+        })?;
+        WireChunk { id: *id, len, encoded }.plain().map(Some)
+    }
+}
+
+impl Prefetch<'_> {
+    /// The encoded bytes of `id` as they came over the wire: from the read-ahead cache (waiting
+    /// for the prefetcher when it is on its way), or fetched on their own when out of order.
+    fn take_encoded(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(cached) = state.cache.get_mut(id) {
+                cached.uses = cached.uses.saturating_sub(1);
+                let data = if cached.uses == 0 {
+                    let data = state.cache.remove(id).and_then(|c| c.data);
+                    state.bytes = state.bytes.saturating_sub(data.as_ref().map_or(0, Vec::len));
+                    data
+                } else {
+                    cached.data.clone()
+                };
+                drop(state);
+                self.changed.notify_all();
+                return Ok(data);
+            }
+            if let Some(e) = state.failure.take() {
+                return Err(e);
+            }
+            if state.failed {
+                return Err(Error::InvalidInput(
+                    "prefetching chunks stopped after an earlier error".into(),
+                ));
+            }
+            if state.done || state.stop {
+                // Not in the manifest's order (a verify pass re-reading a chunk): ask directly.
+                drop(state);
+                return Ok(self
+                    .store
+                    .get_chunks(std::slice::from_ref(id))?
+                    .into_iter()
+                    .next()
+                    .flatten());
+            }
+            state.waiters += 1;
+            self.changed.notify_all();
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state.waiters -= 1;
+        }
+    }
+}
+
+/// Runs `job` with a [`ChunkSource`] that reads `manifest`'s chunks from `store` ahead of use,
+/// in manifest order, `BATCH_BYTES` per request and at most about `WINDOW_BYTES` ahead. A chunk
+/// asked for out of order is fetched on its own. Every chunk is still checked by its reader.
+pub fn with_prefetch<R>(
+    store: &dyn ImageStore,
+    manifest: &Manifest,
+    job: impl FnOnce(&Prefetch<'_>) -> Result<R>,
+) -> Result<R> {
+    let prefetch = Prefetch {
+        store,
+        state: Mutex::new(PrefetchState::default()),
+        changed: Condvar::new(),
+        fetched: AtomicU64::new(0),
+    };
+    std::thread::scope(|scope| {
+        let fetcher = scope.spawn(|| {
+            let result = prefetch.fetch_loop(manifest, BATCH_BYTES, WINDOW_BYTES);
+            let mut state = lock(&prefetch.state);
+            state.done = true;
+            if let Err(e) = result {
+                state.failure = Some(e);
+                state.failed = true;
+            }
+            drop(state);
+            prefetch.changed.notify_all();
+        });
+        let result = job(&prefetch);
+        lock(&prefetch.state).stop = true;
+        prefetch.changed.notify_all();
+        let joined = fetcher.join();
+        if joined.is_err() {
+            return Err(Error::InvalidInput("chunk prefetch thread panicked".into()));
+        }
+        result
+    })
+}
+
+/// Counters of a [`BatchSink`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    /// Chunks sent to the store.
+    pub chunks_sent: u64,
+    /// Their stored bytes.
+    pub bytes_sent: u64,
+    /// Chunks the store already had (not sent).
+    pub chunks_present: u64,
+}
+
+/// A [`ChunkSink`] over an [`ImageStore`] that sends puts in batches of about `BATCH_BYTES`,
+/// each preceded by one `missing` question so chunks the store holds are not sent.
+pub struct BatchSink<'a> {
+    store: &'a dyn ImageStore,
+    known: Mutex<HashSet<ChunkId>>,
+    pending: Mutex<(Vec<WireChunk>, usize)>,
+    stats: Mutex<SinkStats>,
+}
+
+impl<'a> BatchSink<'a> {
+    /// A sink into `store`.
+    pub fn new(store: &'a dyn ImageStore) -> Self {
+        BatchSink {
+            store,
+            known: Mutex::new(HashSet::new()),
+            pending: Mutex::new((Vec::new(), 0)),
+            stats: Mutex::new(SinkStats::default()),
+        }
+    }
+
+    /// Learns which chunks of `image` (an earlier capture of the same name, when the store has
+    /// one) the store holds, in batched questions, so a re-capture skips them without
+    /// compressing them. Returns how many it holds; an absent image is not an error.
+    pub fn seed_from_image(&self, image: &str) -> Result<usize> {
+        let bytes = match self.store.manifest_bytes(image) {
+            Ok(bytes) => bytes,
+            Err(Error::ImageNotFound(_)) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let opened = super::replica::open_manifest_bytes(&bytes, image)?;
+        let ids: Vec<ChunkId> = unique_chunks(&opened.manifest)?.iter().map(|c| c.id).collect();
+        let mut present = 0;
+        for batch in ids.chunks(BATCH_BYTES / 64) {
+            let missing: HashSet<ChunkId> = self.store.missing(batch)?.into_iter().collect();
+            let mut known = lock(&self.known);
+            for id in batch.iter().filter(|id| !missing.contains(id)) {
+                known.insert(*id);
+                present += 1;
+            }
+        }
+        Ok(present)
+    }
+
+    /// Sends what is buffered. Call it before putting the manifest.
+    pub fn flush(&self) -> Result<()> {
+        let batch = std::mem::take(&mut lock(&self.pending).0);
+        lock(&self.pending).1 = 0;
+        self.send(batch)
+    }
+
+    fn send(&self, batch: Vec<WireChunk>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<ChunkId> = batch.iter().map(|c| c.id).collect();
+        let missing: HashSet<ChunkId> = self.store.missing(&ids)?.into_iter().collect();
+        let (send, present): (Vec<WireChunk>, Vec<WireChunk>) =
+            batch.into_iter().partition(|c| missing.contains(&c.id));
+        let bytes: u64 = send.iter().map(|c| c.encoded.len() as u64).sum();
+        self.store.put_chunks(&send)?;
+        let mut stats = lock(&self.stats);
+        stats.chunks_sent += send.len() as u64;
+        stats.bytes_sent += bytes;
+        stats.chunks_present += present.len() as u64;
+        Ok(())
+    }
+
+    /// What was sent so far.
+    pub fn stats(&self) -> SinkStats {
+        *lock(&self.stats)
+    }
+}
+
+impl ChunkSink for BatchSink<'_> {
+    fn has(&self, id: &ChunkId) -> Result<bool> {
+        Ok(lock(&self.known).contains(id))
+    }
+
+    fn put_run(&self, chunks: &[(ChunkId, &[u8])]) -> Result<usize> {
+        let mut new = Vec::new();
+        for (id, plain) in chunks {
+            if !lock(&self.known).insert(*id) {
+                continue;
+            }
+            let len = u32::try_from(plain.len()).map_err(|_| Error::ChunkCorrupt {
+                image: "upload".into(),
+                chunk: id.to_hex(),
+                reason: format!("{} bytes is too large for a chunk", plain.len()),
+            })?;
+            // Compressed here, on the capture worker's thread: in parallel, one chunk each.
+            new.push(WireChunk {
+                id: *id,
+                len,
+                encoded: chunk::encode(plain),
+            });
+        }
+        let count = new.len();
+        let full = {
+            let mut pending = lock(&self.pending);
+            pending.1 += new.iter().map(|c| c.encoded.len()).sum::<usize>();
+            pending.0.extend(new);
+            if pending.1 >= BATCH_BYTES {
+                pending.1 = 0;
+                Some(std::mem::take(&mut pending.0))
+            } else {
+                None
+            }
+        };
+        if let Some(batch) = full {
+            self.send(batch)?;
+        }
+        Ok(count)
+    }
+}

@@ -1,0 +1,401 @@
+//! The agent against a real master on loopback: it deploys an image from the master's store to a
+//! disk image file, captures a disk into the store, reports an inventory, and five agents share
+//! a node's two slots. Results are checked as a user would: bytes on the disks, files read back
+//! with debugfs, tasks complete on the master.
+
+mod tools;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fogcore::agent::{AgentConfig, AgentReport, capture_remote, deploy_remote, run};
+use fogcore::control::client::Client;
+use fogcore::control::db::{Db, TaskFilter};
+use fogcore::control::master::Master;
+use fogcore::control::model::{After, Host, Image, NewTask, Node, Placement, TaskKind, TaskState};
+use fogcore::control::service::Control;
+use fogcore::imaging::capture::{CaptureOptions, capture};
+use fogcore::imaging::chunk::ChunkId;
+use fogcore::imaging::deploy::{DeployOptions, deploy};
+use fogcore::imaging::replica::{ImageStore, LocalStore, WireChunk};
+use fogcore::imaging::store::Store;
+use fogcore::progress::NoProgress;
+use tools::*;
+
+/// A master with a store holding `golden` (captured from an ext4 disk), a node of `max` slots
+/// and its token; the runtime serves as long as this lives.
+struct Site {
+    rt: tokio::runtime::Runtime,
+    master: Option<Master>,
+    base: String,
+    admin: Client,
+    node_token: String,
+    store: Store,
+    source: PathBuf,
+    sys: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn start(max: u32) -> Site {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        write_tree(&tree, 5);
+        fs::write(tree.join("big.bin"), pseudo_random(6 << 20, 77)).expect("write");
+        let source = dir.path().join("source.img");
+        sh(&format!(
+            "mkfs.ext4 -q -F -d {} {} 24M",
+            tree.display(),
+            source.display()
+        ));
+        let store = Store::open(dir.path().join("master-store")).expect("store");
+        capture(&store, &source, "golden", &CaptureOptions::default(), &NoProgress).expect("capture");
+        // What the agent sees as /sys: one vendor string, no cards (MACs come from the config).
+        let sys = dir.path().join("sys");
+        fs::create_dir_all(sys.join("class/dmi/id")).expect("mkdir");
+        fs::write(sys.join("class/dmi/id/sys_vendor"), "QEMU\n").expect("write");
+
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display());
+        let (master, base, admin, node_token) = rt.block_on(async {
+            let control = Arc::new(Control::new(Db::open(&url).await.expect("db")));
+            control.set_image_store(Arc::new(LocalStore::new(store.clone())));
+            let admin_token = control.create_admin_token().await.expect("token");
+            let master = Master::start(control, "127.0.0.1:0".parse().expect("addr"))
+                .await
+                .expect("master");
+            let base = format!("http://{}", master.addr());
+            let admin = Client::new(&base, Some(&admin_token)).expect("client");
+            let node = Node {
+                name: "site".into(),
+                url: "http://site.lab:8080".into(),
+                subnets: Vec::new(),
+                max_clients: max,
+                enabled: true,
+                last_seen: None,
+            };
+            let token = admin.create_node(&node).await.expect("node").token;
+            for name in ["golden", "captured", "lost"] {
+                let image = Image {
+                    name: name.into(),
+                    description: String::new(),
+                    os: String::new(),
+                    size_bytes: 0,
+                    placement: Placement::All,
+                };
+                admin.create_image(&image).await.expect("image");
+            }
+            (master, base, admin, token)
+        });
+        Site {
+            rt,
+            master: Some(master),
+            base,
+            admin,
+            node_token,
+            store,
+            source,
+            sys,
+            dir,
+        }
+    }
+
+    fn mac(i: u32) -> String {
+        format!("52:54:00:00:02:{i:02x}")
+    }
+
+    fn add_host(&self, i: u32) {
+        let host = Host {
+            name: format!("pc-{i}"),
+            macs: vec![Site::mac(i)],
+            uuid: None,
+            address: None,
+            image: Some("golden".into()),
+            group: None,
+            node: Some("site".into()),
+            primary_disk: None,
+            kernel_args: String::new(),
+            inventory: serde_json::Value::Null,
+        };
+        self.rt.block_on(self.admin.create_host(&host)).expect("host");
+    }
+
+    fn add_task(&self, i: u32, kind: TaskKind, image: Option<&str>) {
+        let task = NewTask {
+            kind,
+            host: Some(format!("pc-{i}")),
+            image: image.map(str::to_string),
+            after: After::Stay,
+            wake: false,
+        };
+        self.rt.block_on(self.admin.create_task(&task)).expect("task");
+    }
+
+    fn agent(&self, i: u32, disk: &Path) -> AgentConfig {
+        let mut config = AgentConfig::new(&self.base, Some(&self.node_token));
+        config.disk = Some(disk.to_path_buf());
+        config.macs = vec![Site::mac(i)];
+        config.sys_root = self.sys.clone();
+        config.proc_root = self.dir.path().join("proc");
+        config.once = true;
+        config.poll = Duration::from_millis(20);
+        config.poll_max = Duration::from_millis(100);
+        config.report_every = Duration::from_millis(50);
+        config.threads = Some(2);
+        config
+    }
+
+    fn tasks(&self, host: &str) -> Vec<fogcore::control::model::Task> {
+        let filter = TaskFilter {
+            host: Some(host.into()),
+            ..TaskFilter::default()
+        };
+        self.rt.block_on(self.admin.tasks(&filter)).expect("tasks")
+    }
+
+    /// `name` deployed locally from the master's store to `out`.
+    fn local_deploy(&self, name: &str, out: &Path) -> Vec<u8> {
+        deploy(&self.store, name, out, &DeployOptions::default(), &NoProgress).expect("deploy");
+        fs::read(out).expect("read")
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if let Some(master) = self.master.take() {
+            let _ = self.rt.block_on(master.stop());
+        }
+    }
+}
+
+fn run_agent(config: &AgentConfig) -> AgentReport {
+    let report = run(config, &NoProgress).expect("agent");
+    assert!(report.ok, "agent failed: {:?}", report.reason);
+    report
+}
+
+#[test]
+fn agent_deploys_captures_and_reports_inventory_over_http() {
+    let site = Site::start(2);
+    site.add_host(0);
+    let dir = site.dir.path().to_path_buf();
+
+    // Nothing to do: with --once the agent says so and changes nothing.
+    let idle = run(&site.agent(0, &dir.join("none.img")), &NoProgress).expect("idle agent");
+    assert!(idle.task.is_none() && idle.ok);
+    assert!(!dir.join("none.img").exists());
+
+    // Deploy: the target equals a local deploy of the same image; the task is complete.
+    site.add_task(0, TaskKind::Deploy, Some("golden"));
+    let target = dir.join("target.img");
+    let report = run_agent(&site.agent(0, &target));
+    assert_eq!(report.after, Some(After::Stay));
+    assert!(report.bytes > 6 << 20, "moved {} bytes", report.bytes);
+    let expected = site.local_deploy("golden", &dir.join("local.img"));
+    assert!(
+        fs::read(&target).expect("read") == expected,
+        "agent deploy differs from a local deploy"
+    );
+    assert_eq!(debugfs_cat(&target, "/big.bin"), pseudo_random(6 << 20, 77));
+    let tasks = site.tasks("pc-0");
+    assert_eq!(tasks.first().map(|t| &t.state), Some(&TaskState::Complete));
+    let history = site.rt.block_on(site.admin.task_history(tasks[0].id)).expect("history");
+    assert!(history.iter().any(|e| e.to == "in_progress"), "{history:?}");
+
+    // Capture: a changed disk goes into the master's store and deploys back identical.
+    let changed = dir.join("changed.img");
+    fs::copy(&site.source, &changed).expect("copy");
+    let new_file = dir.join("new.bin");
+    fs::write(&new_file, pseudo_random(300_000, 9)).expect("write");
+    sh(&format!(
+        "debugfs -w -R \"write {} /new.bin\" {} >/dev/null 2>&1",
+        new_file.display(),
+        changed.display()
+    ));
+    site.add_task(0, TaskKind::Capture, Some("captured"));
+    run_agent(&site.agent(0, &changed));
+    assert!(
+        site.store
+            .image_names()
+            .expect("names")
+            .contains(&"captured".to_string())
+    );
+    let back = dir.join("back.img");
+    site.local_deploy("captured", &back);
+    assert_eq!(debugfs_cat(&back, "/new.bin"), pseudo_random(300_000, 9));
+    assert_eq!(debugfs_cat(&back, "/big.bin"), pseudo_random(6 << 20, 77));
+    let direct = Store::open(dir.join("direct-store")).expect("store");
+    capture(&direct, &changed, "direct", &CaptureOptions::default(), &NoProgress).expect("capture");
+    let direct_bytes = {
+        deploy(
+            &direct,
+            "direct",
+            &dir.join("direct.img"),
+            &DeployOptions::default(),
+            &NoProgress,
+        )
+        .expect("deploy");
+        fs::read(dir.join("direct.img")).expect("read")
+    };
+    assert!(
+        fs::read(&back).expect("read") == direct_bytes,
+        "captured over HTTP differs"
+    );
+    // An agent deploy of what it captured equals the disk it captured.
+    site.add_task(0, TaskKind::Deploy, Some("captured"));
+    let again = dir.join("again.img");
+    run_agent(&site.agent(0, &again));
+    assert!(fs::read(&again).expect("read") == direct_bytes);
+
+    // Inventory: stored on the host.
+    site.add_task(0, TaskKind::Inventory, None);
+    run_agent(&site.agent(0, &target));
+    let host = site.rt.block_on(site.admin.host("pc-0")).expect("host");
+    assert_eq!(host.inventory["dmi"]["vendor"], "QEMU", "{}", host.inventory);
+    assert!(site.tasks("pc-0").iter().all(|t| t.state == TaskState::Complete));
+}
+
+#[test]
+fn agent_failure_is_checked_out_with_its_reason() {
+    let site = Site::start(2);
+    site.add_host(0);
+    site.add_task(0, TaskKind::Deploy, Some("lost")); // a record, but not in the store
+    let report = run(&site.agent(0, &site.dir.path().join("t.img")), &NoProgress).expect("agent");
+    assert!(!report.ok);
+    match &site.tasks("pc-0")[0].state {
+        TaskState::Failed { reason } => assert!(reason.contains("lost"), "{reason}"),
+        other => panic!("task is {other:?}"),
+    }
+}
+
+#[test]
+fn five_agents_share_two_slots_and_all_complete() {
+    let site = Site::start(2);
+    for i in 0..5 {
+        site.add_host(i);
+        site.add_task(i, TaskKind::Deploy, Some("golden"));
+    }
+    let done = AtomicBool::new(false);
+    let peak = AtomicUsize::new(0);
+    let dir = site.dir.path().to_path_buf();
+    std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let filter = TaskFilter {
+                state: Some("in_progress".into()),
+                ..TaskFilter::default()
+            };
+            while !done.load(Ordering::SeqCst) {
+                let running = site.rt.block_on(site.admin.tasks(&filter)).expect("tasks").len();
+                peak.fetch_max(running, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let agents: Vec<_> = (0..5u32)
+            .map(|i| {
+                let mut config = site.agent(i, &dir.join(format!("t{i}.img")));
+                config.once = false;
+                scope.spawn(move || run(&config, &NoProgress))
+            })
+            .collect();
+        for agent in agents {
+            let report = agent.join().expect("agent thread").expect("agent");
+            assert!(report.ok, "{:?}", report.reason);
+        }
+        done.store(true, Ordering::SeqCst);
+        watcher.join().expect("watcher");
+    });
+    let peak = peak.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&peak), "{peak} tasks in progress at once");
+    let expected = site.local_deploy("golden", &dir.join("local.img"));
+    for i in 0..5 {
+        assert!(
+            fs::read(dir.join(format!("t{i}.img"))).expect("read") == expected,
+            "t{i} differs"
+        );
+        assert_eq!(
+            site.tasks(&format!("pc-{i}")).first().map(|t| &t.state),
+            Some(&TaskState::Complete)
+        );
+    }
+}
+
+/// Counts the requests an [`ImageStore`] answers, to check the agent batches them.
+struct Counting {
+    inner: LocalStore,
+    gets: AtomicUsize,
+    puts: AtomicUsize,
+    missing: AtomicUsize,
+}
+
+impl ImageStore for Counting {
+    fn images(&self) -> fogcore::Result<Vec<String>> {
+        self.inner.images()
+    }
+    fn manifest_bytes(&self, name: &str) -> fogcore::Result<Vec<u8>> {
+        self.inner.manifest_bytes(name)
+    }
+    fn missing(&self, ids: &[ChunkId]) -> fogcore::Result<Vec<ChunkId>> {
+        self.missing.fetch_add(1, Ordering::SeqCst);
+        self.inner.missing(ids)
+    }
+    fn get_chunks(&self, ids: &[ChunkId]) -> fogcore::Result<Vec<Option<Vec<u8>>>> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_chunks(ids)
+    }
+    fn put_chunks(&self, chunks: &[WireChunk]) -> fogcore::Result<u64> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put_chunks(chunks)
+    }
+    fn put_manifest(&self, name: &str, bytes: &[u8]) -> fogcore::Result<()> {
+        self.inner.put_manifest(name, bytes)
+    }
+}
+
+#[test]
+fn deploy_and_capture_move_chunks_in_batches() {
+    let site = Site::start(1);
+    let dir = site.dir.path().to_path_buf();
+    let store = Counting {
+        inner: LocalStore::new(site.store.clone()),
+        gets: AtomicUsize::new(0),
+        puts: AtomicUsize::new(0),
+        missing: AtomicUsize::new(0),
+    };
+    let config = site.agent(0, &dir.join("unused"));
+    let chunks = site.store.manifest("golden").expect("manifest").header.chunk_count as usize;
+    assert!(chunks > 300, "{chunks} chunks");
+
+    deploy_remote(&store, "golden", &dir.join("t.img"), &config, &NoProgress).expect("deploy");
+    let gets = store.gets.load(Ordering::SeqCst);
+    assert!(gets * 50 < chunks, "{gets} requests for {chunks} chunks");
+    assert!(fs::read(dir.join("t.img")).expect("read") == site.local_deploy("golden", &dir.join("l.img")));
+
+    // A first capture under a new name sends everything in a few batches; a re-capture of the
+    // same disk under that name sends nothing, asking in batches.
+    let fresh = Counting {
+        inner: LocalStore::new(Store::open(dir.join("fresh")).expect("store")),
+        gets: AtomicUsize::new(0),
+        puts: AtomicUsize::new(0),
+        missing: AtomicUsize::new(0),
+    };
+    capture_remote(&fresh, "copy", &site.source, &config, &NoProgress).expect("capture");
+    let (puts, asks) = (fresh.puts.load(Ordering::SeqCst), fresh.missing.load(Ordering::SeqCst));
+    assert!(
+        puts >= 1 && puts * 50 < chunks && asks * 50 < chunks,
+        "{puts} puts, {asks} asks"
+    );
+    capture_remote(&fresh, "copy", &site.source, &config, &NoProgress).expect("recapture");
+    assert_eq!(
+        fresh.puts.load(Ordering::SeqCst),
+        puts,
+        "a re-capture sent chunks again"
+    );
+    assert!(fresh.missing.load(Ordering::SeqCst) - asks <= 2);
+    let copy = fresh.inner.store().clone();
+    let out = dir.join("copy.img");
+    deploy(&copy, "copy", &out, &DeployOptions::default(), &NoProgress).expect("deploy copy");
+    assert!(fs::read(&out).expect("read") == site.local_deploy("golden", &dir.join("l2.img")));
+}
