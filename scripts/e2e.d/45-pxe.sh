@@ -83,7 +83,8 @@ echo "== BIOS VM (iPXE NIC ROM)"
 pxe_boot_vm "$ns" tap0 "$work/bios-vm.log" 300 bios "$bios_mac" || { echo "BIOS VM: qemu exit $?"; exit 1; }
 grep -Eq "FOG-TEST-BOOTED marker=$bios_marker ip=$in_range\$" "$work/bios-vm.log"
 grep -q "Filename: $base/boot.ipxe" "$work/bios-vm.log"
-grep -q "$base/fogtest/initrd.img... ok" "$work/bios-vm.log"
+# (The marker can only come from the initramfs; iPXE's "ok" after the initrd download may be
+# cut by the kernel's first console line, so it is not checked.)
 
 echo "== UEFI VM (OVMF PXE, ipxe.efi over TFTP)"
 pxe_boot_vm "$ns" tap1 "$work/uefi-vm.log" 400 uefi "$uefi_mac" || { echo "UEFI VM: qemu exit $?"; exit 1; }
