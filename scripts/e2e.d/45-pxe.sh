@@ -81,7 +81,7 @@ if grep -q "Prefix" "$work/rdisc6.log"; then echo "fog advertised a prefix"; exi
 
 echo "== BIOS VM (iPXE NIC ROM)"
 pxe_boot_vm "$ns" tap0 "$work/bios-vm.log" 300 bios "$bios_mac" || { echo "BIOS VM: qemu exit $?"; exit 1; }
-grep -Eq "FOG-TEST-BOOTED marker=$bios_marker ip=$in_range\$" "$work/bios-vm.log"
+grep -Eq "FOG-TEST-BOOTED marker=$bios_marker ip=$in_range" "$work/bios-vm.log"
 grep -q "Filename: $base/boot.ipxe" "$work/bios-vm.log"
 # (The marker can only come from the initramfs; iPXE's "ok" after the initrd download may be
 # cut by the kernel's first console line, so it is not checked.)
@@ -90,7 +90,7 @@ echo "== UEFI VM (OVMF PXE, ipxe.efi over TFTP)"
 pxe_boot_vm "$ns" tap1 "$work/uefi-vm.log" 400 uefi "$uefi_mac" || { echo "UEFI VM: qemu exit $?"; exit 1; }
 grep -q "NBP filename is ipxe.efi" "$work/uefi-vm.log"
 grep -q "NBP file downloaded successfully" "$work/uefi-vm.log"
-grep -Eq "FOG-TEST-BOOTED marker=$uefi_marker ip=$in_range\$" "$work/uefi-vm.log"
+grep -Eq "FOG-TEST-BOOTED marker=$uefi_marker ip=$in_range" "$work/uefi-vm.log"
 
 echo "== a host without a script gets the menu"
 menu=$(ip netns exec "$ns" curl -sf "$base/boot/52:54:00:45:00:99")
