@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use crate::control::cron::Cron;
 use crate::control::db::{Db, TaskFilter, TaskUpdate, TokenRole, now_ms};
 use crate::control::model::{
-    CheckIn, CheckInReply, CheckOut, Group, Heartbeat, Host, Image, Millis, NewTask, Node, NodeToken, Placement,
+    BootTask, CheckIn, CheckInReply, CheckOut, Group, Heartbeat, Host, Image, Millis, NewTask, Node, NodeToken, Placement,
     ProgressReport, STATE_NAMES, Schedule, SlotState, Task, TaskId, TaskKind, TaskState, When, canonical_mac,
     canonical_uuid, check_name,
 };
@@ -681,6 +681,25 @@ impl Control {
                 ..TaskFilter::default()
             })
             .await
+    }
+
+    /// [`Control::node_tasks`] with each host's MACs and kernel arguments: what a node needs
+    /// to answer `/boot/{mac}` (a node token cannot read hosts).
+    pub async fn node_boot_tasks(&self, node: &str) -> Result<Vec<BootTask>> {
+        let mut out = Vec::new();
+        for task in self.node_tasks(node).await? {
+            match self.db.host(&task.host).await {
+                Ok(host) => out.push(BootTask {
+                    task,
+                    macs: host.macs,
+                    kernel_args: host.kernel_args,
+                }),
+                // Removed since; its task is history.
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     // ---- schedules
