@@ -206,10 +206,7 @@ mod tests {
         let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
         let script = s.script(mac);
         assert!(script.starts_with("#!ipxe\n"));
-        let kernel = script
-            .lines()
-            .find(|l| l.starts_with("kernel "))
-            .unwrap_or_default();
+        let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap_or_default();
         assert!(kernel.starts_with("kernel http://10.99.0.1:8080/bootenv/vmlinuz initrd=initrd.img "));
         for arg in [
             "fog.task=42",
@@ -223,7 +220,10 @@ mod tests {
             assert!(kernel.contains(arg), "{arg} missing from {kernel}");
         }
         assert!(script.contains("\ninitrd http://10.99.0.1:8080/bootenv/initrd.img "));
-        assert!(!script.contains("\nchain http://evil"), "kernel args stay on the kernel line");
+        assert!(
+            !script.contains("\nchain http://evil"),
+            "kernel args stay on the kernel line"
+        );
         let menu = s.script([0x52, 0x54, 0, 0, 0, 1]);
         assert!(menu.contains("choose --timeout") && !menu.contains("fog.token"));
         s.tasks.replace(Vec::new());

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::control::db::TaskFilter;
 use crate::control::model::{
-    BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, Heartbeat, Host, Image, ImageCopy, NewTask, Node, NodeToken,
-    ProgressReport, Schedule, Task, TaskEvent, TaskId,
+    BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, Heartbeat, Host, Image, ImageCopy, NewTask, Node,
+    NodeToken, ProgressReport, Schedule, Task, TaskEvent, TaskId,
 };
 use crate::control::service::GroupTasks;
 use crate::error::{Error, Result};

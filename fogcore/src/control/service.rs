@@ -12,9 +12,9 @@ use tokio::sync::Mutex;
 use crate::control::cron::Cron;
 use crate::control::db::{Db, TaskFilter, TaskUpdate, TokenRole, now_ms};
 use crate::control::model::{
-    BootTask, CheckIn, CheckInReply, CheckOut, Group, Heartbeat, Host, Image, Millis, NewTask, Node, NodeToken, Placement,
-    ProgressReport, STATE_NAMES, Schedule, SlotState, Task, TaskId, TaskKind, TaskState, When, canonical_mac,
-    canonical_uuid, check_name,
+    BootTask, CheckIn, CheckInReply, CheckOut, Group, Heartbeat, Host, Image, Millis, NewTask, Node, NodeToken,
+    Placement, ProgressReport, STATE_NAMES, Schedule, SlotState, Task, TaskId, TaskKind, TaskState, When,
+    canonical_mac, canonical_uuid, check_name,
 };
 use crate::control::tasks::{Event, Slot, slot_for, step};
 use crate::error::{Error, Result};

@@ -349,10 +349,12 @@ fn master_link(node: &NodeFile) -> Result<Option<MasterLink>> {
             format!("{url:?} is not an http:// or https:// URL (e.g. \"http://master:8090\")"),
         ));
     }
-    let name = node
-        .name
-        .clone()
-        .ok_or_else(|| bad("[node] name", "required with [node] master (the node's name on the master)"))?;
+    let name = node.name.clone().ok_or_else(|| {
+        bad(
+            "[node] name",
+            "required with [node] master (the node's name on the master)",
+        )
+    })?;
     let name_ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['.', '-'])
@@ -376,10 +378,10 @@ fn master_link(node: &NodeFile) -> Result<Option<MasterLink>> {
             ));
         }
     };
-    if let TokenSource::Inline(token) = &token {
-        if token.trim().is_empty() {
-            return Err(bad("[node] token", "is empty"));
-        }
+    if let TokenSource::Inline(token) = &token
+        && token.trim().is_empty()
+    {
+        return Err(bad("[node] token", "is empty"));
     }
     let heartbeat_secs = node.heartbeat_secs.unwrap_or(DEFAULT_HEARTBEAT_SECS);
     if !(1..=3600).contains(&heartbeat_secs) {
