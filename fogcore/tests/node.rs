@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fogcore::control::client::Client;
 use fogcore::control::db::{Db, now_ms};
 use fogcore::control::master::Master;
-use fogcore::control::model::{After, Host, Image, NewTask, Node, Placement, TaskKind};
+use fogcore::control::model::{After, CheckIn, Host, Image, NewTask, Node, Placement, TaskKind};
 use fogcore::control::service::Control;
 use fogcore::net::config::ServeConfig;
 
@@ -153,11 +153,21 @@ fn node_boots_the_agent_for_tasks_menus_others_and_survives_the_master() -> Test
         "fog.action=deploy",
         &format!("fog.mac={TASK_MAC}"),
         &format!("fog.master={base}"),
-        "fog.token=fog_",
+        &format!("fog.token=fogt_{}_", task.id),
         "quiet",
     ] {
         assert!(kernel.contains(arg), "{arg} missing: {kernel}");
     }
+    let node_token = std::fs::read_to_string(dir.path().join("node-token"))?;
+    assert!(
+        !agent.contains(node_token.trim()),
+        "the node's own token is not on the script"
+    );
+    let task_token = kernel
+        .split(' ')
+        .find_map(|a| a.strip_prefix("fog.token="))
+        .ok_or("no token")?
+        .to_string();
     assert!(
         agent.contains(&format!("\ninitrd http://{http}/bootenv/initrd.img")),
         "{agent}"
@@ -199,7 +209,24 @@ fn node_boots_the_agent_for_tasks_menus_others_and_survives_the_master() -> Test
             .and_then(|n| n.last_seen)
             .is_some_and(|t| t >= restarted_at)
     })?;
+    // The agent's task token works on the master while the task is open, not after.
+    let agent_client = Client::new(&base, Some(&task_token))?;
+    let reply = rt.block_on(agent_client.check_in(&CheckIn {
+        mac: TASK_MAC.into(),
+        uuid: None,
+        address: None,
+    }))?;
+    assert_eq!(reply.task.id, task.id);
+    let forged = Client::new(&base, Some(&format!("fogt_{}_{}", task.id, "0".repeat(64))))?;
+    assert!(
+        rt.block_on(forged.node_tasks("site-a")).is_err(),
+        "a forged task token is refused"
+    );
     rt.block_on(admin.cancel_task(task.id))?;
+    match rt.block_on(agent_client.node_tasks("site-a")) {
+        Err(fogcore::Error::Remote { status: 401, .. }) => {}
+        other => return Err(format!("a finished task's token was not refused: {other:?}").into()),
+    }
     eventually(&rt, "the cancelled task leaves the node", || async {
         script(http, TASK_MAC)
             .await

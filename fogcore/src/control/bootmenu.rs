@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::control::model::{BootTask, TaskKind, canonical_mac};
+use crate::control::service::task_token;
 use crate::net::http::{BootScripts, format_mac};
 
 /// The last known open tasks of a node's hosts, by MAC.
@@ -75,8 +76,9 @@ pub struct NodeBootScripts {
     pub master: String,
     /// This node's name (`fog.node=`).
     pub node: String,
-    /// The token the agent presents (`fog.token=`): the node's, see DECISIONS.
-    pub token: String,
+    /// The node's token: the script carries a task token derived from it
+    /// ([`crate::control::service::task_token`]), never the token itself.
+    pub node_token: String,
     /// The agent's kernel, relative to the boot directory (`bootenv/vmlinuz`).
     pub kernel: String,
     /// The agent's initramfs, relative to the boot directory (`bootenv/initrd.img`).
@@ -109,7 +111,7 @@ impl NodeBootScripts {
             node = one_line(&self.node),
             id = t.id,
             action = t.kind.as_str(),
-            token = one_line(&self.token),
+            token = task_token(&self.node_token, &self.node, t.id),
         );
         if let Some(image) = &t.image {
             args.push_str(&format!(" fog.image={}", one_line(image)));
@@ -192,7 +194,7 @@ mod tests {
             others: Arc::new(DefaultMenu::default()),
             master: "http://m:8090".into(),
             node: "site-a".into(),
-            token: "fog_abc".into(),
+            node_token: "fog_abc".into(),
             kernel: "bootenv/vmlinuz".into(),
             initrd: "bootenv/initrd.img".into(),
             default_base: "http://10.99.0.1:8080".into(),
@@ -213,7 +215,7 @@ mod tests {
             "fog.action=deploy",
             "fog.mac=52:54:00:12:34:56",
             "fog.master=http://m:8090",
-            "fog.token=fog_abc",
+            &format!("fog.token={}", task_token("fog_abc", "site-a", 42)),
             "fog.image=win11",
             "quiet chain http://evil",
         ] {

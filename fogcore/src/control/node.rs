@@ -152,7 +152,7 @@ pub fn node_role(config: &ServeConfig) -> Result<Option<(Arc<NodeBootScripts>, N
         others,
         master: link.url.clone(),
         node: link.name.clone(),
-        token: link.token.read()?,
+        node_token: link.token.read()?,
         kernel: config.boot.agent_kernel.clone(),
         initrd: config.boot.agent_initrd.clone(),
         default_base,
