@@ -40,11 +40,15 @@ fn host(name: &str, mac: &str) -> Host {
 }
 
 fn node_config(dir: &Path, master: &str, token_file: &Path) -> fogcore::Result<ServeConfig> {
+    node_config_every(dir, master, token_file, 1)
+}
+
+fn node_config_every(dir: &Path, master: &str, token_file: &Path, secs: u64) -> fogcore::Result<ServeConfig> {
     let boot = dir.join("boot");
     std::fs::create_dir_all(&boot).map_err(|e| fogcore::Error::io(&boot, e))?;
     let text = format!(
         "[node]\naddress = \"127.0.0.1\"\ndata_dir = {data:?}\nboot_dir = {boot:?}\n\
-         master = \"{master}\"\nname = \"site-a\"\ntoken_file = {token:?}\nheartbeat_secs = 1\n\
+         master = \"{master}\"\nname = \"site-a\"\ntoken_file = {token:?}\nheartbeat_secs = {secs}\n\
          [http]\nlisten = \"127.0.0.1:0\"\n",
         data = dir.display().to_string(),
         boot = boot.display().to_string(),
@@ -81,8 +85,19 @@ async fn script(http: SocketAddr, mac: &str) -> Result<String, reqwest::Error> {
     reqwest::get(format!("http://{http}/boot/{mac}")).await?.text().await
 }
 
-#[test]
-fn node_boots_the_agent_for_tasks_menus_others_and_survives_the_master() -> TestResult {
+/// A master on loopback with node `site-a` (its token in `DIR/node-token`), hosts pc-01 (with a
+/// deploy task) and pc-02 (none).
+struct Lab {
+    dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    db_url: String,
+    master: Master,
+    base: String,
+    admin: Client,
+    task: fogcore::control::model::Task,
+}
+
+fn lab() -> Result<Lab, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Runtime::new()?;
     let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display());
@@ -129,6 +144,29 @@ fn node_boots_the_agent_for_tasks_menus_others_and_survives_the_master() -> Test
             .await
     })?;
 
+    Ok(Lab {
+        dir,
+        rt,
+        db_url,
+        master,
+        base,
+        admin,
+        task,
+    })
+}
+
+#[test]
+fn node_boots_the_agent_for_tasks_menus_others_and_survives_the_master() -> TestResult {
+    let Lab {
+        dir,
+        rt,
+        db_url,
+        master,
+        base,
+        admin,
+        task,
+    } = lab()?;
+    let master_addr = master.addr();
     let node_dir = dir.path().join("node");
     let config = node_config(&node_dir, &base, &dir.path().join("node-token"))?;
     let server = fogcore::control::node::serve(config)?;
@@ -247,5 +285,35 @@ fn a_missing_token_file_is_an_error_naming_the_key() -> TestResult {
         Err(e) => e,
     };
     assert!(error.to_string().contains("[node] token_file"), "{error}");
+    Ok(())
+}
+
+#[test]
+fn a_task_that_ended_since_the_last_beat_does_not_boot_the_agent_again() -> TestResult {
+    let Lab {
+        dir,
+        rt,
+        master,
+        base,
+        admin,
+        task,
+        ..
+    } = lab()?;
+    // One beat at start, then none for an hour: only the recheck can see the change.
+    let config = node_config_every(&dir.path().join("node"), &base, &dir.path().join("node-token"), 3600)?;
+    let server = fogcore::control::node::serve(config)?;
+    let http = server.addrs().http.ok_or("no http address")?;
+    let want_task = format!("fog.task={}", task.id);
+    eventually(&rt, "the first beat", || async {
+        script(http, TASK_MAC).await.is_ok_and(|s| s.contains(&want_task))
+    })?;
+    rt.block_on(admin.cancel_task(task.id))?;
+    let after = rt.block_on(script(http, TASK_MAC))?;
+    assert!(
+        after.contains("choose --timeout") && !after.contains("fog.task="),
+        "{after}"
+    );
+    server.stop()?;
+    rt.block_on(master.stop())?;
     Ok(())
 }

@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use crate::control::client::Client;
 use crate::control::model::{BootTask, TaskKind, canonical_mac};
 use crate::control::service::task_token;
 use crate::net::http::{BootScripts, format_mac};
@@ -85,6 +87,45 @@ pub struct NodeBootScripts {
     pub initrd: String,
     /// This node's HTTP base when a request does not say it (`http://10.99.0.1:8080`).
     pub default_base: String,
+    /// Asks the master again before booting a host into the agent (see [`Recheck`]).
+    pub recheck: Option<Recheck>,
+}
+
+/// Before a host is sent into the agent, the node asks the master for its tasks once more (for
+/// at most `timeout`): a task that ended since the last beat (the agent checked out and rebooted
+/// the host) must not boot the agent again. When the master does not answer, the cache stands.
+#[derive(Debug, Clone)]
+pub struct Recheck {
+    /// The master.
+    pub client: Client,
+    /// This node's name.
+    pub node: String,
+    /// How long to wait for the master.
+    pub timeout: Duration,
+}
+
+impl Recheck {
+    /// Refreshes `tasks` from the master if it answers in time; only on a multi-threaded tokio
+    /// runtime (the server's), where a request handler may block its worker.
+    fn refresh(&self, tasks: &NodeTasks) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        let fetched = tokio::task::block_in_place(|| {
+            handle.block_on(tokio::time::timeout(
+                self.timeout,
+                self.client.node_boot_tasks(&self.node),
+            ))
+        });
+        match fetched {
+            Ok(Ok(fresh)) => tasks.replace(fresh),
+            Ok(Err(e)) => tracing::debug!("node: recheck before booting the agent: {e}"),
+            Err(_) => tracing::debug!("node: recheck before booting the agent timed out"),
+        }
+    }
 }
 
 /// Kernel-argument text made safe for one iPXE line: control characters become spaces.
@@ -153,6 +194,9 @@ impl BootScripts for NodeBootScripts {
     }
 
     fn script_at(&self, mac: [u8; 6], base: &str) -> String {
+        if let (Some(recheck), Some(_)) = (&self.recheck, self.tasks.get(mac)) {
+            recheck.refresh(&self.tasks);
+        }
         match self.tasks.get(mac) {
             Some(task) if NodeBootScripts::boots_agent(task.task.kind) => self.agent_script(mac, &task, base),
             _ => self.others.script(mac),
@@ -198,6 +242,7 @@ mod tests {
             kernel: "bootenv/vmlinuz".into(),
             initrd: "bootenv/initrd.img".into(),
             default_base: "http://10.99.0.1:8080".into(),
+            recheck: None,
         }
     }
 

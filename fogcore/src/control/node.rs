@@ -12,13 +12,16 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::control::bootmenu::{NodeBootScripts, NodeTasks};
+use crate::control::bootmenu::{NodeBootScripts, NodeTasks, Recheck};
 use crate::control::client::Client;
 use crate::control::model::Heartbeat;
 use crate::error::{Error, Result};
 use crate::net::config::{MasterLink, ServeConfig};
 use crate::net::http::{BootScripts, DefaultMenu, HostFilesOrMenu};
 use crate::net::server::{Server, ServerHandle, Starter};
+
+/// How long a node waits for the master when it rechecks a host's task before booting the agent.
+pub const RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The node's side of the master link.
 pub struct NodeLoop {
@@ -156,6 +159,11 @@ pub fn node_role(config: &ServeConfig) -> Result<Option<(Arc<NodeBootScripts>, N
         kernel: config.boot.agent_kernel.clone(),
         initrd: config.boot.agent_initrd.clone(),
         default_base,
+        recheck: Some(Recheck {
+            client: node_loop.client.clone(),
+            node: link.name.clone(),
+            timeout: RECHECK_TIMEOUT,
+        }),
     });
     Ok(Some((scripts, node_loop)))
 }
