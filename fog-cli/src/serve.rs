@@ -6,7 +6,6 @@ use clap::{Args, Subcommand, ValueEnum};
 use fogcore::Error;
 use fogcore::net::bootfiles::{self, FileOutcome};
 use fogcore::net::config::{DhcpMode, QuickServe, ServeConfig};
-use fogcore::net::server::Server;
 
 /// `println!` that ignores a closed stdout.
 macro_rules! say {
@@ -29,7 +28,7 @@ pub enum DhcpArg {
 #[derive(Args)]
 pub struct ServeArgs {
     /// Config file (fog.toml); without it, the flags below describe the node
-    #[arg(long, conflicts_with_all = ["interface", "address", "dhcp", "range", "subnet", "boot_dir", "data_dir", "http_port", "tftp_port", "no_tftp", "no_ra"])]
+    #[arg(long, conflicts_with_all = ["interface", "address", "dhcp", "range", "subnet", "boot_dir", "data_dir", "http_port", "tftp_port", "no_tftp", "no_ra", "master", "node_name", "node_token_file"])]
     config: Option<PathBuf>,
     /// Interface of the clients' subnet (DHCP binds to it)
     #[arg(long)]
@@ -65,6 +64,15 @@ pub struct ServeArgs {
     /// so iPXE does not wait ~13 s for an IPv6 router at every boot)
     #[arg(long)]
     no_ra: bool,
+    /// Node role: the master this node reports to and takes its hosts' tasks from
+    #[arg(long, requires_all = ["node_name", "node_token_file"])]
+    master: Option<String>,
+    /// This node's name on the master
+    #[arg(long, requires = "master")]
+    node_name: Option<String>,
+    /// File holding this node's token (from `fog node add`)
+    #[arg(long, requires = "master")]
+    node_token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -121,6 +129,9 @@ fn serve_config(args: &ServeArgs) -> Result<ServeConfig, Error> {
         http_port: args.http_port,
         tftp_port: (!args.no_tftp).then_some(args.tftp_port),
         router_advertisements: !args.no_ra,
+        master: args.master.clone(),
+        node_name: args.node_name.clone(),
+        node_token_file: args.node_token_file.clone(),
     };
     ServeConfig::try_from(quick.to_file()?)
 }
@@ -135,7 +146,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), Error> {
             missing.display()
         );
     }
-    let server = Server::start(config)?;
+    let server = fogcore::control::node::serve(config)?;
     let addrs = server.addrs();
     let on = |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     tracing::info!(

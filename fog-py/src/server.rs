@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use fogcore::net::config::{ServeConfig, ServeFile};
-use fogcore::net::server::{Server, ServerHandle};
+use fogcore::net::server::ServerHandle;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
@@ -67,7 +67,7 @@ impl PyServer {
             return Err(BadInputError::new_err("the server is already running"));
         }
         let config = self.config.clone();
-        *handle = Some(py.detach(|| Server::start(config)).map_err(fog_err)?);
+        *handle = Some(py.detach(|| fogcore::control::node::serve(config)).map_err(fog_err)?);
         Ok(())
     }
 

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::control::db::TaskFilter;
 use crate::control::model::{
-    CheckIn, CheckInReply, CheckOut, CopyReport, Group, Heartbeat, Host, Image, ImageCopy, NewTask, Node, NodeToken,
-    ProgressReport, Schedule, Task, TaskEvent, TaskId,
+    BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, Heartbeat, Host, Image, ImageCopy, NewTask, Node,
+    NodeToken, ProgressReport, Schedule, Task, TaskEvent, TaskId,
 };
 use crate::control::service::GroupTasks;
 use crate::error::{Error, Result};
@@ -208,6 +208,11 @@ impl Client {
     /// The tasks not over of a node's hosts.
     pub async fn node_tasks(&self, node: &str) -> Result<Vec<Task>> {
         self.get(&format!("/nodes/{}/tasks", seg(node))).await
+    }
+
+    /// The tasks not over of a node's hosts, with the hosts' MACs and kernel arguments.
+    pub async fn node_boot_tasks(&self, node: &str) -> Result<Vec<BootTask>> {
+        self.get(&format!("/nodes/{}/boot-tasks", seg(node))).await
     }
 
     /// Tasks matching a filter, newest first.

@@ -1082,6 +1082,15 @@ impl Db {
             .map_err(db_err)
     }
 
+    /// The stored hashes of a node's tokens.
+    pub async fn node_token_hashes(&self, node: &str) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT hash FROM tokens WHERE role = 'node' AND node = $1")
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)
+    }
+
     /// Revokes a node's tokens.
     pub async fn delete_node_tokens(&self, node: &str) -> Result<()> {
         sqlx::query("DELETE FROM tokens WHERE role = 'node' AND node = $1")

@@ -465,6 +465,22 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 },
             ),
         ),
+        (
+            r(
+                Method::GET,
+                "/nodes/{name}/boot-tasks",
+                NodeAccess,
+                "Tasks not over of the node's hosts, with each host's MACs and kernel arguments",
+                None,
+                "BootTaskList",
+            ),
+            get(
+                |State(c): State<App>, Extension(caller): Extension<Caller>, Path(n): Path<String>| async move {
+                    own_node(&caller, &n)?;
+                    ApiResult::Ok(Json(c.node_boot_tasks(&n).await?))
+                },
+            ),
+        ),
         // tasks
         (
             r(

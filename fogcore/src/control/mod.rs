@@ -9,14 +9,18 @@
 //! - [`master`]: the REST API over [`service`] (axum), with its OpenAPI document;
 //! - [`chunks`]: the chunk and manifest service over a store, [`remote`] its client;
 //! - [`replicate`]: copying an image between stores, only the chunks the other side lacks;
-//! - [`client`]: the API's client, for the CLI and later the agent, the nodes and Python.
+//! - [`client`]: the API's client, for the CLI and later the agent, the nodes and Python;
+//! - [`bootmenu`]: per-host iPXE scripts on a node (the agent for hosts with a task);
+//! - [`node`]: the node role of `fog serve` (heartbeats, the tasks of its hosts, cached).
 
+pub mod bootmenu;
 pub mod chunks;
 pub mod client;
 pub mod cron;
 pub mod db;
 pub mod master;
 pub mod model;
+pub mod node;
 pub mod remote;
 pub mod replicate;
 pub mod service;

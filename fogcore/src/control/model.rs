@@ -612,6 +612,19 @@ pub struct Heartbeat {
     pub images: Vec<String>,
 }
 
+/// An open task of a node's host with what the node's boot script needs: the host's MACs
+/// (the script is asked for by MAC) and its extra kernel arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootTask {
+    /// The task.
+    pub task: Task,
+    /// The host's MACs, `52:54:00:12:34:56`.
+    pub macs: Vec<String>,
+    /// The host's extra kernel arguments.
+    #[serde(default)]
+    pub kernel_args: String,
+}
+
 /// A new node and its token (shown once).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeToken {

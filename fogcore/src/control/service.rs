@@ -12,9 +12,9 @@ use tokio::sync::Mutex;
 use crate::control::cron::Cron;
 use crate::control::db::{Db, TaskFilter, TaskUpdate, TokenRole, now_ms};
 use crate::control::model::{
-    CheckIn, CheckInReply, CheckOut, Group, Heartbeat, Host, Image, Millis, NewTask, Node, NodeToken, Placement,
-    ProgressReport, STATE_NAMES, Schedule, SlotState, Task, TaskId, TaskKind, TaskState, When, canonical_mac,
-    canonical_uuid, check_name,
+    BootTask, CheckIn, CheckInReply, CheckOut, Group, Heartbeat, Host, Image, Millis, NewTask, Node, NodeToken,
+    Placement, ProgressReport, STATE_NAMES, Schedule, SlotState, Task, TaskId, TaskKind, TaskState, When,
+    canonical_mac, canonical_uuid, check_name,
 };
 use crate::control::tasks::{Event, Slot, slot_for, step};
 use crate::error::{Error, Result};
@@ -92,6 +92,26 @@ pub fn token_hash(token: &str) -> String {
     blake3::hash(token.as_bytes()).to_hex().to_string()
 }
 
+/// The prefix of task tokens (see [`task_token`]).
+pub const TASK_TOKEN_PREFIX: &str = "fogt_";
+
+fn task_mac(key_hash: &blake3::Hash, node: &str, task: TaskId) -> blake3::Hash {
+    blake3::keyed_hash(
+        key_hash.as_bytes(),
+        format!("fog task token v1\0{node}\0{task}").as_bytes(),
+    )
+}
+
+/// The token an agent presents for `task` of `node`: `fogt_<id>_<64 hex>`, a BLAKE3 keyed hash of
+/// the node and task keyed with the node token's stored hash. The node computes it without the
+/// master (so it works from the node's cache); the master checks it against the node's stored
+/// token hashes. It carries the node's rights, only while the task is open, and shows nothing of
+/// the node's token, which stays off the boot script.
+pub fn task_token(node_token: &str, node: &str, task: TaskId) -> String {
+    let mac = task_mac(&blake3::hash(node_token.as_bytes()), node, task);
+    format!("{TASK_TOKEN_PREFIX}{task}_{}", mac.to_hex())
+}
+
 impl Control {
     /// Over `db`, with the wall clock.
     pub fn new(db: Db) -> Self {
@@ -149,13 +169,47 @@ impl Control {
         Ok(Some((token, path)))
     }
 
-    /// Who holds this bearer token.
+    /// Who holds this bearer token. A task token ([`task_token`]) stands for its task's node
+    /// while the task is open.
     pub async fn authenticate(&self, token: &str) -> Result<Caller> {
+        if let Some(rest) = token.strip_prefix(TASK_TOKEN_PREFIX) {
+            return self.authenticate_task(rest).await;
+        }
         match self.db.token_role(&token_hash(token)).await? {
             Some(TokenRole::Admin) => Ok(Caller::Admin),
             Some(TokenRole::Node(node)) => Ok(Caller::Node(node)),
             None => Err(Error::Unauthorized("unknown token".into())),
         }
+    }
+
+    async fn authenticate_task(&self, rest: &str) -> Result<Caller> {
+        let refused = || Error::Unauthorized("unknown task token".into());
+        let (id, mac) = rest.split_once('_').ok_or_else(refused)?;
+        let id: TaskId = id.parse().map_err(|_| refused())?;
+        let mac = blake3::Hash::from_hex(mac).map_err(|_| refused())?;
+        let task = match self.db.task(id).await {
+            Ok(task) => task,
+            Err(Error::NotFound { .. }) => return Err(refused()),
+            Err(e) => return Err(e),
+        };
+        let node = task.node.clone().ok_or_else(refused)?;
+        let mut valid = false;
+        for hash in self.db.node_token_hashes(&node).await? {
+            if let Ok(key) = blake3::Hash::from_hex(&hash) {
+                // blake3::Hash compares in constant time.
+                valid |= task_mac(&key, &node, id) == mac;
+            }
+        }
+        if !valid {
+            return Err(refused());
+        }
+        if task.state.is_terminal() {
+            return Err(Error::Unauthorized(format!(
+                "task {id} is {}: its token is no longer valid",
+                task.state.name()
+            )));
+        }
+        Ok(Caller::Node(node))
     }
 
     // ---- groups, images, nodes, hosts
@@ -681,6 +735,25 @@ impl Control {
                 ..TaskFilter::default()
             })
             .await
+    }
+
+    /// [`Control::node_tasks`] with each host's MACs and kernel arguments: what a node needs
+    /// to answer `/boot/{mac}` (a node token cannot read hosts).
+    pub async fn node_boot_tasks(&self, node: &str) -> Result<Vec<BootTask>> {
+        let mut out = Vec::new();
+        for task in self.node_tasks(node).await? {
+            match self.db.host(&task.host).await {
+                Ok(host) => out.push(BootTask {
+                    task,
+                    macs: host.macs,
+                    kernel_args: host.kernel_args,
+                }),
+                // Removed since; its task is history.
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     // ---- schedules

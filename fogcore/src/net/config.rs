@@ -10,6 +10,10 @@
 //! address = "10.99.0.1"          # our IPv4 address on the clients' subnet
 //! data_dir = "/var/lib/fog"      # leases, state
 //! boot_dir = "/var/lib/fog/boot" # iPXE binaries, kernels, initramfs (default: data_dir/boot)
+//! master = "http://master:8090"  # node role: heartbeats, the tasks of its hosts (optional)
+//! name = "site-a"                # this node's name on the master (required with master)
+//! token_file = "/etc/fog/node-token" # or `token = "fog_..."` (one of them, with master)
+//! heartbeat_secs = 5             # how often it reports and pulls its tasks
 //!
 //! [http]                         # on unless `enabled = false`
 //! listen = "0.0.0.0:8080"
@@ -26,6 +30,8 @@
 //! uefi_x64_file = "ipxe.efi"     # or "snponly.efi"
 //! uefi_arm64_file = "ipxe-arm64.efi"
 //! menu_timeout_ms = 5000
+//! agent_kernel = "bootenv/vmlinuz"    # what hosts with a task boot (paths under boot_dir)
+//! agent_initrd = "bootenv/initrd.img"
 //! ```
 //!
 //! The `[dhcp]` and `[tftp]` sections are the DHCP and TFTP servers' own configs
@@ -94,6 +100,21 @@ pub struct NodeFile {
     pub data_dir: Option<PathBuf>,
     /// Boot directory. Default `data_dir/boot`.
     pub boot_dir: Option<PathBuf>,
+    /// The master's URL: this node heartbeats to it and serves the tasks of its hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// This node's name on the master (required with `master`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The node's token (or `token_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A file holding the node's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Seconds between heartbeats (and task pulls), default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_secs: Option<u64>,
 }
 
 /// `[http]` as written.
@@ -118,6 +139,12 @@ pub struct BootFile {
     pub uefi_arm64_file: Option<String>,
     /// Milliseconds the default menu waits before booting the local disk (default 5000).
     pub menu_timeout_ms: Option<u32>,
+    /// The agent's kernel, a path under the boot directory (default `bootenv/vmlinuz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_kernel: Option<String>,
+    /// The agent's initramfs, a path under the boot directory (default `bootenv/initrd.img`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_initrd: Option<String>,
 }
 
 /// The DHCP service a config asks for.
@@ -157,6 +184,68 @@ pub struct BootFiles {
     pub uefi_arm64_file: String,
     /// Default menu timeout.
     pub menu_timeout_ms: u32,
+    /// The agent's kernel, relative to the boot directory.
+    pub agent_kernel: String,
+    /// The agent's initramfs, relative to the boot directory.
+    pub agent_initrd: String,
+}
+
+/// Default heartbeat period of a node.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 5;
+
+/// Where the node's token comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Written in the config.
+    Inline(String),
+    /// Read from this file at start.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::Inline(_) => f.write_str("Inline(<hidden>)"),
+            TokenSource::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
+impl TokenSource {
+    /// The token (a file's first line, trimmed); an error names the key.
+    pub fn read(&self) -> Result<String> {
+        let token = match self {
+            TokenSource::Inline(token) => token.trim().to_string(),
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| bad("[node] token_file", format!("cannot read {}: {e}", path.display())))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        };
+        if token.is_empty() {
+            let key = match self {
+                TokenSource::Inline(_) => "[node] token",
+                TokenSource::File(_) => "[node] token_file",
+            };
+            return Err(bad(key, "the token is empty"));
+        }
+        Ok(token)
+    }
+}
+
+/// The node role: the master this node reports to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MasterLink {
+    /// The master's base URL (`http://master:8090`), without a trailing `/`.
+    pub url: String,
+    /// This node's name on the master.
+    pub name: String,
+    /// The node's token.
+    pub token: TokenSource,
+    /// Seconds between heartbeats and task pulls.
+    pub heartbeat_secs: u64,
 }
 
 /// A checked config: what `fog serve` runs.
@@ -179,6 +268,8 @@ pub struct ServeConfig {
     pub boot: BootFiles,
     /// The interface whose router solicitations are answered, `None` when off.
     pub ra: Option<String>,
+    /// The node role (`[node] master`), `None` for a standalone node.
+    pub master: Option<MasterLink>,
 }
 
 fn bad(key: &str, reason: impl std::fmt::Display) -> Error {
@@ -209,6 +300,99 @@ fn file_name(key: &str, value: Option<String>, default: &str) -> Result<String> 
             format!("{name:?} is not a plain file name in the boot directory"),
         ))
     }
+}
+
+/// A relative path under the boot directory (`bootenv/vmlinuz`): no `..`, not absolute, plain
+/// characters (it goes into an iPXE script and a URL).
+fn boot_path(key: &str, value: Option<String>, default: &str) -> Result<String> {
+    let path = value.unwrap_or_else(|| default.to_string());
+    let plain = !path.is_empty()
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/' | b'+'));
+    if plain {
+        Ok(path)
+    } else {
+        Err(bad(
+            key,
+            format!("{path:?} is not a plain relative path under the boot directory (e.g. \"{default}\")"),
+        ))
+    }
+}
+
+fn master_link(node: &NodeFile) -> Result<Option<MasterLink>> {
+    let Some(url) = &node.master else {
+        for (key, set) in [
+            ("[node] name", node.name.is_some()),
+            ("[node] token", node.token.is_some()),
+            ("[node] token_file", node.token_file.is_some()),
+            ("[node] heartbeat_secs", node.heartbeat_secs.is_some()),
+        ] {
+            if set {
+                return Err(bad(key, "only means something with [node] master"));
+            }
+        }
+        return Ok(None);
+    };
+    let url = url.trim().trim_end_matches('/').to_string();
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad(
+            "[node] master",
+            format!("{url:?} is not an http:// or https:// URL (e.g. \"http://master:8090\")"),
+        ));
+    }
+    let name = node.name.clone().ok_or_else(|| {
+        bad(
+            "[node] name",
+            "required with [node] master (the node's name on the master)",
+        )
+    })?;
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if !name_ok {
+        return Err(bad(
+            "[node] name",
+            format!("{name:?} is not a node name (letters, digits, '.', '-', '_')"),
+        ));
+    }
+    let token = match (&node.token, &node.token_file) {
+        (Some(_), Some(_)) => return Err(bad("[node] token", "give token or token_file, not both")),
+        (Some(token), None) => TokenSource::Inline(token.clone()),
+        (None, Some(path)) => TokenSource::File(path.clone()),
+        (None, None) => {
+            return Err(bad(
+                "[node] token_file",
+                "required with [node] master (or [node] token): the node's token from `fog node add`",
+            ));
+        }
+    };
+    if let TokenSource::Inline(token) = &token
+        && token.trim().is_empty()
+    {
+        return Err(bad("[node] token", "is empty"));
+    }
+    let heartbeat_secs = node.heartbeat_secs.unwrap_or(DEFAULT_HEARTBEAT_SECS);
+    if !(1..=3600).contains(&heartbeat_secs) {
+        return Err(bad("[node] heartbeat_secs", "must be 1 to 3600"));
+    }
+    Ok(Some(MasterLink {
+        url,
+        name,
+        token,
+        heartbeat_secs,
+    }))
 }
 
 fn take_bool(table: &mut toml::Table, section: &str, key: &str) -> Result<Option<bool>> {
@@ -262,6 +446,7 @@ impl TryFrom<ServeFile> for ServeConfig {
                 "must be this node's own unicast address on the clients' subnet",
             ));
         }
+        let master = master_link(&file.node)?;
         let data_dir = file.node.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let boot_dir = file.node.boot_dir.unwrap_or_else(|| data_dir.join("boot"));
         for (key, dir) in [("[node] data_dir", &data_dir), ("[node] boot_dir", &boot_dir)] {
@@ -283,6 +468,8 @@ impl TryFrom<ServeFile> for ServeConfig {
             uefi_x64_file: file_name("[boot] uefi_x64_file", file.boot.uefi_x64_file, "ipxe.efi")?,
             uefi_arm64_file: file_name("[boot] uefi_arm64_file", file.boot.uefi_arm64_file, "ipxe-arm64.efi")?,
             menu_timeout_ms: file.boot.menu_timeout_ms.unwrap_or(5000),
+            agent_kernel: boot_path("[boot] agent_kernel", file.boot.agent_kernel, "bootenv/vmlinuz")?,
+            agent_initrd: boot_path("[boot] agent_initrd", file.boot.agent_initrd, "bootenv/initrd.img")?,
         };
         if boot.menu_timeout_ms > 3_600_000 {
             return Err(bad("[boot] menu_timeout_ms", "more than an hour"));
@@ -370,6 +557,7 @@ impl TryFrom<ServeFile> for ServeConfig {
             dhcp,
             boot,
             ra,
+            master,
         })
     }
 }
@@ -399,6 +587,12 @@ pub struct QuickServe {
     pub tftp_port: Option<u16>,
     /// `false` switches off the router advertisements that `[ra]` would send by default.
     pub router_advertisements: bool,
+    /// `--master`: the node role's master URL.
+    pub master: Option<String>,
+    /// `--node-name`.
+    pub node_name: Option<String>,
+    /// `--node-token-file`.
+    pub node_token_file: Option<PathBuf>,
 }
 
 impl QuickServe {
@@ -415,6 +609,10 @@ impl QuickServe {
                 address: Some(address.to_string()),
                 data_dir: self.data_dir.clone(),
                 boot_dir: self.boot_dir.clone(),
+                master: self.master.clone(),
+                name: self.node_name.clone(),
+                token_file: self.node_token_file.clone(),
+                ..NodeFile::default()
             },
             http: HttpFile {
                 enabled: Some(true),
@@ -657,6 +855,27 @@ impl ServeConfig {
             "menu          boots the local disk after {} ms",
             self.boot.menu_timeout_ms
         );
+        match &self.master {
+            Some(m) => {
+                let token = match &m.token {
+                    TokenSource::Inline(_) => "token in the config".to_string(),
+                    TokenSource::File(path) => format!("token from {}", path.display()),
+                };
+                let _ = writeln!(
+                    out,
+                    "node role     {} on master {} ({token}), heartbeat every {} s",
+                    m.name, m.url, m.heartbeat_secs
+                );
+                let _ = writeln!(
+                    out,
+                    "              hosts with a task boot {} + {} (boot dir); others get the menu",
+                    self.boot.agent_kernel, self.boot.agent_initrd
+                );
+            }
+            None => {
+                let _ = writeln!(out, "node role     standalone (no [node] master)");
+            }
+        }
         out
     }
 }
@@ -701,6 +920,35 @@ mod tests {
                 .contains("[dhcp] unknown field `intreface`")
         );
         assert!(err("[http]\nenabled = false\n").contains("no service"));
+        assert!(err("[node]\nmaster = \"ftp://m\"\nname = \"a\"\ntoken = \"t\"\n").contains("[node] master"));
+        assert!(err("[node]\nmaster = \"http://m:8090\"\ntoken = \"t\"\n").contains("[node] name"));
+        assert!(err("[node]\nmaster = \"http://m:8090\"\nname = \"a b\"\ntoken = \"t\"\n").contains("[node] name"));
+        assert!(err("[node]\nmaster = \"http://m:8090\"\nname = \"a\"\n").contains("[node] token_file"));
+        assert!(
+            err("[node]\nmaster = \"http://m\"\nname = \"a\"\ntoken = \"t\"\nheartbeat_secs = 0\n")
+                .contains("[node] heartbeat_secs")
+        );
+        assert!(err("[node]\nname = \"a\"\n").contains("[node] name"));
+        assert!(err("[boot]\nagent_kernel = \"../vmlinuz\"\n").contains("[boot] agent_kernel"));
+        assert!(err("[boot]\nagent_initrd = \"/initrd\"\n").contains("[boot] agent_initrd"));
+    }
+
+    #[test]
+    fn node_role_reads_the_master_section() -> Result<()> {
+        let config = ServeConfig::parse(
+            "[node]\nmaster = \"http://m:8090/\"\nname = \"site-a\"\ntoken_file = \"/etc/fog/t\"\n",
+            "fog.toml",
+        )?;
+        let link = config.master.as_ref().ok_or(Error::Cancelled)?;
+        assert_eq!(link.url, "http://m:8090");
+        assert_eq!(link.token, TokenSource::File(PathBuf::from("/etc/fog/t")));
+        assert_eq!(link.heartbeat_secs, DEFAULT_HEARTBEAT_SECS);
+        assert_eq!(config.boot.agent_kernel, "bootenv/vmlinuz");
+        let text = config.describe();
+        assert!(text.contains("site-a on master http://m:8090") && text.contains("bootenv/initrd.img"));
+        assert!(!format!("{:?}", TokenSource::Inline("secret".into())).contains("secret"));
+        assert!(ServeConfig::parse("", "fog.toml")?.master.is_none());
+        Ok(())
     }
 
     #[test]

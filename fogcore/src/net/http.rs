@@ -30,6 +30,13 @@ use crate::error::{Error, Result};
 pub trait BootScripts: Send + Sync {
     /// The iPXE script (starting with `#!ipxe`) for the host with this MAC.
     fn script(&self, mac: [u8; 6]) -> String;
+
+    /// The script as served from `base` (`http://10.99.0.1:8080`, from the request's `Host`),
+    /// for scripts that name files on this server. Default: [`BootScripts::script`].
+    fn script_at(&self, mac: [u8; 6], base: &str) -> String {
+        let _ = base;
+        self.script(mac)
+    }
 }
 
 /// A menu whose default, after `timeout_ms`, is to boot from the local disk: `sanboot` of the
@@ -291,9 +298,10 @@ async fn boot_ipxe(State(state): State<AppState>, headers: HeaderMap) -> Respons
     ipxe(chain_script(&base))
 }
 
-async fn host_script(State(state): State<AppState>, UrlPath(mac): UrlPath<String>) -> Response {
+async fn host_script(State(state): State<AppState>, headers: HeaderMap, UrlPath(mac): UrlPath<String>) -> Response {
+    let base = base_from_host(&headers).unwrap_or_else(|| state.fallback_base.clone());
     match parse_mac(&mac) {
-        Some(mac) => ipxe(state.scripts.script(mac)),
+        Some(mac) => ipxe(state.scripts.script_at(mac, &base)),
         None => (
             StatusCode::BAD_REQUEST,
             format!("malformed MAC address {mac:?}: expected six hex bytes like 52:54:00:12:34:56\n"),

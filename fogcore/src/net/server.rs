@@ -65,13 +65,25 @@ impl Server {
 
     /// [`Server::start`] with the per-host scripts of `scripts` (the control plane's).
     pub fn start_with(config: ServeConfig, scripts: Arc<dyn BootScripts>) -> Result<ServerHandle> {
+        Server::start_with_services(config, scripts, Vec::new())
+    }
+
+    /// [`Server::start_with`] plus services of higher layers (the node role's loop), run beside
+    /// the others on the server's runtime and stopped with them. An extra service should run
+    /// until its token is cancelled: one that ends by itself ends the server.
+    pub fn start_with_services(
+        config: ServeConfig,
+        scripts: Arc<dyn BootScripts>,
+        extra: Vec<(&'static str, Starter)>,
+    ) -> Result<ServerHandle> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("fog-serve")
             .build()
             .map_err(|e| Error::InvalidInput(format!("cannot start the server's runtime: {e}")))?;
         let cancel = CancellationToken::new();
-        let (addrs, services) = runtime.block_on(bind_all(&config, scripts))?;
+        let (addrs, mut services) = runtime.block_on(bind_all(&config, scripts))?;
+        services.extend(extra);
         let token = cancel.clone();
         let thread = std::thread::Builder::new()
             .name("fog-serve".into())
@@ -90,9 +102,9 @@ impl Server {
 }
 
 /// A bound service, ready to run until the token is cancelled.
-type Service = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
-/// Starts a bound service with its cancellation token.
-type Starter = Box<dyn FnOnce(CancellationToken) -> Service + Send>;
+pub type Service = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+/// Starts a bound service with its cancellation token (called on the server's runtime).
+pub type Starter = Box<dyn FnOnce(CancellationToken) -> Service + Send>;
 
 async fn bind_all(
     config: &ServeConfig,

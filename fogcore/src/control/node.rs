@@ -1,0 +1,196 @@
+//! The node role of `fog serve`: with `[node] master` set, the node heartbeats to its master
+//! (disk free in its data directory, the images of its local store) and pulls the open tasks of
+//! its hosts into a [`NodeTasks`] cache that its `/boot/{mac}` answers from. When the master
+//! cannot be reached the node says so once and keeps answering from the last tasks it knew; when
+//! the master returns, the next beat replaces them with the master's.
+//!
+//! [`serve`] starts the boot services with that loop among them (or plainly, without a master).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::control::bootmenu::{NodeBootScripts, NodeTasks, Recheck};
+use crate::control::client::Client;
+use crate::control::model::Heartbeat;
+use crate::error::{Error, Result};
+use crate::net::config::{MasterLink, ServeConfig};
+use crate::net::http::{BootScripts, DefaultMenu, HostFilesOrMenu};
+use crate::net::server::{Server, ServerHandle, Starter};
+
+/// How long a node waits for the master when it rechecks a host's task before booting the agent.
+pub const RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The node's side of the master link.
+pub struct NodeLoop {
+    link: MasterLink,
+    client: Client,
+    tasks: Arc<NodeTasks>,
+    data_dir: PathBuf,
+}
+
+impl NodeLoop {
+    /// A loop for `link`, reporting on `data_dir`; reads the token (an error names the key).
+    pub fn new(link: &MasterLink, data_dir: &Path, tasks: Arc<NodeTasks>) -> Result<NodeLoop> {
+        let token = link.token.read()?;
+        let client = Client::new(&link.url, Some(&token))?;
+        Ok(NodeLoop {
+            link: link.clone(),
+            client,
+            tasks,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    /// One beat: the heartbeat, then the tasks. Returns how many tasks the node has.
+    pub async fn beat(&self) -> Result<usize> {
+        let data_dir = self.data_dir.clone();
+        let beat = tokio::task::spawn_blocking(move || heartbeat_of(&data_dir))
+            .await
+            .map_err(|e| Error::InvalidInput(format!("node: heartbeat task failed: {e}")))?;
+        let node = self.client.heartbeat(&self.link.name, &beat).await?;
+        if !node.enabled {
+            tracing::debug!(node = %node.name, "node: disabled on the master");
+        }
+        let tasks = self.client.node_boot_tasks(&self.link.name).await?;
+        let n = tasks.len();
+        self.tasks.replace(tasks);
+        Ok(n)
+    }
+
+    /// Beats every `heartbeat_secs` until `cancel`. Failures are logged when the link changes
+    /// state (not at every beat); the cache keeps its last contents meanwhile.
+    pub async fn run(self, cancel: CancellationToken) -> Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_secs(self.link.heartbeat_secs));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut up: Option<bool> = None;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let result = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                r = self.beat() => r,
+            };
+            match result {
+                Ok(n) => {
+                    if up != Some(true) {
+                        tracing::info!(master = %self.link.url, node = %self.link.name, tasks = n, "node: master reachable");
+                    }
+                    up = Some(true);
+                }
+                Err(e) => {
+                    if up != Some(false) {
+                        tracing::warn!(
+                            master = %self.link.url,
+                            hosts_with_tasks = self.tasks.len(),
+                            "node: master unreachable ({e}); serving from the last known tasks"
+                        );
+                    }
+                    up = Some(false);
+                }
+            }
+        }
+    }
+}
+
+/// Free bytes of the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: a valid NUL-terminated path and a buffer of the right type; read only on success.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded, so it filled the struct.
+    let stat = unsafe { stat.assume_init() };
+    #[allow(clippy::unnecessary_cast)]
+    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// The heartbeat of a node whose state lives in `data_dir` (its store, if any, in `store/`).
+pub fn heartbeat_of(data_dir: &Path) -> Heartbeat {
+    let store_dir = data_dir.join("store");
+    let images = if store_dir.is_dir() {
+        match crate::imaging::store::Store::open(&store_dir).and_then(|s| s.images()) {
+            Ok(images) => images.into_iter().map(|i| i.name).collect(),
+            Err(e) => {
+                tracing::warn!(store = %store_dir.display(), "node: cannot list the store's images: {e}");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    Heartbeat {
+        free_bytes: free_bytes(data_dir),
+        images,
+    }
+}
+
+/// The boot scripts of a node and its loop: what [`serve`] starts. `None` without a master.
+pub fn node_role(config: &ServeConfig) -> Result<Option<(Arc<NodeBootScripts>, NodeLoop)>> {
+    let Some(link) = &config.master else {
+        return Ok(None);
+    };
+    let tasks = Arc::new(NodeTasks::new());
+    let node_loop = NodeLoop::new(link, &config.data_dir, tasks.clone())?;
+    let others: Arc<dyn BootScripts> = Arc::new(HostFilesOrMenu {
+        boot_dir: config.boot_dir.clone(),
+        menu: DefaultMenu {
+            timeout_ms: config.boot.menu_timeout_ms,
+        },
+    });
+    let default_base = config.http_base().unwrap_or_else(|| match config.http {
+        Some(listen) => format!("http://{}:{}", listen.ip(), listen.port()),
+        None => "http://localhost".to_string(),
+    });
+    let scripts = Arc::new(NodeBootScripts {
+        tasks,
+        others,
+        master: link.url.clone(),
+        node: link.name.clone(),
+        node_token: link.token.read()?,
+        kernel: config.boot.agent_kernel.clone(),
+        initrd: config.boot.agent_initrd.clone(),
+        default_base,
+        recheck: Some(Recheck {
+            client: node_loop.client.clone(),
+            node: link.name.clone(),
+            timeout: RECHECK_TIMEOUT,
+        }),
+    });
+    Ok(Some((scripts, node_loop)))
+}
+
+/// Starts `fog serve`: the boot services, and with `[node] master` the node loop among them and
+/// the node's boot scripts. Must not be called from inside a tokio runtime.
+pub fn serve(config: ServeConfig) -> Result<ServerHandle> {
+    match node_role(&config)? {
+        None => Server::start(config),
+        Some((scripts, node_loop)) => {
+            let starter: Starter = Box::new(move |cancel| Box::pin(node_loop.run(cancel)));
+            Server::start_with_services(config, scripts, vec![("node", starter)])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_reports_free_space_and_no_images_without_a_store() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let beat = heartbeat_of(dir.path());
+        assert!(beat.free_bytes.is_some_and(|b| b > 0));
+        assert!(beat.images.is_empty());
+        assert_eq!(heartbeat_of(&dir.path().join("absent")).free_bytes, None);
+        Ok(())
+    }
+}

@@ -1,0 +1,319 @@
+//! The node role of `fog serve` against a real master on loopback: a host with a task gets the
+//! agent's boot script from the node, others the menu; with the master stopped the node answers
+//! from what it knew; when the master returns, heartbeats and task pulls resume.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fogcore::control::client::Client;
+use fogcore::control::db::{Db, now_ms};
+use fogcore::control::master::Master;
+use fogcore::control::model::{After, CheckIn, Host, Image, NewTask, Node, Placement, TaskKind};
+use fogcore::control::service::Control;
+use fogcore::net::config::ServeConfig;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const TASK_MAC: &str = "52:54:00:12:34:56";
+const IDLE_MAC: &str = "52:54:00:00:00:02";
+
+async fn start_master(db_url: &str, listen: SocketAddr) -> fogcore::Result<Master> {
+    let control = Arc::new(Control::new(Db::open(db_url).await?));
+    Master::start(control, listen).await
+}
+
+fn host(name: &str, mac: &str) -> Host {
+    Host {
+        name: name.into(),
+        macs: vec![mac.into()],
+        uuid: None,
+        address: None,
+        image: None,
+        group: None,
+        node: Some("site-a".into()),
+        primary_disk: None,
+        kernel_args: "quiet".into(),
+        inventory: serde_json::Value::Null,
+    }
+}
+
+fn node_config(dir: &Path, master: &str, token_file: &Path) -> fogcore::Result<ServeConfig> {
+    node_config_every(dir, master, token_file, 1)
+}
+
+fn node_config_every(dir: &Path, master: &str, token_file: &Path, secs: u64) -> fogcore::Result<ServeConfig> {
+    let boot = dir.join("boot");
+    std::fs::create_dir_all(&boot).map_err(|e| fogcore::Error::io(&boot, e))?;
+    let text = format!(
+        "[node]\naddress = \"127.0.0.1\"\ndata_dir = {data:?}\nboot_dir = {boot:?}\n\
+         master = \"{master}\"\nname = \"site-a\"\ntoken_file = {token:?}\nheartbeat_secs = {secs}\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n",
+        data = dir.display().to_string(),
+        boot = boot.display().to_string(),
+        token = token_file.display().to_string(),
+    );
+    ServeConfig::parse(&text, "node.toml")
+}
+
+/// Polls `check` until it holds, for at most 20 s.
+fn eventually(rt: &tokio::runtime::Runtime, what: &str, mut check: impl AsyncCheck) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if rt.block_on(check.check()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for: {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+trait AsyncCheck {
+    fn check(&mut self) -> impl std::future::Future<Output = bool>;
+}
+
+impl<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>> AsyncCheck for F {
+    fn check(&mut self) -> impl std::future::Future<Output = bool> {
+        self()
+    }
+}
+
+async fn script(http: SocketAddr, mac: &str) -> Result<String, reqwest::Error> {
+    reqwest::get(format!("http://{http}/boot/{mac}")).await?.text().await
+}
+
+/// A master on loopback with node `site-a` (its token in `DIR/node-token`), hosts pc-01 (with a
+/// deploy task) and pc-02 (none).
+struct Lab {
+    dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    db_url: String,
+    master: Master,
+    base: String,
+    admin: Client,
+    task: fogcore::control::model::Task,
+}
+
+fn lab() -> Result<Lab, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display());
+    let (master, admin_token) = rt.block_on(async {
+        let control = Arc::new(Control::new(Db::open(&db_url).await?));
+        let token = control.create_admin_token().await?;
+        let master = Master::start(control, "127.0.0.1:0".parse().map_err(|_| fogcore::Error::Cancelled)?).await?;
+        Ok::<_, fogcore::Error>((master, token))
+    })?;
+    let master_addr = master.addr();
+    let base = format!("http://{master_addr}");
+    let admin = Client::new(&base, Some(&admin_token))?;
+    let task = rt.block_on(async {
+        let node = Node {
+            name: "site-a".into(),
+            url: "http://127.0.0.1:8080".into(),
+            subnets: Vec::new(),
+            max_clients: 2,
+            enabled: true,
+            last_seen: None,
+        };
+        let node_token = admin.create_node(&node).await?.token;
+        std::fs::write(dir.path().join("node-token"), format!("{node_token}\n"))
+            .map_err(|e| fogcore::Error::io("node-token", e))?;
+        admin
+            .create_image(&Image {
+                name: "golden".into(),
+                description: String::new(),
+                os: String::new(),
+                size_bytes: 0,
+                placement: Placement::All,
+            })
+            .await?;
+        admin.create_host(&host("pc-01", TASK_MAC)).await?;
+        admin.create_host(&host("pc-02", IDLE_MAC)).await?;
+        admin
+            .create_task(&NewTask {
+                kind: TaskKind::Deploy,
+                host: Some("pc-01".into()),
+                image: Some("golden".into()),
+                after: After::Reboot,
+                wake: false,
+            })
+            .await
+    })?;
+
+    Ok(Lab {
+        dir,
+        rt,
+        db_url,
+        master,
+        base,
+        admin,
+        task,
+    })
+}
+
+#[test]
+fn node_boots_the_agent_for_tasks_menus_others_and_survives_the_master() -> TestResult {
+    let Lab {
+        dir,
+        rt,
+        db_url,
+        master,
+        base,
+        admin,
+        task,
+    } = lab()?;
+    let master_addr = master.addr();
+    let node_dir = dir.path().join("node");
+    let config = node_config(&node_dir, &base, &dir.path().join("node-token"))?;
+    let server = fogcore::control::node::serve(config)?;
+    let http = server.addrs().http.ok_or("no http address")?;
+
+    // The host with a task boots the agent, with the task and initrd= on the kernel line.
+    let want_task = format!("fog.task={}", task.id);
+    eventually(&rt, "the node learns the task", || async {
+        script(http, TASK_MAC).await.is_ok_and(|s| s.contains(&want_task))
+    })?;
+    let agent = rt.block_on(script(http, TASK_MAC))?;
+    let kernel = agent
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .ok_or("no kernel line")?;
+    assert!(
+        kernel.starts_with(&format!("kernel http://{http}/bootenv/vmlinuz initrd=initrd.img ")),
+        "{kernel}"
+    );
+    for arg in [
+        want_task.as_str(),
+        "fog.action=deploy",
+        &format!("fog.mac={TASK_MAC}"),
+        &format!("fog.master={base}"),
+        &format!("fog.token=fogt_{}_", task.id),
+        "quiet",
+    ] {
+        assert!(kernel.contains(arg), "{arg} missing: {kernel}");
+    }
+    let node_token = std::fs::read_to_string(dir.path().join("node-token"))?;
+    assert!(
+        !agent.contains(node_token.trim()),
+        "the node's own token is not on the script"
+    );
+    let task_token = kernel
+        .split(' ')
+        .find_map(|a| a.strip_prefix("fog.token="))
+        .ok_or("no token")?
+        .to_string();
+    assert!(
+        agent.contains(&format!("\ninitrd http://{http}/bootenv/initrd.img")),
+        "{agent}"
+    );
+    assert!(agent.contains("\nboot"), "{agent}");
+
+    // A host without a task gets the menu.
+    let menu = rt.block_on(script(http, IDLE_MAC))?;
+    assert!(
+        menu.contains("choose --timeout") && !menu.contains("fog.task="),
+        "{menu}"
+    );
+
+    // The master's node row shows the heartbeat.
+    let seen = rt
+        .block_on(admin.nodes())?
+        .into_iter()
+        .find(|n| n.name == "site-a")
+        .and_then(|n| n.last_seen)
+        .ok_or("no heartbeat")?;
+    assert!(seen > 0);
+
+    // Master down: the node answers from its cache, the same script.
+    rt.block_on(master.stop())?;
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(rt.block_on(script(http, TASK_MAC))?, agent);
+    assert!(rt.block_on(script(http, IDLE_MAC))?.contains("choose --timeout"));
+
+    // Master back on the same address and database: heartbeats resume, and a change made there
+    // (the task cancelled) reaches the node.
+    let restarted_at = now_ms();
+    let master = rt.block_on(start_master(&db_url, master_addr))?;
+    eventually(&rt, "a heartbeat after the restart", || async {
+        admin
+            .nodes()
+            .await
+            .ok()
+            .and_then(|nodes| nodes.into_iter().find(|n| n.name == "site-a"))
+            .and_then(|n| n.last_seen)
+            .is_some_and(|t| t >= restarted_at)
+    })?;
+    // The agent's task token works on the master while the task is open, not after.
+    let agent_client = Client::new(&base, Some(&task_token))?;
+    let reply = rt.block_on(agent_client.check_in(&CheckIn {
+        mac: TASK_MAC.into(),
+        uuid: None,
+        address: None,
+    }))?;
+    assert_eq!(reply.task.id, task.id);
+    let forged = Client::new(&base, Some(&format!("fogt_{}_{}", task.id, "0".repeat(64))))?;
+    assert!(
+        rt.block_on(forged.node_tasks("site-a")).is_err(),
+        "a forged task token is refused"
+    );
+    rt.block_on(admin.cancel_task(task.id))?;
+    match rt.block_on(agent_client.node_tasks("site-a")) {
+        Err(fogcore::Error::Remote { status: 401, .. }) => {}
+        other => return Err(format!("a finished task's token was not refused: {other:?}").into()),
+    }
+    eventually(&rt, "the cancelled task leaves the node", || async {
+        script(http, TASK_MAC)
+            .await
+            .is_ok_and(|s| s.contains("choose --timeout"))
+    })?;
+
+    server.stop()?;
+    rt.block_on(master.stop())?;
+    Ok(())
+}
+
+#[test]
+fn a_missing_token_file_is_an_error_naming_the_key() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = node_config(dir.path(), "http://127.0.0.1:9", &dir.path().join("absent"))?;
+    let error = match fogcore::control::node::serve(config) {
+        Ok(_) => return Err("started without a token".into()),
+        Err(e) => e,
+    };
+    assert!(error.to_string().contains("[node] token_file"), "{error}");
+    Ok(())
+}
+
+#[test]
+fn a_task_that_ended_since_the_last_beat_does_not_boot_the_agent_again() -> TestResult {
+    let Lab {
+        dir,
+        rt,
+        master,
+        base,
+        admin,
+        task,
+        ..
+    } = lab()?;
+    // One beat at start, then none for an hour: only the recheck can see the change.
+    let config = node_config_every(&dir.path().join("node"), &base, &dir.path().join("node-token"), 3600)?;
+    let server = fogcore::control::node::serve(config)?;
+    let http = server.addrs().http.ok_or("no http address")?;
+    let want_task = format!("fog.task={}", task.id);
+    eventually(&rt, "the first beat", || async {
+        script(http, TASK_MAC).await.is_ok_and(|s| s.contains(&want_task))
+    })?;
+    rt.block_on(admin.cancel_task(task.id))?;
+    let after = rt.block_on(script(http, TASK_MAC))?;
+    assert!(
+        after.contains("choose --timeout") && !after.contains("fog.task="),
+        "{after}"
+    );
+    server.stop()?;
+    rt.block_on(master.stop())?;
+    Ok(())
+}
