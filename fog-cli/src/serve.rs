@@ -28,7 +28,7 @@ pub enum DhcpArg {
 #[derive(Args)]
 pub struct ServeArgs {
     /// Config file (fog.toml); without it, the flags below describe the node
-    #[arg(long, conflicts_with_all = ["interface", "address", "dhcp", "range", "subnet", "boot_dir", "data_dir", "http_port", "tftp_port", "no_tftp", "no_ra", "master", "node_name", "node_token_file"])]
+    #[arg(long, conflicts_with_all = ["interface", "address", "dhcp", "range", "subnet", "boot_dir", "data_dir", "http_port", "tftp_port", "no_tftp", "no_ra", "node_master", "node_name", "node_token_file"])]
     config: Option<PathBuf>,
     /// Interface of the clients' subnet (DHCP binds to it)
     #[arg(long)]
@@ -64,14 +64,16 @@ pub struct ServeArgs {
     /// so iPXE does not wait ~13 s for an IPv6 router at every boot)
     #[arg(long)]
     no_ra: bool,
-    /// Node role: the master this node reports to and takes its hosts' tasks from
+    /// Node role: the master this node reports to and takes its hosts' tasks from. (Not
+    /// `--master`: that global flag, with its default and FOG_MASTER, is where the CLI's own
+    /// commands send requests, and would make every `fog serve` a node.)
     #[arg(long, requires_all = ["node_name", "node_token_file"])]
-    master: Option<String>,
+    node_master: Option<String>,
     /// This node's name on the master
-    #[arg(long, requires = "master")]
+    #[arg(long, requires = "node_master")]
     node_name: Option<String>,
     /// File holding this node's token (from `fog node add`)
-    #[arg(long, requires = "master")]
+    #[arg(long, requires = "node_master")]
     node_token_file: Option<PathBuf>,
 }
 
@@ -129,7 +131,7 @@ fn serve_config(args: &ServeArgs) -> Result<ServeConfig, Error> {
         http_port: args.http_port,
         tftp_port: (!args.no_tftp).then_some(args.tftp_port),
         router_advertisements: !args.no_ra,
-        master: args.master.clone(),
+        master: args.node_master.clone(),
         node_name: args.node_name.clone(),
         node_token_file: args.node_token_file.clone(),
     };

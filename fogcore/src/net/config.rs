@@ -587,7 +587,7 @@ pub struct QuickServe {
     pub tftp_port: Option<u16>,
     /// `false` switches off the router advertisements that `[ra]` would send by default.
     pub router_advertisements: bool,
-    /// `--master`: the node role's master URL.
+    /// `--node-master`: the node role's master URL.
     pub master: Option<String>,
     /// `--node-name`.
     pub node_name: Option<String>,
