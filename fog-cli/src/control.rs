@@ -217,6 +217,11 @@ pub fn master(args: &MasterServe) -> Result<(), Error> {
             None => Db::open_dir(&args.data_dir).await?,
         };
         let control = Arc::new(Control::new(db));
+        // The master's own store: what nodes push captures to and pull placed images from.
+        let store_dir = args.data_dir.join("store");
+        control.set_image_store(Arc::new(fogcore::imaging::replica::LocalStore::new(
+            fogcore::imaging::store::Store::open(&store_dir)?,
+        )));
         if let Some((token, file)) = control.first_admin_token(&args.data_dir).await? {
             say!("admin token (also in {}, mode 0600): {token}", file.display());
         }
@@ -496,6 +501,9 @@ pub struct AgentRun {
     /// Read the deployed data back and compare it (every chunk is checked by hash anyway)
     #[arg(long)]
     verify: bool,
+    /// Hold image data on the wire to this many bytes per second
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    bandwidth: Option<u64>,
 }
 
 /// `fog agent run`.
@@ -514,6 +522,7 @@ pub fn agent(
     config.uuid = run.uuid.clone();
     config.once = run.once;
     config.verify = run.verify;
+    config.bandwidth = run.bandwidth;
     let report = fogcore::agent::run(&config, progress)?;
     emit(json, &report, |r| match &r.task {
         None => say!("no task waits for this host"),

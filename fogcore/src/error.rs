@@ -223,6 +223,16 @@ impl Error {
         }
     }
 
+    /// True for failures worth trying again later: the peer unreachable, or its own trouble
+    /// (5xx). A refusal (4xx) stays a refusal.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Http { .. } => true,
+            Error::Remote { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
     /// A short stable code for the wire (`{code, message}` JSON errors of the master's API).
     pub fn code(&self) -> &'static str {
         match self {

@@ -417,6 +417,7 @@ async fn slot_limit_two_five_agents_fifo() -> TestResult {
                             ok: true,
                             reason: None,
                             inventory: None,
+                            ..CheckOut::default()
                         },
                     )
                     .await?;
@@ -565,6 +566,7 @@ async fn task_rules_and_illegal_transitions() -> TestResult {
                     ok: false,
                     reason: Some("disk /dev/sda not found".into()),
                     inventory: Some(json!({"cpu": "x"})),
+                    ..CheckOut::default()
                 },
             )
             .await?;
@@ -787,6 +789,7 @@ async fn restart_keeps_state_and_migrations_are_idempotent() -> TestResult {
                 ok: true,
                 reason: None,
                 inventory: None,
+                ..CheckOut::default()
             },
         )
         .await?;

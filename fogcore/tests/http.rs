@@ -31,6 +31,7 @@ async fn start(boot_dir: &Path) -> Result<Running, Box<dyn std::error::Error>> {
         boot_dir: boot_dir.to_path_buf(),
         scripts: Arc::new(DefaultMenu::default()),
         fallback_base: "http://10.99.0.1:8080".into(),
+        extra_routes: None,
     };
     let server = service.bind("127.0.0.1:0".parse()?).await?;
     let addr = server.local_addr();

@@ -190,7 +190,7 @@ fn node_boots_the_agent_for_tasks_menus_others_and_survives_the_master() -> Test
         want_task.as_str(),
         "fog.action=deploy",
         &format!("fog.mac={TASK_MAC}"),
-        &format!("fog.master={base}"),
+        &format!("fog.master=http://{http}"),
         &format!("fog.token=fogt_{}_", task.id),
         "quiet",
     ] {

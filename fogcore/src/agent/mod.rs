@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crate::control::client::Client;
 use crate::control::model::{After, CheckIn, CheckOut, ProgressReport, SlotState, Task, TaskKind};
 use crate::control::remote::RemoteStore;
+use crate::control::replicate::Throttled;
 use crate::imaging::batch::{BatchSink, with_prefetch};
 use crate::imaging::capture::{CaptureOptions, capture_to};
 use crate::imaging::deploy::{DeployOptions, deploy_manifest};
@@ -59,6 +60,8 @@ pub struct AgentConfig {
     pub threads: Option<usize>,
     /// Where a capture's manifest is written before it is sent (the system's temp dir when unset).
     pub work_dir: Option<PathBuf>,
+    /// Bytes per second of chunks on the wire (none: as fast as it goes).
+    pub bandwidth: Option<u64>,
 }
 
 impl AgentConfig {
@@ -80,6 +83,7 @@ impl AgentConfig {
             verify: false,
             threads: None,
             work_dir: None,
+            bandwidth: None,
         }
     }
 }
@@ -153,15 +157,6 @@ impl Progress for Tracker<'_> {
     }
 }
 
-/// Errors worth asking again for: the master unreachable or busy.
-fn is_transient(e: &Error) -> bool {
-    match e {
-        Error::Http { .. } => true,
-        Error::Remote { status, .. } => *status >= 500,
-        _ => false,
-    }
-}
-
 /// Checks in, waits for a slot, runs the task, reports, checks out. Blocking: call it from a
 /// plain thread, not from async code.
 pub fn run(config: &AgentConfig, progress: &dyn Progress) -> Result<AgentReport> {
@@ -203,7 +198,7 @@ pub fn run(config: &AgentConfig, progress: &dyn Progress) -> Result<AgentReport>
                     break;
                 }
                 Err(Error::Remote { status: 404, .. }) => {}
-                Err(e) if is_transient(&e) && !config.once => {
+                Err(e) if e.is_transient() && !config.once => {
                     tracing::warn!("check-in as {mac}: {e}; trying again");
                     last_err = Some(e);
                 }
@@ -297,13 +292,14 @@ pub fn run(config: &AgentConfig, progress: &dyn Progress) -> Result<AgentReport>
         ok,
         reason: reason.clone(),
         inventory: serde_json::to_value(&inventory).ok(),
+        ..CheckOut::default()
     };
     let mut wait = config.poll;
     let mut tries = 0;
     let task = loop {
         match runtime.block_on(client.check_out(task.id, &out)) {
             Ok(task) => break task,
-            Err(e) if is_transient(&e) && tries < 10 => {
+            Err(e) if e.is_transient() && tries < 10 => {
                 tracing::warn!("check-out: {e}; trying again");
                 tries += 1;
                 std::thread::sleep(wait);
@@ -339,19 +335,25 @@ fn task_image(task: &Task) -> Result<&str> {
         .ok_or_else(|| Error::invalid("task image", task.id.to_string(), "the task names no image"))
 }
 
+fn remote_store(config: &AgentConfig) -> Result<Box<dyn ImageStore>> {
+    let store = RemoteStore::new(&config.master, config.token.as_deref())?;
+    Ok(match config.bandwidth {
+        Some(rate) => Box::new(Throttled::new(store, rate)),
+        None => Box::new(store),
+    })
+}
+
 fn run_task(config: &AgentConfig, task: &Task, progress: &dyn Progress) -> Result<()> {
     match task.kind {
         TaskKind::Deploy => {
             let image = task_image(task)?;
             let disk = target_disk(config)?;
-            let store = RemoteStore::new(&config.master, config.token.as_deref())?;
-            deploy_remote(&store, image, &disk, config, progress)
+            deploy_remote(&*remote_store(config)?, image, &disk, config, progress)
         }
         TaskKind::Capture => {
             let image = task_image(task)?;
             let disk = target_disk(config)?;
-            let store = RemoteStore::new(&config.master, config.token.as_deref())?;
-            capture_remote(&store, image, &disk, config, progress)
+            capture_remote(&*remote_store(config)?, image, &disk, config, progress)
         }
         TaskKind::Inventory => Ok(()), // the inventory goes with the check-out
         other => Err(Error::invalid(

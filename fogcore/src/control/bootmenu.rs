@@ -6,6 +6,7 @@
 //! fills from the master and keeps when the master is unreachable.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -14,10 +15,12 @@ use crate::control::model::{BootTask, TaskKind, canonical_mac};
 use crate::control::service::task_token;
 use crate::net::http::{BootScripts, format_mac};
 
-/// The last known open tasks of a node's hosts, by MAC.
+/// The last known open tasks of a node's hosts, by MAC; kept in a file when it has one, so a
+/// node restarted while its master is away still knows its hosts' tasks.
 #[derive(Debug, Default)]
 pub struct NodeTasks {
     by_mac: RwLock<HashMap<String, BootTask>>,
+    file: Option<PathBuf>,
 }
 
 impl NodeTasks {
@@ -26,8 +29,44 @@ impl NodeTasks {
         NodeTasks::default()
     }
 
+    /// A cache kept in `file`, starting from what it holds (an unreadable file is reported and
+    /// ignored: the next pull from the master replaces it).
+    pub fn persistent(file: &Path) -> Self {
+        let cache = NodeTasks {
+            by_mac: RwLock::default(),
+            file: Some(file.to_path_buf()),
+        };
+        match std::fs::read(file) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<BootTask>>(&bytes) {
+                Ok(tasks) => cache.fill(tasks),
+                Err(e) => tracing::warn!(file = %file.display(), "node: ignoring the task cache: {e}"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(file = %file.display(), "node: cannot read the task cache: {e}"),
+        }
+        cache
+    }
+
     /// Replaces what is known with the master's answer.
     pub fn replace(&self, tasks: Vec<BootTask>) {
+        if let Some(file) = &self.file {
+            let saved = serde_json::to_vec(&tasks)
+                .map_err(|e| crate::Error::InvalidInput(e.to_string()))
+                .and_then(|bytes| crate::control::gateway::write_durably(file, &bytes));
+            if let Err(e) = saved {
+                tracing::warn!(file = %file.display(), "node: cannot keep the task cache: {e}");
+            }
+        }
+        self.fill(tasks);
+    }
+
+    /// The pending task with this id.
+    pub fn by_id(&self, id: crate::control::model::TaskId) -> Option<BootTask> {
+        let guard = self.by_mac.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.values().find(|t| t.task.id == id).cloned()
+    }
+
+    fn fill(&self, tasks: Vec<BootTask>) {
         let mut by_mac = HashMap::new();
         for task in tasks {
             for mac in &task.macs {
@@ -74,8 +113,6 @@ pub struct NodeBootScripts {
     pub tasks: Arc<NodeTasks>,
     /// What hosts without a task get (the menu).
     pub others: Arc<dyn BootScripts>,
-    /// The master URL the agent reports to (`fog.master=`).
-    pub master: String,
     /// This node's name (`fog.node=`).
     pub node: String,
     /// The node's token: the script carries a task token derived from it
@@ -148,7 +185,8 @@ impl NodeBootScripts {
         let mut args = format!(
             "initrd={initrd_name} console=tty0 console=ttyS0,115200n8 fog.master={master} fog.node={node} \
              fog.task={id} fog.action={action} fog.mac={mac} fog.token={token}",
-            master = one_line(&self.master),
+            // The agent talks to this node, which answers for the master when it is away.
+            master = one_line(base),
             node = one_line(&self.node),
             id = t.id,
             action = t.kind.as_str(),
@@ -236,7 +274,6 @@ mod tests {
         NodeBootScripts {
             tasks: Arc::new(NodeTasks::new()),
             others: Arc::new(DefaultMenu::default()),
-            master: "http://m:8090".into(),
             node: "site-a".into(),
             node_token: "fog_abc".into(),
             kernel: "bootenv/vmlinuz".into(),
@@ -259,7 +296,7 @@ mod tests {
             "fog.task=42",
             "fog.action=deploy",
             "fog.mac=52:54:00:12:34:56",
-            "fog.master=http://m:8090",
+            "fog.master=http://10.99.0.1:8080",
             &format!("fog.token={}", task_token("fog_abc", "site-a", 42)),
             "fog.image=win11",
             "quiet chain http://evil",

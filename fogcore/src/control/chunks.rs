@@ -179,6 +179,13 @@ pub fn decode_pieces(body: &[u8]) -> Result<Vec<PieceHash>> {
 pub trait HasStore: Clone + Send + Sync + 'static {
     /// The store the chunk routes serve.
     fn image_store(&self) -> Result<Arc<dyn ImageStore>>;
+
+    /// Called once a manifest became an image through the routes (the master marks the other
+    /// nodes' copies stale). Default: nothing.
+    fn manifest_stored(&self, name: &str) -> impl std::future::Future<Output = Result<()>> + Send {
+        let _ = name;
+        async { Ok(()) }
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T, ApiError> {
@@ -244,7 +251,9 @@ async fn put_manifest<S: HasStore>(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let store = s.image_store()?;
+    let stored = name.clone();
     blocking(move || store.put_manifest(&name, &body)).await?;
+    s.manifest_stored(&stored).await?;
     Ok(Json(json!({ "ok": true })).into_response())
 }
 

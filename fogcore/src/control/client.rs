@@ -215,6 +215,11 @@ impl Client {
         self.get(&format!("/nodes/{}/boot-tasks", seg(node))).await
     }
 
+    /// The images placed on a node, with where its copy of each stands.
+    pub async fn node_copies(&self, node: &str) -> Result<Vec<ImageCopy>> {
+        self.get(&format!("/nodes/{}/copies", seg(node))).await
+    }
+
     /// Tasks matching a filter, newest first.
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
         let mut query = Vec::new();

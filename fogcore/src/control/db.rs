@@ -371,7 +371,8 @@ impl Db {
         }
         for image in images {
             sqlx::query(
-                "UPDATE image_copies SET state = 'complete', reason = NULL, updated_at = $3 WHERE image = $1 AND node = $2",
+                "UPDATE image_copies SET state = 'complete', reason = NULL, updated_at = $3
+                 WHERE image = $1 AND node = $2 AND state <> 'stale'",
             )
             .bind(image)
             .bind(node)
@@ -527,10 +528,30 @@ impl Db {
 
     /// Each node's copy of an image.
     pub async fn image_copies(&self, image: &str) -> Result<Vec<ImageCopy>> {
-        let rows = sqlx::query(
-            "SELECT image, node, state, bytes, reason, updated_at FROM image_copies WHERE image = $1 ORDER BY node",
-        )
-        .bind(image)
+        self.copies_where("image = $1 ORDER BY node", image).await
+    }
+
+    /// The copies placed on a node.
+    pub async fn node_copies(&self, node: &str) -> Result<Vec<ImageCopy>> {
+        self.copies_where("node = $1 ORDER BY image", node).await
+    }
+
+    /// Every node's copy of `image` is now older than the master's (a new capture arrived).
+    pub async fn mark_copies_stale(&self, image: &str) -> Result<()> {
+        sqlx::query("UPDATE image_copies SET state = 'stale', reason = NULL, updated_at = $2 WHERE image = $1")
+            .bind(image)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn copies_where(&self, condition: &'static str, value: &str) -> Result<Vec<ImageCopy>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT image, node, state, bytes, reason, updated_at FROM image_copies WHERE {condition}"
+        )))
+        .bind(value)
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
@@ -944,32 +965,33 @@ impl Db {
 
     /// The node's slot holders and its line, for the slot decision.
     pub async fn node_line(&self, node: &str) -> Result<NodeLine> {
-        let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE node = $1 AND state = 'in_progress'")
-            .bind(node)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-        let rows = sqlx::query(
-            "SELECT id, last_contact FROM tasks WHERE node = $1 AND state IN ('checked_in', 'waiting_for_slot')
-             ORDER BY ticket, id",
-        )
-        .bind(node)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        let waiting = rows
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<i64, _>("id").map_err(db_err)?,
-                    r.try_get::<Option<i64>, _>("last_contact")
-                        .map_err(db_err)?
-                        .unwrap_or(0),
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let ids_and_contacts = |state_list: &'static str| {
+            let sql = format!(
+                "SELECT id, last_contact FROM tasks WHERE node = $1 AND state IN ({state_list}) ORDER BY ticket, id"
+            );
+            async move {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(node)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get::<i64, _>("id").map_err(db_err)?,
+                            r.try_get::<Option<i64>, _>("last_contact")
+                                .map_err(db_err)?
+                                .unwrap_or(0),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            }
+        };
+        let running = ids_and_contacts("'in_progress'").await?;
+        let waiting = ids_and_contacts("'checked_in', 'waiting_for_slot'").await?;
         Ok(NodeLine {
-            active: u32::try_from(active).unwrap_or(u32::MAX),
+            active: u32::try_from(running.len()).unwrap_or(u32::MAX),
+            running,
             waiting,
         })
     }
@@ -1141,6 +1163,8 @@ pub struct TaskUpdate<'a> {
 pub struct NodeLine {
     /// Tasks holding slots.
     pub active: u32,
+    /// Those tasks, with their last contact: (task id, last contact).
+    pub running: Vec<(TaskId, Millis)>,
     /// Checked-in tasks without a slot, first in line first: (task id, last contact).
     pub waiting: Vec<(TaskId, Millis)>,
 }

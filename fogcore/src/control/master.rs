@@ -481,6 +481,23 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 },
             ),
         ),
+        (
+            r(
+                Method::GET,
+                "/nodes/{name}/copies",
+                NodeAccess,
+                "The images placed on the node and where its copy of each stands",
+                None,
+                "ImageCopyList",
+            ),
+            get(
+                |State(c): State<App>, Extension(caller): Extension<Caller>, Path(n): Path<String>| async move {
+                    own_node(&caller, &n)?;
+                    c.db().node(&n).await?;
+                    ApiResult::Ok(Json(c.db().node_copies(&n).await?))
+                },
+            ),
+        ),
         // tasks
         (
             r(
@@ -634,6 +651,11 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
 impl crate::control::chunks::HasStore for App {
     fn image_store(&self) -> Result<Arc<dyn crate::imaging::replica::ImageStore>> {
         Control::image_store(self)
+    }
+
+    async fn manifest_stored(&self, name: &str) -> Result<()> {
+        // An image the master has no record of (a plain replication) has no copies to mark.
+        self.db().mark_copies_stale(name).await
     }
 }
 

@@ -18,6 +18,7 @@ pub mod chunks;
 pub mod client;
 pub mod cron;
 pub mod db;
+pub mod gateway;
 pub mod master;
 pub mod model;
 pub mod node;

@@ -162,6 +162,8 @@ pub enum CopyState {
     Complete,
     /// The last attempt failed (see `reason`).
     Failed,
+    /// The node holds an older version: a newer one reached the master since.
+    Stale,
 }
 
 impl CopyState {
@@ -172,6 +174,7 @@ impl CopyState {
             CopyState::Replicating => "replicating",
             CopyState::Complete => "complete",
             CopyState::Failed => "failed",
+            CopyState::Stale => "stale",
         }
     }
 
@@ -182,6 +185,7 @@ impl CopyState {
             "replicating" => CopyState::Replicating,
             "complete" => CopyState::Complete,
             "failed" => CopyState::Failed,
+            "stale" => CopyState::Stale,
             _ => return Err(Error::invalid("copy state", text, "unknown")),
         })
     }
@@ -587,7 +591,7 @@ pub struct ProgressReport {
 }
 
 /// An agent's last word on a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CheckOut {
     /// True when the task did what it should.
@@ -598,6 +602,10 @@ pub struct CheckOut {
     /// Hardware inventory found (stored on the host).
     #[serde(default)]
     pub inventory: Option<serde_json::Value>,
+    /// Set by a node that ran the task while the master was unreachable: the outcome stands
+    /// whatever state the master last knew the task in.
+    #[serde(default)]
+    pub offline: bool,
 }
 
 /// A node's periodic report.
@@ -610,6 +618,12 @@ pub struct Heartbeat {
     /// Images it holds completely.
     #[serde(default)]
     pub images: Vec<String>,
+    /// Agents imaging through it now (as the node counts them).
+    #[serde(default)]
+    pub active: Option<u32>,
+    /// Slots it has free (its limit less `active`).
+    #[serde(default)]
+    pub free_slots: Option<u32>,
 }
 
 /// An open task of a node's host with what the node's boot script needs: the host's MACs

@@ -8,13 +8,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::control::bootmenu::{NodeBootScripts, NodeTasks, Recheck};
 use crate::control::client::Client;
-use crate::control::model::Heartbeat;
+use crate::control::gateway::Gateway;
+use crate::control::model::{CopyState, Heartbeat};
+use crate::control::replicate::{ReplicateOptions, pull_for_node};
 use crate::error::{Error, Result};
 use crate::net::config::{MasterLink, ServeConfig};
 use crate::net::http::{BootScripts, DefaultMenu, HostFilesOrMenu};
@@ -28,36 +31,92 @@ pub struct NodeLoop {
     link: MasterLink,
     client: Client,
     tasks: Arc<NodeTasks>,
+    gateway: Arc<Gateway>,
     data_dir: PathBuf,
+    /// Set while a pull of placed images runs (one at a time).
+    pulling: Arc<AtomicBool>,
 }
 
 impl NodeLoop {
-    /// A loop for `link`, reporting on `data_dir`; reads the token (an error names the key).
-    pub fn new(link: &MasterLink, data_dir: &Path, tasks: Arc<NodeTasks>) -> Result<NodeLoop> {
+    /// A loop for `link`, reporting on `data_dir`, its agents served by `gateway`; reads the
+    /// token (an error names the key).
+    pub fn new(link: &MasterLink, data_dir: &Path, tasks: Arc<NodeTasks>, gateway: Arc<Gateway>) -> Result<NodeLoop> {
         let token = link.token.read()?;
         let client = Client::new(&link.url, Some(&token))?;
         Ok(NodeLoop {
             link: link.clone(),
             client,
             tasks,
+            gateway,
             data_dir: data_dir.to_path_buf(),
+            pulling: Arc::new(AtomicBool::new(false)),
         })
     }
 
-    /// One beat: the heartbeat, then the tasks. Returns how many tasks the node has.
+    /// One beat: the heartbeat, the tasks, the check-outs that waited for the master, then a
+    /// pull of the images placed here that the node lacks (in the background). Returns how
+    /// many tasks the node has.
     pub async fn beat(&self) -> Result<usize> {
         let data_dir = self.data_dir.clone();
-        let beat = tokio::task::spawn_blocking(move || heartbeat_of(&data_dir))
+        let mut beat = tokio::task::spawn_blocking(move || heartbeat_of(&data_dir))
             .await
             .map_err(|e| Error::InvalidInput(format!("node: heartbeat task failed: {e}")))?;
+        let active = self.gateway.active();
+        beat.active = Some(active);
         let node = self.client.heartbeat(&self.link.name, &beat).await?;
+        self.gateway.set_max_clients(node.max_clients);
         if !node.enabled {
             tracing::debug!(node = %node.name, "node: disabled on the master");
         }
         let tasks = self.client.node_boot_tasks(&self.link.name).await?;
         let n = tasks.len();
         self.tasks.replace(tasks);
+        let delivered = self.gateway.flush().await?;
+        if delivered > 0 {
+            tracing::info!(delivered, "node: queued check-outs delivered to the master");
+        }
+        self.pull_placed().await?;
         Ok(n)
+    }
+
+    /// Starts pulling, one after another, the images placed on this node whose copy here is
+    /// not complete (pending, stale, failed, or cut short by a crash); nothing when a pull runs.
+    async fn pull_placed(&self) -> Result<()> {
+        if self.pulling.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let wanted: Vec<String> = self
+            .client
+            .node_copies(&self.link.name)
+            .await?
+            .into_iter()
+            .filter(|c| c.state != CopyState::Complete)
+            .map(|c| c.image)
+            .collect();
+        if wanted.is_empty() || self.pulling.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (client, node, pulling) = (self.client.clone(), self.link.name.clone(), self.pulling.clone());
+        let (upstream, local) = (self.gateway.upstream_store(), self.gateway.local_store());
+        let options = ReplicateOptions {
+            bandwidth: self.link.bandwidth,
+            ..ReplicateOptions::default()
+        };
+        tokio::spawn(async move {
+            for image in wanted {
+                match pull_for_node(&client, &node, upstream.clone(), local.clone(), &image, options.clone()).await {
+                    Ok(r) => tracing::info!(
+                        image,
+                        chunks = r.chunks_sent,
+                        bytes = r.bytes_sent,
+                        "node: image pulled"
+                    ),
+                    Err(e) => tracing::warn!(image, "node: pull failed: {e}"),
+                }
+            }
+            pulling.store(false, Ordering::Release);
+        });
+        Ok(())
     }
 
     /// Beats every `heartbeat_secs` until `cancel`. Failures are logged when the link changes
@@ -130,16 +189,35 @@ pub fn heartbeat_of(data_dir: &Path) -> Heartbeat {
     Heartbeat {
         free_bytes: free_bytes(data_dir),
         images,
+        ..Heartbeat::default()
     }
 }
 
-/// The boot scripts of a node and its loop: what [`serve`] starts. `None` without a master.
-pub fn node_role(config: &ServeConfig) -> Result<Option<(Arc<NodeBootScripts>, NodeLoop)>> {
+/// What the node role adds to `fog serve`: its boot scripts, its loop and its agent API.
+pub struct NodeRole {
+    /// Per-host scripts (the agent for hosts with a task).
+    pub scripts: Arc<NodeBootScripts>,
+    /// The master link.
+    pub node_loop: NodeLoop,
+    /// The agents' API and store.
+    pub gateway: Arc<Gateway>,
+}
+
+/// The node role of `config`; `None` without a master.
+pub fn node_role(config: &ServeConfig) -> Result<Option<NodeRole>> {
     let Some(link) = &config.master else {
         return Ok(None);
     };
-    let tasks = Arc::new(NodeTasks::new());
-    let node_loop = NodeLoop::new(link, &config.data_dir, tasks.clone())?;
+    let node_token = link.token.read()?;
+    let tasks = Arc::new(NodeTasks::persistent(&config.data_dir.join("node").join("tasks.json")));
+    let gateway = Arc::new(Gateway::open(
+        &config.data_dir,
+        &link.url,
+        &link.name,
+        &node_token,
+        tasks.clone(),
+    )?);
+    let node_loop = NodeLoop::new(link, &config.data_dir, tasks.clone(), gateway.clone())?;
     let others: Arc<dyn BootScripts> = Arc::new(HostFilesOrMenu {
         boot_dir: config.boot_dir.clone(),
         menu: DefaultMenu {
@@ -153,9 +231,8 @@ pub fn node_role(config: &ServeConfig) -> Result<Option<(Arc<NodeBootScripts>, N
     let scripts = Arc::new(NodeBootScripts {
         tasks,
         others,
-        master: link.url.clone(),
         node: link.name.clone(),
-        node_token: link.token.read()?,
+        node_token,
         kernel: config.boot.agent_kernel.clone(),
         initrd: config.boot.agent_initrd.clone(),
         default_base,
@@ -165,17 +242,23 @@ pub fn node_role(config: &ServeConfig) -> Result<Option<(Arc<NodeBootScripts>, N
             timeout: RECHECK_TIMEOUT,
         }),
     });
-    Ok(Some((scripts, node_loop)))
+    Ok(Some(NodeRole {
+        scripts,
+        node_loop,
+        gateway,
+    }))
 }
 
-/// Starts `fog serve`: the boot services, and with `[node] master` the node loop among them and
-/// the node's boot scripts. Must not be called from inside a tokio runtime.
+/// Starts `fog serve`: the boot services, and with `[node] master` the node loop among them, the
+/// node's boot scripts and its agent API. Must not be called from inside a tokio runtime.
 pub fn serve(config: ServeConfig) -> Result<ServerHandle> {
     match node_role(&config)? {
         None => Server::start(config),
-        Some((scripts, node_loop)) => {
+        Some(role) => {
+            let node_loop = role.node_loop;
             let starter: Starter = Box::new(move |cancel| Box::pin(node_loop.run(cancel)));
-            Server::start_with_services(config, scripts, vec![("node", starter)])
+            let routes = role.gateway.router();
+            Server::start_with_services(config, role.scripts, Some(routes), vec![("node", starter)])
         }
     }
 }

@@ -99,6 +99,61 @@ impl TokenBucket {
     }
 }
 
+/// A store whose chunk traffic (gets and puts) is held to `rate` bytes per second: an agent
+/// imaging over a link it must share (`fog agent run --bandwidth`).
+pub struct Throttled<S> {
+    inner: S,
+    bucket: std::sync::Mutex<TokenBucket>,
+}
+
+impl<S: ImageStore> Throttled<S> {
+    /// `inner` at `rate` bytes per second.
+    pub fn new(inner: S, rate: u64) -> Self {
+        Throttled {
+            inner,
+            bucket: std::sync::Mutex::new(TokenBucket::new(rate, Instant::now())),
+        }
+    }
+
+    fn pace(&self, bytes: u64) {
+        let wait = self
+            .bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(bytes, Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+impl<S: ImageStore> ImageStore for Throttled<S> {
+    fn images(&self) -> Result<Vec<String>> {
+        self.inner.images()
+    }
+    fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        self.inner.manifest_bytes(name)
+    }
+    fn manifest_delta(&self, name: &str, base: &[crate::imaging::replica::PieceHash]) -> Result<Vec<u8>> {
+        self.inner.manifest_delta(name, base)
+    }
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        self.inner.missing(ids)
+    }
+    fn get_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let chunks = self.inner.get_chunks(ids)?;
+        self.pace(chunks.iter().flatten().map(|c| c.len() as u64).sum());
+        Ok(chunks)
+    }
+    fn put_chunks(&self, chunks: &[WireChunk]) -> Result<u64> {
+        self.pace(chunks.iter().map(|c| c.encoded.len() as u64).sum());
+        self.inner.put_chunks(chunks)
+    }
+    fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.inner.put_manifest(name, bytes)
+    }
+}
+
 fn is_conflict(e: &Error) -> bool {
     matches!(e, Error::Conflict { .. } | Error::Remote { status: 409, .. })
 }

@@ -65,6 +65,10 @@ pub struct Skipped {
 /// Default: a waiting agent that has not asked for this long loses its place.
 pub const WAITER_TIMEOUT_MS: Millis = 120_000;
 
+/// Default: an agent holding a slot that has not reported for this long (it reports every 2 s)
+/// is taken for dead; its task fails and the slot goes to the next in line.
+pub const AGENT_TIMEOUT_MS: Millis = 600_000;
+
 /// The master's logic over its database.
 pub struct Control {
     db: Db,
@@ -72,6 +76,9 @@ pub struct Control {
     /// Serializes check-ins, progress, check-outs and cancels: slot decisions see one line.
     line: Mutex<()>,
     waiter_timeout: Millis,
+    agent_timeout: Millis,
+    /// When this master started: silence while it was down is nobody's fault.
+    started: Millis,
     store: std::sync::OnceLock<Arc<dyn crate::imaging::replica::ImageStore>>,
 }
 
@@ -120,13 +127,22 @@ impl Control {
 
     /// Over `db`, with a clock and the waiter timeout.
     pub fn with_clock(db: Db, clock: Arc<dyn Clock>, waiter_timeout: Millis) -> Self {
+        let started = clock.now();
         Control {
             db,
             clock,
             line: Mutex::new(()),
             waiter_timeout,
+            agent_timeout: AGENT_TIMEOUT_MS,
+            started,
             store: std::sync::OnceLock::new(),
         }
+    }
+
+    /// With this timeout for agents holding slots (see [`AGENT_TIMEOUT_MS`]).
+    pub fn with_agent_timeout(mut self, timeout: Millis) -> Self {
+        self.agent_timeout = timeout;
+        self
     }
 
     /// Gives the master an image store, served by the chunk routes (`/api/v1/store/...`).
@@ -629,9 +645,30 @@ impl Control {
         }
     }
 
-    /// Waiters of `node` that have not asked within the timeout lose their place.
+    /// Waiters of `node` that have not asked within the timeout lose their place; slot holders
+    /// silent for the agent timeout (counted from this master's start at the earliest) fail.
     async fn requeue_quiet(&self, node: &str, now: Millis) -> Result<()> {
         let line = self.db.node_line(node).await?;
+        for (id, contact) in line.running {
+            let silent = now - contact.max(self.started);
+            if silent > self.agent_timeout {
+                let task = self.db.task(id).await?;
+                let reason = format!("the agent went silent for {} s while holding a slot", silent / 1000);
+                let next = step(id, &task.state, Event::Silent(reason.clone()))?;
+                self.db
+                    .set_task_state(
+                        &task,
+                        &next,
+                        TaskUpdate {
+                            ticket: task.ticket,
+                            node: task.node.as_deref(),
+                            detail: Some(&reason),
+                            ..TaskUpdate::default()
+                        },
+                    )
+                    .await?;
+            }
+        }
         for (id, contact) in line.waiting {
             if now - contact > self.waiter_timeout {
                 let task = self.db.task(id).await?;
@@ -696,10 +733,19 @@ impl Control {
     pub async fn check_out(&self, caller: &Caller, id: TaskId, out: &CheckOut) -> Result<Task> {
         let _line = self.line.lock().await;
         let task = self.agent_task(caller, id).await?;
-        let event = if out.ok {
-            Event::Complete
-        } else {
-            Event::Fail(out.reason.clone().unwrap_or_else(|| "the agent gave no reason".into()))
+        let reason = || out.reason.clone().unwrap_or_else(|| "the agent gave no reason".into());
+        // A node replays check-outs it queued while the master was unreachable, and may replay
+        // one whose reply it lost: the same outcome again changes nothing.
+        match (&task.state, out.ok) {
+            (TaskState::Complete, true) => return Ok(task),
+            (TaskState::Failed { .. }, false) => return Ok(task),
+            _ => {}
+        }
+        let event = match (out.ok, out.offline) {
+            (true, false) => Event::Complete,
+            (false, false) => Event::Fail(reason()),
+            (true, true) => Event::Reconcile(None),
+            (false, true) => Event::Reconcile(Some(reason())),
         };
         let next = step(id, &task.state, event)?;
         if let Some(inventory) = &out.inventory {

@@ -39,6 +39,11 @@ pub enum Event {
     Cancel,
     /// A waiting agent went quiet: it loses its place and starts over when it asks again.
     Requeue,
+    /// A node ran the task while the master was unreachable and reports how it ended (`None`:
+    /// complete; else the failure's reason), whatever state the master last knew it in.
+    Reconcile(Option<String>),
+    /// An agent holding a slot went silent for too long: the slot is freed.
+    Silent(String),
 }
 
 impl Event {
@@ -52,6 +57,8 @@ impl Event {
             Event::Fail(_) => "fail",
             Event::Cancel => "cancel",
             Event::Requeue => "requeue",
+            Event::Reconcile(_) => "reconcile",
+            Event::Silent(_) => "silent",
         }
     }
 }
@@ -87,6 +94,9 @@ pub fn step(task: TaskId, state: &TaskState, event: Event) -> Result<TaskState> 
             S::Failed { reason: reason.clone() }
         }
         (s, Event::Cancel) if !s.is_terminal() => S::Cancelled,
+        (s, Event::Reconcile(None)) if !s.is_terminal() => S::Complete,
+        (s, Event::Reconcile(Some(reason))) if !s.is_terminal() => S::Failed { reason: reason.clone() },
+        (S::InProgress { .. }, Event::Silent(reason)) => S::Failed { reason: reason.clone() },
         _ => {
             return Err(Error::IllegalTransition {
                 task,

@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -234,6 +235,72 @@ impl ImageStore for LocalStore {
         }
         copy_manifest(manifest, writer.manifest_writer()?, name)?;
         writer.commit(name)
+    }
+}
+
+/// A site's store in front of its master's: what is here is served from here, what is not is
+/// fetched from `upstream` and kept (checked, then stored), so a node deploys an image it has
+/// not fully replicated yet and the next host finds the chunks local. Manifests come from
+/// upstream first (the newest version of the image) and from here when upstream cannot say.
+/// Writes go here only: a capture lands on the node and is pushed upstream afterwards.
+pub struct ReadThrough {
+    /// The node's own store.
+    pub local: Arc<dyn ImageStore>,
+    /// The master's.
+    pub upstream: Arc<dyn ImageStore>,
+}
+
+impl ImageStore for ReadThrough {
+    fn images(&self) -> Result<Vec<String>> {
+        self.local.images()
+    }
+
+    fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        match self.upstream.manifest_bytes(name) {
+            Ok(bytes) => Ok(bytes),
+            Err(e) => {
+                tracing::debug!(image = name, "upstream manifest unavailable ({e}); using the local one");
+                self.local.manifest_bytes(name)
+            }
+        }
+    }
+
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        self.local.missing(ids)
+    }
+
+    fn get_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut chunks = self.local.get_chunks(ids)?;
+        let absent: Vec<usize> = (0..ids.len()).filter(|&i| chunks[i].is_none()).collect();
+        if absent.is_empty() {
+            return Ok(chunks);
+        }
+        let wanted: Vec<ChunkId> = absent.iter().map(|&i| ids[i]).collect();
+        let fetched = self.upstream.get_chunks(&wanted)?;
+        let mut keep = Vec::new();
+        for ((&i, id), encoded) in absent.iter().zip(&wanted).zip(fetched) {
+            if let Some(encoded) = encoded {
+                let len = plain_len(&encoded)
+                    .ok_or_else(|| Error::invalid("chunk", id.to_string(), "upstream sent an undecodable chunk"))?;
+                keep.push(WireChunk {
+                    id: *id,
+                    len,
+                    encoded: encoded.clone(),
+                });
+                chunks[i] = Some(encoded);
+            }
+        }
+        // put_chunks checks every chunk against its id before storing any.
+        self.local.put_chunks(&keep)?;
+        Ok(chunks)
+    }
+
+    fn put_chunks(&self, chunks: &[WireChunk]) -> Result<u64> {
+        self.local.put_chunks(chunks)
+    }
+
+    fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.local.put_manifest(name, bytes)
     }
 }
 

@@ -14,6 +14,7 @@
 //! name = "site-a"                # this node's name on the master (required with master)
 //! token_file = "/etc/fog/node-token" # or `token = "fog_..."` (one of them, with master)
 //! heartbeat_secs = 5             # how often it reports and pulls its tasks
+//! bandwidth = 12500000           # bytes/s for pulling images from the master (default: no limit)
 //!
 //! [http]                         # on unless `enabled = false`
 //! listen = "0.0.0.0:8080"
@@ -115,6 +116,9 @@ pub struct NodeFile {
     /// Seconds between heartbeats (and task pulls), default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_secs: Option<u64>,
+    /// Bytes per second for pulling images from the master (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
 }
 
 /// `[http]` as written.
@@ -246,6 +250,8 @@ pub struct MasterLink {
     pub token: TokenSource,
     /// Seconds between heartbeats and task pulls.
     pub heartbeat_secs: u64,
+    /// Bytes per second for pulling images (none: no limit).
+    pub bandwidth: Option<u64>,
 }
 
 /// A checked config: what `fog serve` runs.
@@ -331,6 +337,7 @@ fn master_link(node: &NodeFile) -> Result<Option<MasterLink>> {
             ("[node] token", node.token.is_some()),
             ("[node] token_file", node.token_file.is_some()),
             ("[node] heartbeat_secs", node.heartbeat_secs.is_some()),
+            ("[node] bandwidth", node.bandwidth.is_some()),
         ] {
             if set {
                 return Err(bad(key, "only means something with [node] master"));
@@ -387,11 +394,18 @@ fn master_link(node: &NodeFile) -> Result<Option<MasterLink>> {
     if !(1..=3600).contains(&heartbeat_secs) {
         return Err(bad("[node] heartbeat_secs", "must be 1 to 3600"));
     }
+    if node.bandwidth == Some(0) {
+        return Err(bad(
+            "[node] bandwidth",
+            "must be more than 0 bytes per second (leave it out for no limit)",
+        ));
+    }
     Ok(Some(MasterLink {
         url,
         name,
         token,
         heartbeat_secs,
+        bandwidth: node.bandwidth,
     }))
 }
 

@@ -176,6 +176,9 @@ pub struct HttpService {
     /// Base URL put in `/boot.ipxe` when the request has no usable `Host` header
     /// (e.g. `http://10.99.0.1:8080`).
     pub fallback_base: String,
+    /// Routes of higher layers served beside the boot files (a node's agent API under
+    /// `/api/v1`); they take precedence over files of the same path.
+    pub extra_routes: Option<Router>,
 }
 
 #[derive(Clone)]
@@ -202,11 +205,15 @@ impl HttpService {
             scripts: self.scripts.clone(),
             fallback_base: self.fallback_base.clone(),
         };
-        Ok(Router::new()
+        let boot = Router::new()
             .route("/boot.ipxe", get(boot_ipxe))
             .route("/boot/{mac}", get(host_script))
             .fallback(static_file)
-            .with_state(state))
+            .with_state(state);
+        Ok(match &self.extra_routes {
+            Some(extra) => extra.clone().merge(boot),
+            None => boot,
+        })
     }
 
     /// Binds `listen` and checks the boot directory; nothing is served until [`HttpServer::run`].

@@ -65,15 +65,17 @@ impl Server {
 
     /// [`Server::start`] with the per-host scripts of `scripts` (the control plane's).
     pub fn start_with(config: ServeConfig, scripts: Arc<dyn BootScripts>) -> Result<ServerHandle> {
-        Server::start_with_services(config, scripts, Vec::new())
+        Server::start_with_services(config, scripts, None, Vec::new())
     }
 
-    /// [`Server::start_with`] plus services of higher layers (the node role's loop), run beside
-    /// the others on the server's runtime and stopped with them. An extra service should run
-    /// until its token is cancelled: one that ends by itself ends the server.
+    /// [`Server::start_with`] plus routes of higher layers served by the HTTP service (the node's
+    /// agent API), and their services (the node role's loop), run beside the others on the
+    /// server's runtime and stopped with them. An extra service should run until its token is
+    /// cancelled: one that ends by itself ends the server.
     pub fn start_with_services(
         config: ServeConfig,
         scripts: Arc<dyn BootScripts>,
+        routes: Option<axum::Router>,
         extra: Vec<(&'static str, Starter)>,
     ) -> Result<ServerHandle> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -82,7 +84,7 @@ impl Server {
             .build()
             .map_err(|e| Error::InvalidInput(format!("cannot start the server's runtime: {e}")))?;
         let cancel = CancellationToken::new();
-        let (addrs, mut services) = runtime.block_on(bind_all(&config, scripts))?;
+        let (addrs, mut services) = runtime.block_on(bind_all(&config, scripts, routes))?;
         services.extend(extra);
         let token = cancel.clone();
         let thread = std::thread::Builder::new()
@@ -109,6 +111,7 @@ pub type Starter = Box<dyn FnOnce(CancellationToken) -> Service + Send>;
 async fn bind_all(
     config: &ServeConfig,
     scripts: Arc<dyn BootScripts>,
+    routes: Option<axum::Router>,
 ) -> Result<(ServerAddrs, Vec<(&'static str, Starter)>)> {
     let mut addrs = ServerAddrs::default();
     let mut services: Vec<(&'static str, Starter)> = Vec::new();
@@ -122,6 +125,7 @@ async fn bind_all(
             boot_dir: config.boot_dir.clone(),
             scripts,
             fallback_base,
+            extra_routes: routes,
         };
         let http = service.bind(listen).await.map_err(|e| startup("http", e))?;
         let bound = http.local_addr();

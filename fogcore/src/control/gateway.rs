@@ -1,0 +1,534 @@
+//! The node's side of its agents: the agent API (`/api/v1/checkin`, progress, check-out) and a
+//! chunk store (`/api/v1/store/...`) served by the node itself, so an agent talks only to the
+//! node of its subnet and keeps working when the master is away.
+//!
+//! - Check-ins, progress and check-outs go on to the master with the node's token. When the
+//!   master cannot be reached, the node answers from the tasks it last pulled: it grants slots up
+//!   to its own limit, takes progress without passing it on, and keeps check-outs in an
+//!   [`Outbox`] on disk, which [`Gateway::flush`] sends once the master answers again (as
+//!   `offline` check-outs: the outcome stands whatever state the master last knew). A check-out
+//!   sent twice (its reply lost) changes nothing the second time.
+//! - The store is the node's own in front of the master's ([`ReadThrough`]): deploys read local
+//!   chunks and fetch (and keep) the rest; captures land here, and a capture's check-out waits in
+//!   the outbox until the image has been pushed to the master, so the master shows a capture
+//!   complete only when it holds the image.
+//! - Agents present the node token or their task's token (`fogt_…`, derived from the node token:
+//!   the node checks it without the master).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::control::bootmenu::NodeTasks;
+use crate::control::chunks::{self, HasStore};
+use crate::control::client::Client;
+use crate::control::master::{API, ApiError, Body};
+use crate::control::model::{
+    CheckIn, CheckInReply, CheckOut, CopyReport, CopyState, ProgressReport, SlotState, Task, TaskId, TaskKind,
+    TaskState, canonical_mac,
+};
+use crate::control::remote::RemoteStore;
+use crate::control::replicate::{REPORT_EVERY, ReplicateOptions, replicate};
+use crate::control::service::task_token;
+use crate::error::{Error, Result};
+use crate::imaging::replica::{ImageStore, LocalStore, ReadThrough};
+use crate::imaging::store::Store;
+use crate::progress::NoProgress;
+
+/// How long the node waits for the master on an agent's behalf before answering from its cache.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A check-out the master has not taken yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The task.
+    pub task: TaskId,
+    /// What the agent said.
+    pub out: CheckOut,
+    /// An image captured here that must reach the master first.
+    #[serde(default)]
+    pub push: Option<String>,
+}
+
+/// Check-outs waiting for the master, kept in a file (written whole, synced, renamed) so a node
+/// restart loses none.
+#[derive(Debug)]
+pub struct Outbox {
+    path: PathBuf,
+    entries: Mutex<Vec<Pending>>,
+}
+
+impl Outbox {
+    /// The outbox kept at `path` (read back if it exists).
+    pub fn open(path: &Path) -> Result<Outbox> {
+        let entries = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::invalid("node outbox", path.display().to_string(), e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        Ok(Outbox {
+            path: path.to_path_buf(),
+            entries: Mutex::new(entries),
+        })
+    }
+
+    /// What waits, oldest first.
+    pub fn pending(&self) -> Vec<Pending> {
+        self.lock().clone()
+    }
+
+    /// Adds (or replaces) the check-out of a task, durably before it returns.
+    pub fn add(&self, pending: Pending) -> Result<()> {
+        let mut entries = self.lock();
+        entries.retain(|p| p.task != pending.task);
+        entries.push(pending);
+        self.save(&entries)
+    }
+
+    /// Drops the check-out of a task (the master took it, or refused it for good).
+    pub fn remove(&self, task: TaskId) -> Result<()> {
+        let mut entries = self.lock();
+        entries.retain(|p| p.task != task);
+        self.save(&entries)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn save(&self, entries: &[Pending]) -> Result<()> {
+        let text = serde_json::to_vec_pretty(entries)
+            .map_err(|e| Error::InvalidInput(format!("node outbox: cannot encode: {e}")))?;
+        write_durably(&self.path, &text)
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one: a synced temporary
+/// file renamed over it, then the directory synced.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The node's agent API and store.
+pub struct Gateway {
+    node: String,
+    node_token: String,
+    master: Client,
+    tasks: Arc<NodeTasks>,
+    local: Arc<dyn ImageStore>,
+    store: Arc<dyn ImageStore>,
+    upstream: Arc<dyn ImageStore>,
+    outbox: Outbox,
+    /// Tasks holding one of this node's slots (granted, not checked out).
+    active: Mutex<HashSet<TaskId>>,
+    /// The node's slot limit as the master last said (used while it is away).
+    max_clients: AtomicU32,
+    /// One flush at a time.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("node", &self.node).finish()
+    }
+}
+
+impl Gateway {
+    /// The gateway of node `node` (its state under `data_dir`: `store/`, `node/outbox.json`).
+    pub fn open(
+        data_dir: &Path,
+        master_url: &str,
+        node: &str,
+        node_token: &str,
+        tasks: Arc<NodeTasks>,
+    ) -> Result<Gateway> {
+        let local: Arc<dyn ImageStore> = Arc::new(LocalStore::new(Store::open(data_dir.join("store"))?));
+        let upstream: Arc<dyn ImageStore> = Arc::new(RemoteStore::new(master_url, Some(node_token))?);
+        let store = Arc::new(ReadThrough {
+            local: local.clone(),
+            upstream: upstream.clone(),
+        });
+        Ok(Gateway {
+            node: node.to_string(),
+            node_token: node_token.to_string(),
+            master: Client::new(master_url, Some(node_token))?,
+            tasks,
+            local,
+            store,
+            upstream,
+            outbox: Outbox::open(&data_dir.join("node").join("outbox.json"))?,
+            active: Mutex::new(HashSet::new()),
+            max_clients: AtomicU32::new(u32::MAX),
+            flushing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The node's own store.
+    pub fn local_store(&self) -> Arc<dyn ImageStore> {
+        self.local.clone()
+    }
+
+    /// The master's store, seen with the node's token.
+    pub fn upstream_store(&self) -> Arc<dyn ImageStore> {
+        self.upstream.clone()
+    }
+
+    /// Check-outs waiting for the master.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Agents imaging through this node now.
+    pub fn active(&self) -> u32 {
+        u32::try_from(self.lock_active().len()).unwrap_or(u32::MAX)
+    }
+
+    /// The slot limit the master gave (from its heartbeat reply).
+    pub fn set_max_clients(&self, max: u32) {
+        self.max_clients.store(max, Ordering::Relaxed);
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashSet<TaskId>> {
+        self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// True for the node token and for task tokens of this node.
+    fn accepts(&self, token: &str) -> bool {
+        if token == self.node_token {
+            return true;
+        }
+        let Some(id) = token
+            .strip_prefix(crate::control::service::TASK_TOKEN_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .and_then(|(id, _)| id.parse::<TaskId>().ok())
+        else {
+            return false;
+        };
+        constant_time_eq(
+            token.as_bytes(),
+            task_token(&self.node_token, &self.node, id).as_bytes(),
+        )
+    }
+
+    async fn forward<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Http {
+                url: "master".into(),
+                reason: format!("no answer within {} s", FORWARD_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+
+    /// An agent checks in: the master decides; without a master, the node's cache and limit do.
+    pub async fn check_in(&self, check_in: &CheckIn) -> Result<CheckInReply> {
+        match self.forward(self.master.check_in(check_in)).await {
+            Ok(reply) => {
+                if reply.slot == SlotState::Granted {
+                    self.lock_active().insert(reply.task.id);
+                }
+                Ok(reply)
+            }
+            Err(e) if e.is_transient() => {
+                tracing::info!(mac = %check_in.mac, "node: master unreachable ({e}); checking in from the cache");
+                self.check_in_offline(check_in)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn check_in_offline(&self, check_in: &CheckIn) -> Result<CheckInReply> {
+        let mac = crate::net::http::parse_mac(&canonical_mac(&check_in.mac)?)
+            .ok_or_else(|| Error::invalid("mac", &check_in.mac, "not a MAC address"))?;
+        let boot = self
+            .tasks
+            .get(mac)
+            .ok_or_else(|| Error::not_found("task for host with MAC", &check_in.mac))?;
+        let mut task = boot.task;
+        let max = self.max_clients.load(Ordering::Relaxed);
+        let mut active = self.lock_active();
+        let slot = if active.contains(&task.id) || (active.len() as u64) < u64::from(max) {
+            active.insert(task.id);
+            task.state = TaskState::InProgress {
+                percent: 0.0,
+                bytes: 0,
+                rate: 0,
+            };
+            SlotState::Granted
+        } else {
+            task.state = TaskState::WaitingForSlot;
+            SlotState::Waiting {
+                place: 1,
+                active: u32::try_from(active.len()).unwrap_or(u32::MAX),
+                max,
+            }
+        };
+        Ok(CheckInReply { task, slot })
+    }
+
+    /// The task as this node last knew it (for answers given without the master).
+    fn cached_task(&self, id: TaskId) -> Result<Task> {
+        self.tasks
+            .by_id(id)
+            .map(|b| b.task)
+            .ok_or_else(|| Error::not_found("task", id.to_string()))
+    }
+
+    /// An agent's progress: passed on, or taken quietly while the master is away.
+    pub async fn progress(&self, id: TaskId, report: &ProgressReport) -> Result<Task> {
+        match self.forward(self.master.progress(id, report)).await {
+            Err(e) if e.is_transient() => {
+                let mut task = self.cached_task(id)?;
+                task.state = TaskState::InProgress {
+                    percent: report.percent,
+                    bytes: report.bytes,
+                    rate: report.rate,
+                };
+                Ok(task)
+            }
+            other => other,
+        }
+    }
+
+    /// An agent's check-out. A successful capture is queued behind the push of its image; any
+    /// check-out the master cannot take now is queued. The agent's answer says what it said.
+    pub async fn check_out(self: &Arc<Self>, id: TaskId, out: &CheckOut) -> Result<Task> {
+        let cached = self.cached_task(id).ok();
+        let push = match &cached {
+            Some(t) if t.kind == TaskKind::Capture && out.ok => t.image.clone(),
+            _ => None,
+        };
+        if push.is_none() {
+            match self.forward(self.master.check_out(id, out)).await {
+                Ok(task) => {
+                    self.lock_active().remove(&id);
+                    return Ok(task);
+                }
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => tracing::info!(task = id, "node: master unreachable ({e}); the check-out waits"),
+            }
+        }
+        let mut task = cached.ok_or_else(|| Error::not_found("task", id.to_string()))?;
+        self.outbox.add(Pending {
+            task: id,
+            out: out.clone(),
+            push,
+        })?;
+        self.lock_active().remove(&id);
+        task.state = if out.ok {
+            TaskState::Complete
+        } else {
+            TaskState::Failed {
+                reason: out.reason.clone().unwrap_or_default(),
+            }
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.flush().await {
+                tracing::debug!("node: outbox: {e}");
+            }
+        });
+        Ok(task)
+    }
+
+    /// Sends what waits in the outbox, oldest first: pushes captured images, then the
+    /// check-outs. Stops at the first failure worth trying again (the master away); drops a
+    /// check-out the master refuses for good, saying why. Returns how many were delivered.
+    pub async fn flush(&self) -> Result<usize> {
+        let _one = self.flushing.lock().await;
+        let mut delivered = 0;
+        for pending in self.outbox.pending() {
+            if let Some(image) = &pending.push {
+                self.push(pending.task, image).await?;
+            }
+            let out = CheckOut {
+                offline: true,
+                ..pending.out.clone()
+            };
+            match self.forward(self.master.check_out(pending.task, &out)).await {
+                Ok(task) => {
+                    tracing::info!(task = task.id, state = task.state.name(), "node: check-out delivered");
+                    delivered += 1;
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => tracing::warn!(task = pending.task, "node: the master refused a queued check-out: {e}"),
+            }
+            self.outbox.remove(pending.task)?;
+        }
+        Ok(delivered)
+    }
+
+    /// Copies a captured image to the master, telling it the task is alive meanwhile, and marks
+    /// this node's copy complete.
+    async fn push(&self, task: TaskId, image: &str) -> Result<()> {
+        let (local, upstream, name) = (self.local.clone(), self.upstream.clone(), image.to_string());
+        let mut job = tokio::task::spawn_blocking(move || {
+            replicate(&*local, &*upstream, &name, &ReplicateOptions::default(), &NoProgress)
+        });
+        let report = loop {
+            tokio::select! {
+                r = &mut job => break r.map_err(|e| Error::InvalidInput(format!("push worker: {e}")))??,
+                () = tokio::time::sleep(REPORT_EVERY * 15) => {
+                    // The agent is gone: keep its slot from being taken for silent.
+                    let alive = ProgressReport { percent: 100.0, bytes: 0, rate: 0 };
+                    let _ = self.forward(self.master.progress(task, &alive)).await;
+                }
+            }
+        };
+        tracing::info!(
+            image,
+            chunks = report.chunks_sent,
+            bytes = report.bytes_sent,
+            "node: capture pushed to the master"
+        );
+        let complete = CopyReport {
+            state: CopyState::Complete,
+            bytes: report.bytes_considered,
+            reason: None,
+        };
+        match self.master.set_copy_state(image, &self.node, &complete).await {
+            Ok(()) | Err(Error::Remote { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The routes agents use: check-in, progress, check-out and the store, behind the token check.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let guard = middleware::from_fn_with_state(self.clone(), authorize);
+        let agent = Router::new()
+            .route(&format!("{API}/checkin"), post(check_in_route))
+            .route(&format!("{API}/tasks/{{id}}/progress"), post(progress_route))
+            .route(&format!("{API}/tasks/{{id}}/checkout"), post(check_out_route))
+            .route_layer(guard.clone())
+            .with_state(self.clone());
+        let mut store = Router::new();
+        for (route, method_router) in chunks::table::<NodeStore>() {
+            store = store.route(&route.path, method_router.route_layer(guard.clone()));
+        }
+        agent.merge(store.with_state(NodeStore(self.store.clone())))
+    }
+}
+
+/// The node's store as the chunk routes serve it.
+#[derive(Clone)]
+struct NodeStore(Arc<dyn ImageStore>);
+
+impl HasStore for NodeStore {
+    fn image_store(&self) -> Result<Arc<dyn ImageStore>> {
+        Ok(self.0.clone())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorize(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    match token {
+        None => ApiError(Error::Unauthorized("no token: send Authorization: Bearer TOKEN".into())).into_response(),
+        Some(t) if gateway.accepts(t) => next.run(req).await,
+        Some(_) => ApiError(Error::Unauthorized("unknown token".into())).into_response(),
+    }
+}
+
+/// The master's refusal passed to the agent as the master said it (status, code, message).
+fn answer<T: Serialize>(result: Result<T>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(Error::Remote { status, code, message }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            (status, Json(serde_json::json!({ "code": code, "message": message }))).into_response()
+        }
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+fn task_id(text: &str) -> Result<TaskId> {
+    text.parse()
+        .map_err(|_| Error::invalid("task id", text, "not a number"))
+}
+
+async fn check_in_route(State(g): State<Arc<Gateway>>, Body(check_in): Body<CheckIn>) -> Response {
+    answer(g.check_in(&check_in).await)
+}
+
+async fn progress_route(
+    State(g): State<Arc<Gateway>>,
+    UrlPath(id): UrlPath<String>,
+    Body(report): Body<ProgressReport>,
+) -> Response {
+    match task_id(&id) {
+        Ok(id) => answer(g.progress(id, &report).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn check_out_route(
+    State(g): State<Arc<Gateway>>,
+    UrlPath(id): UrlPath<String>,
+    Body(out): Body<CheckOut>,
+) -> Response {
+    match task_id(&id) {
+        Ok(id) => answer(g.check_out(id, &out).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_survives_a_reopen_and_replaces_by_task() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let path = dir.path().join("node/outbox.json");
+        let outbox = Outbox::open(&path)?;
+        let done = |task, ok| Pending {
+            task,
+            out: CheckOut {
+                ok,
+                ..CheckOut::default()
+            },
+            push: None,
+        };
+        outbox.add(done(1, false))?;
+        outbox.add(done(2, true))?;
+        outbox.add(done(1, true))?;
+        let reopened = Outbox::open(&path)?;
+        assert_eq!(reopened.pending(), vec![done(2, true), done(1, true)]);
+        reopened.remove(2)?;
+        assert_eq!(Outbox::open(&path)?.pending(), vec![done(1, true)]);
+        std::fs::write(&path, b"{ not json").map_err(|e| Error::io(&path, e))?;
+        let err = Outbox::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("outbox.json"), "{err}");
+        Ok(())
+    }
+}
