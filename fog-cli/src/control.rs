@@ -501,6 +501,9 @@ pub struct AgentRun {
     /// Read the deployed data back and compare it (every chunk is checked by hash anyway)
     #[arg(long)]
     verify: bool,
+    /// Longest wait between check-ins while waiting for a task or a slot, in seconds
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    poll_max: u64,
     /// Hold image data on the wire to this many bytes per second
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     bandwidth: Option<u64>,
@@ -523,6 +526,8 @@ pub fn agent(
     config.once = run.once;
     config.verify = run.verify;
     config.bandwidth = run.bandwidth;
+    config.poll_max = std::time::Duration::from_secs(run.poll_max);
+    config.poll = config.poll.min(config.poll_max);
     let report = fogcore::agent::run(&config, progress)?;
     emit(json, &report, |r| match &r.task {
         None => say!("no task waits for this host"),
