@@ -623,7 +623,7 @@ impl Clock for ManualClock {
 async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
     for b in backends().await? {
         let clock = Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(1_795_688_100_000)));
-        let control = Control::with_clock(Db::open(&b.url).await?, clock.clone(), 60_000);
+        let control = Control::with_clock(Db::open(&b.url).await?, clock.clone(), 60_000).with_agent_timeout(120_000);
         let now = clock.now();
         control.create_node(&node("site-a", "10.1.0.0/16", 1)?).await?;
         control
@@ -741,6 +741,21 @@ async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
             },
             "back of the line"
         );
+        // pc-0 has not reported since its grant, 75 s ago; 50 s more and it is taken for dead:
+        // its task fails and the slot goes to the head of the line.
+        clock.0.fetch_add(50_000, Ordering::SeqCst);
+        assert_eq!(control.check_in(&admin, &ci(2)).await?.slot, SlotState::Granted);
+        let dead = control
+            .tasks(&TaskFilter {
+                host: Some("pc-0".into()),
+                ..TaskFilter::default()
+            })
+            .await?;
+        let reason = match &dead.first().ok_or("no task for pc-0")?.state {
+            TaskState::Failed { reason } => reason.clone(),
+            other => return Err(format!("pc-0's task is {other:?}, not failed").into()),
+        };
+        assert!(reason.contains("silent for 125 s"), "{reason}");
         control.db().close().await;
     }
     Ok(())

@@ -205,6 +205,11 @@ impl Gateway {
         u32::try_from(self.lock_active().len()).unwrap_or(u32::MAX)
     }
 
+    /// The slot limit the master last gave, if it has.
+    pub fn max_clients(&self) -> Option<u32> {
+        Some(self.max_clients.load(Ordering::Relaxed)).filter(|&m| m != u32::MAX)
+    }
+
     /// The slot limit the master gave (from its heartbeat reply).
     pub fn set_max_clients(&self, max: u32) {
         self.max_clients.store(max, Ordering::Relaxed);

@@ -63,6 +63,7 @@ impl NodeLoop {
             .map_err(|e| Error::InvalidInput(format!("node: heartbeat task failed: {e}")))?;
         let active = self.gateway.active();
         beat.active = Some(active);
+        beat.free_slots = self.gateway.max_clients().map(|max| max.saturating_sub(active));
         let node = self.client.heartbeat(&self.link.name, &beat).await?;
         self.gateway.set_max_clients(node.max_clients);
         if !node.enabled {
