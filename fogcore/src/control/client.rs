@@ -69,22 +69,7 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| http_err(e.to_string()))?;
         if !status.is_success() {
-            #[derive(serde::Deserialize)]
-            struct Wire {
-                code: String,
-                message: String,
-            }
-            return Err(match serde_json::from_slice::<Wire>(&bytes) {
-                Ok(w) => Error::Remote {
-                    status: status.as_u16(),
-                    code: w.code,
-                    message: w.message,
-                },
-                Err(_) => http_err(format!(
-                    "HTTP {status}: {}",
-                    String::from_utf8_lossy(bytes.get(..200).unwrap_or(&bytes))
-                )),
-            });
+            return Err(remote_error(status, &bytes, &url));
         }
         serde_json::from_slice(&bytes).map_err(|e| http_err(format!("unexpected answer: {e}")))
     }
@@ -309,5 +294,29 @@ mod erased {
         fn to_json(&self) -> Result<Vec<u8>> {
             serde_json::to_vec(self).map_err(|e| Error::InvalidInput(format!("encoding a request: {e}")))
         }
+    }
+}
+
+/// The error of a failed API call: the server's `{code, message}` as [`Error::Remote`], or the
+/// status and the start of the body when it sent something else (a proxy's page).
+pub(crate) fn remote_error(status: reqwest::StatusCode, body: &[u8], url: &str) -> Error {
+    #[derive(serde::Deserialize)]
+    struct Wire {
+        code: String,
+        message: String,
+    }
+    match serde_json::from_slice::<Wire>(body) {
+        Ok(w) => Error::Remote {
+            status: status.as_u16(),
+            code: w.code,
+            message: w.message,
+        },
+        Err(_) => Error::Http {
+            url: url.to_string(),
+            reason: format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(body.get(..200).unwrap_or(body))
+            ),
+        },
     }
 }

@@ -1158,6 +1158,26 @@ pub struct TaskUpdate<'a> {
     pub detail: Option<&'a str>,
 }
 
+impl<'a> TaskUpdate<'a> {
+    /// The task keeps its place in line and its node; `detail` goes into the history.
+    pub fn keep(task: &'a Task, detail: Option<&'a str>) -> Self {
+        TaskUpdate {
+            ticket: task.ticket,
+            node: task.node.as_deref(),
+            contact: None,
+            detail,
+        }
+    }
+
+    /// [`TaskUpdate::keep`], and the agent was heard from at `now`.
+    pub fn contact(task: &'a Task, now: Millis) -> Self {
+        TaskUpdate {
+            contact: Some(now),
+            ..TaskUpdate::keep(task, None)
+        }
+    }
+}
+
 /// A node's slot holders and waiting line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeLine {

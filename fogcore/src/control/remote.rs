@@ -118,19 +118,7 @@ impl RemoteStore {
             .map_err(|e| http_err(e.to_string()))?;
         self.received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if !status.is_success() {
-            #[derive(serde::Deserialize)]
-            struct Wire {
-                code: String,
-                message: String,
-            }
-            return Err(match serde_json::from_slice::<Wire>(&bytes) {
-                Ok(w) => Error::Remote {
-                    status: status.as_u16(),
-                    code: w.code,
-                    message: w.message,
-                },
-                Err(_) => http_err(format!("HTTP {status}")),
-            });
+            return Err(crate::control::client::remote_error(status, &bytes, &url2));
         }
         Ok(bytes.to_vec())
     }

@@ -501,16 +501,7 @@ impl Control {
         let task = self.db.task(id).await?;
         let next = step(id, &task.state, Event::Cancel)?;
         self.db
-            .set_task_state(
-                &task,
-                &next,
-                TaskUpdate {
-                    ticket: task.ticket,
-                    node: task.node.as_deref(),
-                    detail: Some("cancelled by an admin"),
-                    ..TaskUpdate::default()
-                },
-            )
+            .set_task_state(&task, &next, TaskUpdate::keep(&task, Some("cancelled by an admin")))
             .await
     }
 
@@ -656,16 +647,7 @@ impl Control {
                 let reason = format!("the agent went silent for {} s while holding a slot", silent / 1000);
                 let next = step(id, &task.state, Event::Silent(reason.clone()))?;
                 self.db
-                    .set_task_state(
-                        &task,
-                        &next,
-                        TaskUpdate {
-                            ticket: task.ticket,
-                            node: task.node.as_deref(),
-                            detail: Some(&reason),
-                            ..TaskUpdate::default()
-                        },
-                    )
+                    .set_task_state(&task, &next, TaskUpdate::keep(&task, Some(&reason)))
                     .await?;
             }
         }
@@ -716,16 +698,7 @@ impl Control {
             },
         )?;
         self.db
-            .set_task_state(
-                &task,
-                &next,
-                TaskUpdate {
-                    ticket: task.ticket,
-                    node: task.node.as_deref(),
-                    contact: Some(self.clock.now()),
-                    detail: None,
-                },
-            )
+            .set_task_state(&task, &next, TaskUpdate::contact(&task, self.clock.now()))
             .await
     }
 
@@ -752,16 +725,7 @@ impl Control {
             self.db.set_inventory(&task.host, inventory).await?;
         }
         self.db
-            .set_task_state(
-                &task,
-                &next,
-                TaskUpdate {
-                    ticket: task.ticket,
-                    node: task.node.as_deref(),
-                    contact: Some(self.clock.now()),
-                    ..TaskUpdate::default()
-                },
-            )
+            .set_task_state(&task, &next, TaskUpdate::contact(&task, self.clock.now()))
             .await
     }
 
