@@ -79,6 +79,8 @@ pub enum HostCommand {
     },
     /// Remove a host
     Rm { name: String },
+    /// Wake a host now: its node sends a Wake-on-LAN packet ([node] wake_broadcast)
+    Wake { name: String },
 }
 
 #[derive(Subcommand)]
@@ -318,6 +320,14 @@ pub fn host(args: &MasterArgs, cmd: &HostCommand, json: bool) -> Result<(), Erro
                     say!("removed host {name}")
                 });
             }
+            HostCommand::Wake { name } => emit(json, &c.wake_host(name).await?, |w| {
+                say!(
+                    "wake of {} ({}) handed to node {}: it sends at its next heartbeat",
+                    w.host,
+                    w.macs.join(","),
+                    w.node
+                )
+            }),
         }
         Ok(())
     })

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::control::db::TaskFilter;
 use crate::control::model::{
     BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, Heartbeat, Host, Image, ImageCopy, NewTask, Node,
-    NodeToken, ProgressReport, Schedule, Task, TaskEvent, TaskId,
+    NodeToken, ProgressReport, Schedule, Task, TaskEvent, TaskId, Wake,
 };
 use crate::control::service::GroupTasks;
 use crate::error::{Error, Result};
@@ -128,6 +128,17 @@ impl Client {
     /// Removes a host.
     pub async fn delete_host(&self, name: &str) -> Result<()> {
         self.delete(&format!("/hosts/{}", seg(name))).await
+    }
+
+    /// Asks the host's node to wake it (Wake-on-LAN).
+    pub async fn wake_host(&self, name: &str) -> Result<Wake> {
+        self.send(Method::POST, &format!("/hosts/{}/wake", seg(name)), &())
+            .await
+    }
+    /// A node claims its wake requests (each is returned once).
+    pub async fn take_wakes(&self, node: &str) -> Result<Vec<Wake>> {
+        self.send(Method::POST, &format!("/nodes/{}/wakes", seg(node)), &())
+            .await
     }
 
     /// Every group.

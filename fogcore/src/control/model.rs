@@ -625,6 +625,25 @@ pub struct BootTask {
     pub kernel_args: String,
 }
 
+/// A request to wake a host with a Wake-on-LAN magic packet, sent by the host's node (which
+/// claims it with `POST /nodes/{name}/wakes`, each once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Wake {
+    /// Id.
+    pub id: i64,
+    /// The host to wake.
+    pub host: String,
+    /// Its MACs, `52:54:00:12:34:56` (a packet for each).
+    pub macs: Vec<String>,
+    /// The node that sends the packet.
+    pub node: String,
+    /// The task that asked for it (none: `POST /hosts/{name}/wake`).
+    #[serde(default)]
+    pub task: Option<TaskId>,
+    /// When it was asked for.
+    pub requested_at: Millis,
+}
+
 /// A new node and its token (shown once).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeToken {

@@ -57,6 +57,7 @@ impl NodeLoop {
         let tasks = self.client.node_boot_tasks(&self.link.name).await?;
         let n = tasks.len();
         self.tasks.replace(tasks);
+        crate::control::wake::deliver(&self.client, &self.link).await?;
         Ok(n)
     }
 
