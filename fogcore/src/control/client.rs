@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::control::db::TaskFilter;
 use crate::control::model::{
-    BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, Heartbeat, Host, Image, ImageCopy, NewTask, Node,
-    NodeToken, ProgressReport, Schedule, Task, TaskEvent, TaskId, Wake,
+    BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, Heartbeat, Host, Image, ImageCopy, ImageStatus,
+    NewTask, Node, NodeToken, ProgressReport, Schedule, Task, TaskEvent, TaskId, Wake,
 };
 use crate::control::service::GroupTasks;
 use crate::error::{Error, Result};
@@ -179,6 +179,31 @@ impl Client {
     /// Each node's copy of an image.
     pub async fn image_copies(&self, name: &str) -> Result<Vec<ImageCopy>> {
         self.get(&format!("/images/{}/copies", seg(name))).await
+    }
+
+    /// One image record.
+    pub async fn image(&self, name: &str) -> Result<Image> {
+        self.get(&format!("/images/{}", seg(name))).await
+    }
+    /// One image record with each node's copy.
+    pub async fn image_status(&self, name: &str) -> Result<ImageStatus> {
+        let image = self.image(name).await?;
+        let copies = self.image_copies(name).await?;
+        Ok(ImageStatus { image, copies })
+    }
+    /// Every image record with each node's copy, by name.
+    pub async fn images_status(&self) -> Result<Vec<ImageStatus>> {
+        let mut out = Vec::new();
+        for image in self.images().await? {
+            match self.image_copies(&image.name).await {
+                Ok(copies) => out.push(ImageStatus { image, copies }),
+                // Removed between the two calls.
+                Err(Error::Remote { status: 404, .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.image.name.cmp(&b.image.name));
+        Ok(out)
     }
 
     /// Reports where `node`'s copy of `image` stands.

@@ -219,6 +219,16 @@ pub struct ImageCopy {
     pub updated_at: Millis,
 }
 
+/// An image's record with each node's copy of it: what `fog image ls --master` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageStatus {
+    /// The record (name, placement, ...), flattened.
+    #[serde(flatten)]
+    pub image: Image,
+    /// Each placed node's copy.
+    pub copies: Vec<ImageCopy>,
+}
+
 /// A site server: serves network boot to its subnets and images their hosts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
