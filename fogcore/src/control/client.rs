@@ -276,6 +276,18 @@ impl Client {
     pub async fn task(&self, id: TaskId) -> Result<Task> {
         self.get(&format!("/tasks/{id}")).await
     }
+    /// Task `id` as soon as it differs from `last` (its state, progress or any other field),
+    /// asking every `poll`; at once when `last` is none. Never returns while it stays equal, so
+    /// callers stop after a terminal state (or bound the wait).
+    pub async fn next_change(&self, id: TaskId, last: Option<&Task>, poll: Duration) -> Result<Task> {
+        loop {
+            let task = self.task(id).await?;
+            if last != Some(&task) {
+                return Ok(task);
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
     /// A task's state changes.
     pub async fn task_history(&self, id: TaskId) -> Result<Vec<TaskEvent>> {
         self.get(&format!("/tasks/{id}/history")).await
