@@ -10,7 +10,9 @@ use fogcore::Error;
 use fogcore::control::client::Client;
 use fogcore::control::db::{Db, TaskFilter};
 use fogcore::control::master::Master;
-use fogcore::control::model::{After, Group, Host, NewTask, Node, Task, TaskKind, TaskState, parse_subnet};
+use fogcore::control::model::{
+    After, Group, Host, ImageStatus, NewTask, Node, Placement, Task, TaskKind, TaskState, parse_subnet,
+};
 use fogcore::control::service::Control;
 use serde::Serialize;
 
@@ -79,6 +81,8 @@ pub enum HostCommand {
     },
     /// Remove a host
     Rm { name: String },
+    /// Wake a host now: its node sends a Wake-on-LAN packet ([node] wake_broadcast)
+    Wake { name: String },
 }
 
 #[derive(Subcommand)]
@@ -321,6 +325,95 @@ pub fn host(args: &MasterArgs, cmd: &HostCommand, json: bool) -> Result<(), Erro
                 c.delete_host(name).await?;
                 emit(json, &serde_json::json!({ "removed": name }), |_| {
                     say!("removed host {name}")
+                });
+            }
+            HostCommand::Wake { name } => emit(json, &c.wake_host(name).await?, |w| {
+                say!(
+                    "wake of {} ({}) handed to node {}: it sends at its next heartbeat",
+                    w.host,
+                    w.macs.join(","),
+                    w.node
+                )
+            }),
+        }
+        Ok(())
+    })
+}
+
+/// `fog image ls|info|rm` against a master.
+pub enum RemoteImage<'a> {
+    Ls,
+    Info(&'a str),
+    Rm(&'a str),
+}
+
+fn placement_text(p: &Placement) -> String {
+    match p {
+        Placement::All => "all nodes".into(),
+        Placement::Nodes { nodes } => format!("nodes {}", nodes.join(",")),
+    }
+}
+
+fn copy_text(c: &fogcore::control::model::ImageCopy) -> String {
+    use fogcore::control::model::CopyState;
+    match c.state {
+        CopyState::Replicating => format!("{}=replicating({})", c.node, crate::print::mib(c.bytes)),
+        CopyState::Failed => format!("{}=failed({})", c.node, c.reason.as_deref().unwrap_or("?")),
+        state => format!("{}={}", c.node, state.as_str()),
+    }
+}
+
+fn image_line(s: &ImageStatus) {
+    let copies: Vec<String> = s.copies.iter().map(copy_text).collect();
+    say!(
+        "{:<24} {:>12} {:<14} {:<18} {}",
+        s.image.name,
+        crate::print::mib(s.image.size_bytes),
+        if s.image.os.is_empty() { "-" } else { &s.image.os },
+        placement_text(&s.image.placement),
+        if copies.is_empty() {
+            "-".to_string()
+        } else {
+            copies.join(" ")
+        }
+    );
+}
+
+/// `fog image ls|info|rm --master URL`: the master's image records, placement and copies.
+pub fn image(args: &MasterArgs, what: RemoteImage<'_>, json: bool) -> Result<(), Error> {
+    let c = client(args)?;
+    runtime()?.block_on(async {
+        match what {
+            RemoteImage::Ls => emit(json, &c.images_status().await?, |list| {
+                say!(
+                    "{:<24} {:>12} {:<14} {:<18} COPIES (node=state)",
+                    "NAME",
+                    "SIZE",
+                    "OS",
+                    "PLACEMENT"
+                );
+                list.iter().for_each(image_line);
+            }),
+            RemoteImage::Info(name) => emit(json, &c.image_status(name).await?, |s| {
+                say!("image       {}", s.image.name);
+                say!("size        {}", crate::print::mib(s.image.size_bytes));
+                say!("os          {}", s.image.os);
+                say!("description {}", s.image.description);
+                say!("placement   {}", placement_text(&s.image.placement));
+                if s.copies.is_empty() {
+                    say!("copies      none");
+                }
+                for copy in &s.copies {
+                    say!("copy        {}", copy_text(copy));
+                }
+            }),
+            RemoteImage::Rm(name) => {
+                c.delete_image(name).await?;
+                emit(json, &serde_json::json!({ "removed": name }), |_| {
+                    say!(
+                        "removed image {name} from the master {} (nodes' stores keep their chunks)",
+                        args.master
+                    )
                 });
             }
         }

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use fogcore::Error;
 use fogcore::imaging::{capture, demo, deploy, store::Store};
 use serde_json::json;
@@ -35,6 +36,9 @@ struct Cli {
     master: control::MasterArgs,
     #[command(subcommand)]
     command: Command,
+    /// True when `--master` was given on the command line (set after parsing).
+    #[arg(skip)]
+    master_given: bool,
 }
 
 #[derive(Subcommand)]
@@ -101,17 +105,29 @@ enum ImageCommand {
         #[arg(long)]
         verify: bool,
     },
-    /// List images
-    Ls,
-    /// Show an image's layout and regions
+    /// List images (of the local store; with --master URL or --remote, the master's records,
+    /// placement and each node's copy)
+    Ls {
+        /// Ask the master (--master, FOG_MASTER or its default) instead of the local store
+        #[arg(long)]
+        remote: bool,
+    },
+    /// Show an image's layout and regions (with --master URL or --remote: its record and copies)
     Info {
         /// Image name
         name: String,
+        /// Ask the master instead of the local store
+        #[arg(long)]
+        remote: bool,
     },
-    /// Remove an image (its chunks stay until `fog store gc`)
+    /// Remove an image (its chunks stay until `fog store gc`; with --master URL or --remote: the
+    /// master's record)
     Rm {
         /// Image name
         name: String,
+        /// Remove the master's record instead of the local image
+        #[arg(long)]
+        remote: bool,
     },
     /// Check an image's manifest and that every chunk it needs is in the store
     Verify {
@@ -172,7 +188,14 @@ fn data_dir() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // `fog image ls|info|rm` read the local store unless a master is named on the command line
+    // (FOG_MASTER and the default serve the host/task commands; they do not redirect images).
+    cli.master_given = matches.value_source("master") == Some(ValueSource::CommandLine);
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -206,6 +229,19 @@ fn run(cli: &Cli) -> Result<(), Error> {
             out.demo(&report);
         }
         Command::Image(cmd) => {
+            let remote = match cmd {
+                ImageCommand::Ls { remote } => (*remote || cli.master_given).then_some(control::RemoteImage::Ls),
+                ImageCommand::Info { name, remote } => {
+                    (*remote || cli.master_given).then_some(control::RemoteImage::Info(name))
+                }
+                ImageCommand::Rm { name, remote } => {
+                    (*remote || cli.master_given).then_some(control::RemoteImage::Rm(name))
+                }
+                _ => None,
+            };
+            if let Some(what) = remote {
+                return control::image(&cli.master, what, cli.json);
+            }
             let store = Store::open(store_dir())?;
             match cmd {
                 ImageCommand::Capture {
@@ -228,9 +264,9 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     let report = deploy::deploy(&store, name, target, &options, &progress)?;
                     out.deploy(&report);
                 }
-                ImageCommand::Ls => out.images(&store.images()?),
-                ImageCommand::Info { name } => out.info(&store.manifest(name)?.header),
-                ImageCommand::Rm { name } => {
+                ImageCommand::Ls { .. } => out.images(&store.images()?),
+                ImageCommand::Info { name, .. } => out.info(&store.manifest(name)?.header),
+                ImageCommand::Rm { name, .. } => {
                     store.remove_image(name)?;
                     out.done(&format!("removed image {name}"));
                 }

@@ -22,6 +22,7 @@ use pyo3::types::{PyBool, PyDict, PyList, PyString};
 use serde::Serialize;
 use serde_json::Value;
 
+mod master;
 mod server;
 
 create_exception!(
@@ -234,8 +235,8 @@ fn run_job<T: Send>(
 
 /// A fog image store: a directory of content-addressed chunks and image manifests.
 #[pyclass(frozen, module = "fog", name = "Store")]
-struct PyStore {
-    store: Store,
+pub(crate) struct PyStore {
+    pub(crate) store: Store,
 }
 
 #[pymethods]
@@ -345,6 +346,7 @@ fn fog_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<PyStore>()?;
     m.add_class::<server::PyServer>()?;
+    master::register(m)?;
     m.add("FogError", py.get_type::<FogError>())?;
     m.add("BadInputError", py.get_type::<BadInputError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

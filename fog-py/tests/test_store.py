@@ -279,17 +279,27 @@ def test_stubs_match_module():
     stub = Path(fog.__file__).with_name("_fog.pyi")
     tree = ast.parse(stub.read_text())
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-    assert set(classes) == {"FogError", "BadInputError", "Store", "Server"}
-    stub_methods = {
-        n.name for n in classes["Store"].body if isinstance(n, ast.FunctionDef) and not n.name.startswith("__")
+    assert set(classes) == {
+        "FogError",
+        "BadInputError",
+        "ApiError",
+        "Store",
+        "Server",
+        "Master",
+        "TaskWatch",
+        "RunningMaster",
     }
-    runtime_methods = {n for n in dir(fog.Store) if not n.startswith("_")}
-    assert stub_methods == runtime_methods
-    for name in stub_methods:
-        node = next(n for n in classes["Store"].body if isinstance(n, ast.FunctionDef) and n.name == name)
-        assert ast.get_docstring(node), f"Store.{name} has no docstring in the stub"
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert functions == {"start_master", "run_agent"}
+    for cls in ("Store", "Server", "Master", "RunningMaster"):
+        body = [n for n in classes[cls].body if isinstance(n, ast.FunctionDef) and not n.name.startswith("__")]
+        stub_methods = {n.name for n in body}
+        runtime_methods = {n for n in dir(getattr(fog, cls)) if not n.startswith("_")}
+        assert stub_methods == runtime_methods, cls
+        for node in body:
+            assert ast.get_docstring(node), f"{cls}.{node.name} has no docstring in the stub"
     native = __import__("fog._fog", fromlist=["*"])
-    assert {n for n in dir(native) if not n.startswith("_")} == set(classes)
+    assert {n for n in dir(native) if not n.startswith("_")} == set(classes) | functions
 
 
 def test_stubtest():

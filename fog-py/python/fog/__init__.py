@@ -3,10 +3,28 @@
 Open a store with :class:`Store`, then capture disks into it and deploy images from it. Calls
 return plain dicts (their keys are described by the ``TypedDict`` classes exported here). Errors
 are :class:`FogError`, or its subclass :class:`BadInputError` when what the caller gave was wrong.
-:class:`Server` runs the node's network boot services (DHCP, TFTP, HTTP) from a config.
+:class:`Server` runs the node's network boot services (DHCP, TFTP, HTTP) from a config;
+:func:`serve` starts one. :class:`Master` talks to a master's REST API (errors it answers are
+:class:`ApiError`, with the API's ``code``); :func:`start_master` runs a master in this process and
+:func:`run_agent` the imaging agent.
 """
 
-from ._fog import BadInputError, FogError, Server, Store, __version__
+from typing import Any, Union
+import os
+
+from ._fog import (
+    ApiError,
+    BadInputError,
+    FogError,
+    Master,
+    RunningMaster,
+    Server,
+    Store,
+    TaskWatch,
+    __version__,
+    run_agent,
+    start_master,
+)
 from ._reports import (
     CaptureReport,
     DeployReport,
@@ -24,7 +42,19 @@ from ._reports import (
     VerifyReport,
 )
 
+
+
+def serve(config: Union[str, "os.PathLike[str]", "dict[str, Any]"]) -> Server:
+    """Starts a node (``fog serve``): its boot services and, with ``[node] master``, the node role
+    (heartbeats, its hosts' tasks, wake requests). ``config`` is what :class:`Server` takes.
+    Returns the running :class:`Server`; call ``.stop()`` (or use it in a ``with`` block)."""
+    server = Server(config)
+    server.start()
+    return server
+
+
 __all__ = [
+    "ApiError",
     "BadInputError",
     "CaptureReport",
     "DeployReport",
@@ -34,14 +64,20 @@ __all__ = [
     "ImageInfo",
     "ImageSummary",
     "Layout",
+    "Master",
     "Partition",
     "ProgressCallback",
     "Region",
+    "RunningMaster",
     "RegionReport",
     "Section",
     "Server",
     "Store",
     "StoreStats",
+    "TaskWatch",
     "VerifyReport",
     "__version__",
+    "run_agent",
+    "serve",
+    "start_master",
 ]

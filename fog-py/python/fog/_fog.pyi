@@ -2,7 +2,7 @@
 
 import os
 import pathlib
-from typing import Any, Optional, Union, final
+from typing import Any, Iterator, Optional, Sequence, Union, final
 
 from ._reports import (
     CaptureReport,
@@ -18,7 +18,19 @@ from ._reports import (
 __version__: str
 """Version of the fog crate this module was built from."""
 
-__all__ = ["BadInputError", "FogError", "Server", "Store", "__version__"]
+__all__ = [
+    "ApiError",
+    "BadInputError",
+    "FogError",
+    "Master",
+    "RunningMaster",
+    "Server",
+    "Store",
+    "TaskWatch",
+    "__version__",
+    "run_agent",
+    "start_master",
+]
 
 _StrPath = Union[str, "os.PathLike[str]"]
 
@@ -35,6 +47,15 @@ class BadInputError(FogError):
     A path that does not exist or may not be read, an invalid or unknown image name, a disk fog
     cannot use, a target too small for the image, a directory that is not a store.
     """
+
+class ApiError(FogError):
+    """The master refused a call. ``code`` is the API's error code (``"unauthorized"``,
+    ``"forbidden"``, ``"not_found"``, ``"invalid"``, ``"conflict"``, ``"illegal_transition"``,
+    ...), ``status`` the HTTP status and ``message`` the master's message (it names the input)."""
+
+    code: str
+    status: int
+    message: str
 
 @final
 class Store:
@@ -173,3 +194,241 @@ class Server:
     def __enter__(self) -> "Server": ...
     def __exit__(self, *args: object) -> bool: ...
     def __repr__(self) -> str: ...
+
+_Record = dict[str, Any]
+"""A JSON record of the master, as a plain dict (see the REST API's schemas in the README)."""
+
+_Placement = Union[str, Sequence[str], None]
+"""``"all"`` (or ``None``): every node keeps the image; a list of node names: only those."""
+
+@final
+class Master:
+    """A connection to a master's REST API (``/api/v1``) with a bearer token (admin, or a node's
+    for the node routes). Every call blocks with the GIL released (Ctrl-C interrupts it) and
+    returns plain dicts and lists. The master's refusals raise :class:`ApiError` with its code;
+    bad arguments (an unknown key, an invalid subnet) raise :class:`BadInputError` before
+    anything is sent; an unreachable master raises :class:`FogError`."""
+
+    def __new__(cls, url: str, token: Optional[str] = None) -> "Master": ...
+    @property
+    def url(self) -> str:
+        """The master's URL, without a trailing ``/``."""
+
+    def health(self) -> _Record:
+        """``{"ok": True, "version": ...}``: the master answers (no token needed)."""
+    # hosts
+    def hosts(self) -> list[_Record]:
+        """Every host."""
+
+    def host(self, name: str) -> _Record:
+        """One host: ``name``, ``macs``, ``uuid``, ``address``, ``image``, ``group``, ``node``,
+        ``primary_disk``, ``kernel_args``, ``inventory``."""
+
+    def create_host(self, name: str, macs: Sequence[str], **fields: Any) -> _Record:
+        """Adds a host; ``fields`` are the other keys of :meth:`host` (``image="golden"``,
+        ``node="site-a"``, ``address="10.99.0.50"``, ...). MACs come back canonical."""
+
+    def update_host(self, host: _Record) -> _Record:
+        """Replaces a host with ``host`` (a dict as :meth:`host` returns it, changed)."""
+
+    def delete_host(self, name: str) -> None:
+        """Removes a host (refused while it has a task not over)."""
+
+    def wake(self, host: str) -> _Record:
+        """Asks the host's node to wake it with a Wake-on-LAN packet (the node sends it at its
+        next heartbeat, when its config has ``[node] wake_broadcast``). Returns the request:
+        ``id``, ``host``, ``macs``, ``node``, ``task``, ``requested_at``."""
+    # groups
+    def groups(self) -> list[_Record]:
+        """Every group: ``name``, ``description``."""
+
+    def create_group(self, name: str, description: str = "") -> _Record:
+        """Adds a group."""
+
+    def delete_group(self, name: str) -> None:
+        """Removes a group (its hosts stay)."""
+    # images
+    def images(self) -> list[_Record]:
+        """Every image record with ``copies`` (each node's copy: ``node``, ``state`` pending,
+        replicating, complete or failed, ``bytes``, ``reason``), by name."""
+
+    def image(self, name: str) -> _Record:
+        """One image record (``name``, ``description``, ``os``, ``size_bytes``, ``placement``)
+        with ``copies``."""
+
+    def create_image(
+        self,
+        name: str,
+        *,
+        placement: _Placement = None,
+        description: str = "",
+        os: str = "",
+        size_bytes: int = 0,
+    ) -> _Record:
+        """Adds an image record kept on ``placement`` (every node by default)."""
+
+    def set_placement(self, name: str, placement: _Placement) -> _Record:
+        """Changes which nodes keep an image; returns the record."""
+
+    def copies(self, name: str) -> list[_Record]:
+        """Each node's copy of an image."""
+
+    def delete_image(self, name: str) -> None:
+        """Removes an image record (refused while a host or an open task uses it)."""
+    # nodes
+    def nodes(self) -> list[_Record]:
+        """Every node: ``name``, ``url``, ``subnets``, ``max_clients``, ``enabled``, ``last_seen``."""
+
+    def create_node(
+        self, name: str, url: str, subnets: Sequence[str] = ..., max_clients: int = 10, enabled: bool = True
+    ) -> _Record:
+        """Adds a node; returns ``{"node": {...}, "token": "fog_..."}``. The token is shown once."""
+
+    def node_token(self, name: str) -> _Record:
+        """Revokes a node's tokens; returns ``{"node", "token"}`` with a new one."""
+
+    def delete_node(self, name: str) -> None:
+        """Removes a node and its tokens (refused while it has tasks not over)."""
+    # tasks
+    def create_task(
+        self,
+        kind: str,
+        host: Optional[str] = None,
+        image: Optional[str] = None,
+        *,
+        group: Optional[str] = None,
+        after: str = "reboot",
+        wake: bool = False,
+    ) -> _Record:
+        """Creates a task of ``kind`` (deploy, capture, inventory, wipe_fast, wipe_full, debug)
+        for ``host``, returning it (``id``, ``kind``, ``host``, ``image``, ``node``, ``state``,
+        ``percent``..., ``wake``); or for each host of ``group``, returning ``{"created": [...],
+        "skipped": [{"host", "reason"}]}``. ``after``: reboot, poweroff or stay. ``wake``: the
+        host's node wakes it first (Wake-on-LAN)."""
+
+    def deploy(
+        self,
+        host: Optional[str] = None,
+        image: Optional[str] = None,
+        *,
+        group: Optional[str] = None,
+        after: str = "reboot",
+        wake: bool = False,
+    ) -> _Record:
+        """A deploy task: ``image`` (default: the host's) to ``host`` or each host of ``group``."""
+
+    def capture(self, host: str, image: str, *, after: str = "reboot", wake: bool = False) -> _Record:
+        """A capture task: ``host``'s disk into ``image`` (an image record)."""
+
+    def inventory(
+        self, host: Optional[str] = None, *, group: Optional[str] = None, after: str = "reboot", wake: bool = False
+    ) -> _Record:
+        """An inventory task: the agent reports the hardware, stored on the host."""
+
+    def wipe(
+        self,
+        host: Optional[str] = None,
+        *,
+        full: bool = False,
+        group: Optional[str] = None,
+        after: str = "reboot",
+        wake: bool = False,
+    ) -> _Record:
+        """A wipe task: partition tables and signatures, or the whole disk with ``full``."""
+
+    def tasks(
+        self,
+        *,
+        state: Optional[str] = None,
+        host: Optional[str] = None,
+        node: Optional[str] = None,
+        open_only: bool = False,
+        limit: Optional[int] = None,
+    ) -> list[_Record]:
+        """Tasks, newest first, filtered by state name, host, node, open ones only, at most
+        ``limit``."""
+
+    def task(self, id: int) -> _Record:
+        """One task."""
+
+    def cancel(self, id: int) -> _Record:
+        """Cancels a task not over; returns it (:class:`ApiError` ``illegal_transition`` when it
+        is over)."""
+
+    def history(self, id: int) -> list[_Record]:
+        """A task's state changes, oldest first: ``task``, ``at``, ``from``, ``to``, ``detail``."""
+
+    def watch(self, id: int, timeout: Optional[float] = None, *, interval: float = 0.5) -> "TaskWatch":
+        """Yields the task now and again at each change (state, progress), asking every
+        ``interval`` seconds, until it is complete, failed or cancelled (the last item).
+        Raises :class:`TimeoutError` when ``timeout`` seconds pass first."""
+
+    def __repr__(self) -> str: ...
+
+@final
+class TaskWatch(Iterator[_Record]):
+    """The iterator :meth:`Master.watch` returns."""
+
+    def __iter__(self) -> "TaskWatch": ...
+    def __next__(self) -> _Record: ...
+
+@final
+class RunningMaster:
+    """A master running in this process (:func:`start_master`). Use it in a ``with`` block or
+    call :meth:`stop`."""
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``: where the API listens."""
+
+    @property
+    def admin_token(self) -> str:
+        """An admin token issued for this run (only its hash is stored)."""
+
+    @property
+    def running(self) -> bool:
+        """True until :meth:`stop`."""
+
+    def client(self) -> Master:
+        """A :class:`Master` of it with the admin token."""
+
+    def stop(self) -> None:
+        """Stops serving (open requests get 5 s) and closes the database."""
+
+    def __enter__(self) -> "RunningMaster": ...
+    def __exit__(self, *args: object) -> bool: ...
+    def __repr__(self) -> str: ...
+
+def start_master(
+    db_url: Optional[str] = None,
+    listen: str = "127.0.0.1:0",
+    data_dir: Optional[_StrPath] = None,
+    store: Union[Store, _StrPath, None] = None,
+) -> RunningMaster:
+    """Starts a master in this process: the REST API on ``listen`` (port 0: any free port), its
+    database at ``db_url`` (``sqlite://PATH?mode=rwc`` or ``postgres://...``), else
+    ``data_dir/fog.db``, migrated. With ``store`` it also serves that store's chunks and
+    manifests to agents (``/api/v1/store``). Issues a fresh admin token
+    (:attr:`RunningMaster.admin_token`).
+
+    Raises :class:`BadInputError` for a bad ``listen`` address, a port already in use, or neither
+    ``db_url`` nor ``data_dir``."""
+
+def run_agent(
+    master: str,
+    token: Optional[str] = None,
+    *,
+    disk: Optional[_StrPath] = None,
+    macs: Sequence[str] = ...,
+    uuid: Optional[str] = None,
+    once: bool = True,
+    verify: bool = False,
+    sys_root: Optional[_StrPath] = None,
+    progress: Optional[ProgressCallback] = None,
+    threads: Optional[int] = None,
+) -> _Record:
+    """Runs the imaging agent (``fog agent run``): checks in with ``master`` as ``macs`` (default:
+    the cards under ``sys_root``, ``/sys``), waits for a slot, runs its task against ``disk`` (a
+    disk image file or device), reports progress, checks out. With ``once`` it returns at once
+    when no task waits. Returns ``{"task", "ok", "reason", "after", "bytes", "seconds"}``; never
+    reboots or powers off. Raises :class:`ApiError` when the master refuses the check-in."""

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::control::db::TaskFilter;
 use crate::control::model::{
-    BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, Heartbeat, Host, Image, ImageCopy, NewTask, Node,
-    NodeToken, ProgressReport, Schedule, Task, TaskEvent, TaskId,
+    BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, Heartbeat, Host, Image, ImageCopy, ImageStatus,
+    NewTask, Node, NodeToken, ProgressReport, Schedule, Task, TaskEvent, TaskId, Wake,
 };
 use crate::control::service::GroupTasks;
 use crate::error::{Error, Result};
@@ -115,6 +115,17 @@ impl Client {
         self.delete(&format!("/hosts/{}", seg(name))).await
     }
 
+    /// Asks the host's node to wake it (Wake-on-LAN).
+    pub async fn wake_host(&self, name: &str) -> Result<Wake> {
+        self.send(Method::POST, &format!("/hosts/{}/wake", seg(name)), &())
+            .await
+    }
+    /// A node claims its wake requests (each is returned once).
+    pub async fn take_wakes(&self, node: &str) -> Result<Vec<Wake>> {
+        self.send(Method::POST, &format!("/nodes/{}/wakes", seg(node)), &())
+            .await
+    }
+
     /// Every group.
     pub async fn groups(&self) -> Result<Vec<Group>> {
         self.get("/groups").await
@@ -153,6 +164,31 @@ impl Client {
     /// Each node's copy of an image.
     pub async fn image_copies(&self, name: &str) -> Result<Vec<ImageCopy>> {
         self.get(&format!("/images/{}/copies", seg(name))).await
+    }
+
+    /// One image record.
+    pub async fn image(&self, name: &str) -> Result<Image> {
+        self.get(&format!("/images/{}", seg(name))).await
+    }
+    /// One image record with each node's copy.
+    pub async fn image_status(&self, name: &str) -> Result<ImageStatus> {
+        let image = self.image(name).await?;
+        let copies = self.image_copies(name).await?;
+        Ok(ImageStatus { image, copies })
+    }
+    /// Every image record with each node's copy, by name.
+    pub async fn images_status(&self) -> Result<Vec<ImageStatus>> {
+        let mut out = Vec::new();
+        for image in self.images().await? {
+            match self.image_copies(&image.name).await {
+                Ok(copies) => out.push(ImageStatus { image, copies }),
+                // Removed between the two calls.
+                Err(Error::Remote { status: 404, .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.image.name.cmp(&b.image.name));
+        Ok(out)
     }
 
     /// Reports where `node`'s copy of `image` stands.
@@ -229,6 +265,18 @@ impl Client {
     /// One task.
     pub async fn task(&self, id: TaskId) -> Result<Task> {
         self.get(&format!("/tasks/{id}")).await
+    }
+    /// Task `id` as soon as it differs from `last` (its state, progress or any other field),
+    /// asking every `poll`; at once when `last` is none. Never returns while it stays equal, so
+    /// callers stop after a terminal state (or bound the wait).
+    pub async fn next_change(&self, id: TaskId, last: Option<&Task>, poll: Duration) -> Result<Task> {
+        loop {
+            let task = self.task(id).await?;
+            if last != Some(&task) {
+                return Ok(task);
+            }
+            tokio::time::sleep(poll).await;
+        }
     }
     /// A task's state changes.
     pub async fn task_history(&self, id: TaskId) -> Result<Vec<TaskEvent>> {

@@ -15,7 +15,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::control::model::{
     After, CopyReport, CopyState, Group, Host, Image, ImageCopy, Millis, NewTask, Node, Placement, Schedule, Task,
-    TaskEvent, TaskId, TaskKind, TaskState,
+    TaskEvent, TaskId, TaskKind, TaskState, Wake,
 };
 use crate::error::{Error, Result};
 
@@ -29,9 +29,10 @@ pub enum Backend {
 }
 
 /// Schema versions, oldest first. `{id}` becomes each backend's auto-increment primary key.
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE groups (name TEXT PRIMARY KEY, description TEXT NOT NULL, created_at BIGINT NOT NULL);
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE groups (name TEXT PRIMARY KEY, description TEXT NOT NULL, created_at BIGINT NOT NULL);
      CREATE TABLE nodes (name TEXT PRIMARY KEY, url TEXT NOT NULL, subnets TEXT NOT NULL,
         max_clients BIGINT NOT NULL, enabled BIGINT NOT NULL, last_seen BIGINT, free_bytes BIGINT,
         created_at BIGINT NOT NULL);
@@ -56,7 +57,14 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
      CREATE INDEX task_events_task ON task_events (task);
      CREATE TABLE schedules (id {id}, spec TEXT NOT NULL, next_run BIGINT, created_at BIGINT NOT NULL);
      CREATE TABLE tokens (hash TEXT PRIMARY KEY, role TEXT NOT NULL, node TEXT, created_at BIGINT NOT NULL)",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE wakes (id {id}, host TEXT NOT NULL, macs TEXT NOT NULL, node TEXT NOT NULL, task BIGINT,
+        requested_at BIGINT NOT NULL);
+     CREATE INDEX wakes_node ON wakes (node)",
+    ),
+];
 
 /// States of a task that is not over.
 const OPEN_STATES: &str = "('queued', 'checked_in', 'waiting_for_slot', 'in_progress')";
@@ -1016,6 +1024,58 @@ impl Db {
             .fetch_one(&self.pool)
             .await
             .map_err(db_err)
+    }
+
+    // ---- wakes
+
+    /// Stores a wake request for `node` to send; returns it.
+    pub async fn insert_wake(&self, host: &str, macs: &[String], node: &str, task: Option<TaskId>) -> Result<Wake> {
+        let now = now_ms();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO wakes (host, macs, node, task, requested_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(host)
+        .bind(json_text(&macs)?)
+        .bind(node)
+        .bind(task)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(Wake {
+            id,
+            host: host.to_string(),
+            macs: macs.to_vec(),
+            node: node.to_string(),
+            task,
+            requested_at: now,
+        })
+    }
+
+    /// Removes and returns the wake requests of `node`, oldest first (each is returned once,
+    /// however many callers ask at the same time).
+    pub async fn take_wakes(&self, node: &str) -> Result<Vec<Wake>> {
+        let rows = sqlx::query("DELETE FROM wakes WHERE node = $1 RETURNING id, host, macs, node, task, requested_at")
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let mut wakes = rows
+            .iter()
+            .map(|r| {
+                let macs: String = r.try_get("macs").map_err(db_err)?;
+                Ok(Wake {
+                    id: r.try_get("id").map_err(db_err)?,
+                    host: r.try_get("host").map_err(db_err)?,
+                    macs: from_json("wake macs", &macs)?,
+                    node: r.try_get("node").map_err(db_err)?,
+                    task: r.try_get("task").map_err(db_err)?,
+                    requested_at: r.try_get("requested_at").map_err(db_err)?,
+                })
+            })
+            .collect::<Result<Vec<Wake>>>()?;
+        wakes.sort_by_key(|w| w.id);
+        Ok(wakes)
     }
 
     /// Every schedule.

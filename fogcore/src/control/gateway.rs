@@ -15,7 +15,7 @@
 //! - Agents present the node token or their task's token (`fogt_…`, derived from the node token:
 //!   the node checks it without the master).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -141,8 +141,8 @@ pub struct Gateway {
     store: Arc<dyn ImageStore>,
     upstream: Arc<dyn ImageStore>,
     outbox: Outbox,
-    /// Tasks holding one of this node's slots (granted, not checked out).
-    active: Mutex<HashSet<TaskId>>,
+    /// Tasks holding one of this node's slots (granted, not checked out), as granted.
+    active: Mutex<HashMap<TaskId, Task>>,
     /// The node's slot limit as the master last said (used while it is away).
     max_clients: AtomicU32,
     /// One flush at a time.
@@ -179,7 +179,7 @@ impl Gateway {
             store,
             upstream,
             outbox: Outbox::open(&data_dir.join("node").join("outbox.json"))?,
-            active: Mutex::new(HashSet::new()),
+            active: Mutex::new(HashMap::new()),
             max_clients: AtomicU32::new(u32::MAX),
             flushing: tokio::sync::Mutex::new(()),
         })
@@ -215,7 +215,7 @@ impl Gateway {
         self.max_clients.store(max, Ordering::Relaxed);
     }
 
-    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashSet<TaskId>> {
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Task>> {
         self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -252,7 +252,7 @@ impl Gateway {
         match self.forward(self.master.check_in(check_in)).await {
             Ok(reply) => {
                 if reply.slot == SlotState::Granted {
-                    self.lock_active().insert(reply.task.id);
+                    self.lock_active().insert(reply.task.id, reply.task.clone());
                 }
                 Ok(reply)
             }
@@ -274,8 +274,8 @@ impl Gateway {
         let mut task = boot.task;
         let max = self.max_clients.load(Ordering::Relaxed);
         let mut active = self.lock_active();
-        let slot = if active.contains(&task.id) || (active.len() as u64) < u64::from(max) {
-            active.insert(task.id);
+        let slot = if active.contains_key(&task.id) || (active.len() as u64) < u64::from(max) {
+            active.insert(task.id, task.clone());
             task.state = TaskState::InProgress {
                 percent: 0.0,
                 bytes: 0,
@@ -293,8 +293,12 @@ impl Gateway {
         Ok(CheckInReply { task, slot })
     }
 
-    /// The task as this node last knew it (for answers given without the master).
+    /// The task as this node last knew it (for answers given without the master): as granted
+    /// here, else from the last pull (a task may start before the next pull brings it).
     fn cached_task(&self, id: TaskId) -> Result<Task> {
+        if let Some(task) = self.lock_active().get(&id) {
+            return Ok(task.clone());
+        }
         self.tasks
             .by_id(id)
             .map(|b| b.task)

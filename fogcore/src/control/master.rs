@@ -231,6 +231,19 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 ApiResult::Ok(ok_none())
             }),
         ),
+        (
+            r(
+                Method::POST,
+                "/hosts/{name}/wake",
+                Admin,
+                "Ask the host's node to wake it (Wake-on-LAN)",
+                None,
+                "Wake",
+            ),
+            post(
+                |State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.wake_host(&n).await?)) },
+            ),
+        ),
         // groups
         (
             r(Method::GET, "/groups", Admin, "List groups", None, "GroupList"),
@@ -495,6 +508,22 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                     own_node(&caller, &n)?;
                     c.db().node(&n).await?;
                     ApiResult::Ok(Json(c.db().node_copies(&n).await?))
+                },
+            ),
+        ),
+        (
+            r(
+                Method::POST,
+                "/nodes/{name}/wakes",
+                NodeAccess,
+                "The node claims its hosts' wake requests: returned once, then removed",
+                None,
+                "WakeList",
+            ),
+            post(
+                |State(c): State<App>, Extension(caller): Extension<Caller>, Path(n): Path<String>| async move {
+                    own_node(&caller, &n)?;
+                    ApiResult::Ok(Json(c.take_wakes(&n).await?))
                 },
             ),
         ),

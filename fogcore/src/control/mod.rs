@@ -11,7 +11,8 @@
 //! - [`replicate`]: copying an image between stores, only the chunks the other side lacks;
 //! - [`client`]: the API's client, for the CLI and later the agent, the nodes and Python;
 //! - [`bootmenu`]: per-host iPXE scripts on a node (the agent for hosts with a task);
-//! - [`node`]: the node role of `fog serve` (heartbeats, the tasks of its hosts, cached).
+//! - [`node`]: the node role of `fog serve` (heartbeats, the tasks of its hosts, cached);
+//! - [`wake`]: Wake-on-LAN requests, stored by the master and sent by the host's node.
 
 pub mod bootmenu;
 pub mod chunks;
@@ -26,3 +27,4 @@ pub mod remote;
 pub mod replicate;
 pub mod service;
 pub mod tasks;
+pub mod wake;

@@ -223,6 +223,16 @@ pub struct ImageCopy {
     pub updated_at: Millis,
 }
 
+/// An image's record with each node's copy of it: what `fog image ls --master` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageStatus {
+    /// The record (name, placement, ...), flattened.
+    #[serde(flatten)]
+    pub image: Image,
+    /// Each placed node's copy.
+    pub copies: Vec<ImageCopy>,
+}
+
 /// A site server: serves network boot to its subnets and images their hosts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -637,6 +647,25 @@ pub struct BootTask {
     /// The host's extra kernel arguments.
     #[serde(default)]
     pub kernel_args: String,
+}
+
+/// A request to wake a host with a Wake-on-LAN magic packet, sent by the host's node (which
+/// claims it with `POST /nodes/{name}/wakes`, each once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Wake {
+    /// Id.
+    pub id: i64,
+    /// The host to wake.
+    pub host: String,
+    /// Its MACs, `52:54:00:12:34:56` (a packet for each).
+    pub macs: Vec<String>,
+    /// The node that sends the packet.
+    pub node: String,
+    /// The task that asked for it (none: `POST /hosts/{name}/wake`).
+    #[serde(default)]
+    pub task: Option<TaskId>,
+    /// When it was asked for.
+    pub requested_at: Millis,
 }
 
 /// A new node and its token (shown once).

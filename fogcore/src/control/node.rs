@@ -77,6 +77,7 @@ impl NodeLoop {
             tracing::info!(delivered, "node: queued check-outs delivered to the master");
         }
         self.pull_placed().await?;
+        crate::control::wake::deliver(&self.client, &self.link).await?;
         Ok(n)
     }
 

@@ -445,9 +445,17 @@ impl Control {
             ));
         }
         let node = self.node_for(host, None).await?;
-        self.db
+        if new.wake {
+            crate::control::wake::waking_node(host, node.as_deref())?;
+        }
+        let task = self
+            .db
             .insert_task(&new, &host.name, node.as_deref(), group, schedule)
-            .await
+            .await?;
+        if let (true, Some(node)) = (task.wake, &node) {
+            self.request_wake(host, node, Some(task.id)).await?;
+        }
+        Ok(task)
     }
 
     /// Creates one task per host of the group; hosts that cannot take one are listed with why.

@@ -15,6 +15,8 @@
 //! token_file = "/etc/fog/node-token" # or `token = "fog_..."` (one of them, with master)
 //! heartbeat_secs = 5             # how often it reports and pulls its tasks
 //! bandwidth = 12500000           # bytes/s for pulling images from the master (default: no limit)
+//! wake_broadcast = "10.99.0.255" # send the master's Wake-on-LAN requests here (`:port`, default 9;
+//!                                # from `address` when set). Unset: this node wakes no host.
 //!
 //! [http]                         # on unless `enabled = false`
 //! listen = "0.0.0.0:8080"
@@ -119,6 +121,10 @@ pub struct NodeFile {
     /// Bytes per second for pulling images from the master (default: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<u64>,
+    /// Where this node sends Wake-on-LAN packets (`10.99.0.255` or `10.99.0.255:9`); unset, it
+    /// wakes no host (and leaves the master's wake requests for it unclaimed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_broadcast: Option<String>,
 }
 
 /// `[http]` as written.
@@ -252,6 +258,8 @@ pub struct MasterLink {
     pub heartbeat_secs: u64,
     /// Bytes per second for pulling images (none: no limit).
     pub bandwidth: Option<u64>,
+    /// Where the master's wake requests are sent (`[node] wake_broadcast`), `None`: not claimed.
+    pub wake: Option<crate::net::wol::WakeTarget>,
 }
 
 /// A checked config: what `fog serve` runs.
@@ -330,7 +338,7 @@ fn boot_path(key: &str, value: Option<String>, default: &str) -> Result<String> 
     }
 }
 
-fn master_link(node: &NodeFile) -> Result<Option<MasterLink>> {
+fn master_link(node: &NodeFile, address: Option<Ipv4Addr>) -> Result<Option<MasterLink>> {
     let Some(url) = &node.master else {
         for (key, set) in [
             ("[node] name", node.name.is_some()),
@@ -338,6 +346,7 @@ fn master_link(node: &NodeFile) -> Result<Option<MasterLink>> {
             ("[node] token_file", node.token_file.is_some()),
             ("[node] heartbeat_secs", node.heartbeat_secs.is_some()),
             ("[node] bandwidth", node.bandwidth.is_some()),
+            ("[node] wake_broadcast", node.wake_broadcast.is_some()),
         ] {
             if set {
                 return Err(bad(key, "only means something with [node] master"));
@@ -400,12 +409,18 @@ fn master_link(node: &NodeFile) -> Result<Option<MasterLink>> {
             "must be more than 0 bytes per second (leave it out for no limit)",
         ));
     }
+    let wake = node
+        .wake_broadcast
+        .as_deref()
+        .map(|text| crate::net::wol::WakeTarget::parse("[node] wake_broadcast", text, address))
+        .transpose()?;
     Ok(Some(MasterLink {
         url,
         name,
         token,
         heartbeat_secs,
         bandwidth: node.bandwidth,
+        wake,
     }))
 }
 
@@ -460,7 +475,7 @@ impl TryFrom<ServeFile> for ServeConfig {
                 "must be this node's own unicast address on the clients' subnet",
             ));
         }
-        let master = master_link(&file.node)?;
+        let master = master_link(&file.node, address)?;
         let data_dir = file.node.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let boot_dir = file.node.boot_dir.unwrap_or_else(|| data_dir.join("boot"));
         for (key, dir) in [("[node] data_dir", &data_dir), ("[node] boot_dir", &boot_dir)] {
@@ -885,6 +900,15 @@ impl ServeConfig {
                     "              hosts with a task boot {} + {} (boot dir); others get the menu",
                     self.boot.agent_kernel, self.boot.agent_initrd
                 );
+                let _ = match &m.wake {
+                    Some(w) => writeln!(
+                        out,
+                        "wake-on-lan   the master's wake requests go to udp {}{}",
+                        w.broadcast,
+                        w.bind.map(|b| format!(" from {b}")).unwrap_or_default()
+                    ),
+                    None => writeln!(out, "wake-on-lan   off (no [node] wake_broadcast)"),
+                };
             }
             None => {
                 let _ = writeln!(out, "node role     standalone (no [node] master)");
@@ -962,6 +986,21 @@ mod tests {
         assert!(text.contains("site-a on master http://m:8090") && text.contains("bootenv/initrd.img"));
         assert!(!format!("{:?}", TokenSource::Inline("secret".into())).contains("secret"));
         assert!(ServeConfig::parse("", "fog.toml")?.master.is_none());
+        assert!(link.wake.is_none(), "no wake target unless configured");
+        assert!(text.contains("wake-on-lan   off"));
+        Ok(())
+    }
+
+    #[test]
+    fn wake_broadcast_needs_a_master_and_sends_from_the_node_address() -> Result<()> {
+        let base = "[node]\naddress = \"10.99.0.1\"\nmaster = \"http://m:8090\"\nname = \"a\"\ntoken = \"t\"\n";
+        let config = ServeConfig::parse(&format!("{base}wake_broadcast = \"10.99.0.255\"\n"), "fog.toml")?;
+        let wake = config.master.as_ref().and_then(|m| m.wake).ok_or(Error::Cancelled)?;
+        assert_eq!(wake.broadcast.to_string(), "10.99.0.255:9");
+        assert_eq!(wake.bind, Some(Ipv4Addr::new(10, 99, 0, 1)));
+        assert!(config.describe().contains("udp 10.99.0.255:9 from 10.99.0.1"));
+        assert!(err(&format!("{base}wake_broadcast = \"br0\"\n")).contains("wake_broadcast"));
+        assert!(err("[node]\nwake_broadcast = \"10.99.0.255\"\n").contains("[node] wake_broadcast"));
         Ok(())
     }
 

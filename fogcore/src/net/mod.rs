@@ -1,5 +1,5 @@
 //! Network services a node runs for its subnet: PXE-aware DHCP (full or proxy), TFTP and HTTP
-//! boot, and the server that starts them from a config.
+//! boot, Wake-on-LAN, and the server that starts them from a config.
 
 pub mod boot;
 pub mod bootfiles;
@@ -9,3 +9,4 @@ pub mod http;
 pub mod ra;
 pub mod server;
 pub mod tftp;
+pub mod wol;

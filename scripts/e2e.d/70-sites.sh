@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# The whole loop with real firmware, two sites and a master, VMs under TCG:
+# - namespace fog70m runs `fog master`; sites A (fog70a, 10.71.0.0/24) and B (fog70b, 10.72.0.0/24)
+#   reach it over veths (10.70.1.0/30, 10.70.2.0/30). Site A's node serves DHCP in full mode; site
+#   B's node runs proxy DHCP beside dnsmasq (namespace fog70d on B's bridge hands out addresses).
+# - VM 1 at site A (GPT disk: FAT32 EFI partition + ext4 with files) has a capture task: it
+#   PXE-boots into fog's boot environment, the agent captures its disk through node A, node A
+#   pushes the image to the master.
+# - The image is placed on site B: node B pulls it. VM 2 at site B (empty disk) gets a deploy task,
+#   PXE-boots and deploys. Its disk, read afterwards, has clean filesystems and VM 1's files.
+# - VM 3, unknown to the master, boots at site A and registers itself (its MAC and the DMI values
+#   given to qemu with -smbios land in the master's inventory).
+# Once with BIOS (SeaBIOS + iPXE ROM) and once with UEFI (OVMF's PXE, then ipxe.efi).
+# `FOG_SITES_FIRMWARE=bios` (or uefi) runs one round only.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/lib/pxe.sh
+work=$(mktemp -d /tmp/fog-e2e-sites.XXXXXX)
+pids=()
+loops=()
+mounts=()
+cleanup() {
+  local rc=$?
+  for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || true; done
+  for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for ns in fog70d fog70a fog70b fog70m; do ip netns del "$ns" 2>/dev/null || true; done
+  if [ $rc -ne 0 ]; then
+    echo "== e2e sites failed (exit $rc); logs:"
+    for f in "$work"/*.log "$work"/*.qemu-stderr; do [ -f "$f" ] && { echo "--- $f"; tail -n 80 "$f"; }; done
+  fi
+  rm -rf "$work"
+  exit $rc
+}
+trap cleanup EXIT
+
+fog=${FOG:?run through scripts/e2e}
+pxe_need_packages "$work/apt.log"
+need=()
+command -v dnsmasq > /dev/null || need+=(dnsmasq-base)
+command -v sgdisk > /dev/null || need+=(gdisk)
+command -v mkfs.vfat > /dev/null || need+=(dosfstools)
+command -v mcopy > /dev/null || need+=(mtools)
+[ -x /bin/busybox ] || need+=(busybox-static)
+if [ ${#need[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >> "$work/apt.log" 2>&1
+fi
+
+# wait_for SECONDS WHAT COMMAND...: polls COMMAND every half second.
+wait_for() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" > /dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "timed out after ${limit}s waiting for: $what"
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+echo "== network: master namespace, site A (full DHCP), site B (proxy DHCP beside dnsmasq)"
+ip netns add fog70m
+ip -n fog70m link set lo up
+pxe_bridge_up fog70a 10.71.0.1/24
+pxe_bridge_up fog70b 10.72.0.1/24
+link_site() { # NS MASTER_SIDE_IF NODE_SIDE_IF NET
+  ip link add "$2" netns fog70m type veth peer name "$3" netns "$1"
+  ip -n fog70m addr add "10.70.$4.1/30" dev "$2"
+  ip -n "$1" addr add "10.70.$4.2/30" dev "$3"
+  ip -n fog70m link set "$2" up
+  ip -n "$1" link set "$3" up
+}
+link_site fog70a to-a up 1
+link_site fog70b to-b up 2
+ip netns add fog70d
+ip -n fog70d link set lo up
+ip link add dns0 netns fog70d type veth peer name dnsport netns fog70b
+ip -n fog70b link set dnsport master br0
+ip -n fog70b link set dnsport up
+ip -n fog70d addr add 10.72.0.3/24 dev dns0
+ip -n fog70d link set dns0 up
+ip -n fog70d route add 255.255.255.255/32 dev dns0
+ip netns exec fog70d dnsmasq --no-daemon --port=0 --interface=dns0 --bind-interfaces \
+  --dhcp-range=10.72.0.100,10.72.0.150,255.255.255.0,1h --dhcp-leasefile="$work/dnsmasq.leases" \
+  --no-ping --no-resolv --log-dhcp --dhcp-authoritative > "$work/dnsmasq.log" 2>&1 &
+pids+=($!)
+
+echo "== master"
+mkdir -p "$work/master"
+ip netns exec fog70m "$fog" master --data-dir "$work/master" --listen 0.0.0.0:8090 > "$work/master.log" 2>&1 &
+pids+=($!)
+wait_for 60 "the master" test -s "$work/master/admin-token"
+export FOG_TOKEN
+FOG_TOKEN=$(cat "$work/master/admin-token")
+m() { ip netns exec fog70m "$fog" --master http://127.0.0.1:8090 "$@"; }
+api() { # METHOD PATH [JSON]
+  ip netns exec fog70m curl -sS -f -X "$1" -H "authorization: Bearer $FOG_TOKEN" \
+    -H 'content-type: application/json' ${3:+--data "$3"} "http://127.0.0.1:8090/api/v1$2"
+}
+wait_for 60 "the master's API" api GET /health
+
+echo "== boot environment and nodes"
+boot_env=$work/bootenv-boot
+mkdir -p "$boot_env"
+"$fog" bootfiles install --boot-dir "$boot_env" > "$work/bootfiles.log" 2>&1
+"$fog" bootenv build --boot-dir "$boot_env" > "$work/bootenv.log" 2>&1
+ls -l "$boot_env/bootenv" >> "$work/bootenv.log"
+
+start_node() { # NAME NS ADDRESS MASTER_ADDR DHCP_SECTION
+  local name=$1 ns=$2 addr=$3 master=$4 dhcp=$5
+  local dir=$work/$name
+  mkdir -p "$dir"
+  cp -r "$boot_env" "$dir/boot"
+  m node add "$name" --url "http://$addr:8080" --subnet "${addr%.*}.0/24" --max-clients 2 \
+    | sed -n 's/^node token (shown once): //p' > "$dir/token"
+  [ -s "$dir/token" ] || { echo "no token for node $name"; return 1; }
+  cat > "$dir/node.toml" <<EOF
+[node]
+address = "$addr"
+data_dir = "$dir"
+boot_dir = "$dir/boot"
+master = "http://$master:8090"
+name = "$name"
+token_file = "$dir/token"
+heartbeat_secs = 1
+[http]
+listen = "0.0.0.0:8080"
+[tftp]
+listen = "$addr:69"
+$dhcp
+EOF
+  ip netns exec "$ns" "$fog" serve --config "$dir/node.toml" > "$work/node-$name.log" 2>&1 &
+  pids+=($!)
+  wait_for 60 "node $name" grep -q "fog serve: running" "$work/node-$name.log"
+}
+start_node site-a fog70a 10.71.0.1 10.70.1.1 "[dhcp]
+mode = \"full\"
+interface = \"br0\"
+[[dhcp.pools]]
+subnet = \"10.71.0.0/24\"
+range = [\"10.71.0.100\", \"10.71.0.150\"]
+lease_secs = 600"
+start_node site-b fog70b 10.72.0.1 10.70.2.1 "[dhcp]
+mode = \"proxy\"
+interface = \"br0\"
+[ra]
+enabled = true"
+m node ls > "$work/nodes.log"
+
+echo "== VM 1's disk: GPT, FAT32 EFI partition, ext4 with files"
+src=$work/vm1.img
+tree=$work/tree
+mkdir -p "$tree/etc" "$tree/srv/data" "$tree/usr/bin"
+echo "golden-$RANDOM" > "$tree/etc/hostname"
+for i in $(seq 1 200); do head -c $((i * 517)) /dev/urandom > "$tree/srv/data/file$i.bin"; done
+cp /bin/busybox "$tree/usr/bin/busybox"
+head -c 24M /dev/urandom > "$tree/srv/big.bin"
+truncate -s 160M "$src"
+sgdisk -q -n 1:1M:+40M -t 1:ef00 -c 1:EFI -n 2:0:0 -t 2:8300 -c 2:root "$src"
+esp=$work/esp.img
+root=$work/root.img
+part_bytes() { sgdisk -i "$2" "$1" | awk -v what="$3" '$0 ~ what { print $3 * 512 }'; }
+esp_start=$(part_bytes "$src" 1 "First sector")
+root_start=$(part_bytes "$src" 2 "First sector")
+esp_len=$(( ($(sgdisk -i 1 "$src" | awk '/Last sector/ { print $3 }') + 1) * 512 - esp_start ))
+root_len=$(( ($(sgdisk -i 2 "$src" | awk '/Last sector/ { print $3 }') + 1) * 512 - root_start ))
+truncate -s "$esp_len" "$esp"
+mkfs.vfat -F 32 -n FOGESP "$esp" > /dev/null
+mmd -i "$esp" ::/EFI ::/EFI/BOOT
+printf 'fog test loader\n' > "$work/BOOTX64.EFI"
+mcopy -i "$esp" "$work/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+truncate -s "$root_len" "$root"
+mkfs.ext4 -q -F -d "$tree" "$root"
+dd if="$esp" of="$src" bs=1M seek=$((esp_start / 1048576)) conv=notrunc,sparse status=none
+dd if="$root" of="$src" bs=1M seek=$((root_start / 1048576)) conv=notrunc,sparse status=none
+rm -f "$esp" "$root"
+
+# same_files DISK: the disk's partitions pass fsck and hold the source's files.
+same_files() {
+  local disk=$1 loop src_loop
+  loop=$(losetup -f --show -P -r "$disk")
+  loops+=("$loop")
+  src_loop=$(losetup -f --show -P -r "$src")
+  loops+=("$src_loop")
+  fsck.vfat -n "${loop}p1" > "$work/fsck-vfat.log" 2>&1
+  e2fsck -fn "${loop}p2" > "$work/fsck-ext4.log" 2>&1
+  mkdir -p "$work/mnt-src" "$work/mnt-dst"
+  mount -o ro "${src_loop}p2" "$work/mnt-src"
+  mounts+=("$work/mnt-src")
+  mount -o ro "${loop}p2" "$work/mnt-dst"
+  mounts+=("$work/mnt-dst")
+  diff -r "$work/mnt-src" "$work/mnt-dst"
+  umount "$work/mnt-src" "$work/mnt-dst"
+  mcopy -i "${loop}p1" ::/EFI/BOOT/BOOTX64.EFI "$work/deployed.efi"
+  cmp "$work/BOOTX64.EFI" "$work/deployed.efi"
+  rm -f "$work/deployed.efi"
+  losetup -d "$loop" "$src_loop"
+}
+
+task_state() { api GET "/tasks/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])'; }
+wait_task() { # ID STATE SECONDS
+  wait_for "$3" "task $1 $2" bash -c "[ \"\$(ip netns exec fog70m curl -sS -H 'authorization: Bearer $FOG_TOKEN' http://127.0.0.1:8090/api/v1/tasks/$1 | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])')\" = $2 ]"
+}
+
+round() { # FIRMWARE N
+  local fw=$1 n=$2
+  local mac1=52:54:00:70:0$n:01 mac2=52:54:00:70:0$n:02 mac3=52:54:00:70:0$n:03
+  local image=lab-$fw
+  echo "== [$fw] VM 1 captures its disk at site A"
+  api POST /images "{\"name\":\"$image\",\"placement\":{\"kind\":\"nodes\",\"nodes\":[\"site-a\"]}}" > /dev/null
+  m host add "vm1-$fw" --mac "$mac1" --node site-a > /dev/null
+  local capture_id
+  capture_id=$(api POST /tasks "{\"kind\":\"capture\",\"host\":\"vm1-$fw\",\"image\":\"$image\",\"after\":\"poweroff\"}" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  cp "$src" "$work/vm1-$fw.img"
+  local t0=$SECONDS
+  pxe_boot_vm fog70a tap0 "$work/vm1-$fw.log" 600 "$fw" "$mac1" \
+    -drive "file=$work/vm1-$fw.img,format=raw,if=virtio" || true
+  echo "   VM 1 ran $((SECONDS - t0)) s"
+  wait_task "$capture_id" complete 120
+  [ -n "$(ls "$work/master/store/images/" 2>/dev/null | grep -F "$image")" ] || "$fog" image ls --store "$work/master/store" | grep -q "$image"
+
+  echo "== [$fw] the image is placed on site B; node B pulls it"
+  api PUT "/images/$image" "{\"name\":\"$image\",\"placement\":{\"kind\":\"nodes\",\"nodes\":[\"site-a\",\"site-b\"]}}" > /dev/null
+  wait_for 300 "$image on site B" bash -c "ip netns exec fog70m curl -sS -H 'authorization: Bearer $FOG_TOKEN' http://127.0.0.1:8090/api/v1/images/$image/copies | grep -q '\"node\":\"site-b\",\"state\":\"complete\"'"
+
+  echo "== [$fw] VM 2 deploys at site B onto an empty disk"
+  m host add "vm2-$fw" --mac "$mac2" --node site-b > /dev/null
+  local deploy_id
+  deploy_id=$(api POST /tasks "{\"kind\":\"deploy\",\"host\":\"vm2-$fw\",\"image\":\"$image\",\"after\":\"poweroff\"}" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  truncate -s 160M "$work/vm2-$fw.img"
+  t0=$SECONDS
+  pxe_boot_vm fog70b tap0 "$work/vm2-$fw.log" 600 "$fw" "$mac2" \
+    -drive "file=$work/vm2-$fw.img,format=raw,if=virtio" || true
+  echo "   VM 2 ran $((SECONDS - t0)) s"
+  wait_task "$deploy_id" complete 60
+  same_files "$work/vm2-$fw.img"
+
+  echo "== [$fw] unknown VM 3 registers itself with its DMI values"
+  local serial=SN-$fw-$RANDOM
+  t0=$SECONDS
+  pxe_boot_vm fog70a tap1 "$work/vm3-$fw.log" 600 "$fw" "$mac3" \
+    -smbios "type=1,manufacturer=FogTest,product=Lab-VM-$fw,serial=$serial" || true
+  echo "   VM 3 ran $((SECONDS - t0)) s"
+  api GET /hosts > "$work/hosts.json"
+  python3 - "$work/hosts.json" "$mac3" "$serial" "$fw" <<'PY'
+import json, sys
+hosts, mac, serial, fw = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4]
+mine = [h for h in hosts if mac in h["macs"]]
+assert mine, f"no host with MAC {mac}: {[h['name'] for h in hosts]}"
+text = json.dumps(mine[0]["inventory"])
+for want in ("FogTest", f"Lab-VM-{fw}", serial):
+    assert want in text, f"{want} missing from the inventory: {text}"
+print(f"   registered {mine[0]['name']} with {mac}, {serial}")
+PY
+}
+
+for fw in ${FOG_SITES_FIRMWARE:-bios uefi}; do
+  case $fw in bios) round bios 1 ;; uefi) round uefi 2 ;; *) echo "unknown firmware $fw"; exit 2 ;; esac
+done
+echo "== sites e2e passed"
