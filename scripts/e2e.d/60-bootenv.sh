@@ -5,8 +5,11 @@
 # - fog.action=register with a node token: the master then holds a host with the VM's MAC, its
 #   DMI vendor, product, serial and UUID as read from the VM's /sys, named after the serial,
 #   imaged by that node; the VM reboots (qemu -no-reboot: it exits);
-# - a master that does not answer: the console shows the error and a shell prompt, and the VM
-#   stays up (no reboot loop).
+# - the same VM booted as the menu's items boot it (an action, no task): it asks for an admin
+#   token on the console, creates an inventory task, runs it, and the task is complete;
+# - a master that does not answer: the console shows the error and a shell that runs what is
+#   typed, and the VM stays up (no reboot loop).
+# The last two VMs run at the same time (the second mostly waits in its shell).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib/pxe.sh
@@ -15,9 +18,12 @@ ns=fog60
 serve_pid=
 master_pid=
 vm_pid_file=$work/vm-bad.pid
+menu_pid_file=$work/vm-menu.pid
 cleanup() {
   local rc=$?
-  if [ -s "$vm_pid_file" ]; then kill "$(cat "$vm_pid_file")" 2>/dev/null || true; fi
+  for f in "$vm_pid_file" "$menu_pid_file"; do
+    if [ -s "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
+  done
   [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
   [ -n "$master_pid" ] && kill "$master_pid" 2>/dev/null && wait "$master_pid" 2>/dev/null
   pxe_bridge_down "$ns"
@@ -104,12 +110,29 @@ jq -e --arg mac "$good_mac" --arg uuid "$uuid" '.[] | select(.macs | index($mac)
     and .inventory.dmi.serial == "SN-1234")' "$work/hosts.json" > /dev/null \
   || { echo "no host with the VM's MAC and DMI values"; exit 1; }
 
-echo "== a master that does not answer: the error and a shell, no reboot"
-# The console reads a FIFO: a command typed there must run in the shell the init started.
-mkfifo "$work/console.in"
-exec 7<> "$work/console.in"
-PXE_STDIN=$work/console.in pxe_boot_vm "$ns" tap1 "$work/vm-bad.log" 240 bios "$bad_mac" -pidfile "$vm_pid_file" &
+echo "== the menu's way (no task: an admin token typed at the console) and a master that does not answer"
+host_script "$good_mac" "fog.action=inventory fog.master=$master fog.mac=$good_mac"
+# Each console reads a FIFO: what is written there is typed on the VM's serial console.
+mkfifo "$work/menu.in" "$work/bad.in"
+exec 7<> "$work/bad.in" 8<> "$work/menu.in"
+PXE_STDIN=$work/menu.in pxe_boot_vm "$ns" tap0 "$work/vm-menu.log" 240 bios "$good_mac" \
+  -smbios "type=1,manufacturer=FogTest,product=Lab-VM,serial=SN-1234,uuid=$uuid" -pidfile "$menu_pid_file" &
+menu_job=$!
+PXE_STDIN=$work/bad.in pxe_boot_vm "$ns" tap1 "$work/vm-bad.log" 240 bios "$bad_mac" -pidfile "$vm_pid_file" &
 vm_job=$!
+
+wait_for "$work/vm-menu.log" "fog-init: inventory from the boot menu: an admin token creates the task" 200 "$menu_job" \
+  || { echo "the menu VM does not ask for a token"; exit 1; }
+sleep 1
+echo "$admin" >&8
+wait "$menu_job" || { echo "menu VM: qemu exit $?"; exit 1; }
+: > "$menu_pid_file"
+grep -q "fog-init: task complete; then: reboot" "$work/vm-menu.log"
+if grep -q "$admin" "$work/vm-menu.log"; then echo "the admin token was echoed on the console"; exit 1; fi
+ip netns exec "$ns" "$fog" --master "$master" --token "$admin" --json task ls > "$work/tasks.json"
+jq -e '.[] | select(.host == "sn-1234" and .kind == "inventory" and .state == "complete")' "$work/tasks.json" > /dev/null \
+  || { echo "no complete inventory task for sn-1234"; exit 1; }
+
 wait_for "$work/vm-bad.log" "fog-init: not rebooting: starting a shell" 200 "$vm_job" \
   || { echo "no shell announced on the console"; exit 1; }
 grep -q "fog-init: ERROR: registration with http://10.99.60.1:9 failed" "$work/vm-bad.log"
@@ -123,7 +146,7 @@ if grep -q "reboot: Restarting system" "$work/vm-bad.log"; then echo "the VM reb
 kill "$(cat "$vm_pid_file")"
 wait "$vm_job" 2>/dev/null || true
 : > "$vm_pid_file"
-exec 7>&-
+exec 7>&- 8>&-
 
 kill -TERM "$serve_pid"; wait "$serve_pid" 2>/dev/null || true; serve_pid=
 kill -TERM "$master_pid"; wait "$master_pid" 2>/dev/null || true; master_pid=

@@ -108,17 +108,18 @@ do_sysinfo() {
 
 # The boot menu's deploy and capture: no task yet, so an operator's admin token creates one.
 ask_for_task() {
+  stty -echo 2> /dev/null
   say "$FOG_ACTION from the boot menu: an admin token creates the task"
   printf 'admin token: '
-  stty -echo 2> /dev/null
   read -r FOG_TOKEN
   stty echo 2> /dev/null
   echo
   [ -n "$FOG_TOKEN" ] || rescue "no token given"
   export FOG_TOKEN
-  if [ -z "$FOG_IMAGE" ]; then
+  if [ -z "$FOG_IMAGE" ] && { [ "$FOG_ACTION" = deploy ] || [ "$FOG_ACTION" = capture ]; }; then
     printf 'image name (empty: the host'"'"'s image): '
     read -r FOG_IMAGE
+    echo
   fi
   fog agent register || rescue "registration with $FOG_MASTER failed (see above)"
 }

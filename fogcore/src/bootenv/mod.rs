@@ -422,6 +422,67 @@ mod tests {
         assert!(e.to_string().contains("modules.dep"), "{e}");
     }
 
+    /// A real build from this system's kernel and modules (skipped without one): the archive
+    /// holds /init, busybox with /bin/sh, the "fog" binary and its loader, and the virtio NIC
+    /// driver after everything it needs.
+    #[test]
+    fn builds_from_this_systems_kernel() {
+        let Ok((kernel, modules)) = find_kernel(Path::new("/boot"), Path::new("/lib/modules")) else {
+            eprintln!("no kernel in /boot: skipped");
+            return;
+        };
+        let Ok(busybox) = find_busybox() else {
+            eprintln!("no busybox: skipped");
+            return;
+        };
+        if !modules.join("modules.dep").is_file() {
+            eprintln!("no {}: skipped", modules.display());
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = BuildOptions {
+            out: dir.path().join("out"),
+            kernel: Some(kernel.clone()),
+            modules: Some(modules),
+            busybox: Some(busybox.clone()),
+            // Any dynamic binary stands in for fog here.
+            fog: Some(busybox),
+            module_names: Some(vec!["virtio_net".into(), "no_such_driver".into()]),
+            no_strip: true,
+            ..BuildOptions::default()
+        };
+        let report = build(&options).expect("build");
+        assert_eq!(report.missing, ["no_such_driver"]);
+        assert_eq!(report.modules.last().map(String::as_str), Some("virtio_net"));
+        assert_eq!(
+            std::fs::read(dir.path().join("out/vmlinuz")).expect("vmlinuz"),
+            std::fs::read(&kernel).expect("kernel")
+        );
+        let packed = std::fs::read(dir.path().join("out/initrd.img")).expect("initrd");
+        assert_eq!(packed.get(..4), Some(&[0x28, 0xb5, 0x2f, 0xfd][..]), "zstd magic");
+        let entries = cpio::read(&zstd::decode_all(&packed[..]).expect("zstd")).expect("cpio");
+        let find = |name: &str| entries.iter().find(|e| e.0 == name);
+        assert_eq!(find("init").map(|e| e.2.as_slice()), Some(INIT_SCRIPT.as_bytes()));
+        assert_eq!(find("bin/sh").map(|e| e.2.as_slice()), Some(&b"busybox"[..]));
+        assert!(find("bin/fog").is_some_and(|e| e.1 & 0o111 != 0));
+        assert!(find("dev/console").is_some_and(|e| e.1 & 0o170000 == 0o020000));
+        assert!(find("etc/udhcpc/default.script").is_some());
+        for lib in &report.libraries {
+            assert!(
+                find(lib.to_string_lossy().trim_start_matches('/')).is_some(),
+                "{}",
+                lib.display()
+            );
+        }
+        let order = find("lib/modules/order").map(|e| String::from_utf8_lossy(&e.2).into_owned());
+        let order: Vec<String> = order.unwrap_or_default().lines().map(str::to_string).collect();
+        assert_eq!(order, report.modules);
+        for m in &order {
+            let ko = find(&format!("lib/modules/{m}.ko")).expect("module file");
+            assert_eq!(ko.2.get(..4), Some(&b"\x7fELF"[..]), "{m} is a plain ELF object");
+        }
+    }
+
     /// The init's command-line parser, run by busybox sh as the boot environment runs it.
     #[test]
     fn init_reads_fog_arguments_from_the_command_line() {
