@@ -9,7 +9,9 @@
 #   token on the console, creates an inventory task, runs it, and the task is complete;
 # - a master that does not answer: the console shows the error and a shell that runs what is
 #   typed, and the VM stays up (no reboot loop).
-# The last two VMs run at the same time (the second mostly waits in its shell).
+# - the same VM with an inventory task (power off after): the node's own script boots it with the
+#   task and a task token on the kernel line, the agent runs it, the task is complete, it powers off.
+# The menu and failure VMs run at the same time (the second mostly waits in its shell).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib/pxe.sh
@@ -77,8 +79,11 @@ admin=$(cat "$work/master/admin-token")
 ip netns exec "$ns" "$fog" --master "$master" --token "$admin" --json node add site60 \
   --url http://10.99.60.1:8080 --subnet 10.99.60.0/24 > "$work/node.json"
 node_token=$(jq -r .token "$work/node.json")
+printf '%s\n' "$node_token" > "$work/node-token"
+chmod 600 "$work/node-token"
 ip netns exec "$ns" "$fog" serve --interface br0 --address 10.99.60.1 --dhcp full \
-  --range 10.99.60.100-10.99.60.150 --boot-dir "$boot" --data-dir "$work" > "$work/serve.log" 2>&1 &
+  --range 10.99.60.100-10.99.60.150 --boot-dir "$boot" --data-dir "$work" \
+  --node-master "$master" --node-name site60 --node-token-file "$work/node-token" > "$work/serve.log" 2>&1 &
 serve_pid=$!
 wait_for "$work/serve.log" "fog serve: running" 30 "$serve_pid"
 
@@ -147,6 +152,21 @@ kill "$(cat "$vm_pid_file")"
 wait "$vm_job" 2>/dev/null || true
 : > "$vm_pid_file"
 exec 7>&- 8>&-
+
+echo "== a task from the master: the node's script boots the environment with a task token"
+ip netns exec "$ns" "$fog" --master "$master" --token "$admin" --json task inventory sn-1234 --poweroff > "$work/task.json"
+task_id=$(jq -r .id "$work/task.json")
+sleep 6 # the node pulls its hosts' tasks every 5 s
+ip netns exec "$ns" curl -sf "$base/boot/$good_mac" > "$work/node-script.log"
+grep -q "fog.task=$task_id fog.action=inventory fog.mac=$good_mac fog.token=fogt_${task_id}_" "$work/node-script.log"
+pxe_boot_vm "$ns" tap0 "$work/vm-task.log" 240 bios "$good_mac" \
+  -smbios "type=1,manufacturer=FogTest,product=Lab-VM,serial=SN-1234,uuid=$uuid" \
+  || { echo "task VM: qemu exit $?"; exit 1; }
+grep -q "fog-init: running the agent: inventory (task $task_id)" "$work/vm-task.log"
+grep -q "fog-init: powering off" "$work/vm-task.log"
+ip netns exec "$ns" "$fog" --master "$master" --token "$admin" --json task show "$task_id" > "$work/task-done.json"
+jq -e '.state == "complete" or .task.state == "complete"' "$work/task-done.json" > /dev/null \
+  || { echo "task $task_id is not complete"; exit 1; }
 
 kill -TERM "$serve_pid"; wait "$serve_pid" 2>/dev/null || true; serve_pid=
 kill -TERM "$master_pid"; wait "$master_pid" 2>/dev/null || true; master_pid=
