@@ -458,6 +458,24 @@ fn quick_registration_creates_the_host_from_sysfs_then_updates_it() {
     let e = fogcore::agent::register(&intruder, None).expect_err("unknown token");
     assert!(matches!(e, fogcore::Error::Remote { status: 401, .. }), "{e}");
     assert_eq!(site.rt.block_on(site.admin.hosts()).expect("hosts").len(), 2);
+    // Another node's token may not touch this node's host.
+    let other_node = Node {
+        name: "elsewhere".into(),
+        url: "http://elsewhere.lab:8080".into(),
+        subnets: Vec::new(),
+        max_clients: 1,
+        enabled: true,
+        last_seen: None,
+    };
+    let other_token = site
+        .rt
+        .block_on(site.admin.create_node(&other_node))
+        .expect("node")
+        .token;
+    let mut stranger = AgentConfig::new(&site.base, Some(&other_token));
+    stranger.sys_root = config.sys_root.clone();
+    let e = fogcore::agent::register(&stranger, None).expect_err("another node's host");
+    assert!(matches!(e, fogcore::Error::Remote { status: 403, .. }), "{e}");
 
     // The menu's deploy/capture items: an admin token creates the task, then the agent runs it.
     let admin_token = site.rt.block_on(async {
