@@ -569,6 +569,17 @@ pub fn task(args: &MasterArgs, cmd: &TaskCommand, json: bool) -> Result<(), Erro
 pub enum AgentCommand {
     /// Check in with the master (--master URL --token T), wait for a slot, run the task, check out
     Run(AgentRun),
+    /// Quick registration: create this machine's host on the master (node token), or update its inventory
+    Register {
+        /// The host name wanted [default: from the DMI serial, else host-<mac>]
+        #[arg(long)]
+        name: Option<String>,
+        /// Register with this MAC (repeatable) instead of the network cards' addresses
+        #[arg(long)]
+        mac: Vec<String>,
+    },
+    /// Print this machine's inventory (DMI, CPU, memory, disks, network cards)
+    Inventory,
 }
 
 #[derive(Args)]
@@ -600,6 +611,12 @@ pub struct AgentRun {
     /// Hold image data on the wire to this many bytes per second
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     bandwidth: Option<u64>,
+    /// First create a task of this kind for this host (deploy, capture, ...; needs an admin token)
+    #[arg(long)]
+    request: Option<String>,
+    /// The image of the requested task (a deploy defaults to the host's image)
+    #[arg(long, requires = "request")]
+    image: Option<String>,
 }
 
 /// `fog agent run`.
@@ -610,8 +627,25 @@ pub fn agent(
     progress: &dyn fogcore::progress::Progress,
 ) -> Result<(), Error> {
     crate::serve::init_logs();
-    let AgentCommand::Run(run) = cmd;
+    let run = match cmd {
+        AgentCommand::Run(run) => run,
+        AgentCommand::Register { name, mac } => return agent_register(args, name.as_deref(), mac, json),
+        AgentCommand::Inventory => {
+            let found = fogcore::agent::inventory::collect("/sys".as_ref(), "/proc".as_ref());
+            emit(json, &found, crate::print::inventory);
+            return Ok(());
+        }
+    };
     let mut config = fogcore::agent::AgentConfig::new(&args.master, args.token.as_deref());
+    if let Some(kind) = &run.request {
+        config.request = Some(NewTask {
+            kind: TaskKind::parse(kind)?,
+            host: None,
+            image: run.image.clone(),
+            after: After::default(),
+            wake: false,
+        });
+    }
     config.disk = run.disk.clone();
     config.disk_rule = run.disk_rule.clone();
     config.macs = run.mac.clone();
@@ -648,4 +682,25 @@ pub fn agent(
         Some(after) if !run.no_power => fogcore::agent::power_action(after),
         _ => Ok(()),
     }
+}
+
+/// `fog agent register`.
+fn agent_register(args: &MasterArgs, name: Option<&str>, macs: &[String], json: bool) -> Result<(), Error> {
+    let mut config = fogcore::agent::AgentConfig::new(&args.master, args.token.as_deref());
+    config.macs = macs.to_vec();
+    let r = fogcore::agent::register(&config, name)?;
+    emit(json, &r, |r| {
+        say!(
+            "{} host {} ({}){}",
+            if r.created { "registered" } else { "updated" },
+            r.host.name,
+            r.host.macs.join(", "),
+            r.host
+                .node
+                .as_deref()
+                .map(|n| format!(", node {n}"))
+                .unwrap_or_default()
+        )
+    });
+    Ok(())
 }

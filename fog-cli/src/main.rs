@@ -63,6 +63,9 @@ enum Command {
     /// iPXE binaries in the boot directory
     #[command(subcommand)]
     Bootfiles(serve::BootfilesCommand),
+    /// The agent's boot environment (kernel + initramfs) in the boot directory
+    #[command(subcommand)]
+    Bootenv(serve::BootenvCommand),
     /// Run the master: the inventory, tasks and the REST API (/api/v1)
     Master(control::MasterServe),
     /// Hosts on a master (--master URL --token T)
@@ -217,6 +220,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Serve(args) => serve::serve(args)?,
         Command::Config(cmd) => serve::config(cmd, cli.json)?,
         Command::Bootfiles(cmd) => serve::bootfiles(cmd, cli.json)?,
+        Command::Bootenv(cmd) => serve::bootenv(cmd, cli.json)?,
         Command::Master(args) => control::master(args)?,
         Command::Host(cmd) => control::host(&cli.master, cmd, cli.json)?,
         Command::Group(cmd) => control::group(&cli.master, cmd, cli.json)?,

@@ -217,3 +217,28 @@ fn print_deploy(r: &DeployReport) {
         if r.verified { ", read back and verified" } else { "" }
     );
 }
+
+/// `fog agent inventory` as text: what an operator reads on the console (the boot menu's
+/// "system information").
+pub fn inventory(inv: &fogcore::agent::inventory::Inventory) {
+    let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    say!("vendor:   {}", or(&inv.dmi.vendor));
+    say!("product:  {}", or(&inv.dmi.product));
+    say!("serial:   {}", or(&inv.dmi.serial));
+    say!("uuid:     {}", or(&inv.dmi.uuid));
+    say!("cpu:      {} x {}", inv.cpu.count, or(&inv.cpu.model));
+    say!("memory:   {}", inv.memory_bytes.map(mib).unwrap_or_else(|| "-".into()));
+    for d in &inv.disks {
+        say!(
+            "disk:     {} {} {}{}",
+            d.path.display(),
+            mib(d.size_bytes),
+            or(&d.model),
+            if d.removable { " (removable)" } else { "" }
+        );
+    }
+    for n in &inv.nics {
+        let speed = n.speed_mbps.map(|s| format!(" {s} Mbit/s")).unwrap_or_default();
+        say!("nic:      {} {}{speed}", n.name, n.mac);
+    }
+}

@@ -255,3 +255,126 @@ pub fn bootfiles(cmd: &BootfilesCommand, json: bool) -> Result<(), Error> {
         }
     }
 }
+
+#[derive(Subcommand)]
+pub enum BootenvCommand {
+    /// Build the agent's kernel and initramfs (vmlinuz, initrd.img) from this system's kernel,
+    /// busybox and this fog binary
+    Build(BootenvBuild),
+}
+
+#[derive(Args)]
+pub struct BootenvBuild {
+    /// Output directory [default: the directory of the config's [boot] agent_kernel under the
+    /// boot directory, BOOT_DIR/bootenv]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Boot directory [default: the config's, or /var/lib/fog/boot]
+    #[arg(long, conflicts_with = "out")]
+    boot_dir: Option<PathBuf>,
+    /// Take the boot directory from this config file
+    #[arg(long, conflicts_with_all = ["out", "boot_dir"])]
+    config: Option<PathBuf>,
+    /// The kernel [default: the newest /boot/vmlinuz-*]
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The kernel's module tree [default: /lib/modules/VERSION]
+    #[arg(long)]
+    modules: Option<PathBuf>,
+    /// busybox (static preferred) [default: busybox on PATH, else /bin/busybox]
+    #[arg(long)]
+    busybox: Option<PathBuf>,
+    /// The fog binary to carry [default: this one]
+    #[arg(long)]
+    fog: Option<PathBuf>,
+    /// Kernel modules to carry, with their dependencies (repeatable) [default: common NICs and disks]
+    #[arg(long = "module")]
+    module: Vec<String>,
+    /// Keep fog's debug sections (stripped by default when `strip` is installed)
+    #[arg(long)]
+    no_strip: bool,
+}
+
+/// `fog bootenv build`.
+pub fn bootenv(cmd: &BootenvCommand, json: bool) -> Result<(), Error> {
+    let BootenvCommand::Build(args) = cmd;
+    let out = match (&args.out, &args.boot_dir, &args.config) {
+        (Some(out), _, _) => out.clone(),
+        (None, dir, config) => {
+            let mut serve = match config {
+                Some(path) => ServeConfig::load(path)?,
+                None => ServeConfig::try_from(fogcore::net::config::ServeFile::default())?,
+            };
+            if let Some(dir) = dir {
+                serve.boot_dir = dir.clone();
+            }
+            let kernel = serve.boot_dir.join(&serve.boot.agent_kernel);
+            kernel.parent().map_or(serve.boot_dir.clone(), |p| p.to_path_buf())
+        }
+    };
+    let options = fogcore::bootenv::BuildOptions {
+        out,
+        kernel: args.kernel.clone(),
+        modules: args.modules.clone(),
+        busybox: args.busybox.clone(),
+        fog: args.fog.clone(),
+        module_names: (!args.module.is_empty()).then(|| args.module.clone()),
+        no_strip: args.no_strip,
+        ..Default::default()
+    };
+    let r = fogcore::bootenv::build(&options)?;
+    if json {
+        match serde_json::to_string_pretty(&r) {
+            Ok(text) => say!("{text}"),
+            Err(e) => eprintln!("fog: cannot format output: {e}"),
+        }
+        return Ok(());
+    }
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+    say!(
+        "kernel:    {} ({}, from {})",
+        r.kernel.display(),
+        mib(r.kernel_bytes),
+        r.kernel_source.display()
+    );
+    say!(
+        "initramfs: {} ({} zstd, {} unpacked, {} entries)",
+        r.initrd.display(),
+        mib(r.initrd_bytes),
+        mib(r.uncompressed_bytes),
+        r.entries
+    );
+    say!(
+        "fog:       {}{}",
+        r.fog.display(),
+        if r.fog_stripped {
+            " (debug sections stripped)"
+        } else {
+            ""
+        }
+    );
+    say!(
+        "busybox:   {}{}",
+        r.busybox.display(),
+        if r.busybox_static {
+            " (static)"
+        } else {
+            " (dynamic: its libraries are carried)"
+        }
+    );
+    say!("libraries: {}", r.libraries.len());
+    say!(
+        "modules:   {} from {}: {}",
+        r.modules.len(),
+        r.module_dir.display(),
+        r.modules.join(" ")
+    );
+    if !r.builtin.is_empty() {
+        say!("built in:  {}", r.builtin.join(" "));
+    }
+    if !r.missing.is_empty() {
+        say!("missing:   {} (this kernel has no such module)", r.missing.join(" "));
+    }
+    say!("built in {:.1} s", r.seconds);
+    Ok(())
+}

@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod bootenv;
 pub mod control;
 pub mod error;
 pub mod imaging;

@@ -399,3 +399,101 @@ fn deploy_and_capture_move_chunks_in_batches() {
     deploy(&copy, "copy", &out, &DeployOptions::default(), &NoProgress).expect("deploy copy");
     assert!(fs::read(&out).expect("read") == site.local_deploy("golden", &dir.join("l2.img")));
 }
+
+/// A `/sys` of a VM with two cards and the DMI values qemu's `-smbios type=1,...` sets.
+fn registration_sys(root: &Path) -> PathBuf {
+    let sys = root.join("reg-sys");
+    let put = |rel: &str, text: &str| {
+        let path = sys.join(rel);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, text).expect("write");
+    };
+    put("class/dmi/id/sys_vendor", "FogTest\n");
+    put("class/dmi/id/product_name", "Lab-VM\n");
+    put("class/dmi/id/product_serial", "SN-1234\n");
+    put("class/dmi/id/product_uuid", "0A1B2C3D-0000-4000-8000-000000000060\n");
+    put("class/net/eth0/address", "52:54:00:60:00:01\n");
+    fs::create_dir_all(sys.join("class/net/eth0/device")).expect("mkdir");
+    put("class/net/eth1/address", "52:54:00:60:00:02\n");
+    fs::create_dir_all(sys.join("class/net/eth1/device")).expect("mkdir");
+    put("class/net/lo/address", "00:00:00:00:00:00\n");
+    sys
+}
+
+#[test]
+fn quick_registration_creates_the_host_from_sysfs_then_updates_it() {
+    let site = Site::start(2);
+    let mut config = AgentConfig::new(&site.base, Some(&site.node_token));
+    config.sys_root = registration_sys(site.dir.path());
+    config.proc_root = site.dir.path().join("no-proc");
+
+    let first = fogcore::agent::register(&config, None).expect("register");
+    assert!(first.created);
+    let host = site
+        .rt
+        .block_on(site.admin.host("sn-1234"))
+        .expect("host named after the serial");
+    assert_eq!(host.macs, ["52:54:00:60:00:01", "52:54:00:60:00:02"]);
+    assert_eq!(host.uuid.as_deref(), Some("0a1b2c3d-0000-4000-8000-000000000060"));
+    assert_eq!(host.node.as_deref(), Some("site"), "the calling node images it");
+    assert_eq!(host.inventory["dmi"]["vendor"], "FogTest");
+    assert_eq!(host.inventory["dmi"]["product"], "Lab-VM");
+
+    // Again, with a new product name: the same host, its inventory updated, nothing added.
+    fs::write(config.sys_root.join("class/dmi/id/product_name"), "Lab-VM-2\n").expect("write");
+    let again = fogcore::agent::register(&config, None).expect("register again");
+    assert!(!again.created);
+    let hosts = site.rt.block_on(site.admin.hosts()).expect("hosts");
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!(hosts[0].inventory["dmi"]["product"], "Lab-VM-2");
+
+    // A machine without a usable serial gets host-<mac>; an unknown token changes nothing.
+    let mut other = AgentConfig::new(&site.base, Some(&site.node_token));
+    other.sys_root = site.dir.path().join("empty-sys");
+    other.macs = vec!["52-54-00-60-00-09".into()];
+    let r = fogcore::agent::register(&other, None).expect("register by mac");
+    assert_eq!(r.host.name, "host-525400600009");
+    let mut intruder = AgentConfig::new(&site.base, Some("fog_not_a_token"));
+    intruder.macs = vec!["52:54:00:60:00:0a".into()];
+    let e = fogcore::agent::register(&intruder, None).expect_err("unknown token");
+    assert!(matches!(e, fogcore::Error::Remote { status: 401, .. }), "{e}");
+    assert_eq!(site.rt.block_on(site.admin.hosts()).expect("hosts").len(), 2);
+    // Another node's token may not touch this node's host.
+    let other_node = Node {
+        name: "elsewhere".into(),
+        url: "http://elsewhere.lab:8080".into(),
+        subnets: Vec::new(),
+        max_clients: 1,
+        enabled: true,
+        last_seen: None,
+    };
+    let other_token = site
+        .rt
+        .block_on(site.admin.create_node(&other_node))
+        .expect("node")
+        .token;
+    let mut stranger = AgentConfig::new(&site.base, Some(&other_token));
+    stranger.sys_root = config.sys_root.clone();
+    let e = fogcore::agent::register(&stranger, None).expect_err("another node's host");
+    assert!(matches!(e, fogcore::Error::Remote { status: 403, .. }), "{e}");
+
+    // The menu's deploy/capture items: an admin token creates the task, then the agent runs it.
+    let admin_token = site.rt.block_on(async {
+        let control = site.master.as_ref().expect("master").control().clone();
+        control.create_admin_token().await.expect("token")
+    });
+    let mut run_config = AgentConfig::new(&site.base, Some(&admin_token));
+    run_config.sys_root = config.sys_root.clone();
+    run_config.proc_root = config.proc_root.clone();
+    run_config.once = true;
+    run_config.request = Some(NewTask {
+        kind: TaskKind::Inventory,
+        host: None,
+        image: None,
+        after: After::Stay,
+        wake: false,
+    });
+    let report = run_agent(&run_config);
+    assert_eq!(report.task.expect("task").host, "sn-1234");
+    assert_eq!(site.tasks("sn-1234")[0].state, TaskState::Complete);
+}

@@ -35,14 +35,15 @@ pxe_bridge_up() {
 
 pxe_bridge_down() { ip netns del "$1" 2>/dev/null || true; }
 
-# pxe_boot_vm NS TAP LOG TIMEOUT bios|uefi MAC [QEMU ARGS...]: PXE-boots a TCG VM (512 MiB; disks
-# and -smbios come as extra qemu arguments) until it powers off, reboots (-no-reboot) or TIMEOUT
-# seconds pass; its serial console goes to LOG, each line prefixed with the seconds since qemu
-# started. BIOS boots the NIC's iPXE ROM; UEFI boots OVMF's own PXE. Returns qemu's status (124 on
+# pxe_boot_vm NS TAP LOG TIMEOUT bios|uefi MAC [QEMU ARGS...]: PXE-boots a TCG VM (512 MiB, no
+# disk) until it powers off or TIMEOUT seconds pass; its serial console goes to LOG, each line
+# prefixed with the seconds since qemu started. BIOS boots the NIC's iPXE ROM; UEFI boots OVMF's
+# own PXE. Extra arguments go to qemu (-smbios, -pidfile); PXE_STDIN names what the serial
+# console reads (default /dev/null; a FIFO to type into a shell). Returns qemu's status (124 on
 # timeout).
 pxe_boot_vm() {
   local ns=$1 tap=$2 log=$3 limit=$4 firmware=$5 mac=$6
-  local extra=("${@:7}")
+  shift 6
   local dir fw nic
   dir=$(mktemp -d /tmp/fog-vm.XXXXXX)
   printf '\xf8\x03' > "$dir/sercon.bin"
@@ -58,7 +59,7 @@ pxe_boot_vm() {
   fi
   timeout "$limit" ip netns exec "$ns" qemu-system-x86_64 -accel tcg -m 512 -display none -nodefaults \
     -no-reboot -serial stdio "${fw[@]}" -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" \
-    "${nic[@]}" "${extra[@]}" -boot n < /dev/null 2> "$log.qemu-stderr" | python3 "$(dirname "${BASH_SOURCE[0]}")/tsfilter.py" > "$log"
+    "${nic[@]}" -boot n "$@" < "${PXE_STDIN:-/dev/null}" 2> "$log.qemu-stderr" | python3 "$(dirname "${BASH_SOURCE[0]}")/tsfilter.py" > "$log"
   local rc=${PIPESTATUS[0]}
   rm -rf "$dir"
   return "$rc"

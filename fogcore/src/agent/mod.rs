@@ -16,7 +16,10 @@ use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::control::client::Client;
-use crate::control::model::{After, CheckIn, CheckOut, ProgressReport, SlotState, Task, TaskKind};
+use crate::control::model::{
+    After, CheckIn, CheckOut, NewTask, ProgressReport, Registered, Registration, SlotState, Task, TaskKind,
+    canonical_mac,
+};
 use crate::control::remote::RemoteStore;
 use crate::control::replicate::Throttled;
 use crate::imaging::batch::{BatchSink, with_prefetch};
@@ -62,6 +65,9 @@ pub struct AgentConfig {
     pub work_dir: Option<PathBuf>,
     /// Bytes per second of chunks on the wire (none: as fast as it goes).
     pub bandwidth: Option<u64>,
+    /// Create this task for the host first (needs an admin token): the boot menu's deploy and
+    /// capture items, where the operator types a token at the console.
+    pub request: Option<NewTask>,
 }
 
 impl AgentConfig {
@@ -84,6 +90,7 @@ impl AgentConfig {
             threads: None,
             work_dir: None,
             bandwidth: None,
+            request: None,
         }
     }
 }
@@ -157,19 +164,20 @@ impl Progress for Tracker<'_> {
     }
 }
 
-/// Checks in, waits for a slot, runs the task, reports, checks out. Blocking: call it from a
-/// plain thread, not from async code.
-pub fn run(config: &AgentConfig, progress: &dyn Progress) -> Result<AgentReport> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime(master: &str) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("fog-agent")
         .enable_all()
         .build()
         .map_err(|e| Error::Http {
-            url: config.master.clone(),
+            url: master.to_string(),
             reason: format!("runtime: {e}"),
-        })?;
-    let client = Client::new(&config.master, config.token.as_deref())?;
+        })
+}
+
+/// The MACs of `config`, else of the cards under its `sys_root`; an error when there are none.
+fn config_macs(config: &AgentConfig) -> Result<Vec<String>> {
     let macs = if config.macs.is_empty() {
         inventory::macs(&config.sys_root)
     } else {
@@ -177,6 +185,51 @@ pub fn run(config: &AgentConfig, progress: &dyn Progress) -> Result<AgentReport>
     };
     if macs.is_empty() {
         return Err(Error::invalid("mac", "", "no network card found to check in with"));
+    }
+    Ok(macs)
+}
+
+/// Quick registration (the boot menu's "register" item): sends this machine's MACs, UUID and
+/// inventory to the master, which creates its host or updates the known one. `name` is the name
+/// wanted (default: the master picks one from the DMI serial or the MAC).
+pub fn register(config: &AgentConfig, name: Option<&str>) -> Result<Registered> {
+    let runtime = runtime(&config.master)?;
+    let client = Client::new(&config.master, config.token.as_deref())?;
+    let macs = config_macs(config)?;
+    let found = inventory::collect(&config.sys_root, &config.proc_root);
+    let uuid = config.uuid.clone().or_else(|| found.dmi.uuid.clone());
+    let reg = Registration {
+        macs,
+        uuid,
+        name: name.map(str::to_string),
+        inventory: serde_json::to_value(&found).map_err(|e| Error::InvalidInput(format!("inventory as JSON: {e}")))?,
+    };
+    runtime.block_on(client.register(&reg))
+}
+
+/// Creates `new` for the host with one of `macs` (admin token): the host is looked up by MAC.
+async fn request_task(client: &Client, macs: &[String], new: &NewTask) -> Result<Task> {
+    let macs: Vec<String> = macs.iter().filter_map(|m| canonical_mac(m).ok()).collect();
+    let hosts = client.hosts().await?;
+    let host = hosts
+        .iter()
+        .find(|h| h.macs.iter().any(|m| macs.contains(m)))
+        .ok_or_else(|| Error::not_found("host with mac", format!("{} (register it first)", macs.join(", "))))?;
+    let mut new = new.clone();
+    new.host = Some(host.name.clone());
+    let task = client.create_task(&new).await?;
+    tracing::info!("task {} ({}) created for {}", task.id, task.kind.as_str(), host.name);
+    Ok(task)
+}
+
+/// Checks in, waits for a slot, runs the task, reports, checks out. Blocking: call it from a
+/// plain thread, not from async code.
+pub fn run(config: &AgentConfig, progress: &dyn Progress) -> Result<AgentReport> {
+    let runtime = runtime(&config.master)?;
+    let client = Client::new(&config.master, config.token.as_deref())?;
+    let macs = config_macs(config)?;
+    if let Some(new) = &config.request {
+        runtime.block_on(request_task(&client, &macs, new))?;
     }
     let uuid = config.uuid.clone().or_else(|| inventory::dmi(&config.sys_root).uuid);
 

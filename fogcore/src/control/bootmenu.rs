@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::control::client::Client;
 use crate::control::model::{BootTask, TaskKind, canonical_mac};
 use crate::control::service::task_token;
-use crate::net::http::{BootScripts, format_mac};
+use crate::net::http::{AgentArgs, AgentFiles, BootScripts, format_mac, one_line};
 
 /// The last known open tasks of a node's hosts, by MAC; kept in a file when it has one, so a
 /// node restarted while its master is away still knows its hosts' tasks.
@@ -165,48 +165,33 @@ impl Recheck {
     }
 }
 
-/// Kernel-argument text made safe for one iPXE line: control characters become spaces.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 impl NodeBootScripts {
     /// The script that boots the agent for `task`, its files served from `base`.
     pub fn agent_script(&self, mac: [u8; 6], task: &BootTask, base: &str) -> String {
         let mac = format_mac(mac);
         let base = base.trim_end_matches('/');
         let t = &task.task;
-        let initrd_name = self.initrd.rsplit('/').next().unwrap_or(&self.initrd);
-        let mut args = format!(
-            "initrd={initrd_name} console=tty0 console=ttyS0,115200n8 fog.master={master} fog.node={node} \
-             fog.task={id} fog.action={action} fog.mac={mac} fog.token={token}",
+        let files = AgentFiles {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+        };
+        let args = AgentArgs {
             // The agent talks to this node, which answers for the master when it is away.
-            master = one_line(base),
-            node = one_line(&self.node),
-            id = t.id,
-            action = t.kind.as_str(),
-            token = task_token(&self.node_token, &self.node, t.id),
-        );
-        if let Some(image) = &t.image {
-            args.push_str(&format!(" fog.image={}", one_line(image)));
-        }
-        let extra = one_line(&task.kernel_args);
-        if !extra.is_empty() {
-            args.push(' ');
-            args.push_str(&extra);
-        }
+            master: base.to_string(),
+            node: Some(self.node.clone()),
+            task: Some(t.id),
+            action: t.kind.as_str().to_string(),
+            mac: Some(mac.clone()),
+            token: Some(task_token(&self.node_token, &self.node, t.id)),
+            image: t.image.clone(),
+            extra: task.kernel_args.clone(),
+        };
+        let boot = files.boot_lines(base, &args, "failed");
         format!(
             "#!ipxe\n\
              # fog: task {id} ({action}) for host {host} ({mac})\n\
              echo fog: task {id}: {action} on {host}; loading the agent\n\
-             kernel {base}/{kernel} {args} || goto failed\n\
-             initrd {base}/{initrd} || goto failed\n\
-             boot || goto failed\n\
+             {boot}\
              :failed\n\
              echo fog: cannot boot the agent from {base}/{kernel} (is the boot environment built on this node?)\n\
              echo fog: retrying in 30 s\n\
@@ -216,7 +201,6 @@ impl NodeBootScripts {
             action = t.kind.as_str(),
             host = one_line(&t.host),
             kernel = self.kernel,
-            initrd = self.initrd,
         )
     }
 
@@ -237,7 +221,7 @@ impl BootScripts for NodeBootScripts {
         }
         match self.tasks.get(mac) {
             Some(task) if NodeBootScripts::boots_agent(task.task.kind) => self.agent_script(mac, &task, base),
-            _ => self.others.script(mac),
+            _ => self.others.script_at(mac, base),
         }
     }
 }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::control::db::TaskFilter;
 use crate::control::model::{
     BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, Heartbeat, Host, Image, ImageCopy, ImageStatus,
-    NewTask, Node, NodeToken, ProgressReport, Schedule, Task, TaskEvent, TaskId, Wake,
+    NewTask, Node, NodeToken, ProgressReport, Registered, Registration, Schedule, Task, TaskEvent, TaskId, Wake,
 };
 use crate::control::service::GroupTasks;
 use crate::error::{Error, Result};
@@ -289,6 +289,10 @@ impl Client {
     /// Cancels a task.
     pub async fn cancel_task(&self, id: TaskId) -> Result<Task> {
         self.send(Method::POST, &format!("/tasks/{id}/cancel"), &()).await
+    }
+    /// Quick registration: creates this machine's host or updates its inventory.
+    pub async fn register(&self, reg: &Registration) -> Result<Registered> {
+        self.send(Method::POST, "/register", reg).await
     }
     /// An agent's check-in.
     pub async fn check_in(&self, check_in: &CheckIn) -> Result<CheckInReply> {

@@ -13,9 +13,12 @@
 //!   the outbox until the image has been pushed to the master, so the master shows a capture
 //!   complete only when it holds the image.
 //! - Agents present the node token or their task's token (`fogt_…`, derived from the node token:
-//!   the node checks it without the master).
+//!   the node checks it without the master). Quick registration (`/api/v1/register`) needs no
+//!   token: the boot menu's items carry none, and the node forwards it with its own. Any other
+//!   token, and any other `/api/v1` path, is passed to the master as it came (the menu's deploy
+//!   and capture items run with an admin token typed at the console): the master decides.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +28,7 @@ use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{any, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +37,8 @@ use crate::control::chunks::{self, HasStore};
 use crate::control::client::Client;
 use crate::control::master::{API, ApiError, Body};
 use crate::control::model::{
-    CheckIn, CheckInReply, CheckOut, CopyReport, CopyState, ProgressReport, SlotState, Task, TaskId, TaskKind,
-    TaskState, canonical_mac,
+    CheckIn, CheckInReply, CheckOut, CopyReport, CopyState, ProgressReport, Registration, SlotState, Task, TaskId,
+    TaskKind, TaskState, canonical_mac,
 };
 use crate::control::remote::RemoteStore;
 use crate::control::replicate::{REPORT_EVERY, ReplicateOptions, replicate};
@@ -46,7 +49,7 @@ use crate::imaging::store::Store;
 use crate::progress::NoProgress;
 
 /// How long the node waits for the master on an agent's behalf before answering from its cache.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A check-out the master has not taken yet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,10 +146,16 @@ pub struct Gateway {
     outbox: Outbox,
     /// Tasks holding one of this node's slots (granted, not checked out), as granted.
     active: Mutex<HashMap<TaskId, Task>>,
+    /// Of those, the ones this node granted while the master was away: the master does not know
+    /// they run, so their progress is not its business and their check-out is a reconciliation.
+    granted_offline: Mutex<HashSet<TaskId>>,
     /// The node's slot limit as the master last said (used while it is away).
     max_clients: AtomicU32,
     /// One flush at a time.
     flushing: tokio::sync::Mutex<()>,
+    /// The master's base URL and a plain HTTP client, for requests passed through as they came.
+    master_url: String,
+    passthrough: reqwest::Client,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -180,8 +189,17 @@ impl Gateway {
             upstream,
             outbox: Outbox::open(&data_dir.join("node").join("outbox.json"))?,
             active: Mutex::new(HashMap::new()),
+            granted_offline: Mutex::new(HashSet::new()),
             max_clients: AtomicU32::new(u32::MAX),
             flushing: tokio::sync::Mutex::new(()),
+            master_url: master_url.trim_end_matches('/').to_string(),
+            passthrough: reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()
+                .map_err(|e| Error::Http {
+                    url: master_url.to_string(),
+                    reason: e.to_string(),
+                })?,
         })
     }
 
@@ -276,6 +294,7 @@ impl Gateway {
         let mut active = self.lock_active();
         let slot = if active.contains_key(&task.id) || (active.len() as u64) < u64::from(max) {
             active.insert(task.id, task.clone());
+            self.offline_set().insert(task.id);
             task.state = TaskState::InProgress {
                 percent: 0.0,
                 bytes: 0,
@@ -305,10 +324,18 @@ impl Gateway {
             .ok_or_else(|| Error::not_found("task", id.to_string()))
     }
 
-    /// An agent's progress: passed on, or taken quietly while the master is away.
+    fn offline_set(&self) -> std::sync::MutexGuard<'_, HashSet<TaskId>> {
+        self.granted_offline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An agent's progress: passed on, or taken quietly while the master is away (or does not
+    /// know the task runs, having been away when this node granted it).
     pub async fn progress(&self, id: TaskId, report: &ProgressReport) -> Result<Task> {
+        let offline = self.offline_set().contains(&id);
         match self.forward(self.master.progress(id, report)).await {
-            Err(e) if e.is_transient() => {
+            Err(e) if e.is_transient() || (offline && matches!(e, Error::Remote { status: 409, .. })) => {
                 let mut task = self.cached_task(id)?;
                 task.state = TaskState::InProgress {
                     percent: report.percent,
@@ -329,7 +356,8 @@ impl Gateway {
             Some(t) if t.kind == TaskKind::Capture && out.ok => t.image.clone(),
             _ => None,
         };
-        if push.is_none() {
+        let offline = self.offline_set().remove(&id);
+        if push.is_none() && !offline {
             match self.forward(self.master.check_out(id, out)).await {
                 Ok(task) => {
                     self.lock_active().remove(&id);
@@ -427,6 +455,8 @@ impl Gateway {
     pub fn router(self: &Arc<Self>) -> Router {
         let guard = middleware::from_fn_with_state(self.clone(), authorize);
         let agent = Router::new()
+            .route(&format!("{API}/register"), post(register_route))
+            .route(&format!("{API}/{{*rest}}"), any(pass_through))
             .route(&format!("{API}/checkin"), post(check_in_route))
             .route(&format!("{API}/tasks/{{id}}/progress"), post(progress_route))
             .route(&format!("{API}/tasks/{{id}}/checkout"), post(check_out_route))
@@ -461,11 +491,64 @@ async fn authorize(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, req:
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty());
+    let register = req.uri().path() == format!("{API}/register");
     match token {
+        None if register => next.run(req).await,
         None => ApiError(Error::Unauthorized("no token: send Authorization: Bearer TOKEN".into())).into_response(),
         Some(t) if gateway.accepts(t) => next.run(req).await,
-        Some(_) => ApiError(Error::Unauthorized("unknown token".into())).into_response(),
+        // Not this node's: an admin's, or nobody's. The master answers.
+        Some(_) => gateway.pass(req).await,
     }
+}
+
+impl Gateway {
+    /// Sends `req` to the master as it came (method, path, query, token, body) and its answer back.
+    async fn pass(&self, req: Request) -> Response {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let url = format!("{}{path}", self.master_url);
+        let bytes = match axum::body::to_bytes(body, chunks::MAX_BODY).await {
+            Ok(b) => b,
+            Err(e) => return ApiError(Error::invalid("request body", path, e.to_string())).into_response(),
+        };
+        let mut out = self.passthrough.request(parts.method.clone(), &url).body(bytes);
+        for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT] {
+            if let Some(v) = parts.headers.get(&name) {
+                out = out.header(name, v);
+            }
+        }
+        let failed = |e: reqwest::Error| {
+            ApiError(Error::Http {
+                url: url.clone(),
+                reason: e.to_string(),
+            })
+            .into_response()
+        };
+        let answer = match out.send().await {
+            Ok(a) => a,
+            Err(e) => return failed(e),
+        };
+        let status = answer.status();
+        let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+        match answer.bytes().await {
+            Ok(body) => {
+                let mut response = (status, body).into_response();
+                if let Some(ct) = content_type {
+                    response.headers_mut().insert(header::CONTENT_TYPE, ct);
+                }
+                response
+            }
+            Err(e) => failed(e),
+        }
+    }
+}
+
+async fn pass_through(State(g): State<Arc<Gateway>>, req: Request) -> Response {
+    g.pass(req).await
+}
+
+async fn register_route(State(g): State<Arc<Gateway>>, Body(reg): Body<Registration>) -> Response {
+    answer(g.forward(g.master.register(&reg)).await)
 }
 
 /// The master's refusal passed to the agent as the master said it (status, code, message).

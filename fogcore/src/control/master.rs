@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::db::{TaskFilter, now_ms};
 use crate::control::model::{
-    CheckIn, CheckOut, CopyReport, Group, Heartbeat, Host, Image, NewTask, Node, ProgressReport, Schedule, TaskId,
+    CheckIn, CheckOut, CopyReport, Group, Heartbeat, Host, Image, NewTask, Node, ProgressReport, Registration,
+    Schedule, TaskId,
 };
 use crate::control::service::{Caller, Control};
 use crate::error::{Error, Result};
@@ -636,6 +637,21 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             post(
                 |State(c): State<App>, Extension(caller): Extension<Caller>, Body(i): Body<CheckIn>| async move {
                     ApiResult::Ok(Json(c.check_in(&caller, &i).await?))
+                },
+            ),
+        ),
+        (
+            r(
+                Method::POST,
+                "/register",
+                NodeAccess,
+                "Quick registration: create the host of these MACs (node: the caller), or update its inventory",
+                Some("Registration"),
+                "Registered",
+            ),
+            post(
+                |State(c): State<App>, Extension(caller): Extension<Caller>, Body(reg): Body<Registration>| async move {
+                    ApiResult::Ok(Json(c.register(&caller, &reg).await?))
                 },
             ),
         ),

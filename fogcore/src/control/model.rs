@@ -545,6 +545,33 @@ pub struct Schedule {
     pub next_run: Option<Millis>,
 }
 
+/// A machine registering itself from the boot menu (`POST /api/v1/register`): the master creates
+/// its host, or updates the inventory of the host that has one of these MACs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Its network cards (at least one).
+    pub macs: Vec<String>,
+    /// Its SMBIOS UUID, when it can read it (else taken from the inventory's DMI).
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// The name wanted; default: from the DMI serial, else `host-<mac>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What the agent found (`fogcore::agent::inventory::Inventory` as JSON).
+    #[serde(default)]
+    pub inventory: serde_json::Value,
+}
+
+/// The master's answer to a [`Registration`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The host as stored now.
+    pub host: Host,
+    /// True when this registration created it, false when it was known.
+    pub created: bool,
+}
+
 /// What an agent sends when it starts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

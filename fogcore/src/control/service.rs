@@ -13,8 +13,8 @@ use crate::control::cron::Cron;
 use crate::control::db::{Db, TaskFilter, TaskUpdate, TokenRole, now_ms};
 use crate::control::model::{
     BootTask, CheckIn, CheckInReply, CheckOut, Group, Heartbeat, Host, Image, Millis, NewTask, Node, NodeToken,
-    Placement, ProgressReport, STATE_NAMES, Schedule, SlotState, Task, TaskId, TaskKind, TaskState, When,
-    canonical_mac, canonical_uuid, check_name,
+    Placement, ProgressReport, Registered, Registration, STATE_NAMES, Schedule, SlotState, Task, TaskId, TaskKind,
+    TaskState, When, canonical_mac, canonical_uuid, check_name,
 };
 use crate::control::tasks::{Event, Slot, slot_for, step};
 use crate::error::{Error, Result};
@@ -86,6 +86,35 @@ impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control").field("db", &self.db).finish()
     }
+}
+
+/// A host name from a DMI serial number, unless the serial is a placeholder firmware vendors
+/// leave in (`To be filled by O.E.M.`, `0`, `Default string`): letters and digits kept, the rest
+/// `-`, lower case.
+pub fn name_from_serial(serial: &str) -> Option<String> {
+    let lower = serial.trim().to_ascii_lowercase();
+    let placeholder = lower.is_empty()
+        || lower.chars().all(|c| c == '0' || c == ' ')
+        || [
+            "to be filled",
+            "default string",
+            "system serial",
+            "not specified",
+            "none",
+            "n/a",
+            "123456789",
+        ]
+        .iter()
+        .any(|p| lower.starts_with(p));
+    if placeholder {
+        return None;
+    }
+    let name: String = lower
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = name.trim_matches('-').chars().take(64).collect::<String>();
+    check_name("host name", &name).ok().map(|()| name)
 }
 
 /// A new random bearer token: `fog_` and 64 hex digits.
@@ -364,6 +393,96 @@ impl Control {
             ));
         }
         self.db.delete_host(name).await
+    }
+
+    /// Quick registration from the boot menu: creates the host of these MACs (named `name`, else
+    /// after its DMI serial, else `host-<mac>`; imaged by the calling node), or, when one of the
+    /// MACs is known, stores the new inventory (and the UUID and MACs it lacked) on that host.
+    /// Registering twice changes nothing more. A node may not touch another node's host.
+    pub async fn register(&self, caller: &Caller, reg: &Registration) -> Result<Registered> {
+        let mut macs = Vec::new();
+        for mac in &reg.macs {
+            let mac = canonical_mac(mac)?;
+            if !macs.contains(&mac) {
+                macs.push(mac);
+            }
+        }
+        let first = macs
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::invalid("mac", "", "a registration needs at least one MAC"))?;
+        let dmi = &reg.inventory["dmi"];
+        let uuid = match reg.uuid.as_deref().or(dmi["uuid"].as_str()) {
+            Some(u) => Some(canonical_uuid(u)?),
+            None => None,
+        };
+        // One registration at a time: two boots of the same machine must not both create it.
+        let _line = self.line.lock().await;
+        let mut known = None;
+        for mac in &macs {
+            match self.db.host_by_mac(mac).await {
+                Ok(host) => {
+                    known = Some(host);
+                    break;
+                }
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(mut host) = known {
+            if let (Caller::Node(me), Some(owner)) = (caller, &host.node)
+                && me != owner
+            {
+                return Err(Error::Forbidden(format!(
+                    "host {} belongs to node {owner}, not to node {me}",
+                    host.name
+                )));
+            }
+            for mac in macs {
+                if !host.macs.contains(&mac) {
+                    host.macs.push(mac);
+                }
+            }
+            if host.uuid.is_none() {
+                host.uuid = uuid;
+            }
+            if !reg.inventory.is_null() {
+                host.inventory = reg.inventory.clone();
+            }
+            let name = host.name.clone();
+            let host = self.update_host(&name, host).await?;
+            return Ok(Registered { host, created: false });
+        }
+        let node = match caller {
+            Caller::Node(me) => Some(me.clone()),
+            Caller::Admin => None,
+        };
+        let name = match &reg.name {
+            Some(name) => name.clone(),
+            None => {
+                let mut name = format!("host-{}", first.replace(':', ""));
+                if let Some(serial) = dmi["serial"].as_str().and_then(name_from_serial)
+                    && matches!(self.db.host(&serial).await, Err(Error::NotFound { .. }))
+                {
+                    name = serial;
+                }
+                name
+            }
+        };
+        let host = Host {
+            name,
+            macs,
+            uuid,
+            address: None,
+            image: None,
+            group: None,
+            node,
+            primary_disk: None,
+            kernel_args: String::new(),
+            inventory: reg.inventory.clone(),
+        };
+        let host = self.create_host(host).await?;
+        Ok(Registered { host, created: true })
     }
 
     /// The node that images `host`: the one set on it, else the enabled node whose subnet holds

@@ -39,28 +39,169 @@ pub trait BootScripts: Send + Sync {
     }
 }
 
+/// The agent's boot environment as a node serves it: kernel and initramfs, paths under the boot
+/// directory (`fog bootenv build` writes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFiles {
+    /// The kernel (`bootenv/vmlinuz`).
+    pub kernel: String,
+    /// The initramfs (`bootenv/initrd.img`).
+    pub initrd: String,
+}
+
+impl Default for AgentFiles {
+    fn default() -> Self {
+        AgentFiles {
+            kernel: "bootenv/vmlinuz".into(),
+            initrd: "bootenv/initrd.img".into(),
+        }
+    }
+}
+
+/// The `fog.*` arguments the boot environment's `/init` reads (see `fogcore::bootenv`).
+#[derive(Debug, Clone, Default)]
+pub struct AgentArgs {
+    /// Where the agent talks to (`fog.master=`).
+    pub master: String,
+    /// The node (`fog.node=`).
+    pub node: Option<String>,
+    /// The task (`fog.task=`); none for the menu's items.
+    pub task: Option<i64>,
+    /// What to do (`fog.action=`: a task kind, or register, sysinfo, shell).
+    pub action: String,
+    /// The MAC it booted from (`fog.mac=`).
+    pub mac: Option<String>,
+    /// The bearer token (`fog.token=`).
+    pub token: Option<String>,
+    /// The image (`fog.image=`).
+    pub image: Option<String>,
+    /// More kernel arguments (the host's).
+    pub extra: String,
+}
+
+/// Kernel-argument text made safe for one iPXE line: control characters become spaces.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl AgentFiles {
+    /// The kernel's arguments: `initrd=<name>` (UEFI's stub finds the initramfs by it), the
+    /// serial and screen consoles, then `fog.*`, then `extra`.
+    pub fn kernel_args(&self, args: &AgentArgs) -> String {
+        let initrd_name = self.initrd.rsplit('/').next().unwrap_or(&self.initrd);
+        let mut line = format!(
+            "initrd={initrd_name} console=tty0 console=ttyS0,115200n8 fog.master={}",
+            one_line(&args.master)
+        );
+        let mut push = |key: &str, value: Option<String>| {
+            if let Some(value) = value.map(|v| one_line(&v)).filter(|v| !v.is_empty()) {
+                line.push_str(&format!(" fog.{key}={value}"));
+            }
+        };
+        push("node", args.node.clone());
+        push("task", args.task.map(|t| t.to_string()));
+        push("action", Some(args.action.clone()));
+        push("mac", args.mac.clone());
+        push("token", args.token.clone());
+        push("image", args.image.clone());
+        let extra = one_line(&args.extra);
+        if !extra.is_empty() {
+            line.push(' ');
+            line.push_str(&extra);
+        }
+        line
+    }
+
+    /// iPXE lines that boot the environment from `base` with `args`, going to `failed` when a
+    /// step fails.
+    pub fn boot_lines(&self, base: &str, args: &AgentArgs, failed: &str) -> String {
+        let base = base.trim_end_matches('/');
+        format!(
+            "kernel {base}/{kernel} {line} || goto {failed}\n\
+             initrd {base}/{initrd} || goto {failed}\n\
+             boot || goto {failed}\n",
+            kernel = self.kernel,
+            initrd = self.initrd,
+            line = self.kernel_args(args),
+        )
+    }
+}
+
 /// A menu whose default, after `timeout_ms`, is to boot from the local disk: `sanboot` of the
-/// first BIOS disk, or `exit` back to the UEFI boot manager (next boot entry).
+/// first BIOS disk, or `exit` back to the UEFI boot manager (next boot entry). With `agent` set
+/// (and the server's base URL known) it also offers the boot environment: quick registration,
+/// system information, deploy and capture (the operator types an admin token at the console)
+/// and a debug shell, each booting the environment with `fog.action=` and `fog.master=` this node.
 #[derive(Debug, Clone)]
 pub struct DefaultMenu {
     /// Milliseconds before the default item is taken.
     pub timeout_ms: u32,
+    /// The boot environment the items boot; none: only the local disk and iPXE items.
+    pub agent: Option<AgentFiles>,
 }
 
 impl Default for DefaultMenu {
     fn default() -> Self {
-        DefaultMenu { timeout_ms: 5000 }
+        DefaultMenu {
+            timeout_ms: 5000,
+            agent: Some(AgentFiles::default()),
+        }
     }
 }
 
+/// The menu's boot-environment items: (label, text, `fog.action`).
+const AGENT_ITEMS: &[(&str, &str, &str)] = &[
+    ("register", "Quick registration", "register"),
+    ("sysinfo", "System information", "sysinfo"),
+    ("deploy", "Deploy an image (admin token)", "deploy"),
+    ("capture", "Capture an image (admin token)", "capture"),
+    ("debug", "Debug shell", "shell"),
+];
+
 impl BootScripts for DefaultMenu {
     fn script(&self, mac: [u8; 6]) -> String {
+        self.script_at(mac, "")
+    }
+
+    fn script_at(&self, mac: [u8; 6], base: &str) -> String {
         let mac = format_mac(mac);
+        let agent = self.agent.as_ref().filter(|_| !base.is_empty());
+        let base = base.trim_end_matches('/');
+        let mut items = String::new();
+        let mut targets = String::new();
+        if let Some(files) = agent {
+            for (label, text, action) in AGENT_ITEMS {
+                items.push_str(&format!("item {label} {text}\n"));
+                let args = AgentArgs {
+                    master: base.to_string(),
+                    action: action.to_string(),
+                    mac: Some(mac.clone()),
+                    ..AgentArgs::default()
+                };
+                targets.push_str(&format!(
+                    "\n:{label}\necho fog: {text}\n{}",
+                    files.boot_lines(base, &args, "agent_failed")
+                ));
+            }
+            targets.push_str(&format!(
+                "\n:agent_failed\n\
+                 echo fog: cannot boot the boot environment from {base}/{kernel} (run fog bootenv build on the node)\n\
+                 prompt Press a key for the menu\n\
+                 chain --autofree {base}/boot/{mac}\n",
+                kernel = files.kernel
+            ));
+        }
         format!(
             "#!ipxe\n\
              # fog boot menu for {mac}\n\
              menu fog: {mac}\n\
              item local Boot from the local disk\n\
+             {items}\
              item --gap -- Imaging tasks appear here when the node has one for this host\n\
              item shell iPXE shell\n\
              item reboot Reboot\n\
@@ -76,6 +217,7 @@ impl BootScripts for DefaultMenu {
              echo No bootable local disk; press a key to reboot\n\
              prompt\n\
              reboot\n\
+             {targets}\
              \n\
              :shell\n\
              shell\n\
@@ -121,6 +263,11 @@ impl BootScripts for HostFilesOrMenu {
     fn script(&self, mac: [u8; 6]) -> String {
         self.read_inside(&self.host_file(mac))
             .unwrap_or_else(|| self.menu.script(mac))
+    }
+
+    fn script_at(&self, mac: [u8; 6], base: &str) -> String {
+        self.read_inside(&self.host_file(mac))
+            .unwrap_or_else(|| self.menu.script_at(mac, base))
     }
 }
 
@@ -439,5 +586,61 @@ mod tests {
         assert!(script.contains("choose --timeout 5000 --default local"));
         assert!(script.contains("sanboot --no-describe --drive 0x80"));
         assert!(script.contains("iseq ${platform} efi"));
+    }
+
+    #[test]
+    fn menu_boots_the_environment_with_each_action() {
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let script = DefaultMenu::default().script_at(mac, "http://10.99.0.1:8080/");
+        assert!(script.contains("choose --timeout 5000 --default local"));
+        for (label, action) in [
+            ("register", "register"),
+            ("sysinfo", "sysinfo"),
+            ("deploy", "deploy"),
+            ("capture", "capture"),
+            ("debug", "shell"),
+        ] {
+            assert!(script.contains(&format!("\nitem {label} ")), "item {label}");
+            let block = script.split(&format!("\n:{label}\n")).nth(1).unwrap_or_default();
+            let kernel = block.lines().find(|l| l.starts_with("kernel ")).unwrap_or_default();
+            assert_eq!(
+                kernel,
+                format!(
+                    "kernel http://10.99.0.1:8080/bootenv/vmlinuz initrd=initrd.img console=tty0 \
+                     console=ttyS0,115200n8 fog.master=http://10.99.0.1:8080 fog.action={action} \
+                     fog.mac=52:54:00:12:34:56 || goto agent_failed"
+                )
+            );
+            assert!(block.contains("\ninitrd http://10.99.0.1:8080/bootenv/initrd.img || goto agent_failed\n"));
+            assert!(!block.contains("fog.token"), "the menu gives no token");
+        }
+        // Without a base URL or without a boot environment: only the local disk and iPXE.
+        let plain = DefaultMenu::default().script(mac);
+        assert!(!plain.contains("fog.action") && plain.contains(":local\n"));
+        let none = DefaultMenu {
+            agent: None,
+            ..DefaultMenu::default()
+        };
+        assert!(!none.script_at(mac, "http://x").contains("fog.action"));
+    }
+
+    #[test]
+    fn agent_kernel_line_keeps_each_argument_on_one_line() {
+        let files = AgentFiles::default();
+        let args = AgentArgs {
+            master: "http://m:8090".into(),
+            node: Some("site a".into()),
+            task: Some(7),
+            action: "capture".into(),
+            mac: None,
+            token: Some("fogt_7_x".into()),
+            image: Some("img\nchain http://evil".into()),
+            extra: " quiet\n".into(),
+        };
+        assert_eq!(
+            files.kernel_args(&args),
+            "initrd=initrd.img console=tty0 console=ttyS0,115200n8 fog.master=http://m:8090 fog.node=site a \
+             fog.task=7 fog.action=capture fog.token=fogt_7_x fog.image=img chain http://evil quiet"
+        );
     }
 }
