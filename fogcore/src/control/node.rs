@@ -20,7 +20,7 @@ use crate::control::model::{CopyState, Heartbeat};
 use crate::control::replicate::{ReplicateOptions, pull_for_node};
 use crate::error::{Error, Result};
 use crate::net::config::{MasterLink, ServeConfig};
-use crate::net::http::{AgentFiles, BootScripts, DefaultMenu, HostFilesOrMenu};
+use crate::net::http::{BootScripts, HostFilesOrMenu};
 use crate::net::server::{Server, ServerHandle, Starter};
 
 /// How long a node waits for the master when it rechecks a host's task before booting the agent.
@@ -222,13 +222,7 @@ pub fn node_role(config: &ServeConfig) -> Result<Option<NodeRole>> {
     let node_loop = NodeLoop::new(link, &config.data_dir, tasks.clone(), gateway.clone())?;
     let others: Arc<dyn BootScripts> = Arc::new(HostFilesOrMenu {
         boot_dir: config.boot_dir.clone(),
-        menu: DefaultMenu {
-            timeout_ms: config.boot.menu_timeout_ms,
-            agent: Some(AgentFiles {
-                kernel: config.boot.agent_kernel.clone(),
-                initrd: config.boot.agent_initrd.clone(),
-            }),
-        },
+        menu: config.menu(),
     });
     let default_base = config.http_base().unwrap_or_else(|| match config.http {
         Some(listen) => format!("http://{}:{}", listen.ip(), listen.port()),

@@ -33,6 +33,7 @@
 //! uefi_x64_file = "ipxe.efi"     # or "snponly.efi"
 //! uefi_arm64_file = "ipxe-arm64.efi"
 //! menu_timeout_ms = 5000
+//! menu_default = "local"         # item taken after the timeout: local, register, sysinfo, ...
 //! agent_kernel = "bootenv/vmlinuz"    # what hosts with a task boot (paths under boot_dir)
 //! agent_initrd = "bootenv/initrd.img"
 //! ```
@@ -149,6 +150,10 @@ pub struct BootFile {
     pub uefi_arm64_file: Option<String>,
     /// Milliseconds the default menu waits before booting the local disk (default 5000).
     pub menu_timeout_ms: Option<u32>,
+    /// The menu item taken after the timeout (default `local`; `register` registers unknown
+    /// machines unattended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub menu_default: Option<String>,
     /// The agent's kernel, a path under the boot directory (default `bootenv/vmlinuz`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_kernel: Option<String>,
@@ -194,6 +199,8 @@ pub struct BootFiles {
     pub uefi_arm64_file: String,
     /// Default menu timeout.
     pub menu_timeout_ms: u32,
+    /// The menu item taken after the timeout.
+    pub menu_default: String,
     /// The agent's kernel, relative to the boot directory.
     pub agent_kernel: String,
     /// The agent's initramfs, relative to the boot directory.
@@ -497,9 +504,19 @@ impl TryFrom<ServeFile> for ServeConfig {
             uefi_x64_file: file_name("[boot] uefi_x64_file", file.boot.uefi_x64_file, "ipxe.efi")?,
             uefi_arm64_file: file_name("[boot] uefi_arm64_file", file.boot.uefi_arm64_file, "ipxe-arm64.efi")?,
             menu_timeout_ms: file.boot.menu_timeout_ms.unwrap_or(5000),
+            menu_default: file.boot.menu_default.unwrap_or_else(|| "local".into()),
             agent_kernel: boot_path("[boot] agent_kernel", file.boot.agent_kernel, "bootenv/vmlinuz")?,
             agent_initrd: boot_path("[boot] agent_initrd", file.boot.agent_initrd, "bootenv/initrd.img")?,
         };
+        let items: Vec<&str> = std::iter::once("local")
+            .chain(crate::net::http::AGENT_ITEMS.iter().map(|(label, ..)| *label))
+            .collect();
+        if !items.contains(&boot.menu_default.as_str()) {
+            return Err(bad(
+                "[boot] menu_default",
+                format!("{:?} is not one of {}", boot.menu_default, items.join(", ")),
+            ));
+        }
         if boot.menu_timeout_ms > 3_600_000 {
             return Err(bad("[boot] menu_timeout_ms", "more than an hour"));
         }
@@ -881,8 +898,8 @@ impl ServeConfig {
         let _ = writeln!(out, "              iPXE -> {ipxe}");
         let _ = writeln!(
             out,
-            "menu          boots the local disk after {} ms",
-            self.boot.menu_timeout_ms
+            "menu          takes {:?} after {} ms",
+            self.boot.menu_default, self.boot.menu_timeout_ms
         );
         match &self.master {
             Some(m) => {
@@ -915,6 +932,20 @@ impl ServeConfig {
             }
         }
         out
+    }
+}
+
+impl ServeConfig {
+    /// The menu hosts without a script of their own get.
+    pub fn menu(&self) -> crate::net::http::DefaultMenu {
+        crate::net::http::DefaultMenu {
+            timeout_ms: self.boot.menu_timeout_ms,
+            agent: Some(crate::net::http::AgentFiles {
+                kernel: self.boot.agent_kernel.clone(),
+                initrd: self.boot.agent_initrd.clone(),
+            }),
+            default_item: self.boot.menu_default.clone(),
+        }
     }
 }
 

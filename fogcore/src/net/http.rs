@@ -143,6 +143,9 @@ pub struct DefaultMenu {
     pub timeout_ms: u32,
     /// The boot environment the items boot; none: only the local disk and iPXE items.
     pub agent: Option<AgentFiles>,
+    /// The item taken after the timeout: `local` (the usual), or one of the boot
+    /// environment's (`register` makes a room of new machines register themselves unattended).
+    pub default_item: String,
 }
 
 impl Default for DefaultMenu {
@@ -150,12 +153,13 @@ impl Default for DefaultMenu {
         DefaultMenu {
             timeout_ms: 5000,
             agent: Some(AgentFiles::default()),
+            default_item: "local".into(),
         }
     }
 }
 
 /// The menu's boot-environment items: (label, text, `fog.action`).
-const AGENT_ITEMS: &[(&str, &str, &str)] = &[
+pub const AGENT_ITEMS: &[(&str, &str, &str)] = &[
     ("register", "Quick registration", "register"),
     ("sysinfo", "System information", "sysinfo"),
     ("deploy", "Deploy an image (admin token)", "deploy"),
@@ -171,6 +175,11 @@ impl BootScripts for DefaultMenu {
     fn script_at(&self, mac: [u8; 6], base: &str) -> String {
         let mac = format_mac(mac);
         let agent = self.agent.as_ref().filter(|_| !base.is_empty());
+        let default_item = if agent.is_some() && AGENT_ITEMS.iter().any(|(label, ..)| *label == self.default_item) {
+            self.default_item.as_str()
+        } else {
+            "local"
+        };
         let base = base.trim_end_matches('/');
         let mut items = String::new();
         let mut targets = String::new();
@@ -205,7 +214,7 @@ impl BootScripts for DefaultMenu {
              item --gap -- Imaging tasks appear here when the node has one for this host\n\
              item shell iPXE shell\n\
              item reboot Reboot\n\
-             choose --timeout {timeout} --default local target && goto ${{target}} || goto local\n\
+             choose --timeout {timeout} --default {default_item} target && goto ${{target}} || goto {default_item}\n\
              \n\
              :local\n\
              echo Booting from the local disk\n\
@@ -622,6 +631,21 @@ mod tests {
             ..DefaultMenu::default()
         };
         assert!(!none.script_at(mac, "http://x").contains("fog.action"));
+        // An unattended room: registration after the timeout; an unknown item falls back to local.
+        let register = DefaultMenu {
+            default_item: "register".into(),
+            ..DefaultMenu::default()
+        };
+        assert!(
+            register
+                .script_at(mac, "http://x")
+                .contains("--default register target && goto ${target} || goto register\n")
+        );
+        let bogus = DefaultMenu {
+            default_item: "nope".into(),
+            ..DefaultMenu::default()
+        };
+        assert!(bogus.script_at(mac, "http://x").contains("--default local "));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::config::ServeConfig;
 use crate::error::{Error, Result};
 use crate::net::boot::DefaultBootPolicy;
 use crate::net::dhcp::DhcpServer;
-use crate::net::http::{AgentFiles, BootScripts, DefaultMenu, HostFilesOrMenu, HttpService, chain_script};
+use crate::net::http::{BootScripts, HostFilesOrMenu, HttpService, chain_script};
 use crate::net::ra::RaResponder;
 use crate::net::tftp::{TftpServer, VirtualFiles};
 
@@ -56,13 +56,7 @@ impl Server {
     pub fn start(config: ServeConfig) -> Result<ServerHandle> {
         let scripts = Arc::new(HostFilesOrMenu {
             boot_dir: config.boot_dir.clone(),
-            menu: DefaultMenu {
-                timeout_ms: config.boot.menu_timeout_ms,
-                agent: Some(AgentFiles {
-                    kernel: config.boot.agent_kernel.clone(),
-                    initrd: config.boot.agent_initrd.clone(),
-                }),
-            },
+            menu: config.menu(),
         });
         Server::start_with(config, scripts)
     }
