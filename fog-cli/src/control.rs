@@ -35,7 +35,8 @@ pub struct MasterArgs {
 
 #[derive(Args)]
 pub struct MasterServe {
-    /// Directory of the database (fog.db) and the first admin token
+    /// Directory of the database (fog.db), the first admin token and the image store (DATA_DIR/store,
+    /// served when it exists; the global --store names another)
     #[arg(long)]
     data_dir: PathBuf,
     /// Address the API listens on
@@ -206,8 +207,10 @@ fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T)) {
     }
 }
 
-/// `fog master`: serves the API until SIGINT or SIGTERM.
-pub fn master(args: &MasterServe) -> Result<(), Error> {
+/// `fog master`: serves the API until SIGINT or SIGTERM. The chunk routes (`/api/v1/store/...`,
+/// what agents deploy from and capture into) serve `store` (the global `--store`) when given,
+/// else `DATA_DIR/store` when that directory exists; without either they answer 404.
+pub fn master(args: &MasterServe, store: Option<&std::path::Path>) -> Result<(), Error> {
     crate::serve::init_logs();
     let rt = runtime()?;
     rt.block_on(async {
@@ -217,6 +220,13 @@ pub fn master(args: &MasterServe) -> Result<(), Error> {
             None => Db::open_dir(&args.data_dir).await?,
         };
         let control = Arc::new(Control::new(db));
+        let default_store = args.data_dir.join("store");
+        let store = store.or_else(|| default_store.is_dir().then_some(default_store.as_path()));
+        if let Some(dir) = store {
+            let store = fogcore::imaging::store::Store::open(dir)?;
+            control.set_image_store(Arc::new(fogcore::imaging::replica::LocalStore::new(store)));
+            say!("image store: {}", dir.display());
+        }
         if let Some((token, file)) = control.first_admin_token(&args.data_dir).await? {
             say!("admin token (also in {}, mode 0600): {token}", file.display());
         }
