@@ -535,6 +535,14 @@ impl Control {
             }
         };
         Control::check_node_caller(caller, &node_name, &host.name)?;
+        if let TaskState::InProgress { .. } = task.state {
+            // The agent restarted mid-task (or asks again): it holds its slot still. Nothing to
+            // decide, so the line is left alone.
+            return Ok(CheckInReply {
+                task,
+                slot: SlotState::Granted,
+            });
+        }
         let node = self.db.node(&node_name).await?;
         let now = self.clock.now();
         self.requeue_quiet(&node_name, now).await?;
