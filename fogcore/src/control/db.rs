@@ -962,6 +962,14 @@ impl Db {
             .fetch_one(&self.pool)
             .await
             .map_err(db_err)?;
+        Ok(NodeLine {
+            active: u32::try_from(active).unwrap_or(u32::MAX),
+            waiting: self.node_waiting(node).await?,
+        })
+    }
+
+    /// The node's line alone (checked-in tasks without a slot, first first): (task id, last contact).
+    pub async fn node_waiting(&self, node: &str) -> Result<Vec<(TaskId, Millis)>> {
         let rows = sqlx::query(
             "SELECT id, last_contact FROM tasks WHERE node = $1 AND state IN ('checked_in', 'waiting_for_slot')
              ORDER BY ticket, id",
@@ -970,8 +978,7 @@ impl Db {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        let waiting = rows
-            .iter()
+        rows.iter()
             .map(|r| {
                 Ok((
                     r.try_get::<i64, _>("id").map_err(db_err)?,
@@ -980,11 +987,7 @@ impl Db {
                         .unwrap_or(0),
                 ))
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(NodeLine {
-            active: u32::try_from(active).unwrap_or(u32::MAX),
-            waiting,
-        })
+            .collect()
     }
 
     /// The next ticket: after every ticket handed out.
