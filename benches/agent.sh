@@ -94,9 +94,10 @@ need_mb=$((size_mb * 5))
 free_mb=$(df -Pm "$work" | awk 'NR == 2 { print $4 }')
 [ "$free_mb" -ge "$need_mb" ] || die "$work has ${free_mb} MiB free, the run needs about ${need_mb} MiB"
 
-say "building fog (cargo build --release -p fog-cli)"
-(cd "$root" && timeout "$limit" "${CARGO:-cargo}" build --release -p fog-cli) > "$work/logs/build.log" 2>&1 \
-  || die "cargo build --release -p fog-cli failed"
+# The same cargo command as api.sh: one feature set, so the two scripts share one build of fogcore.
+say "building fog (cargo build --release -p fog-cli -p benches --bin fog --bin api_load)"
+(cd "$root" && timeout "$limit" "${CARGO:-cargo}" build --release -p fog-cli -p benches --bin fog --bin api_load) \
+  > "$work/logs/build.log" 2>&1 || die "cargo build --release -p fog-cli failed"
 fog=$target_dir/release/fog
 [ -x "$fog" ] || die "$fog not found after the build"
 
