@@ -133,10 +133,10 @@ impl Drop for Master {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(dir) = self.dir.take() {
-            if self.keep {
-                eprintln!("kept {}", dir.keep().display());
-            }
+        if let Some(dir) = self.dir.take()
+            && self.keep
+        {
+            eprintln!("kept {}", dir.keep().display());
         }
     }
 }
