@@ -37,7 +37,8 @@ pub struct MasterArgs {
 
 #[derive(Args)]
 pub struct MasterServe {
-    /// Directory of the database (fog.db) and the first admin token
+    /// Directory of the database (fog.db), the first admin token and the image store (DATA_DIR/store,
+    /// served when it exists; the global --store names another)
     #[arg(long)]
     data_dir: PathBuf,
     /// Address the API listens on
@@ -210,8 +211,10 @@ fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T)) {
     }
 }
 
-/// `fog master`: serves the API until SIGINT or SIGTERM.
-pub fn master(args: &MasterServe) -> Result<(), Error> {
+/// `fog master`: serves the API until SIGINT or SIGTERM. The chunk routes (`/api/v1/store/...`,
+/// what agents deploy from and capture into) serve `store` (the global `--store`) when given,
+/// else `DATA_DIR/store` when that directory exists; without either they answer 404.
+pub fn master(args: &MasterServe, store: Option<&std::path::Path>) -> Result<(), Error> {
     crate::serve::init_logs();
     let rt = runtime()?;
     rt.block_on(async {
@@ -222,10 +225,11 @@ pub fn master(args: &MasterServe) -> Result<(), Error> {
         };
         let control = Arc::new(Control::new(db));
         // The master's own store: what nodes push captures to and pull placed images from.
-        let store_dir = args.data_dir.join("store");
-        control.set_image_store(Arc::new(fogcore::imaging::replica::LocalStore::new(
-            fogcore::imaging::store::Store::open(&store_dir)?,
-        )));
+        let default_store = args.data_dir.join("store");
+        let dir = store.unwrap_or(&default_store);
+        let store = fogcore::imaging::store::Store::open(dir)?;
+        control.set_image_store(Arc::new(fogcore::imaging::replica::LocalStore::new(store)));
+        say!("image store: {}", dir.display());
         if let Some((token, file)) = control.first_admin_token(&args.data_dir).await? {
             say!("admin token (also in {}, mode 0600): {token}", file.display());
         }

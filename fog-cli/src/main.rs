@@ -221,7 +221,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Config(cmd) => serve::config(cmd, cli.json)?,
         Command::Bootfiles(cmd) => serve::bootfiles(cmd, cli.json)?,
         Command::Bootenv(cmd) => serve::bootenv(cmd, cli.json)?,
-        Command::Master(args) => control::master(args)?,
+        Command::Master(args) => control::master(args, cli.store.as_deref())?,
         Command::Host(cmd) => control::host(&cli.master, cmd, cli.json)?,
         Command::Group(cmd) => control::group(&cli.master, cmd, cli.json)?,
         Command::Node(cmd) => control::node(&cli.master, cmd, cli.json)?,

@@ -488,3 +488,25 @@ fn bad_names_and_paths_are_bad_input() {
     .expect_err("missing image");
     assert!(matches!(err, Error::ImageNotFound(_)));
 }
+
+#[test]
+fn two_walks_of_one_manifest_at_once_agree() {
+    // The agent's deploy and its prefetcher walk the same open manifest together; they shared
+    // the file's offset once, and the second walk read past the end.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = small_ext_disk(dir.path());
+    let store = Store::open(dir.path().join("store")).expect("store");
+    capture(&store, &source, "img", &CaptureOptions::default(), &NoProgress).expect("capture");
+    let manifest = store.manifest("img").expect("manifest");
+    manifest.check().expect("check");
+    for region in &manifest.header.regions {
+        let (mut a, mut b) = (manifest.chunks(region), manifest.chunks(region));
+        loop {
+            match (a.next(), b.next()) {
+                (None, None) => break,
+                (Some(x), Some(y)) => assert_eq!(x.expect("first walk"), y.expect("second walk")),
+                (x, y) => panic!("the walks differ in length: {x:?} / {y:?}"),
+            }
+        }
+    }
+}

@@ -73,8 +73,8 @@ link_site() { # NS MASTER_SIDE_IF NODE_SIDE_IF NET
   ip -n fog70m link set "$2" up
   ip -n "$1" link set "$3" up
 }
-link_site fog70a to-a up 1
-link_site fog70b to-b up 2
+link_site fog70a to-a uplink 1
+link_site fog70b to-b uplink 2
 ip netns add fog70d
 ip -n fog70d link set lo up
 ip link add dns0 netns fog70d type veth peer name dnsport netns fog70b
@@ -142,7 +142,10 @@ interface = \"br0\"
 [[dhcp.pools]]
 subnet = \"10.71.0.0/24\"
 range = [\"10.71.0.100\", \"10.71.0.150\"]
-lease_secs = 600"
+lease_secs = 600
+[boot]
+menu_timeout_ms = 1000
+menu_default = \"register\""
 start_node site-b fog70b 10.72.0.1 10.70.2.1 "[dhcp]
 mode = \"proxy\"
 interface = \"br0\"
@@ -159,14 +162,13 @@ for i in $(seq 1 200); do head -c $((i * 517)) /dev/urandom > "$tree/srv/data/fi
 cp /bin/busybox "$tree/usr/bin/busybox"
 head -c 24M /dev/urandom > "$tree/srv/big.bin"
 truncate -s 160M "$src"
-sgdisk -q -n 1:1M:+40M -t 1:ef00 -c 1:EFI -n 2:0:0 -t 2:8300 -c 2:root "$src"
+sgdisk -n 1:2048:+40M -t 1:ef00 -c 1:EFI -n 2:0:0 -t 2:8300 -c 2:root "$src" > "$work/sgdisk.log"
 esp=$work/esp.img
 root=$work/root.img
-part_bytes() { sgdisk -i "$2" "$1" | awk -v what="$3" '$0 ~ what { print $3 * 512 }'; }
-esp_start=$(part_bytes "$src" 1 "First sector")
-root_start=$(part_bytes "$src" 2 "First sector")
-esp_len=$(( ($(sgdisk -i 1 "$src" | awk '/Last sector/ { print $3 }') + 1) * 512 - esp_start ))
-root_len=$(( ($(sgdisk -i 2 "$src" | awk '/Last sector/ { print $3 }') + 1) * 512 - root_start ))
+read -r esp_start esp_len < <(partx -g -o START,SECTORS -n 1 "$src")
+read -r root_start root_len < <(partx -g -o START,SECTORS -n 2 "$src")
+esp_len=$((esp_len * 512))
+root_len=$((root_len * 512))
 truncate -s "$esp_len" "$esp"
 mkfs.vfat -F 32 -n FOGESP "$esp" > /dev/null
 mmd -i "$esp" ::/EFI ::/EFI/BOOT
@@ -174,37 +176,47 @@ printf 'fog test loader\n' > "$work/BOOTX64.EFI"
 mcopy -i "$esp" "$work/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
 truncate -s "$root_len" "$root"
 mkfs.ext4 -q -F -d "$tree" "$root"
-dd if="$esp" of="$src" bs=1M seek=$((esp_start / 1048576)) conv=notrunc,sparse status=none
-dd if="$root" of="$src" bs=1M seek=$((root_start / 1048576)) conv=notrunc,sparse status=none
+dd if="$esp" of="$src" bs=512 seek="$esp_start" conv=notrunc,sparse status=none
+dd if="$root" of="$src" bs=512 seek="$root_start" conv=notrunc,sparse status=none
 rm -f "$esp" "$root"
+
+# part_loop DISK N: a read-only loop device over partition N of DISK (no udev here for loopXpN).
+part_loop() {
+  local start sectors loop
+  read -r start sectors < <(partx -g -o START,SECTORS -n "$2" "$1")
+  loop=$(losetup -f --show -r -o $((start * 512)) --sizelimit $((sectors * 512)) "$1")
+  loops+=("$loop")
+  echo "$loop"
+}
 
 # same_files DISK: the disk's partitions pass fsck and hold the source's files.
 same_files() {
-  local disk=$1 loop src_loop
-  loop=$(losetup -f --show -P -r "$disk")
-  loops+=("$loop")
-  src_loop=$(losetup -f --show -P -r "$src")
-  loops+=("$src_loop")
-  fsck.vfat -n "${loop}p1" > "$work/fsck-vfat.log" 2>&1
-  e2fsck -fn "${loop}p2" > "$work/fsck-ext4.log" 2>&1
+  local disk=$1 esp_loop root_loop src_root
+  esp_loop=$(part_loop "$disk" 1)
+  root_loop=$(part_loop "$disk" 2)
+  src_root=$(part_loop "$src" 2)
+  fsck.vfat -n "$esp_loop" > "$work/fsck-vfat.log" 2>&1
+  e2fsck -fn "$root_loop" > "$work/fsck-ext4.log" 2>&1
   mkdir -p "$work/mnt-src" "$work/mnt-dst"
-  mount -o ro "${src_loop}p2" "$work/mnt-src"
+  mount -o ro "$src_root" "$work/mnt-src"
   mounts+=("$work/mnt-src")
-  mount -o ro "${loop}p2" "$work/mnt-dst"
+  mount -o ro "$root_loop" "$work/mnt-dst"
   mounts+=("$work/mnt-dst")
   diff -r "$work/mnt-src" "$work/mnt-dst"
+  echo "   $(find "$work/mnt-dst" -type f | wc -l) files identical, both file systems clean"
   umount "$work/mnt-src" "$work/mnt-dst"
-  mcopy -i "${loop}p1" ::/EFI/BOOT/BOOTX64.EFI "$work/deployed.efi"
+  mcopy -i "$esp_loop" ::/EFI/BOOT/BOOTX64.EFI "$work/deployed.efi"
   cmp "$work/BOOTX64.EFI" "$work/deployed.efi"
   rm -f "$work/deployed.efi"
-  losetup -d "$loop" "$src_loop"
+  losetup -d "$esp_loop" "$root_loop" "$src_root"
 }
 
-task_state() { api GET "/tasks/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])'; }
-wait_task() { # ID STATE SECONDS
-  wait_for "$3" "task $1 $2" bash -c "[ \"\$(ip netns exec fog70m curl -sS -H 'authorization: Bearer $FOG_TOKEN' http://127.0.0.1:8090/api/v1/tasks/$1 | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])')\" = $2 ]"
+# json_field PATH EXPR: EXPR (Python, over `d`, the JSON answer of GET PATH) printed.
+json_field() { api GET "$1" | python3 -c "import json,sys; d=json.load(sys.stdin); print($2)"; }
+task_is() { [ "$(json_field "/tasks/$1" 'd["state"]')" = "$2" ]; }
+copy_complete() { # IMAGE NODE
+  [ "$(json_field "/images/$1/copies" "[c['state'] for c in d if c['node'] == '$2']")" = "['complete']" ]
 }
-
 round() { # FIRMWARE N
   local fw=$1 n=$2
   local mac1=52:54:00:70:0$n:01 mac2=52:54:00:70:0$n:02 mac3=52:54:00:70:0$n:03
@@ -220,12 +232,12 @@ round() { # FIRMWARE N
   pxe_boot_vm fog70a tap0 "$work/vm1-$fw.log" 600 "$fw" "$mac1" \
     -drive "file=$work/vm1-$fw.img,format=raw,if=virtio" || true
   echo "   VM 1 ran $((SECONDS - t0)) s"
-  wait_task "$capture_id" complete 120
-  [ -n "$(ls "$work/master/store/images/" 2>/dev/null | grep -F "$image")" ] || "$fog" image ls --store "$work/master/store" | grep -q "$image"
+  wait_for 120 "capture task $capture_id complete" task_is "$capture_id" complete
+  "$fog" image ls --store "$work/master/store" | grep -q "$image"
 
   echo "== [$fw] the image is placed on site B; node B pulls it"
   api PUT "/images/$image" "{\"name\":\"$image\",\"placement\":{\"kind\":\"nodes\",\"nodes\":[\"site-a\",\"site-b\"]}}" > /dev/null
-  wait_for 300 "$image on site B" bash -c "ip netns exec fog70m curl -sS -H 'authorization: Bearer $FOG_TOKEN' http://127.0.0.1:8090/api/v1/images/$image/copies | grep -q '\"node\":\"site-b\",\"state\":\"complete\"'"
+  wait_for 300 "$image on site B" copy_complete "$image" site-b
 
   echo "== [$fw] VM 2 deploys at site B onto an empty disk"
   m host add "vm2-$fw" --mac "$mac2" --node site-b > /dev/null
@@ -237,7 +249,7 @@ round() { # FIRMWARE N
   pxe_boot_vm fog70b tap0 "$work/vm2-$fw.log" 600 "$fw" "$mac2" \
     -drive "file=$work/vm2-$fw.img,format=raw,if=virtio" || true
   echo "   VM 2 ran $((SECONDS - t0)) s"
-  wait_task "$deploy_id" complete 60
+  wait_for 60 "deploy task $deploy_id complete" task_is "$deploy_id" complete
   same_files "$work/vm2-$fw.img"
 
   echo "== [$fw] unknown VM 3 registers itself with its DMI values"

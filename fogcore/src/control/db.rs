@@ -64,6 +64,8 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         requested_at BIGINT NOT NULL);
      CREATE INDEX wakes_node ON wakes (node)",
     ),
+    // Every first check-in asks for the next ticket (MAX(ticket)): a scan of all tasks without it.
+    (3, "CREATE INDEX tasks_ticket ON tasks (ticket)"),
 ];
 
 /// States of a task that is not over.
@@ -136,19 +138,28 @@ impl Db {
             ));
         };
         sqlx::any::install_default_drivers();
+        let sqlite = backend == Backend::Sqlite;
         let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .max_connections(if sqlite { 4 } else { 10 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Readers beside one writer. synchronous = NORMAL: in WAL mode a commit
+                        // is not fsynced (the WAL is, at checkpoints), so the database never
+                        // breaks, and a crash of the process loses nothing; a power cut can lose
+                        // the last commits (check-ins and progress, which agents send again).
+                        // FULL fsyncs every commit under the slot line: at most a few hundred
+                        // check-ins a second on this disk.
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await
             .map_err(|e| Error::Database(format!("{}: {e}", redact(url))))?;
         let db = Db { pool, backend };
-        if backend == Backend::Sqlite {
-            // Readers beside one writer; durable at each commit.
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&db.pool)
-                .await
-                .map_err(db_err)?;
-        }
         db.migrate().await?;
         Ok(db)
     }
@@ -973,35 +984,42 @@ impl Db {
 
     /// The node's slot holders and its line, for the slot decision.
     pub async fn node_line(&self, node: &str) -> Result<NodeLine> {
-        let ids_and_contacts = |state_list: &'static str| {
-            let sql = format!(
-                "SELECT id, last_contact FROM tasks WHERE node = $1 AND state IN ({state_list}) ORDER BY ticket, id"
-            );
-            async move {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(node)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                rows.iter()
-                    .map(|r| {
-                        Ok((
-                            r.try_get::<i64, _>("id").map_err(db_err)?,
-                            r.try_get::<Option<i64>, _>("last_contact")
-                                .map_err(db_err)?
-                                .unwrap_or(0),
-                        ))
-                    })
-                    .collect::<Result<Vec<_>>>()
-            }
-        };
-        let running = ids_and_contacts("'in_progress'").await?;
-        let waiting = ids_and_contacts("'checked_in', 'waiting_for_slot'").await?;
+        let running = self.tasks_of_node_in(node, "'in_progress'").await?;
         Ok(NodeLine {
             active: u32::try_from(running.len()).unwrap_or(u32::MAX),
             running,
-            waiting,
+            waiting: self.node_waiting(node).await?,
         })
+    }
+
+    /// The node's line alone (checked-in tasks without a slot, first first): (task id, last contact).
+    pub async fn node_waiting(&self, node: &str) -> Result<Vec<(TaskId, Millis)>> {
+        self.tasks_of_node_in(node, "'checked_in', 'waiting_for_slot'").await
+    }
+
+    /// The node's slot holders: (task id, last contact).
+    pub async fn node_running(&self, node: &str) -> Result<Vec<(TaskId, Millis)>> {
+        self.tasks_of_node_in(node, "'in_progress'").await
+    }
+
+    async fn tasks_of_node_in(&self, node: &str, states: &'static str) -> Result<Vec<(TaskId, Millis)>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, last_contact FROM tasks WHERE node = $1 AND state IN ({states}) ORDER BY ticket, id"
+        )))
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("id").map_err(db_err)?,
+                    r.try_get::<Option<i64>, _>("last_contact")
+                        .map_err(db_err)?
+                        .unwrap_or(0),
+                ))
+            })
+            .collect()
     }
 
     /// The next ticket: after every ticket handed out.

@@ -669,17 +669,29 @@ impl Control {
             }
         };
         Control::check_node_caller(caller, &node_name, &host.name)?;
+        if let TaskState::InProgress { .. } = task.state {
+            // The agent restarted mid-task (or asks again): it holds its slot still. Nothing to
+            // decide, so the line is left alone.
+            return Ok(CheckInReply {
+                task,
+                slot: SlotState::Granted,
+            });
+        }
         let node = self.db.node(&node_name).await?;
         let now = self.clock.now();
-        self.requeue_quiet(&node_name, now).await?;
+        let requeued = self.requeue_quiet(&node_name, now).await?;
         let update = |ticket| TaskUpdate {
             ticket,
             node: Some(node_name.as_str()),
             contact: Some(now),
             detail: None,
         };
-        // The task may have been requeued just now: read it again.
-        let task = self.db.task(task.id).await?;
+        // The task may have been requeued just now: then read it again.
+        let task = if requeued.contains(&task.id) {
+            self.db.task(task.id).await?
+        } else {
+            task
+        };
         let task = match &task.state {
             TaskState::Queued => {
                 let ticket = self.db.next_ticket().await?;
@@ -715,7 +727,11 @@ impl Control {
         );
         let mut mine = None;
         for (id, _) in line.waiting.iter().take(free as usize) {
-            let head = self.db.task(*id).await?;
+            let head = if *id == task.id {
+                task.clone()
+            } else {
+                self.db.task(*id).await?
+            };
             let next = step(head.id, &head.state, Event::Grant)?;
             let started = self
                 .db
@@ -763,11 +779,11 @@ impl Control {
         }
     }
 
-    /// Waiters of `node` that have not asked within the timeout lose their place; slot holders
-    /// silent for the agent timeout (counted from this master's start at the earliest) fail.
-    async fn requeue_quiet(&self, node: &str, now: Millis) -> Result<()> {
-        let line = self.db.node_line(node).await?;
-        for (id, contact) in line.running {
+    /// Waiters of `node` that have not asked within the timeout lose their place (returned);
+    /// slot holders silent for the agent timeout (counted from this master's start at the
+    /// earliest) fail.
+    async fn requeue_quiet(&self, node: &str, now: Millis) -> Result<Vec<TaskId>> {
+        for (id, contact) in self.db.node_running(node).await? {
             let silent = now - contact.max(self.started);
             if silent > self.agent_timeout {
                 let task = self.db.task(id).await?;
@@ -778,7 +794,8 @@ impl Control {
                     .await?;
             }
         }
-        for (id, contact) in line.waiting {
+        let mut requeued = Vec::new();
+        for (id, contact) in self.db.node_waiting(node).await? {
             if now - contact > self.waiter_timeout {
                 let task = self.db.task(id).await?;
                 let next = step(id, &task.state, Event::Requeue)?;
@@ -793,9 +810,10 @@ impl Control {
                         },
                     )
                     .await?;
+                requeued.push(id);
             }
         }
-        Ok(())
+        Ok(requeued)
     }
 
     async fn agent_task(&self, caller: &Caller, id: TaskId) -> Result<Task> {

@@ -14,7 +14,7 @@
 //! whole file before a deploy trusts its tables.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -232,8 +232,7 @@ impl Manifest {
 
     /// Hashes the whole file against its trailer.
     pub fn check(&self) -> Result<()> {
-        let mut reader = BufReader::with_capacity(1 << 20, &self.file);
-        reader.seek(SeekFrom::Start(0)).at(&self.path)?;
+        let mut reader = BufReader::with_capacity(1 << 20, ReadAt::new(&self.file, 0));
         let mut hasher = blake3::Hasher::new();
         std::io::copy(&mut (&mut reader).take(self.body_len), &mut hasher).at(&self.path)?;
         let mut stored = [0u8; 32];
@@ -265,15 +264,12 @@ impl Manifest {
 
     /// Streams the chunk references of a region, in order.
     pub fn chunks(&self, region: &Region) -> impl Iterator<Item = Result<ChunkRef>> + '_ {
-        let mut reader = BufReader::with_capacity(1 << 20, &self.file);
-        let start = reader.seek(SeekFrom::Start(region.chunks.offset)).at(&self.path);
+        // Each iterator reads at its own position: the deploy and its prefetcher walk the same
+        // manifest at once, and a shared file offset made them read each other's places.
+        let mut reader = BufReader::with_capacity(1 << 20, ReadAt::new(&self.file, region.chunks.offset));
         let mut remaining = region.chunks.count;
-        let mut failed = start.is_err();
-        let mut first_error = start.err();
+        let mut failed = false;
         std::iter::from_fn(move || {
-            if let Some(e) = first_error.take() {
-                return Some(Err(e));
-            }
             if failed || remaining == 0 {
                 return None;
             }
@@ -292,6 +288,27 @@ impl Manifest {
                 }
             }
         })
+    }
+}
+
+/// A reader of a file from a position of its own (`pread`), not the file's shared offset, so that
+/// several readers of one open file do not move each other.
+struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl<'a> ReadAt<'a> {
+    fn new(file: &'a File, pos: u64) -> Self {
+        ReadAt { file, pos }
+    }
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
