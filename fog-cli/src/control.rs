@@ -575,7 +575,7 @@ pub enum AgentCommand {
     Run(AgentRun),
     /// Quick registration: create this machine's host on the master (node token), or update its inventory
     Register {
-        /// The host name wanted [default: from the DMI serial, else host-<mac>]
+        /// The host name wanted (default: from the DMI serial, else host-MAC)
         #[arg(long)]
         name: Option<String>,
         /// Register with this MAC (repeatable) instead of the network cards' addresses

@@ -265,7 +265,7 @@ pub enum BootenvCommand {
 
 #[derive(Args)]
 pub struct BootenvBuild {
-    /// Output directory [default: the directory of the config's [boot] agent_kernel under the
+    /// Output directory [default: the directory of the config's `[boot] agent_kernel` under the
     /// boot directory, BOOT_DIR/bootenv]
     #[arg(long)]
     out: Option<PathBuf>,

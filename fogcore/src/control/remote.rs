@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::imaging::chunk::{self, ChunkId, ChunkSink, ChunkSource};
 use crate::imaging::replica::{ImageStore, PieceHash, WireChunk, plain_len};
 
-/// Puts buffered by [`ChunkSink::put_encoded`] are sent when they reach this many bytes.
+/// Puts buffered by [`ChunkSink::put_run`] are sent when they reach this many bytes.
 pub const PUT_BATCH_BYTES: usize = 4 << 20;
 
 /// A store at a fog node or master, over HTTP.
@@ -123,7 +123,7 @@ impl RemoteStore {
         Ok(bytes.to_vec())
     }
 
-    /// Sends the puts buffered by [`ChunkSink::put_encoded`].
+    /// Sends the puts buffered by [`ChunkSink::put_run`].
     pub fn flush(&self) -> Result<()> {
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if batch.is_empty() {
