@@ -19,7 +19,7 @@ use fogcore::control::model::{After, CopyState, Host, Image, NewTask, Node, Plac
 use fogcore::imaging::capture::{CaptureOptions, capture};
 use fogcore::imaging::store::Store;
 use fogcore::progress::NoProgress;
-use tools::{debugfs_cat, pseudo_random, sh, write_tree};
+use tools::{debugfs_cat, ext4_source_disk};
 
 const FOG: &str = env!("CARGO_BIN_EXE_fog");
 /// Generous: the debug build under a loaded 2-core machine.
@@ -124,15 +124,7 @@ impl Cluster {
     /// A master whose store holds `golden`, captured from a 24 MiB ext4 disk of real files.
     fn start() -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let tree = dir.path().join("tree");
-        write_tree(&tree, 7);
-        fs::write(tree.join("big.bin"), pseudo_random(6 << 20, 77)).expect("write");
-        let source = dir.path().join("source.img");
-        sh(&format!(
-            "mkfs.ext4 -q -F -d {} {} 24M",
-            tree.display(),
-            source.display()
-        ));
+        let source = ext4_source_disk(dir.path(), 7);
         let master_dir = dir.path().join("master");
         let store = Store::open(master_dir.join("store")).expect("store");
         capture(&store, &source, "golden", &CaptureOptions::default(), &NoProgress).expect("capture");

@@ -19,6 +19,7 @@ pub mod agent;
 pub mod bootenv;
 pub mod control;
 pub mod error;
+mod fsutil;
 pub mod imaging;
 pub mod net;
 pub mod progress;

@@ -42,15 +42,7 @@ struct Site {
 impl Site {
     fn start(max: u32) -> Site {
         let dir = tempfile::tempdir().expect("tempdir");
-        let tree = dir.path().join("tree");
-        write_tree(&tree, 5);
-        fs::write(tree.join("big.bin"), pseudo_random(6 << 20, 77)).expect("write");
-        let source = dir.path().join("source.img");
-        sh(&format!(
-            "mkfs.ext4 -q -F -d {} {} 24M",
-            tree.display(),
-            source.display()
-        ));
+        let source = ext4_source_disk(dir.path(), 5);
         let store = Store::open(dir.path().join("master-store")).expect("store");
         capture(&store, &source, "golden", &CaptureOptions::default(), &NoProgress).expect("capture");
         // What the agent sees as /sys: one vendor string, no cards (MACs come from the config).

@@ -52,7 +52,7 @@ impl NodeTasks {
         if let Some(file) = &self.file {
             let saved = serde_json::to_vec(&tasks)
                 .map_err(|e| crate::Error::InvalidInput(e.to_string()))
-                .and_then(|bytes| crate::control::gateway::write_durably(file, &bytes));
+                .and_then(|bytes| crate::fsutil::write_durably(file, &bytes));
             if let Err(e) = saved {
                 tracing::warn!(file = %file.display(), "node: cannot keep the task cache: {e}");
             }

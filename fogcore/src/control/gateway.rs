@@ -113,25 +113,8 @@ impl Outbox {
     fn save(&self, entries: &[Pending]) -> Result<()> {
         let text = serde_json::to_vec_pretty(entries)
             .map_err(|e| Error::InvalidInput(format!("node outbox: cannot encode: {e}")))?;
-        write_durably(&self.path, &text)
+        crate::fsutil::write_durably(&self.path, &text)
     }
-}
-
-/// Writes `bytes` to `path` so that a crash leaves the old file or the new one: a synced temporary
-/// file renamed over it, then the directory synced.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// The node's agent API and store.

@@ -178,3 +178,18 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A 24 MiB ext4 disk image at `dir/source.img` holding [`write_tree`]'s files (seed `seed`) and
+/// 6 MiB of incompressible data in `/big.bin`; the tree stays in `dir/tree`.
+pub fn ext4_source_disk(dir: &Path, seed: u64) -> PathBuf {
+    let tree = dir.join("tree");
+    write_tree(&tree, seed);
+    fs::write(tree.join("big.bin"), pseudo_random(6 << 20, 77)).expect("write");
+    let source = dir.join("source.img");
+    sh(&format!(
+        "mkfs.ext4 -q -F -d {} {} 24M",
+        tree.display(),
+        source.display()
+    ));
+    source
+}

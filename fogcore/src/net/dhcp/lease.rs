@@ -408,20 +408,11 @@ impl LeaseLog {
 
 /// Writes `table` to `path` crash-safely and returns the file opened for appending.
 fn write_snapshot(path: &Path, table: &LeaseTable) -> Result<File> {
-    let tmp = path.with_extension("tmp");
     let mut text = String::new();
     for r in table.records() {
         text.push_str(&r.to_line());
     }
-    {
-        let mut f = File::create(&tmp).at(&tmp)?;
-        f.write_all(text.as_bytes()).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-    }
-    std::fs::rename(&tmp, path).at(path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
-    }
+    crate::fsutil::write_durably(path, text.as_bytes())?;
     OpenOptions::new().append(true).open(path).at(path)
 }
 
