@@ -8,7 +8,7 @@
 #
 # fog:  `fog image capture` into DATA_DIR/store, `fog master --data-dir DATA_DIR` serving it, a
 #       node, a host with a MAC, a deploy task; timed: `fog agent run --once --disk TARGET` from
-#       its first check-in to its check-out (slot, manifest, chunks in 4 MiB batches, progress
+#       its first check-in to its check-out (slot, manifest, frames in 4 MiB batches, progress
 #       reports every 2 s, inventory, fsync of the target).
 # peer: `partclone.ext4 -c | zstd -3 -T0` into a file served by `python3 -m http.server` on
 #       127.0.0.1; timed: `curl URL | zstd -dc | partclone.restore -O TARGET` (no check-in, no

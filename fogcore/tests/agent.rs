@@ -18,7 +18,7 @@ use fogcore::control::master::Master;
 use fogcore::control::model::{After, Host, Image, NewTask, Node, Placement, TaskKind, TaskState};
 use fogcore::control::service::Control;
 use fogcore::imaging::capture::{CaptureOptions, capture};
-use fogcore::imaging::chunk::ChunkId;
+use fogcore::imaging::chunk::{ChunkId, WireFrame};
 use fogcore::imaging::deploy::{DeployOptions, deploy};
 use fogcore::imaging::replica::{ImageStore, LocalStore, WireChunk};
 use fogcore::imaging::store::Store;
@@ -337,6 +337,10 @@ impl ImageStore for Counting {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get_chunks(ids)
     }
+    fn get_frames(&self, ids: &[ChunkId]) -> fogcore::Result<Vec<WireFrame>> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_frames(ids)
+    }
     fn put_chunks(&self, chunks: &[WireChunk]) -> fogcore::Result<u64> {
         self.puts.fetch_add(1, Ordering::SeqCst);
         self.inner.put_chunks(chunks)
@@ -390,6 +394,34 @@ fn deploy_and_capture_move_chunks_in_batches() {
     let out = dir.join("copy.img");
     deploy(&copy, "copy", &out, &DeployOptions::default(), &NoProgress).expect("deploy copy");
     assert!(fs::read(&out).expect("read") == site.local_deploy("golden", &dir.join("l2.img")));
+}
+
+#[test]
+fn a_damaged_frame_in_the_store_fails_the_deploy_naming_image_and_chunk() {
+    let site = Site::start(1);
+    let dir = site.dir.path().to_path_buf();
+    // A copy of the master's store with one byte flipped in the middle of its largest pack: the
+    // store sends frames unchecked, so the agent's own check must catch it.
+    let copy = dir.join("damaged-store");
+    sh(&format!("cp -a {} {}", site.store.root().display(), copy.display()));
+    let pack = fs::read_dir(copy.join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .max_by_key(|p| fs::metadata(p).map_or(0, |m| m.len()))
+        .expect("a pack");
+    let mut bytes = fs::read(&pack).expect("read pack");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    fs::write(&pack, bytes).expect("write pack");
+    let store = LocalStore::new(Store::open(&copy).expect("store"));
+    let config = site.agent(0, &dir.join("unused"));
+    match deploy_remote(&store, "golden", &dir.join("t.img"), &config, &NoProgress) {
+        Err(fogcore::Error::ChunkCorrupt { image, chunk, .. }) => {
+            assert_eq!(image, "golden");
+            assert_eq!(chunk.len(), 64, "{chunk}");
+        }
+        other => panic!("deploy from a damaged store: {other:?}"),
+    }
 }
 
 /// A `/sys` of a VM with two cards and the DMI values qemu's `-smbios type=1,...` sets.

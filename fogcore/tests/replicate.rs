@@ -18,7 +18,7 @@ use fogcore::control::replicate::{ReplicateOptions, replicate};
 use fogcore::imaging::capture::{CaptureOptions, capture};
 use fogcore::imaging::chunk::{ChunkId, encode};
 use fogcore::imaging::deploy::{DeployOptions, deploy};
-use fogcore::imaging::replica::{ImageStore, LocalStore, WireChunk};
+use fogcore::imaging::replica::{ImageStore, LocalStore, ReadThrough, WireChunk};
 use fogcore::imaging::store::Store;
 use fogcore::progress::{NoProgress, Progress};
 use tools::*;
@@ -286,7 +286,7 @@ fn chunk_routes_refuse_missing_and_wrong_tokens() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let http = reqwest::Client::new();
     let routes = chunks::table::<chunks::ChunkServer>();
-    assert_eq!(routes.len(), 7);
+    assert_eq!(routes.len(), 8);
     for (route, _) in routes {
         let url = format!("{}{}", served.url, route.path.replace("{name}", "x"));
         for token in [None, Some("wrong"), Some(TOKEN)] {
@@ -426,4 +426,49 @@ fn master_serves_its_store_to_node_tokens_and_records_a_node_pull() {
         );
         master.stop().await.expect("stop");
     });
+}
+
+#[test]
+fn a_read_through_store_keeps_what_it_fetched_and_serves_frames_from_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = disk(dir.path());
+    let master = Store::open(dir.path().join("master")).expect("store");
+    capture(&master, &source, "img", &CaptureOptions::default(), &NoProgress).expect("capture");
+    let served = serve(Arc::new(LocalStore::new(master.clone())));
+    let upstream = RemoteStore::new(&served.url, Some(TOKEN)).expect("remote");
+    let node = Store::open(dir.path().join("node")).expect("store");
+    let through = ReadThrough {
+        local: Arc::new(LocalStore::new(node.clone())),
+        upstream: Arc::new(upstream),
+    };
+    let ids: Vec<ChunkId> = fogcore::imaging::replica::unique_chunks(&master.manifest("img").expect("manifest"))
+        .expect("chunks")
+        .iter()
+        .map(|c| c.id)
+        .take(200)
+        .collect();
+    let mut asked = ids.clone();
+    asked.push(ChunkId::of(b"nobody has this"));
+
+    // Nothing local yet: fetched from upstream, checked, kept, and served as frames.
+    let frames = through.get_frames(&asked).expect("frames");
+    let got = fogcore::imaging::replica::checked_frame_chunks(&asked, &frames).expect("every chunk checks");
+    let mut got_ids: Vec<ChunkId> = got.iter().map(|(id, _)| *id).collect();
+    got_ids.sort();
+    let mut want = ids.clone();
+    want.sort();
+    want.dedup();
+    got_ids.dedup();
+    assert_eq!(got_ids, want, "every present chunk once, the absent one in no frame");
+    let local = LocalStore::new(node.clone());
+    assert!(local.missing(&ids).expect("missing").is_empty(), "fetched chunks were not kept");
+    assert!(node.verify().expect("verify").is_ok());
+
+    // Upstream gone: what was kept is still served.
+    drop(served);
+    let again = through.get_frames(&ids).expect("served from the node's store");
+    assert_eq!(
+        fogcore::imaging::replica::checked_frame_chunks(&ids, &again).expect("check").len(),
+        ids.len()
+    );
 }

@@ -7,6 +7,7 @@
 //! ```text
 //! POST /api/v1/store/chunks/missing   ids (32 bytes each)           -> the ids absent, same form
 //! POST /api/v1/store/chunks/get       ids                           -> per id: u32 len | bytes (len u32::MAX: absent)
+//! POST /api/v1/store/chunks/frames    ids                           -> per frame: u32 parts | per part: u32 index, u32 start, u32 len | u32 len | bytes
 //! POST /api/v1/store/chunks/put       per chunk: id | u32 plain len | u32 len | bytes  -> {"received", "new"}
 //! GET  /api/v1/store/images           -> ["name", ...]
 //! GET  /api/v1/store/images/{name}/manifest        -> the manifest file
@@ -30,7 +31,7 @@ use serde_json::json;
 
 use crate::control::master::{API, Access, ApiError, Route};
 use crate::error::{Error, Result};
-use crate::imaging::chunk::ChunkId;
+use crate::imaging::chunk::{ChunkId, FramePart, WireFrame};
 use crate::imaging::replica::{ImageStore, PieceHash, WireChunk};
 
 /// Largest request body the chunk routes take (a put batch is a few MiB).
@@ -123,6 +124,59 @@ pub fn decode_get_reply(body: &[u8], count: usize) -> Result<Vec<Option<Vec<u8>>
     Ok(out)
 }
 
+/// A frames reply.
+pub fn encode_frames_reply(frames: &[WireFrame]) -> Vec<u8> {
+    let size = frames.iter().map(|f| 8 + 12 * f.parts.len() + f.stored.len()).sum();
+    let mut out = Vec::with_capacity(size);
+    for frame in frames {
+        out.extend_from_slice(&(frame.parts.len() as u32).to_le_bytes());
+        for part in &frame.parts {
+            for word in [part.index, part.start, part.len] {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&(frame.stored.len() as u32).to_le_bytes());
+        out.extend_from_slice(&frame.stored);
+    }
+    out
+}
+
+/// Parses a frames reply to a request of `count` ids: every part must name one of them.
+pub fn decode_frames_reply(body: &[u8], count: usize) -> Result<Vec<WireFrame>> {
+    let mut cur = Cursor(body);
+    let mut frames = Vec::new();
+    while !cur.0.is_empty() {
+        let n = cur.u32("part count")? as usize;
+        if n == 0 || n > count {
+            return Err(Error::invalid(
+                "frame batch",
+                format!("{n} parts"),
+                format!("a frame holds 1 to {count} of the asked-for chunks"),
+            ));
+        }
+        let mut parts = Vec::with_capacity(n);
+        for _ in 0..n {
+            let part = FramePart {
+                index: cur.u32("part index")?,
+                start: cur.u32("part start")?,
+                len: cur.u32("part length")?,
+            };
+            if part.index as usize >= count {
+                return Err(Error::invalid(
+                    "frame batch",
+                    format!("part index {}", part.index),
+                    format!("the request named {count} chunks"),
+                ));
+            }
+            parts.push(part);
+        }
+        let len = cur.u32("frame length")?;
+        let stored = cur.take(len as usize, "frame bytes")?.to_vec();
+        frames.push(WireFrame { stored, parts });
+    }
+    Ok(frames)
+}
+
 /// A put body.
 pub fn encode_put(chunks: &[WireChunk]) -> Vec<u8> {
     let mut out = Vec::with_capacity(chunks.iter().map(|c| 40 + c.encoded.len()).sum());
@@ -209,6 +263,12 @@ async fn get_chunks<S: HasStore>(State(s): State<S>, body: Bytes) -> Result<Resp
     let store = s.image_store()?;
     let ids = decode_ids(&body)?;
     blocking(move || store.get_chunks(&ids).map(|c| octets(encode_get_reply(&c)))).await
+}
+
+async fn get_frames<S: HasStore>(State(s): State<S>, body: Bytes) -> Result<Response, ApiError> {
+    let store = s.image_store()?;
+    let ids = decode_ids(&body)?;
+    blocking(move || store.get_frames(&ids).map(|f| octets(encode_frames_reply(&f)))).await
 }
 
 async fn put_chunks<S: HasStore>(State(s): State<S>, body: Bytes) -> Result<Response, ApiError> {
@@ -332,6 +392,16 @@ pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
         (
             r(
                 Method::POST,
+                "/store/chunks/frames",
+                "The frames holding these chunks, as stored, with where each chunk lies (what deploy reads)",
+                Some("ChunkIds"),
+                "FrameBatch",
+            ),
+            post(get_frames::<S>).layer(big()),
+        ),
+        (
+            r(
+                Method::POST,
                 "/store/chunks/put",
                 "Store chunks, each checked first (a bad one: 400, nothing stored)",
                 Some("ChunkBatch"),
@@ -413,6 +483,26 @@ mod tests {
         assert_eq!(decode_get_reply(&reply, 2).ok(), Some(vec![Some(vec![1, 2]), None]));
         assert!(decode_get_reply(&reply, 1).is_err());
         assert!(decode_get_reply(&reply[..5], 2).is_err());
+        let frames = vec![WireFrame {
+            stored: vec![0, 1, 2, 3],
+            parts: vec![
+                FramePart {
+                    index: 1,
+                    start: 0,
+                    len: 2,
+                },
+                FramePart {
+                    index: 0,
+                    start: 2,
+                    len: 1,
+                },
+            ],
+        }];
+        let reply = encode_frames_reply(&frames);
+        assert_eq!(decode_frames_reply(&reply, 2).ok(), Some(frames));
+        assert!(decode_frames_reply(&reply, 1).is_err(), "a part past the request");
+        assert!(decode_frames_reply(&reply[..reply.len() - 1], 2).is_err());
+        assert_eq!(decode_frames_reply(&[], 2).ok(), Some(Vec::new()));
         let ids = vec![ChunkId::of(b"x"), ChunkId::of(b"y")];
         assert_eq!(decode_ids(&encode_ids(&ids)).ok(), Some(ids));
         assert!(decode_ids(&[0u8; 33]).is_err());

@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use reqwest::Method;
 
-use crate::control::chunks::{decode_get_reply, decode_ids, encode_ids, encode_pieces, encode_put};
+use crate::control::chunks::{
+    decode_frames_reply, decode_get_reply, decode_ids, encode_ids, encode_pieces, encode_put,
+};
 use crate::error::{Error, Result};
-use crate::imaging::chunk::{self, ChunkId, ChunkSink, ChunkSource};
-use crate::imaging::replica::{ImageStore, PieceHash, WireChunk, plain_len};
+use crate::imaging::chunk::{self, ChunkId, ChunkSink, ChunkSource, WireFrame};
+use crate::imaging::replica::{ImageStore, PieceHash, WireChunk};
 
 /// Puts buffered by [`ChunkSink::put_run`] are sent when they reach this many bytes.
 pub const PUT_BATCH_BYTES: usize = 4 << 20;
@@ -186,6 +188,14 @@ impl ImageStore for RemoteStore {
         decode_get_reply(&body, ids.len())
     }
 
+    fn get_frames(&self, ids: &[ChunkId]) -> Result<Vec<WireFrame>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let body = self.call(Method::POST, "/store/chunks/frames", Some(encode_ids(ids)))?;
+        decode_frames_reply(&body, ids.len())
+    }
+
     fn put_chunks(&self, chunks: &[WireChunk]) -> Result<u64> {
         if chunks.is_empty() {
             return Ok(0);
@@ -209,12 +219,7 @@ impl ChunkSource for RemoteStore {
         let Some(encoded) = self.get_chunks(std::slice::from_ref(id))?.into_iter().next().flatten() else {
             return Ok(None);
         };
-        let len = plain_len(&encoded).ok_or_else(|| Error::ChunkCorrupt {
-            image: "store".into(),
-            chunk: id.to_hex(),
-            reason: "its plain length is not recorded".into(),
-        })?;
-        WireChunk { id: *id, len, encoded }.plain().map(Some)
+        WireChunk::from_stored(*id, encoded)?.plain().map(Some)
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::imaging::chunk::ChunkId;
+use crate::imaging::chunk::{ChunkId, WireFrame};
 use crate::imaging::manifest::ChunkRef;
 use crate::imaging::replica::{
     ImageStore, WireChunk, apply_manifest_delta, manifest_pieces, open_manifest_bytes, unique_chunks,
@@ -145,9 +145,18 @@ impl<S: ImageStore> ImageStore for Throttled<S> {
         self.pace(chunks.iter().flatten().map(|c| c.len() as u64).sum());
         Ok(chunks)
     }
+    fn get_frames(&self, ids: &[ChunkId]) -> Result<Vec<WireFrame>> {
+        let frames = self.inner.get_frames(ids)?;
+        self.pace(frames.iter().map(|f| f.stored.len() as u64).sum());
+        Ok(frames)
+    }
     fn put_chunks(&self, chunks: &[WireChunk]) -> Result<u64> {
         self.pace(chunks.iter().map(|c| c.encoded.len() as u64).sum());
         self.inner.put_chunks(chunks)
+    }
+    fn put_frames(&self, ids: &[ChunkId], frames: &[WireFrame]) -> Result<u64> {
+        self.pace(frames.iter().map(|f| f.stored.len() as u64).sum());
+        self.inner.put_frames(ids, frames)
     }
     fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()> {
         self.inner.put_manifest(name, bytes)

@@ -3,18 +3,20 @@
 //! batches (a node over HTTP, where one request per 16 KiB chunk would cost a round trip each).
 //!
 //! - [`with_prefetch`]: a source that reads a manifest's chunks ahead, in manifest order, a few
-//!   MiB per request, within a bounded window of memory.
+//!   MiB per request, within a bounded window of memory. It asks for frames
+//!   ([`ImageStore::get_frames`]), so the store sends what it holds as it holds it and the
+//!   readers decode each frame once and check each chunk.
 //! - [`BatchSink`]: a sink that buffers puts and sends them a few MiB at a time, asking first which
 //!   of them the store lacks; what it knows the store holds (seeded from an earlier manifest of
 //!   the same image) is never compressed or sent.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
-use super::chunk::{self, ChunkId, ChunkSink, ChunkSource};
+use super::chunk::{self, ChunkId, ChunkSink, ChunkSource, FramePart, WireFrame};
 use super::manifest::Manifest;
-use super::replica::{ImageStore, WireChunk, plain_len, unique_chunks};
+use super::replica::{ImageStore, WireChunk, unique_chunks};
 use crate::{Error, Result};
 
 /// Bytes of chunks asked for (or sent) in one request.
@@ -26,10 +28,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A frame the prefetcher received, decoded once by the first reader that needs one of its
+/// chunks (deploy's worker threads decode different frames in parallel).
+struct Received {
+    stored: Vec<u8>,
+    plain: OnceLock<std::result::Result<Vec<u8>, String>>,
+}
+
+/// Where a prefetched chunk lies.
+#[derive(Clone)]
+struct Piece {
+    frame: Arc<Received>,
+    part: FramePart,
+}
+
 #[derive(Default)]
 struct Cached {
-    /// The stored bytes; `None` when the store said it does not have the chunk.
-    data: Option<Vec<u8>>,
+    /// Where the chunk is; `None` when the store said it does not have the chunk.
+    piece: Option<Piece>,
     /// Uses announced by the prefetcher and not yet taken.
     uses: u32,
 }
@@ -37,9 +53,12 @@ struct Cached {
 #[derive(Default)]
 struct PrefetchState {
     cache: HashMap<ChunkId, Cached>,
+    /// Plain bytes of the chunks cached (what the window bounds).
     bytes: usize,
     /// Readers waiting for a chunk not yet cached: the prefetcher never pauses while one waits.
     waiters: usize,
+    /// The prefetcher is paused on a full window (readers wake it only then).
+    paused: bool,
     done: bool,
     stop: bool,
     failure: Option<Error>,
@@ -94,25 +113,27 @@ impl Prefetch<'_> {
         {
             let mut state = lock(&self.state);
             while state.bytes > window && state.waiters == 0 && !state.stop {
+                state.paused = true;
                 state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                state.paused = false;
             }
             if state.stop {
                 return Ok(());
             }
         }
-        let got = self.store.get_chunks(batch)?;
+        let mut pieces = received_pieces(self.store.get_frames(batch)?, &self.fetched);
         let mut state = lock(&self.state);
-        for (id, data) in batch.drain(..).zip(got) {
-            let n = uses.remove(&id).unwrap_or(1);
-            let len = data.as_ref().map_or(0, Vec::len);
-            self.fetched.fetch_add(len as u64, Ordering::Relaxed);
+        for (index, id) in batch.drain(..).enumerate() {
+            let piece = pieces.remove(&index);
             let cached = state.cache.entry(id).or_default();
-            cached.uses += n;
-            let added = if cached.data.is_none() && data.is_some() {
-                cached.data = data;
-                len
-            } else {
-                0
+            cached.uses += uses.remove(&id).unwrap_or(1);
+            let added = match piece {
+                Some(piece) if cached.piece.is_none() => {
+                    let len = piece.part.len as usize;
+                    cached.piece = Some(piece);
+                    len
+                }
+                _ => 0,
             };
             state.bytes += added;
         }
@@ -128,38 +149,79 @@ impl Prefetch<'_> {
     }
 }
 
+/// The pieces of received frames by their position in the request.
+fn received_pieces(frames: Vec<WireFrame>, fetched: &AtomicU64) -> HashMap<usize, Piece> {
+    let mut pieces = HashMap::new();
+    for frame in frames {
+        fetched.fetch_add(frame.stored.len() as u64, Ordering::Relaxed);
+        let received = Arc::new(Received {
+            stored: frame.stored,
+            plain: OnceLock::new(),
+        });
+        for part in frame.parts {
+            pieces.entry(part.index as usize).or_insert_with(|| Piece {
+                frame: received.clone(),
+                part,
+            });
+        }
+    }
+    pieces
+}
+
 impl ChunkSource for Prefetch<'_> {
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        let Some(encoded) = self.take_encoded(id)? else {
-            return Ok(None);
+        let mut data = Vec::new();
+        Ok(self.get_into(id, &mut data)?.then_some(data))
+    }
+
+    fn get_into(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<bool> {
+        let Some(piece) = self.take_piece(id)? else {
+            return Ok(false);
         };
-        let len = plain_len(&encoded).ok_or_else(|| Error::ChunkCorrupt {
-            image: "store".into(),
-            chunk: id.to_hex(),
-            reason: "its plain length is not recorded".into(),
-        })?;
-        WireChunk { id: *id, len, encoded }.plain().map(Some)
+        let frame = &piece.frame;
+        let checked = frame
+            .plain
+            .get_or_init(|| chunk::decode_whole(&frame.stored))
+            .as_ref()
+            .map_err(|reason| format!("its frame is damaged: {reason}"))
+            .and_then(|plain| WireFrame::checked_part(plain, &piece.part, id));
+        match checked {
+            Ok(data) => {
+                buf.extend_from_slice(data);
+                Ok(true)
+            }
+            Err(reason) => Err(Error::ChunkCorrupt {
+                image: "store".into(),
+                chunk: id.to_hex(),
+                reason,
+            }),
+        }
     }
 }
 
 impl Prefetch<'_> {
-    /// The encoded bytes of `id` as they came over the wire: from the read-ahead cache (waiting
-    /// for the prefetcher when it is on its way), or fetched on their own when out of order.
-    fn take_encoded(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+    /// Where `id` lies in a received frame: from the read-ahead cache (waiting for the
+    /// prefetcher when it is on its way), or fetched on its own when out of order.
+    fn take_piece(&self, id: &ChunkId) -> Result<Option<Piece>> {
         let mut state = lock(&self.state);
         loop {
             if let Some(cached) = state.cache.get_mut(id) {
                 cached.uses = cached.uses.saturating_sub(1);
-                let data = if cached.uses == 0 {
-                    let data = state.cache.remove(id).and_then(|c| c.data);
-                    state.bytes = state.bytes.saturating_sub(data.as_ref().map_or(0, Vec::len));
-                    data
+                let piece = if cached.uses == 0 {
+                    let piece = state.cache.remove(id).and_then(|c| c.piece);
+                    state.bytes = state
+                        .bytes
+                        .saturating_sub(piece.as_ref().map_or(0, |p| p.part.len as usize));
+                    piece
                 } else {
-                    cached.data.clone()
+                    cached.piece.clone()
                 };
+                let paused = state.paused;
                 drop(state);
-                self.changed.notify_all();
-                return Ok(data);
+                if paused {
+                    self.changed.notify_all();
+                }
+                return Ok(piece);
             }
             if let Some(e) = state.failure.take() {
                 return Err(e);
@@ -172,12 +234,8 @@ impl Prefetch<'_> {
             if state.done || state.stop {
                 // Not in the manifest's order (a verify pass re-reading a chunk): ask directly.
                 drop(state);
-                return Ok(self
-                    .store
-                    .get_chunks(std::slice::from_ref(id))?
-                    .into_iter()
-                    .next()
-                    .flatten());
+                let frames = self.store.get_frames(std::slice::from_ref(id))?;
+                return Ok(received_pieces(frames, &self.fetched).remove(&0));
             }
             state.waiters += 1;
             self.changed.notify_all();

@@ -133,6 +133,98 @@ pub fn decode(stored: &[u8], len: usize) -> std::result::Result<Vec<u8>, String>
     Ok(data)
 }
 
+/// The plain length of a stored frame: a zstd frame carries it in its header, a raw one is its
+/// payload. At most [`FRAME_MAX`], so a damaged header cannot ask for a huge allocation.
+pub fn plain_len(stored: &[u8]) -> std::result::Result<usize, String> {
+    let len = match stored.split_first() {
+        Some((&TAG_RAW, payload)) => payload.len(),
+        Some((&TAG_ZSTD, payload)) => zstd::zstd_safe::get_frame_content_size(payload)
+            .ok()
+            .flatten()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or("no readable zstd frame header")?,
+        Some((tag, _)) => return Err(format!("unknown encoding tag {tag}")),
+        None => return Err("empty frame".into()),
+    };
+    if len > FRAME_MAX {
+        return Err(format!("frame of {len} bytes is larger than {FRAME_MAX}"));
+    }
+    Ok(len)
+}
+
+/// Decodes a stored frame whose plain length is in its own header ([`plain_len`]).
+pub fn decode_whole(stored: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    decode(stored, plain_len(stored)?)
+}
+
+/// Where one asked-for chunk lies in a [`WireFrame`]'s plain bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramePart {
+    /// Position of the chunk's id in the request.
+    pub index: u32,
+    /// Offset of the chunk in the frame's plain bytes.
+    pub start: u32,
+    /// Length of the chunk.
+    pub len: u32,
+}
+
+/// Chunks in transit inside a frame (what deploy reads): the frame's stored bytes, sent as the
+/// store holds them when the asked-for chunks make up most of it, and where each asked-for chunk
+/// lies in it. The sender neither decodes nor hashes; the receiver decodes the frame once and
+/// checks every chunk against the id it asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireFrame {
+    /// Stored bytes (see [`encode`]).
+    pub stored: Vec<u8>,
+    /// The asked-for chunks in it.
+    pub parts: Vec<FramePart>,
+}
+
+impl WireFrame {
+    /// The plain bytes of part `part` of the decoded frame `plain`, checked against `id`.
+    pub fn checked_part<'a>(plain: &'a [u8], part: &FramePart, id: &ChunkId) -> std::result::Result<&'a [u8], String> {
+        let start = part.start as usize;
+        let data = plain
+            .get(start..start + part.len as usize)
+            .ok_or("it lies past the end of its frame")?;
+        check(id, data)?;
+        Ok(data)
+    }
+
+    /// Decodes the frame and returns its parts' chunks, each checked against the id at its index
+    /// in `ids`; the error names the first bad chunk.
+    pub fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>> {
+        let id_of = |part: &FramePart| {
+            ids.get(part.index as usize).copied().ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "a frame part names request position {}, past the request",
+                    part.index
+                ))
+            })
+        };
+        let corrupt = |id: &ChunkId, reason: String| Error::ChunkCorrupt {
+            image: "transfer".into(),
+            chunk: id.to_hex(),
+            reason,
+        };
+        let plain = match decode_whole(&self.stored) {
+            Ok(plain) => plain,
+            Err(reason) => {
+                let first = self.parts.first().map(id_of).transpose()?.unwrap_or(ChunkId([0; 32]));
+                return Err(corrupt(&first, format!("its frame is damaged: {reason}")));
+            }
+        };
+        self.parts
+            .iter()
+            .map(|part| {
+                let id = id_of(part)?;
+                let data = WireFrame::checked_part(&plain, part, &id).map_err(|reason| corrupt(&id, reason))?;
+                Ok((id, data.to_vec()))
+            })
+            .collect()
+    }
+}
+
 /// Checks that `data` is chunk `id`.
 pub fn check(id: &ChunkId, data: &[u8]) -> std::result::Result<(), String> {
     if ChunkId::of(data) == *id {
@@ -147,6 +239,12 @@ pub trait ChunkSource: Send + Sync {
     /// The plain bytes of `id`, checked against its hash, or `None` when absent. Wrong content is
     /// [`Error::ChunkCorrupt`] with image `"store"`; callers that know the image rename it.
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>>;
+
+    /// Appends the plain bytes of `id`, checked, to `buf`; false (and `buf` unchanged) when
+    /// absent. Sources that hold decoded frames override it to copy once.
+    fn get_into(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<bool> {
+        Ok(self.get(id)?.map(|data| buf.extend_from_slice(&data)).is_some())
+    }
 }
 
 /// Where chunks go: a store being written.

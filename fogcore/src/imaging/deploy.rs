@@ -120,16 +120,16 @@ pub fn deploy_manifest(
         for_each_run(manifest, region, threads, progress, |run| {
             // A run's chunks are consecutive in the stream: stretches of them (all but the
             // all-zero chunks on a fresh target) are written with one write per extent piece.
-            let mut buf = Vec::new();
+            let mut buf = Vec::with_capacity(run.iter().map(|(c, _)| c.len as usize).sum());
             let mut stretches: Vec<(u64, usize, usize)> = Vec::new(); // stream offset, buf range
             for (chunk, stream_offset) in run {
-                let data = load_chunk(source, &header.name, chunk)?;
+                let from = buf.len();
+                load_chunk_into(source, &header.name, chunk, &mut buf)?;
                 progress.advance(u64::from(chunk.len));
-                if target.is_fresh() && data.iter().all(|&b| b == 0) {
+                if target.is_fresh() && buf[from..].iter().all(|&b| b == 0) {
+                    buf.truncate(from);
                     continue;
                 }
-                let from = buf.len();
-                buf.extend_from_slice(&data);
                 match stretches.last_mut() {
                     Some(s) if s.0 + (s.2 - s.1) as u64 == *stream_offset => s.2 = buf.len(),
                     _ => stretches.push((*stream_offset, from, buf.len())),
@@ -267,14 +267,23 @@ pub fn verify_target(
 
 /// Fetches one chunk of image `image` (the source checks its hash; deploy checks its length).
 fn load_chunk(source: &dyn ChunkSource, image: &str, chunk: &ChunkRef) -> Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(chunk.len as usize);
+    load_chunk_into(source, image, chunk, &mut data)?;
+    Ok(data)
+}
+
+/// Appends one chunk of image `image` to `buf`, as [`load_chunk`]; on error `buf` may hold part
+/// of it.
+fn load_chunk_into(source: &dyn ChunkSource, image: &str, chunk: &ChunkRef, buf: &mut Vec<u8>) -> Result<()> {
     let corrupt = |reason| Error::ChunkCorrupt {
         image: image.into(),
         chunk: chunk.id.to_hex(),
         reason,
     };
-    let data = match source.get(&chunk.id) {
-        Ok(Some(data)) => data,
-        Ok(None) => {
+    let from = buf.len();
+    match source.get_into(&chunk.id, buf) {
+        Ok(true) => {}
+        Ok(false) => {
             return Err(Error::ChunkMissing {
                 image: image.into(),
                 chunk: chunk.id.to_hex(),
@@ -282,15 +291,12 @@ fn load_chunk(source: &dyn ChunkSource, image: &str, chunk: &ChunkRef) -> Result
         }
         Err(Error::ChunkCorrupt { reason, .. }) => return Err(corrupt(reason)),
         Err(e) => return Err(e),
-    };
-    if data.len() != chunk.len as usize {
-        return Err(corrupt(format!(
-            "{} bytes, the image expects {}",
-            data.len(),
-            chunk.len
-        )));
     }
-    Ok(data)
+    let got = buf.len() - from;
+    if got != chunk.len as usize {
+        return Err(corrupt(format!("{got} bytes, the image expects {}", chunk.len)));
+    }
+    Ok(())
 }
 
 /// Runs `work(run)` for runs of consecutive chunks of a region (each with its stream offset) on

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::chunk::{self, ChunkId, ChunkSink};
+use super::chunk::{self, ChunkId, ChunkSink, FramePart, WireFrame};
 use super::manifest::{ChunkRef, Manifest, ManifestWriter};
 use super::store::Store;
 use crate::error::IoContext;
@@ -48,18 +48,18 @@ impl WireChunk {
     pub fn verify(&self) -> Result<()> {
         self.plain().map(|_| ())
     }
-}
 
-/// The plain length of an encoded chunk, from its tag and zstd frame header.
-pub fn plain_len(encoded: &[u8]) -> Option<u32> {
-    let (tag, payload) = encoded.split_first()?;
-    match *tag {
-        chunk::TAG_RAW => u32::try_from(payload.len()).ok(),
-        chunk::TAG_ZSTD => zstd::zstd_safe::get_frame_content_size(payload)
+    /// A chunk as it arrived in stored form; its plain length comes from the encoding.
+    pub fn from_stored(id: ChunkId, encoded: Vec<u8>) -> Result<WireChunk> {
+        let len = chunk::plain_len(&encoded)
             .ok()
-            .flatten()
-            .and_then(|n| u32::try_from(n).ok()),
-        _ => None,
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| Error::ChunkCorrupt {
+                image: "transfer".into(),
+                chunk: id.to_hex(),
+                reason: "its plain length is not readable from its encoding".into(),
+            })?;
+        Ok(WireChunk { id, len, encoded })
     }
 }
 
@@ -76,14 +76,53 @@ pub trait ImageStore: Send + Sync {
     }
     /// Of `ids`, those the store does not hold, in the order given.
     fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>>;
-    /// The encoded bytes of each of `ids` (`None` when absent), in the order given.
+    /// The encoded bytes of each of `ids` (`None` when absent), in the order given, each chunk
+    /// encoded on its own: what replication sends, so only the chunks asked for cross the wire.
     fn get_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>>;
+    /// The chunks of `ids` in frames ([`WireFrame`]): what deploy reads, with no per-chunk work on
+    /// the sending side. Absent ids are in no frame. Default: each chunk from
+    /// [`get_chunks`](ImageStore::get_chunks) as a frame of its own.
+    fn get_frames(&self, ids: &[ChunkId]) -> Result<Vec<WireFrame>> {
+        let mut frames = Vec::new();
+        for ((index, id), encoded) in (0u32..).zip(ids).zip(self.get_chunks(ids)?) {
+            let Some(encoded) = encoded else { continue };
+            let chunk = WireChunk::from_stored(*id, encoded)?;
+            frames.push(WireFrame {
+                stored: chunk.encoded,
+                parts: vec![FramePart {
+                    index,
+                    start: 0,
+                    len: chunk.len,
+                }],
+            });
+        }
+        Ok(frames)
+    }
     /// Checks every chunk (decode and hash) and, only if all are good, stores them durably.
     /// Returns how many were new.
     fn put_chunks(&self, chunks: &[WireChunk]) -> Result<u64>;
     /// Makes `bytes` (a manifest file) image `name`, atomically, once every chunk it names is
     /// present; else [`Error::Conflict`] naming what is missing, and nothing changes.
     fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Like [`put_chunks`](ImageStore::put_chunks) for the chunks of `frames` (parts naming
+    /// `ids`). Default: each chunk encoded on its own through `put_chunks`.
+    fn put_frames(&self, ids: &[ChunkId], frames: &[WireFrame]) -> Result<u64> {
+        let chunks: Vec<WireChunk> = checked_frame_chunks(ids, frames)?
+            .into_iter()
+            .map(|(id, plain)| WireChunk {
+                id,
+                len: plain.len() as u32,
+                encoded: chunk::encode(&plain),
+            })
+            .collect();
+        self.put_chunks(&chunks)
+    }
+}
+
+/// The chunks of `frames` (parts naming `ids`), decoded and checked, frames in parallel.
+pub fn checked_frame_chunks(ids: &[ChunkId], frames: &[WireFrame]) -> Result<Vec<(ChunkId, Vec<u8>)>> {
+    let per_frame: Vec<Vec<(ChunkId, Vec<u8>)>> = frames.par_iter().map(|f| f.chunks(ids)).collect::<Result<_>>()?;
+    Ok(per_frame.into_iter().flatten().collect())
 }
 
 /// The local store as an [`ImageStore`]. All of replication's contact with [`Store`] is here.
@@ -101,6 +140,17 @@ impl LocalStore {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Stores chunks already checked against their ids, durably per batch.
+    fn store_checked(&self, run: &[(ChunkId, &[u8])]) -> Result<u64> {
+        let writer = self.store.writer()?;
+        let new = writer.put_run(run)?;
+        if new > 0 {
+            // Durable per batch: a re-run after a crash sends only what is still missing.
+            writer.commit_chunks()?;
+        }
+        Ok(new as u64)
     }
 }
 
@@ -203,13 +253,18 @@ impl ImageStore for LocalStore {
         // Every chunk of the batch is checked before any is stored: one bad chunk stores nothing.
         let plain: Vec<Vec<u8>> = chunks.par_iter().map(WireChunk::plain).collect::<Result<_>>()?;
         let run: Vec<(ChunkId, &[u8])> = chunks.iter().zip(&plain).map(|(c, p)| (c.id, p.as_slice())).collect();
-        let writer = self.store.writer()?;
-        let new = writer.put_run(&run)?;
-        if new > 0 {
-            // Durable per batch: a re-run after a crash sends only what is still missing.
-            writer.commit_chunks()?;
-        }
-        Ok(new as u64)
+        self.store_checked(&run)
+    }
+
+    fn get_frames(&self, ids: &[ChunkId]) -> Result<Vec<WireFrame>> {
+        let _lock = self.store.lock_shared()?;
+        self.store.reader()?.frames(ids)
+    }
+
+    fn put_frames(&self, ids: &[ChunkId], frames: &[WireFrame]) -> Result<u64> {
+        let chunks = checked_frame_chunks(ids, frames)?;
+        let run: Vec<(ChunkId, &[u8])> = chunks.iter().map(|(id, p)| (*id, p.as_slice())).collect();
+        self.store_checked(&run)
     }
 
     fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()> {
@@ -280,19 +335,23 @@ impl ImageStore for ReadThrough {
         let mut keep = Vec::new();
         for ((&i, id), encoded) in absent.iter().zip(&wanted).zip(fetched) {
             if let Some(encoded) = encoded {
-                let len = plain_len(&encoded)
-                    .ok_or_else(|| Error::invalid("chunk", id.to_string(), "upstream sent an undecodable chunk"))?;
-                keep.push(WireChunk {
-                    id: *id,
-                    len,
-                    encoded: encoded.clone(),
-                });
+                keep.push(WireChunk::from_stored(*id, encoded.clone())?);
                 chunks[i] = Some(encoded);
             }
         }
         // put_chunks checks every chunk against its id before storing any.
         self.local.put_chunks(&keep)?;
         Ok(chunks)
+    }
+
+    fn get_frames(&self, ids: &[ChunkId]) -> Result<Vec<WireFrame>> {
+        let wanted = self.local.missing(ids)?;
+        if !wanted.is_empty() {
+            // Checked and kept here first, then served from here like the rest.
+            let fetched = self.upstream.get_frames(&wanted)?;
+            self.local.put_frames(&wanted, &fetched)?;
+        }
+        self.local.get_frames(ids)
     }
 
     fn put_chunks(&self, chunks: &[WireChunk]) -> Result<u64> {
@@ -420,8 +479,9 @@ mod tests {
     #[test]
     fn plain_length_comes_from_the_encoding() {
         for data in [b"fog ".repeat(5000), vec![9u8; 3], Vec::new()] {
-            assert_eq!(plain_len(&chunk::encode(&data)), Some(data.len() as u32));
+            assert_eq!(chunk::plain_len(&chunk::encode(&data)), Ok(data.len()));
         }
-        assert_eq!(plain_len(&[]), None);
+        assert!(chunk::plain_len(&[]).is_err());
+        assert!(WireChunk::from_stored(ChunkId::of(b""), vec![7, 0]).is_err());
     }
 }

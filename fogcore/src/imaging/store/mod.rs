@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::chunk::{self, ChunkId, ChunkSink, ChunkSource};
+use super::chunk::{self, ChunkId, ChunkSink, ChunkSource, FramePart, WireFrame};
 use super::manifest::{Header, Manifest, ManifestWriter};
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -540,6 +540,9 @@ impl Store {
     }
 }
 
+/// A chunk asked for in [`StoreReader::frames`]: its position in the request, id and place.
+type AskedChunk = (u32, ChunkId, Loc);
+
 /// Reads chunks from a store's packs through the index loaded when it was made.
 pub struct StoreReader {
     packs_dir: PathBuf,
@@ -613,16 +616,95 @@ impl StoreReader {
         Ok(file)
     }
 
-    /// Reads and decodes the frame holding `id` (named in the error when the frame is damaged).
-    fn load_frame(&self, id: &ChunkId, loc: &Loc) -> Result<Vec<u8>> {
+    /// The stored bytes of the frame at `loc`.
+    fn read_stored(&self, loc: &Loc) -> Result<Vec<u8>> {
         let mut stored = vec![0u8; loc.len as usize];
         self.pack(loc.pack)?
             .read_exact_at(&mut stored, loc.offset)
             .at(pack_path(&self.packs_dir, loc.pack))?;
+        Ok(stored)
+    }
+
+    /// Reads and decodes the frame holding `id` (named in the error when the frame is damaged).
+    fn load_frame(&self, id: &ChunkId, loc: &Loc) -> Result<Vec<u8>> {
+        let stored = self.read_stored(loc)?;
         self.cache.decoded.fetch_add(1, Ordering::Relaxed);
-        frame_plain_len(&stored)
-            .and_then(|len| chunk::decode(&stored, len))
-            .map_err(|reason| corrupt(id, format!("its frame is damaged: {reason}")))
+        chunk::decode_whole(&stored).map_err(|reason| corrupt(id, format!("its frame is damaged: {reason}")))
+    }
+
+    /// The frames holding `ids`, in the order of their first asked-for chunk, for the wire (see
+    /// [`WireFrame`]); absent ids are in no frame. A frame whose asked-for chunks make up at
+    /// least half of its plain bytes goes as stored: no decode, no hash, no compression here (the
+    /// receiver checks every chunk). A frame mostly of other chunks (another image's, after
+    /// dedupe) is cut down to the asked-for ones and encoded again, so a sparse read does not
+    /// carry a frame of strangers.
+    pub fn frames(&self, ids: &[ChunkId]) -> Result<Vec<WireFrame>> {
+        let mut groups: Vec<(Loc, Vec<AskedChunk>)> = Vec::new();
+        let mut group_of: HashMap<(u32, u64), usize> = HashMap::new();
+        for (index, id) in (0u32..).zip(ids) {
+            let Some(loc) = self.index.get(id) else { continue };
+            let at = *group_of.entry(loc.frame()).or_insert_with(|| {
+                groups.push((loc, Vec::new()));
+                groups.len() - 1
+            });
+            groups[at].1.push((index, *id, loc));
+        }
+        groups
+            .into_par_iter()
+            .map(|(frame, chunks)| self.wire_frame(&frame, &chunks))
+            .collect()
+    }
+
+    fn wire_frame(&self, frame: &Loc, chunks: &[AskedChunk]) -> Result<WireFrame> {
+        let stored = self.read_stored(frame)?;
+        let first = chunks.first().map_or(ChunkId([0; 32]), |c| c.1);
+        let plain_len =
+            chunk::plain_len(&stored).map_err(|reason| corrupt(&first, format!("its frame is damaged: {reason}")))?;
+        let mut asked = HashSet::new();
+        for (_, id, loc) in chunks {
+            if loc.start as usize + loc.chunk_len as usize > plain_len {
+                return Err(corrupt(id, "it lies past the end of its frame".into()));
+            }
+            asked.insert((loc.start, loc.chunk_len));
+        }
+        let asked_bytes: usize = asked.iter().map(|(_, len)| *len as usize).sum();
+        if asked_bytes * 2 >= plain_len {
+            let parts = chunks
+                .iter()
+                .map(|(index, _, loc)| FramePart {
+                    index: *index,
+                    start: loc.start,
+                    len: loc.chunk_len,
+                })
+                .collect();
+            return Ok(WireFrame { stored, parts });
+        }
+        let decoded = self.cached_frame(&first, frame)?;
+        let mut plain = Vec::with_capacity(asked_bytes);
+        let mut parts = Vec::with_capacity(chunks.len());
+        let mut placed: HashMap<(u32, u32), u32> = HashMap::new();
+        for (index, id, loc) in chunks {
+            let start = match placed.get(&(loc.start, loc.chunk_len)) {
+                Some(&start) => start,
+                None => {
+                    let data = chunk_in(&decoded, loc)
+                        .ok_or_else(|| corrupt(id, "it lies past the end of its frame".into()))?;
+                    let start = plain.len() as u32;
+                    plain.extend_from_slice(data);
+                    placed.insert((loc.start, loc.chunk_len), start);
+                    start
+                }
+            };
+            parts.push(FramePart {
+                index: *index,
+                start,
+                len: loc.chunk_len,
+            });
+        }
+        Ok(WireFrame {
+            stored: chunk::encode(&plain),
+            parts,
+        })
     }
 
     /// The decoded frame of `loc`, from the cache when it is there.
@@ -665,13 +747,19 @@ impl StoreReader {
 
 impl ChunkSource for StoreReader {
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        let mut data = Vec::new();
+        Ok(self.get_into(id, &mut data)?.then_some(data))
+    }
+
+    fn get_into(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<bool> {
         let Some(loc) = self.index.get(id) else {
-            return Ok(None);
+            return Ok(false);
         };
         let frame = self.cached_frame(id, &loc)?;
         let data = chunk_in(&frame, &loc).ok_or_else(|| corrupt(id, "it lies past the end of its frame".into()))?;
         chunk::check(id, data).map_err(|reason| corrupt(id, reason))?;
-        Ok(Some(data.to_vec()))
+        buf.extend_from_slice(data);
+        Ok(true)
     }
 }
 
@@ -679,20 +767,6 @@ impl ChunkSource for StoreReader {
 fn chunk_in<'a>(frame: &'a [u8], loc: &Loc) -> Option<&'a [u8]> {
     let start = loc.start as usize;
     frame.get(start..start.checked_add(loc.chunk_len as usize)?)
-}
-
-/// The plain length of a stored frame: a zstd frame carries it, a raw one is its payload.
-fn frame_plain_len(stored: &[u8]) -> std::result::Result<usize, String> {
-    match stored.split_first() {
-        Some((&chunk::TAG_RAW, payload)) => Ok(payload.len()),
-        Some((&chunk::TAG_ZSTD, payload)) => zstd::zstd_safe::get_frame_content_size(payload)
-            .ok()
-            .flatten()
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| "no readable zstd frame header".into()),
-        Some((tag, _)) => Err(format!("unknown encoding tag {tag}")),
-        None => Err("empty frame".into()),
-    }
 }
 
 fn corrupt(id: &ChunkId, reason: String) -> Error {

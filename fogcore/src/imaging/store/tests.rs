@@ -394,3 +394,43 @@ fn a_store_of_the_previous_format_is_refused_clearly() {
         "{message}"
     );
 }
+
+#[test]
+fn frames_go_as_stored_when_mostly_asked_for_and_cut_down_when_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("s")).expect("store");
+    let run: Vec<Vec<u8>> = (0..16).map(|i| text(i, 16 * 1024)).collect();
+    commit_image(&store, "a", std::slice::from_ref(&run));
+    let stored = frames(&store).remove(0).stored;
+    let reader = store.reader().expect("reader");
+    let mut ids: Vec<ChunkId> = run.iter().map(|d| ChunkId::of(d)).collect();
+    ids.push(ChunkId::of(b"absent"));
+
+    let whole = reader.frames(&ids).expect("frames");
+    assert_eq!(whole.len(), 1);
+    assert_eq!(whole[0].stored, stored, "a frame mostly asked for goes as stored");
+    assert_eq!(whole[0].parts.len(), 16, "the absent id is in no part");
+    let got = whole[0].chunks(&ids).expect("every chunk checks");
+    assert_eq!(got.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>(), run);
+
+    // Two chunks of sixteen (and one of them twice): the frame is cut down to the two.
+    let sparse = [ids[5], ids[9], ids[5]];
+    let cut = reader.frames(&sparse).expect("frames");
+    assert_eq!(cut.len(), 1);
+    assert_eq!(chunk::decode_whole(&cut[0].stored).map(|p| p.len()), Ok(2 * 16 * 1024));
+    let got = cut[0].chunks(&sparse).expect("every chunk checks");
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[2], (ids[5], run[5].clone()));
+
+    // A frame damaged in the pack reaches the receiver, whose check names a chunk of it.
+    let in_frame = damage_frame_of(&store, &run[3]);
+    let damaged = store
+        .reader()
+        .expect("reader")
+        .frames(&ids)
+        .expect("sent as stored, unchecked");
+    match damaged[0].chunks(&ids) {
+        Err(Error::ChunkCorrupt { chunk, .. }) => assert!(in_frame.iter().any(|id| id.to_hex() == chunk)),
+        other => panic!("expected a corrupt chunk, got {other:?}"),
+    }
+}
