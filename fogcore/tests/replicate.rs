@@ -461,14 +461,19 @@ fn a_read_through_store_keeps_what_it_fetched_and_serves_frames_from_itself() {
     got_ids.dedup();
     assert_eq!(got_ids, want, "every present chunk once, the absent one in no frame");
     let local = LocalStore::new(node.clone());
-    assert!(local.missing(&ids).expect("missing").is_empty(), "fetched chunks were not kept");
+    assert!(
+        local.missing(&ids).expect("missing").is_empty(),
+        "fetched chunks were not kept"
+    );
     assert!(node.verify().expect("verify").is_ok());
 
     // Upstream gone: what was kept is still served.
     drop(served);
     let again = through.get_frames(&ids).expect("served from the node's store");
     assert_eq!(
-        fogcore::imaging::replica::checked_frame_chunks(&ids, &again).expect("check").len(),
+        fogcore::imaging::replica::checked_frame_chunks(&ids, &again)
+            .expect("check")
+            .len(),
         ids.len()
     );
 }

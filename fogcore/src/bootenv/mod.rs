@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{write_durably, write_durably_with};
 use cpio::{Archive, Entry};
 
 /// `/init`: mounts, modules, DHCP, then the action of the kernel command line.
@@ -309,28 +310,21 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport> {
     }
     archive.add("lib/modules/order", Entry::File(0o644, order.into_bytes()));
 
-    // Write to temporary names, then rename: a node serving the old pair never sees half a file.
+    // Each file whole or not at all: a node serving the old pair never sees half a file.
     let initrd = options.out.join("initrd.img");
     let vmlinuz = options.out.join("vmlinuz");
-    let tmp_initrd = options.out.join(".initrd.img.tmp");
-    let tmp_kernel = options.out.join(".vmlinuz.tmp");
-    let uncompressed_bytes = {
-        let file = std::fs::File::create(&tmp_initrd).map_err(|e| Error::io(&tmp_initrd, e))?;
-        let mut encoder =
-            zstd::Encoder::new(file, options.level.unwrap_or(9)).map_err(|e| Error::io(&tmp_initrd, e))?;
+    let uncompressed_bytes = write_durably_with(&initrd, |file| {
+        let tmp = initrd.with_extension("tmp");
+        let mut encoder = zstd::Encoder::new(file, options.level.unwrap_or(9)).at(&tmp)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-        encoder.multithread(threads).map_err(|e| Error::io(&tmp_initrd, e))?;
+        encoder.multithread(threads).at(&tmp)?;
         let mut out = std::io::BufWriter::new(encoder);
-        let n = archive.write_to(&mut out).map_err(|e| Error::io(&tmp_initrd, e))?;
-        let encoder = out.into_inner().map_err(|e| Error::io(&tmp_initrd, e.into_error()))?;
-        let mut file = encoder.finish().map_err(|e| Error::io(&tmp_initrd, e))?;
-        file.flush().map_err(|e| Error::io(&tmp_initrd, e))?;
-        file.sync_all().map_err(|e| Error::io(&tmp_initrd, e))?;
-        n
-    };
-    std::fs::write(&tmp_kernel, &kernel_bytes).map_err(|e| Error::io(&tmp_kernel, e))?;
-    std::fs::rename(&tmp_kernel, &vmlinuz).map_err(|e| Error::io(&vmlinuz, e))?;
-    std::fs::rename(&tmp_initrd, &initrd).map_err(|e| Error::io(&initrd, e))?;
+        let n = archive.write_to(&mut out).at(&tmp)?;
+        let encoder = out.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+        encoder.finish().at(&tmp)?.flush().at(&tmp)?;
+        Ok(n)
+    })?;
+    write_durably(&vmlinuz, &kernel_bytes)?;
     let initrd_bytes = std::fs::metadata(&initrd).map_err(|e| Error::io(&initrd, e))?.len();
 
     Ok(BuildReport {
