@@ -397,6 +397,33 @@ fn deploy_and_capture_move_chunks_in_batches() {
 }
 
 #[test]
+fn wipe_tasks_erase_the_signature_then_every_byte() {
+    let site = Site::start(1);
+    site.add_host(0);
+    let disk = site.dir.path().join("retired.img");
+    fs::copy(&site.source, &disk).expect("copy");
+    let ext4 = |disk: &Path| sh(&format!("blkid -p -o value -s TYPE {} || true", disk.display()));
+    assert_eq!(ext4(&disk).trim(), "ext4");
+
+    site.add_task(0, TaskKind::WipeFast, None);
+    run_agent(&site.agent(0, &disk));
+    assert_eq!(ext4(&disk).trim(), "", "the filesystem signature survived a fast wipe");
+    assert!(
+        fs::read(&disk).expect("read").iter().any(|&b| b != 0),
+        "a fast wipe zeroed everything"
+    );
+
+    site.add_task(0, TaskKind::WipeFull, None);
+    let report = run_agent(&site.agent(0, &disk));
+    assert_eq!(report.bytes, fs::metadata(&disk).expect("meta").len());
+    assert!(
+        fs::read(&disk).expect("read").iter().all(|&b| b == 0),
+        "a full wipe left data"
+    );
+    assert!(site.tasks("pc-0").iter().all(|t| t.state == TaskState::Complete));
+}
+
+#[test]
 fn a_damaged_frame_in_the_store_fails_the_deploy_naming_image_and_chunk() {
     let site = Site::start(1);
     let dir = site.dir.path().to_path_buf();

@@ -12,6 +12,7 @@ use fogcore::Error;
 use fogcore::imaging::capture::{CaptureOptions, capture};
 use fogcore::imaging::deploy::{DeployOptions, deploy};
 use fogcore::imaging::store::Store;
+use fogcore::imaging::wipe::{WipeMode, wipe};
 use fogcore::progress::NoProgress;
 use tools::*;
 
@@ -509,4 +510,62 @@ fn two_walks_of_one_manifest_at_once_agree() {
             }
         }
     }
+}
+
+/// What `blkid -p` finds in `len` bytes at `offset` of `disk` (empty when nothing).
+fn blkid_type(disk: &Path, (offset, len): (u64, u64)) -> String {
+    let out = std::process::Command::new("blkid")
+        .args([
+            "-p",
+            "-o",
+            "value",
+            "-s",
+            "TYPE",
+            "-O",
+            &offset.to_string(),
+            "-S",
+            &len.to_string(),
+        ])
+        .arg(disk)
+        .output()
+        .expect("blkid runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn fast_wipe_leaves_no_table_or_signature_and_full_wipe_leaves_only_zeros() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = build_gpt_disk(dir.path());
+    let parts = partitions(&disk.path);
+    let found: Vec<String> = parts[..4].iter().map(|p| blkid_type(&disk.path, *p)).collect();
+    assert_eq!(found, ["vfat", "ext4", "ntfs", "swap"]);
+    // Data in the middle of the ext4 partition: a fast wipe leaves it alone.
+    let middle = (parts[1].0 + parts[1].1 / 2, 4096);
+    let before = pseudo_random(middle.1 as usize, 11);
+    write_at(&disk.path, middle.0, &before);
+
+    let report = wipe(&disk.path, WipeMode::Fast, &NoProgress).expect("fast wipe");
+    assert_eq!(report.partitions, 5);
+    assert!(report.bytes_written <= 12 * MIB, "{} bytes", report.bytes_written);
+    for p in &parts {
+        assert_eq!(blkid_type(&disk.path, *p), "", "a signature survived at {p:?}");
+    }
+    assert_eq!(
+        sh(&format!("wipefs -n {}", disk.path.display())),
+        "",
+        "the disk still has a table"
+    );
+    assert!(fs::metadata(&disk.path).expect("meta").len() == 200 * MIB);
+    assert_eq!(read_at(&disk.path, middle.0, middle.1), before);
+
+    let report = wipe(&disk.path, WipeMode::Full, &NoProgress).expect("full wipe");
+    assert_eq!(report.bytes_written, 200 * MIB);
+    let bytes = fs::read(&disk.path).expect("read");
+    assert!(bytes.iter().all(|&b| b == 0), "a full wipe left data");
+
+    // A wrong path is an error naming it, and creates nothing.
+    let missing = dir.path().join("no-such-disk.img");
+    let err = wipe(&missing, WipeMode::Fast, &NoProgress).expect_err("wiped a missing disk");
+    assert!(err.to_string().contains("no-such-disk.img"), "{err}");
+    assert!(!missing.exists());
 }

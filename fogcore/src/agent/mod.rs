@@ -27,6 +27,7 @@ use crate::imaging::capture::{CaptureOptions, capture_to};
 use crate::imaging::deploy::{DeployOptions, deploy_manifest};
 use crate::imaging::manifest::ManifestWriter;
 use crate::imaging::replica::{ImageStore, open_manifest_bytes};
+use crate::imaging::wipe::{WipeMode, wipe};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -409,6 +410,22 @@ fn run_task(config: &AgentConfig, task: &Task, progress: &dyn Progress) -> Resul
             capture_remote(&*remote_store(config)?, image, &disk, config, progress)
         }
         TaskKind::Inventory => Ok(()), // the inventory goes with the check-out
+        TaskKind::WipeFast | TaskKind::WipeFull => {
+            let mode = if task.kind == TaskKind::WipeFull {
+                WipeMode::Full
+            } else {
+                WipeMode::Fast
+            };
+            let report = wipe(&target_disk(config)?, mode, progress)?;
+            tracing::info!(
+                "wiped {} ({:?}): {} bytes of zeros, {} partitions",
+                report.target,
+                mode,
+                report.bytes_written,
+                report.partitions
+            );
+            Ok(())
+        }
         other => Err(Error::invalid(
             "task kind",
             other.as_str(),

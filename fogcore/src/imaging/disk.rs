@@ -49,6 +49,12 @@ impl Disk {
         Self::from_file(file, path, false)
     }
 
+    /// Opens an existing disk image or block device for reading and writing.
+    pub fn open_writable(path: &Path) -> Result<Disk> {
+        let file = OpenOptions::new().read(true).write(true).open(path).at(path)?;
+        Self::from_file(file, path, false)
+    }
+
     /// Opens a deploy target for writing. A path that does not exist becomes a new sparse image
     /// file of `new_file_size` bytes (a fresh target: nothing in it needs overwriting).
     pub fn open_target(path: &Path, new_file_size: u64) -> Result<Disk> {

@@ -1,4 +1,5 @@
-//! Imaging: disks, partition tables, used-block maps, chunks, the store, capture and deploy.
+//! Imaging: disks, partition tables, used-block maps, chunks, the store, capture, deploy and
+//! wipe.
 
 pub mod batch;
 pub mod capture;
@@ -13,3 +14,4 @@ pub mod partition;
 pub mod replica;
 pub mod sample;
 pub mod store;
+pub mod wipe;
