@@ -10,7 +10,9 @@
 # - a master that does not answer: the console shows the error and a shell that runs what is
 #   typed, and the VM stays up (no reboot loop).
 # - the same VM with an inventory task (power off after): the node's own script boots it with the
-#   task and a task token on the kernel line, the agent runs it, the task is complete, it powers off.
+#   task and a task token on the kernel line, the agent runs it, the task is complete, it powers off;
+# - the same VM, now with a disk (GPT, an ext4 partition made by mkfs), and a fast wipe task: the
+#   agent picks the only disk, and afterwards neither blkid nor wipefs finds the table or ext4.
 # The menu and failure VMs run at the same time (the second mostly waits in its shell).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -54,6 +56,7 @@ wait_for() {
 fog=${FOG:?run through scripts/e2e}
 pxe_need_packages "$work/apt.log"
 command -v jq > /dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >> "$work/apt.log" 2>&1
+command -v sgdisk > /dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gdisk >> "$work/apt.log" 2>&1
 
 echo "== fog bootenv build"
 boot=$work/boot
@@ -167,6 +170,26 @@ grep -q "fog-init: powering off" "$work/vm-task.log"
 ip netns exec "$ns" "$fog" --master "$master" --token "$admin" --json task show "$task_id" > "$work/task-done.json"
 jq -e '.state == "complete" or .task.state == "complete"' "$work/task-done.json" > /dev/null \
   || { echo "task $task_id is not complete"; exit 1; }
+
+echo "== a wipe task: the agent erases the table and signatures of the VM's disk"
+disk=$work/vm-disk.img
+truncate -s 64M "$disk"
+sgdisk -n 1:2048:+32M "$disk" > /dev/null
+mkfs.ext4 -q -F -E offset=1048576 "$disk" 32M
+[ "$(blkid -p -O 1048576 -o value -s TYPE "$disk")" = ext4 ] || { echo "the test disk has no ext4"; exit 1; }
+ip netns exec "$ns" "$fog" --master "$master" --token "$admin" --json task wipe sn-1234 --poweroff > "$work/wipe.json"
+wipe_id=$(jq -r .id "$work/wipe.json")
+sleep 6 # the node pulls its hosts' tasks every 5 s
+pxe_boot_vm "$ns" tap0 "$work/vm-wipe.log" 240 bios "$good_mac" \
+  -smbios "type=1,manufacturer=FogTest,product=Lab-VM,serial=SN-1234,uuid=$uuid" \
+  -drive "file=$disk,if=virtio,format=raw" \
+  || { echo "wipe VM: qemu exit $?"; exit 1; }
+grep -q "fog-init: running the agent: wipe_fast (task $wipe_id)" "$work/vm-wipe.log"
+ip netns exec "$ns" "$fog" --master "$master" --token "$admin" --json task show "$wipe_id" > "$work/wipe-done.json"
+jq -e '.state == "complete" or .task.state == "complete"' "$work/wipe-done.json" > /dev/null \
+  || { echo "wipe task $wipe_id is not complete"; exit 1; }
+[ -z "$(blkid -p -O 1048576 -o value -s TYPE "$disk" || true)" ] || { echo "ext4 survived the wipe"; exit 1; }
+[ -z "$(wipefs -n "$disk")" ] || { echo "the partition table survived the wipe"; wipefs -n "$disk"; exit 1; }
 
 kill -TERM "$serve_pid"; wait "$serve_pid" 2>/dev/null || true; serve_pid=
 kill -TERM "$master_pid"; wait "$master_pid" 2>/dev/null || true; master_pid=
