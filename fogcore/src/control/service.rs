@@ -87,6 +87,9 @@ pub struct Control {
     line: Arc<Mutex<Lines>>,
     /// Known token hashes (filled as tokens are used, emptied for a node when its tokens change).
     tokens: std::sync::Mutex<TokenCache>,
+    /// MAC → the host's task standing in a line (filled at check-ins, emptied when hosts
+    /// change), so an agent asking again costs no query.
+    macs: std::sync::Mutex<MacCache>,
     waiter_timeout: Millis,
     agent_timeout: Millis,
     /// When this master started: silence while it was down is nobody's fault.
@@ -102,6 +105,22 @@ struct TokenCache {
     roles: HashMap<String, TokenRole>,
     node_hashes: HashMap<String, Vec<String>>,
     generation: u64,
+}
+
+/// MACs of hosts whose task stood in a line at their last check-in. An entry is only a hint:
+/// it counts while its task is still in a line. `generation` moves whenever hosts change.
+#[derive(Debug, Default)]
+struct MacCache {
+    entries: HashMap<String, MacEntry>,
+    generation: u64,
+}
+
+#[derive(Debug, Clone)]
+struct MacEntry {
+    host: String,
+    task: TaskId,
+    /// The host's UUID is known (a check-in bringing one has nothing to store).
+    uuid: bool,
 }
 
 /// A decision about one task, before it is committed.
@@ -237,6 +256,7 @@ impl Control {
             clock,
             line: Arc::new(Mutex::new(Lines::default())),
             tokens: std::sync::Mutex::new(TokenCache::default()),
+            macs: std::sync::Mutex::new(MacCache::default()),
             waiter_timeout,
             agent_timeout: AGENT_TIMEOUT_MS,
             started,
@@ -503,11 +523,20 @@ impl Control {
         same_name("host name", name, &host.name)?;
         self.check_host(&mut host).await?;
         self.db.update_host(&host).await?;
+        self.forget_macs();
         self.db.host(name).await
+    }
+
+    /// Hosts changed: the MAC hints go.
+    fn forget_macs(&self) {
+        let mut macs = lock(&self.macs);
+        macs.generation += 1;
+        macs.entries.clear();
     }
 
     /// Removes a host; refused while it has a task not over.
     pub async fn delete_host(&self, name: &str) -> Result<()> {
+        self.forget_macs();
         self.db.host(name).await?;
         if let Some(task) = self.db.open_task_for_host(name).await? {
             return Err(Error::conflict(
@@ -792,6 +821,30 @@ impl Control {
     pub async fn check_in(&self, caller: &Caller, check_in: &CheckIn) -> Result<CheckInReply> {
         let mac = canonical_mac(&check_in.mac)?;
         let uuid = check_in.uuid.as_deref().map(canonical_uuid).transpose()?;
+        // An agent asking again: its task is in a line, nothing to read.
+        let (hint, generation) = {
+            let macs = lock(&self.macs);
+            (macs.entries.get(&mac).cloned(), macs.generation)
+        };
+        if let Some(hint) = hint.filter(|h| h.uuid || uuid.is_none()) {
+            let mut lines = self.line.lock().await;
+            if let Some(held) = lines.get(hint.task).filter(|h| h.task.host == hint.host) {
+                let found = MacLookup {
+                    host: hint.host.clone(),
+                    uuid: None,
+                    address: None,
+                    node: held.task.node.clone(),
+                    task: Some(held.task.clone()),
+                };
+                let task = held.task.clone();
+                if let Some(reply) = self
+                    .check_in_locked(&mut lines, caller, &found, task, check_in.address)
+                    .await?
+                {
+                    return Ok(reply);
+                }
+            }
+        }
         let found = self
             .db
             .check_in_lookup(&mac)
@@ -810,6 +863,17 @@ impl Control {
                 .check_in_locked(&mut lines, caller, &found, open, check_in.address)
                 .await?
             {
+                if lines.get(reply.task.id).is_some() {
+                    let mut macs = lock(&self.macs);
+                    if macs.generation == generation {
+                        let entry = MacEntry {
+                            host: found.host.clone(),
+                            task: reply.task.id,
+                            uuid: found.uuid.is_some() || uuid.is_some(),
+                        };
+                        macs.entries.insert(mac, entry);
+                    }
+                }
                 return Ok(reply);
             }
             task = self.db.open_task_for_host(&found.host).await?;
