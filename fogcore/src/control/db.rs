@@ -87,6 +87,26 @@ pub struct Db {
     backend: Backend,
 }
 
+/// How often SQLite's write-ahead log is copied into the database.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Copies SQLite's write-ahead log into the database every [`CHECKPOINT_EVERY`] (a passive
+/// checkpoint: writers go on meanwhile), until the pool is closed.
+async fn checkpoints(pool: AnyPool) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if pool.is_closed() {
+            break;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+            if pool.is_closed() {
+                break;
+            }
+            tracing::warn!("sqlite checkpoint: {e}");
+        }
+    }
+}
+
 fn db_err(e: sqlx::Error) -> Error {
     Error::Database(e.to_string())
 }
@@ -152,6 +172,9 @@ impl Db {
                         // check-ins a second on this disk.
                         sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        // No checkpoint inside a commit (the master commits under its slot
+                        // lock, and a checkpoint fsyncs): `checkpoints` runs them beside.
+                        sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
@@ -161,6 +184,9 @@ impl Db {
             .map_err(|e| Error::Database(format!("{}: {e}", redact(url))))?;
         let db = Db { pool, backend };
         db.migrate().await?;
+        if sqlite {
+            tokio::spawn(checkpoints(db.pool.clone()));
+        }
         Ok(db)
     }
 
