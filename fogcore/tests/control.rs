@@ -870,3 +870,76 @@ async fn a_taken_port_is_an_error_naming_it() -> TestResult {
     let _ = Heartbeat::default();
     Ok(())
 }
+
+#[tokio::test]
+async fn progress_reads_back_at_once_and_is_written_in_batches() -> TestResult {
+    for b in backends().await? {
+        let db = Db::open(&b.url).await?;
+        let control = Control::new(db.clone());
+        control.create_node(&node("site-a", "10.1.0.0/16", 1)?).await?;
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            let mut h = host(&format!("pc-{i}"), &format!("52:54:00:00:05:{i:02x}"));
+            h.node = Some("site-a".into());
+            control.create_host(h).await?;
+            ids.push(
+                control
+                    .create_task(&task(TaskKind::Inventory, &format!("pc-{i}")))
+                    .await?
+                    .id,
+            );
+        }
+        let admin = fogcore::control::service::Caller::Admin;
+        let ci = |i: u32| CheckIn {
+            mac: format!("52:54:00:00:05:{i:02x}"),
+            uuid: None,
+            address: None,
+        };
+        assert_eq!(control.check_in(&admin, &ci(0)).await?.slot, SlotState::Granted);
+        let waiting = control.check_in(&admin, &ci(1)).await?;
+        assert!(matches!(waiting.slot, SlotState::Waiting { place: 1, .. }));
+        // Asking again (answered from memory) keeps the place and the state.
+        let again = control.check_in(&admin, &ci(1)).await?;
+        assert_eq!(
+            (again.slot, again.task.state),
+            (waiting.slot, TaskState::WaitingForSlot)
+        );
+        let report = ProgressReport {
+            percent: 40.0,
+            bytes: 4096,
+            rate: 100,
+        };
+        let running = TaskState::InProgress {
+            percent: 40.0,
+            bytes: 4096,
+            rate: 100,
+        };
+        assert_eq!(control.progress(&admin, ids[0], &report).await?.state, running);
+        assert_eq!(control.task(ids[0]).await?.state, running, "read back at once");
+        let listed = control.tasks(&TaskFilter::default()).await?;
+        assert_eq!(listed.iter().find(|t| t.id == ids[0]).map(|t| &t.state), Some(&running));
+        control.flush().await?;
+        assert_eq!(db.task(ids[0]).await?.state, running, "written");
+        // A report written late never undoes the check-out.
+        control.progress(&admin, ids[0], &report).await?;
+        let out = CheckOut {
+            ok: true,
+            ..CheckOut::default()
+        };
+        assert_eq!(
+            control.check_out(&admin, ids[0], &out).await?.state,
+            TaskState::Complete
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        control.flush().await?;
+        assert_eq!(db.task(ids[0]).await?.state, TaskState::Complete);
+        assert!(matches!(
+            control.progress(&admin, ids[0], &report).await,
+            Err(Error::IllegalTransition { .. })
+        ));
+        // The slot went free: the waiter gets it when it asks.
+        assert_eq!(control.check_in(&admin, &ci(1)).await?.slot, SlotState::Granted);
+        db.close().await;
+    }
+    Ok(())
+}

@@ -87,6 +87,26 @@ pub struct Db {
     backend: Backend,
 }
 
+/// How often SQLite's write-ahead log is copied into the database.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Copies SQLite's write-ahead log into the database every [`CHECKPOINT_EVERY`] (a passive
+/// checkpoint: writers go on meanwhile), until the pool is closed.
+async fn checkpoints(pool: AnyPool) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if pool.is_closed() {
+            break;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+            if pool.is_closed() {
+                break;
+            }
+            tracing::warn!("sqlite checkpoint: {e}");
+        }
+    }
+}
+
 fn db_err(e: sqlx::Error) -> Error {
     Error::Database(e.to_string())
 }
@@ -152,6 +172,9 @@ impl Db {
                         // check-ins a second on this disk.
                         sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        // No checkpoint inside a commit (the master commits under its slot
+                        // lock, and a checkpoint fsyncs): `checkpoints` runs them beside.
+                        sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
@@ -161,6 +184,9 @@ impl Db {
             .map_err(|e| Error::Database(format!("{}: {e}", redact(url))))?;
         let db = Db { pool, backend };
         db.migrate().await?;
+        if sqlite {
+            tokio::spawn(checkpoints(db.pool.clone()));
+        }
         Ok(db)
     }
 
@@ -753,6 +779,48 @@ impl Db {
         }
     }
 
+    /// What a check-in needs, in one query: the host with this MAC (canonical form) and its task
+    /// that is not over, if any. `None` when no host has the MAC.
+    pub async fn check_in_lookup(&self, mac: &str) -> Result<Option<MacLookup>> {
+        let columns: Vec<String> = Db::TASK_COLUMNS.split(", ").map(|c| format!("t.{c}")).collect();
+        let sql = format!(
+            "SELECT h.name AS host_name, h.uuid AS host_uuid, h.address AS host_address, h.node AS host_node, {}
+             FROM host_macs m JOIN hosts h ON h.name = m.host
+             LEFT JOIN tasks t ON t.host = h.name AND t.state IN {OPEN_STATES}
+             WHERE m.mac = $1 ORDER BY t.id DESC LIMIT 1",
+            columns.join(", ")
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(mac)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let Some(r) = row else { return Ok(None) };
+        let address: Option<String> = r.try_get("host_address").map_err(db_err)?;
+        let task = match r.try_get::<Option<i64>, _>("id").map_err(db_err)? {
+            Some(_) => Some(Db::task_row(&r)?),
+            None => None,
+        };
+        Ok(Some(MacLookup {
+            host: r.try_get("host_name").map_err(db_err)?,
+            uuid: r.try_get("host_uuid").map_err(db_err)?,
+            address: address.and_then(|a| a.parse::<Ipv4Addr>().ok()),
+            node: r.try_get("host_node").map_err(db_err)?,
+            task,
+        }))
+    }
+
+    /// Stores a host's UUID when it has none yet.
+    pub async fn set_host_uuid(&self, host: &str, uuid: &str) -> Result<()> {
+        sqlx::query("UPDATE hosts SET uuid = $2 WHERE name = $1 AND uuid IS NULL")
+            .bind(host)
+            .bind(uuid)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     /// Removes a host and its MACs (its finished tasks stay in the history).
     pub async fn delete_host(&self, name: &str) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
@@ -917,48 +985,120 @@ impl Db {
         Ok(self.tasks(&filter).await?.into_iter().next())
     }
 
-    /// Stores a task's new state (with a history event when the state name changes).
-    pub async fn set_task_state(&self, task: &Task, next: &TaskState, update: TaskUpdate<'_>) -> Result<Task> {
-        let now = now_ms();
-        let (percent, bytes, rate) = match next {
-            TaskState::InProgress { percent, bytes, rate } => (*percent, to_i64(*bytes), to_i64(*rate)),
-            _ => (0.0, 0, 0),
-        };
-        let reason = match next {
-            TaskState::Failed { reason } => Some(reason.as_str()),
-            _ => None,
-        };
+    /// Stores committed decisions in one transaction: each task's row as given, and its history
+    /// rows. A row whose state is no longer the change's `from` (someone changed it since it was
+    /// read) makes the whole write a no-op: returns false.
+    pub async fn write_changes(&self, changes: &[TaskChange<'_>]) -> Result<bool> {
+        if changes.is_empty() {
+            return Ok(true);
+        }
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        sqlx::query(
-            "UPDATE tasks SET state = $2, percent = $3, bytes = $4, rate = $5, reason = $6, ticket = $7,
-             node = $8, last_contact = $9, updated_at = $10 WHERE id = $1",
-        )
-        .bind(task.id)
-        .bind(next.name())
-        .bind(percent)
-        .bind(bytes)
-        .bind(rate)
-        .bind(reason)
-        .bind(update.ticket)
-        .bind(update.node)
-        .bind(update.contact)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if task.state.name() != next.name() {
-            Db::insert_event(
-                &mut tx,
-                task.id,
-                now,
-                Some(task.state.name()),
-                next.name(),
-                update.detail.or(reason),
+        for change in changes {
+            let task = change.task;
+            let (percent, bytes, rate) = match &task.state {
+                TaskState::InProgress { percent, bytes, rate } => (*percent, to_i64(*bytes), to_i64(*rate)),
+                _ => (0.0, 0, 0),
+            };
+            let reason = match &task.state {
+                TaskState::Failed { reason } => Some(reason.as_str()),
+                _ => None,
+            };
+            let n = sqlx::query(
+                "UPDATE tasks SET state = $2, percent = $3, bytes = $4, rate = $5, reason = $6, ticket = $7,
+                 node = $8, last_contact = $9, updated_at = $10 WHERE id = $1 AND state = $11",
             )
-            .await?;
+            .bind(task.id)
+            .bind(task.state.name())
+            .bind(percent)
+            .bind(bytes)
+            .bind(rate)
+            .bind(reason)
+            .bind(task.ticket)
+            .bind(task.node.as_deref())
+            .bind(change.contact)
+            .bind(task.updated_at)
+            .bind(change.from)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            if n != 1 {
+                tx.rollback().await.map_err(db_err)?;
+                return Ok(false);
+            }
+        }
+        let events: Vec<(&TaskChange<'_>, &TaskEventRow)> = changes
+            .iter()
+            .flat_map(|c| c.events.iter().map(move |e| (c, e)))
+            .collect();
+        if !events.is_empty() {
+            let mut sql = String::from("INSERT INTO task_events (task, at, from_state, to_state, detail) VALUES ");
+            for i in 0..events.len() {
+                let b = i * 5;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
+            }
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (change, event) in events {
+                query = query
+                    .bind(change.task.id)
+                    .bind(change.task.updated_at)
+                    .bind(event.from)
+                    .bind(event.to)
+                    .bind(event.detail.clone());
+            }
+            query.execute(&mut *tx).await.map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
-        self.task(task.id).await
+        Ok(true)
+    }
+
+    /// Writes what changed in running or waiting tasks without a change of state (progress, the
+    /// agent's last contact): one statement per 100 tasks. A task whose state is no longer the
+    /// one given is left alone (its state change was written with newer values).
+    pub async fn write_touches(&self, touched: &[(&Task, Millis)]) -> Result<()> {
+        for part in touched.chunks(100) {
+            let mut sql = String::from(
+                "UPDATE tasks SET percent = v.column3, bytes = v.column4, rate = v.column5, last_contact = v.column6,
+                 updated_at = v.column7 FROM (VALUES ",
+            );
+            for i in 0..part.len() {
+                let b = i * 7;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                ));
+            }
+            sql.push_str(") AS v WHERE tasks.id = v.column1 AND tasks.state = v.column2");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (task, contact) in part {
+                let (percent, bytes, rate) = match &task.state {
+                    TaskState::InProgress { percent, bytes, rate } => (*percent, to_i64(*bytes), to_i64(*rate)),
+                    _ => (0.0, 0, 0),
+                };
+                query = query
+                    .bind(task.id)
+                    .bind(task.state.name())
+                    .bind(percent)
+                    .bind(bytes)
+                    .bind(rate)
+                    .bind(*contact)
+                    .bind(task.updated_at);
+            }
+            query.execute(&self.pool).await.map_err(db_err)?;
+        }
+        Ok(())
     }
 
     /// A task's history, oldest first.
@@ -982,42 +1122,22 @@ impl Db {
             .collect()
     }
 
-    /// The node's slot holders and its line, for the slot decision.
-    pub async fn node_line(&self, node: &str) -> Result<NodeLine> {
-        let running = self.tasks_of_node_in(node, "'in_progress'").await?;
-        Ok(NodeLine {
-            active: u32::try_from(running.len()).unwrap_or(u32::MAX),
-            running,
-            waiting: self.node_waiting(node).await?,
-        })
-    }
-
-    /// The node's line alone (checked-in tasks without a slot, first first): (task id, last contact).
-    pub async fn node_waiting(&self, node: &str) -> Result<Vec<(TaskId, Millis)>> {
-        self.tasks_of_node_in(node, "'checked_in', 'waiting_for_slot'").await
-    }
-
-    /// The node's slot holders: (task id, last contact).
-    pub async fn node_running(&self, node: &str) -> Result<Vec<(TaskId, Millis)>> {
-        self.tasks_of_node_in(node, "'in_progress'").await
-    }
-
-    async fn tasks_of_node_in(&self, node: &str, states: &'static str) -> Result<Vec<(TaskId, Millis)>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT id, last_contact FROM tasks WHERE node = $1 AND state IN ({states}) ORDER BY ticket, id"
-        )))
-        .bind(node)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
+    /// The tasks of `node` standing in its line (checked in, waiting, holding a slot), each with
+    /// its agent's last contact (0 when none was stored).
+    pub async fn line_tasks(&self, node: &str) -> Result<Vec<(Task, Millis)>> {
+        let sql = format!(
+            "SELECT {}, last_contact FROM tasks WHERE node = $1 AND state IN ('checked_in', 'waiting_for_slot', 'in_progress')",
+            Db::TASK_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
         rows.iter()
             .map(|r| {
-                Ok((
-                    r.try_get::<i64, _>("id").map_err(db_err)?,
-                    r.try_get::<Option<i64>, _>("last_contact")
-                        .map_err(db_err)?
-                        .unwrap_or(0),
-                ))
+                let contact: Option<i64> = r.try_get("last_contact").map_err(db_err)?;
+                Ok((Db::task_row(r)?, contact.unwrap_or(0)))
             })
             .collect()
     }
@@ -1223,48 +1343,43 @@ pub struct TaskFilter {
     pub limit: Option<u32>,
 }
 
-/// Fields stored with a state change.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TaskUpdate<'a> {
-    /// Place in line (kept while checked in, waiting or running).
-    pub ticket: Option<i64>,
-    /// The node imaging the host.
-    pub node: Option<&'a str>,
+/// A host found by MAC, with its open task ([`Db::check_in_lookup`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MacLookup {
+    /// Host name.
+    pub host: String,
+    /// Its SMBIOS UUID, when known.
+    pub uuid: Option<String>,
+    /// Its address, when set.
+    pub address: Option<Ipv4Addr>,
+    /// The node set on it.
+    pub node: Option<String>,
+    /// Its task that is not over.
+    pub task: Option<Task>,
+}
+
+/// A committed decision about one task, for [`Db::write_changes`].
+#[derive(Debug, Clone)]
+pub struct TaskChange<'a> {
+    /// The task as it is now (its `updated_at` is also the time of its history rows).
+    pub task: &'a Task,
+    /// The state name its row holds until now.
+    pub from: &'static str,
     /// The agent's last contact.
     pub contact: Option<Millis>,
-    /// Detail for the history.
-    pub detail: Option<&'a str>,
+    /// History rows, in order.
+    pub events: Vec<TaskEventRow>,
 }
 
-impl<'a> TaskUpdate<'a> {
-    /// The task keeps its place in line and its node; `detail` goes into the history.
-    pub fn keep(task: &'a Task, detail: Option<&'a str>) -> Self {
-        TaskUpdate {
-            ticket: task.ticket,
-            node: task.node.as_deref(),
-            contact: None,
-            detail,
-        }
-    }
-
-    /// [`TaskUpdate::keep`], and the agent was heard from at `now`.
-    pub fn contact(task: &'a Task, now: Millis) -> Self {
-        TaskUpdate {
-            contact: Some(now),
-            ..TaskUpdate::keep(task, None)
-        }
-    }
-}
-
-/// A node's slot holders and waiting line.
+/// One history row of a [`TaskChange`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeLine {
-    /// Tasks holding slots.
-    pub active: u32,
-    /// Those tasks, with their last contact: (task id, last contact).
-    pub running: Vec<(TaskId, Millis)>,
-    /// Checked-in tasks without a slot, first in line first: (task id, last contact).
-    pub waiting: Vec<(TaskId, Millis)>,
+pub struct TaskEventRow {
+    /// State before.
+    pub from: &'static str,
+    /// State after.
+    pub to: &'static str,
+    /// Why, when there is more to say.
+    pub detail: Option<String>,
 }
 
 /// The wall clock in milliseconds since the epoch.

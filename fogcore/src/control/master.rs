@@ -558,7 +558,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         (
             r(Method::GET, "/tasks/{id}", Admin, "One task", None, "Task"),
             get(|State(c): State<App>, Path(id): Path<String>| async move {
-                ApiResult::Ok(Json(c.db().task(task_id(&id)?).await?))
+                ApiResult::Ok(Json(c.task(task_id(&id)?).await?))
             }),
         ),
         (
@@ -898,6 +898,9 @@ impl Master {
             if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
                 tracing::warn!("master: a task did not stop within 5 s");
             }
+        }
+        if let Err(e) = self.control.flush().await {
+            tracing::warn!("master: writing the last progress reports: {e}");
         }
         self.control.db().close().await;
         Ok(())

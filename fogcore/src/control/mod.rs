@@ -4,6 +4,7 @@
 //! - [`model`]: serde types and their checks;
 //! - [`db`]: sqlx persistence, SQLite by default, PostgreSQL by URL, one SQL for both;
 //! - [`tasks`]: the task state machine and the slot decision, without I/O;
+//! - [`line`]: each node's slot line, kept in the master's memory, without I/O;
 //! - [`cron`]: cron lines for scheduled tasks;
 //! - [`service`]: the master's logic (validation, node choice, check-in, schedules, tokens);
 //! - [`master`]: the REST API over [`service`] (axum), with its OpenAPI document;
@@ -20,6 +21,7 @@ pub mod client;
 pub mod cron;
 pub mod db;
 pub mod gateway;
+pub mod line;
 pub mod master;
 pub mod model;
 pub mod node;

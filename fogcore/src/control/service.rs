@@ -2,6 +2,7 @@
 //! the task state machine and the slot queue, fires schedules, issues and checks tokens. The REST
 //! API ([`crate::control::master`]) and in-process callers (tests, later Python) use it alike.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::control::cron::Cron;
-use crate::control::db::{Db, TaskFilter, TaskUpdate, TokenRole, now_ms};
+use crate::control::db::{Db, MacLookup, TaskChange, TaskEventRow, TaskFilter, TokenRole, now_ms};
+use crate::control::line::{Held, Lines, in_line};
 use crate::control::model::{
     BootTask, CheckIn, CheckInReply, CheckOut, Group, Heartbeat, Host, Image, Millis, NewTask, Node, NodeToken,
     Placement, ProgressReport, Registered, Registration, STATE_NAMES, Schedule, SlotState, Task, TaskId, TaskKind,
@@ -69,17 +71,109 @@ pub const WAITER_TIMEOUT_MS: Millis = 120_000;
 /// is taken for dead; its task fails and the slot goes to the next in line.
 pub const AGENT_TIMEOUT_MS: Millis = 600_000;
 
+/// How often (ms of the master's clock) a node's line is looked over for stale agents.
+pub const SWEEP_EVERY_MS: Millis = 1_000;
+
+/// How often progress reports and the contact of agents asking again are written (they change
+/// only the master's memory meanwhile; reads are answered from there).
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The master's logic over its database.
 pub struct Control {
     db: Db,
     clock: Arc<dyn Clock>,
-    /// Serializes check-ins, progress, check-outs and cancels: slot decisions see one line.
-    line: Mutex<()>,
+    /// The slot lines, in memory; the lock serializes check-ins, progress, check-outs and
+    /// cancels, so slot decisions see one line.
+    line: Arc<Mutex<Lines>>,
+    /// Known token hashes (filled as tokens are used, emptied for a node when its tokens change).
+    tokens: std::sync::Mutex<TokenCache>,
+    /// MAC → the host's task standing in a line (filled at check-ins, emptied when hosts
+    /// change), so an agent asking again costs no query.
+    macs: std::sync::Mutex<MacCache>,
     waiter_timeout: Millis,
     agent_timeout: Millis,
     /// When this master started: silence while it was down is nobody's fault.
     started: Millis,
     store: std::sync::OnceLock<Arc<dyn crate::imaging::replica::ImageStore>>,
+}
+
+/// Token hashes seen in the database: their rights, and each node's hashes (for task tokens).
+/// Only tokens found are kept; `generation` moves whenever tokens are revoked, so a lookup that
+/// raced a revocation is not kept.
+#[derive(Debug, Default)]
+struct TokenCache {
+    roles: HashMap<String, TokenRole>,
+    node_hashes: HashMap<String, Vec<String>>,
+    generation: u64,
+}
+
+/// MACs of hosts whose task stood in a line at their last check-in. An entry is only a hint:
+/// it counts while its task is still in a line. `generation` moves whenever hosts change.
+#[derive(Debug, Default)]
+struct MacCache {
+    entries: HashMap<String, MacEntry>,
+    generation: u64,
+}
+
+#[derive(Debug, Clone)]
+struct MacEntry {
+    host: String,
+    task: TaskId,
+    /// The host's UUID is known (a check-in bringing one has nothing to store).
+    uuid: bool,
+}
+
+/// A decision about one task, before it is committed.
+#[derive(Debug, Clone)]
+struct Change {
+    task: Task,
+    from: &'static str,
+    contact: Millis,
+    events: Vec<TaskEventRow>,
+}
+
+impl Change {
+    /// `task` going to `next`; a history row when the state's name changes (with `detail`, or
+    /// the failure's reason).
+    fn new(task: &Task, next: TaskState, contact: Millis, detail: Option<String>) -> Change {
+        let mut change = Change {
+            task: task.clone(),
+            from: task.state.name(),
+            contact,
+            events: Vec::new(),
+        };
+        change.step(next, detail);
+        change
+    }
+
+    /// A further step of the same task, written with the first.
+    fn step(&mut self, next: TaskState, detail: Option<String>) {
+        let from = self.task.state.name();
+        if from != next.name() {
+            let reason = match &next {
+                TaskState::Failed { reason } => Some(reason.clone()),
+                _ => None,
+            };
+            self.events.push(TaskEventRow {
+                from,
+                to: next.name(),
+                detail: detail.or(reason),
+            });
+        }
+        self.task.state = next;
+        self.task.updated_at = now_ms();
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn caller_of(role: &TokenRole) -> Caller {
+    match role {
+        TokenRole::Admin => Caller::Admin,
+        TokenRole::Node(node) => Caller::Node(node.clone()),
+    }
 }
 
 impl std::fmt::Debug for Control {
@@ -160,7 +254,9 @@ impl Control {
         Control {
             db,
             clock,
-            line: Mutex::new(()),
+            line: Arc::new(Mutex::new(Lines::default())),
+            tokens: std::sync::Mutex::new(TokenCache::default()),
+            macs: std::sync::Mutex::new(MacCache::default()),
             waiter_timeout,
             agent_timeout: AGENT_TIMEOUT_MS,
             started,
@@ -220,11 +316,50 @@ impl Control {
         if let Some(rest) = token.strip_prefix(TASK_TOKEN_PREFIX) {
             return self.authenticate_task(rest).await;
         }
-        match self.db.token_role(&token_hash(token)).await? {
-            Some(TokenRole::Admin) => Ok(Caller::Admin),
-            Some(TokenRole::Node(node)) => Ok(Caller::Node(node)),
-            None => Err(Error::Unauthorized("unknown token".into())),
+        let hash = token_hash(token);
+        let generation = {
+            let cache = lock(&self.tokens);
+            if let Some(role) = cache.roles.get(&hash) {
+                return Ok(caller_of(role));
+            }
+            cache.generation
+        };
+        let role = self
+            .db
+            .token_role(&hash)
+            .await?
+            .ok_or_else(|| Error::Unauthorized("unknown token".into()))?;
+        let caller = caller_of(&role);
+        let mut cache = lock(&self.tokens);
+        if cache.generation == generation {
+            cache.roles.insert(hash, role);
         }
+        Ok(caller)
+    }
+
+    /// The stored hashes of a node's tokens (cached).
+    async fn node_token_hashes(&self, node: &str) -> Result<Vec<String>> {
+        let generation = {
+            let cache = lock(&self.tokens);
+            if let Some(hashes) = cache.node_hashes.get(node) {
+                return Ok(hashes.clone());
+            }
+            cache.generation
+        };
+        let hashes = self.db.node_token_hashes(node).await?;
+        let mut cache = lock(&self.tokens);
+        if cache.generation == generation {
+            cache.node_hashes.insert(node.to_string(), hashes.clone());
+        }
+        Ok(hashes)
+    }
+
+    /// A node's tokens changed: forget what was cached of them.
+    fn forget_node_tokens(&self, node: &str) {
+        let mut cache = lock(&self.tokens);
+        cache.generation += 1;
+        cache.roles.retain(|_, role| *role != TokenRole::Node(node.to_string()));
+        cache.node_hashes.remove(node);
     }
 
     async fn authenticate_task(&self, rest: &str) -> Result<Caller> {
@@ -232,14 +367,14 @@ impl Control {
         let (id, mac) = rest.split_once('_').ok_or_else(refused)?;
         let id: TaskId = id.parse().map_err(|_| refused())?;
         let mac = blake3::Hash::from_hex(mac).map_err(|_| refused())?;
-        let task = match self.db.task(id).await {
+        let task = match self.task(id).await {
             Ok(task) => task,
             Err(Error::NotFound { .. }) => return Err(refused()),
             Err(e) => return Err(e),
         };
         let node = task.node.clone().ok_or_else(refused)?;
         let mut valid = false;
-        for hash in self.db.node_token_hashes(&node).await? {
+        for hash in self.node_token_hashes(&node).await? {
             if let Ok(key) = blake3::Hash::from_hex(&hash) {
                 // blake3::Hash compares in constant time.
                 valid |= task_mac(&key, &node, id) == mac;
@@ -283,6 +418,7 @@ impl Control {
     pub async fn node_token(&self, name: &str) -> Result<NodeToken> {
         let node = self.db.node(name).await?;
         self.db.delete_node_tokens(name).await?;
+        self.forget_node_tokens(name);
         let token = new_token();
         self.db
             .insert_token(&token_hash(&token), &TokenRole::Node(name.to_string()))
@@ -294,7 +430,10 @@ impl Control {
     pub async fn update_node(&self, name: &str, node: &Node) -> Result<Node> {
         same_name("node name", name, &node.name)?;
         node.validate()?;
+        let mut lines = self.line.lock().await;
         self.db.update_node(node).await?;
+        lines.set_limits(name, node.max_clients, node.enabled);
+        drop(lines);
         self.db.node(name).await
     }
 
@@ -316,7 +455,12 @@ impl Control {
                 format!("task {} on it is not over", task.id),
             ));
         }
-        self.db.delete_node(name).await
+        let mut lines = self.line.lock().await;
+        self.db.delete_node(name).await?;
+        lines.forget(name);
+        drop(lines);
+        self.forget_node_tokens(name);
+        Ok(())
     }
 
     async fn check_placement(&self, image: &Image) -> Result<()> {
@@ -379,11 +523,20 @@ impl Control {
         same_name("host name", name, &host.name)?;
         self.check_host(&mut host).await?;
         self.db.update_host(&host).await?;
+        self.forget_macs();
         self.db.host(name).await
+    }
+
+    /// Hosts changed: the MAC hints go.
+    fn forget_macs(&self) {
+        let mut macs = lock(&self.macs);
+        macs.generation += 1;
+        macs.entries.clear();
     }
 
     /// Removes a host; refused while it has a task not over.
     pub async fn delete_host(&self, name: &str) -> Result<()> {
+        self.forget_macs();
         self.db.host(name).await?;
         if let Some(task) = self.db.open_task_for_host(name).await? {
             return Err(Error::conflict(
@@ -488,10 +641,15 @@ impl Control {
     /// The node that images `host`: the one set on it, else the enabled node whose subnet holds
     /// `address` (or the host's address), the longest prefix winning.
     pub async fn node_for(&self, host: &Host, address: Option<Ipv4Addr>) -> Result<Option<String>> {
-        if let Some(node) = &host.node {
-            return Ok(Some(node.clone()));
+        self.node_for_parts(host.node.as_deref(), address.or(host.address))
+            .await
+    }
+
+    async fn node_for_parts(&self, node: Option<&str>, address: Option<Ipv4Addr>) -> Result<Option<String>> {
+        if let Some(node) = node {
+            return Ok(Some(node.to_string()));
         }
-        let Some(address) = address.or(host.address) else {
+        let Some(address) = address else {
             return Ok(None);
         };
         Ok(self
@@ -619,17 +777,31 @@ impl Control {
                 format!("use one of {}", STATE_NAMES.join(", ")),
             ));
         }
-        self.db.tasks(filter).await
+        let mut tasks = self.db.tasks(filter).await?;
+        self.line.lock().await.overlay(&mut tasks);
+        Ok(tasks)
+    }
+
+    /// One task (progress as last reported, which may not be written yet).
+    pub async fn task(&self, id: TaskId) -> Result<Task> {
+        if let Some(held) = self.line.lock().await.get(id) {
+            return Ok(held.task.clone());
+        }
+        self.db.task(id).await
     }
 
     /// Cancels a task that is not over; frees its slot.
     pub async fn cancel_task(&self, id: TaskId) -> Result<Task> {
-        let _line = self.line.lock().await;
-        let task = self.db.task(id).await?;
-        let next = step(id, &task.state, Event::Cancel)?;
-        self.db
-            .set_task_state(&task, &next, TaskUpdate::keep(&task, Some("cancelled by an admin")))
-            .await
+        let mut lines = self.line.lock().await;
+        for _ in 0..2 {
+            let (task, contact) = self.current_task(&mut lines, id).await?;
+            let next = step(id, &task.state, Event::Cancel)?;
+            let change = Change::new(&task, next, contact, Some("cancelled by an admin".into()));
+            if let Some(task) = self.commit_one(&mut lines, change).await? {
+                return Ok(task);
+            }
+        }
+        Err(raced(id))
     }
 
     fn check_node_caller(caller: &Caller, node: &str, host: &str) -> Result<()> {
@@ -642,197 +814,383 @@ impl Control {
     }
 
     /// An agent asks for its host's task: the task and whether to start, or its place in line.
+    ///
+    /// One query finds the host and its open task; the decision is made on the node's line in
+    /// memory, under the line's lock, and its changes are written in one transaction before the
+    /// answer. An agent that asks again while waiting or running writes nothing at once.
     pub async fn check_in(&self, caller: &Caller, check_in: &CheckIn) -> Result<CheckInReply> {
         let mac = canonical_mac(&check_in.mac)?;
         let uuid = check_in.uuid.as_deref().map(canonical_uuid).transpose()?;
-        let _line = self.line.lock().await;
-        let mut host = self.db.host_by_mac(&mac).await?;
-        if let (Some(uuid), None) = (&uuid, &host.uuid) {
-            host.uuid = Some(uuid.clone());
-            self.db.update_host(&host).await?;
-        }
-        let task = self
-            .db
-            .open_task_for_host(&host.name)
-            .await?
-            .ok_or_else(|| Error::not_found("task for host", &host.name))?;
-        let node_name = match (&task.node, self.node_for(&host, check_in.address).await?, caller) {
-            (Some(node), _, _) => node.clone(),
-            (None, Some(node), _) => node,
-            (None, None, Caller::Node(me)) => me.clone(),
-            (None, None, Caller::Admin) => {
-                return Err(Error::conflict(
-                    "host",
-                    &host.name,
-                    "no node images it: set its node, or its address inside a node's subnet",
-                ));
-            }
+        // An agent asking again: its task is in a line, nothing to read.
+        let (hint, generation) = {
+            let macs = lock(&self.macs);
+            (macs.entries.get(&mac).cloned(), macs.generation)
         };
-        Control::check_node_caller(caller, &node_name, &host.name)?;
+        if let Some(hint) = hint.filter(|h| h.uuid || uuid.is_none()) {
+            let mut lines = self.line.lock().await;
+            if let Some(held) = lines.get(hint.task).filter(|h| h.task.host == hint.host) {
+                let found = MacLookup {
+                    host: hint.host.clone(),
+                    uuid: None,
+                    address: None,
+                    node: held.task.node.clone(),
+                    task: Some(held.task.clone()),
+                };
+                let task = held.task.clone();
+                if let Some(reply) = self
+                    .check_in_locked(&mut lines, caller, &found, task, check_in.address)
+                    .await?
+                {
+                    return Ok(reply);
+                }
+            }
+        }
+        let found = self
+            .db
+            .check_in_lookup(&mac)
+            .await?
+            .ok_or_else(|| Error::not_found("host with mac", &mac))?;
+        if let (Some(uuid), None) = (&uuid, &found.uuid) {
+            self.db.set_host_uuid(&found.host, uuid).await?;
+        }
+        let mut lines = self.line.lock().await;
+        // Read before the lock: the line tells whether the task moved since; when it did, the
+        // task is read again under the lock.
+        let mut task = found.task.clone();
+        for _ in 0..3 {
+            let open = task.ok_or_else(|| Error::not_found("task for host", &found.host))?;
+            if let Some(reply) = self
+                .check_in_locked(&mut lines, caller, &found, open, check_in.address)
+                .await?
+            {
+                if lines.get(reply.task.id).is_some() {
+                    let mut macs = lock(&self.macs);
+                    if macs.generation == generation {
+                        let entry = MacEntry {
+                            host: found.host.clone(),
+                            task: reply.task.id,
+                            uuid: found.uuid.is_some() || uuid.is_some(),
+                        };
+                        macs.entries.insert(mac, entry);
+                    }
+                }
+                return Ok(reply);
+            }
+            task = self.db.open_task_for_host(&found.host).await?;
+        }
+        Err(Error::Database(format!(
+            "check-in of host {}: its task kept changing",
+            found.host
+        )))
+    }
+
+    /// [`Control::check_in`] under the line's lock. `None`: the task read before the lock has
+    /// changed since; read it again.
+    async fn check_in_locked(
+        &self,
+        lines: &mut Lines,
+        caller: &Caller,
+        found: &MacLookup,
+        task: Task,
+        address: Option<Ipv4Addr>,
+    ) -> Result<Option<CheckInReply>> {
+        let node_name = match (&task.node, caller) {
+            (Some(node), _) => node.clone(),
+            (None, caller) => match (
+                self.node_for_parts(found.node.as_deref(), address.or(found.address))
+                    .await?,
+                caller,
+            ) {
+                (Some(node), _) => node,
+                (None, Caller::Node(me)) => me.clone(),
+                (None, Caller::Admin) => {
+                    return Err(Error::conflict(
+                        "host",
+                        &found.host,
+                        "no node images it: set its node, or its address inside a node's subnet",
+                    ));
+                }
+            },
+        };
+        Control::check_node_caller(caller, &node_name, &found.host)?;
+        self.ensure_line(lines, &node_name).await?;
+        let mut task = match lines.get(task.id) {
+            Some(held) => held.task.clone(),
+            // In a line when read, not now: it left the line since.
+            None if in_line(&task.state) => return Ok(None),
+            None => task,
+        };
         if let TaskState::InProgress { .. } = task.state {
             // The agent restarted mid-task (or asks again): it holds its slot still. Nothing to
             // decide, so the line is left alone.
-            return Ok(CheckInReply {
+            return Ok(Some(CheckInReply {
                 task,
                 slot: SlotState::Granted,
-            });
+            }));
         }
-        let node = self.db.node(&node_name).await?;
         let now = self.clock.now();
-        let requeued = self.requeue_quiet(&node_name, now).await?;
-        let update = |ticket| TaskUpdate {
-            ticket,
-            node: Some(node_name.as_str()),
-            contact: Some(now),
-            detail: None,
-        };
-        // The task may have been requeued just now: then read it again.
-        let task = if requeued.contains(&task.id) {
-            self.db.task(task.id).await?
-        } else {
-            task
-        };
-        let task = match &task.state {
-            TaskState::Queued => {
-                let ticket = self.db.next_ticket().await?;
-                let next = step(task.id, &task.state, Event::CheckIn)?;
-                self.db.set_task_state(&task, &next, update(Some(ticket))).await?
+        if let Some(stale) = lines.sweep(
+            &node_name,
+            now,
+            SWEEP_EVERY_MS,
+            self.started,
+            self.agent_timeout,
+            self.waiter_timeout,
+        ) && (!stale.silent.is_empty() || !stale.quiet.is_empty())
+        {
+            let mut changes = Vec::new();
+            for (held, silent) in stale.silent {
+                let reason = format!("the agent went silent for {} s while holding a slot", silent / 1000);
+                let next = step(held.task.id, &held.task.state, Event::Silent(reason.clone()))?;
+                changes.push(Change::new(&held.task, next, held.contact, Some(reason)));
             }
-            TaskState::InProgress { .. } => {
-                // The agent restarted mid-task: it holds its slot still.
-                return Ok(CheckInReply {
-                    task,
-                    slot: SlotState::Granted,
-                });
+            for held in stale.quiet {
+                let next = step(held.task.id, &held.task.state, Event::Requeue)?;
+                let mut change = Change::new(
+                    &held.task,
+                    next,
+                    held.contact,
+                    Some("the agent stopped asking: lost its place in line".into()),
+                );
+                change.task.ticket = None;
+                changes.push(change);
             }
-            _ => {
-                let state = task.state.clone();
-                self.db.set_task_state(&task, &state, update(task.ticket)).await?
+            if !self.commit(lines, changes).await? {
+                return Ok(None);
             }
+            // This very agent may have lost its place just now.
+            if let Some(held) = lines.get(task.id) {
+                task = held.task.clone();
+            } else if in_line(&task.state) {
+                return Ok(None);
+            }
+        }
+        let fresh = task.state == TaskState::Queued;
+        let mut mine = Change {
+            task: task.clone(),
+            from: task.state.name(),
+            contact: now,
+            events: Vec::new(),
         };
-        let line = self.db.node_line(&node_name).await?;
-        let ahead = line
-            .waiting
-            .iter()
-            .position(|(id, _)| *id == task.id)
-            .unwrap_or(line.waiting.len());
-        let ahead = u32::try_from(ahead).unwrap_or(u32::MAX);
+        if fresh {
+            let next = step(task.id, &task.state, Event::CheckIn)?;
+            mine.task.ticket = Some(self.ticket(lines).await?);
+            mine.task.node = Some(node_name.clone());
+            mine.step(next, None);
+        } else if task.state.is_terminal() {
+            step(task.id, &task.state, Event::CheckIn)?;
+        }
+        let (max, enabled) = lines.limits(&node_name).unwrap_or((0, false));
+        let active = lines.active(&node_name);
         // Free slots go to the head of the line, all of them now, so tasks start in line
         // order even when the agent first in line asks a moment after the one behind it.
-        let free = u32::try_from(line.waiting.len()).unwrap_or(u32::MAX).min(
-            match slot_for(node.max_clients, node.enabled, line.active, 0) {
-                Slot::Granted => node.max_clients.saturating_sub(line.active),
-                Slot::Waiting { .. } => 0,
-            },
-        );
-        let mut mine = None;
-        for (id, _) in line.waiting.iter().take(free as usize) {
-            let head = if *id == task.id {
-                task.clone()
-            } else {
-                self.db.task(*id).await?
-            };
-            let next = step(head.id, &head.state, Event::Grant)?;
-            let started = self
-                .db
-                .set_task_state(
-                    &head,
-                    &next,
-                    TaskUpdate {
-                        ticket: head.ticket,
-                        node: Some(node_name.as_str()),
-                        ..TaskUpdate::default()
-                    },
-                )
-                .await?;
-            if started.id == task.id {
-                mine = Some(started);
+        let free = match slot_for(max, enabled, active, 0) {
+            Slot::Granted => max.saturating_sub(active),
+            Slot::Waiting { .. } => 0,
+        };
+        let free = usize::try_from(free).unwrap_or(usize::MAX);
+        let mut heads = lines.heads(&node_name, free);
+        // A new ticket is the last in line.
+        let ahead = if fresh {
+            let waiting = lines.waiting_len(&node_name);
+            if heads.len() < free {
+                heads.push(task.id);
+            }
+            waiting
+        } else {
+            lines.ahead(&node_name, &task)
+        };
+        let mut changes = Vec::new();
+        let mut granted = false;
+        for id in heads {
+            if id == task.id {
+                let next = step(id, &mine.task.state, Event::Grant)?;
+                mine.step(next, None);
+                changes.push(mine.clone());
+                granted = true;
+            } else if let Some(held) = lines.get(id) {
+                let next = step(id, &held.task.state, Event::Grant)?;
+                changes.push(Change::new(&held.task, next, held.contact, None));
             }
         }
-        if let Some(task) = mine {
-            return Ok(CheckInReply {
+        if !granted && mine.task.state == TaskState::CheckedIn {
+            let next = step(task.id, &mine.task.state, Event::Wait)?;
+            mine.step(next, None);
+        }
+        if !granted && !mine.events.is_empty() {
+            changes.push(mine.clone());
+        }
+        let unchanged = mine.events.is_empty();
+        if !self.commit(lines, changes).await? {
+            return Ok(None);
+        }
+        let task = if unchanged {
+            // Asked again, still waiting: only its contact changes, written with the next batch.
+            let task = lines.touch(task.id, None, now, now_ms()).cloned().unwrap_or(mine.task);
+            self.start_flusher(lines);
+            task
+        } else {
+            mine.task
+        };
+        if granted {
+            return Ok(Some(CheckInReply {
                 task,
                 slot: SlotState::Granted,
-            });
+            }));
         }
-        match slot_for(node.max_clients, node.enabled, line.active, ahead) {
+        let ahead = u32::try_from(ahead).unwrap_or(u32::MAX);
+        match slot_for(max, enabled, active, ahead) {
             Slot::Granted => Err(Error::Database(format!(
                 "task {}: a free slot was not handed out",
                 task.id
             ))),
-            Slot::Waiting { place } => {
-                let task = if task.state == TaskState::CheckedIn {
-                    let next = step(task.id, &task.state, Event::Wait)?;
-                    self.db.set_task_state(&task, &next, update(task.ticket)).await?
-                } else {
-                    task
-                };
-                Ok(CheckInReply {
-                    task,
-                    slot: SlotState::Waiting {
-                        place,
-                        active: line.active,
-                        max: node.max_clients,
-                    },
-                })
-            }
+            Slot::Waiting { place } => Ok(Some(CheckInReply {
+                task,
+                slot: SlotState::Waiting {
+                    place,
+                    active: lines.active(&node_name),
+                    max,
+                },
+            })),
         }
     }
 
-    /// Waiters of `node` that have not asked within the timeout lose their place (returned);
-    /// slot holders silent for the agent timeout (counted from this master's start at the
-    /// earliest) fail.
-    async fn requeue_quiet(&self, node: &str, now: Millis) -> Result<Vec<TaskId>> {
-        for (id, contact) in self.db.node_running(node).await? {
-            let silent = now - contact.max(self.started);
-            if silent > self.agent_timeout {
-                let task = self.db.task(id).await?;
-                let reason = format!("the agent went silent for {} s while holding a slot", silent / 1000);
-                let next = step(id, &task.state, Event::Silent(reason.clone()))?;
-                self.db
-                    .set_task_state(&task, &next, TaskUpdate::keep(&task, Some(&reason)))
-                    .await?;
-            }
+    /// Loads `node`'s line into memory unless it is there: its limit and its tasks in line.
+    async fn ensure_line(&self, lines: &mut Lines, node: &str) -> Result<()> {
+        if lines.loaded(node) {
+            return Ok(());
         }
-        let mut requeued = Vec::new();
-        for (id, contact) in self.db.node_waiting(node).await? {
-            if now - contact > self.waiter_timeout {
-                let task = self.db.task(id).await?;
-                let next = step(id, &task.state, Event::Requeue)?;
-                self.db
-                    .set_task_state(
-                        &task,
-                        &next,
-                        TaskUpdate {
-                            node: task.node.as_deref(),
-                            detail: Some("the agent stopped asking: lost its place in line"),
-                            ..TaskUpdate::default()
-                        },
-                    )
-                    .await?;
-                requeued.push(id);
-            }
-        }
-        Ok(requeued)
+        let limits = self.db.node(node).await?;
+        let tasks = self.db.line_tasks(node).await?;
+        lines.load(
+            node,
+            limits.max_clients,
+            limits.enabled,
+            tasks
+                .into_iter()
+                .map(|(task, contact)| Held { task, contact })
+                .collect(),
+        );
+        Ok(())
     }
 
-    async fn agent_task(&self, caller: &Caller, id: TaskId) -> Result<Task> {
+    /// The task as the master sees it, with its agent's last contact: from its node's line when
+    /// it stands in one (loaded when needed), else from the database.
+    async fn current_task(&self, lines: &mut Lines, id: TaskId) -> Result<(Task, Millis)> {
+        if let Some(held) = lines.get(id) {
+            return Ok((held.task.clone(), held.contact));
+        }
         let task = self.db.task(id).await?;
+        if let (true, Some(node)) = (in_line(&task.state), task.node.as_deref()) {
+            if lines.loaded(node) {
+                // The database says it is in the line and the copy does not: trust the database.
+                lines.forget(node);
+            }
+            self.ensure_line(lines, node).await?;
+            if let Some(held) = lines.get(id) {
+                return Ok((held.task.clone(), held.contact));
+            }
+        }
+        Ok((task, 0))
+    }
+
+    /// The next ticket: after every ticket handed out.
+    async fn ticket(&self, lines: &mut Lines) -> Result<i64> {
+        if let Some(ticket) = lines.take_ticket() {
+            return Ok(ticket);
+        }
+        lines.set_next_ticket(self.db.next_ticket().await?);
+        lines.take_ticket().ok_or_else(|| Error::Database("no ticket".into()))
+    }
+
+    /// Writes decisions in one transaction, then applies them to the lines. False (nothing
+    /// written) when a task's row had changed under the master; then, and on errors, the lines
+    /// of the nodes involved are dropped, to be loaded again from the database.
+    async fn commit(&self, lines: &mut Lines, changes: Vec<Change>) -> Result<bool> {
+        if changes.is_empty() {
+            return Ok(true);
+        }
+        let rows: Vec<TaskChange<'_>> = changes
+            .iter()
+            .map(|c| TaskChange {
+                task: &c.task,
+                from: c.from,
+                contact: Some(c.contact),
+                events: c.events.clone(),
+            })
+            .collect();
+        let written = self.db.write_changes(&rows).await;
+        if !matches!(written, Ok(true)) {
+            for change in &changes {
+                if let Some(node) = &change.task.node {
+                    lines.forget(node);
+                }
+            }
+            return written;
+        }
+        for change in changes {
+            lines.put(change.task, change.contact);
+        }
+        Ok(true)
+    }
+
+    /// [`Control::commit`] of one change: the task as written, or `None` when its row had changed.
+    async fn commit_one(&self, lines: &mut Lines, change: Change) -> Result<Option<Task>> {
+        let task = change.task.clone();
+        Ok(self.commit(lines, vec![change]).await?.then_some(task))
+    }
+
+    /// Starts the writer of dirty tasks unless it runs: every [`FLUSH_EVERY`] it writes them,
+    /// under the line's lock (one writer at a time, so SQLite never waits on its own lock);
+    /// it stops when nothing is dirty, or when this `Control` is gone.
+    fn start_flusher(&self, lines: &mut Lines) {
+        if lines.flushing || lines.dirty() == 0 {
+            return;
+        }
+        lines.flushing = true;
+        let line = Arc::downgrade(&self.line);
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FLUSH_EVERY).await;
+                let Some(line) = line.upgrade() else { break };
+                let mut lines = line.lock().await;
+                if lines.dirty() == 0 {
+                    lines.flushing = false;
+                    break;
+                }
+                if let Err(e) = flush(&db, &mut lines).await {
+                    tracing::warn!("writing progress: {e}");
+                }
+            }
+        });
+    }
+
+    /// Writes the progress and contacts not written yet (the master does every
+    /// [`FLUSH_EVERY`], and before it stops).
+    pub async fn flush(&self) -> Result<()> {
+        let mut lines = self.line.lock().await;
+        flush(&self.db, &mut lines).await
+    }
+
+    fn check_agent(caller: &Caller, task: &Task) -> Result<()> {
         if let Caller::Node(me) = caller {
             match &task.node {
                 Some(node) => Control::check_node_caller(caller, node, &task.host)?,
                 None => {
-                    return Err(Error::Forbidden(format!("task {id} is not on node {me}")));
+                    return Err(Error::Forbidden(format!("task {} is not on node {me}", task.id)));
                 }
             }
         }
-        Ok(task)
+        Ok(())
     }
 
-    /// An agent reports progress on its running task.
+    /// An agent reports progress on its running task. Applied in memory and answered at once;
+    /// written with the next batch (see [`FLUSH_EVERY`]).
     pub async fn progress(&self, caller: &Caller, id: TaskId, report: &ProgressReport) -> Result<Task> {
-        let _line = self.line.lock().await;
-        let task = self.agent_task(caller, id).await?;
+        let mut lines = self.line.lock().await;
+        let (task, _) = self.current_task(&mut lines, id).await?;
+        Control::check_agent(caller, &task)?;
         let next = step(
             id,
             &task.state,
@@ -842,36 +1200,47 @@ impl Control {
                 rate: report.rate,
             },
         )?;
-        self.db
-            .set_task_state(&task, &next, TaskUpdate::contact(&task, self.clock.now()))
-            .await
+        let now = self.clock.now();
+        if let Some(task) = lines.touch(id, Some(next.clone()), now, now_ms()).cloned() {
+            self.start_flusher(&mut lines);
+            return Ok(task);
+        }
+        // Running but in no line (it has no node): written at once.
+        let change = Change::new(&task, next, now, None);
+        self.commit_one(&mut lines, change).await?.ok_or_else(|| raced(id))
     }
 
     /// An agent's last word: complete or failed; frees the slot, stores an inventory it sent.
+    /// Written before the answer.
     pub async fn check_out(&self, caller: &Caller, id: TaskId, out: &CheckOut) -> Result<Task> {
-        let _line = self.line.lock().await;
-        let task = self.agent_task(caller, id).await?;
-        let reason = || out.reason.clone().unwrap_or_else(|| "the agent gave no reason".into());
-        // A node replays check-outs it queued while the master was unreachable, and may replay
-        // one whose reply it lost: the same outcome again changes nothing.
-        match (&task.state, out.ok) {
-            (TaskState::Complete, true) => return Ok(task),
-            (TaskState::Failed { .. }, false) => return Ok(task),
-            _ => {}
+        let mut lines = self.line.lock().await;
+        for _ in 0..2 {
+            let (task, _) = self.current_task(&mut lines, id).await?;
+            Control::check_agent(caller, &task)?;
+            let reason = || out.reason.clone().unwrap_or_else(|| "the agent gave no reason".into());
+            // A node replays check-outs it queued while the master was unreachable, and may replay
+            // one whose reply it lost: the same outcome again changes nothing.
+            match (&task.state, out.ok) {
+                (TaskState::Complete, true) => return Ok(task),
+                (TaskState::Failed { .. }, false) => return Ok(task),
+                _ => {}
+            }
+            let event = match (out.ok, out.offline) {
+                (true, false) => Event::Complete,
+                (false, false) => Event::Fail(reason()),
+                (true, true) => Event::Reconcile(None),
+                (false, true) => Event::Reconcile(Some(reason())),
+            };
+            let next = step(id, &task.state, event)?;
+            if let Some(inventory) = &out.inventory {
+                self.db.set_inventory(&task.host, inventory).await?;
+            }
+            let change = Change::new(&task, next, self.clock.now(), None);
+            if let Some(task) = self.commit_one(&mut lines, change).await? {
+                return Ok(task);
+            }
         }
-        let event = match (out.ok, out.offline) {
-            (true, false) => Event::Complete,
-            (false, false) => Event::Fail(reason()),
-            (true, true) => Event::Reconcile(None),
-            (false, true) => Event::Reconcile(Some(reason())),
-        };
-        let next = step(id, &task.state, event)?;
-        if let Some(inventory) = &out.inventory {
-            self.db.set_inventory(&task.host, inventory).await?;
-        }
-        self.db
-            .set_task_state(&task, &next, TaskUpdate::contact(&task, self.clock.now()))
-            .await
+        Err(raced(id))
     }
 
     /// A node's heartbeat.
@@ -883,13 +1252,12 @@ impl Control {
     /// The tasks not over of a node's hosts (what a node pulls).
     pub async fn node_tasks(&self, node: &str) -> Result<Vec<Task>> {
         self.db.node(node).await?;
-        self.db
-            .tasks(&TaskFilter {
-                node: Some(node.to_string()),
-                open_only: true,
-                ..TaskFilter::default()
-            })
-            .await
+        self.tasks(&TaskFilter {
+            node: Some(node.to_string()),
+            open_only: true,
+            ..TaskFilter::default()
+        })
+        .await
     }
 
     /// [`Control::node_tasks`] with each host's MACs and kernel arguments: what a node needs
@@ -980,6 +1348,17 @@ impl Control {
         }
         Ok(report)
     }
+}
+
+/// Writes the dirty tasks of `lines` (see [`Control::flush`]).
+async fn flush(db: &Db, lines: &mut Lines) -> Result<()> {
+    let dirty = lines.take_dirty();
+    let rows: Vec<(&Task, Millis)> = dirty.iter().map(|h| (&h.task, h.contact)).collect();
+    db.write_touches(&rows).await
+}
+
+fn raced(id: TaskId) -> Error {
+    Error::Database(format!("task {id}: its row kept changing under the master"))
 }
 
 fn next_run(when: &When, now: Millis) -> Result<Option<Millis>> {
