@@ -659,11 +659,7 @@ async fn run(args: &Args) -> Result<(), BoxError> {
         // Latency counts from when a request was due, so a late send's delay is inside the
         // percentiles; a few late sends are the generator sharing the cores, many mean it could
         // not keep the schedule and the run says little.
-        (
-            "late sends <= 0.1%",
-            late * 1000 <= n,
-            format!("{late} of {n}"),
-        ),
+        ("late sends <= 0.1%", late * 1000 <= n, format!("{late} of {n}")),
     ];
     println!();
     let mut missed = Vec::new();
