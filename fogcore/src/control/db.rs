@@ -995,11 +995,43 @@ impl Db {
     /// Stores committed decisions in one transaction: each task's row as given, and its history
     /// rows. A row whose state is no longer the change's `from` (someone changed it since it was
     /// read) makes the whole write a no-op: returns false.
-    pub async fn write_changes(&self, changes: &[TaskChange<'_>]) -> Result<bool> {
+    pub async fn write_changes(&self, changes: &[TaskChange<'_>], durable: bool) -> Result<bool> {
         if changes.is_empty() {
             return Ok(true);
         }
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let sqlite = self.backend == Backend::Sqlite;
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        if durable && sqlite {
+            // Per connection and outside a transaction; NORMAL again below (a connection left
+            // at FULL by a dropped call is only slower).
+            sqlx::query("PRAGMA synchronous = FULL")
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
+        }
+        let written = self.write_changes_on(&mut conn, changes, durable && !sqlite).await;
+        if durable && sqlite {
+            sqlx::query("PRAGMA synchronous = NORMAL")
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
+        }
+        written
+    }
+
+    async fn write_changes_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        changes: &[TaskChange<'_>],
+        sync_commit: bool,
+    ) -> Result<bool> {
+        let mut tx = sqlx::Connection::begin(conn).await.map_err(db_err)?;
+        if sync_commit {
+            sqlx::query("SET LOCAL synchronous_commit = on")
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         for change in changes {
             let task = change.task;
             let (percent, bytes, rate) = match &task.state {
@@ -1038,7 +1070,8 @@ impl Db {
             .iter()
             .flat_map(|c| c.events.iter().map(move |e| (c, e)))
             .collect();
-        if !events.is_empty() {
+        // At most 1,000 rows (5,000 parameters) a statement: SQLite allows 32,766 parameters.
+        for events in events.chunks(1000) {
             let mut sql = String::from("INSERT INTO task_events (task, at, from_state, to_state, detail) VALUES ");
             for i in 0..events.len() {
                 let b = i * 5;
@@ -1048,7 +1081,7 @@ impl Db {
                 sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
             }
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (change, event) in events {
+            for (change, event) in events.iter().copied() {
                 query = query
                     .bind(change.task.id)
                     .bind(change.task.updated_at)

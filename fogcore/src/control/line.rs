@@ -172,6 +172,16 @@ impl Lines {
             .collect()
     }
 
+    /// Marks again as dirty those of `tasks` (taken by [`Lines::take_dirty`], their write
+    /// failed) still in a line, so the next batch writes them.
+    pub fn mark_dirty(&mut self, tasks: &[Held]) {
+        for held in tasks {
+            if self.tasks.contains_key(&held.task.id) {
+                self.dirty.insert(held.task.id);
+            }
+        }
+    }
+
     /// How many tasks are dirty.
     pub fn dirty(&self) -> usize {
         self.dirty.len()

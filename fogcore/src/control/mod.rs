@@ -4,7 +4,7 @@
 //! - [`model`]: serde types and their checks;
 //! - [`db`]: sqlx persistence, SQLite by default, PostgreSQL by URL, one SQL for both;
 //! - [`tasks`]: the task state machine and the slot decision, without I/O;
-//! - [`line`]: each node's slot line, kept in the master's memory, without I/O;
+//! - [`line`](mod@line): each node's slot line, kept in the master's memory, without I/O;
 //! - [`cron`]: cron lines for scheduled tasks;
 //! - [`service`]: the master's logic (validation, node choice, check-in, schedules, tokens);
 //! - [`master`]: the REST API over [`service`] (axum), with its OpenAPI document;

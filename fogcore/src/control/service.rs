@@ -132,6 +132,23 @@ struct Change {
     events: Vec<TaskEventRow>,
 }
 
+/// Forgets the lines of `nodes` when dropped before `applied` (see [`Control::commit`]).
+struct ForgetUnlessApplied<'a> {
+    lines: &'a mut Lines,
+    nodes: Vec<String>,
+    applied: bool,
+}
+
+impl Drop for ForgetUnlessApplied<'_> {
+    fn drop(&mut self) {
+        if !self.applied {
+            for node in &self.nodes {
+                self.lines.forget(node);
+            }
+        }
+    }
+}
+
 impl Change {
     /// `task` going to `next`; a history row when the state's name changes (with `detail`, or
     /// the failure's reason).
@@ -877,6 +894,15 @@ impl Control {
                 return Ok(reply);
             }
             task = self.db.open_task_for_host(&found.host).await?;
+            // Read under the lock: a task the database has in a line and the copy lacks means
+            // the copy is behind, so the node's line is read again.
+            if let Some(t) = &task
+                && in_line(&t.state)
+                && lines.get(t.id).is_none()
+                && let Some(node) = &t.node
+            {
+                lines.forget(node);
+            }
         }
         Err(Error::Database(format!(
             "check-in of host {}: its task kept changing",
@@ -1119,17 +1145,24 @@ impl Control {
                 events: c.events.clone(),
             })
             .collect();
-        let written = self.db.write_changes(&rows).await;
+        // An outcome (complete, failed, cancelled) is synced before the answer: nobody sends it
+        // again. Grants and check-ins are not, like progress (see DECISIONS).
+        let durable = changes.iter().any(|c| c.task.state.is_terminal());
+        // Until the lines are updated, the nodes' lines are forgotten if this future ends early:
+        // on an error, a guard that failed, or a caller that went away (its request dropped)
+        // while the database may already have committed. They are then read again.
+        let mut guard = ForgetUnlessApplied {
+            lines,
+            nodes: changes.iter().filter_map(|c| c.task.node.clone()).collect(),
+            applied: false,
+        };
+        let written = self.db.write_changes(&rows, durable).await;
         if !matches!(written, Ok(true)) {
-            for change in &changes {
-                if let Some(node) = &change.task.node {
-                    lines.forget(node);
-                }
-            }
             return written;
         }
+        guard.applied = true;
         for change in changes {
-            lines.put(change.task, change.contact);
+            guard.lines.put(change.task, change.contact);
         }
         Ok(true)
     }
@@ -1354,7 +1387,12 @@ impl Control {
 async fn flush(db: &Db, lines: &mut Lines) -> Result<()> {
     let dirty = lines.take_dirty();
     let rows: Vec<(&Task, Millis)> = dirty.iter().map(|h| (&h.task, h.contact)).collect();
-    db.write_touches(&rows).await
+    let written = db.write_touches(&rows).await;
+    if written.is_err() {
+        // Written by the next batch (newer values win if they came meanwhile).
+        lines.mark_dirty(&dirty);
+    }
+    written
 }
 
 fn raced(id: TaskId) -> Error {
