@@ -456,6 +456,9 @@ impl Control {
 
     /// Removes a node; refused while it has tasks not over.
     pub async fn delete_node(&self, name: &str) -> Result<()> {
+        // Under the line's lock from the check to the delete: a check-in cannot put a task on
+        // the node in between.
+        let mut lines = self.line.lock().await;
         let open = self
             .db
             .tasks(&TaskFilter {
@@ -472,7 +475,9 @@ impl Control {
                 format!("task {} on it is not over", task.id),
             ));
         }
-        let mut lines = self.line.lock().await;
+        // Its tokens leave the cache before and after: a call dropped mid-delete must not leave
+        // them working.
+        self.forget_node_tokens(name);
         self.db.delete_node(name).await?;
         lines.forget(name);
         drop(lines);
