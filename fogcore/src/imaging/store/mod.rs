@@ -679,7 +679,9 @@ impl StoreReader {
                 .collect();
             return Ok(WireFrame { stored, parts });
         }
-        let decoded = self.cached_frame(&first, frame)?;
+        // Decoded from the bytes already read: each frame is read once per request.
+        let decoded = chunk::decode(&stored, plain_len)
+            .map_err(|reason| corrupt(&first, format!("its frame is damaged: {reason}")))?;
         let mut plain = Vec::with_capacity(asked_bytes);
         let mut parts = Vec::with_capacity(chunks.len());
         let mut placed: HashMap<(u32, u32), u32> = HashMap::new();
