@@ -8,12 +8,12 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use fogcore::Error;
 use fogcore::control::client::Client;
-use fogcore::control::db::{Db, TaskFilter};
-use fogcore::control::master::Master;
+use fogcore::control::master::MasterConfig;
 use fogcore::control::model::{
-    After, Group, Host, ImageStatus, NewTask, Node, Placement, Task, TaskKind, TaskState, parse_subnet,
+    After, Group, Host, ImageStatus, NewTask, Node, Placement, Task, TaskFilter, TaskKind, TaskState, parse_subnet,
 };
-use fogcore::control::service::Control;
+use fogcore::imaging::replica::ImageStore;
+use fogcore::names::{GroupName, HostName, ImageName, NodeName};
 use serde::Serialize;
 
 /// `println!` that ignores a closed stdout.
@@ -57,7 +57,7 @@ pub enum HostCommand {
     Show { name: String },
     /// Add a host
     Add {
-        name: String,
+        name: HostName,
         /// Network card (repeat for several)
         #[arg(long = "mac", required = true)]
         macs: Vec<String>,
@@ -67,12 +67,12 @@ pub enum HostCommand {
         #[arg(long)]
         address: Option<Ipv4Addr>,
         #[arg(long)]
-        image: Option<String>,
+        image: Option<ImageName>,
         #[arg(long)]
-        group: Option<String>,
+        group: Option<GroupName>,
         /// The node that images it
         #[arg(long)]
-        node: Option<String>,
+        node: Option<NodeName>,
         /// Which disk the agent images
         #[arg(long)]
         primary_disk: Option<String>,
@@ -92,7 +92,7 @@ pub enum GroupCommand {
     Ls,
     /// Add a group
     Add {
-        name: String,
+        name: GroupName,
         #[arg(long, default_value = "")]
         description: String,
     },
@@ -106,7 +106,7 @@ pub enum NodeCommand {
     Ls,
     /// Add a node; prints its token once
     Add {
-        name: String,
+        name: NodeName,
         /// URL the agents reach it at
         #[arg(long)]
         url: String,
@@ -218,22 +218,30 @@ pub fn master(args: &MasterServe, store: Option<&std::path::Path>) -> Result<(),
     crate::serve::init_logs();
     let rt = runtime()?;
     rt.block_on(async {
-        std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::io(&args.data_dir, e))?;
-        let db = match &args.database {
-            Some(url) => Db::open(url).await?,
-            None => Db::open_dir(&args.data_dir).await?,
-        };
-        let control = Arc::new(Control::new(db));
         // The master's own store: what nodes push captures to and pull placed images from.
-        let default_store = args.data_dir.join("store");
-        let dir = store.unwrap_or(&default_store);
-        let store = fogcore::imaging::store::Store::open(dir)?;
-        control.set_image_store(Arc::new(fogcore::imaging::replica::LocalStore::new(store)));
-        say!("image store: {}", dir.display());
-        if let Some((token, file)) = control.first_admin_token(&args.data_dir).await? {
-            say!("admin token (also in {}, mode 0600): {token}", file.display());
+        let store = match store {
+            Some(dir) => {
+                let store = fogcore::imaging::store::Store::open(dir)?;
+                say!("image store: {}", dir.display());
+                Some(Arc::new(fogcore::imaging::replica::LocalStore::new(store)) as Arc<dyn ImageStore>)
+            }
+            None => None,
+        };
+        let config = MasterConfig {
+            listen: Some(args.listen),
+            data_dir: Some(args.data_dir.clone()),
+            database: args.database.clone(),
+            store,
+        };
+        let started = fogcore::control::master::serve(&config).await?;
+        if let Some(dir) = &started.store_dir {
+            say!("image store: {}", dir.display());
         }
-        let master = Master::start(control, args.listen).await?;
+        if let Some(first) = &started.first_token {
+            let file = first.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default();
+            say!("admin token (also in {file}, mode 0600): {}", first.token);
+        }
+        let master = started.master;
         tracing::info!(listen = %master.addr(), "fog master: running; SIGINT or SIGTERM stops it");
         say!("fog master: listening on http://{}", master.addr());
         let stopped = master.cancellation();
@@ -312,13 +320,13 @@ pub fn host(args: &MasterArgs, cmd: &HostCommand, json: bool) -> Result<(), Erro
                 kernel_args,
             } => {
                 let host = Host {
-                    name: name.clone(),
+                    name: name.to_string(),
                     macs: macs.clone(),
                     uuid: uuid.clone(),
                     address: *address,
-                    image: image.clone(),
-                    group: group.clone(),
-                    node: node.clone(),
+                    image: image.clone().map(String::from),
+                    group: group.clone().map(String::from),
+                    node: node.clone().map(String::from),
                     primary_disk: primary_disk.clone(),
                     kernel_args: kernel_args.clone(),
                     inventory: serde_json::Value::Null,
@@ -435,7 +443,7 @@ pub fn group(args: &MasterArgs, cmd: &GroupCommand, json: bool) -> Result<(), Er
             }),
             GroupCommand::Add { name, description } => {
                 let g = Group {
-                    name: name.clone(),
+                    name: name.to_string(),
                     description: description.clone(),
                 };
                 emit(json, &c.create_group(&g).await?, |g| say!("added group {}", g.name));
@@ -464,7 +472,7 @@ pub fn node(args: &MasterArgs, cmd: &NodeCommand, json: bool) -> Result<(), Erro
                 max_clients,
             } => {
                 let node = Node {
-                    name: name.clone(),
+                    name: name.to_string(),
                     url: url.clone(),
                     subnets: subnets.iter().map(|s| parse_subnet(s)).collect::<Result<_, _>>()?,
                     max_clients: *max_clients,

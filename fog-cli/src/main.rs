@@ -7,6 +7,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use fogcore::Error;
 use fogcore::imaging::{capture, demo, deploy, store::Store};
+use fogcore::names::ImageName;
 use serde_json::json;
 
 mod bar;
@@ -93,7 +94,7 @@ enum ImageCommand {
         source: PathBuf,
         /// Image name
         #[arg(long)]
-        name: String,
+        name: ImageName,
         /// Logical sector size of an image file (detected from its GPT when not given)
         #[arg(long)]
         sector_size: Option<u32>,
@@ -101,7 +102,7 @@ enum ImageCommand {
     /// Deploy an image to a disk image file (created if absent) or block device
     Deploy {
         /// Image name
-        name: String,
+        name: ImageName,
         /// Target disk image file or block device
         target: PathBuf,
         /// Read the written data back and compare it with the image
@@ -118,7 +119,7 @@ enum ImageCommand {
     /// Show an image's layout and regions (with --master URL or --remote: its record and copies)
     Info {
         /// Image name
-        name: String,
+        name: ImageName,
         /// Ask the master instead of the local store
         #[arg(long)]
         remote: bool,
@@ -127,7 +128,7 @@ enum ImageCommand {
     /// master's record)
     Rm {
         /// Image name
-        name: String,
+        name: ImageName,
         /// Remove the master's record instead of the local image
         #[arg(long)]
         remote: bool,
@@ -135,12 +136,12 @@ enum ImageCommand {
     /// Check an image's manifest and that every chunk it needs is in the store
     Verify {
         /// Image name
-        name: String,
+        name: ImageName,
     },
     /// Copy an image between stores, sending only the chunks the destination lacks (manifest last)
     Replicate {
         /// Image name
-        name: String,
+        name: ImageName,
         /// Source: a store directory or a fog server URL [default: the local store]
         #[arg(long)]
         from: Option<String>,

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fogcore::control::client::Client;
-use fogcore::control::db::TaskFilter;
+use fogcore::control::model::TaskFilter;
 use fogcore::control::model::{After, CopyState, Host, Image, NewTask, Node, Placement, Task, TaskKind, TaskState};
 use fogcore::imaging::capture::{CaptureOptions, capture};
 use fogcore::imaging::store::Store;

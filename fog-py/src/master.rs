@@ -11,13 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fogcore::control::client::Client;
-use fogcore::control::db::{Db, TaskFilter};
-use fogcore::control::master::Master;
+use fogcore::control::master::{Master, MasterConfig};
 use fogcore::control::model::{
-    After, Group, Host, Image, NewTask, Node, Placement, Task, TaskId, TaskKind, parse_subnet,
+    After, Group, Host, Image, NewTask, Node, Placement, Task, TaskFilter, TaskId, TaskKind, parse_subnet,
 };
-use fogcore::control::service::Control;
-use fogcore::imaging::replica::LocalStore;
+use fogcore::imaging::replica::{ImageStore, LocalStore};
 use fogcore::imaging::store::Store;
 use pyo3::create_exception;
 use pyo3::exceptions::PyTimeoutError;
@@ -569,7 +567,7 @@ pub struct PyRunningMaster {
     rt: Arc<tokio::runtime::Runtime>,
     master: Mutex<Option<Master>>,
     url: String,
-    admin_token: String,
+    admin_token: Option<String>,
 }
 
 #[pymethods]
@@ -580,10 +578,11 @@ impl PyRunningMaster {
         &self.url
     }
 
-    /// An admin token issued for this run.
+    /// The admin token of the master's first start (from `data_dir/admin-token` on later
+    /// starts); `None` when the database had admin tokens already and there is no such file.
     #[getter]
-    fn admin_token(&self) -> &str {
-        &self.admin_token
+    fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
     }
 
     /// True until `stop()`.
@@ -598,7 +597,7 @@ impl PyRunningMaster {
 
     /// A `fog.Master` client of it with the admin token.
     fn client(&self) -> PyResult<PyMaster> {
-        PyMaster::new(&self.url, Some(&self.admin_token))
+        PyMaster::new(&self.url, self.admin_token.as_deref())
     }
 
     /// Stops serving (open requests get 5 s) and closes the database.
@@ -659,28 +658,24 @@ pub fn start_master(
         }),
     };
     let rt = runtime()?;
-    let (master, admin_token) = py
-        .detach(|| {
-            rt.block_on(async {
-                let db = match (&db_url, &data_dir) {
-                    (Some(url), _) => Db::open(url).await?,
-                    (None, Some(dir)) => Db::open_dir(dir).await?,
-                    (None, None) => {
-                        return Err(fogcore::Error::InvalidInput(
-                            "start_master: give db_url or data_dir (where fog.db goes)".into(),
-                        ));
-                    }
-                };
-                let control = Arc::new(Control::new(db));
-                if let Some(store) = store {
-                    control.set_image_store(Arc::new(LocalStore::new(store)));
-                }
-                let token = control.create_admin_token().await?;
-                let master = Master::start(control, listen).await?;
-                Ok((master, token))
-            })
-        })
+    let config = MasterConfig {
+        listen: Some(listen),
+        data_dir: data_dir.clone(),
+        database: db_url,
+        store: store.map(|s| Arc::new(LocalStore::new(s)) as Arc<dyn ImageStore>),
+    };
+    let started = py
+        .detach(|| rt.block_on(fogcore::control::master::serve(&config)))
         .map_err(fog_err)?;
+    // The token of the first start, else the one it left in DATA_DIR/admin-token.
+    let admin_token = match (started.first_token, &data_dir) {
+        (Some(first), _) => Some(first.token),
+        (None, Some(dir)) => std::fs::read_to_string(dir.join("admin-token"))
+            .ok()
+            .map(|t| t.trim().to_string()),
+        (None, None) => None,
+    };
+    let master = started.master;
     Ok(PyRunningMaster {
         url: format!("http://{}", master.addr()),
         rt,

@@ -57,7 +57,7 @@ pub enum Error {
     #[error("no image named {0:?} in the store")]
     ImageNotFound(String),
     /// An image name that is not allowed (empty, path separators, dot files).
-    #[error("invalid image name {0:?}: use letters, digits, '.', '-', '_' (not starting with '.')")]
+    #[error("invalid image name {0:?}: 1 to 64 letters, digits, '.', '-', '_' (not starting with '.' or '-')")]
     InvalidImageName(String),
     /// A manifest that is truncated or damaged.
     #[error("image {image}: manifest {path} is damaged: {reason}")]
@@ -178,6 +178,32 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A broken invariant or a crashed worker: fog's own fault, never the caller's input.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What kind of failure an error is. It decides the HTTP status, the CLI's exit code and
+/// whether trying again may help; every frontend maps the kind, never the variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// What the caller gave is wrong (a path, a name, a field, a disk that does not fit).
+    BadInput,
+    /// No record or file with that name.
+    NotFound,
+    /// The request conflicts with what exists (a name taken, a host busy, a state change refused).
+    Conflict,
+    /// No credentials, or unknown ones.
+    Unauthorized,
+    /// Known credentials that do not allow this.
+    Forbidden,
+    /// Something underneath is unavailable for now (a peer, the database, a busy store):
+    /// retrying later may help.
+    Transient,
+    /// The job was stopped by its caller.
+    Cancelled,
+    /// A failure underneath that retrying does not fix: I/O, damaged data, a broken invariant.
+    Internal,
 }
 
 impl Error {
@@ -189,74 +215,101 @@ impl Error {
         }
     }
 
-    /// True when the error was caused by what the user gave (a path, a name, a disk that does not
-    /// fit), false when something failed underneath (I/O, a damaged store). Frontends map this to
-    /// exit codes and exception classes.
-    pub fn is_bad_input(&self) -> bool {
+    /// The kind of failure (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { source, .. } => matches!(
-                source.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-            ),
+            Error::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => ErrorKind::BadInput,
+                _ => ErrorKind::Internal,
+            },
             Error::BadDisk { .. }
             | Error::BadFilesystem { .. }
             | Error::TargetTooSmall { .. }
             | Error::SectorSizeMismatch { .. }
-            | Error::ImageNotFound(_)
             | Error::InvalidImageName(_)
             | Error::InvalidInput(_)
-            | Error::Invalid { .. }
-            | Error::NotFound { .. }
-            | Error::Conflict { .. }
-            | Error::IllegalTransition { .. }
-            | Error::Unauthorized(_)
-            | Error::Forbidden(_) => true,
-            Error::Remote { status, .. } => (400..500).contains(status),
+            | Error::Invalid { .. } => ErrorKind::BadInput,
+            Error::ImageNotFound(_) | Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Conflict { .. } | Error::IllegalTransition { .. } => ErrorKind::Conflict,
+            Error::Unauthorized(_) => ErrorKind::Unauthorized,
+            Error::Forbidden(_) => ErrorKind::Forbidden,
+            Error::StoreBusy { .. } | Error::Database(_) | Error::Http { .. } => ErrorKind::Transient,
+            Error::Remote { status, .. } => match status {
+                401 => ErrorKind::Unauthorized,
+                403 => ErrorKind::Forbidden,
+                404 => ErrorKind::NotFound,
+                409 => ErrorKind::Conflict,
+                400..=499 => ErrorKind::BadInput,
+                _ => ErrorKind::Transient,
+            },
+            Error::Cancelled => ErrorKind::Cancelled,
             Error::BadManifest { .. }
             | Error::ChunkMissing { .. }
             | Error::ChunkCorrupt { .. }
             | Error::VerifyMismatch { .. }
-            | Error::StoreBusy { .. }
-            | Error::Cancelled
-            | Error::Database(_)
-            | Error::Http { .. } => false,
+            | Error::Internal(_) => ErrorKind::Internal,
         }
     }
 
-    /// True for failures worth trying again later: the peer unreachable, or its own trouble
-    /// (5xx). A refusal (4xx) stays a refusal.
+    /// True when the error was caused by what the user gave (a path, a name, a record that does
+    /// not exist, a refused token), false when something failed underneath. Frontends map this to
+    /// exit codes and exception classes.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::BadInput
+                | ErrorKind::NotFound
+                | ErrorKind::Conflict
+                | ErrorKind::Unauthorized
+                | ErrorKind::Forbidden
+        )
+    }
+
+    /// True for failures worth trying again later: a peer unreachable or in trouble (5xx), the
+    /// database, a busy store. A refusal stays a refusal.
     pub fn is_transient(&self) -> bool {
-        match self {
-            Error::Http { .. } => true,
-            Error::Remote { status, .. } => *status >= 500,
-            _ => false,
+        self.kind() == ErrorKind::Transient
+    }
+
+    /// The HTTP status that answers this error.
+    pub fn http_status(&self) -> u16 {
+        match self.kind() {
+            ErrorKind::BadInput => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::Transient => match self {
+                Error::Remote { .. } | Error::Http { .. } => 502,
+                _ => 503,
+            },
+            ErrorKind::Cancelled | ErrorKind::Internal => 500,
         }
     }
 
     /// A short stable code for the wire (`{code, message}` JSON errors of the master's API).
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Invalid { .. }
-            | Error::InvalidInput(_)
-            | Error::InvalidImageName(_)
-            | Error::BadDisk { .. }
-            | Error::TargetTooSmall { .. }
-            | Error::SectorSizeMismatch { .. } => "invalid",
-            Error::NotFound { .. } | Error::ImageNotFound(_) => "not_found",
-            Error::Conflict { .. } | Error::StoreBusy { .. } => "conflict",
             Error::IllegalTransition { .. } => "illegal_transition",
-            Error::Unauthorized(_) => "unauthorized",
-            Error::Forbidden(_) => "forbidden",
+            Error::StoreBusy { .. } => "busy",
             Error::Database(_) => "database",
-            Error::Cancelled => "cancelled",
             Error::Remote { .. } | Error::Http { .. } => "upstream",
-            Error::Io { .. }
-            | Error::BadFilesystem { .. }
-            | Error::BadManifest { .. }
-            | Error::ChunkMissing { .. }
-            | Error::ChunkCorrupt { .. }
-            | Error::VerifyMismatch { .. } => "internal",
+            _ => match self.kind() {
+                ErrorKind::BadInput => "invalid",
+                ErrorKind::NotFound => "not_found",
+                ErrorKind::Conflict => "conflict",
+                ErrorKind::Unauthorized => "unauthorized",
+                ErrorKind::Forbidden => "forbidden",
+                ErrorKind::Transient => "unavailable",
+                ErrorKind::Cancelled => "cancelled",
+                ErrorKind::Internal => "internal",
+            },
         }
+    }
+
+    /// Builds an [`Error::Internal`] (a broken invariant, a worker that panicked).
+    pub fn internal(what: impl std::fmt::Display) -> Self {
+        Error::Internal(what.to_string())
     }
 
     /// Builds an [`Error::Invalid`].

@@ -17,12 +17,14 @@
 
 pub mod agent;
 pub mod bootenv;
+pub mod clock;
 pub mod control;
 pub mod error;
 mod fsutil;
 pub mod imaging;
+pub mod names;
 pub mod net;
 pub mod progress;
 mod tools;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

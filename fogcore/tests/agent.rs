@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use fogcore::agent::{AgentConfig, AgentReport, capture_remote, deploy_remote, run};
 use fogcore::control::client::Client;
-use fogcore::control::db::{Db, TaskFilter};
+use fogcore::control::db::Db;
 use fogcore::control::master::Master;
+use fogcore::control::model::TaskFilter;
 use fogcore::control::model::{After, Host, Image, NewTask, Node, Placement, TaskKind, TaskState};
 use fogcore::control::service::Control;
 use fogcore::imaging::capture::{CaptureOptions, capture};

@@ -9,14 +9,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use fogcore::Error;
+use fogcore::clock::{Clock, ManualClock};
 use fogcore::control::client::Client;
-use fogcore::control::db::{Db, TaskFilter};
+use fogcore::control::db::Db;
 use fogcore::control::master::{self, Access, Master};
+use fogcore::control::model::TaskFilter;
 use fogcore::control::model::{
     After, CheckIn, CheckOut, Group, Heartbeat, Host, Image, NewTask, Node, Placement, ProgressReport, Schedule,
     SlotState, TaskKind, TaskState, When,
 };
-use fogcore::control::service::{Clock, Control};
+use fogcore::control::service::Control;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -611,18 +613,10 @@ async fn task_rules_and_illegal_transitions() -> TestResult {
     Ok(())
 }
 
-struct ManualClock(std::sync::atomic::AtomicI64);
-
-impl Clock for ManualClock {
-    fn now(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 #[tokio::test]
 async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
     for b in backends().await? {
-        let clock = Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(1_795_688_100_000)));
+        let clock = Arc::new(ManualClock::new(1_795_688_100_000));
         let control = Control::with_clock(Db::open(&b.url).await?, clock.clone(), 60_000).with_agent_timeout(120_000);
         let now = clock.now();
         control.create_node(&node("site-a", "10.1.0.0/16", 1)?).await?;
@@ -678,7 +672,7 @@ async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
         let at_two = nightly.next_run.ok_or("no next run")?;
         let fired = control.run_schedules(at_two).await?;
         assert_eq!((fired.created.len(), fired.skipped.len()), (2, 1), "pc-0 is busy");
-        let left = control.db().schedules().await?;
+        let left = control.schedules().await?;
         assert_eq!(
             left.iter().find(|s| s.id == once.id).and_then(|s| s.next_run),
             None,
@@ -713,7 +707,7 @@ async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
                 max: 1
             }
         );
-        clock.0.fetch_add(45_000, Ordering::SeqCst);
+        clock.advance(45_000);
         assert_eq!(
             control.check_in(&admin, &ci(2)).await?.slot,
             SlotState::Waiting {
@@ -722,7 +716,7 @@ async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
                 max: 1
             }
         );
-        clock.0.fetch_add(30_000, Ordering::SeqCst);
+        clock.advance(30_000);
         assert_eq!(
             control.check_in(&admin, &ci(2)).await?.slot,
             SlotState::Waiting {
@@ -743,7 +737,7 @@ async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
         );
         // pc-0 has not reported since its grant, 75 s ago; 50 s more and it is taken for dead:
         // its task fails and the slot goes to the head of the line.
-        clock.0.fetch_add(50_000, Ordering::SeqCst);
+        clock.advance(50_000);
         assert_eq!(control.check_in(&admin, &ci(2)).await?.slot, SlotState::Granted);
         let dead = control
             .tasks(&TaskFilter {
@@ -756,7 +750,7 @@ async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
             other => return Err(format!("pc-0's task is {other:?}, not failed").into()),
         };
         assert!(reason.contains("silent for 125 s"), "{reason}");
-        control.db().close().await;
+        control.close().await;
     }
     Ok(())
 }
@@ -855,6 +849,96 @@ async fn openapi_documents_every_route() -> TestResult {
     Ok(())
 }
 
+/// Every route of the table, called by every kind of caller its access rule excludes, refuses
+/// it (401 without a known token, 403 for a node's or a task's token on an admin route, or on
+/// another node's records); the callers it allows get past the check.
+#[tokio::test]
+async fn every_route_refuses_the_callers_its_access_excludes() -> TestResult {
+    let b = backends().await?.into_iter().next().ok_or("no backend")?;
+    let m = start(&b.url).await?;
+    let a = m.client.create_node(&node("site-a", "10.1.0.0/16", 2)?).await?;
+    m.client.create_node(&node("site-b", "10.2.0.0/16", 2)?).await?;
+    let mut ha = host("pc-a", "52:54:00:00:0a:01");
+    ha.node = Some("site-a".into());
+    m.client.create_host(&ha).await?;
+    let mut hb = host("pc-b", "52:54:00:00:0b:01");
+    hb.node = Some("site-b".into());
+    m.client.create_host(&hb).await?;
+    let task_a = m.client.create_task(&task(TaskKind::Inventory, "pc-a")).await?;
+    let task_b = m.client.create_task(&task(TaskKind::Inventory, "pc-b")).await?;
+    let task_token = fogcore::control::service::task_token(&a.token, "site-a", task_a.id);
+    let with = |path: &str, name: &str, id: i64| {
+        path.replace("{name}", name)
+            .replace("{node}", name)
+            .replace("{id}", &id.to_string())
+    };
+    let refused = |s: u16| s == 401 || s == 403;
+    let routes = master::routes();
+    assert!(routes.len() >= 30);
+    for route in &routes {
+        let what = format!("{} {}", route.method, route.path);
+        let call = |token: Option<String>, path: String| {
+            let method = route.method.clone();
+            // Bodies that parse, so the refusal cannot come from the body.
+            let body = route.body.map(|schema| match schema {
+                "CopyReport" => json!({"state": "complete"}),
+                "ProgressReport" => json!({"percent": 1.0, "bytes": 0, "rate": 0}),
+                "CheckOut" => json!({"ok": true}),
+                _ => json!({}),
+            });
+            let m = &m;
+            async move { m.raw(method, &path, token.as_deref(), body).await.map(|(s, _)| s) }
+        };
+        let plain = with(&route.path, "x", 999_999);
+        for token in [None, Some("fog_unknown".to_string()), Some("fogt_1_00".to_string())] {
+            let s = call(token.clone(), plain.clone()).await?;
+            match route.access {
+                Access::Public => assert_eq!(s, 200, "{what} is public ({token:?})"),
+                _ => assert_eq!(s, 401, "{what} without a known token ({token:?})"),
+            }
+        }
+        // Routes about one node's records: its name in the path, or one of its tasks.
+        let names_node = route.path.starts_with("/api/v1/nodes/{name}") || route.path.contains("{node}");
+        let names_task = route.path.starts_with("/api/v1/tasks/{id}/");
+        let own = if names_node {
+            with(&route.path, "site-a", task_a.id)
+        } else {
+            plain.clone()
+        };
+        for (kind, token) in [("node", &a.token), ("task", &task_token)] {
+            let s = call(Some(token.clone()), own.clone()).await?;
+            match route.access {
+                Access::Admin => assert_eq!(s, 403, "{what}: a {kind} token on an admin route"),
+                Access::Public | Access::Node => assert!(!refused(s), "{what}: a {kind} token is let in ({s})"),
+            }
+            if route.access == Access::Node && (names_node || names_task) {
+                let s = call(Some(token.clone()), with(&route.path, "site-b", task_b.id)).await?;
+                assert_eq!(s, 403, "{what}: a {kind} token of site-a on site-b's records");
+            }
+        }
+        let s = call(Some(m.admin.clone()), plain.clone()).await?;
+        assert!(!refused(s), "{what}: an admin is let in ({s})");
+    }
+    // A task token acts for its own task only, even of its own node.
+    let other_a = {
+        let mut h = host("pc-a2", "52:54:00:00:0a:02");
+        h.node = Some("site-a".into());
+        m.client.create_host(&h).await?;
+        m.client.create_task(&task(TaskKind::Inventory, "pc-a2")).await?
+    };
+    let (s, _) = m
+        .raw(
+            reqwest::Method::POST,
+            &format!("/api/v1/tasks/{}/checkout", other_a.id),
+            Some(&task_token),
+            Some(json!({"ok": true})),
+        )
+        .await?;
+    assert_eq!(s, 403, "a task token on another task of its node");
+    m.master.stop().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_taken_port_is_an_error_naming_it() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -930,7 +1014,7 @@ async fn progress_reads_back_at_once_and_is_written_in_batches() -> TestResult {
             control.check_out(&admin, ids[0], &out).await?.state,
             TaskState::Complete
         );
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // What the batch writer would do next: write the dirty rows.
         control.flush().await?;
         assert_eq!(db.task(ids[0]).await?.state, TaskState::Complete);
         assert!(matches!(

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fogcore::clock::now_ms;
 use fogcore::control::client::Client;
-use fogcore::control::db::{Db, now_ms};
+use fogcore::control::db::Db;
 use fogcore::control::master::Master;
 use fogcore::control::model::{After, CheckIn, Host, Image, NewTask, Node, Placement, TaskKind};
 use fogcore::control::service::Control;

@@ -382,8 +382,10 @@ class RunningMaster:
         """``http://127.0.0.1:PORT``: where the API listens."""
 
     @property
-    def admin_token(self) -> str:
-        """An admin token issued for this run (only its hash is stored)."""
+    def admin_token(self) -> Optional[str]:
+        """The admin token of the master's first start (only its hash is stored; with a
+        ``data_dir`` it is also in ``data_dir/admin-token``, read back on later starts). ``None``
+        when the database had admin tokens already and no such file exists."""
 
     @property
     def running(self) -> bool:
@@ -408,8 +410,8 @@ def start_master(
     """Starts a master in this process: the REST API on ``listen`` (port 0: any free port), its
     database at ``db_url`` (``sqlite://PATH?mode=rwc`` or ``postgres://...``), else
     ``data_dir/fog.db``, migrated. With ``store`` it also serves that store's chunks and
-    manifests to agents (``/api/v1/store``). Issues a fresh admin token
-    (:attr:`RunningMaster.admin_token`).
+    manifests to agents (``/api/v1/store``; with only ``data_dir``, ``data_dir/store``). A first
+    start issues the admin token (:attr:`RunningMaster.admin_token`), as ``fog master`` does.
 
     Raises :class:`BadInputError` for a bad ``listen`` address, a port already in use, or neither
     ``db_url`` nor ``data_dir``."""

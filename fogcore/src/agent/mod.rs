@@ -203,7 +203,7 @@ pub fn register(config: &AgentConfig, name: Option<&str>) -> Result<Registered> 
         macs,
         uuid,
         name: name.map(str::to_string),
-        inventory: serde_json::to_value(&found).map_err(|e| Error::InvalidInput(format!("inventory as JSON: {e}")))?,
+        inventory: serde_json::to_value(&found).map_err(|e| Error::Internal(format!("inventory as JSON: {e}")))?,
     };
     runtime.block_on(client.register(&reg))
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{write_durably, write_durably_with};
+use crate::fsutil::{DEFAULT_MODE, write_durably, write_durably_with};
 use cpio::{Archive, Entry};
 
 /// `/init`: mounts, modules, DHCP, then the action of the kernel command line.
@@ -313,7 +313,7 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport> {
     // Each file whole or not at all: a node serving the old pair never sees half a file.
     let initrd = options.out.join("initrd.img");
     let vmlinuz = options.out.join("vmlinuz");
-    let uncompressed_bytes = write_durably_with(&initrd, |file| {
+    let uncompressed_bytes = write_durably_with(&initrd, DEFAULT_MODE, |file| {
         let tmp = initrd.with_extension("tmp");
         let mut encoder = zstd::Encoder::new(file, options.level.unwrap_or(9)).at(&tmp)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;

@@ -22,14 +22,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, Method, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{Method, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
 use serde_json::json;
 
-use crate::control::master::{API, Access, ApiError, Route};
+use crate::control::api::{API, Access, ApiError, Authenticate, Caller, Route, constant_time_eq, guard, no_route};
 use crate::error::{Error, Result};
 use crate::imaging::chunk::{ChunkId, FramePart, WireFrame};
 use crate::imaging::replica::{ImageStore, PieceHash, WireChunk};
@@ -245,7 +245,7 @@ pub trait HasStore: Clone + Send + Sync + 'static {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError(Error::InvalidInput(format!("worker failed: {e}"))))?
+        .map_err(|e| ApiError(Error::Internal(format!("worker failed: {e}"))))?
         .map_err(ApiError)
 }
 
@@ -312,7 +312,12 @@ async fn put_manifest<S: HasStore>(
 ) -> Result<Response, ApiError> {
     let store = s.image_store()?;
     let stored = name.clone();
-    blocking(move || store.put_manifest(&name, &body)).await?;
+    // A manifest that does not parse is the sender's fault, not the store's.
+    blocking(move || match store.put_manifest(&name, &body) {
+        Err(Error::BadManifest { image, reason, .. }) => Err(Error::invalid("manifest", image, reason)),
+        other => other,
+    })
+    .await?;
     s.manifest_stored(&stored).await?;
     Ok(Json(json!({ "ok": true })).into_response())
 }
@@ -425,37 +430,32 @@ impl HasStore for ChunkServer {
     }
 }
 
-async fn check_token(State(tokens): State<Arc<Vec<String>>>, headers: HeaderMap, req: Request, next: Next) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    match token {
-        None => ApiError(Error::Unauthorized("no token: send Authorization: Bearer TOKEN".into())).into_response(),
-        Some(t) if tokens.iter().any(|k| k == t) => next.run(req).await,
-        Some(_) => ApiError(Error::Unauthorized("unknown token".into())).into_response(),
+impl Authenticate for ChunkServer {
+    async fn authenticate(&self, token: &str) -> Result<Caller> {
+        // Every token is compared, so the time taken does not tell which one nearly matched.
+        let known = self.tokens.iter().fold(false, |found, k| {
+            found | constant_time_eq(k.as_bytes(), token.as_bytes())
+        });
+        if known {
+            Ok(Caller::Admin)
+        } else {
+            Err(Error::Unauthorized("unknown token".into()))
+        }
     }
 }
 
 /// The chunk routes over `store`, accepting any of `tokens`.
 pub fn router(store: Arc<dyn ImageStore>, tokens: Vec<String>) -> Router {
-    let tokens = Arc::new(tokens);
     let state = ChunkServer {
         store,
-        tokens: tokens.clone(),
+        tokens: Arc::new(tokens),
     };
     let mut router = Router::new();
     for (route, method_router) in table::<ChunkServer>() {
-        let guard = middleware::from_fn_with_state(state.tokens.clone(), check_token);
-        router = router.route(&route.path, method_router.route_layer(guard));
+        let check = middleware::from_fn_with_state((state.clone(), route.access), guard::<ChunkServer>);
+        router = router.route(&route.path, method_router.route_layer(check));
     }
-    router
-        .fallback(|method: Method, uri: axum::http::Uri| async move {
-            ApiError(Error::not_found("route", format!("{method} {uri}")))
-        })
-        .with_state(state)
+    router.fallback(no_route).with_state(state)
 }
 
 #[cfg(test)]

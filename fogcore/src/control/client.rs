@@ -8,12 +8,11 @@ use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::control::db::TaskFilter;
 use crate::control::model::{
-    BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, Heartbeat, Host, Image, ImageCopy, ImageStatus,
-    NewTask, Node, NodeToken, ProgressReport, Registered, Registration, Schedule, Task, TaskEvent, TaskId, Wake,
+    BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, GroupTasks, Heartbeat, Host, Image, ImageCopy,
+    ImageStatus, NewTask, Node, NodeToken, ProgressReport, Registered, Registration, Schedule, Task, TaskEvent,
+    TaskFilter, TaskId, Wake,
 };
-use crate::control::service::GroupTasks;
 use crate::error::{Error, Result};
 
 /// A connection to a master.
@@ -344,7 +343,7 @@ mod erased {
 
     impl<T: serde::Serialize> Json for T {
         fn to_json(&self) -> Result<Vec<u8>> {
-            serde_json::to_vec(self).map_err(|e| Error::InvalidInput(format!("encoding a request: {e}")))
+            serde_json::to_vec(self).map_err(|e| Error::Internal(format!("encoding a request: {e}")))
         }
     }
 }

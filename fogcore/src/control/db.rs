@@ -9,13 +9,15 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::Arc;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+use crate::clock::{Clock, SystemClock};
 use crate::control::model::{
     After, CopyReport, CopyState, Group, Host, Image, ImageCopy, Millis, NewTask, Node, Placement, Schedule, Task,
-    TaskEvent, TaskId, TaskKind, TaskState, Wake,
+    TaskEvent, TaskFilter, TaskId, TaskKind, TaskState, Wake,
 };
 use crate::error::{Error, Result};
 
@@ -81,10 +83,18 @@ pub enum TokenRole {
 }
 
 /// The database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// What `created_at`, `updated_at` and the like read.
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("backend", &self.backend).finish()
+    }
 }
 
 /// How often SQLite's write-ahead log is copied into the database.
@@ -136,6 +146,12 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T
 }
 
 impl Db {
+    /// The same database, reading time from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Db {
+        self.clock = clock;
+        self
+    }
+
     /// Opens (creating if needed) `DIR/fog.db` and migrates it.
     pub async fn open_dir(dir: &Path) -> Result<Db> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -189,7 +205,11 @@ impl Db {
             .connect(url)
             .await
             .map_err(|e| Error::Database(format!("{}: {e}", redact(url))))?;
-        let db = Db { pool, backend };
+        let db = Db {
+            pool,
+            backend,
+            clock: Arc::new(SystemClock),
+        };
         db.migrate().await?;
         if sqlite {
             tokio::spawn(checkpoints(db.pool.clone()));
@@ -233,7 +253,7 @@ impl Db {
             }
             sqlx::query("INSERT INTO fog_migrations (version, applied_at) VALUES ($1, $2)")
                 .bind(*version)
-                .bind(now_ms())
+                .bind(self.clock.now())
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
@@ -263,7 +283,7 @@ impl Db {
         sqlx::query("INSERT INTO groups (name, description, created_at) VALUES ($1, $2, $3)")
             .bind(&group.name)
             .bind(&group.description)
-            .bind(now_ms())
+            .bind(self.clock.now())
             .execute(&self.pool)
             .await
             .map_err(unique("group", &group.name))?;
@@ -327,7 +347,7 @@ impl Db {
         .bind(json_text(&node.subnets)?)
         .bind(i64::from(node.max_clients))
         .bind(i64::from(node.enabled))
-        .bind(now_ms())
+        .bind(self.clock.now())
         .execute(&self.pool)
         .await
         .map_err(unique("node", &node.name))?;
@@ -409,7 +429,7 @@ impl Db {
 
     /// Records a heartbeat: last seen, free bytes, and the images the node holds whole.
     pub async fn heartbeat(&self, node: &str, free_bytes: Option<u64>, images: &[String]) -> Result<()> {
-        let now = now_ms();
+        let now = self.clock.now();
         let n = sqlx::query("UPDATE nodes SET last_seen = $2, free_bytes = $3 WHERE name = $1")
             .bind(node)
             .bind(now)
@@ -448,7 +468,7 @@ impl Db {
         .bind(&image.os)
         .bind(to_i64(image.size_bytes))
         .bind(json_text(&image.placement)?)
-        .bind(now_ms())
+        .bind(self.clock.now())
         .execute(&self.pool)
         .await
         .map_err(unique("image", &image.name))?;
@@ -480,7 +500,7 @@ impl Db {
             Placement::All => self.nodes().await?.into_iter().map(|n| n.name).collect(),
             Placement::Nodes { nodes } => nodes.clone(),
         };
-        let now = now_ms();
+        let now = self.clock.now();
         for node in &targets {
             sqlx::query(
                 "INSERT INTO image_copies (image, node, state, bytes, updated_at) VALUES ($1, $2, 'pending', 0, $3)
@@ -567,7 +587,7 @@ impl Db {
         .bind(copy.state.as_str())
         .bind(to_i64(copy.bytes))
         .bind(copy.reason.as_deref())
-        .bind(now_ms())
+        .bind(self.clock.now())
         .execute(&self.pool)
         .await
         .map_err(db_err)?
@@ -592,7 +612,7 @@ impl Db {
     pub async fn mark_copies_stale(&self, image: &str) -> Result<()> {
         sqlx::query("UPDATE image_copies SET state = 'stale', reason = NULL, updated_at = $2 WHERE image = $1")
             .bind(image)
-            .bind(now_ms())
+            .bind(self.clock.now())
             .execute(&self.pool)
             .await
             .map_err(db_err)?;
@@ -652,7 +672,7 @@ impl Db {
         .bind(&host.primary_disk)
         .bind(&host.kernel_args)
         .bind(json_text(&host.inventory)?)
-        .bind(now_ms())
+        .bind(self.clock.now())
         .execute(&mut *tx)
         .await
         .map_err(unique("host", &host.name))?;
@@ -859,7 +879,7 @@ impl Db {
         group: Option<&str>,
         schedule: Option<i64>,
     ) -> Result<Task> {
-        let now = now_ms();
+        let now = self.clock.now();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO tasks (kind, host, image, node, grp, schedule, after_task, wake, state, percent, bytes, rate,
@@ -1198,7 +1218,7 @@ impl Db {
         sqlx::query_scalar("INSERT INTO schedules (spec, next_run, created_at) VALUES ($1, $2, $3) RETURNING id")
             .bind(json_text(schedule)?)
             .bind(schedule.next_run)
-            .bind(now_ms())
+            .bind(self.clock.now())
             .fetch_one(&self.pool)
             .await
             .map_err(db_err)
@@ -1208,7 +1228,7 @@ impl Db {
 
     /// Stores a wake request for `node` to send; returns it.
     pub async fn insert_wake(&self, host: &str, macs: &[String], node: &str, task: Option<TaskId>) -> Result<Wake> {
-        let now = now_ms();
+        let now = self.clock.now();
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO wakes (host, macs, node, task, requested_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
@@ -1310,7 +1330,7 @@ impl Db {
             .bind(hash)
             .bind(role)
             .bind(node)
-            .bind(now_ms())
+            .bind(self.clock.now())
             .execute(&self.pool)
             .await
             .map_err(db_err)?;
@@ -1362,27 +1382,6 @@ impl Db {
     }
 }
 
-/// Which tasks [`Db::tasks`] returns.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskFilter {
-    /// Only in this state.
-    #[serde(default)]
-    pub state: Option<String>,
-    /// Only of this host.
-    #[serde(default)]
-    pub host: Option<String>,
-    /// Only on this node.
-    #[serde(default)]
-    pub node: Option<String>,
-    /// Only tasks not over.
-    #[serde(default)]
-    pub open_only: bool,
-    /// At most this many.
-    #[serde(default)]
-    pub limit: Option<u32>,
-}
-
 /// A host found by MAC, with its open task ([`Db::check_in_lookup`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MacLookup {
@@ -1420,14 +1419,6 @@ pub struct TaskEventRow {
     pub to: &'static str,
     /// Why, when there is more to say.
     pub detail: Option<String>,
-}
-
-/// The wall clock in milliseconds since the epoch.
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The URL without its password, for messages.

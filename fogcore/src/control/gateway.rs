@@ -25,24 +25,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::control::api::{API, ApiError, Authenticate, Body, Caller, bearer_token, constant_time_eq, no_token};
 use crate::control::bootmenu::NodeTasks;
 use crate::control::chunks::{self, HasStore};
 use crate::control::client::Client;
-use crate::control::master::{API, ApiError, Body};
 use crate::control::model::{
     CheckIn, CheckInReply, CheckOut, CopyReport, CopyState, ProgressReport, Registration, SlotState, Task, TaskId,
     TaskKind, TaskState, canonical_mac,
 };
 use crate::control::remote::RemoteStore;
 use crate::control::replicate::{REPORT_EVERY, ReplicateOptions, replicate};
-use crate::control::service::task_token;
+use crate::control::service::{TASK_TOKEN_PREFIX, task_token};
 use crate::error::{Error, Result};
 use crate::imaging::replica::{ImageStore, LocalStore, ReadThrough};
 use crate::imaging::store::Store;
@@ -112,7 +112,7 @@ impl Outbox {
 
     fn save(&self, entries: &[Pending]) -> Result<()> {
         let text = serde_json::to_vec_pretty(entries)
-            .map_err(|e| Error::InvalidInput(format!("node outbox: cannot encode: {e}")))?;
+            .map_err(|e| Error::Internal(format!("node outbox: cannot encode: {e}")))?;
         crate::fsutil::write_durably(&self.path, &text)
     }
 }
@@ -220,22 +220,23 @@ impl Gateway {
         self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// True for the node token and for task tokens of this node.
-    fn accepts(&self, token: &str) -> bool {
-        if token == self.node_token {
-            return true;
+    /// The node for its own token, the task for a task token of this node, else none.
+    fn caller_of(&self, token: &str) -> Option<Caller> {
+        if constant_time_eq(token.as_bytes(), self.node_token.as_bytes()) {
+            return Some(Caller::Node(self.node.clone()));
         }
-        let Some(id) = token
-            .strip_prefix(crate::control::service::TASK_TOKEN_PREFIX)
+        let id = token
+            .strip_prefix(TASK_TOKEN_PREFIX)
             .and_then(|rest| rest.split_once('_'))
-            .and_then(|(id, _)| id.parse::<TaskId>().ok())
-        else {
-            return false;
-        };
+            .and_then(|(id, _)| id.parse::<TaskId>().ok())?;
         constant_time_eq(
             token.as_bytes(),
             task_token(&self.node_token, &self.node, id).as_bytes(),
         )
+        .then(|| Caller::Task {
+            node: self.node.clone(),
+            task: id,
+        })
     }
 
     async fn forward<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
@@ -409,7 +410,7 @@ impl Gateway {
         });
         let report = loop {
             tokio::select! {
-                r = &mut job => break r.map_err(|e| Error::InvalidInput(format!("push worker: {e}")))??,
+                r = &mut job => break r.map_err(|e| Error::Internal(format!("push worker: {e}")))??,
                 () = tokio::time::sleep(REPORT_EVERY * 15) => {
                     // The agent is gone: keep its slot from being taken for silent.
                     let alive = ProgressReport { percent: 100.0, bytes: 0, rate: 0 };
@@ -463,24 +464,28 @@ impl HasStore for NodeStore {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+impl Authenticate for Arc<Gateway> {
+    async fn authenticate(&self, token: &str) -> Result<Caller> {
+        self.caller_of(token)
+            .ok_or_else(|| Error::Unauthorized("not a token of this node".into()))
+    }
 }
 
-async fn authorize(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, req: Request, next: Next) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    let register = req.uri().path() == format!("{API}/register");
-    match token {
-        None if register => next.run(req).await,
-        None => ApiError(Error::Unauthorized("no token: send Authorization: Bearer TOKEN".into())).into_response(),
-        Some(t) if gateway.accepts(t) => next.run(req).await,
-        // Not this node's: an admin's, or nobody's. The master answers.
-        Some(_) => gateway.pass(req).await,
+/// The gateway's token check: this node's tokens are served here; any other token (an admin's,
+/// or nobody's) goes to the master, which answers; quick registration may come without one.
+async fn authorize(State(gateway): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
+    let Some(token) = bearer_token(req.headers()).map(str::to_string) else {
+        if req.uri().path() == format!("{API}/register") {
+            return next.run(req).await;
+        }
+        return ApiError(no_token()).into_response();
+    };
+    match gateway.authenticate(&token).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(_) => gateway.pass(req).await,
     }
 }
 

@@ -8,160 +8,37 @@
 //! `{"code": "...", "message": "..."}` with a status saying whose fault it was.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware;
 use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Extension, Json};
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::db::{TaskFilter, now_ms};
+pub use crate::control::api::{API, Access, ApiError, Body, QueryArgs, Route, status_of};
+use crate::control::api::{ApiResult, Caller, guard, no_route};
+use crate::control::db::Db;
 use crate::control::model::{
     CheckIn, CheckOut, CopyReport, Group, Heartbeat, Host, Image, NewTask, Node, ProgressReport, Registration,
-    Schedule, TaskId,
+    Schedule, TaskFilter, TaskId,
 };
-use crate::control::service::{Caller, Control};
+use crate::control::service::Control;
 use crate::error::{Error, Result};
-
-/// The prefix of every route.
-pub const API: &str = "/api/v1";
-
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Anyone.
-    Public,
-    /// Admin tokens.
-    Admin,
-    /// Admin tokens and node tokens (a node only for its own hosts).
-    Node,
-}
-
-impl Access {
-    fn name(self) -> &'static str {
-        match self {
-            Access::Public => "public",
-            Access::Admin => "admin",
-            Access::Node => "node",
-        }
-    }
-}
-
-/// One route of the API, as documented.
-#[derive(Debug, Clone)]
-pub struct Route {
-    /// HTTP method.
-    pub method: Method,
-    /// Path under the server root, with `{param}`s.
-    pub path: String,
-    /// Who may call it.
-    pub access: Access,
-    /// What it does.
-    pub summary: &'static str,
-    /// The JSON body's schema name, if it takes one.
-    pub body: Option<&'static str>,
-    /// The reply's schema name.
-    pub reply: &'static str,
-}
+use crate::imaging::replica::{ImageStore, LocalStore};
+use crate::imaging::store::Store;
 
 type App = Arc<Control>;
-
-/// An error as the API answers it.
-#[derive(Debug)]
-pub struct ApiError(pub Error);
-
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        ApiError(e)
-    }
-}
-
-/// The HTTP status of an error.
-pub fn status_of(e: &Error) -> StatusCode {
-    match e.code() {
-        "invalid" => StatusCode::BAD_REQUEST,
-        "not_found" => StatusCode::NOT_FOUND,
-        "conflict" | "illegal_transition" => StatusCode::CONFLICT,
-        "unauthorized" => StatusCode::UNAUTHORIZED,
-        "forbidden" => StatusCode::FORBIDDEN,
-        "upstream" => StatusCode::BAD_GATEWAY,
-        "database" => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = status_of(&self.0);
-        if status.is_server_error() {
-            tracing::warn!("api: {}", self.0);
-        }
-        let body = Json(json!({ "code": self.0.code(), "message": self.0.to_string() }));
-        if status == StatusCode::UNAUTHORIZED {
-            (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
-        } else {
-            (status, body).into_response()
-        }
-    }
-}
-
-type ApiResult<T> = std::result::Result<Json<T>, ApiError>;
-
-/// A JSON body whose rejection is a `{code, message}` error.
-pub struct Body<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Body(value)),
-            Err(rejection) => Err(ApiError(Error::invalid("request body", "", rejection.body_text()))),
-        }
-    }
-}
-
-/// A query string whose rejection is a `{code, message}` error.
-pub struct QueryArgs<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryArgs<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> std::result::Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(value)) => Ok(QueryArgs(value)),
-            Err(rejection) => Err(ApiError(Error::invalid(
-                "query",
-                parts.uri.query().unwrap_or(""),
-                rejection.body_text(),
-            ))),
-        }
-    }
-}
 
 fn task_id(text: &str) -> std::result::Result<TaskId, ApiError> {
     text.parse()
         .map_err(|_| ApiError(Error::invalid("task id", text, "not a number")))
-}
-
-fn own_node(caller: &Caller, node: &str) -> std::result::Result<(), ApiError> {
-    match caller {
-        Caller::Node(me) if me != node => Err(ApiError(Error::Forbidden(format!(
-            "node {me} cannot act for node {node}"
-        )))),
-        _ => Ok(()),
-    }
 }
 
 fn ok_none() -> Json<Value> {
@@ -196,7 +73,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         // hosts
         (
             r(Method::GET, "/hosts", Admin, "List hosts", None, "HostList"),
-            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.db().hosts().await?)) }),
+            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.hosts().await?)) }),
         ),
         (
             r(Method::POST, "/hosts", Admin, "Add a host", Some("Host"), "Host"),
@@ -206,9 +83,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         ),
         (
             r(Method::GET, "/hosts/{name}", Admin, "One host", None, "Host"),
-            get(
-                |State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.db().host(&n).await?)) },
-            ),
+            get(|State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.host(&n).await?)) }),
         ),
         (
             r(
@@ -248,7 +123,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         // groups
         (
             r(Method::GET, "/groups", Admin, "List groups", None, "GroupList"),
-            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.db().groups().await?)) }),
+            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.groups().await?)) }),
         ),
         (
             r(Method::POST, "/groups", Admin, "Add a group", Some("Group"), "Group"),
@@ -258,9 +133,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         ),
         (
             r(Method::GET, "/groups/{name}", Admin, "One group", None, "Group"),
-            get(
-                |State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.db().group(&n).await?)) },
-            ),
+            get(|State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.group(&n).await?)) }),
         ),
         (
             r(
@@ -272,7 +145,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "Ok",
             ),
             delete(|State(c): State<App>, Path(n): Path<String>| async move {
-                c.db().delete_group(&n).await?;
+                c.delete_group(&n).await?;
                 ApiResult::Ok(ok_none())
             }),
         ),
@@ -294,7 +167,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         // images
         (
             r(Method::GET, "/images", Admin, "List images", None, "ImageList"),
-            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.db().images().await?)) }),
+            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.images().await?)) }),
         ),
         (
             r(
@@ -311,9 +184,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         ),
         (
             r(Method::GET, "/images/{name}", Admin, "One image", None, "Image"),
-            get(
-                |State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.db().image(&n).await?)) },
-            ),
+            get(|State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.image(&n).await?)) }),
         ),
         (
             r(
@@ -353,10 +224,9 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 None,
                 "ImageCopyList",
             ),
-            get(|State(c): State<App>, Path(n): Path<String>| async move {
-                c.db().image(&n).await?;
-                ApiResult::Ok(Json(c.db().image_copies(&n).await?))
-            }),
+            get(
+                |State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.image_copies(&n).await?)) },
+            ),
         ),
         (
             r(
@@ -372,8 +242,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                  Extension(caller): Extension<Caller>,
                  Path((image, node)): Path<(String, String)>,
                  Body(report): Body<CopyReport>| async move {
-                    own_node(&caller, &node)?;
-                    c.db().set_copy_state(&report, &image, &node).await?;
+                    c.set_copy_state(&caller, &image, &node, &report).await?;
                     ApiResult::Ok(ok_none())
                 },
             ),
@@ -381,7 +250,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         // nodes
         (
             r(Method::GET, "/nodes", Admin, "List nodes", None, "NodeList"),
-            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.db().nodes().await?)) }),
+            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.nodes().await?)) }),
         ),
         (
             r(
@@ -398,9 +267,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         ),
         (
             r(Method::GET, "/nodes/{name}", Admin, "One node", None, "Node"),
-            get(
-                |State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.db().node(&n).await?)) },
-            ),
+            get(|State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.node(&n).await?)) }),
         ),
         (
             r(
@@ -458,8 +325,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                  Extension(caller): Extension<Caller>,
                  Path(n): Path<String>,
                  Body(b): Body<Heartbeat>| async move {
-                    own_node(&caller, &n)?;
-                    ApiResult::Ok(Json(c.heartbeat(&n, &b).await?))
+                    ApiResult::Ok(Json(c.heartbeat(&caller, &n, &b).await?))
                 },
             ),
         ),
@@ -474,8 +340,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             ),
             get(
                 |State(c): State<App>, Extension(caller): Extension<Caller>, Path(n): Path<String>| async move {
-                    own_node(&caller, &n)?;
-                    ApiResult::Ok(Json(c.node_tasks(&n).await?))
+                    ApiResult::Ok(Json(c.node_tasks(&caller, &n).await?))
                 },
             ),
         ),
@@ -490,8 +355,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             ),
             get(
                 |State(c): State<App>, Extension(caller): Extension<Caller>, Path(n): Path<String>| async move {
-                    own_node(&caller, &n)?;
-                    ApiResult::Ok(Json(c.node_boot_tasks(&n).await?))
+                    ApiResult::Ok(Json(c.node_boot_tasks(&caller, &n).await?))
                 },
             ),
         ),
@@ -506,9 +370,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             ),
             get(
                 |State(c): State<App>, Extension(caller): Extension<Caller>, Path(n): Path<String>| async move {
-                    own_node(&caller, &n)?;
-                    c.db().node(&n).await?;
-                    ApiResult::Ok(Json(c.db().node_copies(&n).await?))
+                    ApiResult::Ok(Json(c.node_copies(&caller, &n).await?))
                 },
             ),
         ),
@@ -523,8 +385,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             ),
             post(
                 |State(c): State<App>, Extension(caller): Extension<Caller>, Path(n): Path<String>| async move {
-                    own_node(&caller, &n)?;
-                    ApiResult::Ok(Json(c.take_wakes(&n).await?))
+                    ApiResult::Ok(Json(c.take_wakes(&caller, &n).await?))
                 },
             ),
         ),
@@ -571,9 +432,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "TaskEventList",
             ),
             get(|State(c): State<App>, Path(id): Path<String>| async move {
-                let id = task_id(&id)?;
-                c.db().task(id).await?;
-                ApiResult::Ok(Json(c.db().task_events(id).await?))
+                ApiResult::Ok(Json(c.task_history(task_id(&id)?).await?))
             }),
         ),
         (
@@ -658,7 +517,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         // schedules
         (
             r(Method::GET, "/schedules", Admin, "List schedules", None, "ScheduleList"),
-            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.db().schedules().await?)) }),
+            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.schedules().await?)) }),
         ),
         (
             r(
@@ -686,7 +545,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 let id = id
                     .parse::<i64>()
                     .map_err(|_| ApiError(Error::invalid("schedule id", &id, "not a number")))?;
-                c.db().delete_schedule(id).await?;
+                c.delete_schedule(id).await?;
                 ApiResult::Ok(ok_none())
             }),
         ),
@@ -700,7 +559,7 @@ impl crate::control::chunks::HasStore for App {
 
     async fn manifest_stored(&self, name: &str) -> Result<()> {
         // An image the master has no record of (a plain replication) has no copies to mark.
-        self.db().mark_copies_stale(name).await
+        Control::manifest_stored(self, name).await
     }
 }
 
@@ -709,45 +568,15 @@ pub fn routes() -> Vec<Route> {
     table().into_iter().map(|(route, _)| route).collect()
 }
 
-async fn authorize(
-    State((control, access)): State<(App, Access)>,
-    headers: HeaderMap,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    if access == Access::Public {
-        return next.run(req).await;
-    }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return ApiError(Error::Unauthorized("no token: send Authorization: Bearer TOKEN".into())).into_response();
-    };
-    let caller = match control.authenticate(token).await {
-        Ok(caller) => caller,
-        Err(e) => return ApiError(e).into_response(),
-    };
-    if let (Access::Admin, Caller::Node(node)) = (access, &caller) {
-        return ApiError(Error::Forbidden(format!("node {node}'s token cannot use admin routes"))).into_response();
-    }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
-}
-
 /// The API's router over `control`.
 pub fn router(control: Arc<Control>) -> Router {
     let mut router = Router::new();
     for (route, method_router) in table() {
-        let guard = middleware::from_fn_with_state((control.clone(), route.access), authorize);
-        router = router.route(&route.path, method_router.route_layer(guard));
+        let check = middleware::from_fn_with_state((control.clone(), route.access), guard::<App>);
+        router = router.route(&route.path, method_router.route_layer(check));
     }
     router
-        .fallback(|method: Method, uri: axum::http::Uri| async move {
-            ApiError(Error::not_found("route", format!("{method} {uri}")))
-        })
+        .fallback(no_route)
         .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
             let body = Json(json!({
                 "code": "method_not_allowed",
@@ -815,6 +644,101 @@ pub fn openapi() -> Value {
     })
 }
 
+/// How to start a master: what `fog master` and Python's `fog.start_master` both fill in.
+#[derive(Clone, Default)]
+pub struct MasterConfig {
+    /// Where it listens.
+    pub listen: Option<SocketAddr>,
+    /// Its directory: `fog.db` (unless `database` is given), `admin-token`, `store/`.
+    pub data_dir: Option<PathBuf>,
+    /// A database URL (`sqlite://...`, `postgres://...`) instead of `DATA_DIR/fog.db`.
+    pub database: Option<String>,
+    /// The image store its chunk routes serve. `None`: `DATA_DIR/store` (created).
+    pub store: Option<Arc<dyn ImageStore>>,
+}
+
+impl std::fmt::Debug for MasterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterConfig")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database", &self.database.as_deref().map(crate::control::db::redact))
+            .field("store", &self.store.is_some())
+            .finish()
+    }
+}
+
+/// The admin token a first start issued.
+#[derive(Debug, Clone)]
+pub struct FirstToken {
+    /// The token (shown once).
+    pub token: String,
+    /// The file it was written to (mode 0600), when the master has a data directory.
+    pub file: Option<PathBuf>,
+}
+
+/// A master started by [`serve`]: the server, and the admin token when this start issued one.
+pub struct Started {
+    /// The running master.
+    pub master: Master,
+    /// The first admin token, on a first start (no admin token in the database yet).
+    pub first_token: Option<FirstToken>,
+    /// The store directory it serves, when it opened one itself.
+    pub store_dir: Option<PathBuf>,
+}
+
+/// Opens the database and the store `config` names, issues the first admin token on a first
+/// start, and serves the API and the scheduler.
+pub async fn serve(config: &MasterConfig) -> Result<Started> {
+    let listen = config
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+    if let Some(dir) = &config.data_dir {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let db = match (&config.database, &config.data_dir) {
+        (Some(url), _) => Db::open(url).await?,
+        (None, Some(dir)) => Db::open_dir(dir).await?,
+        (None, None) => {
+            return Err(Error::invalid(
+                "master",
+                "",
+                "give a data directory or a database URL (where the inventory is kept)",
+            ));
+        }
+    };
+    let control = Arc::new(Control::new(db));
+    let mut store_dir = None;
+    match (&config.store, &config.data_dir) {
+        (Some(store), _) => control.set_image_store(store.clone()),
+        (None, Some(dir)) => {
+            let dir = dir.join("store");
+            control.set_image_store(Arc::new(LocalStore::new(Store::open(&dir)?)));
+            store_dir = Some(dir);
+        }
+        (None, None) => {}
+    }
+    let first_token = match &config.data_dir {
+        Some(dir) => control.first_admin_token(dir).await?.map(|(token, file)| FirstToken {
+            token,
+            file: Some(file),
+        }),
+        None => control
+            .first_admin_token_unsaved()
+            .await?
+            .map(|token| FirstToken { token, file: None }),
+    };
+    let master = Master::start(control, listen).await?;
+    Ok(Started {
+        master,
+        first_token,
+        store_dir,
+    })
+}
+
+/// The port a master listens on unless told.
+pub const DEFAULT_PORT: u16 = 8090;
+
 /// A running master: the API on a socket and the scheduler.
 pub struct Master {
     addr: SocketAddr,
@@ -857,7 +781,7 @@ impl Master {
                 tokio::select! {
                     () = stop.cancelled() => break,
                     _ = tick.tick() => {
-                        match ticker.run_schedules(now_ms()).await {
+                        match ticker.run_schedules(ticker.clock().now()).await {
                             Ok(r) if !r.created.is_empty() || !r.skipped.is_empty() => tracing::info!(
                                 created = r.created.len(), skipped = r.skipped.len(), "schedules fired"
                             ),
@@ -899,10 +823,7 @@ impl Master {
                 tracing::warn!("master: a task did not stop within 5 s");
             }
         }
-        if let Err(e) = self.control.flush().await {
-            tracing::warn!("master: writing the last progress reports: {e}");
-        }
-        self.control.db().close().await;
+        self.control.close().await;
         Ok(())
     }
 }

@@ -7,14 +7,15 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::names::Mac;
+pub use crate::names::check_name;
 use crate::net::dhcp::config::Subnet;
-use crate::net::http::{format_mac, parse_mac};
 
 /// A task id.
 pub type TaskId = i64;
 
 /// Milliseconds since the Unix epoch (UTC).
-pub type Millis = i64;
+pub type Millis = crate::clock::Millis;
 
 /// A machine fog images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -704,36 +705,9 @@ pub struct NodeToken {
     pub token: String,
 }
 
-/// Checks a record name: 1 to 64 of letters, digits, `.`, `-`, `_`, not starting with `.` or `-`.
-pub fn check_name(field: &'static str, name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        "must not be empty"
-    } else if name.len() > 64 {
-        "longer than 64 characters"
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-    {
-        "use letters, digits, '.', '-', '_'"
-    } else if name.starts_with(['.', '-']) {
-        "must not start with '.' or '-'"
-    } else {
-        return Ok(());
-    };
-    Err(Error::invalid(field, name, reason))
-}
-
 /// A MAC in canonical form (`52:54:00:12:34:56`), or an error naming it.
 pub fn canonical_mac(text: &str) -> Result<String> {
-    let mac = parse_mac(text.trim())
-        .ok_or_else(|| Error::invalid("mac", text, "write six hex bytes, like 52:54:00:12:34:56"))?;
-    if mac[0] & 1 == 1 {
-        return Err(Error::invalid("mac", text, "a multicast address is not a network card"));
-    }
-    if mac == [0; 6] {
-        return Err(Error::invalid("mac", text, "all zeros"));
-    }
-    Ok(format_mac(mac))
+    Mac::of_card(text).map(|mac| mac.to_string())
 }
 
 /// A UUID in canonical form (lower case, 8-4-4-4-12), or an error naming it.
@@ -810,9 +784,48 @@ mod tests {
             bytes: 10,
             rate: 3,
         };
-        let j = serde_json::to_value(&s).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let j = serde_json::to_value(&s).map_err(|e| Error::Internal(e.to_string()))?;
         assert_eq!(j["state"], "in_progress");
         assert_eq!(j["percent"], 12.5);
         Ok(())
     }
+}
+
+/// The result of a task request for a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupTasks {
+    /// One task per host that could take one.
+    pub created: Vec<Task>,
+    /// Hosts left out, with why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A host a group task left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// Host name.
+    pub host: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Which tasks a task listing returns.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFilter {
+    /// Only in this state.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Only of this host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Only on this node.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Only tasks not over.
+    #[serde(default)]
+    pub open_only: bool,
+    /// At most this many.
+    #[serde(default)]
+    pub limit: Option<u32>,
 }

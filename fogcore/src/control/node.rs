@@ -60,7 +60,7 @@ impl NodeLoop {
         let data_dir = self.data_dir.clone();
         let mut beat = tokio::task::spawn_blocking(move || heartbeat_of(&data_dir))
             .await
-            .map_err(|e| Error::InvalidInput(format!("node: heartbeat task failed: {e}")))?;
+            .map_err(|e| Error::Internal(format!("node: heartbeat task failed: {e}")))?;
         let active = self.gateway.active();
         beat.active = Some(active);
         beat.free_slots = self.gateway.max_clients().map(|max| max.saturating_sub(active));

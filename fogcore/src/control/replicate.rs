@@ -352,7 +352,7 @@ pub async fn pull_for_node(
     let mut job = tokio::task::spawn_blocking(move || replicate(&*source, &*dest, &name, &options, &*c));
     let result = loop {
         tokio::select! {
-            r = &mut job => break r.map_err(|e| Error::InvalidInput(format!("replication worker: {e}")))?,
+            r = &mut job => break r.map_err(|e| Error::Internal(format!("replication worker: {e}")))?,
             () = tokio::time::sleep(REPORT_EVERY) => {
                 let done = counter.done.load(std::sync::atomic::Ordering::Relaxed);
                 tell(report(CopyState::Replicating, done, None)).await;

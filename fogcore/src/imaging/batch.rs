@@ -227,7 +227,7 @@ impl Prefetch<'_> {
                 return Err(e);
             }
             if state.failed {
-                return Err(Error::InvalidInput(
+                return Err(Error::Internal(
                     "prefetching chunks stopped after an earlier error".into(),
                 ));
             }
@@ -276,7 +276,7 @@ pub fn with_prefetch<R>(
         prefetch.changed.notify_all();
         let joined = fetcher.join();
         if joined.is_err() {
-            return Err(Error::InvalidInput("chunk prefetch thread panicked".into()));
+            return Err(Error::Internal("chunk prefetch thread panicked".into()));
         }
         result
     })

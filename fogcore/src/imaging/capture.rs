@@ -452,7 +452,7 @@ fn chunk_region(
         drop(done_rx);
         let extents = reader
             .join()
-            .map_err(|_| Error::InvalidInput("capture reader thread panicked".into()))?;
+            .map_err(|_| Error::Internal("capture reader thread panicked".into()))?;
         if let Some(e) = failure {
             return Err(e);
         }

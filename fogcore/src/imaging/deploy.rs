@@ -408,7 +408,7 @@ impl<'a> StreamMap<'a> {
         let mut done = 0;
         while done < len {
             let (Some(extent), Some(&start)) = (self.extents.get(i), self.starts.get(i)) else {
-                return Err(Error::InvalidInput(
+                return Err(Error::Internal(
                     "image chunks run past their extents (damaged manifest)".into(),
                 ));
             };

@@ -378,13 +378,7 @@ fn master_link(node: &NodeFile, address: Option<Ipv4Addr>) -> Result<Option<Mast
             "required with [node] master (the node's name on the master)",
         )
     })?;
-    let name_ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-    if !name_ok {
+    if crate::names::NodeName::new(name.as_str()).is_err() {
         return Err(bad(
             "[node] name",
             format!("{name:?} is not a node name (letters, digits, '.', '-', '_')"),

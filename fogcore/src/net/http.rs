@@ -297,29 +297,12 @@ pub fn chain_script(base: &str) -> String {
 
 /// `52:54:00:12:34:56`.
 pub fn format_mac(mac: [u8; 6]) -> String {
-    let [a, b, c, d, e, f] = mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+    crate::names::Mac(mac).to_string()
 }
 
 /// Parses a MAC written `52:54:00:12:34:56`, `52-54-00-12-34-56` or `525400123456` (any case).
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let hex: Vec<&str> = if text.len() == 12 {
-        (0..6).map(|i| text.get(2 * i..2 * i + 2)).collect::<Option<Vec<_>>>()?
-    } else {
-        let sep = if text.contains('-') { '-' } else { ':' };
-        text.split(sep).collect()
-    };
-    if hex.len() != 6 {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(hex) {
-        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    Some(mac)
+    crate::names::Mac::parse(text).map(|mac| mac.0)
 }
 
 /// What the HTTP service serves.

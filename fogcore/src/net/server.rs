@@ -80,7 +80,7 @@ impl Server {
             .enable_all()
             .thread_name("fog-serve")
             .build()
-            .map_err(|e| Error::InvalidInput(format!("cannot start the server's runtime: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start the server's runtime: {e}")))?;
         let cancel = CancellationToken::new();
         let (addrs, mut services) = runtime.block_on(bind_all(&config, scripts, routes))?;
         services.extend(extra);
@@ -92,7 +92,7 @@ impl Server {
                 runtime.shutdown_timeout(SHUTDOWN);
                 result
             })
-            .map_err(|e| Error::InvalidInput(format!("cannot start the server thread: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start the server thread: {e}")))?;
         Ok(ServerHandle {
             cancel,
             thread: Some(thread),
@@ -202,7 +202,7 @@ async fn run_all(services: Vec<(&'static str, Starter)>, cancel: CancellationTok
         let failure = match joined {
             Ok((_, Ok(()))) => None,
             Ok((name, Err(e))) => Some(Error::InvalidInput(format!("{name}: {e}"))),
-            Err(e) => Some(Error::InvalidInput(format!("a service task failed: {e}"))),
+            Err(e) => Some(Error::Internal(format!("a service task failed: {e}"))),
         };
         if let Some(e) = failure {
             tracing::error!("{e}; stopping every service");
@@ -258,7 +258,7 @@ impl ServerHandle {
             None => Ok(()),
             Some(thread) => thread
                 .join()
-                .unwrap_or_else(|_| Err(Error::InvalidInput("the server thread panicked".into()))),
+                .unwrap_or_else(|_| Err(Error::Internal("the server thread panicked".into()))),
         }
     }
 }

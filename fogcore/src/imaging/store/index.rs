@@ -78,7 +78,7 @@ impl Run {
         // SAFETY: runs are never modified after they are renamed into place (only replaced by
         // new files and unlinked), so the mapping cannot change under us.
         let map = unsafe { Mmap::map(&file) }.at(path)?;
-        let damaged = |reason: &str| Error::InvalidInput(format!("index run {} is damaged: {reason}", path.display()));
+        let damaged = |reason: &str| Error::Internal(format!("index run {} is damaged: {reason}", path.display()));
         if map.len() < HEADER_LEN || map.get(..8) != Some(&MAGIC[..]) {
             return Err(damaged("bad header"));
         }
@@ -170,7 +170,7 @@ pub fn write_run(path: &Path, entries: impl Iterator<Item = (ChunkId, Loc)>) -> 
     let mut last: Option<ChunkId> = None;
     for (id, loc) in entries {
         if last.is_some_and(|l| l > id) {
-            return Err(Error::InvalidInput("index run entries out of order".into()));
+            return Err(Error::Internal("index run entries out of order".into()));
         }
         last = Some(id);
         let mut entry = [0u8; ENTRY_LEN];

@@ -145,16 +145,10 @@ impl StoreStats {
 
 /// Checks an image name: it becomes a file name, so no separators and no leading dot.
 pub fn check_image_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidImageName(name.into()))
+    // The one rule for image names (the master's too), so a local capture can be pushed.
+    match crate::names::ImageName::new(name) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::InvalidImageName(name.into())),
     }
 }
 
@@ -411,7 +405,7 @@ impl Store {
         let moved = moved.map_err(abandon)?;
         let expected: u64 = dirty.iter().filter_map(|p| live_per_pack.get(p)).sum();
         if rewriter.moved_count != expected {
-            return Err(abandon(Error::InvalidInput(format!(
+            return Err(abandon(Error::Internal(format!(
                 "gc found {} of the {expected} live chunks the index places in packs {}; nothing was \
                  removed: run `fog store verify`",
                 rewriter.moved_count,
@@ -989,7 +983,7 @@ impl StoreWriter {
     fn publish_chunks(self) -> Result<(Store, PathBuf)> {
         self.flush()?;
         if self.failed.load(Ordering::Relaxed) {
-            return Err(Error::InvalidInput(
+            return Err(Error::Internal(
                 "a frame of this capture could not be stored; nothing was committed".into(),
             ));
         }

@@ -293,54 +293,7 @@ impl From<Subnet> for String {
     }
 }
 
-/// An Ethernet MAC address, written `52:54:00:12:34:56` (or with `-`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Mac(pub [u8; 6]);
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl FromStr for Mac {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            Error::InvalidInput(format!(
-                "MAC address {s:?}: expected six hex bytes like 52:54:00:12:34:56"
-            ))
-        };
-        let mut out = [0u8; 6];
-        let mut parts = s.split([':', '-']);
-        for byte in out.iter_mut() {
-            let part = parts.next().ok_or_else(bad)?;
-            if part.is_empty() || part.len() > 2 {
-                return Err(bad());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        if parts.next().is_some() {
-            return Err(bad());
-        }
-        Ok(Mac(out))
-    }
-}
-
-impl TryFrom<String> for Mac {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl From<Mac> for String {
-    fn from(m: Mac) -> String {
-        m.to_string()
-    }
-}
+pub use crate::names::Mac;
 
 /// A pool after checking: integers for the range, reservations indexed, options encoded.
 #[derive(Debug, Clone)]

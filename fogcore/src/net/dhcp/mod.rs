@@ -31,7 +31,8 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub(crate) use config::valid_interface_name;
 pub use config::{CustomOption, DhcpConfig, DhcpMode, IpList, Mac, Pool, Reservation, Subnet, check};
-pub use lease::{Clock, LeaseTable, ManualClock, Record, SystemClock};
+pub use lease::{LeaseTable, Record};
 pub use server::DhcpServer;

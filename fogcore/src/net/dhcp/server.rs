@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{Checked, DhcpConfig, DhcpMode};
 use super::engine::{Dest, Engine, Port, Reply};
-use super::lease::{Clock, LeaseLog, Record, SystemClock};
+use super::lease::{LeaseLog, Record};
+use crate::clock::{Clock, SystemClock};
 use crate::net::boot::BootPolicy;
 use crate::{Error, Result};
 
@@ -107,7 +108,7 @@ impl DhcpServer {
         let path = config.lease_file.clone();
         let (log, table) = tokio::task::spawn_blocking(move || LeaseLog::open(&path))
             .await
-            .map_err(|e| Error::InvalidInput(format!("dhcp: loading leases failed: {e}")))??;
+            .map_err(|e| Error::Internal(format!("dhcp: loading leases failed: {e}")))??;
         tracing::info!(%addr, ?proxy_addr, mode = ?config.mode, leases = table.len(), "dhcp bound");
         Ok(DhcpServer {
             engine: Engine::new(checked, table, policy),
@@ -159,7 +160,7 @@ impl DhcpServer {
             };
             let data = if on_proxy { pbuf.get(..n) } else { buf.get(..n) };
             let Some(data) = data else { continue };
-            let outcome = engine.handle(data, from, port, clock.now());
+            let outcome = engine.handle(data, from, port, clock.now_secs());
             match (outcome.record, outcome.reply) {
                 (Some(record), reply) => {
                     if tx
@@ -180,7 +181,7 @@ impl DhcpServer {
         drop(tx);
         let mut log = committer
             .await
-            .map_err(|e| Error::InvalidInput(format!("dhcp: lease writer failed: {e}")))?;
+            .map_err(|e| Error::Internal(format!("dhcp: lease writer failed: {e}")))?;
         tokio::task::spawn_blocking(move || log.compact())
             .await
             .map_err(|e| Error::InvalidInput(format!("dhcp: lease writer failed: {e}")))??;

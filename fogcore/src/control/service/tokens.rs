@@ -1,0 +1,169 @@
+//! Tokens: admin and node tokens (stored as hashes, cached once seen), task tokens derived from a
+//! node's, and who holds a token.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{Control, lock};
+use crate::control::api::{Authenticate, Caller};
+use crate::control::db::TokenRole;
+use crate::control::model::TaskId;
+use crate::error::{Error, Result};
+
+/// A new random bearer token: `fog_` and 64 hex digits.
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("fog_{}", hex::encode(bytes))
+}
+
+/// How a token is stored: its BLAKE3 hash, hex.
+pub fn token_hash(token: &str) -> String {
+    blake3::hash(token.as_bytes()).to_hex().to_string()
+}
+
+/// The prefix of task tokens (see [`task_token`]).
+pub const TASK_TOKEN_PREFIX: &str = "fogt_";
+
+fn task_mac(key_hash: &blake3::Hash, node: &str, task: TaskId) -> blake3::Hash {
+    blake3::keyed_hash(
+        key_hash.as_bytes(),
+        format!("fog task token v1\0{node}\0{task}").as_bytes(),
+    )
+}
+
+/// The token an agent presents for `task` of `node`: `fogt_<id>_<64 hex>`, a BLAKE3 keyed hash of
+/// the node and task keyed with the node token's stored hash. The node computes it without the
+/// master (so it works from the node's cache); the master checks it against the node's stored
+/// token hashes. It carries the node's rights, only while the task is open, and shows nothing of
+/// the node's token, which stays off the boot script.
+pub fn task_token(node_token: &str, node: &str, task: TaskId) -> String {
+    let mac = task_mac(&blake3::hash(node_token.as_bytes()), node, task);
+    format!("{TASK_TOKEN_PREFIX}{task}_{}", mac.to_hex())
+}
+
+fn caller_of(role: &TokenRole) -> Caller {
+    match role {
+        TokenRole::Admin => Caller::Admin,
+        TokenRole::Node(node) => Caller::Node(node.clone()),
+    }
+}
+
+impl Control {
+    // ---- tokens
+
+    /// Issues an admin token; only its hash is stored.
+    pub async fn create_admin_token(&self) -> Result<String> {
+        let token = new_token();
+        self.db.insert_token(&token_hash(&token), &TokenRole::Admin).await?;
+        Ok(token)
+    }
+
+    /// On a first start (no admin token yet), issues one and writes it to `DIR/admin-token`
+    /// (mode 0600). Returns the token and file then; none when admin tokens exist already.
+    pub async fn first_admin_token(&self, dir: &Path) -> Result<Option<(String, PathBuf)>> {
+        if self.db.admin_tokens().await? > 0 {
+            return Ok(None);
+        }
+        let token = self.create_admin_token().await?;
+        let path = dir.join("admin-token");
+        crate::fsutil::write_private(&path, format!("{token}\n").as_bytes())?;
+        Ok(Some((token, path)))
+    }
+
+    /// On a first start without a directory to keep it in: issues an admin token and returns
+    /// it; none when admin tokens exist already.
+    pub async fn first_admin_token_unsaved(&self) -> Result<Option<String>> {
+        if self.db.admin_tokens().await? > 0 {
+            return Ok(None);
+        }
+        self.create_admin_token().await.map(Some)
+    }
+
+    /// Who holds this bearer token. A task token ([`task_token`]) stands for its task's node
+    /// while the task is open.
+    pub async fn authenticate(&self, token: &str) -> Result<Caller> {
+        if let Some(rest) = token.strip_prefix(TASK_TOKEN_PREFIX) {
+            return self.authenticate_task(rest).await;
+        }
+        let hash = token_hash(token);
+        let generation = {
+            let cache = lock(&self.tokens);
+            if let Some(role) = cache.roles.get(&hash) {
+                return Ok(caller_of(role));
+            }
+            cache.generation
+        };
+        let role = self
+            .db
+            .token_role(&hash)
+            .await?
+            .ok_or_else(|| Error::Unauthorized("unknown token".into()))?;
+        let caller = caller_of(&role);
+        let mut cache = lock(&self.tokens);
+        if cache.generation == generation {
+            cache.roles.insert(hash, role);
+        }
+        Ok(caller)
+    }
+
+    /// The stored hashes of a node's tokens (cached).
+    pub(super) async fn node_token_hashes(&self, node: &str) -> Result<Vec<String>> {
+        let generation = {
+            let cache = lock(&self.tokens);
+            if let Some(hashes) = cache.node_hashes.get(node) {
+                return Ok(hashes.clone());
+            }
+            cache.generation
+        };
+        let hashes = self.db.node_token_hashes(node).await?;
+        let mut cache = lock(&self.tokens);
+        if cache.generation == generation {
+            cache.node_hashes.insert(node.to_string(), hashes.clone());
+        }
+        Ok(hashes)
+    }
+
+    /// A node's tokens changed: forget what was cached of them.
+    pub(super) fn forget_node_tokens(&self, node: &str) {
+        let mut cache = lock(&self.tokens);
+        cache.generation += 1;
+        cache.roles.retain(|_, role| *role != TokenRole::Node(node.to_string()));
+        cache.node_hashes.remove(node);
+    }
+
+    pub(super) async fn authenticate_task(&self, rest: &str) -> Result<Caller> {
+        let refused = || Error::Unauthorized("unknown task token".into());
+        let (id, mac) = rest.split_once('_').ok_or_else(refused)?;
+        let id: TaskId = id.parse().map_err(|_| refused())?;
+        let mac = blake3::Hash::from_hex(mac).map_err(|_| refused())?;
+        let task = match self.task(id).await {
+            Ok(task) => task,
+            Err(Error::NotFound { .. }) => return Err(refused()),
+            Err(e) => return Err(e),
+        };
+        let node = task.node.clone().ok_or_else(refused)?;
+        let mut valid = false;
+        for hash in self.node_token_hashes(&node).await? {
+            if let Ok(key) = blake3::Hash::from_hex(&hash) {
+                // blake3::Hash compares in constant time.
+                valid |= task_mac(&key, &node, id) == mac;
+            }
+        }
+        if !valid {
+            return Err(refused());
+        }
+        if task.state.is_terminal() {
+            return Err(Error::Unauthorized(format!(
+                "task {id} is {}: its token is no longer valid",
+                task.state.name()
+            )));
+        }
+        Ok(Caller::Task { node, task: id })
+    }
+}
+
+impl Authenticate for Arc<Control> {
+    async fn authenticate(&self, token: &str) -> Result<Caller> {
+        Control::authenticate(self, token).await
+    }
+}
