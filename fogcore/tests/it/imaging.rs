@@ -3,7 +3,6 @@
 //! filesystems must check clean with e2fsck, fsck.vfat and ntfsfix, and every file must read back
 //! identical.
 
-mod tools;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,7 +13,7 @@ use fogcore::imaging::deploy::{DeployOptions, deploy};
 use fogcore::imaging::store::Store;
 use fogcore::imaging::wipe::{WipeMode, wipe};
 use fogcore::progress::NoProgress;
-use tools::*;
+use crate::tools::*;
 
 const MIB: u64 = 1 << 20;
 

@@ -3,7 +3,6 @@
 //! a node's two slots. Results are checked as a user would: bytes on the disks, files read back
 //! with debugfs, tasks complete on the master.
 
-mod tools;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,7 +23,7 @@ use fogcore::imaging::deploy::{DeployOptions, deploy};
 use fogcore::imaging::replica::{ImageStore, LocalStore, WireChunk};
 use fogcore::imaging::store::Store;
 use fogcore::progress::NoProgress;
-use tools::*;
+use crate::tools::*;
 
 /// A master with a store holding `golden` (captured from an ext4 disk), a node of `max` slots
 /// and its token; the runtime serves as long as this lives.

@@ -3,7 +3,6 @@
 //! chunks (bytes counted at the HTTP client); a cancelled copy leaves no image and resumes;
 //! corrupt chunks are refused; the routes want tokens.
 
-mod tools;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -21,7 +20,7 @@ use fogcore::imaging::deploy::{DeployOptions, deploy};
 use fogcore::imaging::replica::{ImageStore, LocalStore, ReadThrough, WireChunk};
 use fogcore::imaging::store::Store;
 use fogcore::progress::{NoProgress, Progress};
-use tools::*;
+use crate::tools::*;
 
 const TOKEN: &str = "fog_test_token";
 

@@ -5,8 +5,6 @@
 //!
 //! Every process logs to a file in the test's directory; a failing test prints them all.
 
-#[path = "../../fogcore/tests/tools/mod.rs"]
-mod tools;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,7 +17,7 @@ use fogcore::control::model::{After, CopyState, Host, Image, NewTask, Node, Plac
 use fogcore::imaging::capture::{CaptureOptions, capture};
 use fogcore::imaging::store::Store;
 use fogcore::progress::NoProgress;
-use tools::{debugfs_cat, ext4_source_disk};
+use crate::tools::{debugfs_cat, ext4_source_disk};
 
 const FOG: &str = env!("CARGO_BIN_EXE_fog");
 /// Generous: the debug build under a loaded 2-core machine.

@@ -1,0 +1,6 @@
+//! The `fog` binary's integration tests, in one test binary.
+
+mod cluster;
+mod image_master;
+#[path = "../../../fogcore/tests/it/tools/mod.rs"]
+mod tools;
