@@ -1,17 +1,20 @@
 //! `fog master` and the commands that talk to a master (`fog host|group|node|task`): flags to
 //! fogcore's control client, results printed as text or JSON.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
+#[cfg(feature = "master")]
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use fogcore::Error;
 use fogcore::control::client::Client;
+#[cfg(feature = "master")]
 use fogcore::control::master::MasterConfig;
 use fogcore::control::model::{
     After, Group, Host, ImageStatus, NewTask, Node, Placement, Task, TaskFilter, TaskKind, TaskState, parse_subnet,
 };
+#[cfg(feature = "master")]
 use fogcore::imaging::replica::ImageStore;
 use fogcore::names::{GroupName, HostName, ImageName, NodeName};
 use serde::Serialize;
@@ -35,6 +38,7 @@ pub struct MasterArgs {
     token: Option<String>,
 }
 
+#[cfg(feature = "master")]
 #[derive(Args)]
 pub struct MasterServe {
     /// Directory of the database (fog.db), the first admin token and the image store (DATA_DIR/store,
@@ -43,7 +47,7 @@ pub struct MasterServe {
     data_dir: PathBuf,
     /// Address the API listens on
     #[arg(long, default_value = "0.0.0.0:8090")]
-    listen: SocketAddr,
+    listen: std::net::SocketAddr,
     /// A database URL instead of DATA_DIR/fog.db (postgres://user@host/db)
     #[arg(long, env = "FOG_DATABASE_URL", hide_env_values = true)]
     database: Option<String>,
@@ -214,6 +218,7 @@ fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T)) {
 /// `fog master`: serves the API until SIGINT or SIGTERM. The chunk routes (`/api/v1/store/...`,
 /// what agents deploy from and capture into) serve `store` (the global `--store`) when given,
 /// else `DATA_DIR/store` when that directory exists; without either they answer 404.
+#[cfg(feature = "master")]
 pub fn master(args: &MasterServe, store: Option<&std::path::Path>) -> Result<(), Error> {
     crate::serve::init_logs();
     let rt = runtime()?;

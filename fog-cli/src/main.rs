@@ -19,6 +19,20 @@ mod serve;
 const EXIT_BAD_INPUT: u8 = 2;
 /// Exit code for a failure underneath: I/O, a damaged store, a failed verify.
 const EXIT_FAILURE: u8 = 1;
+/// Exit code of a failure that may pass if tried again (a master unreachable, a busy store):
+/// sysexits' EX_TEMPFAIL, what schedulers and `systemd` retry on.
+const EXIT_TRY_AGAIN: u8 = 75;
+
+/// The exit code of an error, from its kind.
+fn exit_code(e: &Error) -> u8 {
+    if e.is_bad_input() {
+        EXIT_BAD_INPUT
+    } else if e.is_transient() {
+        EXIT_TRY_AGAIN
+    } else {
+        EXIT_FAILURE
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +82,7 @@ enum Command {
     #[command(subcommand)]
     Bootenv(serve::BootenvCommand),
     /// Run the master: the inventory, tasks and the REST API (/api/v1)
+    #[cfg(feature = "master")]
     Master(control::MasterServe),
     /// Hosts on a master (--master URL --token T)
     #[command(subcommand)]
@@ -204,11 +219,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if cli.json {
-                println!("{}", json!({ "error": e.to_string(), "bad_input": e.is_bad_input() }));
+                let report = json!({
+                    "error": e.to_string(),
+                    "code": e.code(),
+                    "bad_input": e.is_bad_input(),
+                    "retry": e.is_transient(),
+                });
+                println!("{report}");
             } else {
                 eprintln!("fog: {e}");
             }
-            ExitCode::from(if e.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_FAILURE })
+            ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -222,6 +243,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Config(cmd) => serve::config(cmd, cli.json)?,
         Command::Bootfiles(cmd) => serve::bootfiles(cmd, cli.json)?,
         Command::Bootenv(cmd) => serve::bootenv(cmd, cli.json)?,
+        #[cfg(feature = "master")]
         Command::Master(args) => control::master(args, cli.store.as_deref())?,
         Command::Host(cmd) => control::host(&cli.master, cmd, cli.json)?,
         Command::Group(cmd) => control::group(&cli.master, cmd, cli.json)?,

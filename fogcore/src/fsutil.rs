@@ -16,6 +16,7 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// [`write_durably`] of a file only its owner can read (mode 0600 from its first byte): tokens,
 /// passwords, keys.
+#[cfg_attr(not(feature = "master"), allow(dead_code))]
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     write_durably_with(path, 0o600, |file| file.write_all(bytes).at(path.with_extension("tmp")))
 }

@@ -5,19 +5,18 @@
 //!
 //! Every process logs to a file in the test's directory; a failing test prints them all.
 
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::tools::{debugfs_cat, ext4_source_disk};
 use fogcore::control::client::Client;
 use fogcore::control::model::TaskFilter;
 use fogcore::control::model::{After, CopyState, Host, Image, NewTask, Node, Placement, Task, TaskKind, TaskState};
 use fogcore::imaging::capture::{CaptureOptions, capture};
 use fogcore::imaging::store::Store;
 use fogcore::progress::NoProgress;
-use crate::tools::{debugfs_cat, ext4_source_disk};
 
 const FOG: &str = env!("CARGO_BIN_EXE_fog");
 /// Generous: the debug build under a loaded 2-core machine.

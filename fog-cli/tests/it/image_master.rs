@@ -1,15 +1,11 @@
 //! `fog image ls|info|rm` with `--master URL` (or `--remote`) against a real master on loopback,
 //! and without it against the local store, even when FOG_MASTER is set.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Output};
-use std::sync::Arc;
 
 use fogcore::control::client::Client;
-use fogcore::control::db::Db;
 use fogcore::control::master::Master;
 use fogcore::control::model::{CopyReport, CopyState, Image, Node, Placement};
-use fogcore::control::service::Control;
 use serde_json::Value;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -32,9 +28,7 @@ fn lab() -> Result<Lab, Box<dyn std::error::Error>> {
         .build()?;
     let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display());
     let (master, token) = rt.block_on(async {
-        let control = Arc::new(Control::new(Db::open(&db_url).await?));
-        let token = control.create_admin_token().await?;
-        let master = Master::start(control, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+        let (master, token) = crate::tools::start_master(&db_url, None).await?;
         let c = Client::new(&format!("http://{}", master.addr()), Some(&token))?;
         for name in ["site-a", "site-b"] {
             c.create_node(&Node {
@@ -200,5 +194,33 @@ fn without_master_on_the_command_line_images_are_the_local_store() -> TestResult
     let still = lab.rt.block_on(Client::new(&lab.url, Some(&lab.token))?.images())?;
     assert_eq!(still.len(), 2, "the master's records are untouched");
     lab.rt.block_on(lab.master.stop())?;
+    Ok(())
+}
+
+/// The exit code says whose fault a failure is: 2 for what the user typed (a name the rule
+/// refuses, before anything is sent), 75 for a master that is not there (worth trying again).
+#[test]
+fn exit_codes_follow_the_kind_of_failure() -> TestResult {
+    let Lab {
+        rt, master, token, dir, ..
+    } = lab()?;
+    let fog = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_fog"))
+            .args(args)
+            .env_remove("FOG_MASTER")
+            .env_remove("FOG_TOKEN")
+            .env("FOG_STORE", dir.path().join("store"))
+            .output()
+    };
+    let out = fog(&["image", "capture", "disk.img", "--name=-rf"])?;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("invalid image name"), "{}", text(&out));
+    let url = format!("http://{}", master.addr());
+    rt.block_on(master.stop())?;
+    let out = fog(&["host", "ls", "--master", &url, "--token", &token])?;
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    let out = fog(&["--json", "host", "ls", "--master", &url, "--token", &token])?;
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["retry"], true, "{report}");
     Ok(())
 }

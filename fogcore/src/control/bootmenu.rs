@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::control::client::Client;
 use crate::control::model::{BootTask, TaskKind, canonical_mac};
-use crate::control::service::task_token;
+use crate::control::tokens::task_token;
 use crate::net::http::{AgentArgs, AgentFiles, BootScripts, format_mac, one_line};
 
 /// The last known open tasks of a node's hosts, by MAC; kept in a file when it has one, so a
@@ -116,7 +116,7 @@ pub struct NodeBootScripts {
     /// This node's name (`fog.node=`).
     pub node: String,
     /// The node's token: the script carries a task token derived from it
-    /// ([`crate::control::service::task_token`]), never the token itself.
+    /// ([`crate::control::tokens::task_token`]), never the token itself.
     pub node_token: String,
     /// The agent's kernel, relative to the boot directory (`bootenv/vmlinuz`).
     pub kernel: String,

@@ -42,7 +42,7 @@ use crate::control::model::{
 };
 use crate::control::remote::RemoteStore;
 use crate::control::replicate::{REPORT_EVERY, ReplicateOptions, replicate};
-use crate::control::service::{TASK_TOKEN_PREFIX, task_token};
+use crate::control::tokens::{TASK_TOKEN_PREFIX, task_token};
 use crate::error::{Error, Result};
 use crate::imaging::replica::{ImageStore, LocalStore, ReadThrough};
 use crate::imaging::store::Store;

@@ -14,6 +14,7 @@
 //! - [`chunks`]: the chunk and manifest service over a store, [`remote`] its client;
 //! - [`replicate`]: copying an image between stores, only the chunks the other side lacks;
 //! - [`client`]: the API's client, for the CLI and later the agent, the nodes and Python;
+//! - [`tokens`]: token texts: new tokens, their stored hashes, task tokens derived from a node's;
 //! - [`bootmenu`]: per-host iPXE scripts on a node (the agent for hosts with a task);
 //! - [`node`]: the node role of `fog serve` (heartbeats, the tasks of its hosts, cached);
 //! - [`wake`]: the node's side of Wake-on-LAN (the master's is in [`service`]).
@@ -23,14 +24,18 @@ pub mod bootmenu;
 pub mod chunks;
 pub mod client;
 pub mod cron;
+#[cfg(feature = "master")]
 pub mod db;
 pub mod gateway;
 pub mod line;
+#[cfg(feature = "master")]
 pub mod master;
 pub mod model;
 pub mod node;
 pub mod remote;
 pub mod replicate;
+#[cfg(feature = "master")]
 pub mod service;
 pub mod tasks;
+pub mod tokens;
 pub mod wake;

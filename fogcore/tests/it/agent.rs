@@ -3,27 +3,23 @@
 //! a node's two slots. Results are checked as a user would: bytes on the disks, files read back
 //! with debugfs, tasks complete on the master.
 
-
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::tools::*;
 use fogcore::agent::{AgentConfig, AgentReport, capture_remote, deploy_remote, run};
 use fogcore::control::client::Client;
-use fogcore::control::db::Db;
 use fogcore::control::master::Master;
 use fogcore::control::model::TaskFilter;
 use fogcore::control::model::{After, Host, Image, NewTask, Node, Placement, TaskKind, TaskState};
-use fogcore::control::service::Control;
 use fogcore::imaging::capture::{CaptureOptions, capture};
 use fogcore::imaging::chunk::{ChunkId, WireFrame};
 use fogcore::imaging::deploy::{DeployOptions, deploy};
 use fogcore::imaging::replica::{ImageStore, LocalStore, WireChunk};
 use fogcore::imaging::store::Store;
 use fogcore::progress::NoProgress;
-use crate::tools::*;
 
 /// A master with a store holding `golden` (captured from an ext4 disk), a node of `max` slots
 /// and its token; the runtime serves as long as this lives.
@@ -53,12 +49,7 @@ impl Site {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display());
         let (master, base, admin, node_token) = rt.block_on(async {
-            let control = Arc::new(Control::new(Db::open(&url).await.expect("db")));
-            control.set_image_store(Arc::new(LocalStore::new(store.clone())));
-            let admin_token = control.create_admin_token().await.expect("token");
-            let master = Master::start(control, "127.0.0.1:0".parse().expect("addr"))
-                .await
-                .expect("master");
+            let (master, admin_token) = start_master(&url, Some(store.clone())).await.expect("master");
             let base = format!("http://{}", master.addr());
             let admin = Client::new(&base, Some(&admin_token)).expect("client");
             let node = Node {

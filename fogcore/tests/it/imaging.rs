@@ -3,17 +3,16 @@
 //! filesystems must check clean with e2fsck, fsck.vfat and ntfsfix, and every file must read back
 //! identical.
 
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::tools::*;
 use fogcore::Error;
 use fogcore::imaging::capture::{CaptureOptions, capture};
 use fogcore::imaging::deploy::{DeployOptions, deploy};
 use fogcore::imaging::store::Store;
 use fogcore::imaging::wipe::{WipeMode, wipe};
 use fogcore::progress::NoProgress;
-use crate::tools::*;
 
 const MIB: u64 = 1 << 20;
 

@@ -102,12 +102,7 @@ fn lab() -> Result<Lab, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Runtime::new()?;
     let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display());
-    let (master, admin_token) = rt.block_on(async {
-        let control = Arc::new(Control::new(Db::open(&db_url).await?));
-        let token = control.create_admin_token().await?;
-        let master = Master::start(control, "127.0.0.1:0".parse().map_err(|_| fogcore::Error::Cancelled)?).await?;
-        Ok::<_, fogcore::Error>((master, token))
-    })?;
+    let (master, admin_token) = rt.block_on(crate::tools::start_master(&db_url, None))?;
     let master_addr = master.addr();
     let base = format!("http://{master_addr}");
     let admin = Client::new(&base, Some(&admin_token))?;

@@ -3,13 +3,13 @@
 //! chunks (bytes counted at the HTTP client); a cancelled copy leaves no image and resumes;
 //! corrupt chunks are refused; the routes want tokens.
 
-
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::tools::*;
 use fogcore::Error;
 use fogcore::control::chunks;
 use fogcore::control::remote::RemoteStore;
@@ -20,7 +20,6 @@ use fogcore::imaging::deploy::{DeployOptions, deploy};
 use fogcore::imaging::replica::{ImageStore, LocalStore, ReadThrough, WireChunk};
 use fogcore::imaging::store::Store;
 use fogcore::progress::{NoProgress, Progress};
-use crate::tools::*;
 
 const TOKEN: &str = "fog_test_token";
 
@@ -306,11 +305,8 @@ fn chunk_routes_refuse_missing_and_wrong_tokens() {
 #[test]
 fn master_serves_its_store_to_node_tokens_and_records_a_node_pull() {
     use fogcore::control::client::Client;
-    use fogcore::control::db::Db;
-    use fogcore::control::master::Master;
     use fogcore::control::model::{CopyState, Image, Node, Placement};
     use fogcore::control::replicate::pull_for_node;
-    use fogcore::control::service::Control;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let tree = dir.path().join("tree");
@@ -328,12 +324,7 @@ fn master_serves_its_store_to_node_tokens_and_records_a_node_pull() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display());
-        let control = Arc::new(Control::new(Db::open(&url).await.expect("db")));
-        control.set_image_store(Arc::new(LocalStore::new(m.clone())));
-        let admin_token = control.create_admin_token().await.expect("token");
-        let master = Master::start(control, "127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("master");
+        let (master, admin_token) = start_master(&url, Some(m.clone())).await.expect("master");
         let base = format!("http://{}", master.addr());
         let admin = Client::new(&base, Some(&admin_token)).expect("client");
         let node = |name: &str| Node {

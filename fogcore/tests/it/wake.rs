@@ -3,18 +3,15 @@
 //! sends one magic packet per MAC to its `[node] wake_broadcast`, where a real UDP socket
 //! receives them. Nothing is sent by a node without `wake_broadcast`.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fogcore::Error;
 use fogcore::control::client::Client;
-use fogcore::control::db::Db;
 use fogcore::control::master::Master;
 use fogcore::control::model::{After, Host, NewTask, Node, TaskKind};
 use fogcore::control::node::{NodeLoop, node_role};
-use fogcore::control::service::Control;
 use fogcore::net::config::ServeConfig;
 use fogcore::net::wol::magic_packet;
 
@@ -42,12 +39,7 @@ fn lab() -> Result<Lab, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Runtime::new()?;
     let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display());
-    let (master, admin_token) = rt.block_on(async {
-        let control = Arc::new(Control::new(Db::open(&db_url).await?));
-        let token = control.create_admin_token().await?;
-        let master = Master::start(control, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
-        Ok::<_, Error>((master, token))
-    })?;
+    let (master, admin_token) = rt.block_on(crate::tools::start_master(&db_url, None))?;
     let base = format!("http://{}", master.addr());
     let admin = Client::new(&base, Some(&admin_token))?;
     let node_token = rt.block_on(async {

@@ -26,13 +26,13 @@ use tokio::sync::Mutex;
 
 pub use self::hosts::name_from_serial;
 pub use self::nodes::WAKE_TTL_MS;
-pub use self::tokens::{TASK_TOKEN_PREFIX, new_token, task_token, token_hash};
 pub use crate::clock::{Clock, SystemClock};
 pub use crate::control::api::Caller;
 use crate::control::db::{Db, TokenRole};
 use crate::control::line::Lines;
 pub use crate::control::model::{GroupTasks, Skipped};
 use crate::control::model::{Millis, TaskId};
+pub use crate::control::tokens::{TASK_TOKEN_PREFIX, new_token, task_token, token_hash};
 use crate::error::{Error, Result};
 
 /// Default: a waiting agent that has not asked for this long loses its place.

@@ -1,13 +1,13 @@
 //! Nodes: their records and tokens, heartbeats, the tasks and images they pull, and the wake
 //! requests they claim.
 
-use super::tokens::{new_token, token_hash};
 use super::{Control, same_name};
 use crate::control::api::Caller;
 use crate::control::db::TokenRole;
 use crate::control::model::{
     BootTask, Heartbeat, Host, ImageCopy, Millis, Node, NodeToken, Placement, Task, TaskFilter, TaskId, Wake,
 };
+use crate::control::tokens::{new_token, token_hash};
 use crate::error::{Error, Result};
 
 /// A wake request older than this when its node claims it is dropped, not sent: a host should

@@ -193,3 +193,24 @@ pub fn ext4_source_disk(dir: &Path, seed: u64) -> PathBuf {
     ));
     source
 }
+
+/// A master on loopback over the database at `db_url` (serving `store` when given), started as
+/// `fog master` starts one: it, and the admin token its first start issued.
+pub async fn start_master(
+    db_url: &str,
+    store: Option<fogcore::imaging::store::Store>,
+) -> fogcore::Result<(fogcore::control::master::Master, String)> {
+    use fogcore::imaging::replica::{ImageStore, LocalStore};
+    use std::sync::Arc;
+    let config = fogcore::control::master::MasterConfig {
+        listen: Some(std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))),
+        database: Some(db_url.to_string()),
+        store: store.map(|s| Arc::new(LocalStore::new(s)) as Arc<dyn ImageStore>),
+        data_dir: None,
+    };
+    let started = fogcore::control::master::serve(&config).await?;
+    let first = started
+        .first_token
+        .ok_or_else(|| fogcore::Error::internal("a new database gave no first admin token"))?;
+    Ok((started.master, first.token))
+}
