@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cursor::{FieldError, FieldResult, Span};
 use super::disk::{ReadAt, le};
 use super::extent::{Extent, ExtentList};
 use crate::{Error, Result};
@@ -332,13 +333,41 @@ fn guid_string(b: &[u8]) -> String {
 }
 
 impl Layout {
+    /// Checks a layout that was not just read from a disk (one from a manifest): a usable sector
+    /// size, partitions in order, apart and inside the disk, and a backup GPT that fits it, so
+    /// that arithmetic on it cannot overflow.
+    pub fn check(&self) -> FieldResult<()> {
+        if !valid_sector_size(self.sector_size) {
+            return Err(FieldError::new(
+                "layout sector_size",
+                format!("{} is not a power of two from 512 to 65536", self.sector_size),
+            ));
+        }
+        let mut prev_end = 0;
+        for p in &self.partitions {
+            let field = format!("layout partition {}", p.number);
+            let span = Span::new(&field, p.offset, p.len, self.disk_size)?;
+            if p.offset < prev_end {
+                return Err(FieldError::new(&field, "starts before the end of the one before it"));
+            }
+            prev_end = span.end();
+        }
+        if self.backup_gpt_len > self.disk_size {
+            return Err(FieldError::new(
+                "layout backup_gpt_len",
+                format!("{} bytes on a disk of {}", self.backup_gpt_len, self.disk_size),
+            ));
+        }
+        Ok(())
+    }
+
     /// Byte ranges of the disk outside every data partition: boot code, gaps, EBRs, GPT copies.
     pub fn outside(&self) -> Vec<Extent> {
         let mut list = ExtentList::new();
         let mut pos = 0;
         for p in &self.partitions {
             list.push(pos, p.offset.saturating_sub(pos));
-            pos = pos.max(p.offset + p.len);
+            pos = pos.max(p.offset.saturating_add(p.len));
         }
         list.push(pos, self.disk_size.saturating_sub(pos));
         list.into_vec()
@@ -346,13 +375,23 @@ impl Layout {
 
     /// The smallest target that can hold this layout.
     pub fn min_target_size(&self) -> u64 {
-        let end = self.partitions.iter().map(|p| p.offset + p.len).max().unwrap_or(0);
+        let end = self
+            .partitions
+            .iter()
+            .map(|p| p.offset.saturating_add(p.len))
+            .max()
+            .unwrap_or(0);
         match self.table {
             TableKind::None => self.disk_size,
             TableKind::Mbr => end,
-            TableKind::Gpt => end + self.backup_gpt_len,
+            TableKind::Gpt => end.saturating_add(self.backup_gpt_len),
         }
     }
+}
+
+/// A logical sector size fog works with: a power of two from 512 to 65536 bytes.
+pub fn valid_sector_size(ss: u32) -> bool {
+    ss.is_power_of_two() && (512..=65536).contains(&ss)
 }
 
 /// The writes that put a GPT right on a target of another size: the primary header's alternate
