@@ -453,6 +453,8 @@ impl Read for ReadAt<'_> {
 mod tests {
     use super::*;
     use crate::imaging::partition::{Partition, TableKind};
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
 
     /// Writes a manifest of a 1 MiB MBR disk with one partition: the unpartitioned region
     /// (2 chunks, 1 extent) and partition 1 (3 chunks, 2 extents). `tamper` edits the header
@@ -679,5 +681,141 @@ mod tests {
         assert_eq!(got.len(), 1, "the stream ends at the bad entry");
         let r = reason(got.into_iter().next().expect("one").expect_err("refused"));
         assert!(r.contains("entry 0") && r.contains("larger than a frame"), "{r}");
+    }
+
+    /// Opens `bytes` as a manifest and walks it: no panic, and either it all reads or the error
+    /// is `BadManifest`. What reads is consistent: extents in order inside their regions.
+    fn open_and_walk(path: &Path, bytes: &[u8]) -> std::result::Result<(), TestCaseError> {
+        std::fs::write(path, bytes).expect("write");
+        let walked = Manifest::open(path, "img").and_then(|m| {
+            let tables = walk(&m)?;
+            m.check()?;
+            Ok((m, tables))
+        });
+        match walked {
+            Ok((m, (extents, _))) => {
+                for (r, ext) in m.header.regions.iter().zip(&extents) {
+                    prop_assert!(
+                        r.offset
+                            .checked_add(r.len)
+                            .is_some_and(|e| e <= m.header.layout.disk_size)
+                    );
+                    prop_assert!(ext.windows(2).all(|w| w[0].end() <= w[1].offset));
+                    prop_assert!(ext.iter().all(|e| e.end() <= r.len));
+                }
+            }
+            Err(Error::BadManifest { .. }) => {}
+            Err(other) => prop_assert!(false, "expected BadManifest, got {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// A valid manifest's bytes, written once per test process.
+    fn good_bytes() -> &'static [u8] {
+        static GOOD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        GOOD.get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("m");
+            write_manifest(&path, |_| {});
+            std::fs::read(&path).expect("read")
+        })
+    }
+
+    /// Sets numeric header field `which` (of those a table or region position depends on).
+    fn set_field(h: &mut Header, which: usize, v: u64) {
+        let r = which % 2;
+        match which / 2 {
+            0 => h.regions[r].chunks.offset = v,
+            1 => h.regions[r].chunks.count = v,
+            2 => h.regions[r].extents.offset = v,
+            3 => h.regions[r].extents.count = v,
+            4 => h.regions[r].offset = v,
+            5 => h.regions[r].len = v,
+            6 => h.regions[r].used_bytes = v,
+            7 => h.chunk_count = v,
+            8 => h.data_bytes = v,
+            9 => h.layout.disk_size = v,
+            10 => h.layout.partitions[0].offset = v,
+            11 => h.layout.partitions[0].len = v,
+            12 => h.layout.backup_gpt_len = v,
+            _ => h.layout.sector_size = v as u32,
+        }
+    }
+
+    /// Values that find overflows: the edges, and plain random ones.
+    fn edgy_u64() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(u64::MAX),
+            Just(u64::MAX / 16),
+            Just(u64::MAX / 36 + 1),
+            Just(1 << 63),
+            0u64..4096,
+            any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            open_and_walk(&dir.path().join("m"), &bytes)?;
+            // The same bytes with a trailer that passes the first checks.
+            let mut framed = bytes.clone();
+            framed.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            framed.extend_from_slice(&[0u8; 32]);
+            framed.extend_from_slice(MAGIC);
+            open_and_walk(&dir.path().join("m"), &framed)?;
+        }
+
+        #[test]
+        fn mutated_manifests_never_panic(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut bytes = good_bytes().to_vec();
+            for (at, v) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = v;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            let dir = tempfile::tempdir().expect("tempdir");
+            open_and_walk(&dir.path().join("m"), &bytes)?;
+        }
+
+        #[test]
+        fn overwritten_table_and_trailer_u64s_never_panic(
+            at in any::<prop::sample::Index>(),
+            v in edgy_u64(),
+        ) {
+            // Any 8 bytes of the tables, or the trailer's header length.
+            let good = good_bytes();
+            let tables = good.len() - TRAILER_LEN as usize;
+            let mut bytes = good.to_vec();
+            let i = at.index(tables / 8 + 1);
+            let pos = if i == tables / 8 { tables } else { i * 8 };
+            bytes[pos..pos + 8].copy_from_slice(&v.to_le_bytes());
+            let dir = tempfile::tempdir().expect("tempdir");
+            open_and_walk(&dir.path().join("m"), &bytes)?;
+        }
+
+        #[test]
+        fn overwritten_header_fields_never_panic(
+            fields in proptest::collection::vec((0usize..28, edgy_u64()), 1..4),
+        ) {
+            // The header's numbers set to anything, written with a valid checksum.
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("m");
+            write_manifest(&path, |h| {
+                for &(which, v) in &fields {
+                    set_field(h, which, v);
+                }
+            });
+            let bytes = std::fs::read(&path).expect("read");
+            open_and_walk(&path, &bytes)?;
+        }
     }
 }

@@ -828,6 +828,8 @@ pub fn relocate_gpt(target: &dyn ReadAt, ss: u32, target_size: u64) -> Result<Gp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
 
     const MIB: u64 = 1 << 20;
     const LINUX: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
@@ -1137,6 +1139,158 @@ mod tests {
         for d in [vec![], vec![0u8; 100], vec![0u8; 4096]] {
             let l = read_layout(&d, None).expect("layout");
             assert_eq!((l.table, l.partitions.len()), (TableKind::None, 1));
+        }
+    }
+
+    /// Reads `d`'s layout: no panic, and either a layout that fits the disk or `BadDisk`.
+    fn read_checked(d: &dyn ReadAt, ss: Option<u32>) -> std::result::Result<(), TestCaseError> {
+        match read_layout(d, ss) {
+            Ok(l) => {
+                prop_assert_eq!(l.check(), Ok(()));
+                prop_assert!(l.backup_gpt_len <= l.disk_size);
+                prop_assert!(l.min_target_size() <= l.disk_size || l.table == TableKind::Gpt);
+                if l.table == TableKind::Gpt {
+                    // Relocating onto a copy of itself, or a random size, never panics and
+                    // writes only inside the target.
+                    for size in [l.disk_size, l.disk_size / 2, l.disk_size * 2] {
+                        if let Ok(r) = relocate_gpt(d, l.sector_size, size) {
+                            for (at, bytes) in &r.writes {
+                                prop_assert!(at + bytes.len() as u64 <= size);
+                            }
+                        }
+                    }
+                }
+            }
+            Err(Error::BadDisk { .. }) => {}
+            Err(other) => prop_assert!(false, "expected BadDisk, got {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// The MBR, EBR and GPT header sectors of the test disks, where damage matters.
+    fn hot_mbr(i: usize) -> usize {
+        [0, 6144 * 512, 10240 * 512][i % 3] + 446 + (i / 3) % 66
+    }
+
+    /// Offsets of the numeric fields of a GPT header (after LBA 1) and of entry 1 and 2.
+    const GPT_FIELDS: [(usize, usize); 13] = [
+        (512 + 12, 4),
+        (512 + 24, 8),
+        (512 + 32, 8),
+        (512 + 40, 8),
+        (512 + 48, 8),
+        (512 + 72, 8),
+        (512 + 80, 4),
+        (512 + 84, 4),
+        (1024 + 32, 8),
+        (1024 + 40, 8),
+        (1024 + 128 + 32, 8),
+        (1024 + 128 + 40, 8),
+        (1024 + 128 + 16, 8),
+    ];
+
+    /// Sets the entries' and the header's CRC of a GPT with 512-byte sectors whose entry array
+    /// (as its header now says) lies in `d`.
+    fn fix_crcs(d: &mut [u8]) {
+        let count = u32::from_le_bytes(d[512 + 80..512 + 84].try_into().expect("4 bytes"));
+        let size = u32::from_le_bytes(d[512 + 84..512 + 88].try_into().expect("4 bytes"));
+        let lba = u64::from_le_bytes(d[512 + 72..512 + 80].try_into().expect("8 bytes"));
+        let len = u64::from(count) * u64::from(size);
+        let start = lba.saturating_mul(512);
+        if let Some(entries) = usize::try_from(start)
+            .ok()
+            .and_then(|s| d.get(s..s.saturating_add(len as usize)))
+        {
+            let crc = crc32fast::hash(entries);
+            put32(d, 512 + 88, crc);
+        }
+        let header_size = u32::from_le_bytes(d[512 + 12..512 + 16].try_into().expect("4 bytes")) as usize;
+        if (92..=512).contains(&header_size) {
+            d[512 + 16..512 + 20].fill(0);
+            let crc = crc32fast::hash(&d[512..512 + header_size]);
+            put32(d, 512 + 16, crc);
+        }
+    }
+
+    fn edgy_u64() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(2),
+            Just(u64::MAX),
+            Just(u64::from(u32::MAX)),
+            Just(1 << 63),
+            0u64..20_000,
+            any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            read_checked(&bytes, None)?;
+            read_checked(&bytes, Some(512))?;
+        }
+
+        #[test]
+        fn random_mbr_tables_never_panic(
+            tables in proptest::collection::vec(any::<u8>(), 64 * 3),
+            ext in any::<bool>(),
+        ) {
+            // Random entries in the MBR and both EBRs, with signatures, so the chain is walked.
+            let mut d = mbr_disk();
+            for (i, chunk) in tables.chunks_exact(64).enumerate() {
+                let at = [0, 6144 * 512, 10240 * 512][i] + 446;
+                d[at..at + 64].copy_from_slice(chunk);
+                if ext && i > 0 {
+                    d[at + 16 + 4] = 0x05;
+                }
+            }
+            if ext {
+                d[446 + 16 + 4] = 0x0F;
+                d[446..446 + 64].iter_mut().step_by(16).for_each(|s| *s &= 0x80);
+            }
+            read_checked(&d, None)?;
+        }
+
+        #[test]
+        fn mutated_mbr_disks_never_panic(
+            flips in proptest::collection::vec((0usize..198, any::<u8>()), 1..8),
+            cut in proptest::option::of(0usize..12 * 512 * 1024),
+        ) {
+            let mut d = mbr_disk();
+            for (at, v) in flips {
+                d[hot_mbr(at)] = v;
+            }
+            if let Some(cut) = cut {
+                d.truncate(cut);
+            }
+            read_checked(&d, None)?;
+        }
+
+        #[test]
+        fn mutated_gpt_disks_never_panic(
+            fields in proptest::collection::vec((0usize..GPT_FIELDS.len(), edgy_u64()), 1..4),
+            flips in proptest::collection::vec((512usize..1024 + 512, any::<u8>()), 0..4),
+            cut in proptest::option::of(0usize..4 * 1024 * 1024),
+            reseal in any::<bool>(),
+        ) {
+            let mut d = gpt_disk(512);
+            for (i, v) in fields {
+                let (at, len) = GPT_FIELDS[i];
+                d[at..at + len].copy_from_slice(&v.to_le_bytes()[..len]);
+            }
+            for (at, v) in flips {
+                d[at] = v;
+            }
+            if reseal {
+                fix_crcs(&mut d);
+            }
+            if let Some(cut) = cut {
+                d.truncate(cut);
+            }
+            read_checked(&d, None)?;
+            read_checked(&d, Some(512))?;
         }
     }
 }
