@@ -204,7 +204,7 @@ fn region_name(disk: &Disk, partition: Option<u32>) -> String {
 fn plan(disk: &Disk, layout: &Layout) -> Result<Vec<Plan>> {
     let mut plans = Vec::new();
     if layout.table != partition::TableKind::None {
-        let keep_end = layout.disk_size - layout.backup_gpt_len;
+        let keep_end = layout.disk_size.saturating_sub(layout.backup_gpt_len);
         let mut outside = ExtentList::new();
         for e in layout.outside() {
             let end = e.end().min(keep_end);
