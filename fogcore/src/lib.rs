@@ -18,6 +18,7 @@
 pub mod agent;
 pub mod bootenv;
 pub mod control;
+pub mod demo;
 pub mod error;
 mod fsutil;
 pub mod imaging;
