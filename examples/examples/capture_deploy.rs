@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
+use fogcore::demo::sample::{SampleSpec, build_sample_disk};
 use fogcore::imaging::capture::{CaptureOptions, capture};
 use fogcore::imaging::deploy::{DeployOptions, deploy};
-use fogcore::imaging::sample::{SampleSpec, build_sample_disk};
 use fogcore::imaging::store::Store;
 use fogcore::progress::Progress;
 

@@ -19,6 +19,7 @@ pub mod agent;
 pub mod bootenv;
 pub mod clock;
 pub mod control;
+pub mod demo;
 pub mod error;
 mod fsutil;
 pub mod imaging;

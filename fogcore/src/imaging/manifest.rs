@@ -273,7 +273,7 @@ impl Manifest {
         Ok(())
     }
 
-    /// The extents of a region, checked to be in order, disjoint and inside the region.
+    /// The extents of a region, checked to be non-empty, in order, disjoint and inside the region.
     pub fn extents(&self, region: &Region) -> Result<Vec<Extent>> {
         let field = format!("{} extent table", region_label(region));
         let span = Span::table(
@@ -294,6 +294,13 @@ impl Manifest {
                 let offset = entries.u64(&field)?;
                 let len = entries.u64(&field)?;
                 let end = cursor::add(&format!("{field} entry {i}"), offset, len)?;
+                if len == 0 {
+                    // Capture never writes one; a reader of the table would take it for a gap.
+                    return Err(FieldError::new(
+                        &format!("{field} entry {i}"),
+                        format!("empty extent at {offset}"),
+                    ));
+                }
                 if offset < prev_end || end > region.len {
                     return Err(FieldError::new(
                         &format!("{field} entry {i}"),
@@ -648,8 +655,9 @@ mod tests {
         // The extent table of partition 1 starts after 2 + 3 chunk references and 1 extent.
         let at = (5 * CHUNK_REF_LEN + EXTENT_LEN) as usize;
         let good = std::fs::read(&path).expect("read");
-        // Past the end, overflowing, and overlapping the next extent.
-        for (offset, len) in [(u64::MAX, 2), (0, u64::MAX), (1 << 20, 1), (65536, 1)] {
+        // Past the end, overflowing, overlapping the next extent, and empty (found by the
+        // manifest fuzz target: an empty extent was accepted).
+        for (offset, len) in [(u64::MAX, 2), (0, u64::MAX), (1 << 20, 1), (65536, 1), (5, 0)] {
             let mut bytes = good.clone();
             bytes[at..at + 8].copy_from_slice(&offset.to_le_bytes());
             bytes[at + 8..at + 16].copy_from_slice(&len.to_le_bytes());
@@ -701,7 +709,7 @@ mod tests {
                             .is_some_and(|e| e <= m.header.layout.disk_size)
                     );
                     prop_assert!(ext.windows(2).all(|w| w[0].end() <= w[1].offset));
-                    prop_assert!(ext.iter().all(|e| e.end() <= r.len));
+                    prop_assert!(ext.iter().all(|e| e.len > 0 && e.end() <= r.len));
                 }
             }
             Err(Error::BadManifest { .. }) => {}

@@ -5,7 +5,6 @@ pub mod batch;
 pub mod capture;
 pub mod chunk;
 pub mod cursor;
-pub mod demo;
 pub mod deploy;
 pub mod disk;
 pub mod extent;
@@ -13,6 +12,9 @@ pub mod fs;
 pub mod manifest;
 pub mod partition;
 pub mod replica;
-pub mod sample;
 pub mod store;
 pub mod wipe;
+
+/// The demo's old place: fog-cli still imports `fogcore::imaging::demo` (use [`crate::demo`]).
+#[doc(hidden)]
+pub use crate::demo;

@@ -613,6 +613,8 @@ pub fn valid_sector_size(ss: u32) -> bool {
 /// Entries in a GPT that fog writes (the usual 128 of 128 bytes: 16 KiB).
 pub const GPT_ENTRY_COUNT: u32 = 128;
 const GPT_ENTRY_SIZE: u32 = 128;
+/// Bytes of the entry array of a GPT that fog writes.
+pub const GPT_ENTRIES_LEN: u64 = GPT_ENTRY_COUNT as u64 * GPT_ENTRY_SIZE as u64;
 const GPT_REVISION: u32 = 0x0001_0000;
 
 /// One partition for [`gpt_writes`].
@@ -646,7 +648,7 @@ pub fn gpt_writes(
         )));
     }
     let ss = u64::from(sector_size);
-    let entries_bytes = u64::from(GPT_ENTRY_COUNT * GPT_ENTRY_SIZE);
+    let entries_bytes = GPT_ENTRIES_LEN;
     let entry_sectors = entries_bytes.div_ceil(ss);
     let sectors = disk_size / ss;
     if sectors < 2 * entry_sectors + 4 {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 
-use super::config::{Checked, CheckedPool, DhcpMode, Mac};
+use super::config::{Checked, CheckedPool, DhcpConfig, DhcpMode, Mac};
 use super::lease::{HoldKind, LeaseTable, Record};
 use super::options::{
     add_boot, append_raw, boot_request, decode_request, encode_reply, mac_of, relay_agent_information, set_raw,
@@ -93,6 +93,12 @@ impl Engine {
             policy,
             cursors,
         }
+    }
+
+    /// An engine for `config` (checked as [`super::check`] does) over `table`: the server's
+    /// decision logic without its sockets, for fuzzing and embedding.
+    pub fn from_config(config: &DhcpConfig, table: LeaseTable, policy: Arc<dyn BootPolicy>) -> crate::Result<Self> {
+        Ok(Self::new(Checked::try_from(config)?, table, policy))
     }
 
     /// The lease table as the engine sees it (offers included).

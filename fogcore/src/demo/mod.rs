@@ -1,17 +1,20 @@
 //! The demo behind `fog demo`: build a sample disk, capture it, deploy it, verify it, and
-//! capture the copy again to show dedupe.
+//! capture the copy again to show dedupe. Demo and test support, above the imaging layer: it
+//! only uses what imaging offers.
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use super::capture::{CaptureOptions, CaptureReport, capture};
-use super::deploy::{DeployOptions, DeployReport, deploy};
-use super::sample::{SampleSpec, build_sample_disk};
-use super::store::{Store, StoreStats};
+pub mod sample;
+
 use crate::Result;
 use crate::error::IoContext;
+use crate::imaging::capture::{CaptureOptions, CaptureReport, capture};
+use crate::imaging::deploy::{DeployOptions, DeployReport, deploy};
+use crate::imaging::store::{Store, StoreStats};
 use crate::progress::Progress;
+use sample::{SampleSpec, build_sample_disk};
 
 /// What the demo did.
 #[derive(Debug, Clone, Serialize)]

@@ -14,6 +14,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, IoContext, Result};
+use crate::imaging::partition::{GPT_ENTRIES_LEN, GptPartition, gpt_writes};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -82,7 +83,7 @@ impl Plan {
         let efi_sectors = spec.efi_size / SECTOR;
         FatGeometry::new(efi_sectors * SECTOR)?;
         let sectors = spec.disk_size / SECTOR;
-        let entry_sectors = GPT_ENTRIES_BYTES / SECTOR;
+        let entry_sectors = GPT_ENTRIES_LEN / SECTOR;
         let align = MIB / SECTOR;
         let efi_first = align;
         let efi_last = efi_first + efi_sectors - 1;
@@ -232,7 +233,9 @@ fn fill(file: &File, path: &Path, spec: &SampleSpec, plan: &Plan, mkfs: &Path) -
             name: "root",
         },
     ];
-    write_gpt(file, path, spec.disk_size, SECTOR as u32, &disk_guid, &parts)?;
+    for (offset, bytes) in gpt_writes(spec.disk_size, SECTOR as u32, &disk_guid, &parts)? {
+        file.write_all_at(&bytes, offset).at(path)?;
+    }
     Ok(SampleInfo {
         disk_size: spec.disk_size,
         files,
@@ -336,163 +339,6 @@ fn random_guid(rng: &mut Rng) -> String {
         &h[16..20],
         &h[20..32]
     )
-}
-
-// ---------------------------------------------------------------------------------------------
-// GPT
-
-/// Bytes of the partition entry array: 128 entries of 128 bytes.
-const GPT_ENTRIES_BYTES: u64 = 128 * 128;
-const GPT_ENTRY_COUNT: usize = 128;
-const GPT_ENTRY_SIZE: usize = 128;
-const GPT_HEADER_SIZE: usize = 92;
-
-/// One partition for [`write_gpt`].
-#[derive(Debug, Clone, Copy)]
-pub struct GptPartition<'a> {
-    /// First sector.
-    pub first_lba: u64,
-    /// Last sector (inclusive).
-    pub last_lba: u64,
-    /// Type GUID in text form, e.g. [`EFI_SYSTEM_TYPE`].
-    pub type_guid: &'a str,
-    /// Unique GUID in text form.
-    pub unique_guid: &'a str,
-    /// Name, at most 36 UTF-16 code units.
-    pub name: &'a str,
-}
-
-/// Writes a GPT on a disk image of `disk_size` bytes: a protective MBR, the primary header and
-/// its 128 entries after it, and the backup entries and header in the last sectors, with every
-/// CRC set. Partition `i` of `partitions` becomes entry `i + 1`.
-pub fn write_gpt(
-    file: &File,
-    path: &Path,
-    disk_size: u64,
-    sector_size: u32,
-    disk_guid: &str,
-    partitions: &[GptPartition<'_>],
-) -> Result<()> {
-    if !matches!(sector_size, 512 | 4096) {
-        return Err(Error::InvalidInput(format!(
-            "GPT sector size {sector_size} is not 512 or 4096"
-        )));
-    }
-    let ss = u64::from(sector_size);
-    let entry_sectors = GPT_ENTRIES_BYTES / ss;
-    let sectors = disk_size / ss;
-    if sectors < 2 * entry_sectors + 4 {
-        return Err(Error::InvalidInput(format!(
-            "a GPT does not fit on a disk of {disk_size} bytes"
-        )));
-    }
-    let last_lba = sectors - 1;
-    let first_usable = 2 + entry_sectors;
-    let backup_entries_lba = last_lba - entry_sectors;
-    let last_usable = backup_entries_lba - 1;
-    if partitions.len() > GPT_ENTRY_COUNT {
-        return Err(Error::InvalidInput(format!(
-            "{} partitions do not fit in a GPT",
-            partitions.len()
-        )));
-    }
-
-    let mut entries = vec![0u8; GPT_ENTRIES_BYTES as usize];
-    let mut spans: Vec<(u64, u64)> = Vec::new();
-    for (i, (p, e)) in partitions
-        .iter()
-        .zip(entries.chunks_exact_mut(GPT_ENTRY_SIZE))
-        .enumerate()
-    {
-        if p.first_lba < first_usable || p.last_lba > last_usable || p.last_lba < p.first_lba {
-            return Err(Error::InvalidInput(format!(
-                "GPT partition {} (sectors {}..={}) is outside the usable sectors \
-                 {first_usable}..={last_usable}",
-                i + 1,
-                p.first_lba,
-                p.last_lba
-            )));
-        }
-        if spans.iter().any(|&(a, b)| p.first_lba <= b && a <= p.last_lba) {
-            return Err(Error::InvalidInput(format!("GPT partition {} overlaps another", i + 1)));
-        }
-        spans.push((p.first_lba, p.last_lba));
-        let name: Vec<u16> = p.name.encode_utf16().collect();
-        if name.len() > 36 {
-            return Err(Error::InvalidInput(format!(
-                "GPT partition name {:?} is longer than 36 characters",
-                p.name
-            )));
-        }
-        e[0..16].copy_from_slice(&guid_bytes(p.type_guid)?);
-        e[16..32].copy_from_slice(&guid_bytes(p.unique_guid)?);
-        e[32..40].copy_from_slice(&p.first_lba.to_le_bytes());
-        e[40..48].copy_from_slice(&p.last_lba.to_le_bytes());
-        for (dst, c) in e[56..128].chunks_exact_mut(2).zip(&name) {
-            dst.copy_from_slice(&c.to_le_bytes());
-        }
-    }
-    let entries_crc = crc32fast::hash(&entries);
-
-    let header = |my_lba: u64, alternate_lba: u64, entries_lba: u64| -> Result<Vec<u8>> {
-        let mut h = vec![0u8; sector_size as usize];
-        h[0..8].copy_from_slice(b"EFI PART");
-        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
-        h[12..16].copy_from_slice(&(GPT_HEADER_SIZE as u32).to_le_bytes());
-        h[24..32].copy_from_slice(&my_lba.to_le_bytes());
-        h[32..40].copy_from_slice(&alternate_lba.to_le_bytes());
-        h[40..48].copy_from_slice(&first_usable.to_le_bytes());
-        h[48..56].copy_from_slice(&last_usable.to_le_bytes());
-        h[56..72].copy_from_slice(&guid_bytes(disk_guid)?);
-        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
-        h[80..84].copy_from_slice(&(GPT_ENTRY_COUNT as u32).to_le_bytes());
-        h[84..88].copy_from_slice(&(GPT_ENTRY_SIZE as u32).to_le_bytes());
-        h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
-        let crc = crc32fast::hash(&h[..GPT_HEADER_SIZE]);
-        h[16..20].copy_from_slice(&crc.to_le_bytes());
-        Ok(h)
-    };
-    let primary = header(1, last_lba, 2)?;
-    let backup = header(last_lba, 1, backup_entries_lba)?;
-
-    // Protective MBR: one 0xEE partition from sector 1 over the whole disk (capped at 32 bits).
-    let mut mbr = vec![0u8; sector_size as usize];
-    let e = 446;
-    mbr[e + 1..e + 4].copy_from_slice(&[0x00, 0x02, 0x00]);
-    mbr[e + 4] = 0xEE;
-    mbr[e + 5..e + 8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
-    mbr[e + 8..e + 12].copy_from_slice(&1u32.to_le_bytes());
-    let size = u32::try_from(last_lba).unwrap_or(u32::MAX);
-    mbr[e + 12..e + 16].copy_from_slice(&size.to_le_bytes());
-    mbr[510] = 0x55;
-    mbr[511] = 0xAA;
-
-    for (lba, bytes) in [
-        (0, &mbr),
-        (1, &primary),
-        (2, &entries),
-        (backup_entries_lba, &entries),
-        (last_lba, &backup),
-    ] {
-        file.write_all_at(bytes, lba * ss).at(path)?;
-    }
-    Ok(())
-}
-
-/// The 16 on-disk bytes of a GUID in text form: the first three groups little-endian.
-fn guid_bytes(text: &str) -> Result<[u8; 16]> {
-    let bad = || Error::InvalidInput(format!("{text:?} is not a GUID"));
-    let groups: Vec<&str> = text.split('-').collect();
-    if groups.iter().map(|g| g.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
-        return Err(bad());
-    }
-    let raw = hex::decode(groups.concat()).map_err(|_| bad())?;
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&raw);
-    out[0..4].reverse();
-    out[4..6].reverse();
-    out[6..8].reverse();
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1403,7 +1249,7 @@ mod tests {
 
     use super::*;
     use crate::imaging::disk::Disk;
-    use crate::imaging::partition::{TableKind, read_layout};
+    use crate::imaging::partition::{TableKind, guid_bytes, read_layout};
 
     const INSTALL: &str = "apt-get install -y gdisk dosfstools mtools e2fsprogs";
 
