@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use fogcore::Error;
-use fogcore::imaging::{capture, demo, deploy, store::Store};
+use fogcore::demo;
+use fogcore::imaging::{capture, deploy, store::Store};
 use fogcore::names::ImageName;
 use serde_json::json;
 

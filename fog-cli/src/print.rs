@@ -1,7 +1,7 @@
 //! Output of each command, as text for people or JSON for scripts.
 
+use fogcore::demo::DemoReport;
 use fogcore::imaging::capture::CaptureReport;
-use fogcore::imaging::demo::DemoReport;
 use fogcore::imaging::deploy::DeployReport;
 use fogcore::imaging::manifest::Header;
 use fogcore::imaging::store::{GcReport, ImageSummary, StoreStats, VerifyReport};

@@ -14,7 +14,3 @@ pub mod partition;
 pub mod replica;
 pub mod store;
 pub mod wipe;
-
-/// The demo's old place: fog-cli still imports `fogcore::imaging::demo` (use [`crate::demo`]).
-#[doc(hidden)]
-pub use crate::demo;
