@@ -49,7 +49,7 @@ impl Control {
         self.create_admin_token().await.map(Some)
     }
 
-    /// Who holds this bearer token. A task token ([`task_token`]) stands for its task's node
+    /// Who holds this bearer token. A task token ([`task_token`](crate::control::tokens::task_token)) stands for its task's node
     /// while the task is open.
     pub async fn authenticate(&self, token: &str) -> Result<Caller> {
         if let Some(rest) = token.strip_prefix(TASK_TOKEN_PREFIX) {
