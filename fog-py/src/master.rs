@@ -657,6 +657,12 @@ pub fn start_master(
             }
         }),
     };
+    if db_url.is_none() && data_dir.is_none() {
+        // Named by this function's own keywords (serve's error names the config's fields).
+        return Err(BadInputError::new_err(
+            "start_master: give db_url or data_dir (where fog.db goes)",
+        ));
+    }
     let rt = runtime()?;
     let config = MasterConfig {
         listen: Some(listen),

@@ -295,6 +295,13 @@ fn chunk_routes_refuse_missing_and_wrong_tokens() {
             let status = rt.block_on(req.send()).expect("send").status().as_u16();
             if token == Some(TOKEN) {
                 assert_ne!(status, 401, "{} {} with the token", route.method, route.path);
+                // An empty body is the caller's mistake (an empty manifest, no ids): never a 5xx.
+                assert!(
+                    status < 500,
+                    "{} {} with an empty body: {status}",
+                    route.method,
+                    route.path
+                );
             } else {
                 assert_eq!(status, 401, "{} {} with {token:?}", route.method, route.path);
             }
