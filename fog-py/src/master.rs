@@ -15,6 +15,7 @@ use fogcore::control::master::{Master, MasterConfig};
 use fogcore::control::model::{
     After, Group, Host, Image, NewTask, Node, Placement, Task, TaskFilter, TaskId, TaskKind, parse_subnet,
 };
+use fogcore::control::service::Control;
 use fogcore::imaging::replica::{ImageStore, LocalStore};
 use fogcore::imaging::store::Store;
 use pyo3::create_exception;
@@ -676,9 +677,7 @@ pub fn start_master(
     // The token of the first start, else the one it left in DATA_DIR/admin-token.
     let admin_token = match (started.first_token, &data_dir) {
         (Some(first), _) => Some(first.token),
-        (None, Some(dir)) => std::fs::read_to_string(dir.join("admin-token"))
-            .ok()
-            .map(|t| t.trim().to_string()),
+        (None, Some(dir)) => Control::saved_admin_token(dir),
         (None, None) => None,
     };
     let master = started.master;

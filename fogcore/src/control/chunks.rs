@@ -32,6 +32,7 @@ use serde_json::json;
 use crate::control::api::{API, Access, ApiError, Authenticate, Caller, Route, constant_time_eq, guard, no_route};
 use crate::error::{Error, Result};
 use crate::imaging::chunk::{ChunkId, FramePart, WireFrame};
+use crate::imaging::cursor::{ByteCursor, FieldError};
 use crate::imaging::replica::{ImageStore, PieceHash, WireChunk};
 
 /// Largest request body the chunk routes take (a put batch is a few MiB).
@@ -67,28 +68,9 @@ pub fn decode_ids(body: &[u8]) -> Result<Vec<ChunkId>> {
         .collect())
 }
 
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let (head, rest) = self
-            .0
-            .split_at_checked(n)
-            .ok_or_else(|| Error::invalid("chunk batch", what.to_string(), "body ends early"))?;
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn id(&mut self) -> Result<ChunkId> {
-        let mut id = [0u8; 32];
-        id.copy_from_slice(self.take(32, "chunk id")?);
-        Ok(ChunkId(id))
-    }
+/// A wire body that ends early or holds a field out of range: the sender's fault.
+fn truncated(e: FieldError) -> Error {
+    Error::invalid("chunk batch", e.field, e.reason)
 }
 
 /// A get reply.
@@ -108,17 +90,17 @@ pub fn encode_get_reply(chunks: &[Option<Vec<u8>>]) -> Vec<u8> {
 
 /// Parses a get reply for `count` ids.
 pub fn decode_get_reply(body: &[u8], count: usize) -> Result<Vec<Option<Vec<u8>>>> {
-    let mut cur = Cursor(body);
+    let mut cur = ByteCursor::new(body);
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let len = cur.u32("chunk length")?;
+        let len = cur.u32("chunk length").map_err(truncated)?;
         out.push(if len == ABSENT {
             None
         } else {
-            Some(cur.take(len as usize, "chunk bytes")?.to_vec())
+            Some(cur.bytes("chunk bytes", len as usize).map_err(truncated)?.to_vec())
         });
     }
-    if !cur.0.is_empty() {
+    if cur.remaining() != 0 {
         return Err(Error::invalid("chunk batch", "reply", "trailing bytes"));
     }
     Ok(out)
@@ -143,10 +125,10 @@ pub fn encode_frames_reply(frames: &[WireFrame]) -> Vec<u8> {
 
 /// Parses a frames reply to a request of `count` ids: every part must name one of them.
 pub fn decode_frames_reply(body: &[u8], count: usize) -> Result<Vec<WireFrame>> {
-    let mut cur = Cursor(body);
+    let mut cur = ByteCursor::new(body);
     let mut frames = Vec::new();
-    while !cur.0.is_empty() {
-        let n = cur.u32("part count")? as usize;
+    while cur.remaining() != 0 {
+        let n = cur.u32("part count").map_err(truncated)? as usize;
         if n == 0 || n > count {
             return Err(Error::invalid(
                 "frame batch",
@@ -157,9 +139,9 @@ pub fn decode_frames_reply(body: &[u8], count: usize) -> Result<Vec<WireFrame>> 
         let mut parts = Vec::with_capacity(n);
         for _ in 0..n {
             let part = FramePart {
-                index: cur.u32("part index")?,
-                start: cur.u32("part start")?,
-                len: cur.u32("part length")?,
+                index: cur.u32("part index").map_err(truncated)?,
+                start: cur.u32("part start").map_err(truncated)?,
+                len: cur.u32("part length").map_err(truncated)?,
             };
             if part.index as usize >= count {
                 return Err(Error::invalid(
@@ -170,8 +152,8 @@ pub fn decode_frames_reply(body: &[u8], count: usize) -> Result<Vec<WireFrame>> 
             }
             parts.push(part);
         }
-        let len = cur.u32("frame length")?;
-        let stored = cur.take(len as usize, "frame bytes")?.to_vec();
+        let len = cur.u32("frame length").map_err(truncated)?;
+        let stored = cur.bytes("frame bytes", len as usize).map_err(truncated)?.to_vec();
         frames.push(WireFrame { stored, parts });
     }
     Ok(frames)
@@ -191,13 +173,13 @@ pub fn encode_put(chunks: &[WireChunk]) -> Vec<u8> {
 
 /// Parses a put body.
 pub fn decode_put(body: &[u8]) -> Result<Vec<WireChunk>> {
-    let mut cur = Cursor(body);
+    let mut cur = ByteCursor::new(body);
     let mut out = Vec::new();
-    while !cur.0.is_empty() {
-        let id = cur.id()?;
-        let len = cur.u32("plain length")?;
-        let n = cur.u32("length")?;
-        let encoded = cur.take(n as usize, "chunk bytes")?.to_vec();
+    while cur.remaining() != 0 {
+        let id = ChunkId(cur.array("chunk id").map_err(truncated)?);
+        let len = cur.u32("plain length").map_err(truncated)?;
+        let n = cur.u32("length").map_err(truncated)?;
+        let encoded = cur.bytes("chunk bytes", n as usize).map_err(truncated)?.to_vec();
         out.push(WireChunk { id, len, encoded });
     }
     Ok(out)

@@ -22,8 +22,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::control::api::{API, Access, ApiError, Body, QueryArgs, Route, status_of};
-use crate::control::api::{ApiResult, Caller, guard, no_route};
+use crate::control::api::{API, Access, ApiError, ApiResult, Body, Caller, QueryArgs, Route, guard, no_route};
 use crate::control::db::Db;
 use crate::control::model::{
     CheckIn, CheckOut, CopyReport, Group, Heartbeat, Host, Image, NewTask, Node, ProgressReport, Registration,
@@ -718,16 +717,10 @@ pub async fn serve(config: &MasterConfig) -> Result<Started> {
         }
         (None, None) => {}
     }
-    let first_token = match &config.data_dir {
-        Some(dir) => control.first_admin_token(dir).await?.map(|(token, file)| FirstToken {
-            token,
-            file: Some(file),
-        }),
-        None => control
-            .first_admin_token_unsaved()
-            .await?
-            .map(|token| FirstToken { token, file: None }),
-    };
+    let first_token = control
+        .first_admin_token(config.data_dir.as_deref())
+        .await?
+        .map(|(token, file)| FirstToken { token, file });
     let master = Master::start(control, listen).await?;
     Ok(Started {
         master,

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use fogcore::Error;
 use fogcore::clock::{Clock, ManualClock};
+use fogcore::control::api::Access;
 use fogcore::control::client::Client;
 use fogcore::control::db::Db;
-use fogcore::control::master::{self, Access, Master};
+use fogcore::control::master::{self, Master};
 use fogcore::control::model::TaskFilter;
 use fogcore::control::model::{
     After, CheckIn, CheckOut, Group, Heartbeat, Host, Image, NewTask, Node, Placement, ProgressReport, Schedule,
@@ -759,7 +760,11 @@ async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
 async fn restart_keeps_state_and_migrations_are_idempotent() -> TestResult {
     let dir = tempfile::tempdir()?;
     let control = Arc::new(Control::new(Db::open_dir(dir.path()).await?));
-    let (admin, file) = control.first_admin_token(dir.path()).await?.ok_or("no first token")?;
+    let (admin, file) = control
+        .first_admin_token(Some(dir.path()))
+        .await?
+        .ok_or("no first token")?;
+    let file = file.ok_or("no token file")?;
     assert_eq!(std::fs::read_to_string(&file)?.trim(), admin);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&file)?.permissions().mode() & 0o777, 0o600);
@@ -783,7 +788,7 @@ async fn restart_keeps_state_and_migrations_are_idempotent() -> TestResult {
     assert_eq!(db.schema_versions().await?, [1, 2, 3]);
     let control = Arc::new(Control::new(db));
     assert!(
-        control.first_admin_token(dir.path()).await?.is_none(),
+        control.first_admin_token(Some(dir.path())).await?.is_none(),
         "no second admin token"
     );
     let master = Master::start(control, "127.0.0.1:0".parse()?).await?;

@@ -7,7 +7,7 @@
 //! API ([`crate::control::master`]), the web pages and in-process callers use it alike; the
 //! handlers only translate, so every rule here holds for every caller.
 //!
-//! One file per domain: [`tokens`](self) (tokens and who holds them), hosts and groups
+//! One file per domain: tokens (and who holds them), hosts and groups
 //! (registration, node choice), images, nodes (heartbeats, wakes), tasks, check-in (the slot
 //! lines, progress, check-out) and schedules.
 
@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 
 pub use self::hosts::name_from_serial;
 pub use self::nodes::WAKE_TTL_MS;
+pub use self::tokens::ADMIN_TOKEN_FILE;
 pub use crate::clock::{Clock, SystemClock};
 pub use crate::control::api::Caller;
 use crate::control::db::{Db, TokenRole};

@@ -11,6 +11,9 @@ use crate::control::model::TaskId;
 use crate::control::tokens::{TASK_TOKEN_PREFIX, new_token, task_mac, token_hash};
 use crate::error::{Error, Result};
 
+/// The file in a master's data directory that holds the first admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
 fn caller_of(role: &TokenRole) -> Caller {
     match role {
         TokenRole::Admin => Caller::Admin,
@@ -28,25 +31,29 @@ impl Control {
         Ok(token)
     }
 
-    /// On a first start (no admin token yet), issues one and writes it to `DIR/admin-token`
-    /// (mode 0600). Returns the token and file then; none when admin tokens exist already.
-    pub async fn first_admin_token(&self, dir: &Path) -> Result<Option<(String, PathBuf)>> {
+    /// On a first start (no admin token yet), issues one and, given a directory, writes it to
+    /// `DIR/admin-token` (mode 0600). Returns the token and the file then; none when admin tokens
+    /// exist already.
+    pub async fn first_admin_token(&self, dir: Option<&Path>) -> Result<Option<(String, Option<PathBuf>)>> {
         if self.db.admin_tokens().await? > 0 {
             return Ok(None);
         }
         let token = self.create_admin_token().await?;
-        let path = dir.join("admin-token");
-        crate::fsutil::write_private(&path, format!("{token}\n").as_bytes())?;
-        Ok(Some((token, path)))
+        let file = match dir {
+            Some(dir) => {
+                let path = dir.join(ADMIN_TOKEN_FILE);
+                crate::fsutil::write_private(&path, format!("{token}\n").as_bytes())?;
+                Some(path)
+            }
+            None => None,
+        };
+        Ok(Some((token, file)))
     }
 
-    /// On a first start without a directory to keep it in: issues an admin token and returns
-    /// it; none when admin tokens exist already.
-    pub async fn first_admin_token_unsaved(&self) -> Result<Option<String>> {
-        if self.db.admin_tokens().await? > 0 {
-            return Ok(None);
-        }
-        self.create_admin_token().await.map(Some)
+    /// The admin token a first start left in `dir` ([`ADMIN_TOKEN_FILE`]), if it is there.
+    pub fn saved_admin_token(dir: &Path) -> Option<String> {
+        let text = std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)).ok()?;
+        Some(text.trim().to_string()).filter(|t| !t.is_empty())
     }
 
     /// Who holds this bearer token. A task token ([`task_token`](crate::control::tokens::task_token)) stands for its task's node
