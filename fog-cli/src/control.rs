@@ -8,11 +8,13 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use fogcore::Error;
+use fogcore::clock::utc_text;
 use fogcore::control::client::Client;
 #[cfg(feature = "master")]
 use fogcore::control::master::MasterConfig;
 use fogcore::control::model::{
-    After, Group, Host, ImageStatus, NewTask, Node, Placement, Task, TaskFilter, TaskKind, TaskState, parse_subnet,
+    After, AuditQuery, Group, Host, HostQuery, ImageStatus, NewTask, NewToken, Node, PAGE_MAX, Placement, Task,
+    TaskFilter, TaskKind, TaskState, TokenInfo, parse_subnet,
 };
 #[cfg(feature = "master")]
 use fogcore::imaging::replica::ImageStore;
@@ -55,8 +57,21 @@ pub struct MasterServe {
 
 #[derive(Subcommand)]
 pub enum HostCommand {
-    /// List hosts
-    Ls,
+    /// List hosts (every page, by name)
+    Ls {
+        /// Only hosts whose name, a MAC, address or inventory (serial) contains this
+        #[arg(long)]
+        search: Option<String>,
+        /// Only of this group
+        #[arg(long)]
+        group: Option<String>,
+        /// Only of this node
+        #[arg(long)]
+        node: Option<String>,
+        /// Only with this image
+        #[arg(long)]
+        image: Option<String>,
+    },
     /// Show a host
     Show { name: String },
     /// Add a host
@@ -102,6 +117,40 @@ pub enum GroupCommand {
     },
     /// Remove a group (its hosts stay)
     Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// List admin tokens (names and expiry)
+    Ls,
+    /// Issue a named admin token; prints it once
+    Add {
+        name: String,
+        /// It stops working after this many days (default: never)
+        #[arg(long)]
+        days: Option<u32>,
+    },
+    /// Revoke an admin token (refused from the next request on)
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// The audit log, newest first: every mutating call and every refused one
+    Ls {
+        /// At most this many (default 100)
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Only by this actor (token:NAME, node:NAME, task:ID@NODE, anonymous)
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only calls whose action or target contains this
+        #[arg(long)]
+        search: Option<String>,
+        /// Only refused or failed calls
+        #[arg(long)]
+        failed: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -157,6 +206,9 @@ pub enum TaskCommand {
         /// Only tasks not over
         #[arg(long)]
         open: bool,
+        /// At most this many, newest first (default: all, fetched a page at a time)
+        #[arg(long)]
+        limit: Option<u32>,
     },
     /// Show a task and its history
     Show { id: i64 },
@@ -309,7 +361,23 @@ pub fn host(args: &MasterArgs, cmd: &HostCommand, json: bool) -> Result<(), Erro
     let c = client(args)?;
     runtime()?.block_on(async {
         match cmd {
-            HostCommand::Ls => emit(json, &c.hosts().await?, |hs| hs.iter().for_each(host_line)),
+            HostCommand::Ls {
+                search,
+                group,
+                node,
+                image,
+            } => {
+                let query = HostQuery {
+                    q: search.clone(),
+                    group: group.clone(),
+                    node: node.clone(),
+                    image: image.clone(),
+                    ..HostQuery::default()
+                };
+                emit(json, &c.hosts_matching(&query).await?, |hs| {
+                    hs.iter().for_each(host_line)
+                })
+            }
             HostCommand::Show { name } => emit(json, &c.host(name).await?, |h| {
                 say!("{}", serde_json::to_string_pretty(h).unwrap_or_default())
             }),
@@ -464,6 +532,82 @@ pub fn group(args: &MasterArgs, cmd: &GroupCommand, json: bool) -> Result<(), Er
     })
 }
 
+fn token_line(t: &TokenInfo) {
+    let expires = t.expires_at.map_or("never".to_string(), utc_text);
+    say!("{:<24} issued {}  expires {expires}", t.name, utc_text(t.created_at));
+}
+
+/// `fog token ...`.
+pub fn token(args: &MasterArgs, cmd: &TokenCommand, json: bool) -> Result<(), Error> {
+    let c = client(args)?;
+    runtime()?.block_on(async {
+        match cmd {
+            TokenCommand::Ls => emit(json, &c.tokens().await?, |ts| ts.iter().for_each(token_line)),
+            TokenCommand::Add { name, days } => {
+                let new = NewToken {
+                    name: name.clone(),
+                    expires_at: days.map(|d| fogcore::clock::now_ms() + i64::from(d) * 86_400_000),
+                };
+                emit(json, &c.create_token(&new).await?, |t| {
+                    token_line(&t.info);
+                    say!("token (shown once): {}", t.token);
+                });
+            }
+            TokenCommand::Revoke { name } => {
+                c.revoke_token(name).await?;
+                emit(json, &serde_json::json!({ "revoked": name }), |_| {
+                    say!("revoked token {name}")
+                });
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `fog audit ...`.
+pub fn audit(args: &MasterArgs, cmd: &AuditCommand, json: bool) -> Result<(), Error> {
+    let c = client(args)?;
+    let AuditCommand::Ls {
+        limit,
+        actor,
+        search,
+        failed,
+    } = cmd;
+    runtime()?.block_on(async {
+        let mut query = AuditQuery {
+            actor: actor.clone(),
+            q: search.clone(),
+            failed: *failed,
+            ..AuditQuery::default()
+        };
+        let mut entries = Vec::new();
+        while entries.len() < *limit as usize {
+            query.limit = Some((*limit - entries.len() as u32).min(PAGE_MAX));
+            let page = c.audit_page(&query).await?;
+            entries.extend(page.items);
+            match page.next.map(|n| n.parse::<i64>()) {
+                Some(Ok(next)) => query.after = Some(next),
+                _ => break,
+            }
+        }
+        emit(json, &entries, |es| {
+            for e in es {
+                say!(
+                    "{}  {:<20} {:<44} {:<16} {} {} {}",
+                    utc_text(e.at),
+                    e.actor,
+                    e.action,
+                    e.target,
+                    e.address.as_deref().unwrap_or("-"),
+                    e.status,
+                    e.result
+                )
+            }
+        });
+        Ok(())
+    })
+}
+
 /// `fog node ...`.
 pub fn node(args: &MasterArgs, cmd: &NodeCommand, json: bool) -> Result<(), Error> {
     let c = client(args)?;
@@ -513,13 +657,15 @@ pub fn task(args: &MasterArgs, cmd: &TaskCommand, json: bool) -> Result<(), Erro
                 host,
                 node,
                 open,
+                limit,
             } => {
                 let filter = TaskFilter {
                     state: state.clone(),
                     host: host.clone(),
                     node: node.clone(),
                     open_only: *open,
-                    limit: None,
+                    limit: *limit,
+                    ..TaskFilter::default()
                 };
                 emit(json, &c.tasks(&filter).await?, |ts| ts.iter().for_each(task_line));
                 return Ok(());

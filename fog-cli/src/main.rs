@@ -94,6 +94,12 @@ enum Command {
     /// Site nodes on a master
     #[command(subcommand)]
     Node(control::NodeCommand),
+    /// Admin tokens on a master: add (named, optionally expiring), ls, revoke
+    #[command(subcommand)]
+    Token(control::TokenCommand),
+    /// The master's audit log: who did what, to what, from where, how it ended
+    #[command(subcommand)]
+    Audit(control::AuditCommand),
     /// Tasks on a master: deploy, capture, inventory, wipe, debug, ls, show, cancel
     #[command(subcommand)]
     Task(control::TaskCommand),
@@ -250,6 +256,8 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Group(cmd) => control::group(&cli.master, cmd, cli.json)?,
         Command::Node(cmd) => control::node(&cli.master, cmd, cli.json)?,
         Command::Task(cmd) => control::task(&cli.master, cmd, cli.json)?,
+        Command::Token(cmd) => control::token(&cli.master, cmd, cli.json)?,
+        Command::Audit(cmd) => control::audit(&cli.master, cmd, cli.json)?,
         Command::Agent(cmd) => control::agent(&cli.master, cmd, cli.json, &progress)?,
         Command::Demo { dir } => {
             let dir = dir.clone().unwrap_or_else(|| data_dir().join("demo"));

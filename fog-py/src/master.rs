@@ -452,6 +452,7 @@ impl PyMaster {
             node,
             open_only,
             limit,
+            ..TaskFilter::default()
         };
         self.call(py, move |c| async move { c.tasks(&filter).await })
     }

@@ -63,3 +63,37 @@ pub fn now_ms() -> Millis {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// `2026-12-06 17:03:05Z`: a time for people (UTC, to the second).
+pub fn utc_text(at: Millis) -> String {
+    let secs = at.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod utc_tests {
+    use super::utc_text;
+
+    #[test]
+    fn utc_text_reads_as_a_calendar_date() {
+        assert_eq!(utc_text(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc_text(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(utc_text(1_796_576_585_000), "2026-12-06 17:03:05Z");
+    }
+}

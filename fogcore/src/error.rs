@@ -151,6 +151,26 @@ pub enum Error {
         /// The state or event asked for.
         to: String,
     },
+    /// A well-formed request that the rules a schema cannot state refuse: a body naming another
+    /// record than its path, a task its host cannot take as it stands, a cron line that never
+    /// fires. The API answers 422, where 400 means the request breaks its documented schema.
+    #[error("cannot accept {field} {value:?}: {reason}")]
+    Unprocessable {
+        /// What was refused.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// A request body over the route's limit (413).
+    #[error("{what} is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// What was too large.
+        what: String,
+        /// The limit.
+        limit: usize,
+    },
     /// No credentials, or credentials that are not known.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
@@ -189,6 +209,10 @@ pub enum Error {
 pub enum ErrorKind {
     /// What the caller gave is wrong (a path, a name, a field, a disk that does not fit).
     BadInput,
+    /// Well-formed input that the rules refuse as things stand (see [`Error::Unprocessable`]).
+    Unprocessable,
+    /// A request body over its limit.
+    TooLarge,
     /// No record or file with that name.
     NotFound,
     /// The request conflicts with what exists (a name taken, a host busy, a state change refused).
@@ -229,6 +253,8 @@ impl Error {
             | Error::InvalidImageName(_)
             | Error::InvalidInput(_)
             | Error::Invalid { .. } => ErrorKind::BadInput,
+            Error::Unprocessable { .. } => ErrorKind::Unprocessable,
+            Error::TooLarge { .. } => ErrorKind::TooLarge,
             Error::ImageNotFound(_) | Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Conflict { .. } | Error::IllegalTransition { .. } => ErrorKind::Conflict,
             Error::Unauthorized(_) => ErrorKind::Unauthorized,
@@ -239,6 +265,8 @@ impl Error {
                 403 => ErrorKind::Forbidden,
                 404 => ErrorKind::NotFound,
                 409 => ErrorKind::Conflict,
+                413 => ErrorKind::TooLarge,
+                422 => ErrorKind::Unprocessable,
                 400..=499 => ErrorKind::BadInput,
                 _ => ErrorKind::Transient,
             },
@@ -258,6 +286,8 @@ impl Error {
         matches!(
             self.kind(),
             ErrorKind::BadInput
+                | ErrorKind::Unprocessable
+                | ErrorKind::TooLarge
                 | ErrorKind::NotFound
                 | ErrorKind::Conflict
                 | ErrorKind::Unauthorized
@@ -277,6 +307,8 @@ impl Error {
             ErrorKind::BadInput => 400,
             ErrorKind::Unauthorized => 401,
             ErrorKind::Forbidden => 403,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::Unprocessable => 422,
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::Transient => match self {
@@ -300,12 +332,34 @@ impl Error {
                 ErrorKind::Conflict => "conflict",
                 ErrorKind::Unauthorized => "unauthorized",
                 ErrorKind::Forbidden => "forbidden",
+                ErrorKind::TooLarge => "too_large",
+                ErrorKind::Unprocessable => "unprocessable",
                 ErrorKind::Transient => "unavailable",
                 ErrorKind::Cancelled => "cancelled",
                 ErrorKind::Internal => "internal",
             },
         }
     }
+
+    /// Every code [`Error::code`] gives, and the router's own `method_not_allowed`: what the
+    /// API's error body documents.
+    pub const CODES: [&'static str; 15] = [
+        "invalid",
+        "unprocessable",
+        "too_large",
+        "not_found",
+        "conflict",
+        "illegal_transition",
+        "unauthorized",
+        "forbidden",
+        "busy",
+        "database",
+        "upstream",
+        "unavailable",
+        "cancelled",
+        "internal",
+        "method_not_allowed",
+    ];
 
     /// Builds an [`Error::Internal`] (a broken invariant, a worker that panicked).
     pub fn internal(what: impl std::fmt::Display) -> Self {
@@ -315,6 +369,15 @@ impl Error {
     /// Builds an [`Error::Invalid`].
     pub fn invalid(field: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Invalid {
+            field,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds an [`Error::Unprocessable`].
+    pub fn unprocessable(field: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Unprocessable {
             field,
             value: value.into(),
             reason: reason.into(),

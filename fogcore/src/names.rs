@@ -16,6 +16,19 @@ use crate::error::{Error, Result};
 /// Longest record name.
 pub const NAME_MAX: usize = 64;
 
+/// [`check_name`]'s rule as a regular expression (ECMA-262, as JSON Schema reads it): what the
+/// API's document gives every name field.
+pub const NAME_PATTERN: &str = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$";
+
+/// The forms [`Mac::of_card`] takes, as a regular expression for the API's document: six hex
+/// bytes (one or two digits each) between `:` or `-`, or twelve digits; not multicast (the first
+/// byte odd), not all zeros.
+pub const MAC_PATTERN: &str = concat!(
+    r"^(?![0-9A-Fa-f]?[13579BDFbdf][:-])(?![0-9A-Fa-f][13579BDFbdf][0-9A-Fa-f]{10}$)",
+    r"(?!(?:0{1,2}[:-]){5}0{1,2}$)(?!0{12}$)",
+    r"(?:(?:[0-9A-Fa-f]{1,2}[:-]){5}[0-9A-Fa-f]{1,2}|[0-9A-Fa-f]{12})$"
+);
+
 /// Checks a record name: 1 to [`NAME_MAX`] letters, digits, `.`, `-`, `_`, not starting with `.`
 /// (no dot files) or `-` (never read as a command-line flag). `field` names it in the error.
 pub fn check_name(field: &'static str, name: &str) -> Result<()> {
@@ -148,7 +161,7 @@ impl Mac {
 
     /// The address of a network card: not a multicast or broadcast address, not all zeros.
     pub fn of_card(text: &str) -> Result<Mac> {
-        let mac = Mac::from_str(text.trim())?;
+        let mac = Mac::from_str(text)?;
         if mac.0[0] & 1 == 1 {
             return Err(Error::invalid("mac", text, "a multicast address is not a network card"));
         }

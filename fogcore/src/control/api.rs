@@ -6,16 +6,19 @@
 //! route rows, each row behind [`guard`] with its [`Access`], so no route can lack a token check.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
-use crate::control::model::TaskId;
+use crate::control::model::{AuditEntry, TaskId};
 use crate::error::{Error, Result};
 
 /// The prefix of every route.
@@ -24,8 +27,8 @@ pub const API: &str = "/api/v1";
 /// Who is asking, as an [`Authenticate`] found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// An admin token: everything.
-    Admin,
+    /// An admin token, by its name: everything.
+    Admin(String),
     /// A node's token: check-ins, progress and check-outs of its hosts, its heartbeat, the store.
     Node(String),
     /// A task token (see `service::task_token`): its node's rights while the task is open.
@@ -41,8 +44,17 @@ impl Caller {
     /// The node whose rights the caller has; `None` for an admin.
     pub fn node(&self) -> Option<&str> {
         match self {
-            Caller::Admin => None,
+            Caller::Admin(_) => None,
             Caller::Node(node) | Caller::Task { node, .. } => Some(node),
+        }
+    }
+
+    /// Who it is, as the audit log names it: `token:NAME`, `node:NAME`, `task:ID@NODE`.
+    pub fn actor(&self) -> String {
+        match self {
+            Caller::Admin(name) => format!("token:{name}"),
+            Caller::Node(node) => format!("node:{node}"),
+            Caller::Task { node, task } => format!("task:{task}@{node}"),
         }
     }
 
@@ -104,16 +116,64 @@ pub struct Route {
     pub access: Access,
     /// What it does.
     pub summary: &'static str,
-    /// The JSON body's schema name, if it takes one.
-    pub body: Option<&'static str>,
-    /// The reply's schema name.
-    pub reply: &'static str,
+    /// Its query string's fields, if it reads any.
+    pub query: Option<SchemaFn>,
+    /// The body it takes, if any.
+    pub body: Option<Payload>,
+    /// What it answers.
+    pub reply: Payload,
+    /// Called every few seconds by every agent or node (progress, check-ins, heartbeats, chunk
+    /// batches): its calls stay out of the audit log (but refusals), their effect shows in the
+    /// task's history and the node's state.
+    pub quiet: bool,
 }
 
-/// Turns a bearer token into a [`Caller`], or refuses it (`Error::Unauthorized`).
+/// Makes a type's JSON schema, registering the types it names with the generator.
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+/// What a route takes or answers, as its OpenAPI document describes it.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload {
+    /// JSON of a Rust type: its schema is derived from the type the handler reads or writes.
+    Json(SchemaFn),
+    /// Raw bytes (a manifest, a chunk batch), in a binary format described in words.
+    Bytes(&'static str),
+}
+
+/// The JSON of `T`.
+pub fn json<T: JsonSchema>() -> Payload {
+    Payload::Json(|generator| generator.subschema_for::<T>())
+}
+
+/// The query string read into `T` (its fields are the parameters).
+pub fn query<T: JsonSchema>() -> Option<SchemaFn> {
+    Some(T::json_schema)
+}
+
+/// The answer of routes that only succeed: `{"ok": true}`.
+#[derive(Debug, Clone, serde::Serialize, JsonSchema)]
+pub struct Done {
+    /// Always true.
+    pub ok: bool,
+}
+
+/// The answer of routes that only succeed.
+pub fn done() -> axum::Json<Done> {
+    axum::Json(Done { ok: true })
+}
+
+/// Turns a bearer token into a [`Caller`], or refuses it (`Error::Unauthorized`), and keeps the
+/// audit log of the calls [`guard`] lets through or refuses.
 pub trait Authenticate: Clone + Send + Sync + 'static {
     /// Who holds `token`.
     fn authenticate(&self, token: &str) -> impl Future<Output = Result<Caller>> + Send;
+
+    /// Records a call (its `id` and `at` are the log's to set). Servers without an audit log
+    /// keep nothing.
+    fn record(&self, entry: AuditEntry) -> impl Future<Output = ()> + Send {
+        let _ = entry;
+        std::future::ready(())
+    }
 }
 
 /// The bearer token of a request, if it carries one.
@@ -131,34 +191,154 @@ pub fn no_token() -> Error {
     Error::Unauthorized("no token: send Authorization: Bearer TOKEN".into())
 }
 
+/// The actor the audit log names for a call without a known token.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// What [`guard`] knows of the route it stands in front of.
+#[derive(Debug, Clone)]
+pub struct Guarded {
+    /// Who may call it.
+    pub access: Access,
+    /// How the audit log names it: `POST /api/v1/hosts`.
+    pub action: Arc<str>,
+    /// Whether calls let through are recorded (mutating routes that are not [`Route::quiet`]).
+    pub audited: bool,
+}
+
+impl Guarded {
+    /// The guard of `route`.
+    pub fn of(route: &Route) -> Self {
+        Guarded {
+            access: route.access,
+            action: format!("{} {}", route.method, route.path).into(),
+            audited: route.method != Method::GET && !route.quiet,
+        }
+    }
+}
+
 /// The token check in front of every route: public routes pass; others need a token that `auth`
-/// knows and that `access` allows. The [`Caller`] goes into the request's extensions for the
-/// handler to hand to the service.
-pub async fn guard<A: Authenticate>(
-    State((auth, access)): State<(A, Access)>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    if access == Access::Public {
+/// knows and that the route's access allows. The [`Caller`] goes into the request's extensions
+/// for the handler to hand to the service. Every refusal, and every call of an audited route,
+/// goes to the audit log with who, what, on what, from where and how it ended.
+pub async fn guard<A: Authenticate>(State((auth, check)): State<(A, Guarded)>, req: Request, next: Next) -> Response {
+    if check.access == Access::Public {
         return next.run(req).await;
     }
-    let Some(token) = bearer_token(req.headers()) else {
-        return ApiError(no_token()).into_response();
+    let (mut parts, body) = req.into_parts();
+    let mut entry = AuditEntry {
+        id: 0,
+        at: 0,
+        actor: ANONYMOUS.into(),
+        action: check.action.to_string(),
+        target: path_target(&mut parts).await,
+        address: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip().to_string()),
+        status: 0,
+        result: String::new(),
     };
-    let caller = match auth.authenticate(token).await {
+    let admitted = match bearer_token(&parts.headers) {
+        None => Err(no_token()),
+        Some(token) => match auth.authenticate(token).await {
+            Ok(caller) => {
+                entry.actor = caller.actor();
+                check.access.check(&caller).map(|()| caller)
+            }
+            Err(e) => Err(e),
+        },
+    };
+    let caller = match admitted {
         Ok(caller) => caller,
-        Err(e) => return ApiError(e).into_response(),
+        Err(e) => {
+            entry.status = status_of(&e).as_u16();
+            entry.result = e.to_string();
+            auth.record(entry).await;
+            return ApiError(e).into_response();
+        }
     };
-    if let Err(e) = access.check(&caller) {
-        return ApiError(e).into_response();
+    parts.extensions.insert(caller);
+    if !check.audited {
+        return next.run(Request::from_parts(parts, body)).await;
     }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    let body = if entry.target.is_empty() {
+        let (body, name) = body_name(&parts, body).await;
+        entry.target = name.unwrap_or_default();
+        body
+    } else {
+        body
+    };
+    let response = next.run(Request::from_parts(parts, body)).await;
+    let (response, result) = outcome(response).await;
+    entry.status = response.status().as_u16();
+    entry.result = result;
+    auth.record(entry).await;
+    response
+}
+
+/// The path's names and ids, `/`-joined: what a call acts on.
+async fn path_target(parts: &mut Parts) -> String {
+    match RawPathParams::from_request_parts(parts, &()).await {
+        Ok(params) => params.iter().map(|(_, value)| value).collect::<Vec<_>>().join("/"),
+        Err(_) => String::new(),
+    }
+}
+
+/// The `name` (or `host`) a small JSON body gives, and the body to pass on.
+async fn body_name(parts: &Parts, body: axum::body::Body) -> (axum::body::Body, Option<String>) {
+    let json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let small = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n <= JSON_BODY_LIMIT);
+    if !(json && small) {
+        return (body, None);
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, JSON_BODY_LIMIT).await else {
+        return (axum::body::Body::empty(), None);
+    };
+    let name = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| {
+        ["name", "host"]
+            .iter()
+            .find_map(|field| v.get(field).and_then(|n| n.as_str()).map(str::to_string))
+    });
+    (
+        axum::body::Body::from(bytes),
+        name.map(|n| n.chars().take(128).collect()),
+    )
+}
+
+/// `ok`, or the message of the error the response carries, and the response to send.
+async fn outcome(response: Response) -> (Response, String) {
+    if response.status().is_success() {
+        return (response, "ok".into());
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let message = serde_json::from_slice::<ErrorBody>(&bytes)
+        .map(|e| e.message)
+        .unwrap_or_else(|_| parts.status.to_string());
+    (Response::from_parts(parts, axum::body::Body::from(bytes)), message)
 }
 
 /// Compares secrets in time that does not depend on where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    /// What kind of failure: stable, for programs.
+    #[schemars(extend("enum" = Error::CODES))]
+    pub code: String,
+    /// What went wrong, naming the input: for people.
+    pub message: String,
 }
 
 /// An error as the API answers it.
@@ -182,7 +362,10 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!("api: {}", self.0);
         }
-        let body = Json(json!({ "code": self.0.code(), "message": self.0.to_string() }));
+        let body = Json(ErrorBody {
+            code: self.0.code().into(),
+            message: self.0.to_string(),
+        });
         if status == StatusCode::UNAUTHORIZED {
             (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
         } else {
@@ -194,6 +377,9 @@ impl IntoResponse for ApiError {
 /// A handler's result: JSON, or a `{code, message}` error.
 pub type ApiResult<T> = std::result::Result<Json<T>, ApiError>;
 
+/// The largest JSON body a route takes (axum's default limit, which every JSON route keeps).
+pub const JSON_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
 /// A JSON body whose rejection is a `{code, message}` error.
 pub struct Body<T>(pub T);
 
@@ -201,10 +387,40 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Body(value)),
+        match Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(mut value)) => {
+                whole_numbers_as_integers(&mut value);
+                serde_path_to_error::deserialize(value)
+                    .map(Body)
+                    .map_err(|e| ApiError(Error::invalid("request body", "", e.to_string())))
+            }
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError(Error::TooLarge {
+                what: "the request body".into(),
+                limit: JSON_BODY_LIMIT,
+            })),
             Err(rejection) => Err(ApiError(Error::invalid("request body", "", rejection.body_text()))),
         }
+    }
+}
+
+/// JSON Schema counts `5.0` as an integer; serde's integer fields refuse it. Whole numbers
+/// written with a fraction become integers (where an integer holds them exactly), so every body
+/// the document calls valid is read.
+fn whole_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            // Whole f64 values in this range convert exactly.
+            if let Some(f) = n
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9_223_372_036_854_775_808.0)
+            {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
     }
 }
 

@@ -22,14 +22,17 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{Method, header};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use crate::control::api::{API, Access, ApiError, Authenticate, Caller, Route, constant_time_eq, guard, no_route};
+use crate::control::api::{
+    API, Access, ApiError, Authenticate, Caller, Done, Guarded, Payload, Route, constant_time_eq, guard, json, no_route,
+};
 use crate::error::{Error, Result};
 use crate::imaging::chunk::{ChunkId, FramePart, WireFrame};
 use crate::imaging::cursor::{ByteCursor, FieldError};
@@ -235,25 +238,25 @@ fn octets(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
 }
 
-async fn missing<S: HasStore>(State(s): State<S>, body: Bytes) -> Result<Response, ApiError> {
+async fn missing<S: HasStore>(State(s): State<S>, RawBody(body): RawBody) -> Result<Response, ApiError> {
     let store = s.image_store()?;
     let ids = decode_ids(&body)?;
     blocking(move || store.missing(&ids).map(|m| octets(encode_ids(&m)))).await
 }
 
-async fn get_chunks<S: HasStore>(State(s): State<S>, body: Bytes) -> Result<Response, ApiError> {
+async fn get_chunks<S: HasStore>(State(s): State<S>, RawBody(body): RawBody) -> Result<Response, ApiError> {
     let store = s.image_store()?;
     let ids = decode_ids(&body)?;
     blocking(move || store.get_chunks(&ids).map(|c| octets(encode_get_reply(&c)))).await
 }
 
-async fn get_frames<S: HasStore>(State(s): State<S>, body: Bytes) -> Result<Response, ApiError> {
+async fn get_frames<S: HasStore>(State(s): State<S>, RawBody(body): RawBody) -> Result<Response, ApiError> {
     let store = s.image_store()?;
     let ids = decode_ids(&body)?;
     blocking(move || store.get_frames(&ids).map(|f| octets(encode_frames_reply(&f)))).await
 }
 
-async fn put_chunks<S: HasStore>(State(s): State<S>, body: Bytes) -> Result<Response, ApiError> {
+async fn put_chunks<S: HasStore>(State(s): State<S>, RawBody(body): RawBody) -> Result<Response, ApiError> {
     let store = s.image_store()?;
     let chunks = decode_put(&body)?;
     let received = chunks.len();
@@ -264,7 +267,34 @@ async fn put_chunks<S: HasStore>(State(s): State<S>, body: Bytes) -> Result<Resp
         })
     })
     .await?;
-    Ok(Json(json!({ "received": received, "new": new })).into_response())
+    Ok(Json(PutReport { received, new }).into_response())
+}
+
+/// What a put stored.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PutReport {
+    /// Chunks in the batch.
+    pub received: usize,
+    /// Of those, chunks the store did not hold yet.
+    pub new: u64,
+}
+
+/// A request body of a chunk route; one over [`MAX_BODY`] is a `{code, message}` 413.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(RawBody(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError(Error::TooLarge {
+                what: "the request body".into(),
+                limit: MAX_BODY,
+            })),
+            Err(rejection) => Err(ApiError(Error::invalid("request body", "", rejection.body_text()))),
+        }
+    }
 }
 
 async fn images<S: HasStore>(State(s): State<S>) -> Result<Response, ApiError> {
@@ -280,7 +310,7 @@ async fn get_manifest<S: HasStore>(State(s): State<S>, Path(name): Path<String>)
 async fn manifest_delta<S: HasStore>(
     State(s): State<S>,
     Path(name): Path<String>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let store = s.image_store()?;
     let pieces = decode_pieces(&body)?;
@@ -290,7 +320,7 @@ async fn manifest_delta<S: HasStore>(
 async fn put_manifest<S: HasStore>(
     State(s): State<S>,
     Path(name): Path<String>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let store = s.image_store()?;
     let stored = name.clone();
@@ -301,19 +331,25 @@ async fn put_manifest<S: HasStore>(
     })
     .await?;
     s.manifest_stored(&stored).await?;
-    Ok(Json(json!({ "ok": true })).into_response())
+    Ok(crate::control::api::done().into_response())
 }
 
 /// The chunk routes, as rows for a route table over state `S`.
 pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
     let r = |method: Method, path: &str, summary, body, reply| Route {
+        // Its POSTs read chunks or bring a batch of them: an image lands (and is audited) by
+        // its manifest's PUT.
+        quiet: method == Method::POST,
         method,
         path: format!("{API}{path}"),
         access: Access::Node,
         summary,
+        query: None,
         body,
         reply,
     };
+    let manifest = || Payload::Bytes("an image's manifest file (fog's binary manifest format)");
+    let ids = || Payload::Bytes("chunk ids, 32 bytes each (at most 65,536)");
     let big = || DefaultBodyLimit::max(MAX_BODY);
     vec![
         (
@@ -322,7 +358,7 @@ pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
                 "/store/images",
                 "Images complete in the store",
                 None,
-                "ImageNames",
+                json::<Vec<String>>(),
             ),
             get(images::<S>),
         ),
@@ -332,7 +368,7 @@ pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
                 "/store/images/{name}/manifest",
                 "An image's manifest file",
                 None,
-                "ManifestBytes",
+                manifest(),
             ),
             get(get_manifest::<S>),
         ),
@@ -341,8 +377,8 @@ pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
                 Method::PUT,
                 "/store/images/{name}/manifest",
                 "Make a manifest an image, once every chunk it names is here (else 409)",
-                Some("ManifestBytes"),
-                "Ok",
+                Some(manifest()),
+                json::<Done>(),
             ),
             put(put_manifest::<S>).layer(big()),
         ),
@@ -351,8 +387,8 @@ pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
                 Method::POST,
                 "/store/images/{name}/manifest/delta",
                 "An image's manifest as a delta against pieces the caller holds",
-                Some("PieceHashes"),
-                "ManifestDelta",
+                Some(Payload::Bytes("piece hashes the caller holds, 16 bytes each")),
+                Payload::Bytes("a manifest delta against the pieces named"),
             ),
             post(manifest_delta::<S>).layer(big()),
         ),
@@ -361,8 +397,8 @@ pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
                 Method::POST,
                 "/store/chunks/missing",
                 "Of these chunk ids, those the store lacks",
-                Some("ChunkIds"),
-                "ChunkIds",
+                Some(ids()),
+                ids(),
             ),
             post(missing::<S>).layer(big()),
         ),
@@ -371,8 +407,8 @@ pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
                 Method::POST,
                 "/store/chunks/get",
                 "Encoded chunks, length-prefixed",
-                Some("ChunkIds"),
-                "ChunkBatch",
+                Some(ids()),
+                Payload::Bytes("per chunk asked for: u32 length, then its encoded bytes (length 0xFFFFFFFF: absent)"),
             ),
             post(get_chunks::<S>).layer(big()),
         ),
@@ -381,8 +417,10 @@ pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
                 Method::POST,
                 "/store/chunks/frames",
                 "The frames holding these chunks, as stored, with where each chunk lies (what deploy reads)",
-                Some("ChunkIds"),
-                "FrameBatch",
+                Some(ids()),
+                Payload::Bytes(
+                    "per frame: u32 parts, per part u32 index, start, length; u32 length, the frame as stored",
+                ),
             ),
             post(get_frames::<S>).layer(big()),
         ),
@@ -391,8 +429,10 @@ pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
                 Method::POST,
                 "/store/chunks/put",
                 "Store chunks, each checked first (a bad one: 400, nothing stored)",
-                Some("ChunkBatch"),
-                "PutReport",
+                Some(Payload::Bytes(
+                    "per chunk: 32-byte id, u32 plain length, u32 encoded length, encoded bytes",
+                )),
+                json::<PutReport>(),
             ),
             post(put_chunks::<S>).layer(big()),
         ),
@@ -419,7 +459,7 @@ impl Authenticate for ChunkServer {
             found | constant_time_eq(k.as_bytes(), token.as_bytes())
         });
         if known {
-            Ok(Caller::Admin)
+            Ok(Caller::Admin("chunk-server".into()))
         } else {
             Err(Error::Unauthorized("unknown token".into()))
         }
@@ -434,7 +474,7 @@ pub fn router(store: Arc<dyn ImageStore>, tokens: Vec<String>) -> Router {
     };
     let mut router = Router::new();
     for (route, method_router) in table::<ChunkServer>() {
-        let check = middleware::from_fn_with_state((state.clone(), route.access), guard::<ChunkServer>);
+        let check = middleware::from_fn_with_state((state.clone(), Guarded::of(&route)), guard::<ChunkServer>);
         router = router.route(&route.path, method_router.route_layer(check));
     }
     router.fallback(no_route).with_state(state)

@@ -9,11 +9,24 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::control::model::{
-    BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, GroupTasks, Heartbeat, Host, Image, ImageCopy,
-    ImageStatus, NewTask, Node, NodeToken, ProgressReport, Registered, Registration, Schedule, Task, TaskEvent,
-    TaskFilter, TaskId, Wake,
+    AuditEntry, AuditQuery, BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, GroupTasks, Heartbeat,
+    HistoryQuery, Host, HostQuery, Image, ImageCopy, ImageQuery, ImageStatus, IssuedToken, NewTask, NewToken, Node,
+    NodeToken, PAGE_MAX, Page, ProgressReport, Registered, Registration, Schedule, Task, TaskEvent, TaskFilter, TaskId,
+    TokenInfo, Wake,
 };
 use crate::error::{Error, Result};
+
+/// The size of the next page when `wanted` items are asked for and `got` are in hand.
+fn page_size(wanted: Option<usize>, got: usize) -> u32 {
+    let left = wanted.map_or(PAGE_MAX as usize, |n| n.saturating_sub(got));
+    left.clamp(1, PAGE_MAX as usize) as u32
+}
+
+/// `?a=1&b=2` from a query type's fields (none left out when unset).
+fn query_string(query: &impl Serialize) -> Result<String> {
+    let text = serde_urlencoded::to_string(query).map_err(|e| Error::internal(format!("query string: {e}")))?;
+    Ok(if text.is_empty() { text } else { format!("?{text}") })
+}
 
 /// A connection to a master.
 #[derive(Debug, Clone)]
@@ -94,7 +107,26 @@ impl Client {
 
     /// Every host.
     pub async fn hosts(&self) -> Result<Vec<Host>> {
-        self.get("/hosts").await
+        self.hosts_matching(&HostQuery::default()).await
+    }
+    /// Every host `query` selects (its `limit`: at most that many), page after page.
+    pub async fn hosts_matching(&self, query: &HostQuery) -> Result<Vec<Host>> {
+        let mut query = query.clone();
+        let wanted = query.limit.map(|n| n as usize);
+        let mut out = Vec::new();
+        loop {
+            query.limit = Some(page_size(wanted, out.len()));
+            let page = self.host_page(&query).await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) if wanted.is_none_or(|n| out.len() < n) => query.after = Some(next),
+                _ => return Ok(out),
+            }
+        }
+    }
+    /// One page of hosts.
+    pub async fn host_page(&self, query: &HostQuery) -> Result<Page<Host>> {
+        self.get(&format!("/hosts{}", query_string(query)?)).await
     }
     /// One host.
     pub async fn host(&self, name: &str) -> Result<Host> {
@@ -145,7 +177,19 @@ impl Client {
 
     /// Every image record.
     pub async fn images(&self) -> Result<Vec<Image>> {
-        self.get("/images").await
+        let mut query = ImageQuery {
+            limit: Some(PAGE_MAX),
+            ..ImageQuery::default()
+        };
+        let mut out = Vec::new();
+        loop {
+            let page: Page<Image> = self.get(&format!("/images{}", query_string(&query)?)).await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(out),
+            }
+        }
     }
     /// Adds an image record.
     pub async fn create_image(&self, image: &Image) -> Result<Image> {
@@ -242,24 +286,18 @@ impl Client {
 
     /// Tasks matching a filter, newest first.
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
-        let mut query = Vec::new();
-        for (key, value) in [("state", &filter.state), ("host", &filter.host), ("node", &filter.node)] {
-            if let Some(value) = value {
-                query.push(format!("{key}={}", seg(value)));
+        let mut filter = filter.clone();
+        let wanted = filter.limit.map(|n| n as usize);
+        let mut out = Vec::new();
+        loop {
+            filter.limit = Some(page_size(wanted, out.len()));
+            let page: Page<Task> = self.get(&format!("/tasks{}", query_string(&filter)?)).await?;
+            out.extend(page.items);
+            match page.next.map(|n| n.parse::<TaskId>()) {
+                Some(Ok(next)) if wanted.is_none_or(|n| out.len() < n) => filter.after = Some(next),
+                _ => return Ok(out),
             }
         }
-        if filter.open_only {
-            query.push("open_only=true".into());
-        }
-        if let Some(limit) = filter.limit {
-            query.push(format!("limit={limit}"));
-        }
-        let q = if query.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", query.join("&"))
-        };
-        self.get(&format!("/tasks{q}")).await
     }
     /// One task.
     pub async fn task(&self, id: TaskId) -> Result<Task> {
@@ -279,7 +317,21 @@ impl Client {
     }
     /// A task's state changes.
     pub async fn task_history(&self, id: TaskId) -> Result<Vec<TaskEvent>> {
-        self.get(&format!("/tasks/{id}/history")).await
+        let mut query = HistoryQuery {
+            limit: Some(PAGE_MAX),
+            after: None,
+        };
+        let mut out = Vec::new();
+        loop {
+            let page: Page<TaskEvent> = self
+                .get(&format!("/tasks/{id}/history{}", query_string(&query)?))
+                .await?;
+            out.extend(page.items);
+            match page.next.map(|n| n.parse::<i64>()) {
+                Some(Ok(next)) => query.after = Some(next),
+                _ => return Ok(out),
+            }
+        }
     }
     /// Creates a task for a host.
     pub async fn create_task(&self, task: &NewTask) -> Result<Task> {
@@ -317,6 +369,23 @@ impl Client {
     /// Removes a schedule.
     pub async fn delete_schedule(&self, id: i64) -> Result<()> {
         self.delete(&format!("/schedules/{id}")).await
+    }
+
+    /// The admin tokens' records.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.get("/tokens").await
+    }
+    /// Issues a named admin token (its secret is in the answer, once).
+    pub async fn create_token(&self, token: &NewToken) -> Result<IssuedToken> {
+        self.send(Method::POST, "/tokens", token).await
+    }
+    /// Revokes an admin token.
+    pub async fn revoke_token(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/tokens/{}", seg(name))).await
+    }
+    /// One page of the audit log, newest first.
+    pub async fn audit_page(&self, query: &AuditQuery) -> Result<Page<AuditEntry>> {
+        self.get(&format!("/audit{}", query_string(query)?)).await
     }
 }
 

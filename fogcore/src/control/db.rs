@@ -16,8 +16,8 @@ use sqlx::{AnyPool, Row};
 
 use crate::clock::{Clock, SystemClock};
 use crate::control::model::{
-    After, CopyReport, CopyState, Group, Host, Image, ImageCopy, Millis, NewTask, Node, Placement, Schedule, Task,
-    TaskEvent, TaskFilter, TaskId, TaskKind, TaskState, Wake,
+    After, AuditEntry, AuditQuery, CopyReport, CopyState, Group, Host, HostQuery, Image, ImageCopy, ImageQuery, Millis,
+    NewTask, Node, Placement, Schedule, Task, TaskEvent, TaskFilter, TaskId, TaskKind, TaskState, TokenInfo, Wake,
 };
 use crate::error::{Error, Result};
 
@@ -68,6 +68,17 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     ),
     // Every first check-in asks for the next ticket (MAX(ticket)): a scan of all tasks without it.
     (3, "CREATE INDEX tasks_ticket ON tasks (ticket)"),
+    // Named, expiring admin tokens (those issued before get a name from their hash); the audit log.
+    (
+        4,
+        "ALTER TABLE tokens ADD COLUMN name TEXT;
+     ALTER TABLE tokens ADD COLUMN expires_at BIGINT;
+     UPDATE tokens SET name = 'admin-' || substr(hash, 1, 8) WHERE role = 'admin';
+     CREATE UNIQUE INDEX tokens_name ON tokens (name);
+     CREATE TABLE audit (id {id}, at BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        target TEXT NOT NULL, address TEXT, status BIGINT NOT NULL, result TEXT NOT NULL);
+     CREATE INDEX audit_at ON audit (at)",
+    ),
 ];
 
 /// States of a task that is not over.
@@ -76,8 +87,13 @@ const OPEN_STATES: &str = "('queued', 'checked_in', 'waiting_for_slot', 'in_prog
 /// A stored token's rights.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenRole {
-    /// Everything.
-    Admin,
+    /// Everything: an admin token, by its name, until it expires.
+    Admin {
+        /// Its name.
+        name: String,
+        /// When it stops working.
+        expires_at: Option<Millis>,
+    },
     /// What this node does.
     Node(String),
 }
@@ -736,16 +752,19 @@ impl Db {
         Ok(())
     }
 
-    async fn hosts_where(&self, filter: &str, arg: Option<&str>) -> Result<Vec<Host>> {
+    /// The hosts `filter` (SQL over `hosts`, `$1`... bound to `args`) selects, by name, at most
+    /// `limit`, each with its MACs.
+    async fn hosts_where(&self, filter: &str, args: &[String], limit: Option<u32>) -> Result<Vec<Host>> {
+        let limit = limit.map(|n| format!("LIMIT {n}")).unwrap_or_default();
         let sql = format!(
             "SELECT h.name, h.uuid, h.address, h.image, h.grp, h.node, h.primary_disk, h.kernel_args, h.inventory,
                     m.mac
-             FROM hosts h LEFT JOIN host_macs m ON m.host = h.name {filter}
+             FROM (SELECT * FROM hosts {filter} ORDER BY name {limit}) h LEFT JOIN host_macs m ON m.host = h.name
              ORDER BY h.name, m.pos"
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        if let Some(arg) = arg {
-            query = query.bind(arg.to_string());
+        for arg in args {
+            query = query.bind(arg.clone());
         }
         let rows = query.fetch_all(&self.pool).await.map_err(db_err)?;
         let mut hosts: Vec<Host> = Vec::new();
@@ -776,17 +795,77 @@ impl Db {
 
     /// Every host, by name.
     pub async fn hosts(&self) -> Result<Vec<Host>> {
-        self.hosts_where("", None).await
+        self.hosts_where("", &[], None).await
+    }
+
+    /// A page of the hosts `query` selects, by name: at most `limit`, and one more when there
+    /// are more (the caller's sign of a next page).
+    pub async fn hosts_page(&self, query: &HostQuery, limit: u32) -> Result<Vec<Host>> {
+        let mut conditions = Vec::new();
+        let mut args = Vec::new();
+        for (column, value) in [
+            ("name >", &query.after),
+            ("grp =", &query.group),
+            ("node =", &query.node),
+            ("image =", &query.image),
+        ] {
+            if let Some(value) = value {
+                args.push(value.clone());
+                conditions.push(format!("{column} ${}", args.len()));
+            }
+        }
+        if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+            args.push(like_pattern(q));
+            let n = args.len();
+            // A MAC is searched in its stored form whichever way it was typed.
+            args.push(like_pattern(&q.replace('-', ":")));
+            conditions.push(format!(
+                "(LOWER(name) LIKE ${n} ESCAPE '\\' OR COALESCE(address, '') LIKE ${n} ESCAPE '\\'
+                  OR LOWER(inventory) LIKE ${n} ESCAPE '\\'
+                  OR EXISTS (SELECT 1 FROM host_macs x WHERE x.host = hosts.name AND x.mac LIKE ${} ESCAPE '\\'))",
+                n + 1
+            ));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        self.hosts_where(&filter, &args, Some(limit + 1)).await
+    }
+
+    /// A page of images by name (see [`Db::hosts_page`] for the extra one).
+    pub async fn images_page(&self, query: &ImageQuery, limit: u32) -> Result<Vec<Image>> {
+        let mut sql = String::from("SELECT name, description, os, size_bytes, placement FROM images WHERE 1 = 1");
+        let mut args = Vec::new();
+        if let Some(after) = &query.after {
+            args.push(after.clone());
+            sql.push_str(&format!(" AND name > ${}", args.len()));
+        }
+        if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+            args.push(like_pattern(q));
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND (LOWER(name) LIKE ${n} ESCAPE '\\' OR LOWER(os) LIKE ${n} ESCAPE '\\' OR LOWER(description) LIKE ${n} ESCAPE '\\')"
+            ));
+        }
+        sql.push_str(&format!(" ORDER BY name LIMIT {}", limit + 1));
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for arg in args {
+            rows = rows.bind(arg);
+        }
+        let rows = rows.fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(Db::image_row).collect()
     }
 
     /// The hosts of a group.
     pub async fn hosts_in_group(&self, group: &str) -> Result<Vec<Host>> {
-        self.hosts_where("WHERE h.grp = $1", Some(group)).await
+        self.hosts_where("WHERE grp = $1", &[group.to_string()], None).await
     }
 
     /// One host.
     pub async fn host(&self, name: &str) -> Result<Host> {
-        self.hosts_where("WHERE h.name = $1", Some(name))
+        self.hosts_where("WHERE name = $1", &[name.to_string()], None)
             .await?
             .into_iter()
             .next()
@@ -981,7 +1060,15 @@ impl Db {
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
         let mut sql = format!("SELECT {} FROM tasks WHERE 1 = 1", Db::TASK_COLUMNS);
         let mut args = Vec::new();
-        for (column, value) in [("state", &filter.state), ("host", &filter.host), ("node", &filter.node)] {
+        let kind = filter.kind.map(|k| k.as_str().to_string());
+        for (column, value) in [
+            ("state", &filter.state),
+            ("host", &filter.host),
+            ("node", &filter.node),
+            ("kind", &kind),
+            ("image", &filter.image),
+            ("grp", &filter.group),
+        ] {
             if let Some(value) = value {
                 args.push(value.clone());
                 sql.push_str(&format!(" AND {column} = ${}", args.len()));
@@ -989,6 +1076,13 @@ impl Db {
         }
         if filter.open_only {
             sql.push_str(&format!(" AND state IN {OPEN_STATES}"));
+        }
+        // Numbers, not text: written into the statement as parsed.
+        if let Some(since) = filter.since {
+            sql.push_str(&format!(" AND updated_at >= {since}"));
+        }
+        if let Some(after) = filter.after {
+            sql.push_str(&format!(" AND id < {after}"));
         }
         sql.push_str(" ORDER BY id DESC");
         if let Some(limit) = filter.limit {
@@ -1161,17 +1255,22 @@ impl Db {
         Ok(())
     }
 
-    /// A task's history, oldest first.
-    pub async fn task_events(&self, task: TaskId) -> Result<Vec<TaskEvent>> {
-        let rows =
-            sqlx::query("SELECT task, at, from_state, to_state, detail FROM task_events WHERE task = $1 ORDER BY id")
-                .bind(task)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err)?;
+    /// A task's history, oldest first: events after `after`, at most `limit`.
+    pub async fn task_events(&self, task: TaskId, after: i64, limit: u32) -> Result<Vec<TaskEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, task, at, from_state, to_state, detail FROM task_events WHERE task = $1 AND id > $2
+             ORDER BY id LIMIT $3",
+        )
+        .bind(task)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
         rows.iter()
             .map(|r| {
                 Ok(TaskEvent {
+                    id: r.try_get("id").map_err(db_err)?,
                     task: r.try_get("task").map_err(db_err)?,
                     at: r.try_get("at").map_err(db_err)?,
                     from: r.try_get("from_state").map_err(db_err)?,
@@ -1320,26 +1419,35 @@ impl Db {
 
     // ---- tokens
 
-    /// Stores a token's hash with its rights.
+    /// Stores a token's hash with its rights; a name taken is a conflict.
     pub async fn insert_token(&self, hash: &str, role: &TokenRole) -> Result<()> {
-        let (role, node) = match role {
-            TokenRole::Admin => ("admin", None),
-            TokenRole::Node(n) => ("node", Some(n.as_str())),
+        let (kind, name, node, expires_at) = match role {
+            TokenRole::Admin { name, expires_at } => ("admin", Some(name.as_str()), None, *expires_at),
+            TokenRole::Node(n) => ("node", None, Some(n.as_str()), None),
         };
-        sqlx::query("INSERT INTO tokens (hash, role, node, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(hash)
-            .bind(role)
-            .bind(node)
-            .bind(self.clock.now())
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        if let Some(name) = name
+            && self.token_named(name).await?.is_some()
+        {
+            return Err(Error::conflict("token", name, "a token of that name exists"));
+        }
+        sqlx::query(
+            "INSERT INTO tokens (hash, role, node, created_at, name, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(hash)
+        .bind(kind)
+        .bind(node)
+        .bind(self.clock.now())
+        .bind(name)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
         Ok(())
     }
 
     /// The rights of the token with this hash.
     pub async fn token_role(&self, hash: &str) -> Result<Option<TokenRole>> {
-        let row = sqlx::query("SELECT role, node FROM tokens WHERE hash = $1")
+        let row = sqlx::query("SELECT role, node, name, expires_at FROM tokens WHERE hash = $1")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await
@@ -1347,19 +1455,51 @@ impl Db {
         let Some(row) = row else { return Ok(None) };
         let role: String = row.try_get("role").map_err(db_err)?;
         let node: Option<String> = row.try_get("node").map_err(db_err)?;
-        Ok(match (role.as_str(), node) {
-            ("admin", _) => Some(TokenRole::Admin),
-            ("node", Some(node)) => Some(TokenRole::Node(node)),
+        let name: Option<String> = row.try_get("name").map_err(db_err)?;
+        let expires_at: Option<Millis> = row.try_get("expires_at").map_err(db_err)?;
+        Ok(match (role.as_str(), node, name) {
+            ("admin", _, Some(name)) => Some(TokenRole::Admin { name, expires_at }),
+            ("node", Some(node), _) => Some(TokenRole::Node(node)),
             _ => None,
         })
     }
 
-    /// How many admin tokens exist.
-    pub async fn admin_tokens(&self) -> Result<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE role = 'admin'")
-            .fetch_one(&self.pool)
+    /// The admin token of this name.
+    async fn token_named(&self, name: &str) -> Result<Option<TokenInfo>> {
+        Ok(self.admin_tokens().await?.into_iter().find(|t| t.name == name))
+    }
+
+    /// Every admin token, by name.
+    pub async fn admin_tokens(&self) -> Result<Vec<TokenInfo>> {
+        let rows = sqlx::query(
+            "SELECT name, created_at, expires_at FROM tokens WHERE role = 'admin' AND name IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(TokenInfo {
+                    name: r.try_get("name").map_err(db_err)?,
+                    created_at: r.try_get("created_at").map_err(db_err)?,
+                    expires_at: r.try_get("expires_at").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes the admin token of this name.
+    pub async fn delete_admin_token(&self, name: &str) -> Result<()> {
+        let n = sqlx::query("DELETE FROM tokens WHERE role = 'admin' AND name = $1")
+            .bind(name)
+            .execute(&self.pool)
             .await
-            .map_err(db_err)
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("token", name));
+        }
+        Ok(())
     }
 
     /// The stored hashes of a node's tokens.
@@ -1379,6 +1519,75 @@ impl Db {
             .await
             .map_err(db_err)?;
         Ok(())
+    }
+
+    // ---- audit
+
+    /// Records one call.
+    pub async fn insert_audit(&self, entry: &AuditEntry) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit (at, actor, action, target, address, status, result) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(entry.at)
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(entry.address.as_deref())
+        .bind(i64::from(entry.status))
+        .bind(&entry.result)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Audit entries `query` selects, newest first, at most `limit`.
+    pub async fn audit(&self, query: &AuditQuery, limit: u32) -> Result<Vec<AuditEntry>> {
+        let mut sql =
+            String::from("SELECT id, at, actor, action, target, address, status, result FROM audit WHERE 1 = 1");
+        let mut args = Vec::new();
+        if let Some(actor) = &query.actor {
+            args.push(actor.clone());
+            sql.push_str(&format!(" AND actor = ${}", args.len()));
+        }
+        if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+            args.push(like_pattern(q));
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND (LOWER(action) LIKE ${n} ESCAPE '\\' OR LOWER(target) LIKE ${n} ESCAPE '\\')"
+            ));
+        }
+        if query.failed {
+            sql.push_str(" AND status >= 400");
+        }
+        // Numbers, not text: written into the statement as parsed.
+        if let Some(since) = query.since {
+            sql.push_str(&format!(" AND at >= {since}"));
+        }
+        if let Some(after) = query.after {
+            sql.push_str(&format!(" AND id < {after}"));
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for arg in args {
+            rows = rows.bind(arg);
+        }
+        let rows = rows.fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let status: i64 = r.try_get("status").map_err(db_err)?;
+                Ok(AuditEntry {
+                    id: r.try_get("id").map_err(db_err)?,
+                    at: r.try_get("at").map_err(db_err)?,
+                    actor: r.try_get("actor").map_err(db_err)?,
+                    action: r.try_get("action").map_err(db_err)?,
+                    target: r.try_get("target").map_err(db_err)?,
+                    address: r.try_get("address").map_err(db_err)?,
+                    status: u16::try_from(status).unwrap_or(0),
+                    result: r.try_get("result").map_err(db_err)?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -1419,6 +1628,20 @@ pub struct TaskEventRow {
     pub to: &'static str,
     /// Why, when there is more to say.
     pub detail: Option<String>,
+}
+
+/// A LIKE pattern matching text that contains `q` (lower case; `%`, `_` and `\` taken
+/// literally).
+fn like_pattern(q: &str) -> String {
+    let mut out = String::from("%");
+    for c in q.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
 }
 
 /// The URL without its password, for messages.

@@ -18,20 +18,28 @@ use axum::http::{Method, StatusCode};
 use axum::middleware;
 use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Extension, Json};
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::api::{API, Access, ApiError, ApiResult, Body, Caller, QueryArgs, Route, guard, no_route};
+use crate::control::api::{
+    API, Access, ApiError, ApiResult, Body, Caller, Done, ErrorBody, Guarded, Payload, QueryArgs, Route, SchemaFn,
+    done, guard, json, no_route, query,
+};
 use crate::control::db::Db;
 use crate::control::model::{
-    CheckIn, CheckOut, CopyReport, Group, Heartbeat, Host, Image, NewTask, Node, ProgressReport, Registration,
-    Schedule, TaskFilter, TaskId,
+    AuditEntry, AuditQuery, BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, GroupTasks, Heartbeat,
+    HistoryQuery, Host, HostQuery, Image, ImageCopy, ImageQuery, IssuedToken, NewTask, NewToken, Node, NodeToken, Page,
+    ProgressReport, Registered, Registration, Schedule, Task, TaskEvent, TaskFilter, TaskId, TokenInfo, Wake,
 };
 use crate::control::service::Control;
 use crate::error::{Error, Result};
 use crate::imaging::replica::{ImageStore, LocalStore};
 use crate::imaging::store::Store;
+use crate::names::NAME_PATTERN;
 
 type App = Arc<Control>;
 
@@ -40,15 +48,21 @@ fn task_id(text: &str) -> std::result::Result<TaskId, ApiError> {
         .map_err(|_| ApiError(Error::invalid("task id", text, "not a number")))
 }
 
-fn ok_none() -> Json<Value> {
-    Json(json!({ "ok": true }))
-}
-
 fn table() -> Vec<(Route, MethodRouter<App>)> {
     let mut rows = control_table();
     rows.extend(crate::control::chunks::table::<App>());
     rows
 }
+
+/// Routes every agent or node calls every few seconds: their calls stay out of the audit log
+/// ([`Route::quiet`]).
+const QUIET: [&str; 5] = [
+    "/checkin",
+    "/tasks/{id}/progress",
+    "/nodes/{name}/heartbeat",
+    "/nodes/{name}/wakes",
+    "/images/{name}/copies/{node}",
+];
 
 fn control_table() -> Vec<(Route, MethodRouter<App>)> {
     use Access::{Admin, Node as NodeAccess, Public};
@@ -57,31 +71,71 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         path: format!("{API}{path}"),
         access,
         summary,
+        query: None,
         body,
         reply,
+        quiet: QUIET.contains(&path),
     };
     vec![
         (
-            r(Method::GET, "/health", Public, "The master is up", None, "Health"),
-            get(|| async { Json(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })) }),
+            r(
+                Method::GET,
+                "/health",
+                Public,
+                "The master is up",
+                None,
+                json::<Health>(),
+            ),
+            get(|| async {
+                Json(Health {
+                    ok: true,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                })
+            }),
         ),
         (
-            r(Method::GET, "/openapi.json", Public, "This document", None, "OpenApi"),
+            r(
+                Method::GET,
+                "/openapi.json",
+                Public,
+                "This document",
+                None,
+                Payload::Json(document_schema),
+            ),
             get(|| async { Json(openapi()) }),
         ),
         // hosts
         (
-            r(Method::GET, "/hosts", Admin, "List hosts", None, "HostList"),
-            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.hosts().await?)) }),
+            Route {
+                query: query::<HostQuery>(),
+                ..r(
+                    Method::GET,
+                    "/hosts",
+                    Admin,
+                    "A page of hosts by name: search (q) over name, MACs, address and inventory; filters",
+                    None,
+                    json::<Page<Host>>(),
+                )
+            },
+            get(|State(c): State<App>, QueryArgs(q): QueryArgs<HostQuery>| async move {
+                ApiResult::Ok(Json(c.host_page(&q).await?))
+            }),
         ),
         (
-            r(Method::POST, "/hosts", Admin, "Add a host", Some("Host"), "Host"),
+            r(
+                Method::POST,
+                "/hosts",
+                Admin,
+                "Add a host",
+                Some(json::<Host>()),
+                json::<Host>(),
+            ),
             post(
                 |State(c): State<App>, Body(h): Body<Host>| async move { ApiResult::Ok(Json(c.create_host(h).await?)) },
             ),
         ),
         (
-            r(Method::GET, "/hosts/{name}", Admin, "One host", None, "Host"),
+            r(Method::GET, "/hosts/{name}", Admin, "One host", None, json::<Host>()),
             get(|State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.host(&n).await?)) }),
         ),
         (
@@ -90,8 +144,8 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/hosts/{name}",
                 Admin,
                 "Replace a host",
-                Some("Host"),
-                "Host",
+                Some(json::<Host>()),
+                json::<Host>(),
             ),
             put(
                 |State(c): State<App>, Path(n): Path<String>, Body(h): Body<Host>| async move {
@@ -100,10 +154,17 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             ),
         ),
         (
-            r(Method::DELETE, "/hosts/{name}", Admin, "Remove a host", None, "Ok"),
+            r(
+                Method::DELETE,
+                "/hosts/{name}",
+                Admin,
+                "Remove a host",
+                None,
+                json::<Done>(),
+            ),
             delete(|State(c): State<App>, Path(n): Path<String>| async move {
                 c.delete_host(&n).await?;
-                ApiResult::Ok(ok_none())
+                ApiResult::Ok(done())
             }),
         ),
         (
@@ -113,7 +174,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 Admin,
                 "Ask the host's node to wake it (Wake-on-LAN)",
                 None,
-                "Wake",
+                json::<Wake>(),
             ),
             post(
                 |State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.wake_host(&n).await?)) },
@@ -121,17 +182,24 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         ),
         // groups
         (
-            r(Method::GET, "/groups", Admin, "List groups", None, "GroupList"),
+            r(Method::GET, "/groups", Admin, "List groups", None, json::<Vec<Group>>()),
             get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.groups().await?)) }),
         ),
         (
-            r(Method::POST, "/groups", Admin, "Add a group", Some("Group"), "Group"),
+            r(
+                Method::POST,
+                "/groups",
+                Admin,
+                "Add a group",
+                Some(json::<Group>()),
+                json::<Group>(),
+            ),
             post(
                 |State(c): State<App>, Body(g): Body<Group>| async move { ApiResult::Ok(Json(c.create_group(&g).await?)) },
             ),
         ),
         (
-            r(Method::GET, "/groups/{name}", Admin, "One group", None, "Group"),
+            r(Method::GET, "/groups/{name}", Admin, "One group", None, json::<Group>()),
             get(|State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.group(&n).await?)) }),
         ),
         (
@@ -141,11 +209,11 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 Admin,
                 "Remove a group (its hosts stay)",
                 None,
-                "Ok",
+                json::<Done>(),
             ),
             delete(|State(c): State<App>, Path(n): Path<String>| async move {
                 c.delete_group(&n).await?;
-                ApiResult::Ok(ok_none())
+                ApiResult::Ok(done())
             }),
         ),
         (
@@ -154,8 +222,8 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/groups/{name}/tasks",
                 Admin,
                 "One task per host of the group",
-                Some("NewTask"),
-                "GroupTasks",
+                Some(json::<NewTask>()),
+                json::<GroupTasks>(),
             ),
             post(
                 |State(c): State<App>, Path(n): Path<String>, Body(t): Body<NewTask>| async move {
@@ -165,8 +233,20 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         ),
         // images
         (
-            r(Method::GET, "/images", Admin, "List images", None, "ImageList"),
-            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.images().await?)) }),
+            Route {
+                query: query::<ImageQuery>(),
+                ..r(
+                    Method::GET,
+                    "/images",
+                    Admin,
+                    "A page of image records by name",
+                    None,
+                    json::<Page<Image>>(),
+                )
+            },
+            get(|State(c): State<App>, QueryArgs(q): QueryArgs<ImageQuery>| async move {
+                ApiResult::Ok(Json(c.image_page(&q).await?))
+            }),
         ),
         (
             r(
@@ -174,15 +254,15 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/images",
                 Admin,
                 "Add an image record",
-                Some("Image"),
-                "Image",
+                Some(json::<Image>()),
+                json::<Image>(),
             ),
             post(
                 |State(c): State<App>, Body(i): Body<Image>| async move { ApiResult::Ok(Json(c.create_image(&i).await?)) },
             ),
         ),
         (
-            r(Method::GET, "/images/{name}", Admin, "One image", None, "Image"),
+            r(Method::GET, "/images/{name}", Admin, "One image", None, json::<Image>()),
             get(|State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.image(&n).await?)) }),
         ),
         (
@@ -191,8 +271,8 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/images/{name}",
                 Admin,
                 "Replace an image record (placement)",
-                Some("Image"),
-                "Image",
+                Some(json::<Image>()),
+                json::<Image>(),
             ),
             put(
                 |State(c): State<App>, Path(n): Path<String>, Body(i): Body<Image>| async move {
@@ -207,11 +287,11 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 Admin,
                 "Remove an image record",
                 None,
-                "Ok",
+                json::<Done>(),
             ),
             delete(|State(c): State<App>, Path(n): Path<String>| async move {
                 c.delete_image(&n).await?;
-                ApiResult::Ok(ok_none())
+                ApiResult::Ok(done())
             }),
         ),
         (
@@ -221,7 +301,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 Admin,
                 "Each node's copy of the image",
                 None,
-                "ImageCopyList",
+                json::<Vec<ImageCopy>>(),
             ),
             get(
                 |State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.image_copies(&n).await?)) },
@@ -233,8 +313,8 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/images/{name}/copies/{node}",
                 NodeAccess,
                 "A node reports its copy of the image: replicating (bytes), complete, failed (reason)",
-                Some("CopyReport"),
-                "Ok",
+                Some(json::<CopyReport>()),
+                json::<Done>(),
             ),
             put(
                 |State(c): State<App>,
@@ -242,13 +322,13 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                  Path((image, node)): Path<(String, String)>,
                  Body(report): Body<CopyReport>| async move {
                     c.set_copy_state(&caller, &image, &node, &report).await?;
-                    ApiResult::Ok(ok_none())
+                    ApiResult::Ok(done())
                 },
             ),
         ),
         // nodes
         (
-            r(Method::GET, "/nodes", Admin, "List nodes", None, "NodeList"),
+            r(Method::GET, "/nodes", Admin, "List nodes", None, json::<Vec<Node>>()),
             get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.nodes().await?)) }),
         ),
         (
@@ -257,15 +337,15 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/nodes",
                 Admin,
                 "Add a node; answers its token once",
-                Some("Node"),
-                "NodeToken",
+                Some(json::<Node>()),
+                json::<NodeToken>(),
             ),
             post(
                 |State(c): State<App>, Body(n): Body<Node>| async move { ApiResult::Ok(Json(c.create_node(&n).await?)) },
             ),
         ),
         (
-            r(Method::GET, "/nodes/{name}", Admin, "One node", None, "Node"),
+            r(Method::GET, "/nodes/{name}", Admin, "One node", None, json::<Node>()),
             get(|State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.node(&n).await?)) }),
         ),
         (
@@ -274,8 +354,8 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/nodes/{name}",
                 Admin,
                 "Replace a node's settings",
-                Some("Node"),
-                "Node",
+                Some(json::<Node>()),
+                json::<Node>(),
             ),
             put(
                 |State(c): State<App>, Path(n): Path<String>, Body(node): Body<Node>| async move {
@@ -290,11 +370,11 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 Admin,
                 "Remove a node and its tokens",
                 None,
-                "Ok",
+                json::<Done>(),
             ),
             delete(|State(c): State<App>, Path(n): Path<String>| async move {
                 c.delete_node(&n).await?;
-                ApiResult::Ok(ok_none())
+                ApiResult::Ok(done())
             }),
         ),
         (
@@ -304,7 +384,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 Admin,
                 "Revoke the node's tokens and issue a new one",
                 None,
-                "NodeToken",
+                json::<NodeToken>(),
             ),
             post(
                 |State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.node_token(&n).await?)) },
@@ -316,8 +396,8 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/nodes/{name}/heartbeat",
                 NodeAccess,
                 "A node reports it is alive, its free space and images",
-                Some("Heartbeat"),
-                "Node",
+                Some(json::<Heartbeat>()),
+                json::<Node>(),
             ),
             post(
                 |State(c): State<App>,
@@ -335,7 +415,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 NodeAccess,
                 "Tasks not over of the node's hosts",
                 None,
-                "TaskList",
+                json::<Vec<Task>>(),
             ),
             get(
                 |State(c): State<App>, Extension(caller): Extension<Caller>, Path(n): Path<String>| async move {
@@ -350,7 +430,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 NodeAccess,
                 "Tasks not over of the node's hosts, with each host's MACs and kernel arguments",
                 None,
-                "BootTaskList",
+                json::<Vec<BootTask>>(),
             ),
             get(
                 |State(c): State<App>, Extension(caller): Extension<Caller>, Path(n): Path<String>| async move {
@@ -365,7 +445,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 NodeAccess,
                 "The images placed on the node and where its copy of each stands",
                 None,
-                "ImageCopyList",
+                json::<Vec<ImageCopy>>(),
             ),
             get(
                 |State(c): State<App>, Extension(caller): Extension<Caller>, Path(n): Path<String>| async move {
@@ -380,7 +460,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 NodeAccess,
                 "The node claims its hosts' wake requests: returned once, then removed",
                 None,
-                "WakeList",
+                json::<Vec<Wake>>(),
             ),
             post(
                 |State(c): State<App>, Extension(caller): Extension<Caller>, Path(n): Path<String>| async move {
@@ -390,16 +470,19 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         ),
         // tasks
         (
-            r(
-                Method::GET,
-                "/tasks",
-                Admin,
-                "List tasks, newest first (?state=&host=&node=&open_only=&limit=)",
-                None,
-                "TaskList",
-            ),
+            Route {
+                query: query::<TaskFilter>(),
+                ..r(
+                    Method::GET,
+                    "/tasks",
+                    Admin,
+                    "A page of tasks, newest first, filtered",
+                    None,
+                    json::<Page<Task>>(),
+                )
+            },
             get(|State(c): State<App>, QueryArgs(f): QueryArgs<TaskFilter>| async move {
-                ApiResult::Ok(Json(c.tasks(&f).await?))
+                ApiResult::Ok(Json(c.task_page(&f).await?))
             }),
         ),
         (
@@ -408,31 +491,36 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/tasks",
                 Admin,
                 "Create a task for a host",
-                Some("NewTask"),
-                "Task",
+                Some(json::<NewTask>()),
+                json::<Task>(),
             ),
             post(|State(c): State<App>, Body(t): Body<NewTask>| async move {
                 ApiResult::Ok(Json(c.create_task(&t).await?))
             }),
         ),
         (
-            r(Method::GET, "/tasks/{id}", Admin, "One task", None, "Task"),
+            r(Method::GET, "/tasks/{id}", Admin, "One task", None, json::<Task>()),
             get(|State(c): State<App>, Path(id): Path<String>| async move {
                 ApiResult::Ok(Json(c.task(task_id(&id)?).await?))
             }),
         ),
         (
-            r(
-                Method::GET,
-                "/tasks/{id}/history",
-                Admin,
-                "A task's state changes",
-                None,
-                "TaskEventList",
+            Route {
+                query: query::<HistoryQuery>(),
+                ..r(
+                    Method::GET,
+                    "/tasks/{id}/history",
+                    Admin,
+                    "A page of a task's state changes, oldest first",
+                    None,
+                    json::<Page<TaskEvent>>(),
+                )
+            },
+            get(
+                |State(c): State<App>, Path(id): Path<String>, QueryArgs(q): QueryArgs<HistoryQuery>| async move {
+                    ApiResult::Ok(Json(c.task_history(task_id(&id)?, &q).await?))
+                },
             ),
-            get(|State(c): State<App>, Path(id): Path<String>| async move {
-                ApiResult::Ok(Json(c.task_history(task_id(&id)?).await?))
-            }),
         ),
         (
             r(
@@ -441,7 +529,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 Admin,
                 "Cancel a task not over",
                 None,
-                "Task",
+                json::<Task>(),
             ),
             post(|State(c): State<App>, Path(id): Path<String>| async move {
                 ApiResult::Ok(Json(c.cancel_task(task_id(&id)?).await?))
@@ -453,8 +541,8 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/tasks/{id}/progress",
                 NodeAccess,
                 "The agent's progress on its running task",
-                Some("ProgressReport"),
-                "Task",
+                Some(json::<ProgressReport>()),
+                json::<Task>(),
             ),
             post(
                 |State(c): State<App>,
@@ -471,8 +559,8 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/tasks/{id}/checkout",
                 NodeAccess,
                 "The agent's last word: complete or failed",
-                Some("CheckOut"),
-                "Task",
+                Some(json::<CheckOut>()),
+                json::<Task>(),
             ),
             post(
                 |State(c): State<App>,
@@ -489,8 +577,8 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/checkin",
                 NodeAccess,
                 "An agent asks for its host's task: start, or its place in line",
-                Some("CheckIn"),
-                "CheckInReply",
+                Some(json::<CheckIn>()),
+                json::<CheckInReply>(),
             ),
             post(
                 |State(c): State<App>, Extension(caller): Extension<Caller>, Body(i): Body<CheckIn>| async move {
@@ -504,8 +592,8 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/register",
                 NodeAccess,
                 "Quick registration: create the host of these MACs (node: the caller), or update its inventory",
-                Some("Registration"),
-                "Registered",
+                Some(json::<Registration>()),
+                json::<Registered>(),
             ),
             post(
                 |State(c): State<App>, Extension(caller): Extension<Caller>, Body(reg): Body<Registration>| async move {
@@ -513,9 +601,71 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 },
             ),
         ),
+        // tokens and audit
+        (
+            r(
+                Method::GET,
+                "/tokens",
+                Admin,
+                "The admin tokens (names and expiry; never the secrets)",
+                None,
+                json::<Vec<TokenInfo>>(),
+            ),
+            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.admin_tokens().await?)) }),
+        ),
+        (
+            r(
+                Method::POST,
+                "/tokens",
+                Admin,
+                "Issue a named admin token, optionally expiring; answers its secret once",
+                Some(json::<NewToken>()),
+                json::<IssuedToken>(),
+            ),
+            post(|State(c): State<App>, Body(t): Body<NewToken>| async move {
+                ApiResult::Ok(Json(c.create_admin_token(&t).await?))
+            }),
+        ),
+        (
+            r(
+                Method::DELETE,
+                "/tokens/{name}",
+                Admin,
+                "Revoke an admin token: refused from the next request on",
+                None,
+                json::<Done>(),
+            ),
+            delete(|State(c): State<App>, Path(n): Path<String>| async move {
+                c.revoke_admin_token(&n).await?;
+                ApiResult::Ok(done())
+            }),
+        ),
+        (
+            Route {
+                query: query::<AuditQuery>(),
+                ..r(
+                    Method::GET,
+                    "/audit",
+                    Admin,
+                    "A page of the audit log, newest first: every mutating call and every refused one",
+                    None,
+                    json::<Page<AuditEntry>>(),
+                )
+            },
+            get(|State(c): State<App>, QueryArgs(q): QueryArgs<AuditQuery>| async move {
+                ApiResult::Ok(Json(c.audit_page(&q).await?))
+            }),
+        ),
         // schedules
         (
-            r(Method::GET, "/schedules", Admin, "List schedules", None, "ScheduleList"),
+            r(
+                Method::GET,
+                "/schedules",
+                Admin,
+                "List schedules",
+                None,
+                json::<Vec<Schedule>>(),
+            ),
             get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.schedules().await?)) }),
         ),
         (
@@ -524,8 +674,8 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 "/schedules",
                 Admin,
                 "Schedule a task (at a time, or cron) for a host or a group",
-                Some("Schedule"),
-                "Schedule",
+                Some(json::<Schedule>()),
+                json::<Schedule>(),
             ),
             post(|State(c): State<App>, Body(s): Body<Schedule>| async move {
                 ApiResult::Ok(Json(c.create_schedule(&s).await?))
@@ -538,14 +688,14 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 Admin,
                 "Remove a schedule",
                 None,
-                "Ok",
+                json::<Done>(),
             ),
             delete(|State(c): State<App>, Path(id): Path<String>| async move {
                 let id = id
                     .parse::<i64>()
                     .map_err(|_| ApiError(Error::invalid("schedule id", &id, "not a number")))?;
                 c.delete_schedule(id).await?;
-                ApiResult::Ok(ok_none())
+                ApiResult::Ok(done())
             }),
         ),
     ]
@@ -571,7 +721,7 @@ pub fn routes() -> Vec<Route> {
 pub fn router(control: Arc<Control>) -> Router {
     let mut router = Router::new();
     for (route, method_router) in table() {
-        let check = middleware::from_fn_with_state((control.clone(), route.access), guard::<App>);
+        let check = middleware::from_fn_with_state((control.clone(), Guarded::of(&route)), guard::<App>);
         router = router.route(&route.path, method_router.route_layer(check));
     }
     router
@@ -586,61 +736,163 @@ pub fn router(control: Arc<Control>) -> Router {
         .with_state(control)
 }
 
-/// The OpenAPI 3.1 document of [`routes`].
+/// The master's answer to `GET /api/v1/health`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    /// Always true: the master answers.
+    pub ok: bool,
+    /// Its version.
+    pub version: String,
+}
+
+fn document_schema(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({ "type": "object", "description": "An OpenAPI 3.1 document" })
+}
+
+/// A path parameter's schema, from its name: ids are numbers, the rest record names.
+fn path_parameter(name: &str) -> Value {
+    let schema = match name {
+        "id" => json!({ "type": "integer", "format": "int64" }),
+        _ => json!({ "type": "string", "pattern": NAME_PATTERN }),
+    };
+    json!({ "name": name, "in": "path", "required": true, "schema": schema })
+}
+
+/// The query parameters a route reads: the fields of its query type.
+fn query_parameters(generator: &mut SchemaGenerator, make: SchemaFn) -> Vec<Value> {
+    let schema = make(generator);
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    properties
+        .iter()
+        .map(|(name, field)| {
+            let mut field = field.clone();
+            let description = field.as_object_mut().and_then(|f| f.remove("description"));
+            not_null(&mut field);
+            json!({
+                "name": name,
+                "in": "query",
+                "required": required.contains(&name.as_str()),
+                "description": description.unwrap_or(Value::Null),
+                "schema": field,
+            })
+        })
+        .map(|mut p| {
+            if let Some(p) = p.as_object_mut() {
+                p.retain(|_, v| !v.is_null());
+            }
+            p
+        })
+        .collect()
+}
+
+/// Gives every integer schema the bounds its Rust type (and JSON's exact range) sets: the
+/// derived schemas name a format (`uint32`) that validators do not enforce.
+fn bound_integers(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            let bounds = match fields.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some((json!(0), json!(u8::MAX))),
+                Some("uint16") => Some((json!(0), json!(u16::MAX))),
+                Some("uint32") => Some((json!(0), json!(u32::MAX))),
+                Some("int32") => Some((json!(i32::MIN), json!(i32::MAX))),
+                Some("uint64" | "uint") => Some((json!(0), json!(u64::MAX))),
+                Some("int64" | "int") => Some((json!(i64::MIN), json!(i64::MAX))),
+                _ => None,
+            };
+            if let Some((min, max)) = bounds {
+                fields.entry("minimum").or_insert(min);
+                fields.entry("maximum").or_insert(max);
+            }
+            fields.values_mut().for_each(bound_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
+}
+
+/// A query parameter is absent or a value, never JSON's null: drops null from its type.
+fn not_null(schema: &mut Value) {
+    let Some(fields) = schema.as_object_mut() else {
+        return;
+    };
+    if fields.get("default") == Some(&Value::Null) {
+        fields.remove("default");
+    }
+    if let Some(Value::Array(types)) = fields.get_mut("type") {
+        types.retain(|t| t != "null");
+        if let [only] = types.as_slice() {
+            let only = only.clone();
+            fields.insert("type".into(), only);
+        }
+    }
+}
+
+fn content(generator: &mut SchemaGenerator, payload: Payload) -> Value {
+    match payload {
+        Payload::Json(make) => json!({ "application/json": { "schema": make(generator) } }),
+        Payload::Bytes(what) => json!({
+            "application/octet-stream": { "schema": { "type": "string", "format": "binary", "description": what } }
+        }),
+    }
+}
+
+/// The OpenAPI 3.1 document of [`routes`]: every body, reply and query schema is derived from
+/// the Rust type its handler reads or writes, so the document cannot drift from the code.
 pub fn openapi() -> Value {
+    let mut generator = SchemaSettings::draft2020_12()
+        .with(|s| s.definitions_path = "/components/schemas".into())
+        .into_generator();
+    let error = json!({ "application/json": { "schema": generator.subschema_for::<ErrorBody>() } });
     let mut paths = serde_json::Map::new();
     for route in routes() {
-        let params: Vec<Value> = route
+        let mut parameters: Vec<Value> = route
             .path
             .split('/')
             .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .map(path_parameter)
             .collect();
+        if let Some(make) = route.query {
+            parameters.extend(query_parameters(&mut generator, make));
+        }
+        let mut responses = json!({
+            "200": { "description": "OK", "content": content(&mut generator, route.reply) },
+            "default": { "description": "An error: 4xx the caller's, 5xx the master's", "content": error },
+        });
         let mut op = json!({
             "summary": route.summary,
-            "operationId": format!("{}{}", route.method.as_str().to_lowercase(), route.path.replace(['/', '{', '}', '.'], "_")),
+            "operationId": format!("{}{}", route.method.as_str().to_lowercase(), route.path.replace(['/', '{', '}', '.', '-'], "_")),
             "x-fog-access": route.access.name(),
             "security": if route.access == Access::Public { json!([]) } else { json!([{ "bearer": [] }]) },
-            "parameters": params,
-            "responses": {
-                "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{}", route.reply) } } } },
-                "default": { "description": "An error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
-            },
+            "parameters": parameters,
         });
-        if let (Some(body), Some(op)) = (route.body, op.as_object_mut()) {
-            op.insert(
-                "requestBody".into(),
-                json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{body}") } } } }),
-            );
+        if let Some(body) = route.body {
+            responses["413"] = json!({ "description": "The body is over the route's limit", "content": error });
+            // A binary body may be empty (no ids: nothing to do); a JSON body is always sent.
+            let required = matches!(body, Payload::Json(_));
+            op["requestBody"] = json!({ "required": required, "content": content(&mut generator, body) });
         }
+        op["responses"] = responses;
         let entry = paths.entry(route.path.clone()).or_insert_with(|| json!({}));
-        if let Some(entry) = entry.as_object_mut() {
-            entry.insert(route.method.as_str().to_lowercase(), op);
-        }
+        entry[route.method.as_str().to_lowercase()] = op;
     }
-    let mut schemas = serde_json::Map::new();
-    for route in routes() {
-        for name in route.body.into_iter().chain([route.reply]) {
-            schemas.entry(name.to_string()).or_insert_with(
-                || json!({ "description": format!("fogcore::control::model::{name} (JSON, see the crate docs)") }),
-            );
-        }
-    }
-    schemas.insert(
-        "Error".into(),
-        json!({ "type": "object", "required": ["code", "message"], "properties": {
-            "code": { "type": "string", "enum": ["invalid", "not_found", "conflict", "illegal_transition", "unauthorized", "forbidden", "database", "method_not_allowed", "internal"] },
-            "message": { "type": "string" } } }),
-    );
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": { "title": "fog master", "version": env!("CARGO_PKG_VERSION") },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
-            "schemas": schemas,
+            "schemas": generator.take_definitions(true),
         },
         "paths": paths,
-    })
+    });
+    bound_integers(&mut document);
+    document
 }
 
 /// How to start a master: what `fog master` and Python's `fog.start_master` both fill in.
@@ -759,7 +1011,7 @@ impl Master {
         let app = router(control.clone());
         let stop = cancel.clone();
         let server = tokio::spawn(async move {
-            let result = axum::serve(listener, app)
+            let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
             if let Err(e) = result {

@@ -4,11 +4,22 @@
 
 use std::net::Ipv4Addr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::names::Mac;
 pub use crate::names::check_name;
+use crate::names::{MAC_PATTERN, NAME_PATTERN};
+
+/// A UUID as [`canonical_uuid`] reads it.
+const UUID_PATTERN: &str = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$";
+/// A cron line's shape: five fields of digits, `*`, `,`, `-`, `/`.
+const CRON_PATTERN: &str = r"^\s*[0-9*,/-]+(\s+[0-9*,/-]+){4}\s*$";
+/// No line break.
+const ONE_LINE: &str = r"^[^\r\n]*$";
+/// What [`Node::validate`] takes as a URL.
+const URL_PATTERN: &str = r"^https?://[!-~]+$";
 use crate::net::dhcp::config::Subnet;
 
 /// A task id.
@@ -18,33 +29,40 @@ pub type TaskId = i64;
 pub type Millis = crate::clock::Millis;
 
 /// A machine fog images.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
     /// Unique name (letters, digits, `.`, `-`, `_`).
+    #[schemars(pattern(NAME_PATTERN))]
     pub name: String,
     /// Its network cards, written `52:54:00:12:34:56` (at least one; any MAC belongs to one host).
+    #[schemars(length(min = 1), inner(pattern(MAC_PATTERN)), extend("uniqueItems" = true))]
     pub macs: Vec<String>,
     /// SMBIOS UUID, when known.
     #[serde(default)]
+    #[schemars(pattern(UUID_PATTERN))]
     pub uuid: Option<String>,
     /// Its IPv4 address, when known: picks the node whose subnet holds it.
     #[serde(default)]
     pub address: Option<Ipv4Addr>,
     /// The image deployed to it by default.
     #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
     pub image: Option<String>,
     /// The group it belongs to.
     #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
     pub group: Option<String>,
     /// The node that images it (else the node whose subnet holds `address`).
     #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
     pub node: Option<String>,
     /// Which disk the agent images (`/dev/nvme0n1`, `size:largest`, ...); else the only fixed disk.
     #[serde(default)]
     pub primary_disk: Option<String>,
-    /// Extra kernel arguments for the agent's boot.
+    /// Extra kernel arguments for the agent's boot (one line).
     #[serde(default)]
+    #[schemars(pattern(ONE_LINE))]
     pub kernel_args: String,
     /// What the agent found (DMI, CPU, memory, disks, NICs), as reported.
     #[serde(default)]
@@ -62,7 +80,7 @@ impl Host {
         for mac in &self.macs {
             let mac = canonical_mac(mac)?;
             if macs.contains(&mac) {
-                return Err(Error::invalid("mac", mac, "listed twice"));
+                return Err(Error::unprocessable("mac", mac, "listed twice"));
             }
             macs.push(mac);
         }
@@ -87,10 +105,11 @@ impl Host {
 }
 
 /// A set of hosts imaged together (by `host.group`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Group {
     /// Unique name.
+    #[schemars(pattern(NAME_PATTERN))]
     pub name: String,
     /// Free text.
     #[serde(default)]
@@ -105,8 +124,10 @@ impl Group {
 }
 
 /// Which nodes keep a copy of an image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
+// No deny_unknown_fields: serde cannot refuse extra fields beside a unit variant's tag, and the
+// document must say what is accepted.
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Placement {
     /// Every node.
     #[default]
@@ -114,15 +135,17 @@ pub enum Placement {
     /// Only these nodes.
     Nodes {
         /// Node names.
+        #[schemars(inner(pattern(NAME_PATTERN)))]
         nodes: Vec<String>,
     },
 }
 
 /// An image's record on the master (its chunks live in the nodes' stores).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Image {
     /// Unique name, as in the store.
+    #[schemars(pattern(NAME_PATTERN))]
     pub name: String,
     /// Free text.
     #[serde(default)]
@@ -152,7 +175,7 @@ impl Image {
 }
 
 /// Where one node's copy of an image stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CopyState {
     /// Placed on the node, not copied yet.
@@ -193,7 +216,7 @@ impl CopyState {
 }
 
 /// A node's report on its copy of an image (`PUT /images/{name}/copies/{node}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CopyReport {
     /// Where it stands.
@@ -207,7 +230,7 @@ pub struct CopyReport {
 }
 
 /// One node's copy of an image.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageCopy {
     /// Image name.
     pub image: String,
@@ -225,7 +248,7 @@ pub struct ImageCopy {
 }
 
 /// An image's record with each node's copy of it: what `fog image ls --master` shows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageStatus {
     /// The record (name, placement, ...), flattened.
     #[serde(flatten)]
@@ -235,18 +258,21 @@ pub struct ImageStatus {
 }
 
 /// A site server: serves network boot to its subnets and images their hosts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     /// Unique name.
+    #[schemars(pattern(NAME_PATTERN))]
     pub name: String,
     /// Base URL the agents and the master reach it at (`http://10.99.0.1:8080`).
+    #[schemars(pattern(URL_PATTERN))]
     pub url: String,
     /// The subnets it serves (`10.99.0.0/24`).
     #[serde(default)]
     pub subnets: Vec<Subnet>,
     /// How many hosts it images at once.
     #[serde(default = "default_max_clients")]
+    #[schemars(range(min = 1))]
     pub max_clients: u32,
     /// A disabled node starts no new task.
     #[serde(default = "default_true")]
@@ -273,8 +299,12 @@ impl Node {
             .strip_prefix("http://")
             .or_else(|| self.url.strip_prefix("https://"))
             .ok_or_else(|| Error::invalid("node url", &self.url, "must start with http:// or https://"))?;
-        if rest.is_empty() || rest.contains(char::is_whitespace) {
-            return Err(Error::invalid("node url", &self.url, "needs a host"));
+        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::invalid(
+                "node url",
+                &self.url,
+                "needs a host, in printable ASCII",
+            ));
         }
         if self.max_clients == 0 {
             return Err(Error::invalid("max clients", "0", "a node needs at least one slot"));
@@ -299,7 +329,7 @@ pub fn parse_subnet(text: &str) -> Result<Subnet> {
 }
 
 /// What a task does to its host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
     /// Write an image to the host's disk.
@@ -353,7 +383,7 @@ impl TaskKind {
 }
 
 /// What the agent does when the task is over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum After {
     /// Reboot (the default).
@@ -387,7 +417,7 @@ impl After {
 }
 
 /// Where a task stands. Serialized flat into the task: `"state": "in_progress", "percent": ...`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TaskState {
     /// Created; its host has not asked yet.
@@ -451,7 +481,7 @@ pub const STATE_NAMES: [&str; 7] = [
 ];
 
 /// A task: one job for one host.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
     /// Id.
     pub id: TaskId,
@@ -483,16 +513,18 @@ pub struct Task {
 }
 
 /// A request for a task (for one host, or for each host of a group).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
     /// What it does.
     pub kind: TaskKind,
     /// The host (unless created for a group).
     #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
     pub host: Option<String>,
     /// The image; for a deploy, defaults to the host's image.
     #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
     pub image: Option<String>,
     /// After the task.
     #[serde(default)]
@@ -503,8 +535,11 @@ pub struct NewTask {
 }
 
 /// One state change of a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskEvent {
+    /// The event's id (the history's cursor).
+    #[serde(default)]
+    pub id: i64,
     /// Task id.
     pub task: TaskId,
     /// When.
@@ -518,17 +553,17 @@ pub struct TaskEvent {
 }
 
 /// When a schedule fires.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum When {
     /// Once, at this time (milliseconds since the epoch).
     At(Millis),
     /// Each time the cron line matches (five fields, UTC).
-    Cron(String),
+    Cron(#[schemars(pattern(CRON_PATTERN))] String),
 }
 
 /// A task created later, once or repeatedly, for a host or a group.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
     /// Id (set by the master).
@@ -540,6 +575,7 @@ pub struct Schedule {
     pub task: NewTask,
     /// A group: one task per host in it when it fires.
     #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
     pub group: Option<String>,
     /// Next time it fires (set by the master; none once a one-off has fired).
     #[serde(default)]
@@ -548,16 +584,19 @@ pub struct Schedule {
 
 /// A machine registering itself from the boot menu (`POST /api/v1/register`): the master creates
 /// its host, or updates the inventory of the host that has one of these MACs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
-    /// Its network cards (at least one).
+    /// Its network cards (at least one; a MAC listed twice counts once: VLANs share one).
+    #[schemars(length(min = 1), inner(pattern(MAC_PATTERN)))]
     pub macs: Vec<String>,
     /// Its SMBIOS UUID, when it can read it (else taken from the inventory's DMI).
     #[serde(default)]
+    #[schemars(pattern(UUID_PATTERN))]
     pub uuid: Option<String>,
     /// The name wanted; default: from the DMI serial, else `host-<mac>`.
     #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
     pub name: Option<String>,
     /// What the agent found (`fogcore::agent::inventory::Inventory` as JSON).
     #[serde(default)]
@@ -565,7 +604,7 @@ pub struct Registration {
 }
 
 /// The master's answer to a [`Registration`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Registered {
     /// The host as stored now.
     pub host: Host,
@@ -574,13 +613,15 @@ pub struct Registered {
 }
 
 /// What an agent sends when it starts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckIn {
     /// The MAC it booted from.
+    #[schemars(pattern(MAC_PATTERN))]
     pub mac: String,
     /// Its SMBIOS UUID, when it can read it.
     #[serde(default)]
+    #[schemars(pattern(UUID_PATTERN))]
     pub uuid: Option<String>,
     /// Its IPv4 address (picks the node when the host has none set).
     #[serde(default)]
@@ -588,7 +629,7 @@ pub struct CheckIn {
 }
 
 /// Whether the agent may start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "slot", rename_all = "snake_case")]
 pub enum SlotState {
     /// Go: the task holds one of the node's slots.
@@ -605,7 +646,7 @@ pub enum SlotState {
 }
 
 /// The master's answer to a check-in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CheckInReply {
     /// The task.
     pub task: Task,
@@ -615,10 +656,11 @@ pub struct CheckInReply {
 }
 
 /// An agent's progress report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressReport {
     /// 0 to 100.
+    #[schemars(range(min = 0.0, max = 100.0))]
     pub percent: f64,
     /// Bytes moved.
     #[serde(default)]
@@ -629,7 +671,7 @@ pub struct ProgressReport {
 }
 
 /// An agent's last word on a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckOut {
     /// True when the task did what it should.
@@ -647,7 +689,7 @@ pub struct CheckOut {
 }
 
 /// A node's periodic report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// Free bytes in its store.
@@ -655,6 +697,7 @@ pub struct Heartbeat {
     pub free_bytes: Option<u64>,
     /// Images it holds completely.
     #[serde(default)]
+    #[schemars(inner(pattern(NAME_PATTERN)))]
     pub images: Vec<String>,
     /// Agents imaging through it now (as the node counts them).
     #[serde(default)]
@@ -666,7 +709,7 @@ pub struct Heartbeat {
 
 /// An open task of a node's host with what the node's boot script needs: the host's MACs
 /// (the script is asked for by MAC) and its extra kernel arguments.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BootTask {
     /// The task.
     pub task: Task,
@@ -679,7 +722,7 @@ pub struct BootTask {
 
 /// A request to wake a host with a Wake-on-LAN magic packet, sent by the host's node (which
 /// claims it with `POST /nodes/{name}/wakes`, each once).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Wake {
     /// Id.
     pub id: i64,
@@ -697,7 +740,7 @@ pub struct Wake {
 }
 
 /// A new node and its token (shown once).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeToken {
     /// The node.
     pub node: Node,
@@ -712,7 +755,7 @@ pub fn canonical_mac(text: &str) -> Result<String> {
 
 /// A UUID in canonical form (lower case, 8-4-4-4-12), or an error naming it.
 pub fn canonical_uuid(text: &str) -> Result<String> {
-    let lower = text.trim().to_ascii_lowercase();
+    let lower = text.to_ascii_lowercase();
     let groups: Vec<&str> = lower.split('-').collect();
     let ok = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
         && lower.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit());
@@ -792,7 +835,7 @@ mod tests {
 }
 
 /// The result of a task request for a group.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GroupTasks {
     /// One task per host that could take one.
     pub created: Vec<Task>,
@@ -801,7 +844,7 @@ pub struct GroupTasks {
 }
 
 /// A host a group task left out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Skipped {
     /// Host name.
     pub host: String,
@@ -809,23 +852,288 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// Which tasks a task listing returns.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+/// One page of a list: its items, and the cursor that asks for the next page (`after`), none
+/// on the last page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "{T}Page")]
+pub struct Page<T> {
+    /// The items, in the list's order.
+    pub items: Vec<T>,
+    /// Give this as `after` for the next page; none when this page is the last.
+    pub next: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page of `limit` items out of `items` fetched with one more than `limit` when there are
+    /// more: that one is dropped and the last kept one's `cursor` becomes `next`.
+    pub fn of(mut items: Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -> Page<T> {
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next = if more { items.last().map(cursor) } else { None };
+        Page { items, next }
+    }
+}
+
+/// Items a page holds unless asked (`limit`).
+pub const PAGE_DEFAULT: u32 = 100;
+/// Most items a page holds.
+pub const PAGE_MAX: u32 = 1000;
+
+/// The page size a listing asked for: [`PAGE_DEFAULT`] unless given, at most [`PAGE_MAX`].
+pub fn page_limit(limit: Option<u32>) -> Result<u32> {
+    match limit {
+        None => Ok(PAGE_DEFAULT),
+        Some(n @ 1..=PAGE_MAX) => Ok(n),
+        Some(n) => Err(Error::invalid(
+            "limit",
+            n.to_string(),
+            format!("a page holds 1 to {PAGE_MAX} items"),
+        )),
+    }
+}
+
+/// Which hosts a host listing returns, a page at a time, by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostQuery {
+    /// At most this many (default 100).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: Option<u32>,
+    /// The `next` of the page before.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Hosts whose name, a MAC, address or inventory (serial, model) contains this, any case.
+    #[serde(default)]
+    pub q: Option<String>,
+    /// Only of this group.
+    #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
+    pub group: Option<String>,
+    /// Only of this node (as set on the host).
+    #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
+    pub node: Option<String>,
+    /// Only with this image.
+    #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
+    pub image: Option<String>,
+}
+
+impl HostQuery {
+    /// Checks the names it filters by.
+    pub fn validate(&self) -> Result<()> {
+        check_names([
+            ("group name", &self.group),
+            ("node name", &self.node),
+            ("image name", &self.image),
+        ])
+    }
+}
+
+/// Refuses a negative time or id.
+pub fn check_not_negative(field: &'static str, value: Option<i64>) -> Result<()> {
+    match value {
+        Some(v) if v < 0 => Err(Error::invalid(field, v.to_string(), "must not be negative")),
+        _ => Ok(()),
+    }
+}
+
+/// Checks each name given.
+fn check_names<'a>(names: impl IntoIterator<Item = (&'static str, &'a Option<String>)>) -> Result<()> {
+    names
+        .into_iter()
+        .filter_map(|(field, name)| name.as_deref().map(|n| (field, n)))
+        .try_for_each(|(field, name)| check_name(field, name))
+}
+
+/// Which images an image listing returns, a page at a time, by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageQuery {
+    /// At most this many (default 100).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: Option<u32>,
+    /// The `next` of the page before.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Images whose name, OS or description contains this, any case.
+    #[serde(default)]
+    pub q: Option<String>,
+}
+
+/// A page of a task's history, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// At most this many (default 100).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: Option<u32>,
+    /// The `next` of the page before.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub after: Option<i64>,
+}
+
+/// Which tasks a task listing returns, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskFilter {
     /// Only in this state.
     #[serde(default)]
+    #[schemars(extend("enum" = STATE_NAMES))]
     pub state: Option<String>,
     /// Only of this host.
     #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
     pub host: Option<String>,
     /// Only on this node.
     #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
     pub node: Option<String>,
     /// Only tasks not over.
     #[serde(default)]
     pub open_only: bool,
-    /// At most this many.
+    /// Only of this kind.
     #[serde(default)]
+    pub kind: Option<TaskKind>,
+    /// Only deploying or capturing this image.
+    #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
+    pub image: Option<String>,
+    /// Only created by a task for this group.
+    #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
+    pub group: Option<String>,
+    /// Only changed at or after this time (ms since the epoch).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub since: Option<Millis>,
+    /// Through the API: at most this many (default 100, at most 1000). Inside the master: all
+    /// when none.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<u32>,
+    /// The `next` of the page before: tasks older than this id.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub after: Option<TaskId>,
+}
+
+impl TaskFilter {
+    /// Checks the state and the names it filters by.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(state) = &self.state
+            && !STATE_NAMES.contains(&state.as_str())
+        {
+            return Err(Error::invalid(
+                "state",
+                state,
+                format!("use one of {}", STATE_NAMES.join(", ")),
+            ));
+        }
+        for (field, value) in [("since", self.since), ("after", self.after)] {
+            check_not_negative(field, value)?;
+        }
+        check_names([
+            ("host name", &self.host),
+            ("node name", &self.node),
+            ("image name", &self.image),
+            ("group name", &self.group),
+        ])
+    }
+}
+
+// ---- tokens and audit
+
+/// An admin token's record: the secret itself is shown once, when issued, and never stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenInfo {
+    /// Its name, unique: what the audit log names and `DELETE /tokens/{name}` revokes.
+    pub name: String,
+    /// When it was issued (ms since the epoch).
+    pub created_at: Millis,
+    /// When it stops working (ms since the epoch); none: never.
+    pub expires_at: Option<Millis>,
+}
+
+/// A request for a new admin token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// Its name, unique among tokens.
+    #[schemars(pattern(NAME_PATTERN))]
+    pub name: String,
+    /// When it stops working (ms since the epoch); none: never.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub expires_at: Option<Millis>,
+}
+
+/// A token just issued: the only time its secret is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IssuedToken {
+    /// Its record.
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    /// The bearer token (`fog_...`): keep it, it is not shown again.
+    pub token: String,
+}
+
+/// One call recorded in the audit log: every mutating call, and every refused one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AuditEntry {
+    /// Id, increasing.
+    pub id: i64,
+    /// When (ms since the epoch).
+    pub at: Millis,
+    /// Who: `token:NAME`, `node:NAME`, `task:ID@NODE`, or `anonymous` (no or an unknown token).
+    pub actor: String,
+    /// What: the method and route (`DELETE /api/v1/hosts/{name}`).
+    pub action: String,
+    /// On what: the path's names and ids, or the name the body gives.
+    pub target: String,
+    /// The caller's address, when known.
+    pub address: Option<String>,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// `ok`, or the error's message.
+    pub result: String,
+}
+
+/// Which audit entries a listing returns, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// At most this many (default 100).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: Option<u32>,
+    /// The `next` of the page before: entries older than this id.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub after: Option<i64>,
+    /// Only by this actor (`token:NAME`, `node:NAME`, ...).
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// Entries whose action or target contains this, any case.
+    #[serde(default)]
+    pub q: Option<String>,
+    /// Only refused or failed calls (status 400 and above).
+    #[serde(default)]
+    pub failed: bool,
+    /// Only at or after this time (ms since the epoch).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub since: Option<Millis>,
+}
+
+impl AuditQuery {
+    /// Checks the cursor and the time.
+    pub fn validate(&self) -> Result<()> {
+        check_not_negative("after", self.after)?;
+        check_not_negative("since", self.since)
+    }
 }

@@ -522,7 +522,11 @@ fn quick_registration_creates_the_host_from_sysfs_then_updates_it() {
     // The menu's deploy/capture items: an admin token creates the task, then the agent runs it.
     let admin_token = site.rt.block_on(async {
         let control = site.master.as_ref().expect("master").control().clone();
-        control.create_admin_token().await.expect("token")
+        let new = fogcore::control::model::NewToken {
+            name: "menu".into(),
+            expires_at: None,
+        };
+        control.create_admin_token(&new).await.expect("token").token
     });
     let mut run_config = AgentConfig::new(&site.base, Some(&admin_token));
     run_config.sys_root = config.sys_root.clone();

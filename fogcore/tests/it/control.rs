@@ -16,8 +16,8 @@ use fogcore::control::db::Db;
 use fogcore::control::master::{self, Master};
 use fogcore::control::model::TaskFilter;
 use fogcore::control::model::{
-    After, CheckIn, CheckOut, Group, Heartbeat, Host, Image, NewTask, Node, Placement, ProgressReport, Schedule,
-    SlotState, TaskKind, TaskState, When,
+    After, CheckIn, CheckOut, Group, Heartbeat, Host, Image, NewTask, NewToken, Node, Placement, ProgressReport,
+    Schedule, SlotState, TaskKind, TaskState, When,
 };
 use fogcore::control::service::Control;
 use serde_json::{Value, json};
@@ -70,7 +70,7 @@ struct Running {
 
 async fn start(url: &str) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     let control = Arc::new(Control::new(Db::open(url).await?));
-    let admin = control.create_admin_token().await?;
+    let admin = control.create_admin_token(&admin_token_named("test")).await?.token;
     let master = Master::start(control, "127.0.0.1:0".parse()?).await?;
     let base = format!("http://{}", master.addr());
     let client = Client::new(&base, Some(&admin))?;
@@ -81,6 +81,13 @@ async fn start(url: &str) -> Result<Running, Box<dyn std::error::Error + Send + 
         client,
         http: reqwest::Client::new(),
     })
+}
+
+fn admin_token_named(name: &str) -> NewToken {
+    NewToken {
+        name: name.into(),
+        expires_at: None,
+    }
 }
 
 impl Running {
@@ -509,9 +516,14 @@ async fn task_rules_and_illegal_transitions() -> TestResult {
             c.create_host(&h).await?;
         }
         let (s, code, msg) = remote(c.create_task(&task(TaskKind::Deploy, "pc-0")).await);
-        assert_eq!((s, code.as_str()), (400, "invalid"), "deploy without an image: {msg}");
+        // Valid by the document, refused by a rule it cannot state (the host has no image): 422.
+        assert_eq!(
+            (s, code.as_str()),
+            (422, "unprocessable"),
+            "deploy without an image: {msg}"
+        );
         let (s, _, _) = remote(c.create_task(&task(TaskKind::Multicast, "pc-0")).await);
-        assert_eq!(s, 400);
+        assert_eq!(s, 422);
         let t = c.create_task(&task(TaskKind::WipeFast, "pc-0")).await?;
         assert_eq!(
             t.node.as_deref(),
@@ -685,7 +697,7 @@ async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
         );
 
         // One slot: pc-0 runs, pc-1 waits first, pc-2 second. pc-1 goes quiet past the timeout.
-        let admin = fogcore::control::service::Caller::Admin;
+        let admin = fogcore::control::service::Caller::Admin("test".into());
         let ci = |i: u32| CheckIn {
             mac: format!("52:54:00:00:03:{i:02x}"),
             uuid: None,
@@ -785,7 +797,7 @@ async fn restart_keeps_state_and_migrations_are_idempotent() -> TestResult {
 
     let db = Db::open_dir(dir.path()).await?;
     assert_eq!(db.migrate().await?, 0, "nothing left to migrate");
-    assert_eq!(db.schema_versions().await?, [1, 2, 3]);
+    assert_eq!(db.schema_versions().await?, [1, 2, 3, 4]);
     let control = Arc::new(Control::new(db));
     assert!(
         control.first_admin_token(Some(dir.path())).await?.is_none(),
@@ -845,6 +857,29 @@ async fn openapi_documents_every_route() -> TestResult {
     }
     assert_eq!(documented, access.len());
     assert!(documented >= 30);
+    // Bodies and replies are described by the types: fields, required ones, patterns, enums.
+    let schemas = &doc["components"]["schemas"];
+    let host = &schemas["Host"];
+    assert_eq!(host["required"], json!(["name", "macs"]), "{host}");
+    assert_eq!(host["additionalProperties"], false);
+    assert!(host["properties"]["macs"]["items"]["pattern"].is_string(), "{host}");
+    assert_eq!(host["properties"]["address"]["format"], "ipv4");
+    assert!(
+        schemas["TaskKind"].to_string().contains("wipe_fast"),
+        "{}",
+        schemas["TaskKind"]
+    );
+    assert!(
+        schemas["ErrorBody"]["properties"]["code"]["enum"]
+            .to_string()
+            .contains("unprocessable")
+    );
+    // Every reference resolves.
+    let text = doc.to_string();
+    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap_or_default();
+        assert!(schemas.get(name).is_some(), "{name} is referred to and not defined");
+    }
     // A route that is not in the table is not served.
     let (status, body) = m
         .raw(reqwest::Method::PATCH, "/api/v1/hosts/x", Some(&m.admin), None)
@@ -885,11 +920,17 @@ async fn every_route_refuses_the_callers_its_access_excludes() -> TestResult {
         let call = |token: Option<String>, path: String| {
             let method = route.method.clone();
             // Bodies that parse, so the refusal cannot come from the body.
-            let body = route.body.map(|schema| match schema {
-                "CopyReport" => json!({"state": "complete"}),
-                "ProgressReport" => json!({"percent": 1.0, "bytes": 0, "rate": 0}),
-                "CheckOut" => json!({"ok": true}),
-                _ => json!({}),
+            let path_ends = |tail: &str| route.path.ends_with(tail);
+            let body = route.body.map(|_| {
+                if path_ends("/copies/{node}") {
+                    json!({"state": "complete"})
+                } else if path_ends("/progress") {
+                    json!({"percent": 1.0, "bytes": 0, "rate": 0})
+                } else if path_ends("/checkout") {
+                    json!({"ok": true})
+                } else {
+                    json!({})
+                }
             });
             let m = &m;
             async move { m.raw(method, &path, token.as_deref(), body).await.map(|(s, _)| s) }
@@ -978,7 +1019,7 @@ async fn progress_reads_back_at_once_and_is_written_in_batches() -> TestResult {
                     .id,
             );
         }
-        let admin = fogcore::control::service::Caller::Admin;
+        let admin = fogcore::control::service::Caller::Admin("test".into());
         let ci = |i: u32| CheckIn {
             mac: format!("52:54:00:00:05:{i:02x}"),
             uuid: None,
@@ -1029,6 +1070,229 @@ async fn progress_reads_back_at_once_and_is_written_in_batches() -> TestResult {
         // The slot went free: the waiter gets it when it asks.
         assert_eq!(control.check_in(&admin, &ci(1)).await?.slot, SlotState::Granted);
         db.close().await;
+    }
+    Ok(())
+}
+
+/// Lists come a page at a time, by a keyset cursor: `limit` (default 100, at most 1000), `next`
+/// to `after`; search and filters narrow them in the database; the client follows the cursors.
+#[tokio::test]
+async fn lists_come_in_pages_with_search_and_filters() -> TestResult {
+    for b in backends().await? {
+        let m = start(&b.url).await?;
+        let c = &m.client;
+        c.create_group(&Group {
+            name: "lab".into(),
+            description: String::new(),
+        })
+        .await?;
+        c.create_image(&image("win11")).await?;
+        for i in 0..250u32 {
+            let mut h = host(
+                &format!("pc-{i:03}"),
+                &format!("52:54:00:00:{:02x}:{:02x}", i / 256, i % 256),
+            );
+            if i % 10 == 0 {
+                h.group = Some("lab".into());
+                h.image = Some("win11".into());
+            }
+            if i == 123 {
+                h.inventory = json!({ "dmi": { "serial": "SN-XYZ-42" } });
+            }
+            c.create_host(&h).await?;
+        }
+        let get = |path: String| {
+            let m = &m;
+            async move { m.raw(reqwest::Method::GET, &path, Some(&m.admin), None).await }
+        };
+        // Pages of 100 by name, each `next` the last name, none after the last page.
+        let mut names = Vec::new();
+        let mut path = "/api/v1/hosts".to_string();
+        let mut pages = 0;
+        loop {
+            let (status, page) = get(path.clone()).await?;
+            assert_eq!(status, 200, "{path}: {page}");
+            pages += 1;
+            let items = page["items"].as_array().ok_or("no items")?;
+            names.extend(items.iter().filter_map(|h| h["name"].as_str().map(str::to_string)));
+            match page["next"].as_str() {
+                Some(next) => {
+                    assert_eq!(Some(next), names.last().map(String::as_str));
+                    path = format!("/api/v1/hosts?after={next}");
+                }
+                None => break,
+            }
+        }
+        assert_eq!((pages, names.len()), (3, 250));
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, names, "every host once, in name order");
+        // The client follows the cursors.
+        assert_eq!(c.hosts().await?.len(), 250);
+        // Search: a MAC written with dashes and in capitals, a serial in the inventory, a name.
+        let (_, page) = get("/api/v1/hosts?q=00-00-7B".into()).await?;
+        assert_eq!(page["items"][0]["name"], "pc-123", "{page}");
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
+        let (_, page) = get("/api/v1/hosts?q=sn-xyz".into()).await?;
+        assert_eq!(page["items"][0]["name"], "pc-123", "{page}");
+        let (_, page) = get("/api/v1/hosts?q=pc-24&limit=5".into()).await?;
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(5), "{page}");
+        assert_eq!(page["next"], "pc-244");
+        // A LIKE wildcard is searched for as itself.
+        let (_, page) = get("/api/v1/hosts?q=%25".into()).await?;
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(0), "{page}");
+        // Filters.
+        let (_, page) = get("/api/v1/hosts?group=lab&image=win11&limit=1000".into()).await?;
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(25), "{page}");
+        assert_eq!(page["next"], Value::Null);
+        // Limits outside 1..=1000 and names that are not names are refused, naming them.
+        for bad in ["limit=0", "limit=1001", "group=.x", "limit=x"] {
+            let (status, body) = get(format!("/api/v1/hosts?{bad}")).await?;
+            assert_eq!((status, body["code"].as_str()), (400, Some("invalid")), "{bad}: {body}");
+        }
+        // Tasks: newest first, by id.
+        for i in 0..5 {
+            c.create_task(&task(TaskKind::Inventory, &format!("pc-{i:03}"))).await?;
+        }
+        let (_, page) = get("/api/v1/tasks?limit=2".into()).await?;
+        let ids: Vec<i64> = page["items"]
+            .as_array()
+            .ok_or("no items")?
+            .iter()
+            .filter_map(|t| t["id"].as_i64())
+            .collect();
+        assert_eq!(ids.len(), 2);
+        assert!(ids[0] > ids[1], "newest first: {ids:?}");
+        let next = page["next"].as_str().ok_or("no next")?;
+        let (_, rest) = get(format!("/api/v1/tasks?after={next}&kind=inventory")).await?;
+        assert_eq!(rest["items"].as_array().map(Vec::len), Some(3), "{rest}");
+        assert_eq!(
+            c.tasks(&TaskFilter {
+                limit: Some(4),
+                ..TaskFilter::default()
+            })
+            .await?
+            .len(),
+            4
+        );
+        let (_, none) = get("/api/v1/tasks?kind=capture".into()).await?;
+        assert_eq!(none["items"], json!([]));
+        // Images page the same way.
+        let (_, page) = get("/api/v1/images?q=WIN".into()).await?;
+        assert_eq!(page["items"][0]["name"], "win11", "{page}");
+        m.master.stop().await?;
+    }
+    Ok(())
+}
+
+/// Admin tokens are named, listed, revoked (refused at the very next request, though cached)
+/// and expire; the last working one cannot be revoked. The audit log records every mutating
+/// call and every refusal: who, what, on what, from where, how it ended.
+#[tokio::test]
+async fn tokens_are_revoked_at_once_expire_and_calls_are_audited() -> TestResult {
+    for b in backends().await? {
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+        let control = Arc::new(Control::with_clock(
+            Db::open(&b.url).await?,
+            clock.clone(),
+            fogcore::control::service::WAITER_TIMEOUT_MS,
+        ));
+        let admin = control.create_admin_token(&admin_token_named("root")).await?.token;
+        let master = Master::start(control, "127.0.0.1:0".parse()?).await?;
+        let base = format!("http://{}", master.addr());
+        let root = Client::new(&base, Some(&admin))?;
+
+        let ci = root.create_token(&admin_token_named("ci")).await?;
+        assert!(ci.token.starts_with("fog_"));
+        let names: Vec<String> = root.tokens().await?.into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["ci", "root"]);
+        let e = root
+            .create_token(&admin_token_named("ci"))
+            .await
+            .expect_err("a name taken");
+        assert!(matches!(e, Error::Remote { status: 409, .. }), "{e}");
+
+        // Used (and so cached), revoked, refused at the next request.
+        let as_ci = Client::new(&base, Some(&ci.token))?;
+        as_ci.create_host(&host("pc-1", "52:54:00:00:0c:01")).await?;
+        root.revoke_token("ci").await?;
+        let e = as_ci.host("pc-1").await.expect_err("revoked");
+        assert!(matches!(e, Error::Remote { status: 401, .. }), "{e}");
+
+        // An expiring token works until its time, then not.
+        let short = root
+            .create_token(&NewToken {
+                name: "short".into(),
+                expires_at: Some(clock.now() + 60_000),
+            })
+            .await?;
+        let as_short = Client::new(&base, Some(&short.token))?;
+        as_short.host("pc-1").await?;
+        clock.advance(60_001);
+        let e = as_short.delete_host("pc-1").await.expect_err("expired");
+        assert!(
+            matches!(&e, Error::Remote { status: 401, message, .. } if message.contains("expired")),
+            "{e}"
+        );
+        assert!(root.host("pc-1").await.is_ok(), "the expired token deleted nothing");
+        // The last working admin token stays.
+        let e = root.revoke_token("root").await.expect_err("the last one");
+        assert!(matches!(e, Error::Remote { status: 409, .. }), "{e}");
+
+        // The audit log, newest first.
+        let page = root.audit_page(&Default::default()).await?;
+        let seen: Vec<(String, String, String, u16)> = page
+            .items
+            .iter()
+            .map(|e| (e.actor.clone(), e.action.clone(), e.target.clone(), e.status))
+            .collect();
+        let expect = |actor: &str, action: &str, target: &str, status: u16| {
+            let row = (actor.to_string(), action.to_string(), target.to_string(), status);
+            assert!(seen.contains(&row), "{row:?} not in {seen:#?}");
+        };
+        expect("token:root", "POST /api/v1/tokens", "ci", 200);
+        expect("token:root", "POST /api/v1/tokens", "ci", 409);
+        expect("token:ci", "POST /api/v1/hosts", "pc-1", 200);
+        expect("token:root", "DELETE /api/v1/tokens/{name}", "ci", 200);
+        expect("anonymous", "GET /api/v1/hosts/{name}", "pc-1", 401);
+        expect("anonymous", "DELETE /api/v1/hosts/{name}", "pc-1", 401);
+        expect("token:root", "DELETE /api/v1/tokens/{name}", "root", 409);
+        // Reads that succeed are not recorded; every entry names the caller's address.
+        assert!(
+            !seen
+                .iter()
+                .any(|(a, act, _, s)| a == "token:short" && act.starts_with("GET") && *s == 200)
+        );
+        assert!(
+            page.items.iter().all(|e| e.address.as_deref() == Some("127.0.0.1")),
+            "{page:?}"
+        );
+        let expired = page
+            .items
+            .iter()
+            .find(|e| e.action == "DELETE /api/v1/hosts/{name}")
+            .ok_or("no refused delete")?;
+        assert!(expired.result.contains("expired"), "{expired:?}");
+        // Filters: by actor, refusals only.
+        let mine = root
+            .audit_page(&fogcore::control::model::AuditQuery {
+                actor: Some("token:ci".into()),
+                ..Default::default()
+            })
+            .await?;
+        assert_eq!(mine.items.len(), 1, "{mine:?}");
+        let failed = root
+            .audit_page(&fogcore::control::model::AuditQuery {
+                failed: true,
+                limit: Some(2),
+                ..Default::default()
+            })
+            .await?;
+        assert_eq!(failed.items.len(), 2);
+        assert!(failed.items.iter().all(|e| e.status >= 400));
+        assert!(failed.next.is_some(), "more refusals than a page of 2");
+        master.stop().await?;
     }
     Ok(())
 }

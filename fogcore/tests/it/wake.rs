@@ -221,7 +221,8 @@ fn wake_errors_name_the_host_and_tokens_are_checked() -> TestResult {
     lab.rt.block_on(async {
         // No node can wake a host on none.
         let (status, code, message) = remote_code(lab.admin.wake_host("stray").await.err().ok_or("woke stray")?);
-        assert_eq!((status, code.as_str()), (400, "invalid"), "{message}");
+        // A valid request the host's setup cannot serve: 422.
+        assert_eq!((status, code.as_str()), (422, "unprocessable"), "{message}");
         assert!(message.contains("stray") && message.contains("no node"), "{message}");
         let e = lab
             .admin
@@ -230,7 +231,7 @@ fn wake_errors_name_the_host_and_tokens_are_checked() -> TestResult {
             .err()
             .ok_or("task")?;
         let (status, _, message) = remote_code(e);
-        assert_eq!(status, 400);
+        assert_eq!(status, 422);
         assert!(message.contains("stray"), "{message}");
         // Without wake the same task is fine.
         lab.admin.create_task(&inventory("stray", false)).await?;

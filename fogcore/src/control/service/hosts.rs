@@ -4,7 +4,9 @@ use std::net::Ipv4Addr;
 
 use super::{Control, lock, same_name};
 use crate::control::api::Caller;
-use crate::control::model::{Group, Host, Registered, Registration, canonical_mac, canonical_uuid, check_name};
+use crate::control::model::{
+    Group, Host, HostQuery, Page, Registered, Registration, canonical_mac, canonical_uuid, check_name, page_limit,
+};
 use crate::error::{Error, Result};
 
 /// A host name from a DMI serial number, unless the serial is a placeholder firmware vendors
@@ -40,6 +42,14 @@ impl Control {
     /// Every host, by name.
     pub async fn hosts(&self) -> Result<Vec<Host>> {
         self.db.hosts().await
+    }
+
+    /// A page of the hosts `query` selects, by name.
+    pub async fn host_page(&self, query: &HostQuery) -> Result<Page<Host>> {
+        query.validate()?;
+        let limit = page_limit(query.limit)?;
+        let hosts = self.db.hosts_page(query, limit).await?;
+        Ok(Page::of(hosts, limit, |h| h.name.clone()))
     }
 
     /// One host.

@@ -2,13 +2,20 @@
 
 use super::{Control, same_name};
 use crate::control::api::Caller;
-use crate::control::model::{CopyReport, Image, ImageCopy, Placement};
+use crate::control::model::{CopyReport, Image, ImageCopy, ImageQuery, Page, Placement, page_limit};
 use crate::error::{Error, Result};
 
 impl Control {
     /// Every image record, by name.
     pub async fn images(&self) -> Result<Vec<Image>> {
         self.db.images().await
+    }
+
+    /// A page of image records, by name.
+    pub async fn image_page(&self, query: &ImageQuery) -> Result<Page<Image>> {
+        let limit = page_limit(query.limit)?;
+        let images = self.db.images_page(query, limit).await?;
+        Ok(Page::of(images, limit, |i| i.name.clone()))
     }
 
     /// One image record.

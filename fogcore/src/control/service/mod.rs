@@ -11,6 +11,7 @@
 //! (registration, node choice), images, nodes (heartbeats, wakes), tasks, check-in (the slot
 //! lines, progress, check-out) and schedules.
 
+mod audit;
 mod checkin;
 mod hosts;
 mod images;
@@ -166,7 +167,7 @@ fn same_name(field: &'static str, path: &str, body: &str) -> Result<()> {
     if path == body {
         Ok(())
     } else {
-        Err(Error::invalid(
+        Err(Error::unprocessable(
             field,
             body,
             format!("the record is {path:?}: names cannot change"),

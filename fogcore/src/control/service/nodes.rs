@@ -9,6 +9,7 @@ use crate::control::model::{
 };
 use crate::control::tokens::{new_token, token_hash};
 use crate::error::{Error, Result};
+use crate::names::check_name;
 
 /// A wake request older than this when its node claims it is dropped, not sent: a host should
 /// not start up long after someone asked (the node was down or had no `wake_broadcast`).
@@ -17,7 +18,7 @@ pub const WAKE_TTL_MS: Millis = 15 * 60 * 1000;
 /// The node that wakes `host`, or an error saying why none can.
 pub(super) fn waking_node<'a>(host: &Host, node: Option<&'a str>) -> Result<&'a str> {
     node.ok_or_else(|| {
-        Error::invalid(
+        Error::unprocessable(
             "wake",
             &host.name,
             "no node can wake this host: set its node, or an address inside a node's subnet",
@@ -113,6 +114,9 @@ impl Control {
     /// A node's heartbeat.
     pub async fn heartbeat(&self, caller: &Caller, node: &str, beat: &Heartbeat) -> Result<Node> {
         caller.check_node(node)?;
+        for image in &beat.images {
+            check_name("image name", image)?;
+        }
         self.db.heartbeat(node, beat.free_bytes, &beat.images).await?;
         self.db.node(node).await
     }

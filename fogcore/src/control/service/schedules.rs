@@ -10,9 +10,14 @@ fn next_run(when: &When, now: Millis) -> Result<Option<Millis>> {
     Ok(match when {
         When::At(at) => Some(*at),
         When::Cron(line) => {
-            let next = line.parse::<Cron>()?.next_after(now);
+            // The document gives the line's shape; a field out of range is a rule beyond it.
+            let cron = line.parse::<Cron>().map_err(|e| match e {
+                Error::Invalid { field, value, reason } => Error::unprocessable(field, value, reason),
+                other => other,
+            })?;
+            let next = cron.next_after(now);
             if next.is_none() {
-                return Err(Error::invalid("cron line", line, "never matches"));
+                return Err(Error::unprocessable("cron line", line, "never matches"));
             }
             next
         }
@@ -42,7 +47,7 @@ impl Control {
                 self.db.host(host).await?;
             }
             _ => {
-                return Err(Error::invalid(
+                return Err(Error::unprocessable(
                     "schedule",
                     "",
                     "name either a host (task.host) or a group",
@@ -50,7 +55,7 @@ impl Control {
             }
         }
         if schedule.task.kind == TaskKind::Multicast {
-            return Err(Error::invalid("task kind", "multicast", "not supported yet"));
+            return Err(Error::unprocessable("task kind", "multicast", "not supported yet"));
         }
         schedule.next_run = next_run(&schedule.when, self.clock.now())?;
         schedule.id = self.db.create_schedule(&schedule).await?;

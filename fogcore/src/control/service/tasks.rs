@@ -3,10 +3,12 @@
 use super::Control;
 use super::checkin::{Change, raced};
 use crate::control::model::{
-    GroupTasks, Host, NewTask, STATE_NAMES, Skipped, Task, TaskEvent, TaskFilter, TaskId, TaskKind,
+    GroupTasks, HistoryQuery, Host, NewTask, Page, Skipped, Task, TaskEvent, TaskFilter, TaskId, TaskKind,
+    check_not_negative, page_limit,
 };
 use crate::control::tasks::{Event, step};
 use crate::error::{Error, Result};
+use crate::names::check_name;
 
 impl Control {
     /// Creates a task for one host. Deploy takes the host's image when none is given.
@@ -14,7 +16,7 @@ impl Control {
         let host_name = new
             .host
             .as_deref()
-            .ok_or_else(|| Error::invalid("host", "", "a task needs a host (or use a group)"))?;
+            .ok_or_else(|| Error::unprocessable("host", "", "a task needs a host (or use a group)"))?;
         let host = self.db.host(host_name).await?;
         self.task_for_host(new, &host, None, None).await
     }
@@ -27,7 +29,7 @@ impl Control {
         schedule: Option<i64>,
     ) -> Result<Task> {
         if new.kind == TaskKind::Multicast {
-            return Err(Error::invalid(
+            return Err(Error::unprocessable(
                 "task kind",
                 "multicast",
                 "multicast sessions are not supported yet",
@@ -40,7 +42,7 @@ impl Control {
         }
         if new.kind.needs_image() {
             let image = new.image.as_deref().ok_or_else(|| {
-                Error::invalid(
+                Error::unprocessable(
                     "image",
                     "",
                     format!(
@@ -52,7 +54,7 @@ impl Control {
             })?;
             self.db.image(image).await?;
         } else if new.image.is_some() {
-            return Err(Error::invalid(
+            return Err(Error::unprocessable(
                 "image",
                 new.image.clone().unwrap_or_default(),
                 format!("a {} task takes no image", new.kind.as_str()),
@@ -92,11 +94,16 @@ impl Control {
     ) -> Result<GroupTasks> {
         self.db.group(group).await?;
         if new.host.is_some() {
-            return Err(Error::invalid(
+            return Err(Error::unprocessable(
                 "host",
                 new.host.clone().unwrap_or_default(),
                 "a group task names no host",
             ));
+        }
+        // Checked once here, not per host: a group of none would accept any name.
+        if let Some(image) = &new.image {
+            check_name("image name", image)?;
+            self.db.image(image).await?;
         }
         let mut report = GroupTasks {
             created: Vec::new(),
@@ -117,18 +124,22 @@ impl Control {
 
     /// Tasks matching a filter (state names checked).
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
-        if let Some(state) = &filter.state
-            && !STATE_NAMES.contains(&state.as_str())
-        {
-            return Err(Error::invalid(
-                "state",
-                state,
-                format!("use one of {}", STATE_NAMES.join(", ")),
-            ));
-        }
+        filter.validate()?;
         let mut tasks = self.db.tasks(filter).await?;
         self.line.lock().await.overlay(&mut tasks);
         Ok(tasks)
+    }
+
+    /// A page of the tasks `filter` selects, newest first (at most [`PAGE_MAX`](crate::control::model::PAGE_MAX)).
+    pub async fn task_page(&self, filter: &TaskFilter) -> Result<Page<Task>> {
+        let limit = page_limit(filter.limit)?;
+        let tasks = self
+            .tasks(&TaskFilter {
+                limit: Some(limit + 1),
+                ..filter.clone()
+            })
+            .await?;
+        Ok(Page::of(tasks, limit, |t| t.id.to_string()))
     }
 
     /// One task (progress as last reported, which may not be written yet).
@@ -139,10 +150,13 @@ impl Control {
         self.db.task(id).await
     }
 
-    /// A task's state changes, oldest first.
-    pub async fn task_history(&self, id: TaskId) -> Result<Vec<TaskEvent>> {
+    /// A page of a task's state changes, oldest first.
+    pub async fn task_history(&self, id: TaskId, query: &HistoryQuery) -> Result<Page<TaskEvent>> {
         self.db.task(id).await?;
-        self.db.task_events(id).await
+        check_not_negative("after", query.after)?;
+        let limit = page_limit(query.limit)?;
+        let events = self.db.task_events(id, query.after.unwrap_or(0), limit + 1).await?;
+        Ok(Page::of(events, limit, |e| e.id.to_string()))
     }
 
     /// Cancels a task that is not over; frees its slot.

@@ -7,17 +7,25 @@ use std::sync::Arc;
 use super::{Control, lock};
 use crate::control::api::{Authenticate, Caller};
 use crate::control::db::TokenRole;
-use crate::control::model::TaskId;
+use crate::control::model::{AuditEntry, IssuedToken, Millis, NewToken, TaskId, TokenInfo, check_not_negative};
 use crate::control::tokens::{TASK_TOKEN_PREFIX, new_token, task_mac, token_hash};
 use crate::error::{Error, Result};
+use crate::names::check_name;
 
 /// The file in a master's data directory that holds the first admin token.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
-fn caller_of(role: &TokenRole) -> Caller {
+/// The name the first admin token gets.
+pub const FIRST_TOKEN_NAME: &str = "admin";
+
+/// Who holds a token of this role at `now`: an expired admin token is refused.
+fn caller_of(role: &TokenRole, now: Millis) -> Result<Caller> {
     match role {
-        TokenRole::Admin => Caller::Admin,
-        TokenRole::Node(node) => Caller::Node(node.clone()),
+        TokenRole::Admin { name, expires_at } => match expires_at {
+            Some(at) if *at <= now => Err(Error::Unauthorized(format!("token {name} has expired"))),
+            _ => Ok(Caller::Admin(name.clone())),
+        },
+        TokenRole::Node(node) => Ok(Caller::Node(node.clone())),
     }
 }
 
@@ -25,20 +33,69 @@ impl Control {
     // ---- tokens
 
     /// Issues an admin token; only its hash is stored.
-    pub async fn create_admin_token(&self) -> Result<String> {
+    pub async fn create_admin_token(&self, new: &NewToken) -> Result<IssuedToken> {
+        check_name("token name", &new.name)?;
+        check_not_negative("expires_at", new.expires_at)?;
         let token = new_token();
-        self.db.insert_token(&token_hash(&token), &TokenRole::Admin).await?;
-        Ok(token)
+        let role = TokenRole::Admin {
+            name: new.name.clone(),
+            expires_at: new.expires_at,
+        };
+        self.db.insert_token(&token_hash(&token), &role).await?;
+        Ok(IssuedToken {
+            info: TokenInfo {
+                name: new.name.clone(),
+                created_at: self.clock.now(),
+                expires_at: new.expires_at,
+            },
+            token,
+        })
+    }
+
+    /// Every admin token's record, by name.
+    pub async fn admin_tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.db.admin_tokens().await
+    }
+
+    /// Revokes an admin token: refused from the next request on. The last one that works is
+    /// kept (nobody could administer the master without it).
+    pub async fn revoke_admin_token(&self, name: &str) -> Result<()> {
+        let now = self.clock.now();
+        let working = self.db.admin_tokens().await?;
+        let working: Vec<_> = working
+            .iter()
+            .filter(|t| t.expires_at.is_none_or(|at| at > now))
+            .collect();
+        if working.len() == 1 && working[0].name == name {
+            return Err(Error::conflict(
+                "token",
+                name,
+                "it is the last admin token that works: issue another first",
+            ));
+        }
+        self.db.delete_admin_token(name).await?;
+        let mut cache = lock(&self.tokens);
+        cache.generation += 1;
+        cache
+            .roles
+            .retain(|_, role| !matches!(role, TokenRole::Admin { name: n, .. } if n == name));
+        Ok(())
     }
 
     /// On a first start (no admin token yet), issues one and, given a directory, writes it to
     /// `DIR/admin-token` (mode 0600). Returns the token and the file then; none when admin tokens
     /// exist already.
     pub async fn first_admin_token(&self, dir: Option<&Path>) -> Result<Option<(String, Option<PathBuf>)>> {
-        if self.db.admin_tokens().await? > 0 {
+        if !self.db.admin_tokens().await?.is_empty() {
             return Ok(None);
         }
-        let token = self.create_admin_token().await?;
+        let token = self
+            .create_admin_token(&NewToken {
+                name: FIRST_TOKEN_NAME.into(),
+                expires_at: None,
+            })
+            .await?
+            .token;
         let file = match dir {
             Some(dir) => {
                 let path = dir.join(ADMIN_TOKEN_FILE);
@@ -63,10 +120,11 @@ impl Control {
             return self.authenticate_task(rest).await;
         }
         let hash = token_hash(token);
+        let now = self.clock.now();
         let generation = {
             let cache = lock(&self.tokens);
             if let Some(role) = cache.roles.get(&hash) {
-                return Ok(caller_of(role));
+                return caller_of(role, now);
             }
             cache.generation
         };
@@ -75,12 +133,12 @@ impl Control {
             .token_role(&hash)
             .await?
             .ok_or_else(|| Error::Unauthorized("unknown token".into()))?;
-        let caller = caller_of(&role);
+        let caller = caller_of(&role, now);
         let mut cache = lock(&self.tokens);
         if cache.generation == generation {
             cache.roles.insert(hash, role);
         }
-        Ok(caller)
+        caller
     }
 
     /// The stored hashes of a node's tokens (cached).
@@ -142,5 +200,9 @@ impl Control {
 impl Authenticate for Arc<Control> {
     async fn authenticate(&self, token: &str) -> Result<Caller> {
         Control::authenticate(self, token).await
+    }
+
+    async fn record(&self, entry: AuditEntry) {
+        self.record_audit(entry).await
     }
 }

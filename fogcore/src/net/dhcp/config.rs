@@ -274,9 +274,33 @@ impl FromStr for Subnet {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || Error::InvalidInput(format!("subnet {s:?}: expected ADDRESS/PREFIX, e.g. 10.99.0.0/24"));
         let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
-        let addr: Ipv4Addr = addr.trim().parse().map_err(|_| bad())?;
-        let prefix: u8 = prefix.trim().parse().map_err(|_| bad())?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        // Written as SUBNET_PATTERN says: no sign, no leading zero.
+        if prefix.is_empty() || prefix.len() > 2 || (prefix.starts_with('0') && prefix != "0") {
+            return Err(bad());
+        }
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
         Subnet::new(addr, prefix)
+    }
+}
+
+/// [`Subnet`]'s written form as a regular expression (for the API's document).
+pub const SUBNET_PATTERN: &str = concat!(
+    r"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+    r"/(?:3[0-2]|[12]?[0-9])$"
+);
+
+impl schemars::JsonSchema for Subnet {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Subnet".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": SUBNET_PATTERN,
+            "description": "An IPv4 subnet, ADDRESS/PREFIX (10.99.0.0/24)",
+        })
     }
 }
 
