@@ -258,10 +258,7 @@ pub async fn guard<A: Authenticate>(State((auth, check)): State<(A, Guarded)>, r
         }
     };
     parts.extensions.insert(caller);
-    if !check.audited {
-        return next.run(Request::from_parts(parts, body)).await;
-    }
-    let body = if entry.target.is_empty() {
+    let body = if check.audited && entry.target.is_empty() {
         let (body, name) = body_name(&parts, body).await;
         entry.target = name.unwrap_or_default();
         body
@@ -269,6 +266,11 @@ pub async fn guard<A: Authenticate>(State((auth, check)): State<(A, Guarded)>, r
         body
     };
     let response = next.run(Request::from_parts(parts, body)).await;
+    // A handler's refusal (a node reading an image not its own) is recorded on any route.
+    let refused = matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    if !(check.audited || refused) {
+        return response;
+    }
     let (response, result) = outcome(response).await;
     entry.status = response.status().as_u16();
     entry.result = result;
@@ -388,6 +390,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 
     async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Self::Rejection> {
         match Json::<serde_json::Value>::from_request(req, state).await {
+            // Every body is an object; serde would also read a struct from an array.
+            Ok(Json(value)) if !value.is_object() => {
+                Err(ApiError(Error::invalid("request body", "", "must be a JSON object")))
+            }
             Ok(Json(mut value)) => {
                 whole_numbers_as_integers(&mut value);
                 serde_path_to_error::deserialize(value)

@@ -19,7 +19,6 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
@@ -27,6 +26,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
+use axum::{Extension, Json};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -225,6 +225,23 @@ pub trait HasStore: Clone + Send + Sync + 'static {
         let _ = name;
         async { Ok(()) }
     }
+
+    /// Refused unless `caller` may read the image `name` (its manifest). Default: anyone the
+    /// token check let in.
+    fn check_image_read(&self, caller: &Caller, name: &str) -> impl std::future::Future<Output = Result<()>> + Send {
+        let _ = (caller, name);
+        async { Ok(()) }
+    }
+
+    /// Of `names`, the images `caller` may read. Default: all.
+    fn readable_images(
+        &self,
+        caller: &Caller,
+        names: Vec<String>,
+    ) -> impl std::future::Future<Output = Result<Vec<String>>> + Send {
+        let _ = caller;
+        async { Ok(names) }
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T, ApiError> {
@@ -297,21 +314,29 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-async fn images<S: HasStore>(State(s): State<S>) -> Result<Response, ApiError> {
+async fn images<S: HasStore>(State(s): State<S>, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
     let store = s.image_store()?;
-    blocking(move || store.images().map(|i| Json(i).into_response())).await
+    let names = blocking(move || store.images()).await?;
+    Ok(Json(s.readable_images(&caller, names).await?).into_response())
 }
 
-async fn get_manifest<S: HasStore>(State(s): State<S>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn get_manifest<S: HasStore>(
+    State(s): State<S>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    s.check_image_read(&caller, &name).await?;
     let store = s.image_store()?;
     blocking(move || store.manifest_bytes(&name).map(octets)).await
 }
 
 async fn manifest_delta<S: HasStore>(
     State(s): State<S>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
+    s.check_image_read(&caller, &name).await?;
     let store = s.image_store()?;
     let pieces = decode_pieces(&body)?;
     blocking(move || store.manifest_delta(&name, &pieces).map(octets)).await

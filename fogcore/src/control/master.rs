@@ -710,6 +710,14 @@ impl crate::control::chunks::HasStore for App {
         // An image the master has no record of (a plain replication) has no copies to mark.
         Control::manifest_stored(self, name).await
     }
+
+    async fn check_image_read(&self, caller: &Caller, name: &str) -> Result<()> {
+        Control::check_image_read(self, caller, name).await
+    }
+
+    async fn readable_images(&self, caller: &Caller, names: Vec<String>) -> Result<Vec<String>> {
+        Control::readable_images(self, caller, names).await
+    }
 }
 
 /// Every route, as documented.

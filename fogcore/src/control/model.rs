@@ -306,6 +306,13 @@ impl Node {
                 "needs a host, in printable ASCII",
             ));
         }
+        // The document's pattern gives the shape; a URL of that shape that does not parse (a
+        // bracket that opens no IPv6 address) is refused by this rule beyond it.
+        let parsed = reqwest::Url::parse(&self.url)
+            .map_err(|e| Error::unprocessable("node url", &self.url, format!("not a URL: {e}")))?;
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(Error::unprocessable("node url", &self.url, "names no host"));
+        }
         if self.max_clients == 0 {
             return Err(Error::invalid("max clients", "0", "a node needs at least one slot"));
         }

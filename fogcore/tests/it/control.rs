@@ -907,6 +907,14 @@ async fn every_route_refuses_the_callers_its_access_excludes() -> TestResult {
     let task_a = m.client.create_task(&task(TaskKind::Inventory, "pc-a")).await?;
     let task_b = m.client.create_task(&task(TaskKind::Inventory, "pc-b")).await?;
     let task_token = fogcore::control::service::task_token(&a.token, "site-a", task_a.id);
+    // Images of the store's routes: one placed on site-a, one on site-b only.
+    for (name, on) in [("on-a", "site-a"), ("on-b", "site-b")] {
+        let mut record = image(name);
+        record.placement = Placement::Nodes {
+            nodes: vec![on.to_string()],
+        };
+        m.client.create_image(&record).await?;
+    }
     let with = |path: &str, name: &str, id: i64| {
         path.replace("{name}", name)
             .replace("{node}", name)
@@ -946,8 +954,11 @@ async fn every_route_refuses_the_callers_its_access_excludes() -> TestResult {
         // Routes about one node's records: its name in the path, or one of its tasks.
         let names_node = route.path.starts_with("/api/v1/nodes/{name}") || route.path.contains("{node}");
         let names_task = route.path.starts_with("/api/v1/tasks/{id}/");
+        let reads_image = route.path.starts_with("/api/v1/store/images/{name}") && route.method != reqwest::Method::PUT;
         let own = if names_node {
             with(&route.path, "site-a", task_a.id)
+        } else if reads_image {
+            with(&route.path, "on-a", 0)
         } else {
             plain.clone()
         };
@@ -960,6 +971,10 @@ async fn every_route_refuses_the_callers_its_access_excludes() -> TestResult {
             if route.access == Access::Node && (names_node || names_task) {
                 let s = call(Some(token.clone()), with(&route.path, "site-b", task_b.id)).await?;
                 assert_eq!(s, 403, "{what}: a {kind} token of site-a on site-b's records");
+            }
+            if reads_image {
+                let s = call(Some(token.clone()), with(&route.path, "on-b", 0)).await?;
+                assert_eq!(s, 403, "{what}: a {kind} token of site-a reading site-b's image");
             }
         }
         let s = call(Some(m.admin.clone()), plain.clone()).await?;
@@ -1292,6 +1307,102 @@ async fn tokens_are_revoked_at_once_expire_and_calls_are_audited() -> TestResult
         assert_eq!(failed.items.len(), 2);
         assert!(failed.items.iter().all(|e| e.status >= 400));
         assert!(failed.next.is_some(), "more refusals than a page of 2");
+        master.stop().await?;
+    }
+    Ok(())
+}
+
+/// A node's token reads the images placed on its node, and those an open task of its hosts
+/// uses, and no other: the store's list leaves them out, their manifests are refused (403), and
+/// the audit log records each refusal.
+#[tokio::test]
+async fn a_node_reads_only_the_images_placed_on_it() -> TestResult {
+    use fogcore::imaging::capture::{CaptureOptions, capture};
+    use fogcore::imaging::replica::{ImageStore, LocalStore};
+    use fogcore::imaging::store::Store;
+    use fogcore::progress::NoProgress;
+    for b in backends().await? {
+        let store = Store::open(b.dir.path().join("store"))?;
+        let disk = b.dir.path().join("disk.raw");
+        for (name, seed) in [("shared", 1), ("secret", 2)] {
+            std::fs::write(&disk, crate::tools::pseudo_random(1 << 20, seed))?;
+            capture(&store, &disk, name, &CaptureOptions::default(), &NoProgress)?;
+        }
+        let (master, admin) = crate::tools::start_master(&b.url, Some(store.clone())).await?;
+        let base = format!("http://{}", master.addr());
+        let root = Client::new(&base, Some(&admin))?;
+        let site_a = root.create_node(&node("site-a", "10.1.0.0/16", 2)?).await?.token;
+        root.create_node(&node("site-b", "10.2.0.0/16", 2)?).await?;
+        for (name, on) in [("shared", "site-a"), ("secret", "site-b")] {
+            let mut record = image(name);
+            record.placement = Placement::Nodes {
+                nodes: vec![on.to_string()],
+            };
+            root.create_image(&record).await?;
+        }
+        let http = reqwest::Client::new();
+        let get = |path: &str| {
+            http.get(format!("{base}/api/v1/store{path}"))
+                .bearer_auth(&site_a)
+                .send()
+        };
+        let listed: Vec<String> = serde_json::from_slice(&get("/images").await?.bytes().await?)?;
+        assert_eq!(listed, ["shared"]);
+        let shared = get("/images/shared/manifest").await?;
+        assert_eq!(shared.status(), 200);
+        let stored = LocalStore::new(store.clone()).manifest_bytes("shared")?;
+        assert_eq!(shared.bytes().await?.to_vec(), stored);
+        let secret = get("/images/secret/manifest").await?;
+        assert_eq!(secret.status(), 403);
+        let body: Value = serde_json::from_slice(&secret.bytes().await?)?;
+        assert!(body["message"].as_str().is_some_and(|m| m.contains("site-a")), "{body}");
+        let delta = http
+            .post(format!("{base}/api/v1/store/images/secret/manifest/delta"))
+            .bearer_auth(&site_a)
+            .body(Vec::new())
+            .send()
+            .await?;
+        assert_eq!(delta.status(), 403);
+        // A deploy of it to one of site-a's hosts opens it to site-a while the task is open.
+        let mut h = host("pc-a", "52:54:00:00:0a:01");
+        h.node = Some("site-a".into());
+        root.create_host(&h).await?;
+        let mut deploy = task(TaskKind::Deploy, "pc-a");
+        deploy.image = Some("secret".into());
+        let t = root.create_task(&deploy).await?;
+        assert_eq!(get("/images/secret/manifest").await?.status(), 200);
+        root.cancel_task(t.id).await?;
+        assert_eq!(get("/images/secret/manifest").await?.status(), 403);
+        // An admin reads everything; every refusal is in the audit log.
+        let all = http
+            .get(format!("{base}/api/v1/store/images"))
+            .bearer_auth(&admin)
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        let all: Vec<String> = serde_json::from_slice(&all)?;
+        assert_eq!(all.len(), 2);
+        let refused = root
+            .audit_page(&fogcore::control::model::AuditQuery {
+                actor: Some("node:site-a".into()),
+                failed: true,
+                ..Default::default()
+            })
+            .await?;
+        let seen: Vec<(&str, &str, u16)> = refused
+            .items
+            .iter()
+            .map(|e| (e.action.as_str(), e.target.as_str(), e.status))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("GET /api/v1/store/images/{name}/manifest", "secret", 403),
+                ("POST /api/v1/store/images/{name}/manifest/delta", "secret", 403),
+                ("GET /api/v1/store/images/{name}/manifest", "secret", 403),
+            ]
+        );
         master.stop().await?;
     }
     Ok(())

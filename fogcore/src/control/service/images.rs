@@ -2,7 +2,7 @@
 
 use super::{Control, same_name};
 use crate::control::api::Caller;
-use crate::control::model::{CopyReport, Image, ImageCopy, ImageQuery, Page, Placement, page_limit};
+use crate::control::model::{CopyReport, Image, ImageCopy, ImageQuery, Page, Placement, TaskFilter, page_limit};
 use crate::error::{Error, Result};
 
 impl Control {
@@ -72,5 +72,42 @@ impl Control {
             return Err(Error::conflict("image", name, "a host or an open task uses it"));
         }
         self.db.delete_image(name).await
+    }
+
+    /// Refused unless `caller` may read `image` from the master's store: an admin reads every
+    /// image; a node those placed on it and those an open task of its hosts uses (a deploy it
+    /// passes chunks through for, a capture that replaces an older copy). Chunks are read by
+    /// their BLAKE3 ids, which only a manifest (or the data itself) gives: the manifest is the
+    /// gate.
+    pub async fn check_image_read(&self, caller: &Caller, image: &str) -> Result<()> {
+        let Some(node) = caller.node() else {
+            return Ok(());
+        };
+        if self.images_readable_by(node).await?.iter().any(|i| i == image) {
+            return Ok(());
+        }
+        Err(Error::Forbidden(format!(
+            "node {node} cannot read image {image}: it is not placed on {node} and no open task of {node} uses it"
+        )))
+    }
+
+    /// Of `images`, those `caller` may read (see [`Control::check_image_read`]).
+    pub async fn readable_images(&self, caller: &Caller, images: Vec<String>) -> Result<Vec<String>> {
+        let Some(node) = caller.node() else {
+            return Ok(images);
+        };
+        let readable = self.images_readable_by(node).await?;
+        Ok(images.into_iter().filter(|i| readable.contains(i)).collect())
+    }
+
+    async fn images_readable_by(&self, node: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self.db.node_copies(node).await?.into_iter().map(|c| c.image).collect();
+        let open = TaskFilter {
+            node: Some(node.to_string()),
+            open_only: true,
+            ..TaskFilter::default()
+        };
+        names.extend(self.db.tasks(&open).await?.into_iter().filter_map(|t| t.image));
+        Ok(names)
     }
 }

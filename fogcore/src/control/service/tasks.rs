@@ -100,10 +100,14 @@ impl Control {
                 "a group task names no host",
             ));
         }
-        // Checked once here, not per host: a group of none would accept any name.
+        // Checked once here, not per host: a group of none would accept any name. A 404 would
+        // read as "no such group": the body names a record that is not there, a 422.
         if let Some(image) = &new.image {
             check_name("image name", image)?;
-            self.db.image(image).await?;
+            self.db.image(image).await.map_err(|e| match e {
+                Error::NotFound { .. } => Error::unprocessable("image", image, "no image of that name"),
+                other => other,
+            })?;
         }
         let mut report = GroupTasks {
             created: Vec::new(),
