@@ -11,7 +11,7 @@ use fogcore::Error;
 use fogcore::clock::utc_text;
 use fogcore::control::client::Client;
 #[cfg(feature = "master")]
-use fogcore::control::master::MasterConfig;
+use fogcore::control::master::{MasterConfig, MasterTls};
 use fogcore::control::model::{
     After, AuditQuery, Group, Host, HostQuery, ImageStatus, NewTask, NewToken, Node, PAGE_MAX, Placement, Task,
     TaskFilter, TaskKind, TaskState, TokenInfo, parse_subnet,
@@ -19,6 +19,7 @@ use fogcore::control::model::{
 #[cfg(feature = "master")]
 use fogcore::imaging::replica::ImageStore;
 use fogcore::names::{GroupName, HostName, ImageName, NodeName};
+use fogcore::net::tls::Trust;
 use serde::Serialize;
 
 /// `println!` that ignores a closed stdout.
@@ -38,6 +39,13 @@ pub struct MasterArgs {
     /// Bearer token (admin, or a node's)
     #[arg(long, global = true, env = "FOG_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Trust an https:// master whose certificate comes from the CA in this PEM file
+    #[arg(long, global = true, env = "FOG_MASTER_CA")]
+    master_ca: Option<PathBuf>,
+    /// Trust an https:// master whose certificate has this SHA-256 fingerprint (what
+    /// `fog master --tls-self-signed` prints)
+    #[arg(long, global = true, env = "FOG_MASTER_FINGERPRINT", conflicts_with = "master_ca")]
+    master_fingerprint: Option<String>,
 }
 
 #[cfg(feature = "master")]
@@ -53,6 +61,20 @@ pub struct MasterServe {
     /// A database URL instead of DATA_DIR/fog.db (postgres://user@host/db)
     #[arg(long, env = "FOG_DATABASE_URL", hide_env_values = true)]
     database: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key)
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate made on the first start and kept in
+    /// DATA_DIR (tls-cert.pem, tls-key.pem); prints its SHA-256 fingerprint for nodes to pin
+    #[arg(long)]
+    tls_self_signed: bool,
+    /// A DNS name or IP address the self-signed certificate names besides localhost and this
+    /// host's name (repeat for more)
+    #[arg(long = "tls-name", requires = "tls_self_signed")]
+    tls_names: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -256,7 +278,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 }
 
 fn client(args: &MasterArgs) -> Result<Client, Error> {
-    Client::new(&args.master, args.token.as_deref())
+    let trust = Trust::from_options(args.master_ca.as_deref(), args.master_fingerprint.as_deref())?;
+    Client::with_trust(&args.master, args.token.as_deref(), &trust)
 }
 
 fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T)) {
@@ -289,6 +312,16 @@ pub fn master(args: &MasterServe, store: Option<&std::path::Path>) -> Result<(),
             data_dir: Some(args.data_dir.clone()),
             database: args.database.clone(),
             store,
+            tls: match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => MasterTls::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                _ if args.tls_self_signed => MasterTls::SelfSigned {
+                    names: args.tls_names.clone(),
+                },
+                _ => MasterTls::Off,
+            },
         };
         let started = fogcore::control::master::serve(&config).await?;
         if let Some(dir) = &started.store_dir {
@@ -298,9 +331,16 @@ pub fn master(args: &MasterServe, store: Option<&std::path::Path>) -> Result<(),
             let file = first.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default();
             say!("admin token (also in {file}, mode 0600): {}", first.token);
         }
+        if let Some(tls) = &started.tls {
+            say!("TLS certificate: {}", tls.cert_file().display());
+            say!(
+                "TLS SHA-256 fingerprint (pin it: --master-fingerprint, [node] master_fingerprint): {}",
+                tls.fingerprint()
+            );
+        }
         let master = started.master;
         tracing::info!(listen = %master.addr(), "fog master: running; SIGINT or SIGTERM stops it");
-        say!("fog master: listening on http://{}", master.addr());
+        say!("fog master: listening on {}", master.url());
         let stopped = master.cancellation();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Error::io("SIGTERM handler", e))?;

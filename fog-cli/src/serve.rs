@@ -28,7 +28,7 @@ pub enum DhcpArg {
 #[derive(Args)]
 pub struct ServeArgs {
     /// Config file (fog.toml); without it, the flags below describe the node
-    #[arg(long, conflicts_with_all = ["interface", "address", "dhcp", "range", "subnet", "boot_dir", "data_dir", "http_port", "tftp_port", "no_tftp", "no_ra", "node_master", "node_name", "node_token_file"])]
+    #[arg(long, conflicts_with_all = ["interface", "address", "dhcp", "range", "subnet", "boot_dir", "data_dir", "http_port", "tftp_port", "no_tftp", "no_ra", "node_master", "node_name", "node_token_file", "node_master_ca", "node_master_fingerprint"])]
     config: Option<PathBuf>,
     /// Interface of the clients' subnet (DHCP binds to it)
     #[arg(long)]
@@ -75,6 +75,12 @@ pub struct ServeArgs {
     /// File holding this node's token (from `fog node add`)
     #[arg(long, requires = "node_master")]
     node_token_file: Option<PathBuf>,
+    /// An https:// master is trusted when its certificate comes from the CA in this PEM file
+    #[arg(long, requires = "node_master")]
+    node_master_ca: Option<PathBuf>,
+    /// An https:// master is trusted when its certificate has this SHA-256 fingerprint
+    #[arg(long, requires = "node_master", conflicts_with = "node_master_ca")]
+    node_master_fingerprint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +140,8 @@ fn serve_config(args: &ServeArgs) -> Result<ServeConfig, Error> {
         master: args.node_master.clone(),
         node_name: args.node_name.clone(),
         node_token_file: args.node_token_file.clone(),
+        master_ca: args.node_master_ca.clone(),
+        master_fingerprint: args.node_master_fingerprint.clone(),
     };
     ServeConfig::try_from(quick.to_file()?)
 }

@@ -165,10 +165,11 @@ impl PyMaster {
 #[pymethods]
 impl PyMaster {
     #[new]
-    #[pyo3(signature = (url, token=None))]
-    fn new(url: &str, token: Option<&str>) -> PyResult<Self> {
+    #[pyo3(signature = (url, token=None, ca=None, fingerprint=None))]
+    fn new(url: &str, token: Option<&str>, ca: Option<PathBuf>, fingerprint: Option<&str>) -> PyResult<Self> {
+        let trust = fogcore::net::tls::Trust::from_options(ca.as_deref(), fingerprint).map_err(fog_err)?;
         Ok(PyMaster {
-            client: Client::new(url, token).map_err(fog_err)?,
+            client: Client::with_trust(url, token, &trust).map_err(fog_err)?,
             url: url.trim_end_matches('/').to_string(),
             rt: runtime()?,
         })
@@ -570,14 +571,22 @@ pub struct PyRunningMaster {
     master: Mutex<Option<Master>>,
     url: String,
     admin_token: Option<String>,
+    /// Its certificate's SHA-256 fingerprint, when it speaks HTTPS.
+    fingerprint: Option<String>,
 }
 
 #[pymethods]
 impl PyRunningMaster {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     #[getter]
     fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The SHA-256 fingerprint of its certificate (`AB:CD:...`) when it speaks HTTPS.
+    #[getter]
+    fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
     }
 
     /// The admin token of the master's first start (from `data_dir/admin-token` on later
@@ -599,7 +608,12 @@ impl PyRunningMaster {
 
     /// A `fog.Master` client of it with the admin token.
     fn client(&self) -> PyResult<PyMaster> {
-        PyMaster::new(&self.url, self.admin_token.as_deref())
+        PyMaster::new(
+            &self.url,
+            self.admin_token.as_deref(),
+            None,
+            self.fingerprint.as_deref(),
+        )
     }
 
     /// Stops serving (open requests get 5 s) and closes the database.
@@ -634,13 +648,14 @@ impl PyRunningMaster {
 /// Starts a master in this process: the API on `listen`, the database at `db_url` (else
 /// `data_dir/fog.db`), serving the images of `store` (a `fog.Store` or a path) when given.
 #[pyfunction]
-#[pyo3(signature = (db_url=None, listen="127.0.0.1:0", data_dir=None, store=None))]
+#[pyo3(signature = (db_url=None, listen="127.0.0.1:0", data_dir=None, store=None, tls_self_signed=false))]
 pub fn start_master(
     py: Python<'_>,
     db_url: Option<String>,
     listen: &str,
     data_dir: Option<PathBuf>,
     store: Option<&Bound<'_, PyAny>>,
+    tls_self_signed: bool,
 ) -> PyResult<PyRunningMaster> {
     let listen: SocketAddr = listen.parse().map_err(|_| {
         BadInputError::new_err(format!(
@@ -671,6 +686,11 @@ pub fn start_master(
         data_dir: data_dir.clone(),
         database: db_url,
         store: store.map(|s| Arc::new(LocalStore::new(s)) as Arc<dyn ImageStore>),
+        tls: if tls_self_signed {
+            fogcore::control::master::MasterTls::SelfSigned { names: Vec::new() }
+        } else {
+            fogcore::control::master::MasterTls::Off
+        },
     };
     let started = py
         .detach(|| rt.block_on(fogcore::control::master::serve(&config)))
@@ -683,10 +703,11 @@ pub fn start_master(
     };
     let master = started.master;
     Ok(PyRunningMaster {
-        url: format!("http://{}", master.addr()),
+        url: master.url(),
         rt,
         master: Mutex::new(Some(master)),
         admin_token,
+        fingerprint: started.tls.map(|t| t.fingerprint().to_string()),
     })
 }
 

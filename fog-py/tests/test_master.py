@@ -87,6 +87,19 @@ def test_a_wrong_token_is_unauthorized(master):
     assert isinstance(e.value, fog.FogError)
 
 
+def test_a_tls_master_is_trusted_by_its_pin_or_its_certificate(tmp_path):
+    with fog.start_master(data_dir=tmp_path / "m", tls_self_signed=True) as running:
+        assert running.url.startswith("https://127.0.0.1:") and len(running.fingerprint) == 95
+        assert running.client().health()["ok"] is True
+        by_ca = fog.Master(running.url, running.admin_token, ca=str(tmp_path / "m" / "tls-cert.pem"))
+        assert by_ca.hosts() == []
+        wrong = running.fingerprint.replace(running.fingerprint[0], "0" if running.fingerprint[0] != "0" else "1")
+        with pytest.raises(fog.BadInputError, match="not the pinned"):
+            fog.Master(running.url, running.admin_token, fingerprint=wrong).hosts()
+        with pytest.raises(fog.BadInputError, match="not both"):
+            fog.Master(running.url, ca="x.pem", fingerprint=running.fingerprint)
+
+
 def test_tasks_filters_cancel_history_and_watch(api):
     api.create_node("site-a", "http://127.0.0.1:8080")
     api.create_group("lab")

@@ -10,9 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d /tmp/fog-e2e-api.XXXXXX)
 master_pid=
+tls_pid=
 cleanup() {
   local rc=$?
-  [ -n "$master_pid" ] && kill "$master_pid" 2> /dev/null && wait "$master_pid" 2> /dev/null
+  for pid in $master_pid $tls_pid; do kill "$pid" 2> /dev/null && wait "$pid" 2> /dev/null; done
   if [ $rc -ne 0 ]; then
     echo "== e2e api-contract failed (exit $rc); logs:"
     for f in "$work"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 80 "$f"; }; done
@@ -57,4 +58,30 @@ status=$(curl -s -o "$work/413.json" -w '%{http_code}' -H "Authorization: Bearer
   -H 'Content-Type: application/json' --data-binary @"$work/big.json" "$base/api/v1/hosts")
 [ "$status" = 413 ] || { echo "a 3 MiB body answered $status"; cat "$work/413.json"; exit 1; }
 grep -q '"code":"too_large"' "$work/413.json" || { echo "no too_large code:"; cat "$work/413.json"; exit 1; }
+echo "== HTTPS: a self-signed master, trusted by curl --cacert and by the CLI's pinned fingerprint"
+tls_port=18392
+"$FOG" master --data-dir "$work/tls" --listen "127.0.0.1:$tls_port" --tls-self-signed > "$work/tls-master.log" 2>&1 &
+tls_pid=$!
+for _ in $(seq 1 100); do
+  curl -sf --cacert "$work/tls/tls-cert.pem" "https://127.0.0.1:$tls_port/api/v1/health" > /dev/null && break
+  sleep 0.1
+done
+curl -sf --cacert "$work/tls/tls-cert.pem" "https://127.0.0.1:$tls_port/api/v1/health" | grep -q '"ok":true' \
+  || { echo "curl --cacert could not get /api/v1/health over HTTPS"; exit 1; }
+if curl -sf "https://127.0.0.1:$tls_port/api/v1/health" > /dev/null 2>&1; then
+  echo "curl trusted the self-signed certificate without --cacert"; exit 1
+fi
+fingerprint=$(sed -n 's/^TLS SHA-256 fingerprint.*: //p' "$work/tls-master.log")
+[ -n "$fingerprint" ] || { echo "the master printed no fingerprint"; exit 1; }
+tls_token=$(cat "$work/tls/admin-token")
+FOG_MASTER="https://127.0.0.1:$tls_port" FOG_TOKEN=$tls_token "$FOG" --master-fingerprint "$fingerprint" \
+  host add pc-tls --mac 52:54:00:00:77:01 > /dev/null
+wrong=$(printf '%s' "$fingerprint" | tr '0-9A-F' '1-9A-F0')
+if FOG_MASTER="https://127.0.0.1:$tls_port" FOG_TOKEN=$tls_token "$FOG" --master-fingerprint "$wrong" \
+  host rm pc-tls > "$work/wrong-pin.out" 2>&1; then
+  echo "a wrong pinned fingerprint was accepted"; exit 1
+fi
+grep -q "not the pinned" "$work/wrong-pin.out" || { echo "no clear error for a wrong pin:"; cat "$work/wrong-pin.out"; exit 1; }
+FOG_MASTER="https://127.0.0.1:$tls_port" FOG_TOKEN=$tls_token "$FOG" --master-ca "$work/tls/tls-cert.pem" host show pc-tls \
+  | grep -q pc-tls || { echo "the host is gone or the CA file was not trusted"; exit 1; }
 echo "== api-contract e2e passed"

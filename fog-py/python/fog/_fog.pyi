@@ -207,9 +207,17 @@ class Master:
     for the node routes). Every call blocks with the GIL released (Ctrl-C interrupts it) and
     returns plain dicts and lists. The master's refusals raise :class:`ApiError` with its code;
     bad arguments (an unknown key, an invalid subnet) raise :class:`BadInputError` before
-    anything is sent; an unreachable master raises :class:`FogError`."""
+    anything is sent; an unreachable master raises :class:`FogError`. An ``https://`` master is
+    trusted by the system's roots, by the CA in the PEM file ``ca``, or by the SHA-256
+    ``fingerprint`` of its certificate (what ``fog master --tls-self-signed`` prints)."""
 
-    def __new__(cls, url: str, token: Optional[str] = None) -> "Master": ...
+    def __new__(
+        cls,
+        url: str,
+        token: Optional[str] = None,
+        ca: Optional[str] = None,
+        fingerprint: Optional[str] = None,
+    ) -> "Master": ...
     @property
     def url(self) -> str:
         """The master's URL, without a trailing ``/``."""
@@ -379,7 +387,12 @@ class RunningMaster:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``: where the API listens."""
+        """``http://127.0.0.1:PORT`` (``https://`` with TLS): where the API listens."""
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """The SHA-256 fingerprint of its certificate (``AB:CD:...``) when it speaks HTTPS:
+        :meth:`client` pins it."""
 
     @property
     def admin_token(self) -> Optional[str]:
@@ -406,12 +419,15 @@ def start_master(
     listen: str = "127.0.0.1:0",
     data_dir: Optional[_StrPath] = None,
     store: Union[Store, _StrPath, None] = None,
+    tls_self_signed: bool = False,
 ) -> RunningMaster:
     """Starts a master in this process: the REST API on ``listen`` (port 0: any free port), its
     database at ``db_url`` (``sqlite://PATH?mode=rwc`` or ``postgres://...``), else
     ``data_dir/fog.db``, migrated. With ``store`` it also serves that store's chunks and
     manifests to agents (``/api/v1/store``; with only ``data_dir``, ``data_dir/store``). A first
     start issues the admin token (:attr:`RunningMaster.admin_token`), as ``fog master`` does.
+    ``tls_self_signed`` serves HTTPS with a certificate made on the first start and kept in
+    ``data_dir`` (:attr:`RunningMaster.fingerprint`).
 
     Raises :class:`BadInputError` for a bad ``listen`` address, a port already in use, or neither
     ``db_url`` nor ``data_dir``."""

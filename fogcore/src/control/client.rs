@@ -15,6 +15,7 @@ use crate::control::model::{
     TokenInfo, Wake,
 };
 use crate::error::{Error, Result};
+use crate::net::tls::{Trust, request_error};
 
 /// The size of the next page when `wanted` items are asked for and `got` are in hand.
 fn page_size(wanted: Option<usize>, got: usize) -> u32 {
@@ -37,13 +38,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the master at `url` (`http://host:port`), with a bearer token.
+    /// A client of the master at `url` (`http://host:port`), with a bearer token, trusting the
+    /// system's roots for HTTPS.
     pub fn new(url: &str, token: Option<&str>) -> Result<Client> {
+        Client::with_trust(url, token, &Trust::System)
+    }
+
+    /// A client of the master at `url` that trusts its certificate as `trust` says.
+    pub fn with_trust(url: &str, token: Option<&str>, trust: &Trust) -> Result<Client> {
         let base = url.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::invalid("master url", url, "must start with http:// or https://"));
         }
-        let http = reqwest::Client::builder()
+        let http = trust
+            .client_builder()?
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| Error::Http {
@@ -77,7 +85,7 @@ impl Client {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.to_json()?);
         }
-        let resp = req.send().await.map_err(|e| http_err(e.to_string()))?;
+        let resp = req.send().await.map_err(|e| request_error(&url, &e))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| http_err(e.to_string()))?;
         if !status.is_success() {

@@ -46,6 +46,7 @@ use crate::control::tokens::{TASK_TOKEN_PREFIX, task_token};
 use crate::error::{Error, Result};
 use crate::imaging::replica::{ImageStore, LocalStore, ReadThrough};
 use crate::imaging::store::Store;
+use crate::net::tls::Trust;
 use crate::progress::NoProgress;
 
 /// How long the node waits for the master on an agent's behalf before answering from its cache.
@@ -154,10 +155,11 @@ impl Gateway {
         master_url: &str,
         node: &str,
         node_token: &str,
+        trust: &Trust,
         tasks: Arc<NodeTasks>,
     ) -> Result<Gateway> {
         let local: Arc<dyn ImageStore> = Arc::new(LocalStore::new(Store::open(data_dir.join("store"))?));
-        let upstream: Arc<dyn ImageStore> = Arc::new(RemoteStore::new(master_url, Some(node_token))?);
+        let upstream: Arc<dyn ImageStore> = Arc::new(RemoteStore::with_trust(master_url, Some(node_token), trust)?);
         let store = Arc::new(ReadThrough {
             local: local.clone(),
             upstream: upstream.clone(),
@@ -165,7 +167,7 @@ impl Gateway {
         Ok(Gateway {
             node: node.to_string(),
             node_token: node_token.to_string(),
-            master: Client::new(master_url, Some(node_token))?,
+            master: Client::with_trust(master_url, Some(node_token), trust)?,
             tasks,
             local,
             store,
@@ -176,7 +178,8 @@ impl Gateway {
             max_clients: AtomicU32::new(u32::MAX),
             flushing: tokio::sync::Mutex::new(()),
             master_url: master_url.trim_end_matches('/').to_string(),
-            passthrough: reqwest::Client::builder()
+            passthrough: trust
+                .client_builder()?
                 .timeout(Duration::from_secs(300))
                 .build()
                 .map_err(|e| Error::Http {

@@ -17,6 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware;
 use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::serve::ListenerExt;
 use axum::{Extension, Json};
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -40,6 +41,7 @@ use crate::error::{Error, Result};
 use crate::imaging::replica::{ImageStore, LocalStore};
 use crate::imaging::store::Store;
 use crate::names::NAME_PATTERN;
+use crate::net::tls::ServerTls;
 
 type App = Arc<Control>;
 
@@ -914,6 +916,29 @@ pub struct MasterConfig {
     pub database: Option<String>,
     /// The image store its chunk routes serve. `None`: `DATA_DIR/store` (created).
     pub store: Option<Arc<dyn ImageStore>>,
+    /// HTTPS, and with which certificate.
+    pub tls: MasterTls,
+}
+
+/// Whether a master speaks HTTPS, and with which certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MasterTls {
+    /// Plain HTTP.
+    #[default]
+    Off,
+    /// This certificate chain and key (PEM files).
+    Files {
+        /// The certificate chain, the server's first.
+        cert: PathBuf,
+        /// Its private key.
+        key: PathBuf,
+    },
+    /// A self-signed certificate made on the first start and kept in the data directory
+    /// (`tls-cert.pem`, `tls-key.pem`), for these extra names besides localhost and the host's.
+    SelfSigned {
+        /// Extra DNS names or IP addresses the certificate names.
+        names: Vec<String>,
+    },
 }
 
 impl std::fmt::Debug for MasterConfig {
@@ -923,6 +948,7 @@ impl std::fmt::Debug for MasterConfig {
             .field("data_dir", &self.data_dir)
             .field("database", &self.database.as_deref().map(crate::control::db::redact))
             .field("store", &self.store.is_some())
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -944,6 +970,8 @@ pub struct Started {
     pub first_token: Option<FirstToken>,
     /// The store directory it serves, when it opened one itself.
     pub store_dir: Option<PathBuf>,
+    /// Its certificate, when it speaks HTTPS.
+    pub tls: Option<ServerTls>,
 }
 
 /// Opens the database and the store `config` names, issues the first admin token on a first
@@ -977,15 +1005,28 @@ pub async fn serve(config: &MasterConfig) -> Result<Started> {
         }
         (None, None) => {}
     }
+    let tls = match (&config.tls, &config.data_dir) {
+        (MasterTls::Off, _) => None,
+        (MasterTls::Files { cert, key }, _) => Some(ServerTls::load(cert, key)?),
+        (MasterTls::SelfSigned { names }, Some(dir)) => Some(ServerTls::self_signed(dir, names)?),
+        (MasterTls::SelfSigned { .. }, None) => {
+            return Err(Error::invalid(
+                "tls",
+                "self-signed",
+                "a self-signed certificate is kept in the data directory: give one",
+            ));
+        }
+    };
     let first_token = control
         .first_admin_token(config.data_dir.as_deref())
         .await?
         .map(|(token, file)| FirstToken { token, file });
-    let master = Master::start(control, listen).await?;
+    let master = Master::start_with_tls(control, listen, tls.as_ref()).await?;
     Ok(Started {
         master,
         first_token,
         store_dir,
+        tls,
     })
 }
 
@@ -995,6 +1036,7 @@ pub const DEFAULT_PORT: u16 = 8090;
 /// A running master: the API on a socket and the scheduler.
 pub struct Master {
     addr: SocketAddr,
+    https: bool,
     control: Arc<Control>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -1004,8 +1046,14 @@ pub struct Master {
 pub const SCHEDULE_TICK: Duration = Duration::from_secs(15);
 
 impl Master {
-    /// Binds `listen` and serves the API and the scheduler until [`Master::stop`].
+    /// Binds `listen` and serves the API (plain HTTP) and the scheduler until [`Master::stop`].
     pub async fn start(control: Arc<Control>, listen: SocketAddr) -> Result<Master> {
+        Master::start_with_tls(control, listen, None).await
+    }
+
+    /// Binds `listen` and serves the API, over HTTPS when given a certificate, and the scheduler
+    /// until [`Master::stop`].
+    pub async fn start_with_tls(control: Arc<Control>, listen: SocketAddr, tls: Option<&ServerTls>) -> Result<Master> {
         let listener = TcpListener::bind(listen).await.map_err(|e| {
             let reason = if e.kind() == std::io::ErrorKind::AddrInUse {
                 format!("port {} is already in use", listen.port())
@@ -1016,16 +1064,30 @@ impl Master {
         })?;
         let addr = listener.local_addr().map_err(|e| Error::io("master socket", e))?;
         let cancel = CancellationToken::new();
-        let app = router(control.clone());
+        let app = router(control.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let stop = cancel.clone();
-        let server = tokio::spawn(async move {
-            let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = result {
-                tracing::warn!("master: {e}");
+        let server = match tls {
+            None => tokio::spawn(async move {
+                let result = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = result {
+                    tracing::warn!("master: {e}");
+                }
+            }),
+            Some(tls) => {
+                // `tap_io` makes the TLS listener's peer address reach handlers as ConnectInfo.
+                let listener = tls.listener(listener, cancel.child_token())?.tap_io(|_| {});
+                tokio::spawn(async move {
+                    let result = axum::serve(listener, app)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await;
+                    if let Err(e) = result {
+                        tracing::warn!("master: {e}");
+                    }
+                })
             }
-        });
+        };
         let stop = cancel.clone();
         let ticker = control.clone();
         let scheduler = tokio::spawn(async move {
@@ -1047,6 +1109,7 @@ impl Master {
         });
         Ok(Master {
             addr,
+            https: tls.is_some(),
             control,
             cancel,
             tasks: vec![server, scheduler],
@@ -1056,6 +1119,12 @@ impl Master {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its base URL: `http://` or `https://` and the address it listens on.
+    pub fn url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Its logic and database.

@@ -42,7 +42,7 @@ impl NodeLoop {
     /// token (an error names the key).
     pub fn new(link: &MasterLink, data_dir: &Path, tasks: Arc<NodeTasks>, gateway: Arc<Gateway>) -> Result<NodeLoop> {
         let token = link.token.read()?;
-        let client = Client::new(&link.url, Some(&token))?;
+        let client = Client::with_trust(&link.url, Some(&token), &link.trust)?;
         Ok(NodeLoop {
             link: link.clone(),
             client,
@@ -217,6 +217,7 @@ pub fn node_role(config: &ServeConfig) -> Result<Option<NodeRole>> {
         &link.url,
         &link.name,
         &node_token,
+        &link.trust,
         tasks.clone(),
     )?);
     let node_loop = NodeLoop::new(link, &config.data_dir, tasks.clone(), gateway.clone())?;

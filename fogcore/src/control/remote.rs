@@ -18,6 +18,7 @@ use crate::control::chunks::{
 use crate::error::{Error, Result};
 use crate::imaging::chunk::{self, ChunkId, ChunkSink, ChunkSource, WireFrame};
 use crate::imaging::replica::{ImageStore, PieceHash, WireChunk};
+use crate::net::tls::{Trust, request_error};
 
 /// Puts buffered by [`ChunkSink::put_run`] are sent when they reach this many bytes.
 pub const PUT_BATCH_BYTES: usize = 4 << 20;
@@ -42,6 +43,11 @@ impl std::fmt::Debug for RemoteStore {
 impl RemoteStore {
     /// The store served at `url` (`http://host:port`), with a bearer token.
     pub fn new(url: &str, token: Option<&str>) -> Result<RemoteStore> {
+        RemoteStore::with_trust(url, token, &Trust::System)
+    }
+
+    /// The store served at `url`, its certificate trusted as `trust` says.
+    pub fn with_trust(url: &str, token: Option<&str>, trust: &Trust) -> Result<RemoteStore> {
         let base = url.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::invalid("store url", url, "must start with http:// or https://"));
@@ -50,7 +56,8 @@ impl RemoteStore {
             url: base.clone(),
             reason: e,
         };
-        let http = reqwest::Client::builder()
+        let http = trust
+            .client_builder()?
             .timeout(Duration::from_secs(300))
             .connect_timeout(Duration::from_secs(15))
             .build()
@@ -117,7 +124,7 @@ impl RemoteStore {
         let (status, bytes) = rx
             .recv()
             .map_err(|_| http_err("request task ended".into()))?
-            .map_err(|e| http_err(e.to_string()))?;
+            .map_err(|e| request_error(&url2, &e))?;
         self.received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if !status.is_success() {
             return Err(crate::control::client::remote_error(status, &bytes, &url2));

@@ -126,6 +126,13 @@ pub struct NodeFile {
     /// wakes no host (and leaves the master's wake requests for it unclaimed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_broadcast: Option<String>,
+    /// An `https://` master is trusted when its certificate comes from the CA in this PEM file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_ca: Option<PathBuf>,
+    /// An `https://` master is trusted when its certificate has this SHA-256 fingerprint (what
+    /// `fog master --tls-self-signed` prints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_fingerprint: Option<String>,
 }
 
 /// `[http]` as written.
@@ -267,6 +274,8 @@ pub struct MasterLink {
     pub bandwidth: Option<u64>,
     /// Where the master's wake requests are sent (`[node] wake_broadcast`), `None`: not claimed.
     pub wake: Option<crate::net::wol::WakeTarget>,
+    /// How the master's certificate is trusted (`[node] master_ca`, `master_fingerprint`).
+    pub trust: crate::net::tls::Trust,
 }
 
 /// A checked config: what `fog serve` runs.
@@ -415,6 +424,8 @@ fn master_link(node: &NodeFile, address: Option<Ipv4Addr>) -> Result<Option<Mast
         .as_deref()
         .map(|text| crate::net::wol::WakeTarget::parse("[node] wake_broadcast", text, address))
         .transpose()?;
+    let trust = crate::net::tls::Trust::from_options(node.master_ca.as_deref(), node.master_fingerprint.as_deref())
+        .map_err(|e| bad("[node] master_ca / master_fingerprint", e.to_string()))?;
     Ok(Some(MasterLink {
         url,
         name,
@@ -422,6 +433,7 @@ fn master_link(node: &NodeFile, address: Option<Ipv4Addr>) -> Result<Option<Mast
         heartbeat_secs,
         bandwidth: node.bandwidth,
         wake,
+        trust,
     }))
 }
 
@@ -633,6 +645,10 @@ pub struct QuickServe {
     pub node_name: Option<String>,
     /// `--node-token-file`.
     pub node_token_file: Option<PathBuf>,
+    /// `--node-master-ca`.
+    pub master_ca: Option<PathBuf>,
+    /// `--node-master-fingerprint`.
+    pub master_fingerprint: Option<String>,
 }
 
 impl QuickServe {
@@ -652,6 +668,8 @@ impl QuickServe {
                 master: self.master.clone(),
                 name: self.node_name.clone(),
                 token_file: self.node_token_file.clone(),
+                master_ca: self.master_ca.clone(),
+                master_fingerprint: self.master_fingerprint.clone(),
                 ..NodeFile::default()
             },
             http: HttpFile {

@@ -9,4 +9,5 @@ pub mod http;
 pub mod ra;
 pub mod server;
 pub mod tftp;
+pub mod tls;
 pub mod wol;

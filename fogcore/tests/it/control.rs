@@ -79,7 +79,7 @@ async fn start(url: &str) -> Result<Running, Box<dyn std::error::Error + Send + 
         base,
         admin,
         client,
-        http: reqwest::Client::new(),
+        http: crate::http_client(),
     })
 }
 
@@ -1340,7 +1340,7 @@ async fn a_node_reads_only_the_images_placed_on_it() -> TestResult {
             };
             root.create_image(&record).await?;
         }
-        let http = reqwest::Client::new();
+        let http = crate::http_client();
         let get = |path: &str| {
             http.get(format!("{base}/api/v1/store{path}"))
                 .bearer_auth(&site_a)
@@ -1405,5 +1405,71 @@ async fn a_node_reads_only_the_images_placed_on_it() -> TestResult {
         );
         master.stop().await?;
     }
+    Ok(())
+}
+
+/// A master speaking HTTPS with a self-signed certificate (made on the first start, kept in its
+/// data directory, the same after a restart): a client trusts it by its CA file or its pinned
+/// fingerprint; the system's roots and a wrong pin refuse it with one clear error, and nothing
+/// reaches the master (no host, no audit entry).
+#[tokio::test]
+async fn a_tls_master_is_trusted_by_its_ca_or_its_pin_and_nothing_else() -> TestResult {
+    use fogcore::control::master::{MasterConfig, MasterTls};
+    use fogcore::net::tls::{Fingerprint, Trust};
+    let dir = tempfile::tempdir()?;
+    let config = MasterConfig {
+        listen: Some("127.0.0.1:0".parse()?),
+        data_dir: Some(dir.path().to_path_buf()),
+        tls: MasterTls::SelfSigned { names: Vec::new() },
+        ..MasterConfig::default()
+    };
+    let started = master::serve(&config).await?;
+    let tls = started.tls.clone().ok_or("no TLS")?;
+    let admin = started.first_token.clone().ok_or("no first token")?.token;
+    let url = started.master.url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    let pinned = Client::with_trust(&url, Some(&admin), &Trust::Pinned(tls.fingerprint()))?;
+    pinned.create_host(&host("pc-1", "52:54:00:00:0d:01")).await?;
+    let by_ca = Client::with_trust(&url, Some(&admin), &Trust::CaFile(tls.cert_file().to_path_buf()))?;
+    assert_eq!(by_ca.host("pc-1").await?.name, "pc-1");
+
+    // Bad input (exit code 2, not worth a retry), naming why.
+    let refused = |e: Error| match e {
+        Error::Invalid {
+            field: "master certificate",
+            reason,
+            ..
+        } => reason,
+        other => panic!("not a certificate refusal: {other}"),
+    };
+    let system = Client::with_trust(&url, Some(&admin), &Trust::System)?;
+    let e = system.delete_host("pc-1").await.expect_err("an unknown issuer");
+    assert!(refused(e).contains("certificate"), "says why");
+    let wrong = Fingerprint::of(b"another certificate");
+    let mismatched = Client::with_trust(&url, Some(&admin), &Trust::Pinned(wrong))?;
+    let reason = refused(mismatched.delete_host("pc-1").await.expect_err("a wrong pin"));
+    assert!(
+        reason.contains(&format!("not the pinned {wrong}")) && reason.contains(&tls.fingerprint().to_string()),
+        "{reason}"
+    );
+    // Plain HTTP to the TLS port gets nothing either.
+    let plain = Client::new(&url.replace("https://", "http://"), Some(&admin))?;
+    assert!(plain.delete_host("pc-1").await.is_err());
+    assert_eq!(pinned.host("pc-1").await?.name, "pc-1", "nothing was deleted");
+    let audit = pinned.audit_page(&Default::default()).await?;
+    assert!(
+        audit.items.iter().all(|e| !e.action.starts_with("DELETE")),
+        "no refused call reached the master: {audit:?}"
+    );
+
+    // A restart keeps the certificate: pins stay valid.
+    started.master.stop().await?;
+    let again = master::serve(&config).await?;
+    assert_eq!(again.tls.as_ref().map(|t| t.fingerprint()), Some(tls.fingerprint()));
+    assert!(again.first_token.is_none());
+    let pinned = Client::with_trust(&again.master.url(), Some(&admin), &Trust::Pinned(tls.fingerprint()))?;
+    assert_eq!(pinned.host("pc-1").await?.name, "pc-1");
+    again.master.stop().await?;
     Ok(())
 }

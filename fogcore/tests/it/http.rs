@@ -79,7 +79,7 @@ async fn serves_scripts_and_menu() -> TestResult {
     let dir = tempfile::tempdir()?;
     let server = start(dir.path()).await?;
     let base = format!("http://{}", server.addr);
-    let client = reqwest::Client::new();
+    let client = crate::http_client();
 
     let chain = client.get(format!("{base}/boot.ipxe")).send().await?;
     assert_eq!(chain.status(), 200);
@@ -133,7 +133,7 @@ async fn serves_a_large_file_with_length_and_ranges() -> TestResult {
     std::fs::write(dir.path().join("debian/initrd.img"), &data)?;
     let server = start(dir.path()).await?;
     let url = format!("http://{}/debian/initrd.img", server.addr);
-    let client = reqwest::Client::new();
+    let client = crate::http_client();
 
     let whole = client.get(&url).send().await?;
     assert_eq!(whole.status(), 200);

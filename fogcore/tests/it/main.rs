@@ -12,3 +12,10 @@ mod serve;
 mod tftp;
 mod tools;
 mod wake;
+
+/// An HTTP client for tests: fog's TLS provider installed, as every client fog builds has it.
+pub fn http_client() -> reqwest::Client {
+    fogcore::net::tls::http_client_builder()
+        .build()
+        .expect("an HTTP client builds")
+}

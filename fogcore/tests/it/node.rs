@@ -10,19 +10,20 @@ use std::time::{Duration, Instant};
 use fogcore::clock::now_ms;
 use fogcore::control::client::Client;
 use fogcore::control::db::Db;
-use fogcore::control::master::Master;
+use fogcore::control::master::{Master, MasterTls};
 use fogcore::control::model::{After, CheckIn, Host, Image, NewTask, Node, Placement, TaskKind};
 use fogcore::control::service::Control;
 use fogcore::net::config::ServeConfig;
+use fogcore::net::tls::{Fingerprint, ServerTls, Trust};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const TASK_MAC: &str = "52:54:00:12:34:56";
 const IDLE_MAC: &str = "52:54:00:00:00:02";
 
-async fn start_master(db_url: &str, listen: SocketAddr) -> fogcore::Result<Master> {
+async fn start_master(db_url: &str, listen: SocketAddr, tls: &ServerTls) -> fogcore::Result<Master> {
     let control = Arc::new(Control::new(Db::open(db_url).await?));
-    Master::start(control, listen).await
+    Master::start_with_tls(control, listen, Some(tls)).await
 }
 
 fn host(name: &str, mac: &str) -> Host {
@@ -40,17 +41,24 @@ fn host(name: &str, mac: &str) -> Host {
     }
 }
 
-fn node_config(dir: &Path, master: &str, token_file: &Path) -> fogcore::Result<ServeConfig> {
-    node_config_every(dir, master, token_file, 1)
+/// A node of `master` beating every second; `node_keys` are more `[node]` lines.
+fn node_config(dir: &Path, master: &str, token_file: &Path, node_keys: &str) -> fogcore::Result<ServeConfig> {
+    node_config_every(dir, master, token_file, 1, node_keys)
 }
 
-fn node_config_every(dir: &Path, master: &str, token_file: &Path, secs: u64) -> fogcore::Result<ServeConfig> {
+fn node_config_every(
+    dir: &Path,
+    master: &str,
+    token_file: &Path,
+    secs: u64,
+    node_keys: &str,
+) -> fogcore::Result<ServeConfig> {
     let boot = dir.join("boot");
     std::fs::create_dir_all(&boot).map_err(|e| fogcore::Error::io(&boot, e))?;
     let text = format!(
         "[node]\naddress = \"127.0.0.1\"\ndata_dir = {data:?}\nboot_dir = {boot:?}\n\
          master = \"{master}\"\nname = \"site-a\"\ntoken_file = {token:?}\nheartbeat_secs = {secs}\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n",
+         {node_keys}\n[http]\nlisten = \"127.0.0.1:0\"\n",
         data = dir.display().to_string(),
         boot = boot.display().to_string(),
         token = token_file.display().to_string(),
@@ -83,11 +91,18 @@ impl<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>> AsyncCheck for 
 }
 
 async fn script(http: SocketAddr, mac: &str) -> Result<String, reqwest::Error> {
-    reqwest::get(format!("http://{http}/boot/{mac}")).await?.text().await
+    crate::http_client()
+        .get(format!("http://{http}/boot/{mac}"))
+        .send()
+        .await?
+        .text()
+        .await
 }
 
 /// A master on loopback with node `site-a` (its token in `DIR/node-token`), hosts pc-01 (with a
 /// deploy task) and pc-02 (none).
+/// A master over HTTPS (a self-signed certificate, pinned by its clients and the node), a node
+/// record, an image placed on all nodes, two hosts and a deploy task for one.
 struct Lab {
     dir: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
@@ -96,16 +111,26 @@ struct Lab {
     base: String,
     admin: Client,
     task: fogcore::control::model::Task,
+    tls: ServerTls,
+    trust: Trust,
+    /// The `[node]` line that pins the master's certificate.
+    pin: String,
 }
 
 fn lab() -> Result<Lab, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Runtime::new()?;
     let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display());
-    let (master, admin_token) = rt.block_on(crate::tools::start_master(&db_url, None))?;
-    let master_addr = master.addr();
-    let base = format!("http://{master_addr}");
-    let admin = Client::new(&base, Some(&admin_token))?;
+    let tls = ServerTls::self_signed(dir.path(), &[])?;
+    let files = MasterTls::Files {
+        cert: tls.cert_file().to_path_buf(),
+        key: dir.path().join(fogcore::net::tls::SELF_SIGNED_KEY),
+    };
+    let (master, admin_token) = rt.block_on(crate::tools::start_master_with(&db_url, None, files))?;
+    let base = master.url();
+    let trust = Trust::Pinned(tls.fingerprint());
+    let pin = format!("master_fingerprint = \"{}\"", tls.fingerprint());
+    let admin = Client::with_trust(&base, Some(&admin_token), &trust)?;
     let task = rt.block_on(async {
         let node = Node {
             name: "site-a".into(),
@@ -148,6 +173,9 @@ fn lab() -> Result<Lab, Box<dyn std::error::Error>> {
         base,
         admin,
         task,
+        tls,
+        trust,
+        pin,
     })
 }
 
@@ -161,10 +189,13 @@ fn node_boots_the_agent_for_tasks_menus_others_and_survives_the_master() -> Test
         base,
         admin,
         task,
+        tls,
+        trust,
+        pin,
     } = lab()?;
     let master_addr = master.addr();
     let node_dir = dir.path().join("node");
-    let config = node_config(&node_dir, &base, &dir.path().join("node-token"))?;
+    let config = node_config(&node_dir, &base, &dir.path().join("node-token"), &pin)?;
     let server = fogcore::control::node::serve(config)?;
     let http = server.addrs().http.ok_or("no http address")?;
 
@@ -233,7 +264,7 @@ fn node_boots_the_agent_for_tasks_menus_others_and_survives_the_master() -> Test
     // Master back on the same address and database: heartbeats resume, and a change made there
     // (the task cancelled) reaches the node.
     let restarted_at = now_ms();
-    let master = rt.block_on(start_master(&db_url, master_addr))?;
+    let master = rt.block_on(start_master(&db_url, master_addr, &tls))?;
     eventually(&rt, "a heartbeat after the restart", || async {
         admin
             .nodes()
@@ -244,14 +275,14 @@ fn node_boots_the_agent_for_tasks_menus_others_and_survives_the_master() -> Test
             .is_some_and(|t| t >= restarted_at)
     })?;
     // The agent's task token works on the master while the task is open, not after.
-    let agent_client = Client::new(&base, Some(&task_token))?;
+    let agent_client = Client::with_trust(&base, Some(&task_token), &trust)?;
     let reply = rt.block_on(agent_client.check_in(&CheckIn {
         mac: TASK_MAC.into(),
         uuid: None,
         address: None,
     }))?;
     assert_eq!(reply.task.id, task.id);
-    let forged = Client::new(&base, Some(&format!("fogt_{}_{}", task.id, "0".repeat(64))))?;
+    let forged = Client::with_trust(&base, Some(&format!("fogt_{}_{}", task.id, "0".repeat(64))), &trust)?;
     assert!(
         rt.block_on(forged.node_tasks("site-a")).is_err(),
         "a forged task token is refused"
@@ -275,7 +306,7 @@ fn node_boots_the_agent_for_tasks_menus_others_and_survives_the_master() -> Test
 #[test]
 fn a_missing_token_file_is_an_error_naming_the_key() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let config = node_config(dir.path(), "http://127.0.0.1:9", &dir.path().join("absent"))?;
+    let config = node_config(dir.path(), "http://127.0.0.1:9", &dir.path().join("absent"), "")?;
     let error = match fogcore::control::node::serve(config) {
         Ok(_) => return Err("started without a token".into()),
         Err(e) => e,
@@ -293,10 +324,17 @@ fn a_task_that_ended_since_the_last_beat_does_not_boot_the_agent_again() -> Test
         base,
         admin,
         task,
+        pin,
         ..
     } = lab()?;
     // One beat at start, then none for an hour: only the recheck can see the change.
-    let config = node_config_every(&dir.path().join("node"), &base, &dir.path().join("node-token"), 3600)?;
+    let config = node_config_every(
+        &dir.path().join("node"),
+        &base,
+        &dir.path().join("node-token"),
+        3600,
+        &pin,
+    )?;
     let server = fogcore::control::node::serve(config)?;
     let http = server.addrs().http.ok_or("no http address")?;
     let want_task = format!("fog.task={}", task.id);
@@ -310,6 +348,39 @@ fn a_task_that_ended_since_the_last_beat_does_not_boot_the_agent_again() -> Test
         "{after}"
     );
     server.stop()?;
+    rt.block_on(master.stop())?;
+    Ok(())
+}
+
+/// A node whose pinned fingerprint is not the master's refuses to talk to it and says so; the
+/// master hears nothing from it (no heartbeat).
+#[test]
+fn a_node_with_a_wrong_pin_refuses_the_master_and_says_so() -> TestResult {
+    let Lab {
+        dir,
+        rt,
+        master,
+        base,
+        admin,
+        ..
+    } = lab()?;
+    let wrong = Fingerprint::of(b"not the master's certificate");
+    let config = node_config(
+        &dir.path().join("node"),
+        &base,
+        &dir.path().join("node-token"),
+        &format!("master_fingerprint = \"{wrong}\""),
+    )?;
+    let role = fogcore::control::node::node_role(&config)?.ok_or("no node role")?;
+    let error = rt.block_on(role.node_loop.beat()).err().ok_or("a beat got through")?;
+    let text = error.to_string();
+    assert!(text.contains(&format!("not the pinned {wrong}")), "{text}");
+    let node = rt
+        .block_on(admin.nodes())?
+        .into_iter()
+        .find(|n| n.name == "site-a")
+        .ok_or("no node")?;
+    assert_eq!(node.last_seen, None, "the master heard no heartbeat");
     rt.block_on(master.stop())?;
     Ok(())
 }

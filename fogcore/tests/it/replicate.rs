@@ -282,7 +282,7 @@ fn chunk_routes_refuse_missing_and_wrong_tokens() {
     let store = Store::open(dir.path().join("s")).expect("store");
     let served = serve(Arc::new(LocalStore::new(store)));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let routes = chunks::table::<chunks::ChunkServer>();
     assert_eq!(routes.len(), 8);
     for (route, _) in routes {
@@ -398,7 +398,7 @@ fn master_serves_its_store_to_node_tokens_and_records_a_node_pull() {
             .await
             .expect_err("n2 reported for n1");
         assert!(matches!(err, Error::Remote { status: 403, .. }), "{err}");
-        let status = reqwest::Client::new()
+        let status = crate::http_client()
             .post(format!("{base}/api/v1/store/chunks/get"))
             .body(vec![0u8; 32])
             .send()

@@ -200,6 +200,15 @@ pub async fn start_master(
     db_url: &str,
     store: Option<fogcore::imaging::store::Store>,
 ) -> fogcore::Result<(fogcore::control::master::Master, String)> {
+    start_master_with(db_url, store, fogcore::control::master::MasterTls::Off).await
+}
+
+/// [`start_master`] speaking HTTPS as `tls` says.
+pub async fn start_master_with(
+    db_url: &str,
+    store: Option<fogcore::imaging::store::Store>,
+    tls: fogcore::control::master::MasterTls,
+) -> fogcore::Result<(fogcore::control::master::Master, String)> {
     use fogcore::imaging::replica::{ImageStore, LocalStore};
     use std::sync::Arc;
     let config = fogcore::control::master::MasterConfig {
@@ -207,6 +216,7 @@ pub async fn start_master(
         database: Some(db_url.to_string()),
         store: store.map(|s| Arc::new(LocalStore::new(s)) as Arc<dyn ImageStore>),
         data_dir: None,
+        tls,
     };
     let started = fogcore::control::master::serve(&config).await?;
     let first = started
