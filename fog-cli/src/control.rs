@@ -13,8 +13,8 @@ use fogcore::control::client::Client;
 #[cfg(feature = "master")]
 use fogcore::control::master::{MasterConfig, MasterTls};
 use fogcore::control::model::{
-    After, AuditQuery, Group, Host, HostQuery, ImageStatus, NewTask, NewToken, Node, PAGE_MAX, Placement, Task,
-    TaskFilter, TaskKind, TaskState, TokenInfo, parse_subnet,
+    After, AuditQuery, Group, Host, HostQuery, ImageStatus, NewTask, NewToken, Node, Placement, Task, TaskFilter,
+    TaskKind, TaskState, TokenInfo, parse_subnet,
 };
 #[cfg(feature = "master")]
 use fogcore::imaging::replica::ImageStore;
@@ -614,22 +614,13 @@ pub fn audit(args: &MasterArgs, cmd: &AuditCommand, json: bool) -> Result<(), Er
         failed,
     } = cmd;
     runtime()?.block_on(async {
-        let mut query = AuditQuery {
+        let query = AuditQuery {
             actor: actor.clone(),
             q: search.clone(),
             failed: *failed,
             ..AuditQuery::default()
         };
-        let mut entries = Vec::new();
-        while entries.len() < *limit as usize {
-            query.limit = Some((*limit - entries.len() as u32).min(PAGE_MAX));
-            let page = c.audit_page(&query).await?;
-            entries.extend(page.items);
-            match page.next.map(|n| n.parse::<i64>()) {
-                Some(Ok(next)) => query.after = Some(next),
-                _ => break,
-            }
-        }
+        let entries = c.audit(&query, *limit as usize).await?;
         emit(json, &entries, |es| {
             for e in es {
                 say!(

@@ -473,6 +473,43 @@ impl PyMaster {
         self.call(py, move |c| async move { c.task_history(id).await })
     }
 
+    /// The admin tokens: name, created_at, expires_at (never the secrets).
+    fn tokens<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.call(py, move |c| async move { c.tokens().await })
+    }
+
+    /// Issues a named admin token (its secret, `token`, is in the answer once).
+    #[pyo3(signature = (name, expires_at=None))]
+    fn create_token<'py>(&self, py: Python<'py>, name: String, expires_at: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
+        let new = fogcore::control::model::NewToken { name, expires_at };
+        self.call(py, move |c| async move { c.create_token(&new).await })
+    }
+
+    /// Revokes an admin token: refused from the next request on.
+    fn revoke_token<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        self.call(py, move |c| async move { c.revoke_token(&name).await })
+    }
+
+    /// The audit log, newest first: at most `limit` entries, by `actor`, matching `q`, only
+    /// refused or failed calls with `failed`.
+    #[pyo3(signature = (*, limit=100, actor=None, q=None, failed=false))]
+    fn audit<'py>(
+        &self,
+        py: Python<'py>,
+        limit: usize,
+        actor: Option<String>,
+        q: Option<String>,
+        failed: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let query = fogcore::control::model::AuditQuery {
+            actor,
+            q,
+            failed,
+            ..Default::default()
+        };
+        self.call(py, move |c| async move { c.audit(&query, limit).await })
+    }
+
     /// Yields task `id` now and at each change (state, progress) until it is complete, failed or
     /// cancelled (the last item). Raises `TimeoutError` when `timeout` seconds pass first.
     #[pyo3(signature = (id, timeout=None, *, interval=0.5))]

@@ -100,6 +100,23 @@ def test_a_tls_master_is_trusted_by_its_pin_or_its_certificate(tmp_path):
             fog.Master(running.url, ca="x.pem", fingerprint=running.fingerprint)
 
 
+def test_tokens_are_named_revoked_and_audited(master, api):
+    issued = api.create_token("script")
+    assert issued["name"] == "script" and issued["token"].startswith("fog_")
+    assert [t["name"] for t in api.tokens()] == ["admin", "script"]
+    scripted = fog.Master(master.url, issued["token"])
+    scripted.create_group("lab")
+    api.revoke_token("script")
+    with pytest.raises(fog.ApiError) as e:
+        scripted.groups()
+    assert e.value.status == 401
+    entries = api.audit(limit=10)
+    assert ("token:script", "POST /api/v1/groups", "lab", 200) in [
+        (x["actor"], x["action"], x["target"], x["status"]) for x in entries
+    ]
+    assert [x["status"] for x in api.audit(failed=True)] == [401]
+
+
 def test_tasks_filters_cancel_history_and_watch(api):
     api.create_node("site-a", "http://127.0.0.1:8080")
     api.create_group("lab")

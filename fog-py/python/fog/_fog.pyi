@@ -366,6 +366,27 @@ class Master:
     def history(self, id: int) -> list[_Record]:
         """A task's state changes, oldest first: ``task``, ``at``, ``from``, ``to``, ``detail``."""
 
+    def tokens(self) -> list[_Record]:
+        """The admin tokens: ``name``, ``created_at``, ``expires_at`` (never the secrets)."""
+
+    def create_token(self, name: str, expires_at: Optional[int] = None) -> _Record:
+        """Issues a named admin token, expiring at ``expires_at`` (ms since the epoch) if given;
+        its secret (``token``) is in the answer, once."""
+
+    def revoke_token(self, name: str) -> None:
+        """Revokes an admin token: refused from the next request on."""
+
+    def audit(
+        self,
+        *,
+        limit: int = 100,
+        actor: Optional[str] = None,
+        q: Optional[str] = None,
+        failed: bool = False,
+    ) -> list[_Record]:
+        """The audit log, newest first: ``at``, ``actor``, ``action``, ``target``, ``address``,
+        ``status``, ``result``."""
+
     def watch(self, id: int, timeout: Optional[float] = None, *, interval: float = 0.5) -> "TaskWatch":
         """Yields the task now and again at each change (state, progress), asking every
         ``interval`` seconds, until it is complete, failed or cancelled (the last item).

@@ -395,6 +395,21 @@ impl Client {
     pub async fn audit_page(&self, query: &AuditQuery) -> Result<Page<AuditEntry>> {
         self.get(&format!("/audit{}", query_string(query)?)).await
     }
+    /// The newest `count` entries `query` selects, page after page.
+    pub async fn audit(&self, query: &AuditQuery, count: usize) -> Result<Vec<AuditEntry>> {
+        let mut query = query.clone();
+        let mut out = Vec::new();
+        while out.len() < count {
+            query.limit = Some(page_size(Some(count), out.len()));
+            let page = self.audit_page(&query).await?;
+            out.extend(page.items);
+            match page.next.map(|n| n.parse::<i64>()) {
+                Some(Ok(next)) => query.after = Some(next),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Percent-encodes a path segment or query value.
