@@ -23,6 +23,12 @@ fn page_size(wanted: Option<usize>, got: usize) -> u32 {
     left.clamp(1, PAGE_MAX as usize) as u32
 }
 
+/// A numeric cursor (`next` of the tasks, history and audit lists).
+fn id_cursor(next: &str) -> Result<i64> {
+    next.parse()
+        .map_err(|_| Error::internal(format!("the master gave a cursor that is not a number: {next:?}")))
+}
+
 /// `?a=1&b=2` from a query type's fields (none left out when unset).
 fn query_string(query: &impl Serialize) -> Result<String> {
     let text = serde_urlencoded::to_string(query).map_err(|e| Error::internal(format!("query string: {e}")))?;
@@ -119,18 +125,16 @@ impl Client {
     }
     /// Every host `query` selects (its `limit`: at most that many), page after page.
     pub async fn hosts_matching(&self, query: &HostQuery) -> Result<Vec<Host>> {
-        let mut query = query.clone();
         let wanted = query.limit.map(|n| n as usize);
-        let mut out = Vec::new();
-        loop {
-            query.limit = Some(page_size(wanted, out.len()));
-            let page = self.host_page(&query).await?;
-            out.extend(page.items);
-            match page.next {
-                Some(next) if wanted.is_none_or(|n| out.len() < n) => query.after = Some(next),
-                _ => return Ok(out),
-            }
-        }
+        self.pages(wanted, |limit, after| {
+            let page = HostQuery {
+                limit: Some(limit),
+                after: after.map(str::to_string),
+                ..query.clone()
+            };
+            Ok(format!("/hosts{}", query_string(&page)?))
+        })
+        .await
     }
     /// One page of hosts.
     pub async fn host_page(&self, query: &HostQuery) -> Result<Page<Host>> {
@@ -185,19 +189,15 @@ impl Client {
 
     /// Every image record.
     pub async fn images(&self) -> Result<Vec<Image>> {
-        let mut query = ImageQuery {
-            limit: Some(PAGE_MAX),
-            ..ImageQuery::default()
-        };
-        let mut out = Vec::new();
-        loop {
-            let page: Page<Image> = self.get(&format!("/images{}", query_string(&query)?)).await?;
-            out.extend(page.items);
-            match page.next {
-                Some(next) => query.after = Some(next),
-                None => return Ok(out),
-            }
-        }
+        self.pages(None, |limit, after| {
+            let page = ImageQuery {
+                limit: Some(limit),
+                after: after.map(str::to_string),
+                ..ImageQuery::default()
+            };
+            Ok(format!("/images{}", query_string(&page)?))
+        })
+        .await
     }
     /// Adds an image record.
     pub async fn create_image(&self, image: &Image) -> Result<Image> {
@@ -294,18 +294,16 @@ impl Client {
 
     /// Tasks matching a filter, newest first.
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
-        let mut filter = filter.clone();
         let wanted = filter.limit.map(|n| n as usize);
-        let mut out = Vec::new();
-        loop {
-            filter.limit = Some(page_size(wanted, out.len()));
-            let page: Page<Task> = self.get(&format!("/tasks{}", query_string(&filter)?)).await?;
-            out.extend(page.items);
-            match page.next.map(|n| n.parse::<TaskId>()) {
-                Some(Ok(next)) if wanted.is_none_or(|n| out.len() < n) => filter.after = Some(next),
-                _ => return Ok(out),
-            }
-        }
+        self.pages(wanted, |limit, after| {
+            let page = TaskFilter {
+                limit: Some(limit),
+                after: after.map(id_cursor).transpose()?,
+                ..filter.clone()
+            };
+            Ok(format!("/tasks{}", query_string(&page)?))
+        })
+        .await
     }
     /// One task.
     pub async fn task(&self, id: TaskId) -> Result<Task> {
@@ -325,21 +323,14 @@ impl Client {
     }
     /// A task's state changes.
     pub async fn task_history(&self, id: TaskId) -> Result<Vec<TaskEvent>> {
-        let mut query = HistoryQuery {
-            limit: Some(PAGE_MAX),
-            after: None,
-        };
-        let mut out = Vec::new();
-        loop {
-            let page: Page<TaskEvent> = self
-                .get(&format!("/tasks/{id}/history{}", query_string(&query)?))
-                .await?;
-            out.extend(page.items);
-            match page.next.map(|n| n.parse::<i64>()) {
-                Some(Ok(next)) => query.after = Some(next),
-                _ => return Ok(out),
-            }
-        }
+        self.pages(None, |limit, after| {
+            let page = HistoryQuery {
+                limit: Some(limit),
+                after: after.map(id_cursor).transpose()?,
+            };
+            Ok(format!("/tasks/{id}/history{}", query_string(&page)?))
+        })
+        .await
     }
     /// Creates a task for a host.
     pub async fn create_task(&self, task: &NewTask) -> Result<Task> {
@@ -397,18 +388,34 @@ impl Client {
     }
     /// The newest `count` entries `query` selects, page after page.
     pub async fn audit(&self, query: &AuditQuery, count: usize) -> Result<Vec<AuditEntry>> {
-        let mut query = query.clone();
+        self.pages(Some(count), |limit, after| {
+            let page = AuditQuery {
+                limit: Some(limit),
+                after: after.map(id_cursor).transpose()?,
+                ..query.clone()
+            };
+            Ok(format!("/audit{}", query_string(&page)?))
+        })
+        .await
+    }
+
+    /// The items of a paged list, page after page, at most `wanted` (all when none): `path`
+    /// makes each page's path from its size and the cursor the page before gave.
+    async fn pages<T: DeserializeOwned>(
+        &self,
+        wanted: Option<usize>,
+        path: impl Fn(u32, Option<&str>) -> Result<String>,
+    ) -> Result<Vec<T>> {
         let mut out = Vec::new();
-        while out.len() < count {
-            query.limit = Some(page_size(Some(count), out.len()));
-            let page = self.audit_page(&query).await?;
+        let mut after: Option<String> = None;
+        loop {
+            let page: Page<T> = self.get(&path(page_size(wanted, out.len()), after.as_deref())?).await?;
             out.extend(page.items);
-            match page.next.map(|n| n.parse::<i64>()) {
-                Some(Ok(next)) => query.after = Some(next),
-                _ => break,
+            match page.next {
+                Some(next) if wanted.is_none_or(|n| out.len() < n) => after = Some(next),
+                _ => return Ok(out),
             }
         }
-        Ok(out)
     }
 }
 
