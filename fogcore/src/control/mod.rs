@@ -32,6 +32,7 @@ pub mod line;
 pub mod master;
 pub mod model;
 pub mod node;
+pub mod openapi;
 pub mod remote;
 pub mod replicate;
 #[cfg(feature = "master")]
