@@ -1307,6 +1307,28 @@ async fn tokens_are_revoked_at_once_expire_and_calls_are_audited() -> TestResult
         assert_eq!(failed.items.len(), 2);
         assert!(failed.items.iter().all(|e| e.status >= 400));
         assert!(failed.next.is_some(), "more refusals than a page of 2");
+        // Calls without a known token are recorded ten a second; the rest are counted in the
+        // next entry, so nobody fills the log without a token.
+        clock.advance(1_000);
+        let stranger = Client::new(&base, Some("fog_nobody"))?;
+        for _ in 0..15 {
+            assert!(stranger.host("pc-1").await.is_err());
+        }
+        clock.advance(1_000);
+        assert!(stranger.host("pc-1").await.is_err());
+        let anonymous = root
+            .audit_page(&fogcore::control::model::AuditQuery {
+                actor: Some("anonymous".into()),
+                since: Some(clock.now() - 1_999),
+                ..Default::default()
+            })
+            .await?;
+        assert_eq!(anonymous.items.len(), 11, "{anonymous:?}");
+        assert!(
+            anonymous.items[0].result.contains("(5 more calls"),
+            "{:?}",
+            anonymous.items[0]
+        );
         master.stop().await?;
     }
     Ok(())

@@ -63,6 +63,8 @@ pub struct Control {
     /// MAC → the host's task standing in a line (filled at check-ins, emptied when hosts
     /// change), so an agent asking again costs no query.
     macs: std::sync::Mutex<MacCache>,
+    /// Calls without a known token recorded this second (see `audit`).
+    anonymous: std::sync::Mutex<audit::AnonymousWindow>,
     waiter_timeout: Millis,
     agent_timeout: Millis,
     /// When this master started: silence while it was down is nobody's fault.
@@ -117,6 +119,7 @@ impl Control {
             line: Arc::new(Mutex::new(Lines::default())),
             tokens: std::sync::Mutex::new(TokenCache::default()),
             macs: std::sync::Mutex::new(MacCache::default()),
+            anonymous: std::sync::Mutex::new(audit::AnonymousWindow::default()),
             waiter_timeout,
             agent_timeout: AGENT_TIMEOUT_MS,
             started,
