@@ -321,7 +321,8 @@ async fn outcome(response: Response) -> (Response, String) {
         return (response, "ok".into());
     }
     let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    // Error bodies are a short `{code, message}`; none comes near the JSON limit.
+    let bytes = axum::body::to_bytes(body, JSON_BODY_LIMIT).await.unwrap_or_default();
     let message = serde_json::from_slice::<ErrorBody>(&bytes)
         .map(|e| e.message)
         .unwrap_or_else(|_| parts.status.to_string());
