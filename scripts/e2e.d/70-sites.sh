@@ -258,10 +258,11 @@ round() { # FIRMWARE N
   pxe_boot_vm fog70a tap1 "$work/vm3-$fw.log" 600 "$fw" "$mac3" \
     -smbios "type=1,manufacturer=FogTest,product=Lab-VM-$fw,serial=$serial" || true
   echo "   VM 3 ran $((SECONDS - t0)) s"
-  api GET /hosts > "$work/hosts.json"
+  # Found by the list's search over MACs (a page: {"items", "next"}).
+  api GET "/hosts?q=$mac3" > "$work/hosts.json"
   python3 - "$work/hosts.json" "$mac3" "$serial" "$fw" <<'PY'
 import json, sys
-hosts, mac, serial, fw = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4]
+hosts, mac, serial, fw = json.load(open(sys.argv[1]))["items"], sys.argv[2], sys.argv[3], sys.argv[4]
 mine = [h for h in hosts if mac in h["macs"]]
 assert mine, f"no host with MAC {mac}: {[h['name'] for h in hosts]}"
 text = json.dumps(mine[0]["inventory"])
