@@ -22,7 +22,7 @@ pub(super) struct AnonymousWindow {
 impl Control {
     /// Records a call at the master's clock. A log that cannot be written does not undo the
     /// call; it is said in the master's log. Calls without a known token are kept to
-    /// [`ANONYMOUS_PER_SECOND`].
+    /// `ANONYMOUS_PER_SECOND`.
     pub async fn record_audit(&self, mut entry: AuditEntry) {
         entry.at = self.clock.now();
         if entry.actor == ANONYMOUS {
