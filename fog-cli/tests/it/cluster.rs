@@ -35,9 +35,12 @@ impl Proc {
             .open(log)
             .expect("log file");
         let err = out.try_clone().expect("log file");
+        // No CA certificates, as in the boot environment agents run in: plain http:// must work.
         let child = Command::new(FOG)
             .args(args)
             .env("RUST_LOG", "info")
+            .env("SSL_CERT_FILE", "/nonexistent/fog-test-ca.pem")
+            .env("SSL_CERT_DIR", "/nonexistent/fog-test-certs")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

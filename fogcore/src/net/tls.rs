@@ -112,7 +112,24 @@ impl Trust {
     pub fn client_builder(&self) -> Result<reqwest::ClientBuilder> {
         let builder = http_client_builder();
         match self {
-            Trust::System => Ok(builder),
+            Trust::System => {
+                let tls = rustls::ClientConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| Error::internal(format!("TLS versions: {e}")))?;
+                let config = match rustls_platform_verifier::Verifier::new(provider()) {
+                    Ok(system) => tls
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(system))
+                        .with_no_client_auth(),
+                    // No CA certificates on this system (the boot environment carries none):
+                    // no certificate is trusted, and plain http:// works as ever. reqwest's own
+                    // default would refuse to build a client at all.
+                    Err(_) => tls
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                };
+                Ok(builder.tls_backend_preconfigured(config))
+            }
             Trust::CaFile(path) => {
                 let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;
                 let certs = reqwest::Certificate::from_pem_bundle(&pem)
