@@ -13,8 +13,8 @@ use fogcore::control::client::Client;
 #[cfg(feature = "master")]
 use fogcore::control::master::{MasterConfig, MasterTls};
 use fogcore::control::model::{
-    After, AuditQuery, Group, Host, HostQuery, ImageStatus, NewTask, NewToken, Node, Placement, Task, TaskFilter,
-    TaskKind, TaskState, TokenInfo, parse_subnet,
+    After, AuditQuery, Group, Host, HostQuery, ImageStatus, NewTask, NewToken, NewUser, Node, Placement, Role, Task,
+    TaskFilter, TaskKind, TaskState, TokenInfo, User, UserUpdate, parse_subnet,
 };
 #[cfg(feature = "master")]
 use fogcore::imaging::replica::ImageStore;
@@ -143,17 +143,48 @@ pub enum GroupCommand {
 
 #[derive(Subcommand)]
 pub enum TokenCommand {
-    /// List admin tokens (names and expiry)
+    /// List people's tokens (names, roles, owners, expiry)
     Ls,
-    /// Issue a named admin token; prints it once
+    /// Issue a named token; prints it once
     Add {
         name: String,
         /// It stops working after this many days (default: never)
         #[arg(long)]
         days: Option<u32>,
+        /// What it may do: admin (default), operator, viewer
+        #[arg(long)]
+        role: Option<Role>,
     },
-    /// Revoke an admin token (refused from the next request on)
+    /// Revoke a token (refused from the next request on)
     Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// List the users who sign in to the web pages
+    Ls,
+    /// Add a user; the password is read from standard input
+    Add {
+        name: String,
+        /// admin, operator (hosts, groups, images, tasks) or viewer (read only)
+        #[arg(long, default_value = "operator")]
+        role: Role,
+        /// Read the password from standard input (its first line)
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Change a user's password (read from standard input) or role
+    Passwd {
+        name: String,
+        /// Also give them this role
+        #[arg(long)]
+        role: Option<Role>,
+        /// Read the new password from standard input (its first line)
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user, their sessions and their tokens
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -330,6 +361,13 @@ pub fn master(args: &MasterServe, store: Option<&std::path::Path>) -> Result<(),
         if let Some(first) = &started.first_token {
             let file = first.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default();
             say!("admin token (also in {file}, mode 0600): {}", first.token);
+        }
+        if let Some(first) = &started.first_password {
+            let file = first.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default();
+            say!(
+                "web sign-in: user admin, password (also in {file}, mode 0600): {}",
+                first.token
+            );
         }
         if let Some(tls) = &started.tls {
             say!("TLS certificate: {}", tls.cert_file().display());
@@ -574,7 +612,73 @@ pub fn group(args: &MasterArgs, cmd: &GroupCommand, json: bool) -> Result<(), Er
 
 fn token_line(t: &TokenInfo) {
     let expires = t.expires_at.map_or("never".to_string(), utc_text);
-    say!("{:<24} issued {}  expires {expires}", t.name, utc_text(t.created_at));
+    let owner = t.owner.as_deref().map(|o| format!("  of {o}")).unwrap_or_default();
+    say!(
+        "{:<24} {:<8} issued {}  expires {expires}{owner}",
+        t.name,
+        t.role.name(),
+        utc_text(t.created_at)
+    );
+}
+
+/// The first line of standard input: a password given to `--password-stdin`.
+fn password_from_stdin() -> Result<String, Error> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Error::io("standard input", e))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// `fog user ...`.
+pub fn user(args: &MasterArgs, cmd: &UserCommand, json: bool) -> Result<(), Error> {
+    let c = client(args)?;
+    let line = |u: &User| {
+        let last = u.last_login.map_or("never".to_string(), utc_text);
+        say!("{:<24} {:<8} last sign-in {last}", u.name, u.role.name());
+    };
+    runtime()?.block_on(async {
+        match cmd {
+            UserCommand::Ls => emit(json, &c.users().await?, |us| us.iter().for_each(line)),
+            UserCommand::Add { name, role, .. } => {
+                let new = NewUser {
+                    name: name.clone(),
+                    role: *role,
+                    password: password_from_stdin()?,
+                };
+                emit(json, &c.create_user(&new).await?, line);
+            }
+            UserCommand::Passwd {
+                name,
+                role,
+                password_stdin,
+            } => {
+                if !password_stdin && role.is_none() {
+                    return Err(Error::invalid(
+                        "user change",
+                        name.as_str(),
+                        "give --password-stdin, --role, or both",
+                    ));
+                }
+                let change = UserUpdate {
+                    role: *role,
+                    password: if *password_stdin {
+                        Some(password_from_stdin()?)
+                    } else {
+                        None
+                    },
+                };
+                emit(json, &c.update_user(name, &change).await?, line);
+            }
+            UserCommand::Rm { name } => {
+                c.remove_user(name).await?;
+                emit(json, &serde_json::json!({ "removed": name }), |_| {
+                    say!("removed user {name}")
+                });
+            }
+        }
+        Ok(())
+    })
 }
 
 /// `fog token ...`.
@@ -583,9 +687,10 @@ pub fn token(args: &MasterArgs, cmd: &TokenCommand, json: bool) -> Result<(), Er
     runtime()?.block_on(async {
         match cmd {
             TokenCommand::Ls => emit(json, &c.tokens().await?, |ts| ts.iter().for_each(token_line)),
-            TokenCommand::Add { name, days } => {
+            TokenCommand::Add { name, days, role } => {
                 let new = NewToken {
                     name: name.clone(),
+                    role: *role,
                     expires_at: days.map(|d| fogcore::clock::now_ms() + i64::from(d) * 86_400_000),
                 };
                 emit(json, &c.create_token(&new).await?, |t| {

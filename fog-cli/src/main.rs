@@ -94,9 +94,12 @@ enum Command {
     /// Site nodes on a master
     #[command(subcommand)]
     Node(control::NodeCommand),
-    /// Admin tokens on a master: add (named, optionally expiring), ls, revoke
+    /// Tokens on a master for scripts: add (named, with a role, optionally expiring), ls, revoke
     #[command(subcommand)]
     Token(control::TokenCommand),
+    /// Users who sign in to the master's web pages: add, ls, passwd, rm
+    #[command(subcommand)]
+    User(control::UserCommand),
     /// The master's audit log: who did what, to what, from where, how it ended
     #[command(subcommand)]
     Audit(control::AuditCommand),
@@ -257,6 +260,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Node(cmd) => control::node(&cli.master, cmd, cli.json)?,
         Command::Task(cmd) => control::task(&cli.master, cmd, cli.json)?,
         Command::Token(cmd) => control::token(&cli.master, cmd, cli.json)?,
+        Command::User(cmd) => control::user(&cli.master, cmd, cli.json)?,
         Command::Audit(cmd) => control::audit(&cli.master, cmd, cli.json)?,
         Command::Agent(cmd) => control::agent(&cli.master, cmd, cli.json, &progress)?,
         Command::Demo { dir } => {

@@ -481,7 +481,11 @@ impl PyMaster {
     /// Issues a named admin token (its secret, `token`, is in the answer once).
     #[pyo3(signature = (name, expires_at=None))]
     fn create_token<'py>(&self, py: Python<'py>, name: String, expires_at: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
-        let new = fogcore::control::model::NewToken { name, expires_at };
+        let new = fogcore::control::model::NewToken {
+            name,
+            role: None,
+            expires_at,
+        };
         self.call(py, move |c| async move { c.create_token(&new).await })
     }
 

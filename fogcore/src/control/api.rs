@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
-use crate::control::model::{AuditEntry, TaskId};
+use crate::control::model::{AuditEntry, Role, TaskId};
 use crate::error::{Error, Result};
 
 /// The prefix of every route.
@@ -27,8 +27,14 @@ pub const API: &str = "/api/v1";
 /// Who is asking, as an [`Authenticate`] found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// An admin token, by its name: everything.
-    Admin(String),
+    /// A person: a user signed in to the web pages, or an API token (an admin's or a user's),
+    /// with what their role allows.
+    User {
+        /// How the audit log names them: `user:NAME`, `token:NAME`, `user:OWNER/token:NAME`.
+        actor: String,
+        /// What they may do.
+        role: Role,
+    },
     /// A node's token: check-ins, progress and check-outs of its hosts, its heartbeat, the store.
     Node(String),
     /// A task token (see `service::task_token`): its node's rights while the task is open.
@@ -41,37 +47,61 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// The node whose rights the caller has; `None` for an admin.
+    /// An admin, named in the audit log as `actor`.
+    pub fn admin(actor: impl Into<String>) -> Caller {
+        Caller::User {
+            actor: actor.into(),
+            role: Role::Admin,
+        }
+    }
+
+    /// The node whose rights the caller has; `None` for a person.
     pub fn node(&self) -> Option<&str> {
         match self {
-            Caller::Admin(_) => None,
+            Caller::User { .. } => None,
             Caller::Node(node) | Caller::Task { node, .. } => Some(node),
         }
     }
 
-    /// Who it is, as the audit log names it: `token:NAME`, `node:NAME`, `task:ID@NODE`.
+    /// Who it is, as the audit log names it: `user:NAME`, `token:NAME`, `node:NAME`,
+    /// `task:ID@NODE`.
     pub fn actor(&self) -> String {
         match self {
-            Caller::Admin(name) => format!("token:{name}"),
+            Caller::User { actor, .. } => actor.clone(),
             Caller::Node(node) => format!("node:{node}"),
             Caller::Task { node, task } => format!("task:{task}@{node}"),
         }
     }
 
-    /// Refused unless the caller is an admin or acts for `node`.
+    /// Refused unless the caller is a person whose role is `needed` or above.
+    pub fn check_role(&self, needed: Role) -> Result<()> {
+        match self {
+            Caller::User { role, .. } if *role >= needed => Ok(()),
+            Caller::User { actor, role } => Err(Error::Forbidden(format!(
+                "{actor} is {}: this needs the {needed} role",
+                article(*role)
+            ))),
+            Caller::Node(_) | Caller::Task { .. } => Err(Error::Forbidden(format!(
+                "{}'s token cannot use the routes of people",
+                self.actor()
+            ))),
+        }
+    }
+
+    /// Refused unless the caller is a person or acts for `node`.
     pub fn check_node(&self, node: &str) -> Result<()> {
         match self.node() {
             Some(me) if me != node => Err(Error::Forbidden(format!("node {me} cannot act for node {node}"))),
             _ => Ok(()),
         }
     }
+}
 
-    /// Refused unless the caller is an admin.
-    pub fn check_admin(&self) -> Result<()> {
-        match self.node() {
-            None => Ok(()),
-            Some(node) => Err(Error::Forbidden(format!("node {node}'s token cannot use admin routes"))),
-        }
+/// `a viewer`, `an operator`, `an admin`.
+fn article(role: Role) -> String {
+    match role {
+        Role::Viewer => "a viewer".into(),
+        Role::Operator | Role::Admin => format!("an {role}"),
     }
 }
 
@@ -80,9 +110,10 @@ impl Caller {
 pub enum Access {
     /// Anyone.
     Public,
-    /// Admin tokens.
-    Admin,
-    /// Admin tokens and node tokens (a node only for its own hosts; the service checks that).
+    /// People (users' and admins' tokens, signed-in users) with the role the route needs: see
+    /// [`role_needed`].
+    User,
+    /// People and node tokens (a node only for its own hosts; the service checks that).
     Node,
 }
 
@@ -91,17 +122,36 @@ impl Access {
     pub fn name(self) -> &'static str {
         match self {
             Access::Public => "public",
-            Access::Admin => "admin",
+            Access::User => "user",
             Access::Node => "node",
         }
     }
+}
 
-    /// Refused when `caller` may not call a route of this access.
-    pub fn check(self, caller: &Caller) -> Result<()> {
-        match self {
-            Access::Public | Access::Node => Ok(()),
-            Access::Admin => caller.check_admin(),
-        }
+/// Where operators may change things (under [`API`]); everything else people change (nodes,
+/// users, tokens) needs an admin.
+const OPERATOR_AREAS: [&str; 6] = ["/hosts", "/groups", "/images", "/tasks", "/schedules", "/registrations"];
+
+/// What only admins may read (under [`API`]).
+const ADMIN_READS: [&str; 3] = ["/tokens", "/audit", "/users"];
+
+/// The role a person needs for `method` on `path` (a route's path, under [`API`]): reading
+/// needs a viewer (but the audit log, tokens and users need an admin); changing hosts, groups,
+/// images, tasks and schedules needs an operator; the rest an admin. The one place the API and the
+/// web pages take roles from.
+pub fn role_needed(method: &Method, path: &str) -> Role {
+    let path = path.strip_prefix(API).unwrap_or(path);
+    let under = |areas: &[&str]| {
+        areas
+            .iter()
+            .any(|area| path == *area || path.strip_prefix(area).is_some_and(|rest| rest.starts_with('/')))
+    };
+    if method == Method::GET || method == Method::HEAD {
+        if under(&ADMIN_READS) { Role::Admin } else { Role::Viewer }
+    } else if under(&OPERATOR_AREAS) {
+        Role::Operator
+    } else {
+        Role::Admin
     }
 }
 
@@ -199,6 +249,8 @@ pub const ANONYMOUS: &str = "anonymous";
 pub struct Guarded {
     /// Who may call it.
     pub access: Access,
+    /// The role a person needs ([`role_needed`]).
+    pub role: Role,
     /// How the audit log names it: `POST /api/v1/hosts`.
     pub action: Arc<str>,
     /// Whether calls let through are recorded (mutating routes that are not [`Route::quiet`]).
@@ -210,6 +262,7 @@ impl Guarded {
     pub fn of(route: &Route) -> Self {
         Guarded {
             access: route.access,
+            role: role_needed(&route.method, &route.path),
             action: format!("{} {}", route.method, route.path).into(),
             audited: route.method != Method::GET && !route.quiet,
         }
@@ -243,7 +296,11 @@ pub async fn guard<A: Authenticate>(State((auth, check)): State<(A, Guarded)>, r
         Some(token) => match auth.authenticate(token).await {
             Ok(caller) => {
                 entry.actor = caller.actor();
-                check.access.check(&caller).map(|()| caller)
+                match (check.access, &caller) {
+                    // A node's own routes; the service checks which node.
+                    (Access::Node, Caller::Node(_) | Caller::Task { .. }) => Ok(caller),
+                    _ => caller.check_role(check.role).map(|()| caller),
+                }
             }
             Err(e) => Err(e),
         },

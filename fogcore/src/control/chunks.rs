@@ -484,7 +484,7 @@ impl Authenticate for ChunkServer {
             found | constant_time_eq(k.as_bytes(), token.as_bytes())
         });
         if known {
-            Ok(Caller::Admin("chunk-server".into()))
+            Ok(Caller::admin("token:chunk-server"))
         } else {
             Err(Error::Unauthorized("unknown token".into()))
         }

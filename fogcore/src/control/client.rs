@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 
 use crate::control::model::{
     AuditEntry, AuditQuery, BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, GroupTasks, Heartbeat,
-    HistoryQuery, Host, HostQuery, Image, ImageCopy, ImageQuery, ImageStatus, IssuedToken, NewTask, NewToken, Node,
-    NodeToken, PAGE_MAX, Page, ProgressReport, Registered, Registration, Schedule, Task, TaskEvent, TaskFilter, TaskId,
-    TokenInfo, Wake,
+    HistoryQuery, Host, HostQuery, Image, ImageCopy, ImageQuery, ImageStatus, IssuedToken, NewTask, NewToken, NewUser,
+    Node, NodeToken, PAGE_MAX, Page, ProgressReport, Registered, Registration, Schedule, Task, TaskEvent, TaskFilter,
+    TaskId, TokenInfo, User, UserUpdate, Wake,
 };
 use crate::error::{Error, Result};
 use crate::net::tls::{Trust, request_error};
@@ -374,13 +374,29 @@ impl Client {
     pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
         self.get("/tokens").await
     }
-    /// Issues a named admin token (its secret is in the answer, once).
+    /// Issues a named token, admin unless it asks for a role (its secret is in the answer, once).
     pub async fn create_token(&self, token: &NewToken) -> Result<IssuedToken> {
         self.send(Method::POST, "/tokens", token).await
     }
     /// Revokes an admin token.
     pub async fn revoke_token(&self, name: &str) -> Result<()> {
         self.delete(&format!("/tokens/{}", seg(name))).await
+    }
+    /// Every user, by name.
+    pub async fn users(&self) -> Result<Vec<User>> {
+        self.get("/users").await
+    }
+    /// Adds a user.
+    pub async fn create_user(&self, user: &NewUser) -> Result<User> {
+        self.send(Method::POST, "/users", user).await
+    }
+    /// Changes a user's role or password.
+    pub async fn update_user(&self, name: &str, change: &UserUpdate) -> Result<User> {
+        self.send(Method::PUT, &format!("/users/{}", seg(name)), change).await
+    }
+    /// Removes a user, their sessions and their tokens.
+    pub async fn remove_user(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/users/{}", seg(name))).await
     }
     /// One page of the audit log, newest first.
     pub async fn audit_page(&self, query: &AuditQuery) -> Result<Page<AuditEntry>> {

@@ -17,6 +17,7 @@
 //! - [`tokens`]: token texts: new tokens, their stored hashes, task tokens derived from a node's;
 //! - [`bootmenu`]: per-host iPXE scripts on a node (the agent for hosts with a task);
 //! - [`node`]: the node role of `fog serve` (heartbeats, the tasks of its hosts, cached);
+//! - [`web`]: the web front end on the master's listener (pages, sign-in, live progress);
 //! - [`wake`]: the node's side of Wake-on-LAN (the master's is in [`service`]).
 
 pub mod api;
@@ -40,3 +41,5 @@ pub mod service;
 pub mod tasks;
 pub mod tokens;
 pub mod wake;
+#[cfg(feature = "master")]
+pub mod web;

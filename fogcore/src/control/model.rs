@@ -925,6 +925,9 @@ pub struct HostQuery {
     #[serde(default)]
     #[schemars(pattern(NAME_PATTERN))]
     pub image: Option<String>,
+    /// Only hosts that registered themselves from the boot menu and wait for approval.
+    #[serde(default)]
+    pub pending: bool,
 }
 
 impl HostQuery {
@@ -1055,24 +1058,32 @@ impl TaskFilter {
 
 // ---- tokens and audit
 
-/// An admin token's record: the secret itself is shown once, when issued, and never stored.
+/// A person's token's record: the secret itself is shown once, when issued, and never stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenInfo {
     /// Its name, unique: what the audit log names and `DELETE /tokens/{name}` revokes.
     pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The user who made it (none: an admin token made by the CLI, the API or the first start).
+    #[serde(default)]
+    pub owner: Option<String>,
     /// When it was issued (ms since the epoch).
     pub created_at: Millis,
     /// When it stops working (ms since the epoch); none: never.
     pub expires_at: Option<Millis>,
 }
 
-/// A request for a new admin token.
+/// A request for a new token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     /// Its name, unique among tokens.
     #[schemars(pattern(NAME_PATTERN))]
     pub name: String,
+    /// What it may do (default: admin; a user's token gets at most the user's role).
+    #[serde(default)]
+    pub role: Option<Role>,
     /// When it stops working (ms since the epoch); none: never.
     #[serde(default)]
     #[schemars(range(min = 0))]
@@ -1143,4 +1154,109 @@ impl AuditQuery {
         check_not_negative("after", self.after)?;
         check_not_negative("since", self.since)
     }
+}
+
+/// What a person (a user, or an API token they made) may do. Ordered: each role can do what the
+/// ones before it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything but the audit log, the tokens and the users; changes nothing.
+    Viewer,
+    /// Also changes hosts, groups, images, tasks and schedules.
+    Operator,
+    /// Everything: nodes, users, tokens, the audit log too.
+    Admin,
+}
+
+impl Role {
+    /// Every role, least first.
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    /// Its name: `viewer`, `operator`, `admin`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Role> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.name() == text)
+            .ok_or_else(|| Error::invalid("role", text, "one of admin, operator, viewer"))
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A person who signs in to the web pages (the password itself is never shown or returned).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct User {
+    /// Unique name.
+    #[schemars(pattern(NAME_PATTERN))]
+    pub name: String,
+    /// What they may do.
+    pub role: Role,
+    /// When they were added (ms since the epoch).
+    pub created_at: Millis,
+    /// Their last sign-in (ms since the epoch).
+    #[serde(default)]
+    pub last_login: Option<Millis>,
+}
+
+/// A request for a new user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// Unique name.
+    #[schemars(pattern(NAME_PATTERN))]
+    pub name: String,
+    /// What they may do.
+    pub role: Role,
+    /// Their password (at least [`MIN_PASSWORD`] characters).
+    #[schemars(length(min = 8, max = 1024))]
+    pub password: String,
+}
+
+/// A change to a user (`PUT /users/{name}`): a new role, a new password (which ends their
+/// sessions), or both.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    /// The new role.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// The new password.
+    #[serde(default)]
+    #[schemars(length(min = 8, max = 1024))]
+    pub password: Option<String>,
+}
+
+/// The shortest password a user may have.
+pub const MIN_PASSWORD: usize = 8;
+
+/// Refused unless `password` is one a user may have.
+pub fn check_password(password: &str) -> Result<()> {
+    if password.chars().count() < MIN_PASSWORD {
+        return Err(Error::invalid(
+            "password",
+            "(hidden)",
+            format!("at least {MIN_PASSWORD} characters"),
+        ));
+    }
+    if password.len() > 1024 {
+        return Err(Error::invalid("password", "(hidden)", "at most 1024 bytes"));
+    }
+    Ok(())
 }

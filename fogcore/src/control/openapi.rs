@@ -6,7 +6,7 @@ use schemars::SchemaGenerator;
 use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
-use crate::control::api::{Access, ErrorBody, Payload, Route, SchemaFn};
+use crate::control::api::{Access, ErrorBody, Payload, Route, SchemaFn, role_needed};
 use crate::names::NAME_PATTERN;
 
 /// A path parameter's schema, from its name: ids are numbers, the rest record names.
@@ -128,6 +128,7 @@ pub fn document(title: &str, routes: &[Route]) -> Value {
             "summary": route.summary,
             "operationId": format!("{}{}", route.method.as_str().to_lowercase(), route.path.replace(['/', '{', '}', '.', '-'], "_")),
             "x-fog-access": route.access.name(),
+            "x-fog-role": if route.access == Access::Public { None } else { Some(role_needed(&route.method, &route.path).name()) },
             "security": if route.access == Access::Public { json!([]) } else { json!([{ "bearer": [] }]) },
             "parameters": parameters,
         });

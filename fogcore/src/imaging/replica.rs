@@ -68,6 +68,17 @@ impl WireChunk {
 pub trait ImageStore: Send + Sync {
     /// Names of the complete images.
     fn images(&self) -> Result<Vec<String>>;
+    /// Each image's header and the store's sizes, when the store is on this machine.
+    fn summaries(
+        &self,
+    ) -> Result<
+        Option<(
+            Vec<crate::imaging::store::ImageSummary>,
+            crate::imaging::store::StoreStats,
+        )>,
+    > {
+        Ok(None)
+    }
     /// The manifest file of image `name` ([`Error::ImageNotFound`] when absent).
     fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>>;
     /// The manifest of `name` as a delta against a manifest cut into `base` pieces.
@@ -224,6 +235,17 @@ pub fn unique_chunks(manifest: &Manifest) -> Result<Vec<ChunkRef>> {
 impl ImageStore for LocalStore {
     fn images(&self) -> Result<Vec<String>> {
         self.store.image_names()
+    }
+
+    fn summaries(
+        &self,
+    ) -> Result<
+        Option<(
+            Vec<crate::imaging::store::ImageSummary>,
+            crate::imaging::store::StoreStats,
+        )>,
+    > {
+        Ok(Some((self.store.images()?, self.store.stats()?)))
     }
 
     fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>> {

@@ -524,9 +524,10 @@ fn quick_registration_creates_the_host_from_sysfs_then_updates_it() {
         let control = site.master.as_ref().expect("master").control().clone();
         let new = fogcore::control::model::NewToken {
             name: "menu".into(),
+            role: None,
             expires_at: None,
         };
-        control.create_admin_token(&new).await.expect("token").token
+        control.create_token(&new, None).await.expect("token").token
     });
     let mut run_config = AgentConfig::new(&site.base, Some(&admin_token));
     run_config.sys_root = config.sys_root.clone();

@@ -70,7 +70,7 @@ struct Running {
 
 async fn start(url: &str) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
     let control = Arc::new(Control::new(Db::open(url).await?));
-    let admin = control.create_admin_token(&admin_token_named("test")).await?.token;
+    let admin = control.create_token(&admin_token_named("test"), None).await?.token;
     let master = Master::start(control, "127.0.0.1:0".parse()?).await?;
     let base = format!("http://{}", master.addr());
     let client = Client::new(&base, Some(&admin))?;
@@ -86,6 +86,7 @@ async fn start(url: &str) -> Result<Running, Box<dyn std::error::Error + Send + 
 fn admin_token_named(name: &str) -> NewToken {
     NewToken {
         name: name.into(),
+        role: None,
         expires_at: None,
     }
 }
@@ -697,7 +698,7 @@ async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
         );
 
         // One slot: pc-0 runs, pc-1 waits first, pc-2 second. pc-1 goes quiet past the timeout.
-        let admin = fogcore::control::service::Caller::Admin("test".into());
+        let admin = fogcore::control::service::Caller::admin("token:test");
         let ci = |i: u32| CheckIn {
             mac: format!("52:54:00:00:03:{i:02x}"),
             uuid: None,
@@ -797,7 +798,7 @@ async fn restart_keeps_state_and_migrations_are_idempotent() -> TestResult {
 
     let db = Db::open_dir(dir.path()).await?;
     assert_eq!(db.migrate().await?, 0, "nothing left to migrate");
-    assert_eq!(db.schema_versions().await?, [1, 2, 3, 4]);
+    assert_eq!(db.schema_versions().await?, [1, 2, 3, 4, 5]);
     let control = Arc::new(Control::new(db));
     assert!(
         control.first_admin_token(Some(dir.path())).await?.is_none(),
@@ -965,7 +966,7 @@ async fn every_route_refuses_the_callers_its_access_excludes() -> TestResult {
         for (kind, token) in [("node", &a.token), ("task", &task_token)] {
             let s = call(Some(token.clone()), own.clone()).await?;
             match route.access {
-                Access::Admin => assert_eq!(s, 403, "{what}: a {kind} token on an admin route"),
+                Access::User => assert_eq!(s, 403, "{what}: a {kind} token on an admin route"),
                 Access::Public | Access::Node => assert!(!refused(s), "{what}: a {kind} token is let in ({s})"),
             }
             if route.access == Access::Node && (names_node || names_task) {
@@ -1034,7 +1035,7 @@ async fn progress_reads_back_at_once_and_is_written_in_batches() -> TestResult {
                     .id,
             );
         }
-        let admin = fogcore::control::service::Caller::Admin("test".into());
+        let admin = fogcore::control::service::Caller::admin("token:test");
         let ci = |i: u32| CheckIn {
             mac: format!("52:54:00:00:05:{i:02x}"),
             uuid: None,
@@ -1213,7 +1214,7 @@ async fn tokens_are_revoked_at_once_expire_and_calls_are_audited() -> TestResult
             clock.clone(),
             fogcore::control::service::WAITER_TIMEOUT_MS,
         ));
-        let admin = control.create_admin_token(&admin_token_named("root")).await?.token;
+        let admin = control.create_token(&admin_token_named("root"), None).await?.token;
         let master = Master::start(control, "127.0.0.1:0".parse()?).await?;
         let base = format!("http://{}", master.addr());
         let root = Client::new(&base, Some(&admin))?;
@@ -1239,6 +1240,7 @@ async fn tokens_are_revoked_at_once_expire_and_calls_are_audited() -> TestResult
         let short = root
             .create_token(&NewToken {
                 name: "short".into(),
+                role: None,
                 expires_at: Some(clock.now() + 60_000),
             })
             .await?;

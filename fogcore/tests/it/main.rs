@@ -12,6 +12,7 @@ mod serve;
 mod tftp;
 mod tools;
 mod wake;
+mod web;
 
 /// An HTTP client for tests: fog's TLS provider installed, as every client fog builds has it.
 pub fn http_client() -> reqwest::Client {

@@ -82,10 +82,10 @@ impl std::fmt::Debug for MasterConfig {
     }
 }
 
-/// The admin token a first start issued.
+/// A secret a first start made: the admin token, or the first user's password.
 #[derive(Debug, Clone)]
 pub struct FirstToken {
-    /// The token (shown once).
+    /// The secret (shown once).
     pub token: String,
     /// The file it was written to (mode 0600), when the master has a data directory.
     pub file: Option<PathBuf>,
@@ -97,6 +97,9 @@ pub struct Started {
     pub master: Master,
     /// The first admin token, on a first start (no admin token in the database yet).
     pub first_token: Option<FirstToken>,
+    /// The first user's (`admin`) password, on a first start (no user yet): shown once, as the
+    /// token is, and kept in `DATA_DIR/admin-password` (0600).
+    pub first_password: Option<FirstToken>,
     /// The store directory it serves, when it opened one itself.
     pub store_dir: Option<PathBuf>,
     /// Its certificate, when it speaks HTTPS.
@@ -150,10 +153,15 @@ pub async fn serve(config: &MasterConfig) -> Result<Started> {
         .first_admin_token(config.data_dir.as_deref())
         .await?
         .map(|(token, file)| FirstToken { token, file });
+    let first_password = control
+        .first_admin_user(config.data_dir.as_deref())
+        .await?
+        .map(|(token, file)| FirstToken { token, file });
     let master = Master::start_with_tls(control, listen, tls.as_ref()).await?;
     Ok(Started {
         master,
         first_token,
+        first_password,
         store_dir,
         tls,
     })
@@ -193,7 +201,9 @@ impl Master {
         })?;
         let addr = listener.local_addr().map_err(|e| Error::io("master socket", e))?;
         let cancel = CancellationToken::new();
-        let app = router(control.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = router(control.clone())
+            .merge(crate::control::web::router(control.clone(), tls.is_some()))
+            .into_make_service_with_connect_info::<SocketAddr>();
         let stop = cancel.clone();
         let server = match tls {
             None => tokio::spawn(async move {

@@ -20,8 +20,9 @@ use crate::control::api::{
 };
 use crate::control::model::{
     AuditEntry, AuditQuery, BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, GroupTasks, Heartbeat,
-    HistoryQuery, Host, HostQuery, Image, ImageCopy, ImageQuery, IssuedToken, NewTask, NewToken, Node, NodeToken, Page,
-    ProgressReport, Registered, Registration, Schedule, Task, TaskEvent, TaskFilter, TaskId, TokenInfo, Wake,
+    HistoryQuery, Host, HostQuery, Image, ImageCopy, ImageQuery, IssuedToken, NewTask, NewToken, NewUser, Node,
+    NodeToken, Page, ProgressReport, Registered, Registration, Schedule, Task, TaskEvent, TaskFilter, TaskId,
+    TokenInfo, User as UserInfo, UserUpdate, Wake,
 };
 use crate::control::service::Control;
 use crate::error::{Error, Result};
@@ -50,7 +51,7 @@ const QUIET: [&str; 5] = [
 ];
 
 fn control_table() -> Vec<(Route, MethodRouter<App>)> {
-    use Access::{Admin, Node as NodeAccess, Public};
+    use Access::{Node as NodeAccess, Public, User};
     let r = |method: Method, path: &str, access, summary, body, reply| Route {
         method,
         path: format!("{API}{path}"),
@@ -96,7 +97,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 ..r(
                     Method::GET,
                     "/hosts",
-                    Admin,
+                    User,
                     "A page of hosts by name: search (q) over name, MACs, address and inventory; filters",
                     None,
                     json::<Page<Host>>(),
@@ -110,7 +111,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::POST,
                 "/hosts",
-                Admin,
+                User,
                 "Add a host",
                 Some(json::<Host>()),
                 json::<Host>(),
@@ -120,14 +121,14 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             ),
         ),
         (
-            r(Method::GET, "/hosts/{name}", Admin, "One host", None, json::<Host>()),
+            r(Method::GET, "/hosts/{name}", User, "One host", None, json::<Host>()),
             get(|State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.host(&n).await?)) }),
         ),
         (
             r(
                 Method::PUT,
                 "/hosts/{name}",
-                Admin,
+                User,
                 "Replace a host",
                 Some(json::<Host>()),
                 json::<Host>(),
@@ -142,7 +143,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::DELETE,
                 "/hosts/{name}",
-                Admin,
+                User,
                 "Remove a host",
                 None,
                 json::<Done>(),
@@ -156,7 +157,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::POST,
                 "/hosts/{name}/wake",
-                Admin,
+                User,
                 "Ask the host's node to wake it (Wake-on-LAN)",
                 None,
                 json::<Wake>(),
@@ -167,14 +168,14 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         ),
         // groups
         (
-            r(Method::GET, "/groups", Admin, "List groups", None, json::<Vec<Group>>()),
+            r(Method::GET, "/groups", User, "List groups", None, json::<Vec<Group>>()),
             get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.groups().await?)) }),
         ),
         (
             r(
                 Method::POST,
                 "/groups",
-                Admin,
+                User,
                 "Add a group",
                 Some(json::<Group>()),
                 json::<Group>(),
@@ -184,14 +185,14 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             ),
         ),
         (
-            r(Method::GET, "/groups/{name}", Admin, "One group", None, json::<Group>()),
+            r(Method::GET, "/groups/{name}", User, "One group", None, json::<Group>()),
             get(|State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.group(&n).await?)) }),
         ),
         (
             r(
                 Method::DELETE,
                 "/groups/{name}",
-                Admin,
+                User,
                 "Remove a group (its hosts stay)",
                 None,
                 json::<Done>(),
@@ -205,7 +206,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::POST,
                 "/groups/{name}/tasks",
-                Admin,
+                User,
                 "One task per host of the group",
                 Some(json::<NewTask>()),
                 json::<GroupTasks>(),
@@ -223,7 +224,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 ..r(
                     Method::GET,
                     "/images",
-                    Admin,
+                    User,
                     "A page of image records by name",
                     None,
                     json::<Page<Image>>(),
@@ -237,7 +238,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::POST,
                 "/images",
-                Admin,
+                User,
                 "Add an image record",
                 Some(json::<Image>()),
                 json::<Image>(),
@@ -247,14 +248,14 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             ),
         ),
         (
-            r(Method::GET, "/images/{name}", Admin, "One image", None, json::<Image>()),
+            r(Method::GET, "/images/{name}", User, "One image", None, json::<Image>()),
             get(|State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.image(&n).await?)) }),
         ),
         (
             r(
                 Method::PUT,
                 "/images/{name}",
-                Admin,
+                User,
                 "Replace an image record (placement)",
                 Some(json::<Image>()),
                 json::<Image>(),
@@ -269,7 +270,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::DELETE,
                 "/images/{name}",
-                Admin,
+                User,
                 "Remove an image record",
                 None,
                 json::<Done>(),
@@ -283,7 +284,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::GET,
                 "/images/{name}/copies",
-                Admin,
+                User,
                 "Each node's copy of the image",
                 None,
                 json::<Vec<ImageCopy>>(),
@@ -313,14 +314,14 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         ),
         // nodes
         (
-            r(Method::GET, "/nodes", Admin, "List nodes", None, json::<Vec<Node>>()),
+            r(Method::GET, "/nodes", User, "List nodes", None, json::<Vec<Node>>()),
             get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.nodes().await?)) }),
         ),
         (
             r(
                 Method::POST,
                 "/nodes",
-                Admin,
+                User,
                 "Add a node; answers its token once",
                 Some(json::<Node>()),
                 json::<NodeToken>(),
@@ -330,14 +331,14 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             ),
         ),
         (
-            r(Method::GET, "/nodes/{name}", Admin, "One node", None, json::<Node>()),
+            r(Method::GET, "/nodes/{name}", User, "One node", None, json::<Node>()),
             get(|State(c): State<App>, Path(n): Path<String>| async move { ApiResult::Ok(Json(c.node(&n).await?)) }),
         ),
         (
             r(
                 Method::PUT,
                 "/nodes/{name}",
-                Admin,
+                User,
                 "Replace a node's settings",
                 Some(json::<Node>()),
                 json::<Node>(),
@@ -352,7 +353,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::DELETE,
                 "/nodes/{name}",
-                Admin,
+                User,
                 "Remove a node and its tokens",
                 None,
                 json::<Done>(),
@@ -366,7 +367,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::POST,
                 "/nodes/{name}/token",
-                Admin,
+                User,
                 "Revoke the node's tokens and issue a new one",
                 None,
                 json::<NodeToken>(),
@@ -460,7 +461,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 ..r(
                     Method::GET,
                     "/tasks",
-                    Admin,
+                    User,
                     "A page of tasks, newest first, filtered",
                     None,
                     json::<Page<Task>>(),
@@ -474,7 +475,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::POST,
                 "/tasks",
-                Admin,
+                User,
                 "Create a task for a host",
                 Some(json::<NewTask>()),
                 json::<Task>(),
@@ -484,7 +485,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             }),
         ),
         (
-            r(Method::GET, "/tasks/{id}", Admin, "One task", None, json::<Task>()),
+            r(Method::GET, "/tasks/{id}", User, "One task", None, json::<Task>()),
             get(|State(c): State<App>, Path(id): Path<String>| async move {
                 ApiResult::Ok(Json(c.task(task_id(&id)?).await?))
             }),
@@ -495,7 +496,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 ..r(
                     Method::GET,
                     "/tasks/{id}/history",
-                    Admin,
+                    User,
                     "A page of a task's state changes, oldest first",
                     None,
                     json::<Page<TaskEvent>>(),
@@ -511,7 +512,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::POST,
                 "/tasks/{id}/cancel",
-                Admin,
+                User,
                 "Cancel a task not over",
                 None,
                 json::<Task>(),
@@ -591,37 +592,91 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::GET,
                 "/tokens",
-                Admin,
-                "The admin tokens (names and expiry; never the secrets)",
+                User,
+                "People's tokens (names, roles, owners, expiry; never the secrets)",
                 None,
                 json::<Vec<TokenInfo>>(),
             ),
-            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.admin_tokens().await?)) }),
+            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.tokens(None).await?)) }),
         ),
         (
             r(
                 Method::POST,
                 "/tokens",
-                Admin,
-                "Issue a named admin token, optionally expiring; answers its secret once",
+                User,
+                "Issue a named token (admin unless a role is given), optionally expiring; answers its secret once",
                 Some(json::<NewToken>()),
                 json::<IssuedToken>(),
             ),
             post(|State(c): State<App>, Body(t): Body<NewToken>| async move {
-                ApiResult::Ok(Json(c.create_admin_token(&t).await?))
+                ApiResult::Ok(Json(c.create_token(&t, None).await?))
             }),
         ),
         (
             r(
                 Method::DELETE,
                 "/tokens/{name}",
-                Admin,
-                "Revoke an admin token: refused from the next request on",
+                User,
+                "Revoke a token: refused from the next request on",
                 None,
                 json::<Done>(),
             ),
             delete(|State(c): State<App>, Path(n): Path<String>| async move {
-                c.revoke_admin_token(&n).await?;
+                c.revoke_token(&n, None).await?;
+                ApiResult::Ok(done())
+            }),
+        ),
+        // users
+        (
+            r(
+                Method::GET,
+                "/users",
+                User,
+                "The users (names, roles, last sign-in)",
+                None,
+                json::<Vec<UserInfo>>(),
+            ),
+            get(|State(c): State<App>| async move { ApiResult::Ok(Json(c.users().await?)) }),
+        ),
+        (
+            r(
+                Method::POST,
+                "/users",
+                User,
+                "Add a user who signs in to the web pages",
+                Some(json::<NewUser>()),
+                json::<UserInfo>(),
+            ),
+            post(|State(c): State<App>, Body(u): Body<NewUser>| async move {
+                ApiResult::Ok(Json(c.create_user(&u).await?))
+            }),
+        ),
+        (
+            r(
+                Method::PUT,
+                "/users/{name}",
+                User,
+                "Change a user's role (their tokens follow it down) or password (their sessions end)",
+                Some(json::<UserUpdate>()),
+                json::<UserInfo>(),
+            ),
+            put(
+                |State(c): State<App>, Path(n): Path<String>, Body(u): Body<UserUpdate>| async move {
+                    ApiResult::Ok(Json(c.update_user(&n, &u).await?))
+                },
+            ),
+        ),
+        (
+            r(
+                Method::DELETE,
+                "/users/{name}",
+                User,
+                "Remove a user, their sessions and their tokens (the last admin stays)",
+                None,
+                json::<Done>(),
+            ),
+            delete(|State(c): State<App>, Path(n): Path<String>| async move {
+                c.remove_user(&n).await?;
                 ApiResult::Ok(done())
             }),
         ),
@@ -631,7 +686,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 ..r(
                     Method::GET,
                     "/audit",
-                    Admin,
+                    User,
                     "A page of the audit log, newest first: every mutating call and every refused one",
                     None,
                     json::<Page<AuditEntry>>(),
@@ -646,7 +701,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::GET,
                 "/schedules",
-                Admin,
+                User,
                 "List schedules",
                 None,
                 json::<Vec<Schedule>>(),
@@ -657,7 +712,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::POST,
                 "/schedules",
-                Admin,
+                User,
                 "Schedule a task (at a time, or cron) for a host or a group",
                 Some(json::<Schedule>()),
                 json::<Schedule>(),
@@ -670,7 +725,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             r(
                 Method::DELETE,
                 "/schedules/{id}",
-                Admin,
+                User,
                 "Remove a schedule",
                 None,
                 json::<Done>(),

@@ -203,7 +203,7 @@ impl Control {
             ) {
                 (Some(node), _) => node,
                 (None, Caller::Node(me) | Caller::Task { node: me, .. }) => me.clone(),
-                (None, Caller::Admin(_)) => {
+                (None, Caller::User { .. }) => {
                     return Err(Error::conflict(
                         "host",
                         &found.host,

@@ -4,6 +4,7 @@ use std::net::Ipv4Addr;
 
 use super::{Control, lock, same_name};
 use crate::control::api::Caller;
+use crate::control::db::HostActivity;
 use crate::control::model::{
     Group, Host, HostQuery, Page, Registered, Registration, canonical_mac, canonical_uuid, check_name, page_limit,
 };
@@ -214,7 +215,40 @@ impl Control {
             inventory: reg.inventory.clone(),
         };
         let host = self.create_host(host).await?;
+        // It waits on the registrations page until someone approves it.
+        self.db.set_host_pending(&host.name, true).await?;
         Ok(Registered { host, created: true })
+    }
+
+    /// How many hosts `query` selects (all pages).
+    pub async fn host_count(&self, query: &HostQuery) -> Result<u64> {
+        query.validate()?;
+        self.db.hosts_count(query).await
+    }
+
+    /// When each of these hosts was last imaged and last heard from.
+    pub async fn host_activity(&self, hosts: &[String]) -> Result<std::collections::HashMap<String, HostActivity>> {
+        self.db.host_activity(hosts).await
+    }
+
+    /// Whether a host registered itself from the boot menu and waits for approval.
+    pub async fn is_pending(&self, name: &str) -> Result<bool> {
+        self.db.host_pending(name).await
+    }
+
+    /// Approves a host that registered itself from the boot menu, giving it an image and a
+    /// group (each when given).
+    pub async fn approve_host(&self, name: &str, image: Option<&str>, group: Option<&str>) -> Result<Host> {
+        let mut host = self.host(name).await?;
+        if let Some(image) = image {
+            host.image = Some(image.to_string());
+        }
+        if let Some(group) = group {
+            host.group = Some(group.to_string());
+        }
+        let host = self.update_host(name, host).await?;
+        self.db.set_host_pending(name, false).await?;
+        Ok(host)
     }
 
     /// The node that images `host`: the one set on it, else the enabled node whose subnet holds

@@ -1,13 +1,9 @@
 //! What the master does, independent of HTTP: checks every write, picks each host's node, runs
 //! the task state machine and the slot queue, fires schedules, issues and checks tokens. The REST
-//! API ([`crate::control::master`]) and in-process callers (tests, later Python) use it alike.
-
-//! What the master does, independent of HTTP: checks every write, picks each host's node, runs
-//! the task state machine and the slot queue, fires schedules, issues and checks tokens. The REST
 //! API ([`crate::control::master`]), the web pages and in-process callers use it alike; the
 //! handlers only translate, so every rule here holds for every caller.
 //!
-//! One file per domain: tokens (and who holds them), hosts and groups
+//! One file per domain: users (sign-ins, sessions), tokens (and who holds them), hosts and groups
 //! (registration, node choice), images, nodes (heartbeats, wakes), tasks, check-in (the slot
 //! lines, progress, check-out) and schedules.
 
@@ -19,6 +15,7 @@ mod nodes;
 mod schedules;
 mod tasks;
 mod tokens;
+mod users;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +25,7 @@ use tokio::sync::Mutex;
 pub use self::hosts::name_from_serial;
 pub use self::nodes::WAKE_TTL_MS;
 pub use self::tokens::ADMIN_TOKEN_FILE;
+pub use self::users::{ADMIN_PASSWORD_FILE, FIRST_USER, SESSION_TTL_MS, Session, SignedIn};
 pub use crate::clock::{Clock, SystemClock};
 pub use crate::control::api::Caller;
 use crate::control::db::{Db, TokenRole};
@@ -65,6 +63,8 @@ pub struct Control {
     macs: std::sync::Mutex<MacCache>,
     /// Calls without a known token recorded this second (see `audit`).
     anonymous: std::sync::Mutex<audit::AnonymousWindow>,
+    /// Failed sign-ins, to slow the next ones.
+    sign_ins: std::sync::Mutex<users::SignInFailures>,
     waiter_timeout: Millis,
     agent_timeout: Millis,
     /// When this master started: silence while it was down is nobody's fault.
@@ -120,6 +120,7 @@ impl Control {
             tokens: std::sync::Mutex::new(TokenCache::default()),
             macs: std::sync::Mutex::new(MacCache::default()),
             anonymous: std::sync::Mutex::new(audit::AnonymousWindow::default()),
+            sign_ins: std::sync::Mutex::new(users::SignInFailures::default()),
             waiter_timeout,
             agent_timeout: AGENT_TIMEOUT_MS,
             started,

@@ -3,9 +3,9 @@
 
 use super::{Control, same_name};
 use crate::control::api::Caller;
-use crate::control::db::TokenRole;
+use crate::control::db::{NodeLoad, TokenRole};
 use crate::control::model::{
-    BootTask, Heartbeat, Host, ImageCopy, Millis, Node, NodeToken, Placement, Task, TaskFilter, TaskId, Wake,
+    BootTask, Heartbeat, Host, ImageCopy, Millis, Node, NodeToken, Placement, Task, TaskEvent, TaskFilter, TaskId, Wake,
 };
 use crate::control::tokens::{new_token, token_hash};
 use crate::error::{Error, Result};
@@ -27,6 +27,21 @@ pub(super) fn waking_node<'a>(host: &Host, node: Option<&'a str>) -> Result<&'a 
 }
 
 impl Control {
+    /// Each node's load (slots in use, agents waiting, free disk), by node name.
+    pub async fn node_loads(&self) -> Result<std::collections::HashMap<String, NodeLoad>> {
+        self.db.node_loads().await
+    }
+
+    /// Tasks finished per UTC day since `since`: (day number, complete, failed).
+    pub async fn tasks_per_day(&self, since: Millis) -> Result<Vec<(i64, u64, u64)>> {
+        self.db.tasks_per_day(since).await
+    }
+
+    /// The latest task state changes, newest first, each with its task's host.
+    pub async fn recent_events(&self, limit: u32) -> Result<Vec<(TaskEvent, String)>> {
+        self.db.recent_events(limit.min(1000)).await
+    }
+
     /// Every node, by name.
     pub async fn nodes(&self) -> Result<Vec<Node>> {
         self.db.nodes().await

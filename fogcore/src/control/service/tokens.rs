@@ -1,4 +1,4 @@
-//! Tokens: admin and node tokens (stored as hashes, cached once seen), task tokens derived from a
+//! Tokens: people's (admins' and users') and node tokens (stored as hashes, cached once seen), task tokens derived from a
 //! node's, and who holds a token.
 
 use std::path::{Path, PathBuf};
@@ -7,7 +7,9 @@ use std::sync::Arc;
 use super::{Control, lock};
 use crate::control::api::{Authenticate, Caller};
 use crate::control::db::TokenRole;
-use crate::control::model::{AuditEntry, IssuedToken, Millis, NewToken, TaskId, TokenInfo, check_not_negative};
+use crate::control::model::{
+    AuditEntry, IssuedToken, Millis, NewToken, Role, TaskId, TokenInfo, User, check_not_negative,
+};
 use crate::control::tokens::{TASK_TOKEN_PREFIX, new_token, task_mac, token_hash};
 use crate::error::{Error, Result};
 use crate::names::check_name;
@@ -18,13 +20,21 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// The name the first admin token gets.
 pub const FIRST_TOKEN_NAME: &str = "admin";
 
-/// Who holds a token of this role at `now`: an expired admin token is refused.
+/// Who holds a token of this role at `now`: an expired token is refused.
 fn caller_of(role: &TokenRole, now: Millis) -> Result<Caller> {
     match role {
-        TokenRole::Admin { name, expires_at } => match expires_at {
-            Some(at) if *at <= now => Err(Error::Unauthorized(format!("token {name} has expired"))),
-            _ => Ok(Caller::Admin(name.clone())),
-        },
+        TokenRole::User {
+            name,
+            expires_at: Some(at),
+            ..
+        } if *at <= now => Err(Error::Unauthorized(format!("token {name} has expired"))),
+        TokenRole::User { name, role, owner, .. } => Ok(Caller::User {
+            actor: match owner {
+                Some(owner) => format!("user:{owner}/token:{name}"),
+                None => format!("token:{name}"),
+            },
+            role: *role,
+        }),
         TokenRole::Node(node) => Ok(Caller::Node(node.clone())),
     }
 }
@@ -32,19 +42,34 @@ fn caller_of(role: &TokenRole, now: Millis) -> Result<Caller> {
 impl Control {
     // ---- tokens
 
-    /// Issues an admin token; only its hash is stored.
-    pub async fn create_admin_token(&self, new: &NewToken) -> Result<IssuedToken> {
+    /// Issues a token for a person (role: admin unless asked); only its hash is stored. Made
+    /// by a signed-in user (`owner`), it is theirs and gets at most their role.
+    pub async fn create_token(&self, new: &NewToken, owner: Option<&User>) -> Result<IssuedToken> {
         check_name("token name", &new.name)?;
         check_not_negative("expires_at", new.expires_at)?;
+        let wanted = new.role.unwrap_or(Role::Admin);
+        let role = match owner {
+            Some(user) if wanted > user.role => {
+                return Err(Error::Forbidden(format!(
+                    "{} is {}: their tokens cannot be {wanted}",
+                    user.name, user.role
+                )));
+            }
+            _ => wanted,
+        };
         let token = new_token();
-        let role = TokenRole::Admin {
+        let stored = TokenRole::User {
             name: new.name.clone(),
+            role,
+            owner: owner.map(|u| u.name.clone()),
             expires_at: new.expires_at,
         };
-        self.db.insert_token(&token_hash(&token), &role).await?;
+        self.db.insert_token(&token_hash(&token), &stored).await?;
         Ok(IssuedToken {
             info: TokenInfo {
                 name: new.name.clone(),
+                role,
+                owner: owner.map(|u| u.name.clone()),
                 created_at: self.clock.now(),
                 expires_at: new.expires_at,
             },
@@ -52,48 +77,63 @@ impl Control {
         })
     }
 
-    /// Every admin token's record, by name.
-    pub async fn admin_tokens(&self) -> Result<Vec<TokenInfo>> {
-        self.db.admin_tokens().await
+    /// People's tokens, by name: every one, or one user's.
+    pub async fn tokens(&self, owner: Option<&str>) -> Result<Vec<TokenInfo>> {
+        self.db.person_tokens(owner).await
     }
 
-    /// Revokes an admin token: refused from the next request on. The last one that works is
-    /// kept (nobody could administer the master without it).
-    pub async fn revoke_admin_token(&self, name: &str) -> Result<()> {
+    /// Revokes a person's token: refused from the next request on. A user who is not an admin
+    /// (`by`) revokes only their own. The last admin token that works is kept (scripts could not
+    /// administer the master without it).
+    pub async fn revoke_token(&self, name: &str, by: Option<&User>) -> Result<()> {
         let now = self.clock.now();
-        let working = self.db.admin_tokens().await?;
-        let working: Vec<_> = working
+        let tokens = self.db.person_tokens(None).await?;
+        let token = tokens
             .iter()
-            .filter(|t| t.expires_at.is_none_or(|at| at > now))
-            .collect();
-        if working.len() == 1 && working[0].name == name {
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::not_found("token", name))?;
+        if let Some(user) = by
+            && user.role < Role::Admin
+            && token.owner.as_deref() != Some(user.name.as_str())
+        {
+            return Err(Error::Forbidden(format!("token {name} is not {}'s", user.name)));
+        }
+        let working = |t: &&TokenInfo| t.role == Role::Admin && t.expires_at.is_none_or(|at| at > now);
+        if working(&token) && tokens.iter().filter(working).count() == 1 {
             return Err(Error::conflict(
                 "token",
                 name,
                 "it is the last admin token that works: issue another first",
             ));
         }
-        self.db.delete_admin_token(name).await?;
+        self.db.delete_person_token(name).await?;
+        self.forget_person_tokens();
+        Ok(())
+    }
+
+    /// People's tokens or roles changed: forget what was cached of their tokens.
+    pub(super) fn forget_person_tokens(&self) {
         let mut cache = lock(&self.tokens);
         cache.generation += 1;
-        cache
-            .roles
-            .retain(|_, role| !matches!(role, TokenRole::Admin { name: n, .. } if n == name));
-        Ok(())
+        cache.roles.retain(|_, role| matches!(role, TokenRole::Node(_)));
     }
 
     /// On a first start (no admin token yet), issues one and, given a directory, writes it to
     /// `DIR/admin-token` (mode 0600). Returns the token and the file then; none when admin tokens
     /// exist already.
     pub async fn first_admin_token(&self, dir: Option<&Path>) -> Result<Option<(String, Option<PathBuf>)>> {
-        if !self.db.admin_tokens().await?.is_empty() {
+        if !self.db.person_tokens(None).await?.is_empty() {
             return Ok(None);
         }
         let token = self
-            .create_admin_token(&NewToken {
-                name: FIRST_TOKEN_NAME.into(),
-                expires_at: None,
-            })
+            .create_token(
+                &NewToken {
+                    name: FIRST_TOKEN_NAME.into(),
+                    role: None,
+                    expires_at: None,
+                },
+                None,
+            )
             .await?
             .token;
         let file = match dir {

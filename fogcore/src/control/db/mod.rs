@@ -6,7 +6,14 @@
 //! booleans and times are stored as integers, lists and JSON as text. Only the auto-increment id
 //! column differs, and [`MIGRATIONS`] writes it per backend. The migrations are ours (a table of
 //! applied versions), run at open, each in a transaction: idempotent, and readable in one place.
+//!
+//! Here the inventory and tasks; people (users, sessions, tokens) in `users`.
 
+mod users;
+
+pub use self::users::{SessionRow, SessionsOf, UserChange};
+
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +24,7 @@ use sqlx::{AnyPool, Row};
 use crate::clock::{Clock, SystemClock};
 use crate::control::model::{
     After, AuditEntry, AuditQuery, CopyReport, CopyState, Group, Host, HostQuery, Image, ImageCopy, ImageQuery, Millis,
-    NewTask, Node, Placement, Schedule, Task, TaskEvent, TaskFilter, TaskId, TaskKind, TaskState, TokenInfo, Wake,
+    NewTask, Node, Placement, Role, Schedule, Task, TaskEvent, TaskFilter, TaskId, TaskKind, TaskState, Wake,
 };
 use crate::error::{Error, Result};
 
@@ -79,6 +86,20 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         target TEXT NOT NULL, address TEXT, status BIGINT NOT NULL, result TEXT NOT NULL);
      CREATE INDEX audit_at ON audit (at)",
     ),
+    // Users and their sessions; tokens of users (with a role and an owner); hosts registered
+    // from the boot menu wait for approval; the dashboard counts tasks by day.
+    (
+        5,
+        "CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL, password TEXT NOT NULL,
+        created_at BIGINT NOT NULL, last_login BIGINT);
+     CREATE TABLE sessions (hash TEXT PRIMARY KEY, user_name TEXT NOT NULL, csrf TEXT NOT NULL,
+        created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL);
+     CREATE INDEX sessions_user ON sessions (user_name);
+     ALTER TABLE tokens ADD COLUMN owner TEXT;
+     ALTER TABLE hosts ADD COLUMN pending BIGINT NOT NULL DEFAULT 0;
+     CREATE INDEX hosts_pending ON hosts (pending);
+     CREATE INDEX tasks_updated ON tasks (updated_at)",
+    ),
 ];
 
 /// States of a task that is not over.
@@ -87,10 +108,14 @@ const OPEN_STATES: &str = "('queued', 'checked_in', 'waiting_for_slot', 'in_prog
 /// A stored token's rights.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenRole {
-    /// Everything: an admin token, by its name, until it expires.
-    Admin {
+    /// A person's: an admin's, or a user's (with at most the user's role), until it expires.
+    User {
         /// Its name.
         name: String,
+        /// What it may do.
+        role: Role,
+        /// The user who made it; none for admin tokens made by the CLI or the first start.
+        owner: Option<String>,
         /// When it stops working.
         expires_at: Option<Millis>,
     },
@@ -801,37 +826,152 @@ impl Db {
     /// A page of the hosts `query` selects, by name: at most `limit`, and one more when there
     /// are more (the caller's sign of a next page).
     pub async fn hosts_page(&self, query: &HostQuery, limit: u32) -> Result<Vec<Host>> {
-        let mut conditions = Vec::new();
-        let mut args = Vec::new();
-        for (column, value) in [
-            ("name >", &query.after),
-            ("grp =", &query.group),
-            ("node =", &query.node),
-            ("image =", &query.image),
-        ] {
-            if let Some(value) = value {
-                args.push(value.clone());
-                conditions.push(format!("{column} ${}", args.len()));
-            }
-        }
-        if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
-            args.push(like_pattern(q));
-            let n = args.len();
-            // A MAC is searched in its stored form whichever way it was typed.
-            args.push(like_pattern(&q.replace('-', ":")));
-            conditions.push(format!(
-                "(LOWER(name) LIKE ${n} ESCAPE '\\' OR COALESCE(address, '') LIKE ${n} ESCAPE '\\'
-                  OR LOWER(inventory) LIKE ${n} ESCAPE '\\'
-                  OR EXISTS (SELECT 1 FROM host_macs x WHERE x.host = hosts.name AND x.mac LIKE ${} ESCAPE '\\'))",
-                n + 1
-            ));
-        }
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
+        let (filter, args) = host_filter(query, true);
         self.hosts_where(&filter, &args, Some(limit + 1)).await
+    }
+
+    /// How many hosts `query` selects (all pages).
+    pub async fn hosts_count(&self, query: &HostQuery) -> Result<u64> {
+        let (filter, args) = host_filter(query, false);
+        let mut count =
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM hosts {filter}")));
+        for arg in args {
+            count = count.bind(arg);
+        }
+        let n = count.fetch_one(&self.pool).await.map_err(db_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Marks a host as registered from the boot menu and waiting for approval, or approved.
+    pub async fn set_host_pending(&self, host: &str, pending: bool) -> Result<()> {
+        sqlx::query("UPDATE hosts SET pending = $2 WHERE name = $1")
+            .bind(host)
+            .bind(i64::from(pending))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Each node's load: tasks holding slots, agents waiting in line, its disk's free bytes.
+    pub async fn node_loads(&self) -> Result<HashMap<String, NodeLoad>> {
+        let rows = sqlx::query(
+            "SELECT n.name, n.free_bytes,
+                (SELECT COUNT(*) FROM tasks t WHERE t.node = n.name AND t.state = 'in_progress') AS busy,
+                (SELECT COUNT(*) FROM tasks t WHERE t.node = n.name AND t.state = 'waiting_for_slot') AS waiting
+             FROM nodes n",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let count = |column: &str| -> Result<u32> {
+                    let n: i64 = r.try_get(column).map_err(db_err)?;
+                    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+                };
+                let free: Option<i64> = r.try_get("free_bytes").map_err(db_err)?;
+                Ok((
+                    r.try_get("name").map_err(db_err)?,
+                    NodeLoad {
+                        busy: count("busy")?,
+                        waiting: count("waiting")?,
+                        free_bytes: free.and_then(|f| u64::try_from(f).ok()),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Tasks finished per day (UTC) since `since`: (day number since the epoch, complete, failed).
+    pub async fn tasks_per_day(&self, since: Millis) -> Result<Vec<(i64, u64, u64)>> {
+        let rows = sqlx::query(
+            "SELECT updated_at / 86400000 AS day,
+                    SUM(CASE WHEN state = 'complete' THEN 1 ELSE 0 END) AS ok,
+                    SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS bad
+             FROM tasks WHERE updated_at >= $1 AND state IN ('complete', 'failed')
+             GROUP BY updated_at / 86400000 ORDER BY day",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let n = |c: &str| -> Result<u64> {
+                    let v: i64 = r.try_get(c).map_err(db_err)?;
+                    Ok(u64::try_from(v).unwrap_or(0))
+                };
+                Ok((r.try_get("day").map_err(db_err)?, n("ok")?, n("bad")?))
+            })
+            .collect()
+    }
+
+    /// The latest state changes of all tasks, newest first.
+    pub async fn recent_events(&self, limit: u32) -> Result<Vec<(TaskEvent, String)>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT e.id, e.task, e.at, e.from_state, e.to_state, e.detail, t.host
+             FROM task_events e JOIN tasks t ON t.id = e.task ORDER BY e.id DESC LIMIT {limit}"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    TaskEvent {
+                        id: r.try_get("id").map_err(db_err)?,
+                        task: r.try_get("task").map_err(db_err)?,
+                        at: r.try_get("at").map_err(db_err)?,
+                        from: r.try_get("from_state").map_err(db_err)?,
+                        to: r.try_get("to_state").map_err(db_err)?,
+                        detail: r.try_get("detail").map_err(db_err)?,
+                    },
+                    r.try_get("host").map_err(db_err)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether a host waits for approval ([`Db::set_host_pending`]).
+    pub async fn host_pending(&self, host: &str) -> Result<bool> {
+        let pending: Option<i64> = sqlx::query_scalar("SELECT pending FROM hosts WHERE name = $1")
+            .bind(host)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        pending.map(|p| p != 0).ok_or_else(|| Error::not_found("host", host))
+    }
+
+    /// For each of these hosts: when a deploy or capture of it last completed, and when its
+    /// agent was last heard from.
+    pub async fn host_activity(&self, hosts: &[String]) -> Result<HashMap<String, HostActivity>> {
+        if hosts.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let marks: Vec<String> = (1..=hosts.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT host, MAX(CASE WHEN state = 'complete' AND kind IN ('deploy', 'capture') THEN updated_at END) AS imaged,
+                    MAX(last_contact) AS seen
+             FROM tasks WHERE host IN ({}) GROUP BY host",
+            marks.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for host in hosts {
+            query = query.bind(host);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("host").map_err(db_err)?,
+                    HostActivity {
+                        imaged: r.try_get("imaged").map_err(db_err)?,
+                        seen: r.try_get("seen").map_err(db_err)?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// A page of images by name (see [`Db::hosts_page`] for the extra one).
@@ -1417,110 +1557,6 @@ impl Db {
         Ok(())
     }
 
-    // ---- tokens
-
-    /// Stores a token's hash with its rights; a name taken is a conflict.
-    pub async fn insert_token(&self, hash: &str, role: &TokenRole) -> Result<()> {
-        let (kind, name, node, expires_at) = match role {
-            TokenRole::Admin { name, expires_at } => ("admin", Some(name.as_str()), None, *expires_at),
-            TokenRole::Node(n) => ("node", None, Some(n.as_str()), None),
-        };
-        if let Some(name) = name
-            && self.token_named(name).await?.is_some()
-        {
-            return Err(Error::conflict("token", name, "a token of that name exists"));
-        }
-        sqlx::query(
-            "INSERT INTO tokens (hash, role, node, created_at, name, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(hash)
-        .bind(kind)
-        .bind(node)
-        .bind(self.clock.now())
-        .bind(name)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
-
-    /// The rights of the token with this hash.
-    pub async fn token_role(&self, hash: &str) -> Result<Option<TokenRole>> {
-        let row = sqlx::query("SELECT role, node, name, expires_at FROM tokens WHERE hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-        let Some(row) = row else { return Ok(None) };
-        let role: String = row.try_get("role").map_err(db_err)?;
-        let node: Option<String> = row.try_get("node").map_err(db_err)?;
-        let name: Option<String> = row.try_get("name").map_err(db_err)?;
-        let expires_at: Option<Millis> = row.try_get("expires_at").map_err(db_err)?;
-        Ok(match (role.as_str(), node, name) {
-            ("admin", _, Some(name)) => Some(TokenRole::Admin { name, expires_at }),
-            ("node", Some(node), _) => Some(TokenRole::Node(node)),
-            _ => None,
-        })
-    }
-
-    /// The admin token of this name.
-    async fn token_named(&self, name: &str) -> Result<Option<TokenInfo>> {
-        Ok(self.admin_tokens().await?.into_iter().find(|t| t.name == name))
-    }
-
-    /// Every admin token, by name.
-    pub async fn admin_tokens(&self) -> Result<Vec<TokenInfo>> {
-        let rows = sqlx::query(
-            "SELECT name, created_at, expires_at FROM tokens WHERE role = 'admin' AND name IS NOT NULL ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(TokenInfo {
-                    name: r.try_get("name").map_err(db_err)?,
-                    created_at: r.try_get("created_at").map_err(db_err)?,
-                    expires_at: r.try_get("expires_at").map_err(db_err)?,
-                })
-            })
-            .collect()
-    }
-
-    /// Revokes the admin token of this name.
-    pub async fn delete_admin_token(&self, name: &str) -> Result<()> {
-        let n = sqlx::query("DELETE FROM tokens WHERE role = 'admin' AND name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
-        if n == 0 {
-            return Err(Error::not_found("token", name));
-        }
-        Ok(())
-    }
-
-    /// The stored hashes of a node's tokens.
-    pub async fn node_token_hashes(&self, node: &str) -> Result<Vec<String>> {
-        sqlx::query_scalar("SELECT hash FROM tokens WHERE role = 'node' AND node = $1")
-            .bind(node)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)
-    }
-
-    /// Revokes a node's tokens.
-    pub async fn delete_node_tokens(&self, node: &str) -> Result<()> {
-        sqlx::query("DELETE FROM tokens WHERE role = 'node' AND node = $1")
-            .bind(node)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-
     // ---- audit
 
     /// Records one call.
@@ -1632,6 +1668,66 @@ pub struct TaskEventRow {
 
 /// A LIKE pattern matching text that contains `q` (lower case; `%`, `_` and `\` taken
 /// literally).
+/// The `WHERE` of the hosts `query` selects (after its cursor too, when `paged`), and its
+/// arguments.
+fn host_filter(query: &HostQuery, paged: bool) -> (String, Vec<String>) {
+    let mut conditions = Vec::new();
+    let mut args = Vec::new();
+    let after = if paged { &query.after } else { &None };
+    for (column, value) in [
+        ("name >", after),
+        ("grp =", &query.group),
+        ("node =", &query.node),
+        ("image =", &query.image),
+    ] {
+        if let Some(value) = value {
+            args.push(value.clone());
+            conditions.push(format!("{column} ${}", args.len()));
+        }
+    }
+    if query.pending {
+        conditions.push("pending = 1".into());
+    }
+    if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+        args.push(like_pattern(q));
+        let n = args.len();
+        // A MAC is searched in its stored form whichever way it was typed.
+        args.push(like_pattern(&q.replace('-', ":")));
+        conditions.push(format!(
+            "(LOWER(name) LIKE ${n} ESCAPE '\\' OR COALESCE(address, '') LIKE ${n} ESCAPE '\\'
+              OR LOWER(inventory) LIKE ${n} ESCAPE '\\'
+              OR EXISTS (SELECT 1 FROM host_macs x WHERE x.host = hosts.name AND x.mac LIKE ${} ESCAPE '\\'))",
+            n + 1
+        ));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    (filter, args)
+}
+
+/// A node's load ([`Db::node_loads`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeLoad {
+    /// Tasks holding slots.
+    pub busy: u32,
+    /// Agents waiting for a slot.
+    pub waiting: u32,
+    /// Free bytes of its store's disk, from its last heartbeat.
+    pub free_bytes: Option<u64>,
+}
+
+/// When a host was last imaged and last heard from ([`Db::host_activity`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostActivity {
+    /// The last deploy or capture that completed.
+    pub imaged: Option<Millis>,
+    /// The last contact of its agent.
+    pub seen: Option<Millis>,
+}
+
 fn like_pattern(q: &str) -> String {
     let mut out = String::from("%");
     for c in q.to_lowercase().chars() {
