@@ -164,7 +164,12 @@ async fn rows(control: &Control, hosts: Vec<Host>) -> Result<Vec<HostRow>, Error
         .collect())
 }
 
-async fn list(State(web): State<App>, Extension(ctx): Extension<Ctx>, Query(filter): Query<Filter>) -> WebResult {
+async fn list(
+    State(web): State<App>,
+    Extension(ctx): Extension<Ctx>,
+    headers: HeaderMap,
+    Query(filter): Query<Filter>,
+) -> WebResult {
     let query = filter.query();
     let found = web.control.host_page(&query).await?;
     let total = web.control.host_count(&query).await?;
@@ -172,7 +177,12 @@ async fn list(State(web): State<App>, Extension(ctx): Extension<Ctx>, Query(filt
         .next
         .map(|after| filter.url(&format!("after={}", percent_encode(&after))));
     let (groups, nodes, images) = names(&web.control).await?;
-    Ok(page(HostsPage {
+    // A search typed into the page puts its filter in the address bar, without empty fields.
+    let address = filter.url(&match &filter.after {
+        Some(after) => format!("after={}", percent_encode(after)),
+        None => String::new(),
+    });
+    let mut response = page(HostsPage {
         layout: ctx.layout("hosts"),
         rows: rows(&web.control, found.items).await?,
         total,
@@ -182,7 +192,13 @@ async fn list(State(web): State<App>, Extension(ctx): Extension<Ctx>, Query(filt
         groups,
         nodes,
         images,
-    }))
+    });
+    if headers.contains_key("hx-request")
+        && let Ok(value) = axum::http::HeaderValue::from_str(&address)
+    {
+        response.headers_mut().insert("hx-push-url", value);
+    }
+    Ok(response)
 }
 
 #[derive(Template)]
