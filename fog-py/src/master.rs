@@ -473,20 +473,69 @@ impl PyMaster {
         self.call(py, move |c| async move { c.task_history(id).await })
     }
 
-    /// The admin tokens: name, created_at, expires_at (never the secrets).
+    /// People's tokens: name, role, owner, created_at, expires_at (never the secrets).
     fn tokens<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.call(py, move |c| async move { c.tokens().await })
     }
 
-    /// Issues a named admin token (its secret, `token`, is in the answer once).
-    #[pyo3(signature = (name, expires_at=None))]
-    fn create_token<'py>(&self, py: Python<'py>, name: String, expires_at: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
+    /// Issues a named token, admin unless `role` says `operator` or `viewer` (its secret,
+    /// `token`, is in the answer once).
+    #[pyo3(signature = (name, expires_at=None, role=None))]
+    fn create_token<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        expires_at: Option<i64>,
+        role: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let new = fogcore::control::model::NewToken {
             name,
-            role: None,
+            role: role.as_deref().map(str::parse).transpose().map_err(crate::fog_err)?,
             expires_at,
         };
         self.call(py, move |c| async move { c.create_token(&new).await })
+    }
+
+    /// The users who sign in to the web pages: name, role, created_at, last_login.
+    fn users<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.call(py, move |c| async move { c.users().await })
+    }
+
+    /// Adds a user (`role`: admin, operator or viewer).
+    fn create_user<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        role: String,
+        password: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let new = fogcore::control::model::NewUser {
+            name,
+            role: role.parse().map_err(crate::fog_err)?,
+            password,
+        };
+        self.call(py, move |c| async move { c.create_user(&new).await })
+    }
+
+    /// Changes a user's role and/or password (a new password ends their sessions).
+    #[pyo3(signature = (name, *, role=None, password=None))]
+    fn update_user<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        role: Option<String>,
+        password: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let change = fogcore::control::model::UserUpdate {
+            role: role.as_deref().map(str::parse).transpose().map_err(crate::fog_err)?,
+            password,
+        };
+        self.call(py, move |c| async move { c.update_user(&name, &change).await })
+    }
+
+    /// Removes a user, their sessions and their tokens.
+    fn remove_user<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        self.call(py, move |c| async move { c.remove_user(&name).await })
     }
 
     /// Revokes an admin token: refused from the next request on.

@@ -117,6 +117,24 @@ def test_tokens_are_named_revoked_and_audited(master, api):
     assert [x["status"] for x in api.audit(failed=True)] == [401]
 
 
+def test_users_and_role_tokens(master, api):
+    assert [(u["name"], u["role"]) for u in api.users()] == [("admin", "admin")]
+    api.create_user("vera", "viewer", "viewer-password-1")
+    with pytest.raises(fog.BadInputError, match="role"):
+        api.create_user("otto", "chief", "operator-password-1")
+    viewer = fog.Master(master.url, api.create_token("look", role="viewer")["token"])
+    assert viewer.hosts() == []
+    with pytest.raises(fog.ApiError) as e:
+        viewer.create_group("lab")
+    assert e.value.status == 403
+    assert api.update_user("vera", role="operator")["role"] == "operator"
+    api.remove_user("vera")
+    assert [u["name"] for u in api.users()] == ["admin"]
+    with pytest.raises(fog.ApiError) as e:
+        api.remove_user("admin")
+    assert e.value.status == 409
+
+
 def test_tasks_filters_cancel_history_and_watch(api):
     api.create_node("site-a", "http://127.0.0.1:8080")
     api.create_group("lab")

@@ -555,3 +555,85 @@ fn http_status(base: &str, path: &str, token: Option<&str>) -> u16 {
     let out = cmd.arg(format!("{base}{path}")).output().expect("curl");
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
+
+/// `curl` posting a sign-in form: the status and the session cookie it set, if any.
+fn sign_in(base: &str, user: &str, password: &str) -> (u16, bool) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-D", "-", "-w", "%{http_code}"])
+        .args(["--data-urlencode", &format!("user={user}")])
+        .args(["--data-urlencode", &format!("password={password}")])
+        .arg(format!("{base}/login"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let status = text.lines().last().unwrap_or_default().trim().parse().unwrap_or(0);
+    (status, text.to_lowercase().contains("set-cookie: fog_session="))
+}
+
+#[test]
+fn users_added_by_the_cli_sign_in_to_the_web_pages() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::start();
+    let master_dir = c.path("master");
+    let password_file = master_dir.join("admin-password");
+    assert_eq!(
+        fs::metadata(&password_file)
+            .expect("admin-password")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let admin_password = fs::read_to_string(&password_file).expect("admin password");
+    assert_eq!(sign_in(&c.base, "admin", admin_password.trim()), (303, true));
+    assert_eq!(sign_in(&c.base, "admin", "not-it-at-all"), (401, false));
+
+    let token = fs::read_to_string(master_dir.join("admin-token")).expect("admin token");
+    let fog = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(FOG)
+            .args(args)
+            .env("FOG_MASTER", &c.base)
+            .env("FOG_TOKEN", token.trim())
+            .env("SSL_CERT_FILE", "/nonexistent/fog-test-ca.pem")
+            .env("SSL_CERT_DIR", "/nonexistent/fog-test-certs")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fog");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("fog runs")
+    };
+    let added = fog(
+        &["user", "add", "alice", "--role", "viewer", "--password-stdin"],
+        "alice-password-1\n",
+    );
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert_eq!(sign_in(&c.base, "alice", "alice-password-1"), (303, true));
+    let listed = fog(&["--json", "user", "ls"], "");
+    let users: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("user ls --json");
+    let roles: Vec<(&str, &str)> = users
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|u| (u["name"].as_str().unwrap_or(""), u["role"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(roles, [("admin", "admin"), ("alice", "viewer")]);
+
+    let short = fog(&["user", "passwd", "alice", "--password-stdin"], "short\n");
+    assert_eq!(short.status.code(), Some(2), "a short password is bad input");
+    let changed = fog(&["user", "passwd", "alice", "--password-stdin"], "alice-password-2\n");
+    assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
+    assert_eq!(sign_in(&c.base, "alice", "alice-password-1").0, 401);
+    assert_eq!(sign_in(&c.base, "alice", "alice-password-2"), (303, true));
+    let last_admin = fog(&["user", "rm", "admin"], "");
+    assert!(!last_admin.status.success(), "the last admin cannot be removed");
+    assert!(fog(&["user", "rm", "alice"], "").status.success());
+    assert_eq!(sign_in(&c.base, "alice", "alice-password-2").0, 401);
+}

@@ -367,14 +367,29 @@ class Master:
         """A task's state changes, oldest first: ``task``, ``at``, ``from``, ``to``, ``detail``."""
 
     def tokens(self) -> list[_Record]:
-        """The admin tokens: ``name``, ``created_at``, ``expires_at`` (never the secrets)."""
+        """People's tokens: ``name``, ``role``, ``owner``, ``created_at``, ``expires_at`` (never
+        the secrets)."""
 
-    def create_token(self, name: str, expires_at: Optional[int] = None) -> _Record:
-        """Issues a named admin token, expiring at ``expires_at`` (ms since the epoch) if given;
-        its secret (``token``) is in the answer, once."""
+    def create_token(self, name: str, expires_at: Optional[int] = None, role: Optional[str] = None) -> _Record:
+        """Issues a named token (admin unless ``role`` is ``operator`` or ``viewer``), expiring
+        at ``expires_at`` (ms since the epoch) if given; its secret (``token``) is in the answer,
+        once."""
 
     def revoke_token(self, name: str) -> None:
-        """Revokes an admin token: refused from the next request on."""
+        """Revokes a token: refused from the next request on."""
+
+    def users(self) -> list[_Record]:
+        """The users who sign in to the web pages: ``name``, ``role``, ``created_at``,
+        ``last_login``."""
+
+    def create_user(self, name: str, role: str, password: str) -> _Record:
+        """Adds a user; ``role`` is ``admin``, ``operator`` or ``viewer``."""
+
+    def update_user(self, name: str, *, role: Optional[str] = None, password: Optional[str] = None) -> _Record:
+        """Changes a user's role and/or password (a new password ends their sessions)."""
+
+    def remove_user(self, name: str) -> None:
+        """Removes a user, their sessions and their tokens (the last admin stays)."""
 
     def audit(
         self,

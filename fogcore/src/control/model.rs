@@ -1224,7 +1224,7 @@ pub struct NewUser {
     pub name: String,
     /// What they may do.
     pub role: Role,
-    /// Their password (at least [`MIN_PASSWORD`] characters).
+    /// Their password ([`MIN_PASSWORD`] to [`MAX_PASSWORD`] characters).
     #[schemars(length(min = 8, max = 1024))]
     pub password: String,
 }
@@ -1246,17 +1246,19 @@ pub struct UserUpdate {
 /// The shortest password a user may have.
 pub const MIN_PASSWORD: usize = 8;
 
+/// The longest password a user may have.
+pub const MAX_PASSWORD: usize = 1024;
+
 /// Refused unless `password` is one a user may have.
 pub fn check_password(password: &str) -> Result<()> {
-    if password.chars().count() < MIN_PASSWORD {
+    // Counted in characters, as the document's length bounds are.
+    let length = password.chars().count();
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&length) {
         return Err(Error::invalid(
             "password",
             "(hidden)",
-            format!("at least {MIN_PASSWORD} characters"),
+            format!("{MIN_PASSWORD} to {MAX_PASSWORD} characters"),
         ));
-    }
-    if password.len() > 1024 {
-        return Err(Error::invalid("password", "(hidden)", "at most 1024 bytes"));
     }
     Ok(())
 }

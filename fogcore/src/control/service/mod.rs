@@ -166,6 +166,15 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Writes a secret a first start made (a token, a password) to `dir/file`, mode 0600, when there
+/// is a directory; the file written.
+fn keep_secret(dir: Option<&std::path::Path>, file: &str, secret: &str) -> Result<Option<std::path::PathBuf>> {
+    let Some(dir) = dir else { return Ok(None) };
+    let path = dir.join(file);
+    crate::fsutil::write_private(&path, format!("{secret}\n").as_bytes())?;
+    Ok(Some(path))
+}
+
 /// Refused when a body renames the record its path names.
 fn same_name(field: &'static str, path: &str, body: &str) -> Result<()> {
     if path == body {

@@ -3,7 +3,7 @@
 
 use super::{Control, same_name};
 use crate::control::api::Caller;
-use crate::control::db::{NodeLoad, TokenRole};
+use crate::control::db::{DayCount, NodeLoad, TokenRole};
 use crate::control::model::{
     BootTask, Heartbeat, Host, ImageCopy, Millis, Node, NodeToken, Placement, Task, TaskEvent, TaskFilter, TaskId, Wake,
 };
@@ -32,8 +32,8 @@ impl Control {
         self.db.node_loads().await
     }
 
-    /// Tasks finished per UTC day since `since`: (day number, complete, failed).
-    pub async fn tasks_per_day(&self, since: Millis) -> Result<Vec<(i64, u64, u64)>> {
+    /// Tasks finished per UTC day since `since`, by day.
+    pub async fn tasks_per_day(&self, since: Millis) -> Result<Vec<DayCount>> {
         self.db.tasks_per_day(since).await
     }
 

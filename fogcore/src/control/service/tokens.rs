@@ -136,14 +136,7 @@ impl Control {
             )
             .await?
             .token;
-        let file = match dir {
-            Some(dir) => {
-                let path = dir.join(ADMIN_TOKEN_FILE);
-                crate::fsutil::write_private(&path, format!("{token}\n").as_bytes())?;
-                Some(path)
-            }
-            None => None,
-        };
+        let file = super::keep_secret(dir, ADMIN_TOKEN_FILE, &token)?;
         Ok(Some((token, file)))
     }
 

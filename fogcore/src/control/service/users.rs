@@ -303,14 +303,7 @@ impl Control {
             password: password.clone(),
         })
         .await?;
-        let file = match dir {
-            Some(dir) => {
-                let path = dir.join(ADMIN_PASSWORD_FILE);
-                crate::fsutil::write_private(&path, format!("{password}\n").as_bytes())?;
-                Some(path)
-            }
-            None => None,
-        };
+        let file = super::keep_secret(dir, ADMIN_PASSWORD_FILE, &password)?;
         Ok(Some((password, file)))
     }
 }

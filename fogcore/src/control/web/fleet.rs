@@ -221,6 +221,7 @@ struct ImageRow {
     disk: String,
     captured: String,
     source: String,
+    placement: String,
     copies: Vec<CopyRow>,
 }
 
@@ -298,6 +299,10 @@ async fn images(State(web): State<App>, Extension(ctx): Extension<Ctx>) -> WebRe
                 (None, None) => "not yet".into(),
             },
             source: capture.map(|t| t.host).unwrap_or_default(),
+            placement: match &image.placement {
+                Placement::All => "every node".into(),
+                Placement::Nodes { nodes } => nodes.join(", "),
+            },
             copies,
             image,
         });

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 
 use super::view;
-use super::{App, Ctx, Fields, Layout, WebError, WebResult, done, page, percent_encode};
+use super::{App, Ctx, Fields, Layout, WebError, WebResult, done, filled, page, percent_encode};
 use crate::control::model::{After, HistoryQuery, Host, HostQuery, NewTask, Task, TaskEvent, TaskFilter, TaskKind};
 use crate::control::service::Control;
 use crate::error::Error;
@@ -46,22 +46,15 @@ struct Filter {
     limit: Option<u32>,
 }
 
-fn some(v: &Option<String>) -> Option<String> {
-    v.as_deref()
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-}
-
 impl Filter {
     fn query(&self) -> HostQuery {
         HostQuery {
             limit: Some(self.limit.unwrap_or(PAGE_ROWS)),
-            after: some(&self.after),
-            q: some(&self.q),
-            group: some(&self.group),
-            node: some(&self.node),
-            image: some(&self.image),
+            after: filled(&self.after),
+            q: filled(&self.q),
+            group: filled(&self.group),
+            node: filled(&self.node),
+            image: filled(&self.image),
             pending: false,
         }
     }
@@ -87,7 +80,7 @@ impl Filter {
             ("node", &self.node),
             ("image", &self.image),
         ] {
-            if let Some(v) = some(v) {
+            if let Some(v) = filled(v) {
                 parts.push(format!("{k}={}", percent_encode(&v)));
             }
         }
@@ -497,7 +490,7 @@ async fn chosen_hosts(control: &Control, fields: &Fields) -> Result<Vec<String>,
 
 /// A bulk action: the first POST answers a confirmation stating how many hosts and what; the
 /// confirmed POST does it, host by host, and says what was done and what was refused.
-async fn bulk(State(web): State<App>, Extension(ctx): Extension<Ctx>, headers: HeaderMap, fields: Fields) -> WebResult {
+async fn bulk(State(web): State<App>, Extension(ctx): Extension<Ctx>, fields: Fields) -> WebResult {
     let action = Bulk::parse(fields.need("action")?)?;
     let image = fields.get("image");
     let group = fields.get("group");
@@ -510,12 +503,10 @@ async fn bulk(State(web): State<App>, Extension(ctx): Extension<Ctx>, headers: H
     }
     let question = action.describe(hosts.len(), image, group);
     if fields.get("confirmed").is_none() {
-        let back = headers
-            .get(axum::http::header::REFERER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|r| r.contains("/hosts"))
-            .map(str::to_string)
-            .unwrap_or_else(|| Filter::from_fields(&fields).url(""));
+        let back = match fields.all("host").as_slice() {
+            [one] if fields.get("all").is_none() => format!("/hosts/{one}"),
+            _ => Filter::from_fields(&fields).url(""),
+        };
         let mut confirmation = confirm(
             ctx.layout("hosts"),
             format!("{question}?"),

@@ -50,6 +50,7 @@ struct Web {
     /// Cookies get `Secure` (the master speaks HTTPS).
     secure: bool,
     live: live::Feed,
+    past_days: std::sync::Mutex<dashboard::PastDays>,
 }
 
 type App = Arc<Web>;
@@ -60,6 +61,7 @@ pub fn router(control: Arc<Control>, secure: bool) -> Router {
         live: live::Feed::new(Arc::downgrade(&control)),
         control,
         secure,
+        past_days: std::sync::Mutex::new(dashboard::PastDays::default()),
     });
     let pages = Router::new()
         .merge(dashboard::routes())
@@ -297,6 +299,14 @@ fn percent_decode(text: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
+}
+
+/// A query field's value, unless empty or blank (an empty filter box filters nothing).
+fn filled(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 /// A submitted form's fields, in order (a field may repeat: the rows ticked in a table).

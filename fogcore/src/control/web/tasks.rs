@@ -10,7 +10,7 @@ use axum::{Extension, Router};
 
 use super::live::{self, LiveRow};
 use super::view;
-use super::{App, Ctx, Fields, Layout, WebResult, done, page, percent_encode};
+use super::{App, Ctx, Fields, Layout, WebResult, done, filled, page, percent_encode};
 use crate::control::model::{After, Millis, NewTask, Schedule, Task, TaskFilter, TaskId, TaskKind, When};
 use crate::error::Error;
 
@@ -43,16 +43,9 @@ struct HistoryFilter {
     after: Option<TaskId>,
 }
 
-fn some(v: &Option<String>) -> Option<String> {
-    v.as_deref()
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-}
-
 impl HistoryFilter {
     fn filter(&self, now: Millis, limit: u32) -> Result<TaskFilter, Error> {
-        let kind = match some(&self.kind) {
+        let kind = match filled(&self.kind) {
             None => None,
             Some(k) => Some(
                 serde_json::from_value::<TaskKind>(serde_json::Value::String(k.clone()))
@@ -60,9 +53,9 @@ impl HistoryFilter {
             ),
         };
         Ok(TaskFilter {
-            state: some(&self.state),
-            host: some(&self.host),
-            image: some(&self.image),
+            state: filled(&self.state),
+            host: filled(&self.host),
+            image: filled(&self.image),
             kind,
             since: self.days.map(|d| now - i64::from(d) * 86_400_000),
             limit: Some(limit),
@@ -80,7 +73,7 @@ impl HistoryFilter {
             ("host", &self.host),
             ("image", &self.image),
         ] {
-            if let Some(v) = some(v) {
+            if let Some(v) = filled(v) {
                 parts.push(format!("{k}={}", percent_encode(&v)));
             }
         }
@@ -92,10 +85,10 @@ impl HistoryFilter {
 
     fn text(&self, which: &str) -> String {
         match which {
-            "state" => some(&self.state),
-            "kind" => some(&self.kind),
-            "host" => some(&self.host),
-            _ => some(&self.image),
+            "state" => filled(&self.state),
+            "kind" => filled(&self.kind),
+            "host" => filled(&self.host),
+            _ => filled(&self.image),
         }
         .unwrap_or_default()
     }
