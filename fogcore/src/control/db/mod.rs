@@ -334,6 +334,21 @@ impl Db {
         Ok(())
     }
 
+    /// Changes a group's description.
+    pub async fn update_group(&self, group: &Group) -> Result<()> {
+        let n = sqlx::query("UPDATE groups SET description = $2 WHERE name = $1")
+            .bind(&group.name)
+            .bind(&group.description)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("group", &group.name));
+        }
+        Ok(())
+    }
+
     /// Every group, by name.
     pub async fn groups(&self) -> Result<Vec<Group>> {
         let rows = sqlx::query("SELECT name, description FROM groups ORDER BY name")

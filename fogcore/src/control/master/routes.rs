@@ -190,6 +190,21 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
         ),
         (
             r(
+                Method::PUT,
+                "/groups/{name}",
+                User,
+                "Replace a group (its description)",
+                Some(json::<Group>()),
+                json::<Group>(),
+            ),
+            put(
+                |State(c): State<App>, Path(n): Path<String>, Body(g): Body<Group>| async move {
+                    ApiResult::Ok(Json(c.update_group(&n, &g).await?))
+                },
+            ),
+        ),
+        (
+            r(
                 Method::DELETE,
                 "/groups/{name}",
                 User,

@@ -80,6 +80,14 @@ impl Control {
         self.db.group(&group.name).await
     }
 
+    /// Replaces a group's record (its description; names never change).
+    pub async fn update_group(&self, name: &str, group: &Group) -> Result<Group> {
+        same_name("group name", name, &group.name)?;
+        group.validate()?;
+        self.db.update_group(group).await?;
+        self.db.group(name).await
+    }
+
     pub(super) async fn check_host(&self, host: &mut Host) -> Result<()> {
         host.validate()?;
         if let Some(image) = &host.image {

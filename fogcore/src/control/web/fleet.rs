@@ -20,7 +20,7 @@ pub(super) fn routes() -> Router<App> {
         .route("/registrations", get(registrations))
         .route("/registrations/{name}/approve", post(approve))
         .route("/groups", get(groups).post(add_group))
-        .route("/groups/{name}", get(group))
+        .route("/groups/{name}", get(group).post(edit_group))
         .route("/groups/{name}/tasks", post(group_task))
         .route("/groups/{name}/delete", post(delete_group))
         .route("/images", get(images).post(add_image))
@@ -160,6 +160,16 @@ async fn group(State(web): State<App>, Extension(ctx): Extension<Ctx>, Path(name
         images: web.control.images().await?.into_iter().map(|i| i.name).collect(),
         tasks: super::hosts::task_rows(&web.control, &filter, false).await?,
     }))
+}
+
+async fn edit_group(State(web): State<App>, Path(name): Path<String>, fields: Fields) -> WebResult {
+    let group = Group {
+        name: name.clone(),
+        description: fields.get("description").unwrap_or_default().to_string(),
+    };
+    web.control.update_group(&name, &group).await?;
+    let to = format!("/groups/{name}");
+    Ok(done(&web, &to, name.clone(), format!("Group {name} saved.")))
 }
 
 /// A task for every member, after a confirmation saying how many and what.
