@@ -65,14 +65,25 @@ def main():
         try:
             run(p, node_token)
         except Exception:
+            print("--- browser console errors:", *CONSOLE_ERRORS, sep="\n")
             for i, open_page in enumerate(PAGES):
-                print(f"--- page {i} at {open_page.url}:")
-                print(open_page.inner_text("body")[:3000])
-                open_page.screenshot(path=str(SHOTS / f"failure-{i}.png"), full_page=True)
+                try:
+                    print(f"--- page {i} at {open_page.url}:")
+                    print(open_page.inner_text("body")[:3000])
+                    open_page.screenshot(path=str(SHOTS / f"failure-{i}.png"), full_page=True)
+                except Exception as e:  # a closed page tells nothing more
+                    print(f"(page {i}: {e})")
             raise
 
 
 PAGES = []
+CONSOLE_ERRORS = []
+
+
+def watch_console(page):
+    """Every error the page logs (a script refused by the Content-Security-Policy among them)."""
+    page.on("console", lambda m: m.type == "error" and CONSOLE_ERRORS.append(f"{page.url}: {m.text}"))
+    page.on("pageerror", lambda e: CONSOLE_ERRORS.append(f"{page.url}: {e}"))
 
 
 def run(p, node_token):
@@ -84,6 +95,7 @@ def run(p, node_token):
         )
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         PAGES.append(page)
+        watch_console(page)
 
         print("== a wrong password is refused")
         sign_in(page, "admin", "not-the-password")
@@ -172,6 +184,7 @@ def run(p, node_token):
         print("== a viewer sees no action controls")
         viewer = browser.new_page(viewport={"width": 1400, "height": 900})
         PAGES.append(viewer)
+        watch_console(viewer)
         sign_in(viewer, "vera", VIEWER_PASSWORD)
         expect(viewer.locator("h1")).to_have_text("Dashboard")
         viewer.goto(f"{BASE}/hosts")
@@ -184,6 +197,9 @@ def run(p, node_token):
         expect(viewer.locator("#active-rows a:has-text('Cancel')")).to_have_count(0)
         expect(viewer.locator("nav >> text=Users")).to_have_count(0)
         shot(viewer, "14-viewer-tasks")
+        # The refused sign-in answers 401, which Chromium logs as a failed resource load.
+        unexpected = [e for e in CONSOLE_ERRORS if "401" not in e]
+        assert not unexpected, "errors in the browser console:\n" + "\n".join(unexpected)
         browser.close()
         print("== web e2e passed")
 

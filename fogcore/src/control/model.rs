@@ -610,6 +610,21 @@ pub struct Registration {
     pub inventory: serde_json::Value,
 }
 
+/// An approval of a host that registered itself from the boot menu
+/// (`POST /registrations/{name}/approve`): the image and group it gets, when given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// The image it gets.
+    #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
+    pub image: Option<String>,
+    /// The group it joins.
+    #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
+    pub group: Option<String>,
+}
+
 /// The master's answer to a [`Registration`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Registered {

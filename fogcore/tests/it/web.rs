@@ -61,6 +61,7 @@ struct Answer {
     status: StatusCode,
     location: String,
     cookies: Vec<String>,
+    headers: axum::http::HeaderMap,
     body: String,
 }
 
@@ -88,11 +89,13 @@ async fn send(site: &Site, req: Request<Body>) -> Result<Answer, Box<dyn std::er
         .iter()
         .filter_map(|v| v.to_str().ok().map(str::to_string))
         .collect();
+    let headers = response.headers().clone();
     let body = String::from_utf8_lossy(&response.into_body().collect().await?.to_bytes()).into_owned();
     Ok(Answer {
         status,
         location,
         cookies,
+        headers,
         body,
     })
 }
@@ -215,6 +218,21 @@ async fn sign_in_sets_a_strict_cookie_and_a_wrong_password_is_refused() -> TestR
         select(&wrong.body, "[role=alert]")[0]
             .0
             .contains("wrong user name or password")
+    );
+
+    // No page may be framed; scripts only from the site and the one inline script, by its hash.
+    let policy = wrong
+        .headers
+        .get(header::CONTENT_SECURITY_POLICY)
+        .ok_or("no CSP")?
+        .to_str()?;
+    assert!(
+        policy.contains("frame-ancestors 'none'") && policy.contains("script-src 'self' 'sha256-"),
+        "{policy}"
+    );
+    assert_eq!(
+        wrong.headers.get(header::X_FRAME_OPTIONS).ok_or("no X-Frame-Options")?,
+        "DENY"
     );
 
     let right = sign_in(&site, "ada", PASSWORD).await?;

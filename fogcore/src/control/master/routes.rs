@@ -19,9 +19,9 @@ use crate::control::api::{
     no_route, query,
 };
 use crate::control::model::{
-    AuditEntry, AuditQuery, BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, GroupTasks, Heartbeat,
-    HistoryQuery, Host, HostQuery, Image, ImageCopy, ImageQuery, IssuedToken, NewTask, NewToken, NewUser, Node,
-    NodeToken, Page, ProgressReport, Registered, Registration, Schedule, Task, TaskEvent, TaskFilter, TaskId,
+    Approval, AuditEntry, AuditQuery, BootTask, CheckIn, CheckInReply, CheckOut, CopyReport, Group, GroupTasks,
+    Heartbeat, HistoryQuery, Host, HostQuery, Image, ImageCopy, ImageQuery, IssuedToken, NewTask, NewToken, NewUser,
+    Node, NodeToken, Page, ProgressReport, Registered, Registration, Schedule, Task, TaskEvent, TaskFilter, TaskId,
     TokenInfo, User as UserInfo, UserUpdate, Wake,
 };
 use crate::control::service::Control;
@@ -599,6 +599,21 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
             post(
                 |State(c): State<App>, Extension(caller): Extension<Caller>, Body(reg): Body<Registration>| async move {
                     ApiResult::Ok(Json(c.register(&caller, &reg).await?))
+                },
+            ),
+        ),
+        (
+            r(
+                Method::POST,
+                "/registrations/{name}/approve",
+                User,
+                "Approve a host that registered itself (listed by GET /hosts?pending=true), giving it an image and a group",
+                Some(json::<Approval>()),
+                json::<Host>(),
+            ),
+            post(
+                |State(c): State<App>, Path(n): Path<String>, Body(a): Body<Approval>| async move {
+                    ApiResult::Ok(Json(c.approve_host(&n, &a).await?))
                 },
             ),
         ),

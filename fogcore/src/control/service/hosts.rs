@@ -6,7 +6,8 @@ use super::{Control, lock, same_name};
 use crate::control::api::Caller;
 use crate::control::db::HostActivity;
 use crate::control::model::{
-    Group, Host, HostQuery, Page, Registered, Registration, canonical_mac, canonical_uuid, check_name, page_limit,
+    Approval, Group, Host, HostQuery, Page, Registered, Registration, canonical_mac, canonical_uuid, check_name,
+    page_limit,
 };
 use crate::error::{Error, Result};
 
@@ -246,13 +247,13 @@ impl Control {
 
     /// Approves a host that registered itself from the boot menu, giving it an image and a
     /// group (each when given).
-    pub async fn approve_host(&self, name: &str, image: Option<&str>, group: Option<&str>) -> Result<Host> {
+    pub async fn approve_host(&self, name: &str, approval: &Approval) -> Result<Host> {
         let mut host = self.host(name).await?;
-        if let Some(image) = image {
-            host.image = Some(image.to_string());
+        if let Some(image) = &approval.image {
+            host.image = Some(image.clone());
         }
-        if let Some(group) = group {
-            host.group = Some(group.to_string());
+        if let Some(group) = &approval.group {
+            host.group = Some(group.clone());
         }
         let host = self.update_host(name, host).await?;
         self.db.set_host_pending(name, false).await?;

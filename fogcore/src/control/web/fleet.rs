@@ -10,8 +10,8 @@ use super::view;
 use super::{App, Ctx, Fields, Layout, WebResult, done, page};
 use crate::control::api::Caller;
 use crate::control::model::{
-    After, CopyState, Group, Host, HostQuery, Image, ImageCopy, NewTask, Node, NodeToken, Placement, TaskFilter,
-    TaskKind, parse_subnet,
+    After, Approval, CopyState, Group, Host, HostQuery, Image, ImageCopy, NewTask, Node, NodeToken, Placement,
+    TaskFilter, TaskKind, parse_subnet,
 };
 use crate::error::Error;
 
@@ -75,7 +75,13 @@ async fn registrations(State(web): State<App>, Extension(ctx): Extension<Ctx>) -
 async fn approve(State(web): State<App>, Path(name): Path<String>, fields: Fields) -> WebResult {
     let host = web
         .control
-        .approve_host(&name, fields.get("image"), fields.get("group"))
+        .approve_host(
+            &name,
+            &Approval {
+                image: fields.get("image").map(str::to_string),
+                group: fields.get("group").map(str::to_string),
+            },
+        )
         .await?;
     Ok(done(
         &web,
