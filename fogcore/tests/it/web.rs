@@ -456,3 +456,55 @@ async fn the_live_stream_pushes_a_new_task_row() -> TestResult {
     assert!(!text.contains("/cancel"), "{text}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_machine_registered_from_the_boot_menu_waits_for_approval() -> TestResult {
+    use fogcore::control::api::Caller;
+    use fogcore::control::model::Registration;
+    let site = site().await?;
+    site.control
+        .create_group(&fogcore::control::model::Group {
+            name: "lab".into(),
+            description: String::new(),
+        })
+        .await?;
+    let registered = site
+        .control
+        .register(
+            &Caller::admin("token:test"),
+            &Registration {
+                macs: vec!["52:54:00:aa:00:07".into()],
+                uuid: None,
+                name: None,
+                inventory: serde_json::json!({"dmi": {"vendor": "LENOVO", "product": "ThinkCentre M70q", "serial": "PC0XYZ42"}}),
+            },
+        )
+        .await?;
+    let name = registered.host.name;
+    assert_eq!(name, "pc0xyz42", "named from its serial");
+    let operator = Browser::new(&site, "otto").await?;
+    let dashboard = operator.get(&site, "/").await?;
+    assert!(
+        select(&dashboard.body, ".alert")
+            .iter()
+            .any(|(text, _)| text.contains("1 new machines registered")),
+        "{}",
+        dashboard.body
+    );
+    let waiting = operator.get(&site, "/registrations").await?;
+    let rows = select(&waiting.body, "tbody tr td:nth-child(3)");
+    assert_eq!(rows[0].0, "LENOVO · ThinkCentre M70q · PC0XYZ42");
+    let approved = operator
+        .post(
+            &site,
+            &format!("/registrations/{name}/approve"),
+            &[("group", "lab"), ("image", "")],
+        )
+        .await?;
+    assert_eq!(approved.status, StatusCode::SEE_OTHER, "{}", approved.body);
+    assert_eq!(site.control.host(&name).await?.group.as_deref(), Some("lab"));
+    assert!(!site.control.is_pending(&name).await?);
+    let waiting = operator.get(&site, "/registrations").await?;
+    assert!(select(&waiting.body, "td.empty")[0].0.contains("No machine waits"));
+    Ok(())
+}
