@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The control plane's database tests on PostgreSQL: Debian's postgresql, a throwaway cluster in a
-# temp dir listening only on a unix socket there, `cargo test --test it control::` with
+# temp dir listening only on a unix socket there, `cargo test --test it -- control:: web::` with
 # FOG_TEST_POSTGRES_URL pointing at it (each test makes its own database), then the cluster is
 # stopped and removed by trap, its log printed on failure.
 set -euo pipefail
@@ -42,9 +42,9 @@ for _ in $(seq 1 100); do
 done
 [ -S "$work/.s.PGSQL.$port" ] || { echo "no socket within 10 s"; exit 1; }
 
-echo "== control tests on PostgreSQL"
+echo "== control and web tests on PostgreSQL"
 export FOG_TEST_POSTGRES_URL="postgres://postgres@localhost:$port/postgres?host=$work"
-RUST_BACKTRACE=0 timeout 900 cargo test --locked -p fogcore --test it control:: > "$work/test.log" 2>&1
+RUST_BACKTRACE=0 timeout 900 cargo test --locked -p fogcore --test it -- control:: web:: > "$work/test.log" 2>&1
 grep "test result:" "$work/test.log"
 # The tests ran on PostgreSQL too: each made a database there.
 n=$(su postgres -s /bin/sh -c "'$pg_bin/psql' -h '$work' -p $port -At -c \"SELECT count(*) FROM pg_database WHERE datname LIKE 'fog_test_%'\"")

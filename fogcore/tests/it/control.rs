@@ -37,27 +37,34 @@ async fn backends() -> Result<Vec<Backend>, Box<dyn std::error::Error + Send + S
         url: format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display()),
         dir,
     }];
-    if let Ok(base) = std::env::var("FOG_TEST_POSTGRES_URL") {
-        sqlx::any::install_default_drivers();
-        let name = format!("fog_test_{}", hex::encode(rand::random::<[u8; 6]>()));
-        let mut conn = sqlx::AnyConnection::connect(&base).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await?;
-        conn.close().await?;
-        let (path, query) = base.split_once('?').unwrap_or((&base, ""));
-        let root = path.rsplit_once('/').map_or(path, |(root, _)| root);
-        let url = if query.is_empty() {
-            format!("{root}/{name}")
-        } else {
-            format!("{root}/{name}?{query}")
-        };
+    if let Some(url) = fresh_postgres().await? {
         out.push(Backend {
             url,
             dir: tempfile::tempdir()?,
         });
     }
     Ok(out)
+}
+
+/// A new, empty PostgreSQL database on the server `FOG_TEST_POSTGRES_URL` names, if it names one.
+pub(crate) async fn fresh_postgres() -> Result<Option<String>, Box<dyn std::error::Error + Send + Sync>> {
+    let Ok(base) = std::env::var("FOG_TEST_POSTGRES_URL") else {
+        return Ok(None);
+    };
+    sqlx::any::install_default_drivers();
+    let name = format!("fog_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let mut conn = sqlx::AnyConnection::connect(&base).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    let (path, query) = base.split_once('?').unwrap_or((&base, ""));
+    let root = path.rsplit_once('/').map_or(path, |(root, _)| root);
+    Ok(Some(if query.is_empty() {
+        format!("{root}/{name}")
+    } else {
+        format!("{root}/{name}?{query}")
+    }))
 }
 
 struct Running {

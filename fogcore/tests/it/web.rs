@@ -1,5 +1,6 @@
 //! The web pages through the router (tower's `oneshot`), as a browser meets them: sign-in and
 //! its cookie, CSRF and roles on every POST, pages read with an HTML parser, the live stream.
+//! On SQLite, or on PostgreSQL when `FOG_TEST_POSTGRES_URL` names a server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +31,12 @@ struct Site {
 
 async fn site() -> Result<Site, Box<dyn std::error::Error + Send + Sync>> {
     let dir = tempfile::tempdir()?;
-    let db = Db::open(&format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display())).await?;
+    // SQLite; PostgreSQL instead when `FOG_TEST_POSTGRES_URL` names a server (scripts/e2e).
+    let url = match crate::control::fresh_postgres().await? {
+        Some(url) => url,
+        None => format!("sqlite://{}?mode=rwc", dir.path().join("fog.db").display()),
+    };
+    let db = Db::open(&url).await?;
     let clock = Arc::new(ManualClock::new(1_780_000_000_000));
     let control = Arc::new(Control::with_clock(db, clock.clone(), 120_000));
     for (name, role) in [("ada", Role::Admin), ("otto", Role::Operator), ("vera", Role::Viewer)] {
