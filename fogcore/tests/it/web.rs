@@ -48,7 +48,7 @@ async fn site() -> Result<Site, Box<dyn std::error::Error + Send + Sync>> {
             })
             .await?;
     }
-    let app = fogcore::control::web::router(control.clone(), false);
+    let app = fogcore::control::web::router(control.clone(), false, tokio_util::sync::CancellationToken::new());
     Ok(Site {
         control,
         clock,
@@ -263,13 +263,53 @@ async fn sign_in_sets_a_strict_cookie_and_a_wrong_password_is_refused() -> TestR
     site.clock.advance(5_000);
     assert_eq!(sign_in(&site, "otto", PASSWORD).await?.status, StatusCode::SEE_OTHER);
 
-    // Signing in and the refusals are in the audit log, naming the user.
+    // Signing in and the refusals are in the audit log. A failed sign-in is anyone's call
+    // (kept to ten a second), naming the user tried.
     let audit = site.control.audit_page(&AuditQuery::default()).await?.items;
     assert!(
         audit
             .iter()
-            .any(|e| e.actor == "user:ada" && e.action == "POST /login" && e.status == 401)
+            .any(|e| e.actor == "anonymous" && e.target == "ada" && e.status == 401)
     );
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.actor == "user:ada" && e.action == "POST /login" && e.status == 303)
+    );
+
+    // After signing in, only a path of this site: never another site, however it is written.
+    for next in [
+        "//evil.example/",
+        "/\t/evil.example/",
+        "/\\evil.example",
+        "https://evil.example/",
+    ] {
+        let req = Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form(&[
+                ("user", "ada"),
+                ("password", PASSWORD),
+                ("next", next),
+            ])))?;
+        let answer = send(&site, req).await?;
+        assert_eq!(
+            (answer.status, answer.location.as_str()),
+            (StatusCode::SEE_OTHER, "/"),
+            "next={next:?}"
+        );
+    }
+
+    // Guesses sent all at once are counted before the password is checked: they cannot all
+    // pass the wait that the first few set off.
+    site.clock.advance(600_000);
+    let burst = (0..8).map(|_| sign_in(&site, "vera", "guess-guess"));
+    let answers = futures_util::future::join_all(burst).await;
+    let slowed = answers
+        .iter()
+        .filter(|a| a.as_ref().is_ok_and(|a| a.body.contains("too many failed sign-ins")))
+        .count();
+    assert!(slowed >= 4, "only {slowed} of 8 parallel guesses were slowed");
+    assert_eq!(sign_in(&site, "vera", PASSWORD).await?.status, StatusCode::UNAUTHORIZED);
     Ok(())
 }
 

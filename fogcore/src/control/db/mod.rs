@@ -1107,12 +1107,16 @@ impl Db {
 
     /// Stores a host's UUID when it has none yet.
     pub async fn set_host_uuid(&self, host: &str, uuid: &str) -> Result<()> {
-        sqlx::query("UPDATE hosts SET uuid = $2 WHERE name = $1 AND uuid IS NULL")
-            .bind(host)
-            .bind(uuid)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        // The UUID (canonical: lower case) is searched too (see `search_text`).
+        sqlx::query(
+            "UPDATE hosts SET uuid = $2, search = COALESCE(search, '') || ' ' || $2
+             WHERE name = $1 AND uuid IS NULL",
+        )
+        .bind(host)
+        .bind(uuid)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
         Ok(())
     }
 

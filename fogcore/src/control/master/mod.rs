@@ -202,7 +202,11 @@ impl Master {
         let addr = listener.local_addr().map_err(|e| Error::io("master socket", e))?;
         let cancel = CancellationToken::new();
         let app = router(control.clone())
-            .merge(crate::control::web::router(control.clone(), tls.is_some()))
+            .merge(crate::control::web::router(
+                control.clone(),
+                tls.is_some(),
+                cancel.clone(),
+            ))
             .into_make_service_with_connect_info::<SocketAddr>();
         let stop = cancel.clone();
         let server = match tls {

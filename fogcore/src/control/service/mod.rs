@@ -65,6 +65,8 @@ pub struct Control {
     anonymous: std::sync::Mutex<audit::AnonymousWindow>,
     /// Failed sign-ins, to slow the next ones.
     sign_ins: std::sync::Mutex<users::SignInFailures>,
+    /// Argon2 hashes computed at once at most.
+    password_slots: tokio::sync::Semaphore,
     waiter_timeout: Millis,
     agent_timeout: Millis,
     /// When this master started: silence while it was down is nobody's fault.
@@ -121,6 +123,7 @@ impl Control {
             macs: std::sync::Mutex::new(MacCache::default()),
             anonymous: std::sync::Mutex::new(audit::AnonymousWindow::default()),
             sign_ins: std::sync::Mutex::new(users::SignInFailures::default()),
+            password_slots: users::password_work_slots(),
             waiter_timeout,
             agent_timeout: AGENT_TIMEOUT_MS,
             started,

@@ -106,11 +106,11 @@ fn password_matches(password: &str, stored: &str) -> bool {
     })
 }
 
-/// Argon2 takes tens of ms of CPU: off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::invalid("password check", "", e.to_string()))
+/// Argon2 work at once at most: each takes 19 MiB and tens of ms of a core, so a burst of
+/// sign-ins queues here instead of filling the memory.
+pub(super) fn password_work_slots() -> tokio::sync::Semaphore {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::sync::Semaphore::new(cores)
 }
 
 /// A random secret: 32 bytes, hex.
@@ -119,12 +119,24 @@ fn secret() -> String {
 }
 
 impl Control {
+    /// Runs argon2 work off the async threads, a few at a time.
+    async fn password_work<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let _slot = self
+            .password_slots
+            .acquire()
+            .await
+            .map_err(|e| Error::invalid("password check", "", e.to_string()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Error::invalid("password check", "", e.to_string()))
+    }
+
     /// Adds a user.
     pub async fn create_user(&self, new: &NewUser) -> Result<User> {
         check_name("user name", &new.name)?;
         check_password(&new.password)?;
         let password = new.password.clone();
-        let hash = blocking(move || hash_password(&password)).await??;
+        let hash = self.password_work(move || hash_password(&password)).await??;
         self.db.insert_user(&new.name, new.role, &hash).await
     }
 
@@ -178,7 +190,7 @@ impl Control {
         check_password(password)?;
         self.user(name).await?;
         let password = password.to_string();
-        let hash = blocking(move || hash_password(&password)).await??;
+        let hash = self.password_work(move || hash_password(&password)).await??;
         self.db.update_user(name, UserChange::Password(&hash)).await?;
         self.db.delete_sessions(SessionsOf::User(name)).await
     }
@@ -192,12 +204,18 @@ impl Control {
         if let Some(address) = address {
             keys.push(format!("address:{address}"));
         }
-        let wait = lock(&self.sign_ins).wait(&keys, now);
-        if wait > 0 {
-            return Err(Error::Unauthorized(format!(
-                "too many failed sign-ins: try again in {} s",
-                (wait + 999) / 1000
-            )));
+        {
+            // Counted as failed before the check, so parallel guesses cannot all pass the wait;
+            // a right password clears it.
+            let mut failures = lock(&self.sign_ins);
+            let wait = failures.wait(&keys, now);
+            if wait > 0 {
+                return Err(Error::Unauthorized(format!(
+                    "too many failed sign-ins: try again in {} s",
+                    (wait + 999) / 1000
+                )));
+            }
+            failures.failed(&keys, now);
         }
         let stored = match self.db.user_with_hash(name).await {
             Ok(found) => Some(found),
@@ -210,13 +228,10 @@ impl Control {
             .map(|(_, hash)| hash.clone())
             .unwrap_or_else(|| UNKNOWN_USER_HASH.to_string());
         let password = password.to_string();
-        let matches = blocking(move || password_matches(&password, &hash)).await?;
+        let matches = self.password_work(move || password_matches(&password, &hash)).await?;
         let user = match stored {
             Some((user, _)) if matches => user,
-            _ => {
-                lock(&self.sign_ins).failed(&keys, now);
-                return Err(Error::Unauthorized("wrong user name or password".into()));
-            }
+            _ => return Err(Error::Unauthorized("wrong user name or password".into())),
         };
         lock(&self.sign_ins).by_key.retain(|k, _| !keys.contains(k));
         Ok(user)

@@ -201,13 +201,14 @@ async fn group_task(
             (TaskKind::Deploy, None) => "deploy each host's image, erasing their disks".into(),
             (kind, _) => format!("a {} task", kind.as_str()),
         };
-        return Ok(page(super::hosts::confirm(
+        let confirmation = super::hosts::confirm(
             ctx.layout("groups"),
             format!("Queue {what} for the {members} hosts of group {name}?"),
             format!("/groups/{name}/tasks"),
             &fields,
             format!("/groups/{name}"),
-        )));
+        );
+        return Ok(super::hosts::asked(page(confirmation), members as usize));
     }
     let new = NewTask {
         kind,

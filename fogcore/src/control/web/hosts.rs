@@ -463,6 +463,15 @@ pub(super) fn confirm(layout: Layout, question: String, action: String, fields: 
     }
 }
 
+/// A confirmation page, as the audit log records the POST that asked for it.
+pub(super) fn asked(mut response: Response, count: usize) -> Response {
+    response.extensions_mut().insert(super::Outcome {
+        target: format!("{count} hosts"),
+        result: "asked to confirm".into(),
+    });
+    response
+}
+
 /// The hosts a bulk form names: the ticked rows, or every host matching its filter.
 async fn chosen_hosts(control: &Control, fields: &Fields) -> Result<Vec<String>, Error> {
     if fields.get("all").is_none() {
@@ -516,7 +525,22 @@ async fn bulk(State(web): State<App>, Extension(ctx): Extension<Ctx>, fields: Fi
         );
         confirmation.sample = hosts.iter().take(20).cloned().collect();
         confirmation.more = hosts.len().saturating_sub(20);
-        return Ok(page(confirmation));
+        // What was confirmed is this many hosts: a filter that matches others by then is refused.
+        confirmation.fields.push(("count".into(), hosts.len().to_string()));
+        return Ok(asked(page(confirmation), hosts.len()));
+    }
+    if let Some(count) = fields.get("count")
+        && count != hosts.len().to_string()
+    {
+        return Err(Error::conflict(
+            "hosts",
+            hosts.len().to_string(),
+            format!(
+                "the filter now matches {} hosts, not the {count} confirmed: look again",
+                hosts.len()
+            ),
+        )
+        .into());
     }
     let mut refused = Vec::new();
     for name in &hosts {

@@ -14,8 +14,10 @@ use askama::Template;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Extension, response::IntoResponse, response::Response};
+use futures_util::StreamExt;
 use futures_util::stream::Stream;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::view;
 use super::{App, Ctx};
@@ -151,13 +153,16 @@ struct Snapshot {
 pub(super) struct Feed {
     control: Weak<Control>,
     sender: Arc<Mutex<Option<watch::Sender<Arc<Snapshot>>>>>,
+    /// Cancelled when the master stops: every stream ends, so shutdown does not wait on them.
+    stop: CancellationToken,
 }
 
 impl Feed {
-    pub(super) fn new(control: Weak<Control>) -> Feed {
+    pub(super) fn new(control: Weak<Control>, stop: CancellationToken) -> Feed {
         Feed {
             control,
             sender: Arc::new(Mutex::new(None)),
+            stop,
         }
     }
 
@@ -184,15 +189,18 @@ async fn read_loop(
     let mut generation = 0;
     loop {
         tick.tick().await;
-        {
-            // Stop when no page listens; under the lock, so no page subscribes to a dead loop.
+        // Stop when no page listens (or the master is gone); under the lock, so no page
+        // subscribes to a loop that has ended.
+        let control = {
             let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-            if tx.receiver_count() == 0 {
-                *slot = None;
-                return;
+            match control.upgrade() {
+                Some(control) if tx.receiver_count() > 0 => control,
+                _ => {
+                    *slot = None;
+                    return;
+                }
             }
-        }
-        let Some(control) = control.upgrade() else { return };
+        };
         let rows = match open_rows(&control).await {
             Ok(rows) => rows,
             Err(e) => {
@@ -209,26 +217,38 @@ async fn read_loop(
                 _ => next.push(Arc::new(row)),
             }
         }
-        // Tasks that ended since: their final state, once.
+        // Tasks that ended since: their final state, once. (One still open but past the
+        // page's cap is not an end.)
+        let mut changed = open.iter().any(|id| !last.contains_key(id));
         for id in last.keys().filter(|id| !open.contains(id)) {
-            if let Ok(task) = control.task(*id).await {
-                next.push(Arc::new(LiveRow::of(&task, None)));
+            match control.task(*id).await {
+                Ok(task) if task.state.is_terminal() => {
+                    next.push(Arc::new(LiveRow::of(&task, None)));
+                    changed = true;
+                }
+                Ok(_) => {}
+                Err(_) => changed = true,
             }
         }
-        if open.len() != last.len() || last.keys().any(|id| !open.contains(id)) {
+        if changed {
             generation += 1;
         }
-        last = next.iter().filter(|r| r.open).map(|r| (r.id, r.clone())).collect();
+        last = next
+            .iter()
+            .filter(|r| r.open && open.contains(&r.id))
+            .map(|r| (r.id, r.clone()))
+            .collect();
         tx.send_replace(Arc::new(Snapshot { rows: next, generation }));
     }
 }
 
 /// `GET /tasks/live`: the page's stream. Events `task-ID` carry a row's new HTML (swapped in
-/// place); `tasks` says the set of open tasks changed (the page reloads its table).
+/// place); `tasks` says the set of open tasks changed (the page reloads its table). The first
+/// event is always `tasks`: what changed between the page's rendering and the stream (or while
+/// the browser reconnected) reaches it so, and the rows of the loop's last reading count as sent.
 pub(super) async fn stream(State(web): State<App>, Extension(ctx): Extension<Ctx>) -> Response {
     let rx = web.live.subscribe();
     let role = ctx.session.user.role;
-    // What the page was rendered with counts as sent.
     let (sent, generation) = {
         let current = rx.borrow();
         let sent: HashMap<TaskId, Arc<LiveRow>> = current.rows.iter().map(|r| (r.id, r.clone())).collect();
@@ -259,7 +279,8 @@ pub(super) async fn stream(State(web): State<App>, Extension(ctx): Extension<Ctx
             }
         }
     });
-    let events = flatten(events);
+    let first = futures_util::stream::once(async { vec![Event::default().event("tasks").data("0")] });
+    let events = flatten(first.chain(events)).take_until(web.live.stop.clone().cancelled_owned());
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
@@ -268,6 +289,5 @@ pub(super) async fn stream(State(web): State<App>, Extension(ctx): Extension<Ctx
 fn flatten(
     batches: impl Stream<Item = Vec<Event>> + Send + 'static,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    use futures_util::StreamExt;
     batches.flat_map(|batch| futures_util::stream::iter(batch.into_iter().map(Ok)))
 }

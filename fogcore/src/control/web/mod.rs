@@ -55,10 +55,11 @@ struct Web {
 
 type App = Arc<Web>;
 
-/// The web pages, for the master's listener (`secure`: it speaks HTTPS).
-pub fn router(control: Arc<Control>, secure: bool) -> Router {
+/// The web pages, for the master's listener (`secure`: it speaks HTTPS). Cancelling `stop` ends
+/// the pages' live streams (the master's shutdown).
+pub fn router(control: Arc<Control>, secure: bool, stop: tokio_util::sync::CancellationToken) -> Router {
     let web = Arc::new(Web {
-        live: live::Feed::new(Arc::downgrade(&control)),
+        live: live::Feed::new(Arc::downgrade(&control), stop),
         control,
         secure,
         past_days: std::sync::Mutex::new(dashboard::PastDays::default()),

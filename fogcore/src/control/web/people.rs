@@ -45,10 +45,16 @@ struct SignInPage {
     error: Option<String>,
 }
 
-/// Only a path of this site: never a redirect elsewhere.
+/// Only a path of this site: never a redirect elsewhere. Browsers drop tabs and line breaks
+/// from addresses (`/<TAB>/evil` becomes `//evil`) and read `\` as `/`, so only visible ASCII
+/// passes, starting with one `/`.
 fn local_path(next: Option<&str>) -> String {
     match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.to_string(),
+        Some(p)
+            if p.starts_with('/') && !p.starts_with("//") && p.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            p.to_string()
+        }
         _ => "/".into(),
     }
 }
@@ -87,7 +93,8 @@ async fn sign_in(
         at: 0,
         actor: format!("user:{name}"),
         action: "POST /login".into(),
-        target: name.clone(),
+        // Anyone may post any name: only its start is kept.
+        target: name.chars().take(64).collect(),
         address: Some(peer.ip().to_string()),
         status: 303,
         result: "ok".into(),
@@ -103,6 +110,9 @@ async fn sign_in(
             response
         }
         Err(e) => {
+            // Failures count as calls without a known token: anyone can send them, so the log
+            // keeps ten a second at most (see `Control::record_audit`).
+            audit.actor = crate::control::api::ANONYMOUS.into();
             audit.status = 401;
             audit.result = e.to_string();
             web.control.record_audit(audit).await;
@@ -192,8 +202,8 @@ async fn new_token(State(web): State<App>, Extension(ctx): Extension<Ctx>, field
         Some(d) => Some(
             d.parse()
                 .ok()
-                .filter(|d| *d > 0)
-                .ok_or_else(|| Error::invalid("days", d, "a whole number of days above 0"))?,
+                .filter(|d| (1..=36_500).contains(d))
+                .ok_or_else(|| Error::invalid("days", d, "a whole number of days, 1 to 36,500"))?,
         ),
     };
     let now = web.control.clock().now();

@@ -36,9 +36,9 @@ struct HistoryFilter {
     host: Option<String>,
     #[serde(default)]
     image: Option<String>,
-    /// Days back.
+    /// Days back (a box that may come empty).
     #[serde(default)]
-    days: Option<u32>,
+    days: Option<String>,
     #[serde(default)]
     after: Option<TaskId>,
 }
@@ -52,12 +52,21 @@ impl HistoryFilter {
                     .map_err(|_| Error::invalid("kind", k, "not a task kind"))?,
             ),
         };
+        let days = match filled(&self.days) {
+            None => None,
+            Some(d) => Some(
+                d.parse::<i64>()
+                    .ok()
+                    .filter(|d| (1..=36_500).contains(d))
+                    .ok_or_else(|| Error::invalid("days", &d, "a whole number of days, 1 to 36,500"))?,
+            ),
+        };
         Ok(TaskFilter {
             state: filled(&self.state),
             host: filled(&self.host),
             image: filled(&self.image),
             kind,
-            since: self.days.map(|d| now - i64::from(d) * 86_400_000),
+            since: days.map(|d| now - d * 86_400_000),
             limit: Some(limit),
             after: self.after,
             ..TaskFilter::default()
@@ -77,8 +86,8 @@ impl HistoryFilter {
                 parts.push(format!("{k}={}", percent_encode(&v)));
             }
         }
-        if let Some(d) = self.days {
-            parts.push(format!("days={d}"));
+        if let Some(d) = filled(&self.days) {
+            parts.push(format!("days={}", percent_encode(&d)));
         }
         parts.join("&")
     }
@@ -88,6 +97,7 @@ impl HistoryFilter {
             "state" => filled(&self.state),
             "kind" => filled(&self.kind),
             "host" => filled(&self.host),
+            "days" => filled(&self.days),
             _ => filled(&self.image),
         }
         .unwrap_or_default()
@@ -353,7 +363,12 @@ fn parse_utc(text: &str) -> Result<Millis, Error> {
     let ([y, m, day], [hh, mm, ..]) = (d.as_slice(), t.as_slice()) else {
         return Err(bad());
     };
-    if !(1..=12).contains(m) || !(1..=31).contains(day) || !(0..24).contains(hh) || !(0..60).contains(mm) {
+    if !(1970..=9999).contains(y)
+        || !(1..=12).contains(m)
+        || !(1..=31).contains(day)
+        || !(0..24).contains(hh)
+        || !(0..60).contains(mm)
+    {
         return Err(bad());
     }
     // Days from the civil date (H. Hinnant's algorithm, the inverse of clock::civil_from_days).
