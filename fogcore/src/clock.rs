@@ -78,6 +78,18 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// The day number since 1970-01-01 of (year, month 1-12, day 1-31): the inverse of
+/// [`civil_from_days`] (H. Hinnant's algorithm).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let (month, day) = (i64::from(month), i64::from(day));
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// `2026-12-06 17:03:05Z`: a time for people (UTC, to the second).
 pub fn utc_text(at: Millis) -> String {
     let secs = at.div_euclid(1000);
@@ -93,7 +105,16 @@ pub fn utc_text(at: Millis) -> String {
 
 #[cfg(test)]
 mod utc_tests {
-    use super::utc_text;
+    use super::{civil_from_days, days_from_civil, utc_text};
+
+    #[test]
+    fn days_and_dates_convert_both_ways() {
+        for days in [-1, 0, 59, 11_016, 20_793, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+    }
 
     #[test]
     fn utc_text_reads_as_a_calendar_date() {

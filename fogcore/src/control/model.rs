@@ -70,6 +70,22 @@ pub struct Host {
 }
 
 impl Host {
+    /// A host of this name and these MACs, nothing else known about it yet.
+    pub fn new(name: impl Into<String>, macs: Vec<String>) -> Host {
+        Host {
+            name: name.into(),
+            macs,
+            uuid: None,
+            address: None,
+            image: None,
+            group: None,
+            node: None,
+            primary_disk: None,
+            kernel_args: String::new(),
+            inventory: serde_json::Value::Null,
+        }
+    }
+
     /// Checks every field and puts MACs and the UUID in canonical form (lower case, `:`).
     pub fn validate(&mut self) -> Result<()> {
         check_name("host name", &self.name)?;

@@ -63,20 +63,19 @@ impl WireChunk {
     }
 }
 
+/// Each image's header and the store's sizes ([`ImageStore::summaries`]).
+pub type StoreSummary = (
+    Vec<crate::imaging::store::ImageSummary>,
+    crate::imaging::store::StoreStats,
+);
+
 /// A store that images can be replicated from and to. Every method is one round trip for a
 /// remote store, so callers batch.
 pub trait ImageStore: Send + Sync {
     /// Names of the complete images.
     fn images(&self) -> Result<Vec<String>>;
     /// Each image's header and the store's sizes, when the store is on this machine.
-    fn summaries(
-        &self,
-    ) -> Result<
-        Option<(
-            Vec<crate::imaging::store::ImageSummary>,
-            crate::imaging::store::StoreStats,
-        )>,
-    > {
+    fn summaries(&self) -> Result<Option<StoreSummary>> {
         Ok(None)
     }
     /// The manifest file of image `name` ([`Error::ImageNotFound`] when absent).
@@ -237,14 +236,7 @@ impl ImageStore for LocalStore {
         self.store.image_names()
     }
 
-    fn summaries(
-        &self,
-    ) -> Result<
-        Option<(
-            Vec<crate::imaging::store::ImageSummary>,
-            crate::imaging::store::StoreStats,
-        )>,
-    > {
+    fn summaries(&self) -> Result<Option<StoreSummary>> {
         Ok(Some((self.store.images()?, self.store.stats()?)))
     }
 

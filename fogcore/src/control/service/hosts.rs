@@ -212,16 +212,10 @@ impl Control {
             }
         };
         let host = Host {
-            name,
-            macs,
             uuid,
-            address: None,
-            image: None,
-            group: None,
             node,
-            primary_disk: None,
-            kernel_args: String::new(),
             inventory: reg.inventory.clone(),
+            ..Host::new(name, macs)
         };
         let host = self.create_host(host).await?;
         // It waits on the registrations page until someone approves it.

@@ -185,8 +185,7 @@ async fn group_task(
     Path(name): Path<String>,
     fields: Fields,
 ) -> WebResult {
-    let kind: TaskKind = serde_json::from_value(serde_json::Value::String(fields.need("kind")?.to_string()))
-        .map_err(|_| Error::invalid("kind", fields.get("kind").unwrap_or_default(), "not a task kind"))?;
+    let kind = TaskKind::parse(fields.need("kind")?)?;
     let image = fields.get("image").map(str::to_string);
     if fields.get("confirmed").is_none() {
         let members = web

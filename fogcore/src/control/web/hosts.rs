@@ -239,18 +239,7 @@ fn host_from(fields: &Fields, base: Host) -> Result<Host, WebError> {
 }
 
 async fn create(State(web): State<App>, fields: Fields) -> WebResult {
-    let blank = Host {
-        name: fields.need("name")?.to_string(),
-        macs: Vec::new(),
-        uuid: None,
-        address: None,
-        image: None,
-        group: None,
-        node: None,
-        primary_disk: None,
-        kernel_args: String::new(),
-        inventory: serde_json::Value::Null,
-    };
+    let blank = Host::new(fields.need("name")?, Vec::new());
     let host = web.control.create_host(host_from(&fields, blank)?).await?;
     let to = format!("/hosts/{}", host.name);
     Ok(done(&web, &to, host.name.clone(), format!("Host {} added.", host.name)))

@@ -45,13 +45,7 @@ struct HistoryFilter {
 
 impl HistoryFilter {
     fn filter(&self, now: Millis, limit: u32) -> Result<TaskFilter, Error> {
-        let kind = match filled(&self.kind) {
-            None => None,
-            Some(k) => Some(
-                serde_json::from_value::<TaskKind>(serde_json::Value::String(k.clone()))
-                    .map_err(|_| Error::invalid("kind", k, "not a task kind"))?,
-            ),
-        };
+        let kind = filled(&self.kind).as_deref().map(TaskKind::parse).transpose()?;
         let days = match filled(&self.days) {
             None => None,
             Some(d) => Some(
@@ -324,8 +318,7 @@ async fn add_schedule(State(web): State<App>, fields: Fields) -> WebResult {
         (None, Some(cron)) => When::Cron(cron.to_string()),
         _ => return Err(Error::invalid("when", "", "give either a time or a cron line").into()),
     };
-    let kind = serde_json::from_value::<TaskKind>(serde_json::Value::String(fields.need("kind")?.to_string()))
-        .map_err(|_| Error::invalid("kind", fields.get("kind").unwrap_or_default(), "not a task kind"))?;
+    let kind = TaskKind::parse(fields.need("kind")?)?;
     let schedule = Schedule {
         id: 0,
         when,
@@ -371,14 +364,7 @@ fn parse_utc(text: &str) -> Result<Millis, Error> {
     {
         return Err(bad());
     }
-    // Days from the civil date (H. Hinnant's algorithm, the inverse of clock::civil_from_days).
-    let y = if *m <= 2 { y - 1 } else { *y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = crate::clock::days_from_civil(*y, *m as u32, *day as u32);
     Ok(((days * 24 + hh) * 60 + mm) * 60_000)
 }
 
