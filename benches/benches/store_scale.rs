@@ -590,7 +590,7 @@ fn refs(dir: &Path, scale: Scale) -> Result<Outcome, String> {
     let mut survivors = 0u64;
     for k in scale.removed() {
         for i in scale.range(k) {
-            if reader.has(&chunk_id(i)) {
+            if reader.has(&chunk_id(i)).map_err(|e| e.to_string())? {
                 survivors += 1;
             }
         }

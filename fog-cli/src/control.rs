@@ -325,14 +325,14 @@ fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T)) {
 /// what agents deploy from and capture into) serve `store` (the global `--store`) when given,
 /// else `DATA_DIR/store` when that directory exists; without either they answer 404.
 #[cfg(feature = "master")]
-pub fn master(args: &MasterServe, store: Option<&std::path::Path>) -> Result<(), Error> {
+pub fn master(args: &MasterServe, store: Option<&std::path::Path>, memory_mib: u64) -> Result<(), Error> {
     crate::serve::init_logs();
     let rt = runtime()?;
     rt.block_on(async {
         // The master's own store: what nodes push captures to and pull placed images from.
         let store = match store {
             Some(dir) => {
-                let store = fogcore::imaging::store::Store::open(dir)?;
+                let store = fogcore::imaging::store::Store::open(dir)?.with_memory_mib(memory_mib);
                 say!("image store: {}", dir.display());
                 Some(Arc::new(fogcore::imaging::replica::LocalStore::new(store)) as Arc<dyn ImageStore>)
             }
@@ -343,6 +343,7 @@ pub fn master(args: &MasterServe, store: Option<&std::path::Path>) -> Result<(),
             data_dir: Some(args.data_dir.clone()),
             database: args.database.clone(),
             store,
+            store_memory_mib: Some(memory_mib),
             tls: match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => MasterTls::Files {
                     cert: cert.clone(),

@@ -45,6 +45,11 @@ struct Cli {
     /// Image store directory [default: $XDG_DATA_HOME/fog/store]
     #[arg(long, global = true, env = "FOG_STORE")]
     store: Option<PathBuf>,
+    /// Memory a capture, deploy, copy, verify or gc keeps of what grows with the image, in MiB
+    /// (at least 8); the rest goes to sorted runs beside the store's index
+    #[arg(long, global = true, env = "FOG_MEMORY_MIB", default_value_t = fogcore::imaging::store::DEFAULT_MEMORY_MIB,
+          value_parser = clap::value_parser!(u64).range(fogcore::imaging::store::MIN_MEMORY_MIB..))]
+    memory_mib: u64,
     /// Print machine-readable JSON instead of text and bars
     #[arg(long, global = true)]
     json: bool,
@@ -194,7 +199,7 @@ fn image_store(
         Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
             Box::new(fogcore::control::remote::RemoteStore::new(url, token)?)
         }
-        Some(dir) => Box::new(LocalStore::new(Store::open(dir)?)),
+        Some(dir) => Box::new(LocalStore::new(Store::open(dir)?.with_memory_mib(local.memory_mib()))),
     })
 }
 
@@ -254,7 +259,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::Bootfiles(cmd) => serve::bootfiles(cmd, cli.json)?,
         Command::Bootenv(cmd) => serve::bootenv(cmd, cli.json)?,
         #[cfg(feature = "master")]
-        Command::Master(args) => control::master(args, cli.store.as_deref())?,
+        Command::Master(args) => control::master(args, cli.store.as_deref(), cli.memory_mib)?,
         Command::Host(cmd) => control::host(&cli.master, cmd, cli.json)?,
         Command::Group(cmd) => control::group(&cli.master, cmd, cli.json)?,
         Command::Node(cmd) => control::node(&cli.master, cmd, cli.json)?,
@@ -282,7 +287,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             if let Some(what) = remote {
                 return control::image(&cli.master, what, cli.json);
             }
-            let store = Store::open(store_dir())?;
+            let store = Store::open(store_dir())?.with_memory_mib(cli.memory_mib);
             match cmd {
                 ImageCommand::Capture {
                     source,
@@ -341,7 +346,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             }
         }
         Command::Store(cmd) => {
-            let store = Store::open(store_dir())?;
+            let store = Store::open(store_dir())?.with_memory_mib(cli.memory_mib);
             match cmd {
                 StoreCommand::Gc => out.gc(&store.gc()?),
                 StoreCommand::Verify => {

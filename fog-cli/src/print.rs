@@ -120,11 +120,12 @@ impl Out {
     pub fn gc(&self, r: &GcReport) {
         if !self.json(r) {
             say!(
-                "gc: removed {} chunks ({}), kept {}, cleared {} interrupted captures",
+                "gc: removed {} chunks ({}), kept {}, cleared {} interrupted captures; peak memory {}",
                 r.chunks_removed,
                 mib(r.bytes_freed),
                 r.chunks_kept,
-                r.staging_removed
+                r.staging_removed,
+                mib(r.peak_memory_bytes)
             );
         }
     }
@@ -133,7 +134,12 @@ impl Out {
         if self.json(r) {
             return;
         }
-        say!("checked {} chunks and {} images", r.chunks_checked, r.images_checked);
+        say!(
+            "checked {} chunks and {} images; peak memory {}",
+            r.chunks_checked,
+            r.images_checked,
+            mib(r.peak_memory_bytes)
+        );
         for c in &r.corrupt {
             say!("corrupt chunk {c}");
         }
@@ -197,24 +203,26 @@ fn print_capture(r: &CaptureReport) {
         );
     }
     say!(
-        "  {} chunks, {} new, {} added to the store ({:.1}% of the data)",
+        "  {} chunks, {} new, {} added to the store ({:.1}% of the data); peak memory {}",
         r.chunks,
         r.new_chunks,
         mib(r.new_stored_bytes),
-        100.0 * r.new_stored_bytes as f64 / (r.data_bytes.max(1)) as f64
+        100.0 * r.new_stored_bytes as f64 / (r.data_bytes.max(1)) as f64,
+        mib(r.peak_memory_bytes)
     );
 }
 
 fn print_deploy(r: &DeployReport) {
     say!(
-        "deployed image {} -> {}: {} of data, {} written in {:.2}s ({}){}",
+        "deployed image {} -> {}: {} of data, {} written in {:.2}s ({}){}; peak memory {}",
         r.name,
         r.target,
         mib(r.data_bytes),
         mib(r.bytes_written),
         r.seconds,
         rate(r.data_bytes, r.seconds),
-        if r.verified { ", read back and verified" } else { "" }
+        if r.verified { ", read back and verified" } else { "" },
+        mib(r.peak_memory_bytes)
     );
 }
 

@@ -776,6 +776,7 @@ pub fn start_master(
         data_dir: data_dir.clone(),
         database: db_url,
         store: store.map(|s| Arc::new(LocalStore::new(s)) as Arc<dyn ImageStore>),
+        store_memory_mib: None,
         tls: if tls_self_signed {
             fogcore::control::master::MasterTls::SelfSigned { names: Vec::new() }
         } else {

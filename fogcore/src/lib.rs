@@ -23,6 +23,7 @@ pub mod demo;
 pub mod error;
 mod fsutil;
 pub mod imaging;
+pub mod memory;
 pub mod names;
 pub mod net;
 pub mod progress;

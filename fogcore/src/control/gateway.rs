@@ -149,16 +149,19 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// The gateway of node `node` (its state under `data_dir`: `store/`, `node/outbox.json`).
+    /// The gateway of node `node` (its state under `data_dir`: `store/`, `node/outbox.json`);
+    /// each job of its store keeps within `store_memory_mib`.
     pub fn open(
         data_dir: &Path,
+        store_memory_mib: u64,
         master_url: &str,
         node: &str,
         node_token: &str,
         trust: &Trust,
         tasks: Arc<NodeTasks>,
     ) -> Result<Gateway> {
-        let local: Arc<dyn ImageStore> = Arc::new(LocalStore::new(Store::open(data_dir.join("store"))?));
+        let store = Store::open(data_dir.join("store"))?.with_memory_mib(store_memory_mib);
+        let local: Arc<dyn ImageStore> = Arc::new(LocalStore::new(store));
         let upstream: Arc<dyn ImageStore> = Arc::new(RemoteStore::with_trust(master_url, Some(node_token), trust)?);
         let store = Arc::new(ReadThrough {
             local: local.clone(),

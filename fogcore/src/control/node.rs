@@ -214,6 +214,7 @@ pub fn node_role(config: &ServeConfig) -> Result<Option<NodeRole>> {
     let tasks = Arc::new(NodeTasks::persistent(&config.data_dir.join("node").join("tasks.json")));
     let gateway = Arc::new(Gateway::open(
         &config.data_dir,
+        config.store_memory_mib,
         &link.url,
         &link.name,
         &node_token,

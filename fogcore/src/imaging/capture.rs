@@ -52,6 +52,8 @@ pub struct CaptureReport {
     pub new_stored_bytes: u64,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Peak resident memory of the process by the end, in bytes (see [`crate::memory`]).
+    pub peak_memory_bytes: u64,
 }
 
 /// One region in a [`CaptureReport`].
@@ -94,6 +96,7 @@ pub fn capture(
     report.new_chunks = writer.new_chunks();
     report.new_stored_bytes = writer.new_bytes();
     writer.commit(name)?;
+    report.peak_memory_bytes = crate::memory::peak_rss();
     Ok(report)
 }
 
@@ -189,6 +192,7 @@ pub fn capture_to(
         new_chunks: 0,
         new_stored_bytes: 0,
         seconds: started.elapsed().as_secs_f64(),
+        peak_memory_bytes: crate::memory::peak_rss(),
     })
 }
 

@@ -47,6 +47,8 @@ pub struct DeployReport {
     pub verified: bool,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Peak resident memory of the process by the end, in bytes (see [`crate::memory`]).
+    pub peak_memory_bytes: u64,
 }
 
 /// Deploys image `name` from `store` to `target` (an image file, created if absent, or a block
@@ -178,6 +180,7 @@ pub fn deploy_manifest(
         chunks: header.chunk_count,
         verified: options.verify,
         seconds: started.elapsed().as_secs_f64(),
+        peak_memory_bytes: crate::memory::peak_rss(),
     })
 }
 

@@ -250,7 +250,13 @@ impl ImageStore for LocalStore {
 
     fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
         let reader = self.store.reader()?;
-        Ok(ids.iter().filter(|id| !reader.has(id)).copied().collect())
+        let mut missing = Vec::new();
+        for id in ids {
+            if !reader.has(id)? {
+                missing.push(*id);
+            }
+        }
+        Ok(missing)
     }
 
     fn get_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>> {

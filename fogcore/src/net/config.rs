@@ -81,6 +81,18 @@ pub struct ServeFile {
     /// `[ra]`.
     #[serde(default)]
     pub ra: RaFile,
+    /// `[store]`.
+    #[serde(default)]
+    pub store: StoreFile,
+}
+
+/// `[store]` as written: the node's image store (`DATA_DIR/store`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// Memory each capture, deploy, replication, verify or gc may keep of what grows with an
+    /// image, in MiB (default 256, at least 8); the rest goes to sorted runs on disk.
+    pub memory_mib: Option<u64>,
 }
 
 /// `[ra]` as written: IPv6 router advertisements that tell PXE clients there is no IPv6 router,
@@ -300,6 +312,8 @@ pub struct ServeConfig {
     pub ra: Option<String>,
     /// The node role (`[node] master`), `None` for a standalone node.
     pub master: Option<MasterLink>,
+    /// `[store] memory_mib`: the memory budget of each store job.
+    pub store_memory_mib: u64,
 }
 
 fn bad(key: &str, reason: impl std::fmt::Display) -> Error {
@@ -600,6 +614,19 @@ impl TryFrom<ServeFile> for ServeConfig {
                 "the config runs no service: [http] is disabled and there is no [tftp] or [dhcp]".into(),
             ));
         }
+        let store_memory_mib = match file.store.memory_mib {
+            None => crate::imaging::store::DEFAULT_MEMORY_MIB,
+            Some(mib) if mib >= crate::imaging::store::MIN_MEMORY_MIB => mib,
+            Some(mib) => {
+                return Err(bad(
+                    "[store] memory_mib",
+                    format!(
+                        "{mib} is less than the least a store job works in ({} MiB)",
+                        crate::imaging::store::MIN_MEMORY_MIB
+                    ),
+                ));
+            }
+        };
         Ok(ServeConfig {
             address,
             data_dir,
@@ -610,6 +637,7 @@ impl TryFrom<ServeFile> for ServeConfig {
             boot,
             ra,
             master,
+            store_memory_mib,
         })
     }
 }

@@ -45,6 +45,8 @@ pub struct MasterConfig {
     pub database: Option<String>,
     /// The image store its chunk routes serve. `None`: `DATA_DIR/store` (created).
     pub store: Option<Arc<dyn ImageStore>>,
+    /// The memory budget of each job of `DATA_DIR/store` in MiB (`None`: the store's default).
+    pub store_memory_mib: Option<u64>,
     /// HTTPS, and with which certificate.
     pub tls: MasterTls,
 }
@@ -132,7 +134,11 @@ pub async fn serve(config: &MasterConfig) -> Result<Started> {
         (Some(store), _) => control.set_image_store(store.clone()),
         (None, Some(dir)) => {
             let dir = dir.join("store");
-            control.set_image_store(Arc::new(LocalStore::new(Store::open(&dir)?)));
+            let mut store = Store::open(&dir)?;
+            if let Some(mib) = config.store_memory_mib {
+                store = store.with_memory_mib(mib);
+            }
+            control.set_image_store(Arc::new(LocalStore::new(store)));
             store_dir = Some(dir);
         }
         (None, None) => {}

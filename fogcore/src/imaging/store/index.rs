@@ -1,8 +1,14 @@
 //! The chunk index: which pack and frame hold a chunk, and where in the frame.
 //!
 //! The index is a set of immutable sorted *runs*, each written once (by a capture's commit, by
-//! compaction, by gc) and memory-mapped for lookups, so a store of ten million chunks is looked
-//! up without loading it into the heap:
+//! compaction, by gc). Runs are read with positioned reads, never mapped or loaded whole, so the
+//! memory a lookup or a walk over ten million chunks takes does not grow with the index:
+//!
+//! - a lookup narrows to the ids with the same first byte (the fan-out), then guesses the place
+//!   from the next eight bytes (ids are uniform hashes, so the guess lands within a few dozen
+//!   entries) and reads a window of [`WINDOW`] entries around it; a miss narrows the range and
+//!   guesses again, and after a few guesses it halves instead, so a skewed run still ends;
+//! - a walk ([`Run::entries`], [`Merged`]) reads [`READ_ENTRIES`] entries at a time.
 //!
 //! ```text
 //! "FOGIDX02" | entry count u64 LE | fan-out: 256 x u64 LE (entries whose first id byte <= i)
@@ -15,9 +21,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-use memmap2::Mmap;
 
 use crate::error::IoContext;
 use crate::imaging::chunk::ChunkId;
@@ -29,6 +34,12 @@ const HEADER_LEN: usize = 8 + 8 + 256 * 8;
 pub const ENTRY_LEN: usize = 56;
 /// File name suffix of index runs.
 pub const RUN_SUFFIX: &str = ".idx";
+/// Entries a lookup reads around its guess (3.5 KiB, about one page).
+pub const WINDOW: usize = 64;
+/// Entries a walk reads at once (56 KiB).
+pub const READ_ENTRIES: usize = 1024;
+/// Guesses by interpolation before a lookup halves the range instead.
+const GUESSES: u32 = 4;
 
 /// Where a chunk is: its frame's stored bytes in a pack, and its place in the frame's plain bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,10 +63,15 @@ impl Loc {
     }
 }
 
-/// One sorted, memory-mapped run.
+/// An index entry.
+pub type Entry = (ChunkId, Loc);
+
+/// One sorted run, read in place.
 pub struct Run {
-    map: Mmap,
+    file: File,
     count: usize,
+    /// Entries whose first id byte is at most `i`.
+    fanout: Box<[u64; 256]>,
     path: PathBuf,
 }
 
@@ -71,27 +87,67 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
         .map_or(0, u32::from_le_bytes)
 }
 
+/// The entry at the start of `raw` (at least [`ENTRY_LEN`] bytes).
+fn decode(raw: &[u8]) -> Entry {
+    let mut id = [0u8; 32];
+    id.copy_from_slice(raw.get(..32).unwrap_or(&[0u8; 32]));
+    let loc = Loc {
+        pack: u32_at(raw, 32),
+        offset: u64_at(raw, 36),
+        len: u32_at(raw, 44),
+        start: u32_at(raw, 48),
+        chunk_len: u32_at(raw, 52),
+    };
+    (ChunkId(id), loc)
+}
+
+fn encode(id: &ChunkId, loc: &Loc) -> [u8; ENTRY_LEN] {
+    let mut entry = [0u8; ENTRY_LEN];
+    entry[..32].copy_from_slice(&id.0);
+    entry[32..36].copy_from_slice(&loc.pack.to_le_bytes());
+    entry[36..44].copy_from_slice(&loc.offset.to_le_bytes());
+    entry[44..48].copy_from_slice(&loc.len.to_le_bytes());
+    entry[48..52].copy_from_slice(&loc.start.to_le_bytes());
+    entry[52..].copy_from_slice(&loc.chunk_len.to_le_bytes());
+    entry
+}
+
+/// Bytes 1..9 of an id: where it lies among ids with its first byte.
+fn key(id: &[u8]) -> u64 {
+    id.get(1..9)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 impl Run {
-    /// Opens and checks a run file.
+    /// Opens and checks a run file (its header only: the entries are read when asked for).
     pub fn open(path: &Path) -> Result<Run> {
         let file = File::open(path).at(path)?;
-        // SAFETY: runs are never modified after they are renamed into place (only replaced by
-        // new files and unlinked), so the mapping cannot change under us.
-        let map = unsafe { Mmap::map(&file) }.at(path)?;
         let damaged = |reason: &str| Error::Internal(format!("index run {} is damaged: {reason}", path.display()));
-        if map.len() < HEADER_LEN || map.get(..8) != Some(&MAGIC[..]) {
+        let len = file.metadata().at(path)?.len();
+        let mut header = vec![0u8; HEADER_LEN];
+        if len < HEADER_LEN as u64 {
             return Err(damaged("bad header"));
         }
-        let count = u64_at(&map, 8);
-        if (map.len() - HEADER_LEN) as u64 != count.saturating_mul(ENTRY_LEN as u64) {
+        file.read_exact_at(&mut header, 0).at(path)?;
+        if header.get(..8) != Some(&MAGIC[..]) {
+            return Err(damaged("bad header"));
+        }
+        let count = u64_at(&header, 8);
+        if len - HEADER_LEN as u64 != count.saturating_mul(ENTRY_LEN as u64) {
             return Err(damaged("length does not match its entry count"));
         }
-        if u64_at(&map, 16 + 255 * 8) != count {
+        let mut fanout = Box::new([0u64; 256]);
+        for (i, slot) in fanout.iter_mut().enumerate() {
+            *slot = u64_at(&header, 16 + i * 8);
+        }
+        if fanout[255] != count || fanout.windows(2).any(|w| w[0] > w[1]) {
             return Err(damaged("fan-out table does not match its entry count"));
         }
         Ok(Run {
-            map,
+            file,
             count: count as usize,
+            fanout,
             path: path.into(),
         })
     }
@@ -111,91 +167,163 @@ impl Run {
         self.count == 0
     }
 
-    fn entry(&self, i: usize) -> (ChunkId, Loc) {
-        let at = HEADER_LEN + i * ENTRY_LEN;
-        let raw = self.map.get(at..at + ENTRY_LEN).unwrap_or(&[0u8; ENTRY_LEN]);
-        let mut id = [0u8; 32];
-        id.copy_from_slice(raw.get(..32).unwrap_or(&[0u8; 32]));
-        let loc = Loc {
-            pack: u32_at(raw, 32),
-            offset: u64_at(raw, 36),
-            len: u32_at(raw, 44),
-            start: u32_at(raw, 48),
-            chunk_len: u32_at(raw, 52),
-        };
-        (ChunkId(id), loc)
+    /// Reads entries `start..start + n` into `buf`.
+    fn read(&self, start: usize, n: usize, buf: &mut [u8]) -> Result<()> {
+        let bytes = buf.get_mut(..n * ENTRY_LEN).unwrap_or_default();
+        self.file
+            .read_exact_at(bytes, (HEADER_LEN + start * ENTRY_LEN) as u64)
+            .at(&self.path)
     }
 
-    fn id_at(&self, i: usize) -> &[u8] {
-        let at = HEADER_LEN + i * ENTRY_LEN;
-        self.map.get(at..at + 32).unwrap_or_default()
-    }
-
-    /// Looks `id` up: the fan-out narrows to ids with the same first byte, then binary search.
-    pub fn get(&self, id: &ChunkId) -> Option<Loc> {
+    /// Looks `id` up (see the module docs): usually one read of [`WINDOW`] entries.
+    pub fn get(&self, id: &ChunkId) -> Result<Option<Loc>> {
         let first = usize::from(id.0[0]);
-        let lo = if first == 0 {
-            0
-        } else {
-            u64_at(&self.map, 16 + (first - 1) * 8) as usize
-        };
-        let hi = (u64_at(&self.map, 16 + first * 8) as usize).min(self.count);
-        let (mut lo, mut hi) = (lo.min(hi), hi);
+        let mut hi = (self.fanout[first] as usize).min(self.count);
+        let mut lo = if first == 0 { 0 } else { self.fanout[first - 1] as usize }.min(hi);
+        // Keys of the entries in lo..hi lie in lo_key..=hi_key.
+        let (mut lo_key, mut hi_key) = (0u64, u64::MAX);
+        let wanted = key(&id.0);
+        let mut window = [0u8; WINDOW * ENTRY_LEN];
+        let mut guesses = 0;
         while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.id_at(mid).cmp(&id.0[..]) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(self.entry(mid).1),
+            let n = hi - lo;
+            let start = if n <= WINDOW {
+                lo
+            } else {
+                let at = if guesses < GUESSES {
+                    guesses += 1;
+                    let span = u128::from(hi_key - lo_key) + 1;
+                    let into = u128::from(wanted.clamp(lo_key, hi_key) - lo_key);
+                    lo + (into * n as u128 / span) as usize
+                } else {
+                    lo + n / 2
+                };
+                at.saturating_sub(WINDOW / 2).clamp(lo, hi - WINDOW)
+            };
+            let len = WINDOW.min(hi - start);
+            self.read(start, len, &mut window)?;
+            let id_at = |i: usize| window.get(i * ENTRY_LEN..i * ENTRY_LEN + 32).unwrap_or_default();
+            if id.0[..] < *id_at(0) {
+                hi = start;
+                hi_key = key(id_at(0));
+                continue;
             }
+            if id.0[..] > *id_at(len - 1) {
+                lo = start + len;
+                lo_key = key(id_at(len - 1));
+                continue;
+            }
+            let (mut a, mut b) = (0, len);
+            while a < b {
+                let mid = a + (b - a) / 2;
+                match id_at(mid).cmp(&id.0[..]) {
+                    std::cmp::Ordering::Less => a = mid + 1,
+                    std::cmp::Ordering::Greater => b = mid,
+                    std::cmp::Ordering::Equal => {
+                        return Ok(Some(decode(window.get(mid * ENTRY_LEN..).unwrap_or_default()).1));
+                    }
+                }
+            }
+            return Ok(None);
         }
-        None
+        Ok(None)
     }
 
-    /// Entries in id order.
-    pub fn iter(&self) -> impl Iterator<Item = (ChunkId, Loc)> + '_ {
-        (0..self.count).map(|i| self.entry(i))
+    /// Entries in id order, read [`READ_ENTRIES`] at a time.
+    pub fn entries(&self) -> RunEntries<'_> {
+        RunEntries {
+            run: self,
+            next: 0,
+            buf: Vec::new(),
+            buf_start: 0,
+            buf_len: 0,
+        }
     }
 }
 
-/// Writes a run from entries given in ascending id order (duplicates allowed) to `path`, via a
-/// temporary file, fsync and rename.
-pub fn write_run(path: &Path, entries: impl Iterator<Item = (ChunkId, Loc)>) -> Result<()> {
-    let tmp = path.with_extension("idx-tmp");
-    let file = File::create(&tmp).at(&tmp)?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    out.write_all(&[0u8; HEADER_LEN]).at(&tmp)?;
-    let mut fanout = [0u64; 256];
-    let mut count = 0u64;
-    let mut last: Option<ChunkId> = None;
-    for (id, loc) in entries {
-        if last.is_some_and(|l| l > id) {
-            return Err(Error::Internal("index run entries out of order".into()));
+/// A walk over one run's entries; see [`Run::entries`].
+pub struct RunEntries<'a> {
+    run: &'a Run,
+    next: usize,
+    buf: Vec<u8>,
+    buf_start: usize,
+    buf_len: usize,
+}
+
+impl Iterator for RunEntries<'_> {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        if self.next >= self.run.count {
+            return None;
         }
-        last = Some(id);
-        let mut entry = [0u8; ENTRY_LEN];
-        entry[..32].copy_from_slice(&id.0);
-        entry[32..36].copy_from_slice(&loc.pack.to_le_bytes());
-        entry[36..44].copy_from_slice(&loc.offset.to_le_bytes());
-        entry[44..48].copy_from_slice(&loc.len.to_le_bytes());
-        entry[48..52].copy_from_slice(&loc.start.to_le_bytes());
-        entry[52..].copy_from_slice(&loc.chunk_len.to_le_bytes());
-        out.write_all(&entry).at(&tmp)?;
-        fanout[usize::from(id.0[0])] += 1;
-        count += 1;
+        if self.next >= self.buf_start + self.buf_len {
+            let n = READ_ENTRIES.min(self.run.count - self.next);
+            self.buf.resize(READ_ENTRIES * ENTRY_LEN, 0);
+            if let Err(e) = self.run.read(self.next, n, &mut self.buf) {
+                self.next = self.run.count;
+                return Some(Err(e));
+            }
+            self.buf_start = self.next;
+            self.buf_len = n;
+        }
+        let at = (self.next - self.buf_start) * ENTRY_LEN;
+        self.next += 1;
+        Some(Ok(decode(self.buf.get(at..).unwrap_or_default())))
     }
-    let mut header = Vec::with_capacity(HEADER_LEN);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&count.to_le_bytes());
-    let mut cumulative = 0;
-    for n in fanout {
-        cumulative += n;
-        header.extend_from_slice(&cumulative.to_le_bytes());
+}
+
+/// Whether [`write_run`] makes the run durable: a published run must be; a job's own spilled
+/// run, gone with its staging directory after a crash, need not wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before the rename.
+    Synced,
+    /// No fsync.
+    Scratch,
+}
+
+/// Writes a run from entries given in ascending id order (duplicates allowed) to `path`, via a
+/// temporary file and a rename. The first error of `entries` stops it and leaves no run.
+pub fn write_run(path: &Path, entries: impl IntoIterator<Item = Result<Entry>>, durability: Durability) -> Result<()> {
+    let tmp = path.with_extension("idx-tmp");
+    let written = (|| {
+        let file = File::create(&tmp).at(&tmp)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&[0u8; HEADER_LEN]).at(&tmp)?;
+        let mut fanout = [0u64; 256];
+        let mut count = 0u64;
+        let mut last: Option<ChunkId> = None;
+        for entry in entries {
+            let (id, loc) = entry?;
+            if last.is_some_and(|l| l > id) {
+                return Err(Error::Internal("index run entries out of order".into()));
+            }
+            last = Some(id);
+            out.write_all(&encode(&id, &loc)).at(&tmp)?;
+            fanout[usize::from(id.0[0])] += 1;
+            count += 1;
+        }
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&count.to_le_bytes());
+        let mut cumulative = 0;
+        for n in fanout {
+            cumulative += n;
+            header.extend_from_slice(&cumulative.to_le_bytes());
+        }
+        let mut file = out.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).at(&tmp)?;
+        file.write_all(&header).at(&tmp)?;
+        if durability == Durability::Synced {
+            file.sync_all().at(&tmp)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    let mut file = out.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
-    file.seek(SeekFrom::Start(0)).at(&tmp)?;
-    file.write_all(&header).at(&tmp)?;
-    file.sync_all().at(&tmp)?;
     fs::rename(&tmp, path).at(path)
 }
 
@@ -219,58 +347,270 @@ impl Index {
         Ok(Index { runs })
     }
 
-    /// Adds a run (a writer's own spilled entries).
-    pub fn push(&mut self, run: Run) {
-        self.runs.push(run);
-    }
-
     /// The runs.
     pub fn runs(&self) -> &[Run] {
         &self.runs
     }
 
     /// Where `id` is, if indexed.
-    pub fn get(&self, id: &ChunkId) -> Option<Loc> {
-        self.runs.iter().find_map(|r| r.get(id))
-    }
-
-    /// Every entry of every run in id order; `true` marks the first entry of an id, `false`
-    /// the extra copies.
-    pub fn merged(&self) -> Merged<'_> {
-        let mut heap = BinaryHeap::new();
-        for (r, run) in self.runs.iter().enumerate() {
-            if !run.is_empty() {
-                heap.push(Reverse((run.entry(0).0, r, 0usize)));
+    pub fn get(&self, id: &ChunkId) -> Result<Option<Loc>> {
+        for run in &self.runs {
+            if let Some(loc) = run.get(id)? {
+                return Ok(Some(loc));
             }
         }
-        Merged {
-            runs: &self.runs,
-            heap,
-            last: None,
-        }
+        Ok(None)
+    }
+
+    /// Every entry of every run in id order; see [`Merged`].
+    pub fn merged(&self) -> Merged<'_> {
+        Merged::new(&self.runs)
     }
 }
 
-/// K-way merge over the runs of an [`Index`]; memory is one entry per run.
+/// K-way merge over runs: every entry in id order, `true` marking the first entry of an id and
+/// `false` the extra copies. Memory is one read buffer per run. An error ends it.
 pub struct Merged<'a> {
-    runs: &'a [Run],
-    heap: BinaryHeap<Reverse<(ChunkId, usize, usize)>>,
+    walks: Vec<RunEntries<'a>>,
+    heap: BinaryHeap<Reverse<(ChunkId, usize, LocKey)>>,
     last: Option<ChunkId>,
+    started: bool,
+    failed: bool,
+}
+
+/// A [`Loc`] as an orderable heap payload.
+type LocKey = (u32, u64, u32, u32, u32);
+
+impl<'a> Merged<'a> {
+    /// Merges `runs`.
+    pub fn new(runs: impl IntoIterator<Item = &'a Run>) -> Merged<'a> {
+        Merged {
+            walks: runs.into_iter().map(Run::entries).collect(),
+            heap: BinaryHeap::new(),
+            last: None,
+            started: false,
+            failed: false,
+        }
+    }
+
+    /// Pulls the next entry of walk `w` onto the heap.
+    fn advance(&mut self, w: usize) -> Result<()> {
+        if let Some(next) = self.walks.get_mut(w).and_then(Iterator::next) {
+            let (id, l) = next?;
+            self.heap
+                .push(Reverse((id, w, (l.pack, l.offset, l.len, l.start, l.chunk_len))));
+        }
+        Ok(())
+    }
+
+    /// The entries as plain `(id, loc)`, extra copies included.
+    pub fn entries(self) -> impl Iterator<Item = Result<Entry>> + 'a {
+        self.map(|m| m.map(|(id, loc, _)| (id, loc)))
+    }
 }
 
 impl Iterator for Merged<'_> {
-    type Item = (ChunkId, Loc, bool);
+    type Item = Result<(ChunkId, Loc, bool)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let Reverse((id, r, i)) = self.heap.pop()?;
-        let run = self.runs.get(r)?;
-        let (_, loc) = run.entry(i);
-        if i + 1 < run.len() {
-            self.heap.push(Reverse((run.entry(i + 1).0, r, i + 1)));
+        if self.failed {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            for w in 0..self.walks.len() {
+                if let Err(e) = self.advance(w) {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        let Reverse((id, w, (pack, offset, len, start, chunk_len))) = self.heap.pop()?;
+        if let Err(e) = self.advance(w) {
+            self.failed = true;
+            return Some(Err(e));
         }
         let first = self.last != Some(id);
         self.last = Some(id);
-        Some((id, loc, first))
+        let loc = Loc {
+            pack,
+            offset,
+            len,
+            start,
+            chunk_len,
+        };
+        Some(Ok((id, loc, first)))
+    }
+}
+
+/// Runs of a level merge into one run of the next level when there are this many, so an entry
+/// is rewritten once per level: log8 of the number of spills.
+const FAN_IN: usize = 8;
+
+/// The sorted runs a job (a capture's writer, gc's rewriter) spills to its own directory once
+/// its entries pass its share of memory, with a Bloom filter over their ids so that most lookups
+/// of an id it never wrote read nothing. Merged by level (see [`FAN_IN`]), not all at once, so a
+/// 2 TB capture rewrites each entry a few times, not once per spill.
+pub struct Spills {
+    dir: PathBuf,
+    levels: Vec<Vec<Run>>,
+    filter: Option<Bloom>,
+    written: u64,
+    entries: u64,
+}
+
+impl Spills {
+    /// Spills into `dir` (which must exist), with a filter of `filter_bytes` (none when 0: a job
+    /// that never looks its entries up).
+    pub fn new(dir: &Path, filter_bytes: u64) -> Spills {
+        Spills {
+            dir: dir.into(),
+            levels: Vec::new(),
+            filter: (filter_bytes > 0).then(|| Bloom::with_bytes(filter_bytes, SPILL_PROBES)),
+            written: 0,
+            entries: 0,
+        }
+    }
+
+    /// Entries spilled so far (extra copies of an id included).
+    pub fn len(&self) -> u64 {
+        self.entries
+    }
+
+    /// True when nothing was spilled.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    fn next_path(&mut self, level: usize) -> PathBuf {
+        self.written += 1;
+        self.dir.join(format!("spill-{level}-{}{RUN_SUFFIX}", self.written))
+    }
+
+    /// Sorts `entries` and writes them as a run, merging a level that is full.
+    pub fn add(&mut self, mut entries: Vec<Entry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        entries.sort_unstable_by_key(|e| e.0);
+        if let Some(filter) = &mut self.filter {
+            for (id, _) in &entries {
+                filter.insert(id);
+            }
+        }
+        self.entries += entries.len() as u64;
+        let path = self.next_path(0);
+        write_run(&path, entries.into_iter().map(Ok), Durability::Scratch)?;
+        self.push(0, Run::open(&path)?)
+    }
+
+    fn push(&mut self, level: usize, run: Run) -> Result<()> {
+        if self.levels.len() <= level {
+            self.levels.resize_with(level + 1, Vec::new);
+        }
+        self.levels[level].push(run);
+        if self.levels[level].len() < FAN_IN {
+            return Ok(());
+        }
+        let runs = std::mem::take(&mut self.levels[level]);
+        let path = self.next_path(level + 1);
+        write_run(&path, Merged::new(&runs).entries(), Durability::Scratch)?;
+        for run in &runs {
+            fs::remove_file(run.path()).at(run.path())?;
+        }
+        self.push(level + 1, Run::open(&path)?)
+    }
+
+    /// Where `id` is among the spilled entries.
+    pub fn get(&self, id: &ChunkId) -> Result<Option<Loc>> {
+        if self.is_empty() || self.filter.as_ref().is_some_and(|f| !f.contains(id)) {
+            return Ok(None);
+        }
+        for run in self.levels.iter().flatten() {
+            if let Some(loc) = run.get(id)? {
+                return Ok(Some(loc));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every spilled entry in id order.
+    pub fn merged(&self) -> Merged<'_> {
+        Merged::new(self.levels.iter().flatten())
+    }
+}
+
+/// Probes of a spill filter: its load is not known ahead, and 4 does well from 40 bits per id
+/// (false positives ~1e-4) down to 4 (~0.2).
+const SPILL_PROBES: u32 = 4;
+
+/// A Bloom filter over chunk ids; ids are uniform hashes already, so probes are slices of them
+/// mixed with a per-filter seed (a fresh one each time, so an unlucky id is not unlucky twice).
+pub struct Bloom {
+    bits: Vec<u64>,
+    mask: u64,
+    seed: u64,
+    probes: u32,
+}
+
+impl Bloom {
+    /// A filter of at most `bytes` (rounded down to a power of two, at least 8 KiB).
+    pub fn with_bytes(bytes: u64, probes: u32) -> Bloom {
+        let bits = (bytes.saturating_mul(8).max(1 << 16) / 2 + 1).next_power_of_two();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9);
+        Bloom {
+            bits: vec![0; (bits / 64) as usize],
+            mask: bits - 1,
+            seed,
+            probes: probes.clamp(1, 16),
+        }
+    }
+
+    /// A filter for `entries` ids: 24 bits each (false positives ~1e-5) when `max_bytes`
+    /// allows, fewer (and fewer probes) when it does not.
+    pub fn for_entries(entries: u64, max_bytes: u64) -> Bloom {
+        let wanted = entries.saturating_mul(3).next_power_of_two();
+        let mut bloom = Bloom::with_bytes(wanted.min(max_bytes), 1);
+        let bits_per_entry = bloom.bytes().saturating_mul(8) as f64 / entries.max(1) as f64;
+        bloom.probes = ((bits_per_entry * std::f64::consts::LN_2).round() as u32).clamp(2, 11);
+        bloom
+    }
+
+    /// Bytes the filter takes.
+    pub fn bytes(&self) -> u64 {
+        self.bits.len() as u64 * 8
+    }
+
+    fn probes(&self, id: &ChunkId) -> impl Iterator<Item = u64> + use<> {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&id.0[..8]);
+        b.copy_from_slice(&id.0[8..16]);
+        let h1 = u64::from_le_bytes(a) ^ self.seed;
+        let h2 = u64::from_le_bytes(b).rotate_left(17) ^ self.seed.rotate_left(31) | 1;
+        let mask = self.mask;
+        (0..u64::from(self.probes)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) & mask)
+    }
+
+    /// Adds `id`.
+    pub fn insert(&mut self, id: &ChunkId) {
+        for bit in self.probes(id) {
+            if let Some(word) = self.bits.get_mut((bit / 64) as usize) {
+                *word |= 1 << (bit % 64);
+            }
+        }
+    }
+
+    /// False when `id` was surely never added.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.probes(id).all(|bit| {
+            self.bits
+                .get((bit / 64) as usize)
+                .is_some_and(|w| w & (1 << (bit % 64)) != 0)
+        })
     }
 }
 
@@ -282,55 +622,111 @@ mod tests {
         ChunkId::of(&n.to_le_bytes())
     }
 
+    fn loc(n: u32) -> Loc {
+        Loc {
+            pack: n % 7,
+            offset: u64::from(n) * 100,
+            len: n,
+            start: n / 3,
+            chunk_len: n / 2,
+        }
+    }
+
+    fn sorted(ids: impl Iterator<Item = (ChunkId, Loc)>) -> Vec<Entry> {
+        let mut entries: Vec<Entry> = ids.collect();
+        entries.sort_by_key(|e| e.0);
+        entries
+    }
+
     #[test]
     fn finds_every_entry_and_nothing_else() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut entries: Vec<(ChunkId, Loc)> = (0..5000)
-            .map(|n| {
-                (
-                    id(n),
-                    Loc {
-                        pack: n % 7,
-                        offset: u64::from(n) * 100,
-                        len: n,
-                        start: n / 3,
-                        chunk_len: n / 2,
-                    },
-                )
-            })
-            .collect();
-        entries.sort_by_key(|e| e.0);
+        // Large enough that a lookup has to guess (buckets of ~800 entries, windows of 64).
+        let entries = sorted((0..200_000).map(|n| (id(n), loc(n))));
         let path = dir.path().join("a.idx");
-        write_run(&path, entries.iter().copied()).expect("write");
+        write_run(&path, entries.iter().copied().map(Ok), Durability::Synced).expect("write");
         let run = Run::open(&path).expect("open");
         for (i, l) in &entries {
-            assert_eq!(run.get(i), Some(*l));
+            assert_eq!(run.get(i).expect("read"), Some(*l));
         }
-        assert_eq!(run.get(&id(99_999)), None);
-        assert_eq!(run.iter().count(), 5000);
+        for n in 200_000..210_000 {
+            assert_eq!(run.get(&id(n)).expect("read"), None);
+        }
+        let walked: Vec<Entry> = run.entries().collect::<Result<_>>().expect("walk");
+        assert_eq!(walked, entries);
+    }
+
+    #[test]
+    fn finds_ids_that_defeat_the_guess() {
+        // Ids alike in bytes 1..9 but for the last: every guess lands at one end, so the lookup
+        // must fall back to halving and still find each one.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let entries = sorted((0..5000u32).map(|n| {
+            let mut raw = [7u8; 32];
+            raw[9..13].copy_from_slice(&n.to_be_bytes());
+            (ChunkId(raw), loc(n))
+        }));
+        let path = dir.path().join("a.idx");
+        write_run(&path, entries.iter().copied().map(Ok), Durability::Scratch).expect("write");
+        let run = Run::open(&path).expect("open");
+        for (i, l) in &entries {
+            assert_eq!(run.get(i).expect("read"), Some(*l));
+        }
+        let mut absent = [7u8; 32];
+        absent[9..13].copy_from_slice(&9999u32.to_be_bytes());
+        assert_eq!(run.get(&ChunkId(absent)).expect("read"), None);
     }
 
     #[test]
     fn merge_orders_and_marks_duplicates() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let loc = Loc {
-            pack: 1,
-            offset: 0,
-            len: 1,
-            start: 0,
-            chunk_len: 1,
-        };
-        let mut a: Vec<ChunkId> = (0..100).map(id).collect();
-        let mut b: Vec<ChunkId> = (50..150).map(id).collect();
-        a.sort();
-        b.sort();
-        write_run(&dir.path().join("a.idx"), a.iter().map(|&i| (i, loc))).expect("write");
-        write_run(&dir.path().join("b.idx"), b.iter().map(|&i| (i, loc))).expect("write");
+        let a = sorted((0..3000).map(|n| (id(n), loc(1))));
+        let b = sorted((1500..4500).map(|n| (id(n), loc(2))));
+        write_run(&dir.path().join("a.idx"), a.into_iter().map(Ok), Durability::Synced).expect("write");
+        write_run(&dir.path().join("b.idx"), b.into_iter().map(Ok), Durability::Synced).expect("write");
         let index = Index::load(dir.path()).expect("load");
-        let merged: Vec<_> = index.merged().collect();
-        assert_eq!(merged.len(), 200);
-        assert_eq!(merged.iter().filter(|m| m.2).count(), 150);
+        let merged: Vec<_> = index.merged().collect::<Result<_>>().expect("merge");
+        assert_eq!(merged.len(), 6000);
+        assert_eq!(merged.iter().filter(|m| m.2).count(), 4500);
         assert!(merged.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+
+    #[test]
+    fn spills_merge_by_level_and_find_what_they_hold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spills = Spills::new(dir.path(), 1 << 16);
+        // 20 spills of 500: two level merges (8 + 8), four runs left at level 0.
+        for batch in 0..20u32 {
+            spills
+                .add((batch * 500..batch * 500 + 500).map(|n| (id(n), loc(n))).collect())
+                .expect("spill");
+        }
+        let runs = fs::read_dir(dir.path()).expect("dir").count();
+        assert_eq!(runs, 2 + 4, "level-1 runs and level-0 runs on disk");
+        assert_eq!(spills.len(), 10_000);
+        for n in (0..10_000).step_by(7) {
+            assert_eq!(spills.get(&id(n)).expect("read"), Some(loc(n)));
+        }
+        assert_eq!(spills.get(&id(10_001)).expect("read"), None);
+        let merged: Vec<_> = spills.merged().collect::<Result<_>>().expect("merge");
+        assert_eq!(merged.len(), 10_000);
+        assert!(merged.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn bloom_has_no_false_negatives_and_few_false_positives() {
+        let mut bloom = Bloom::for_entries(100_000, 1 << 20);
+        for n in 0..100_000 {
+            bloom.insert(&id(n));
+        }
+        assert!((0..100_000).all(|n| bloom.contains(&id(n))));
+        let false_positives = (100_000..200_000).filter(|&n| bloom.contains(&id(n))).count();
+        assert!(false_positives < 100, "{false_positives} false positives in 100000");
+        // Capped below 24 bits per entry, it still never forgets.
+        let mut small = Bloom::for_entries(100_000, 1 << 13);
+        (0..100_000).for_each(|n| small.insert(&id(n)));
+        assert!((0..100_000).all(|n| small.contains(&id(n))));
+        assert_eq!(small.bytes(), 1 << 13);
     }
 
     #[test]
@@ -339,18 +735,8 @@ mod tests {
         let path = dir.path().join("a.idx");
         write_run(
             &path,
-            (0..10).map(|n| {
-                (
-                    ChunkId([n; 32]),
-                    Loc {
-                        pack: 0,
-                        offset: 0,
-                        len: 0,
-                        start: 0,
-                        chunk_len: 0,
-                    },
-                )
-            }),
+            (0..10).map(|n| Ok((ChunkId([n; 32]), loc(0)))),
+            Durability::Synced,
         )
         .expect("write");
         let len = fs::metadata(&path).expect("meta").len();
@@ -361,5 +747,14 @@ mod tests {
             .set_len(len - 5)
             .expect("truncate");
         assert!(Run::open(&path).is_err());
+    }
+
+    #[test]
+    fn a_failing_source_leaves_no_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.idx");
+        let entries = vec![Ok((id(1), loc(1))), Err(Error::Internal("disk went away".into()))];
+        assert!(write_run(&path, entries, Durability::Synced).is_err());
+        assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 0);
     }
 }

@@ -18,6 +18,12 @@
 //! A capture hands the writer runs of consecutive chunks; the ones the store lacks are compressed
 //! together as one frame. Readers decompress a whole frame to get one chunk, so a
 //! [`StoreReader`] keeps the last frames it decoded: a sequential deploy decodes each frame once.
+//!
+//! Memory does not grow with an image (`[store] memory_mib`, see [`Store::with_memory_mib`]): a
+//! writer keeps a quarter of its budget of new index entries in memory and spills the rest to
+//! sorted runs in its staging directory (looked up behind a Bloom filter of another quarter);
+//! index runs are read in windows, never mapped or loaded whole; gc marks live chunks in a filter
+//! of half the budget. What stays is fixed: frame buffers, the reader's frame cache, read windows.
 
 pub mod index;
 pub mod pack;
@@ -38,18 +44,23 @@ use super::chunk::{self, ChunkId, ChunkSink, ChunkSource, FramePart, WireFrame};
 use super::manifest::{Header, Manifest, ManifestWriter};
 use crate::error::IoContext;
 use crate::{Error, Result};
-use index::{Index, Loc, RUN_SUFFIX, Run, write_run};
+use index::{Bloom, Durability, Entry, Index, Loc, Merged, RUN_SUFFIX, Run, Spills, write_run};
 use pack::{Frame, FrameReader, PackWriter, frame_size, pack_path, parse_pack_name, remove_pack};
 
 const MARKER: &str = "fog-store";
 const MARKER_CONTENT: &str = "fog content-addressed store, format 3 (framed packs)\n";
 const IMAGE_SUFFIX: &str = ".fogimg";
-/// Runs beyond this many are merged into one at the next commit, keeping lookups cheap.
-const MAX_RUNS: usize = 8;
-/// A writer moves its in-memory entries to a staged run past this many, bounding its memory.
-const SPILL_ENTRIES: usize = 1 << 20;
-/// A writer merges its spilled runs into one past this many, so its lookups stay cheap.
-const MAX_SPILLED_RUNS: usize = 2;
+/// Published runs of one size tier are merged into one once there are this many (see
+/// [`compact`]), so lookups read few runs and an entry is rewritten once per tier.
+const TIER_RUNS: usize = 8;
+/// Entries of the smallest tier; each tier up holds runs [`TIER_RUNS`] times larger.
+const TIER_BASE: u64 = 1 << 16;
+/// The memory budget of a store's jobs when none is set, in MiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+/// The least budget a store accepts, in MiB: below it the fixed buffers dominate anyway.
+pub const MIN_MEMORY_MIB: u64 = 8;
+/// Bytes one in-memory index entry of a writer takes (id, place, hash table slack).
+const PENDING_ENTRY_BYTES: u64 = 128;
 /// Chunks verify checks per batch (sorted by pack position, checked in parallel by frame).
 const VERIFY_BATCH: usize = 1 << 16;
 /// Decoded frames a reader keeps: each deploy thread's current frame and the next, with room.
@@ -61,6 +72,37 @@ const LOCK_RETRIES: u32 = 25;
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    budget: Budget,
+}
+
+/// What each job of a store (a capture's writer, a gc) may keep in memory of what grows with
+/// an image or the store; the rest goes to sorted runs on disk.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    bytes: u64,
+}
+
+impl Budget {
+    fn of_mib(mib: u64) -> Budget {
+        Budget {
+            bytes: mib.max(MIN_MEMORY_MIB) << 20,
+        }
+    }
+
+    /// New index entries a writer keeps in memory before it spills them: a quarter.
+    fn pending_entries(self) -> usize {
+        (self.bytes / 4 / PENDING_ENTRY_BYTES) as usize
+    }
+
+    /// A writer's filter over the ids it spilled: a quarter.
+    fn spill_filter_bytes(self) -> u64 {
+        self.bytes / 4
+    }
+
+    /// gc's filter of live chunks: half.
+    fn live_filter_bytes(self) -> u64 {
+        self.bytes / 2
+    }
 }
 
 /// A lock on the store; dropped when the work is done.
@@ -97,6 +139,8 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Abandoned capture directories removed.
     pub staging_removed: u64,
+    /// Peak resident memory of the process by the end, in bytes (see [`crate::memory`]).
+    pub peak_memory_bytes: u64,
 }
 
 /// What `verify` found.
@@ -110,6 +154,8 @@ pub struct VerifyReport {
     pub images_checked: u64,
     /// Problems with images (damaged manifest, missing chunks).
     pub image_errors: Vec<String>,
+    /// Peak resident memory of the process by the end, in bytes (see [`crate::memory`]).
+    pub peak_memory_bytes: u64,
 }
 
 impl VerifyReport {
@@ -185,7 +231,23 @@ impl Store {
                 )));
             }
         }
-        Ok(Store { root })
+        Ok(Store {
+            root,
+            budget: Budget::of_mib(DEFAULT_MEMORY_MIB),
+        })
+    }
+
+    /// Sets the memory each job of this store may use for what grows with an image (at least
+    /// [`MIN_MEMORY_MIB`]). Jobs stay within it plus fixed buffers (frames in flight, the
+    /// reader's frame cache, read windows): a 2 TB capture takes what a 2 GB one does.
+    pub fn with_memory_mib(mut self, mib: u64) -> Store {
+        self.budget = Budget::of_mib(mib);
+        self
+    }
+
+    /// The memory budget of each job, in MiB.
+    pub fn memory_mib(&self) -> u64 {
+        self.budget.bytes >> 20
     }
 
     /// The store directory.
@@ -304,12 +366,21 @@ impl Store {
     pub fn writer(&self) -> Result<StoreWriter> {
         let lock = self.lock_shared()?;
         let staging = tempdir_in(&self.root.join("tmp"))?;
+        let state = WriterState {
+            spilled: Spills::new(&staging, self.budget.spill_filter_bytes()),
+            pack: None,
+            finished_packs: Vec::new(),
+            pending: HashMap::new(),
+            claimed: HashSet::new(),
+            open_table: Vec::new(),
+            open_plain: Vec::new(),
+        };
         Ok(StoreWriter {
             store: self.clone(),
             known: Index::load(&self.index_dir())?,
             staging,
             _lock: lock,
-            state: Mutex::new(WriterState::default()),
+            state: Mutex::new(state),
             failed: AtomicBool::new(false),
             new_chunks: AtomicU64::new(0),
             new_bytes: AtomicU64::new(0),
@@ -319,10 +390,10 @@ impl Store {
     /// Removes chunks no image references, packs and staging left by interrupted captures, and
     /// merges the index into one run.
     ///
-    /// Live chunks are marked in a Bloom filter sized for the number of references, so memory
-    /// stays bounded (about 3 bytes per chunk) however large the store is. A false positive only
-    /// keeps a dead chunk until the next gc (the filter is seeded anew each run); a live chunk is
-    /// never removed. Packs holding dead chunks are rewritten frame by frame: a frame whose chunks
+    /// Live chunks are marked in a Bloom filter sized for the number of references (3 bytes
+    /// each) up to half the memory budget, so memory stays bounded however large the store is. A
+    /// false positive only keeps a dead chunk until the next gc (the filter is seeded anew each
+    /// run; a full filter keeps more); a live chunk is never removed. Packs holding dead chunks are rewritten frame by frame: a frame whose chunks
     /// all live is copied as it is, one with dead chunks is decoded and its live chunks are
     /// compressed again into new frames (with those of the next such frames), so every dead byte
     /// is freed and only frames that lost something cost CPU.
@@ -341,7 +412,8 @@ impl Store {
             .iter()
             .map(|n| self.manifest(n))
             .collect::<Result<_>>()?;
-        let mut live = Bloom::new(manifests.iter().map(|m| m.header.chunk_count).sum());
+        let references = manifests.iter().map(|m| m.header.chunk_count).sum();
+        let mut live = Bloom::for_entries(references, self.budget.live_filter_bytes());
         for m in &manifests {
             for region in &m.header.regions {
                 for chunk in m.chunks(region) {
@@ -354,7 +426,8 @@ impl Store {
         // many live chunks each pack holds.
         let mut dirty = HashSet::new();
         let mut live_per_pack: HashMap<u32, u64> = HashMap::new();
-        for (id, loc, first) in index.merged() {
+        for entry in index.merged() {
+            let (id, loc, first) = entry?;
             let live_count = live_per_pack.entry(loc.pack).or_insert(0);
             if first && live.contains(&id) {
                 report.chunks_kept += 1;
@@ -369,7 +442,7 @@ impl Store {
         // Pass 2: the live chunks of dirty packs move to new packs, read in pack order.
         let packs_dir = self.packs_dir();
         let staging = tempdir_in(&tmp)?;
-        let mut rewriter = Rewriter::new(&packs_dir, &staging);
+        let mut rewriter = Rewriter::new(&packs_dir, Spills::new(&staging, 0));
         let mut dirty_sorted: Vec<u32> = dirty.iter().copied().collect();
         dirty_sorted.sort_unstable();
         let moved = (|| {
@@ -379,16 +452,15 @@ impl Store {
                 }
                 let mut frames = FrameReader::open(&packs_dir, number)?;
                 while let Some(frame) = frames.next_frame()? {
-                    let keep: Vec<bool> = frame
-                        .chunks
-                        .iter()
-                        .map(|&(id, start, _)| {
+                    let mut keep = Vec::with_capacity(frame.chunks.len());
+                    for &(id, start, _) in &frame.chunks {
+                        keep.push(
                             live.contains(&id)
                                 && index
-                                    .get(&id)
-                                    .is_some_and(|l| l.pack == number && l.offset == frame.offset && l.start == start)
-                        })
-                        .collect();
+                                    .get(&id)?
+                                    .is_some_and(|l| l.pack == number && l.offset == frame.offset && l.start == start),
+                        );
+                    }
                     rewriter.take(&frame, &keep)?;
                 }
             }
@@ -402,7 +474,7 @@ impl Store {
             let _ = fs::remove_dir_all(&staging);
             e
         };
-        let moved = moved.map_err(abandon)?;
+        moved.map_err(abandon)?;
         let expected: u64 = dirty.iter().filter_map(|p| live_per_pack.get(p)).sum();
         if rewriter.moved_count != expected {
             return Err(abandon(Error::Internal(format!(
@@ -416,15 +488,19 @@ impl Store {
         // only now that every pack it names is durable.
         let kept = index
             .merged()
-            .filter(|(id, loc, first)| *first && !dirty.contains(&loc.pack) && live.contains(id))
-            .map(|(id, loc, _)| (id, loc));
+            .filter(|m| {
+                m.as_ref().map_or(true, |(id, loc, first)| {
+                    *first && !dirty.contains(&loc.pack) && live.contains(id)
+                })
+            })
+            .map(|m| m.map(|(id, loc, _)| (id, loc)));
         let staged_run = staging.join(format!("gc{RUN_SUFFIX}"));
         write_run(
             &staged_run,
-            merge_two(kept, moved.merged().map(|(id, loc, _)| (id, loc))),
+            merge_two(kept, rewriter.spills.merged().entries()),
+            Durability::Synced,
         )
         .map_err(abandon)?;
-        drop(moved);
         let new_run = self.index_dir().join(format!("gc-{}{RUN_SUFFIX}", unique_name()));
         if Run::open(&staged_run)?.is_empty() {
             fs::remove_file(&staged_run).at(&staged_run)?;
@@ -455,6 +531,7 @@ impl Store {
         sync_dir(&packs_dir)?;
         fs::remove_dir_all(&staging).at(&staging)?;
         report.bytes_freed = removed_bytes.saturating_sub(created_bytes);
+        report.peak_memory_bytes = crate::memory::peak_rss();
         Ok(report)
     }
 
@@ -477,7 +554,8 @@ impl Store {
             report.corrupt.extend(bad);
             batch.clear();
         };
-        for (id, loc, _) in reader.index.merged() {
+        for entry in reader.index.merged() {
+            let (id, loc, _) = entry?;
             batch.push((id, loc));
             if batch.len() >= VERIFY_BATCH {
                 check_batch(&mut batch, &mut report);
@@ -490,6 +568,7 @@ impl Store {
                 report.image_errors.push(e.to_string());
             }
         }
+        report.peak_memory_bytes = crate::memory::peak_rss();
         Ok(report)
     }
 
@@ -504,7 +583,7 @@ impl Store {
         for region in &manifest.header.regions {
             for chunk in manifest.chunks(region) {
                 let chunk = chunk?;
-                if reader.index.get(&chunk.id).is_none() {
+                if reader.index.get(&chunk.id)?.is_none() {
                     return Err(Error::ChunkMissing {
                         image: name.into(),
                         chunk: chunk.id.to_hex(),
@@ -523,7 +602,11 @@ impl Store {
             stats.logical_bytes += image.data_bytes;
         }
         let index = Index::load(&self.index_dir())?;
-        stats.chunks = index.merged().filter(|m| m.2).count() as u64;
+        for entry in index.merged() {
+            if entry?.2 {
+                stats.chunks += 1;
+            }
+        }
         for dir in [self.packs_dir(), self.index_dir()] {
             for entry in fs::read_dir(&dir).at(&dir)? {
                 let entry = entry.at(&dir)?;
@@ -590,8 +673,8 @@ impl StoreReader {
     }
 
     /// True when the store holds chunk `id`.
-    pub fn has(&self, id: &ChunkId) -> bool {
-        self.index.get(id).is_some()
+    pub fn has(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.index.get(id)?.is_some())
     }
 
     /// Frames this reader has read and decoded so far (a sequential read decodes each once).
@@ -636,7 +719,7 @@ impl StoreReader {
         let mut groups: Vec<(Loc, Vec<AskedChunk>)> = Vec::new();
         let mut group_of: HashMap<(u32, u64), usize> = HashMap::new();
         for (index, id) in (0u32..).zip(ids) {
-            let Some(loc) = self.index.get(id) else { continue };
+            let Some(loc) = self.index.get(id)? else { continue };
             let at = *group_of.entry(loc.frame()).or_insert_with(|| {
                 groups.push((loc, Vec::new()));
                 groups.len() - 1
@@ -748,7 +831,7 @@ impl ChunkSource for StoreReader {
     }
 
     fn get_into(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<bool> {
-        let Some(loc) = self.index.get(id) else {
+        let Some(loc) = self.index.get(id)? else {
             return Ok(false);
         };
         let frame = self.cached_frame(id, &loc)?;
@@ -776,29 +859,30 @@ fn corrupt(id: &ChunkId, reason: String) -> Error {
 /// Moves live chunks of dirty packs into new packs for gc (see [`Store::gc`]).
 struct Rewriter<'a> {
     packs_dir: &'a Path,
-    staging: &'a Path,
     pack: Option<PackWriter>,
     created: HashSet<u32>,
     /// Live chunks of partly dead frames waiting to be framed again.
     table: Vec<(ChunkId, u32)>,
     plain: Vec<u8>,
-    /// New index entries not yet in a staged run, and the staged runs.
-    moved: Vec<(ChunkId, Loc)>,
-    runs: Index,
+    /// New index entries not yet spilled, and the spilled runs.
+    moved: Vec<Entry>,
+    spills: Spills,
     moved_count: u64,
 }
 
+/// Moved entries gc keeps in memory before it spills them (3.5 MiB).
+const GC_MOVED_ENTRIES: usize = 1 << 16;
+
 impl<'a> Rewriter<'a> {
-    fn new(packs_dir: &'a Path, staging: &'a Path) -> Rewriter<'a> {
+    fn new(packs_dir: &'a Path, spills: Spills) -> Rewriter<'a> {
         Rewriter {
             packs_dir,
-            staging,
             pack: None,
             created: HashSet::new(),
             table: Vec::new(),
             plain: Vec::new(),
             moved: Vec::new(),
-            runs: Index::default(),
+            spills,
             moved_count: 0,
         }
     }
@@ -863,35 +947,19 @@ impl<'a> Rewriter<'a> {
             self.moved.push((id, loc));
         }
         self.moved_count += table.len() as u64;
-        if self.moved.len() >= SPILL_ENTRIES {
-            self.stage()?;
+        if self.moved.len() >= GC_MOVED_ENTRIES {
+            self.spills.add(std::mem::take(&mut self.moved))?;
         }
         Ok(())
     }
 
-    /// Writes the moved entries gathered so far as a sorted run in the staging directory.
-    fn stage(&mut self) -> Result<()> {
-        if self.moved.is_empty() {
-            return Ok(());
-        }
-        let mut entries = std::mem::take(&mut self.moved);
-        entries.sort_unstable_by_key(|e| e.0);
-        let path = self
-            .staging
-            .join(format!("moved-{}{RUN_SUFFIX}", self.runs.runs().len()));
-        write_run(&path, entries.into_iter())?;
-        self.runs.push(Run::open(&path)?);
-        Ok(())
-    }
-
-    /// Frames what waits, makes the new packs durable, and returns the moved entries as runs.
-    fn finish(&mut self) -> Result<Index> {
+    /// Frames what waits, makes the new packs durable and spills the last moved entries.
+    fn finish(&mut self) -> Result<()> {
         self.flush()?;
         if let Some(p) = self.pack.take() {
             p.finish()?;
         }
-        self.stage()?;
-        Ok(std::mem::take(&mut self.runs))
+        self.spills.add(std::mem::take(&mut self.moved))
     }
 }
 
@@ -899,10 +967,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-#[derive(Default)]
 struct WriterState {
     pack: Option<PackWriter>,
     finished_packs: Vec<PathBuf>,
+    /// New entries in memory, up to the budget's share; then spilled.
     pending: HashMap<ChunkId, Loc>,
     /// New chunks in the open frame or being compressed (no other thread stores them).
     claimed: HashSet<ChunkId>,
@@ -910,7 +978,14 @@ struct WriterState {
     /// the scattered changes of a re-capture are compressed together too.
     open_table: Vec<(ChunkId, u32)>,
     open_plain: Vec<u8>,
-    spilled: Index,
+    spilled: Spills,
+}
+
+impl WriterState {
+    /// True when this writer stored `id` already (in memory or spilled).
+    fn stored(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.pending.contains_key(id) || self.spilled.get(id)?.is_some())
+    }
 }
 
 /// Writes new chunks and one manifest into a store; see the module docs for the commit order.
@@ -993,11 +1068,15 @@ impl StoreWriter {
             packs.push(p.finish()?);
         }
         let index_dir = self.store.index_dir();
-        let mut pending: Vec<(ChunkId, Loc)> = state.pending.into_iter().collect();
+        let mut pending: Vec<Entry> = state.pending.into_iter().collect();
         pending.sort_unstable_by_key(|e| e.0);
-        if !pending.is_empty() || !state.spilled.runs().is_empty() {
+        if !pending.is_empty() || !state.spilled.is_empty() {
             let run = self.staging.join(format!("new{RUN_SUFFIX}"));
-            write_run(&run, merge_sorted(&state.spilled, pending))?;
+            write_run(
+                &run,
+                merge_two(state.spilled.merged().entries(), pending.into_iter().map(Ok)),
+                Durability::Synced,
+            )?;
             let _index_lock = self.store.lock_index()?;
             let published = index_dir.join(format!("{}{RUN_SUFFIX}", unique_name()));
             fs::rename(&run, &published).at(&published)?;
@@ -1008,39 +1087,64 @@ impl StoreWriter {
     }
 }
 
-/// The writer's spilled runs and its in-memory entries as one sorted stream.
-fn merge_sorted(spilled: &Index, pending: Vec<(ChunkId, Loc)>) -> impl Iterator<Item = (ChunkId, Loc)> + '_ {
-    merge_two(spilled.merged().map(|(id, loc, _)| (id, loc)), pending.into_iter())
-}
-
-/// Two streams sorted by id as one.
+/// Two streams sorted by id as one; an error comes out first, and ends the write it feeds.
 fn merge_two(
-    a: impl Iterator<Item = (ChunkId, Loc)>,
-    b: impl Iterator<Item = (ChunkId, Loc)>,
-) -> impl Iterator<Item = (ChunkId, Loc)> {
+    a: impl Iterator<Item = Result<Entry>>,
+    b: impl Iterator<Item = Result<Entry>>,
+) -> impl Iterator<Item = Result<Entry>> {
     let mut a = a.peekable();
     let mut b = b.peekable();
     std::iter::from_fn(move || match (a.peek(), b.peek()) {
-        (Some(x), Some(y)) if x.0 <= y.0 => a.next(),
-        (Some(_), Some(_)) | (None, Some(_)) => b.next(),
-        (Some(_), None) => a.next(),
+        (Some(Err(_)), _) | (Some(Ok(_)), None) => a.next(),
+        (_, Some(Err(_))) | (None, Some(Ok(_))) => b.next(),
+        (Some(Ok(x)), Some(Ok(y))) => {
+            if x.0 <= y.0 {
+                a.next()
+            } else {
+                b.next()
+            }
+        }
         (None, None) => None,
     })
 }
 
-/// Merges all runs into one when there are too many. Caller holds the index lock.
+/// The size tier of a run of `entries`: 0 up to [`TIER_BASE`], then one more per factor of
+/// [`TIER_RUNS`].
+fn tier(entries: usize) -> u32 {
+    let mut tier = 0;
+    let mut bound = TIER_BASE;
+    while entries as u64 > bound {
+        tier += 1;
+        bound = bound.saturating_mul(TIER_RUNS as u64);
+    }
+    tier
+}
+
+/// Merges the runs of a size tier into one once it has [`TIER_RUNS`] of them, then looks again
+/// (the merged run may fill the next tier). Each entry is rewritten once per tier it climbs, so
+/// a node taking a capture batch by batch does not rewrite its whole index every few batches;
+/// lookups read at most `TIER_RUNS - 1` runs per tier. Caller holds the index lock.
 fn compact(index_dir: &Path) -> Result<()> {
-    let index = Index::load(index_dir)?;
-    if index.runs().len() <= MAX_RUNS {
-        return Ok(());
+    loop {
+        let index = Index::load(index_dir)?;
+        let mut tiers: std::collections::BTreeMap<u32, Vec<&Run>> = std::collections::BTreeMap::new();
+        for run in index.runs() {
+            tiers.entry(tier(run.len())).or_default().push(run);
+        }
+        let Some(full) = tiers.into_values().find(|runs| runs.len() >= TIER_RUNS) else {
+            return Ok(());
+        };
+        let merged = index_dir.join(format!("{}{RUN_SUFFIX}", unique_name()));
+        let firsts = Merged::new(full.iter().copied())
+            .filter(|m| m.as_ref().map_or(true, |m| m.2))
+            .map(|m| m.map(|(id, loc, _)| (id, loc)));
+        write_run(&merged, firsts, Durability::Synced)?;
+        sync_dir(index_dir)?;
+        for run in full {
+            fs::remove_file(run.path()).at(run.path())?;
+        }
+        sync_dir(index_dir)?;
     }
-    let merged = index_dir.join(format!("{}{RUN_SUFFIX}", unique_name()));
-    write_run(&merged, index.merged().filter(|m| m.2).map(|(id, loc, _)| (id, loc)))?;
-    sync_dir(index_dir)?;
-    for run in index.runs() {
-        fs::remove_file(run.path()).at(run.path())?;
-    }
-    sync_dir(index_dir)
 }
 
 impl StoreWriter {
@@ -1064,50 +1168,30 @@ impl StoreWriter {
             state.claimed.remove(&id);
             state.pending.insert(id, loc);
         }
-        if state.pending.len() >= SPILL_ENTRIES {
-            self.spill(&mut state)?;
+        if state.pending.len() >= self.store.budget.pending_entries() {
+            let entries: Vec<Entry> = state.pending.drain().collect();
+            state.spilled.add(entries)?;
         }
         drop(state);
         self.new_bytes
             .fetch_add(frame_size(table.len(), stored.len()), Ordering::Relaxed);
         Ok(())
     }
-
-    /// Moves the in-memory entries to a staged run, merging staged runs past a few.
-    fn spill(&self, state: &mut WriterState) -> Result<()> {
-        let mut entries: Vec<(ChunkId, Loc)> = state.pending.drain().collect();
-        entries.sort_unstable_by_key(|e| e.0);
-        let path = self
-            .staging
-            .join(format!("spill-{}{RUN_SUFFIX}", state.spilled.runs().len()));
-        write_run(&path, entries.into_iter())?;
-        state.spilled.push(Run::open(&path)?);
-        if state.spilled.runs().len() > MAX_SPILLED_RUNS {
-            let merged = self.staging.join(format!("spill-merged-{}{RUN_SUFFIX}", unique_name()));
-            write_run(&merged, state.spilled.merged().map(|(id, loc, _)| (id, loc)))?;
-            for run in state.spilled.runs() {
-                fs::remove_file(run.path()).at(run.path())?;
-            }
-            state.spilled = Index::default();
-            state.spilled.push(Run::open(&merged)?);
-        }
-        Ok(())
-    }
 }
 
 impl ChunkSink for StoreWriter {
     fn has(&self, id: &ChunkId) -> Result<bool> {
-        if self.known.get(id).is_some() {
+        if self.known.get(id)?.is_some() {
             return Ok(true);
         }
         let state = lock(&self.state);
-        Ok(state.pending.contains_key(id) || state.claimed.contains(id) || state.spilled.get(id).is_some())
+        Ok(state.claimed.contains(id) || state.stored(id)?)
     }
 
     fn put_run(&self, chunks: &[(ChunkId, &[u8])]) -> Result<usize> {
         let mut fresh = Vec::new();
         for (id, data) in chunks {
-            if self.known.get(id).is_none() {
+            if self.known.get(id)?.is_none() {
                 let len = u32::try_from(data.len())
                     .ok()
                     .filter(|&n| n as usize <= chunk::FRAME_MAX)
@@ -1128,7 +1212,8 @@ impl ChunkSink for StoreWriter {
             let mut state = lock(&self.state);
             let state = &mut *state;
             for (id, len, data) in fresh {
-                if !state.pending.contains_key(id) && state.spilled.get(id).is_none() && state.claimed.insert(*id) {
+                if !state.claimed.contains(id) && !state.stored(id)? {
+                    state.claimed.insert(*id);
                     own.push((*id, len, &data[..]));
                 }
             }
@@ -1212,65 +1297,6 @@ fn summary(h: &Header) -> ImageSummary {
         data_bytes: h.data_bytes,
         chunk_count: h.chunk_count,
         table: format!("{:?}", h.layout.table).to_lowercase(),
-    }
-}
-
-/// A Bloom filter over chunk ids; ids are uniform hashes already, so probes are slices of them
-/// mixed with a per-run seed.
-struct Bloom {
-    bits: Vec<u64>,
-    mask: u64,
-    seed: u64,
-}
-
-const BLOOM_PROBES: u64 = 11;
-
-impl Bloom {
-    fn new(entries: u64) -> Bloom {
-        // At least 64 Mbit (8 MiB), else 24 bits per entry: false positives ~1e-5 at capacity.
-        let bits = (entries.saturating_mul(24)).max(1 << 26).next_power_of_two();
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9E37_79B9);
-        Bloom {
-            bits: vec![0; (bits / 64) as usize],
-            mask: bits - 1,
-            seed,
-        }
-    }
-
-    fn hashes(&self, id: &ChunkId) -> (u64, u64, u64) {
-        let mut a = [0u8; 8];
-        let mut b = [0u8; 8];
-        a.copy_from_slice(&id.0[..8]);
-        b.copy_from_slice(&id.0[8..16]);
-        let h1 = u64::from_le_bytes(a) ^ self.seed;
-        let h2 = u64::from_le_bytes(b).rotate_left(17) ^ self.seed.rotate_left(31) | 1;
-        (h1, h2, self.mask)
-    }
-
-    fn probes(&self, id: &ChunkId) -> impl Iterator<Item = u64> {
-        let (h1, h2, mask) = self.hashes(id);
-        (0..BLOOM_PROBES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) & mask)
-    }
-
-    fn insert(&mut self, id: &ChunkId) {
-        let (h1, h2, mask) = self.hashes(id);
-        for i in 0..BLOOM_PROBES {
-            let bit = h1.wrapping_add(i.wrapping_mul(h2)) & mask;
-            if let Some(word) = self.bits.get_mut((bit / 64) as usize) {
-                *word |= 1 << (bit % 64);
-            }
-        }
-    }
-
-    fn contains(&self, id: &ChunkId) -> bool {
-        self.probes(id).all(|bit| {
-            self.bits
-                .get((bit / 64) as usize)
-                .is_some_and(|w| w & (1 << (bit % 64)) != 0)
-        })
     }
 }
 

@@ -273,7 +273,7 @@ fn gc_reframes_partly_dead_frames_and_keeps_whole_live_ones() {
         .chain(mixed.iter().skip(1))
         .filter(|d| !shared.contains(d))
     {
-        assert!(!reader.has(&ChunkId::of(data)));
+        assert!(!reader.has(&ChunkId::of(data)).expect("read"));
     }
 
     store.remove_image("b").expect("rm");
@@ -307,6 +307,7 @@ fn damage_frame_of(store: &Store, data: &[u8]) -> Vec<ChunkId> {
     let loc = Index::load(&store.index_dir())
         .expect("index")
         .get(&id)
+        .expect("read")
         .expect("indexed");
     let path = pack_path(&store.packs_dir(), loc.pack);
     let mut bytes = fs::read(&path).expect("pack");
@@ -368,6 +369,7 @@ fn a_damaged_raw_frame_spoils_only_the_chunk_holding_the_byte() {
     let loc = Index::load(&store.index_dir())
         .expect("index")
         .get(&id)
+        .expect("read")
         .expect("indexed");
     let path = pack_path(&store.packs_dir(), loc.pack);
     let mut bytes = fs::read(&path).expect("pack");
@@ -433,4 +435,57 @@ fn frames_go_as_stored_when_mostly_asked_for_and_cut_down_when_not() {
         Err(Error::ChunkCorrupt { chunk, .. }) => assert!(in_frame.iter().any(|id| id.to_hex() == chunk)),
         other => panic!("expected a corrupt chunk, got {other:?}"),
     }
+}
+
+#[test]
+fn a_writer_past_its_memory_spills_and_still_stores_each_chunk_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("s"))
+        .expect("store")
+        .with_memory_mib(MIN_MEMORY_MIB);
+    let in_memory = store.budget.pending_entries();
+    // Four times what the writer keeps in memory, then the first quarter again: those repeats
+    // were spilled long before and must be found there, not stored twice.
+    let unique = 4 * in_memory;
+    let chunk = |n: usize| format!("chunk {n:>12} of a capture larger than memory").into_bytes();
+    let mut runs: Vec<Vec<Vec<u8>>> = (0..unique)
+        .step_by(16)
+        .map(|s| (s..s + 16).map(chunk).collect())
+        .collect();
+    runs.extend(
+        (0..in_memory)
+            .step_by(16)
+            .map(|s| (s..s + 16).map(chunk).collect::<Vec<_>>()),
+    );
+    let new = commit_image(&store, "big", &runs);
+    assert_eq!(new, unique as u64);
+    assert_eq!(store.stats().expect("stats").chunks, unique as u64);
+    assert_eq!(
+        fs::read_dir(store.root.join("tmp")).expect("tmp").count(),
+        0,
+        "spills removed at commit"
+    );
+    let reader = store.reader().expect("reader");
+    for n in (0..unique).step_by(97) {
+        assert_eq!(reader.get(&ChunkId::of(&chunk(n))).expect("get"), Some(chunk(n)));
+    }
+    assert!(store.verify().expect("verify").is_ok());
+}
+
+#[test]
+fn commits_merge_runs_by_size_tier() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("s")).expect("store");
+    for image in 0..20u64 {
+        let run: Vec<Vec<u8>> = (0..4).map(|i| text(image * 10 + i, 4096)).collect();
+        commit_image(&store, &format!("i{image}"), &[run]);
+        let runs = Index::load(&store.index_dir()).expect("index").runs().len();
+        assert!(runs < TIER_RUNS, "{runs} runs after {} commits", image + 1);
+    }
+    // Tier 0 was merged at the 8th commit and again (with the 7 after) at the 15th: one merged
+    // run and the 5 newest.
+    let index = Index::load(&store.index_dir()).expect("index");
+    assert_eq!(index.runs().len(), 1 + 5);
+    assert_eq!(store.stats().expect("stats").chunks, 80);
+    assert!(store.verify().expect("verify").is_ok());
 }

@@ -216,6 +216,7 @@ pub async fn start_master_with(
         database: Some(db_url.to_string()),
         store: store.map(|s| Arc::new(LocalStore::new(s)) as Arc<dyn ImageStore>),
         data_dir: None,
+        store_memory_mib: None,
         tls,
     };
     let started = fogcore::control::master::serve(&config).await?;
