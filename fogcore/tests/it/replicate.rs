@@ -182,8 +182,8 @@ impl ImageStore for Corrupting {
     fn images(&self) -> fogcore::Result<Vec<String>> {
         self.0.images()
     }
-    fn manifest_bytes(&self, name: &str) -> fogcore::Result<Vec<u8>> {
-        self.0.manifest_bytes(name)
+    fn manifest_to(&self, name: &str, out: &mut dyn std::io::Write) -> fogcore::Result<u64> {
+        self.0.manifest_to(name, out)
     }
     fn missing(&self, ids: &[ChunkId]) -> fogcore::Result<Vec<ChunkId>> {
         self.0.missing(ids)
@@ -200,8 +200,8 @@ impl ImageStore for Corrupting {
     fn put_chunks(&self, chunks: &[WireChunk]) -> fogcore::Result<u64> {
         self.0.put_chunks(chunks)
     }
-    fn put_manifest(&self, name: &str, bytes: &[u8]) -> fogcore::Result<()> {
-        self.0.put_manifest(name, bytes)
+    fn put_manifest_from(&self, name: &str, manifest: &mut dyn std::io::Read) -> fogcore::Result<()> {
+        self.0.put_manifest_from(name, manifest)
     }
 }
 
@@ -259,8 +259,11 @@ fn corrupt_chunk_on_the_wire_is_refused_and_the_destination_stays_consistent() {
     assert_eq!(remote_b.missing(&[ChunkId::of(&good)]).expect("missing").len(), 1);
 
     // A manifest whose chunks are absent is refused with 409; then the clean copy goes through.
-    let manifest = LocalStore::new(a.clone()).manifest_bytes("img").expect("manifest");
-    match remote_b.put_manifest("img", &manifest) {
+    let mut manifest = Vec::new();
+    LocalStore::new(a.clone())
+        .manifest_to("img", &mut manifest)
+        .expect("manifest");
+    match remote_b.put_manifest_from("img", &mut &manifest[..]) {
         Err(Error::Remote { status: 409, .. }) => {}
         other => panic!("manifest without chunks: {other:?}"),
     }
@@ -438,7 +441,10 @@ fn a_read_through_store_keeps_what_it_fetched_and_serves_frames_from_itself() {
         local: Arc::new(LocalStore::new(node.clone())),
         upstream: Arc::new(upstream),
     };
-    let ids: Vec<ChunkId> = fogcore::imaging::replica::unique_chunks(&master.manifest("img").expect("manifest"))
+    let manifest = master.manifest("img").expect("manifest");
+    let ids: Vec<ChunkId> = fogcore::imaging::replica::chunk_windows(&manifest, 1 << 16)
+        .next()
+        .expect("a window")
         .expect("chunks")
         .iter()
         .map(|c| c.id)
