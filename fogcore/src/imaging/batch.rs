@@ -449,3 +449,22 @@ impl ChunkSink for BatchSink<'_> {
         Ok(count)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_ids_stay_bounded_and_keep_the_recent_ones() {
+        let mut known = Known::default();
+        let id = |i: u32| ChunkId::of(&i.to_le_bytes());
+        let n = 2 * KNOWN_IDS as u32 + 5;
+        for i in 0..n {
+            assert!(known.insert(id(i)));
+        }
+        assert!(known.len() <= 2 * KNOWN_IDS, "{} ids kept", known.len());
+        assert!(known.contains(&id(n - 1)) && known.contains(&id(n - KNOWN_IDS as u32)));
+        assert!(!known.contains(&id(0)), "the oldest generation was kept");
+        assert!(!known.insert(id(n - 1)));
+    }
+}

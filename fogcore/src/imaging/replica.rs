@@ -432,14 +432,15 @@ impl ImageStore for LocalStore {
 
     fn put_manifest_from(&self, name: &str, manifest: &mut dyn Read) -> Result<()> {
         super::store::check_image_name(name)?;
-        // The writer's shared lock, held until the commit, keeps gc from emptying `tmp/` (where
-        // the manifest is received) and from removing chunks once they are checked present.
-        let writer = self.store.writer()?;
+        // A shared lock, held until the commit, keeps gc from emptying `tmp/` (where the
+        // manifest is received) and from removing chunks once they are checked present.
+        let _lock = self.store.lock_shared()?;
         let tmp = TempDir::new_in(&self.store.root().join("tmp"), "m-")?;
         let path = tmp.path().join("received");
         receive(manifest, &path, MAX_MANIFEST_BYTES, name)?;
         let received = open_spooled(tmp, &path, name)?;
         let manifest = &received.manifest;
+        let writer = self.store.writer()?;
         let (mut missing, mut first) = (0u64, None);
         for window in chunk_windows(manifest, WINDOW_REFS) {
             for chunk in window? {
@@ -751,6 +752,19 @@ mod tests {
         assert!(rebuilt(&other, &delta).is_err());
         assert!(rebuilt(&base, &delta[..delta.len() - 1]).is_err());
         assert!(rebuilt(&base, &delta[..20]).is_err());
+    }
+
+    #[test]
+    fn a_manifest_past_the_limit_is_refused_and_not_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m");
+        assert_eq!(receive(&mut &[7u8; 10][..], &path, 10, "img").ok(), Some(10));
+        fs::remove_file(&path).expect("remove");
+        match receive(&mut &[7u8; 11][..], &path, 10, "img") {
+            Err(Error::TooLarge { limit: 10, .. }) => {}
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(!path.exists(), "a refused manifest was kept");
     }
 
     #[test]
