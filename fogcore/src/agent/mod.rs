@@ -26,7 +26,7 @@ use crate::imaging::batch::{BatchSink, with_prefetch};
 use crate::imaging::capture::{CaptureOptions, capture_to};
 use crate::imaging::deploy::{DeployOptions, deploy_manifest};
 use crate::imaging::manifest::ManifestWriter;
-use crate::imaging::replica::{ImageStore, open_manifest_bytes};
+use crate::imaging::replica::{ImageStore, fetch_manifest, put_manifest_file};
 use crate::imaging::wipe::{WipeMode, wipe};
 use crate::progress::Progress;
 use crate::{Error, Result};
@@ -434,6 +434,12 @@ fn run_task(config: &AgentConfig, task: &Task, progress: &dyn Progress) -> Resul
     }
 }
 
+/// Where the agent keeps a manifest while it captures or deploys (`work_dir`, else the system's
+/// temporary directory).
+fn work_dir(config: &AgentConfig) -> std::path::PathBuf {
+    config.work_dir.clone().unwrap_or_else(std::env::temp_dir)
+}
+
 /// Deploys `image` from `store` to `disk`, chunks prefetched in manifest order.
 pub fn deploy_remote(
     store: &dyn ImageStore,
@@ -442,9 +448,9 @@ pub fn deploy_remote(
     config: &AgentConfig,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let bytes = store.manifest_bytes(image)?;
-    let opened = open_manifest_bytes(&bytes, image)?;
-    let manifest = &opened.manifest;
+    // Spooled to the work directory and read from there: never whole in memory.
+    let spooled = fetch_manifest(store, image, &work_dir(config))?;
+    let manifest = &spooled.manifest;
     let options = DeployOptions {
         verify: config.verify,
         threads: config.threads,
@@ -465,9 +471,9 @@ pub fn capture_remote(
     progress: &dyn Progress,
 ) -> Result<()> {
     let sink = BatchSink::new(store);
-    let known = sink.seed_from_image(image)?;
+    let work = work_dir(config);
+    let known = sink.seed_from_image(image, &work)?;
     tracing::debug!("{known} chunks of the previous {image} are in the store");
-    let work = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -480,8 +486,7 @@ pub fn capture_remote(
         };
         capture_to(&sink, writer, disk, image, &options, progress)?;
         sink.flush()?;
-        let manifest = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        store.put_manifest(image, &manifest)
+        put_manifest_file(store, image, &path)
     })();
     let _ = std::fs::remove_file(&path);
     let stats = sink.stats();

@@ -16,11 +16,16 @@
 //! ```
 //!
 //! A put is checked whole before anything is stored: one bad chunk is a 400 naming it.
+//!
+//! Chunk routes take bodies of at most [`MAX_BODY`]. Manifests stream both ways (a 2 TB disk's
+//! is about 9 GiB) through a bounded [`pipe`](crate::control::pipe) between the HTTP body and
+//! the store's blocking code: a manifest PUT has no body cap here, the store takes at most
+//! [`MAX_MANIFEST_BYTES`](crate::imaging::manifest::MAX_MANIFEST_BYTES) (413 past it), received into a file in its `tmp/`.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware;
@@ -33,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::control::api::{
     API, Access, ApiError, Authenticate, Caller, Done, Guarded, Payload, Route, constant_time_eq, guard, json, no_route,
 };
+use crate::control::pipe::{PIPE_BYTES, PipeWriter, Start, pipe};
 use crate::error::{Error, Result};
 use crate::imaging::chunk::{ChunkId, FramePart, WireFrame};
 use crate::imaging::cursor::{ByteCursor, FieldError};
@@ -320,6 +326,29 @@ async fn images<S: HasStore>(State(s): State<S>, Extension(caller): Extension<Ca
     Ok(Json(s.readable_images(&caller, names).await?).into_response())
 }
 
+/// Streams what `write` writes (on a blocking thread) as the reply body. The status waits for
+/// the first byte: a failure before it (an absent image) is answered as an error, one after it
+/// ends the body early (the client's manifest check refuses a cut one).
+async fn streamed(write: impl FnOnce(&mut PipeWriter) -> Result<u64> + Send + 'static) -> Result<Response, ApiError> {
+    let (writer, mut reader) = pipe(PIPE_BYTES);
+    let job = tokio::task::spawn_blocking(move || {
+        let mut writer = writer;
+        let result = write(&mut writer);
+        match &result {
+            Ok(_) => writer.finish(),
+            Err(e) => writer.fail(e.to_string()),
+        }
+        result
+    });
+    if let Start::Failed(reason) = reader.started().await {
+        return Err(ApiError(match job.await {
+            Ok(Err(e)) => e,
+            _ => Error::Internal(format!("manifest stream: {reason}")),
+        }));
+    }
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::new(reader)).into_response())
+}
+
 async fn get_manifest<S: HasStore>(
     State(s): State<S>,
     Extension(caller): Extension<Caller>,
@@ -327,7 +356,7 @@ async fn get_manifest<S: HasStore>(
 ) -> Result<Response, ApiError> {
     s.check_image_read(&caller, &name).await?;
     let store = s.image_store()?;
-    blocking(move || store.manifest_bytes(&name).map(octets)).await
+    streamed(move |out| store.manifest_to(&name, out)).await
 }
 
 async fn manifest_delta<S: HasStore>(
@@ -339,22 +368,50 @@ async fn manifest_delta<S: HasStore>(
     s.check_image_read(&caller, &name).await?;
     let store = s.image_store()?;
     let pieces = decode_pieces(&body)?;
-    blocking(move || store.manifest_delta(&name, &pieces).map(octets)).await
+    streamed(move |out| store.manifest_delta_to(&name, &pieces, out)).await
 }
 
 async fn put_manifest<S: HasStore>(
     State(s): State<S>,
     Path(name): Path<String>,
-    RawBody(body): RawBody,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    use http_body::Body as _;
     let store = s.image_store()?;
     let stored = name.clone();
-    // A manifest that does not parse is the sender's fault, not the store's.
-    blocking(move || match store.put_manifest(&name, &body) {
-        Err(Error::BadManifest { image, reason, .. }) => Err(Error::invalid("manifest", image, reason)),
-        other => other,
-    })
-    .await?;
+    let (mut writer, mut reader) = pipe(PIPE_BYTES);
+    // The store reads the body on a blocking thread as it arrives; it stops reading (and this
+    // stops forwarding) as soon as it refuses (a bad name, past MAX_MANIFEST_BYTES).
+    let job = tokio::task::spawn_blocking(move || {
+        // A manifest that does not parse is the sender's fault, not the store's.
+        match store.put_manifest_from(&name, &mut reader) {
+            Err(Error::BadManifest { image, reason, .. }) => Err(Error::invalid("manifest", image, reason)),
+            other => other,
+        }
+    });
+    let mut body = std::pin::pin!(body);
+    loop {
+        match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            None => {
+                writer.finish();
+                break;
+            }
+            Some(Err(e)) => {
+                writer.fail(format!("the request body failed: {e}"));
+                break;
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data()
+                    && writer.send(data).await.is_err()
+                {
+                    break; // the store stopped reading: its answer says why
+                }
+            }
+        }
+    }
+    job.await
+        .map_err(|e| ApiError(Error::Internal(format!("worker failed: {e}"))))?
+        .map_err(ApiError)?;
     s.manifest_stored(&stored).await?;
     Ok(crate::control::api::done().into_response())
 }
@@ -373,7 +430,11 @@ pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
         body,
         reply,
     };
-    let manifest = || Payload::Bytes("an image's manifest file (fog's binary manifest format)");
+    let manifest = || {
+        Payload::Bytes(
+            "an image's manifest file (fog's binary manifest format), streamed: no request body cap, at most 64 GiB",
+        )
+    };
     let ids = || Payload::Bytes("chunk ids, 32 bytes each (at most 65,536)");
     let big = || DefaultBodyLimit::max(MAX_BODY);
     vec![
@@ -405,7 +466,8 @@ pub fn table<S: HasStore>() -> Vec<(Route, MethodRouter<S>)> {
                 Some(manifest()),
                 json::<Done>(),
             ),
-            put(put_manifest::<S>).layer(big()),
+            // No MAX_BODY here: the body streams to the store, which bounds it (MAX_MANIFEST_BYTES).
+            put(put_manifest::<S>).layer(DefaultBodyLimit::disable()),
         ),
         (
             r(

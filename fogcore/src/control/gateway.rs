@@ -128,6 +128,9 @@ pub struct Gateway {
     store: Arc<dyn ImageStore>,
     upstream: Arc<dyn ImageStore>,
     outbox: Outbox,
+    /// Where replication spools manifests (`node/spool` in the data directory: on disk, where
+    /// the system's temporary directory may be memory).
+    spool: std::path::PathBuf,
     /// Tasks holding one of this node's slots (granted, not checked out), as granted.
     active: Mutex<HashMap<TaskId, Task>>,
     /// Of those, the ones this node granted while the master was away: the master does not know
@@ -149,8 +152,8 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// The gateway of node `node` (its state under `data_dir`: `store/`, `node/outbox.json`);
-    /// each job of its store keeps within `store_memory_mib`.
+    /// The gateway of node `node` (its state under `data_dir`: `store/`, `node/outbox.json`,
+    /// `node/spool/`); each job of its store keeps within `store_memory_mib`.
     pub fn open(
         data_dir: &Path,
         store_memory_mib: u64,
@@ -176,6 +179,7 @@ impl Gateway {
             store,
             upstream,
             outbox: Outbox::open(&data_dir.join("node").join("outbox.json"))?,
+            spool: data_dir.join("node").join("spool"),
             active: Mutex::new(HashMap::new()),
             granted_offline: Mutex::new(HashSet::new()),
             max_clients: AtomicU32::new(u32::MAX),
@@ -200,6 +204,14 @@ impl Gateway {
     /// The master's store, seen with the node's token.
     pub fn upstream_store(&self) -> Arc<dyn ImageStore> {
         self.upstream.clone()
+    }
+
+    /// Options for this node's replications: manifests spooled in its data directory.
+    pub fn replicate_options(&self) -> ReplicateOptions {
+        ReplicateOptions {
+            work_dir: Some(self.spool.clone()),
+            ..ReplicateOptions::default()
+        }
     }
 
     /// Check-outs waiting for the master.
@@ -411,9 +423,8 @@ impl Gateway {
     /// this node's copy complete.
     async fn push(&self, task: TaskId, image: &str) -> Result<()> {
         let (local, upstream, name) = (self.local.clone(), self.upstream.clone(), image.to_string());
-        let mut job = tokio::task::spawn_blocking(move || {
-            replicate(&*local, &*upstream, &name, &ReplicateOptions::default(), &NoProgress)
-        });
+        let options = self.replicate_options();
+        let mut job = tokio::task::spawn_blocking(move || replicate(&*local, &*upstream, &name, &options, &NoProgress));
         let report = loop {
             tokio::select! {
                 r = &mut job => break r.map_err(|e| Error::Internal(format!("push worker: {e}")))??,

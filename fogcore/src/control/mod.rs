@@ -11,7 +11,8 @@
 //!   schedules, tokens); every handler goes through it;
 //! - [`master`]: the REST API over [`service`] (axum), with its OpenAPI document, and
 //!   [`master::serve`], the one way to start a master;
-//! - [`chunks`]: the chunk and manifest service over a store, [`remote`] its client;
+//! - [`chunks`]: the chunk and manifest service over a store, [`remote`] its client, [`pipe`]
+//!   the bounded byte pipes that stream manifests between their blocking code and HTTP bodies;
 //! - [`replicate`]: copying an image between stores, only the chunks the other side lacks;
 //! - [`client`]: the API's client, for the CLI and later the agent, the nodes and Python;
 //! - [`tokens`]: token texts: new tokens, their stored hashes, task tokens derived from a node's;
@@ -34,6 +35,7 @@ pub mod master;
 pub mod model;
 pub mod node;
 pub mod openapi;
+pub mod pipe;
 pub mod remote;
 pub mod replicate;
 #[cfg(feature = "master")]

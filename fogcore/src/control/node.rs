@@ -102,7 +102,7 @@ impl NodeLoop {
         let (upstream, local) = (self.gateway.upstream_store(), self.gateway.local_store());
         let options = ReplicateOptions {
             bandwidth: self.link.bandwidth,
-            ..ReplicateOptions::default()
+            ..self.gateway.replicate_options()
         };
         tokio::spawn(async move {
             for image in wanted {

@@ -6,6 +6,7 @@
 //! That works from any thread, also one inside another runtime (where `block_on` and
 //! `reqwest::blocking` panic), needs no extra reqwest feature, and keeps one connection pool.
 
+use std::io::{Read, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,13 +16,17 @@ use reqwest::Method;
 use crate::control::chunks::{
     decode_frames_reply, decode_get_reply, decode_ids, encode_ids, encode_pieces, encode_put,
 };
+use crate::control::pipe::{PIPE_BYTES, pipe};
 use crate::error::{Error, Result};
 use crate::imaging::chunk::{self, ChunkId, ChunkSink, ChunkSource, WireFrame};
-use crate::imaging::replica::{ImageStore, PieceHash, WireChunk};
+use crate::imaging::replica::{CopyError, ImageStore, PieceHash, WireChunk, copy_apart};
 use crate::net::tls::{Trust, request_error};
 
 /// Puts buffered by [`ChunkSink::put_run`] are sent when they reach this many bytes.
 pub const PUT_BATCH_BYTES: usize = 4 << 20;
+/// How long a manifest transfer may take, instead of the 300 s of other requests: a 2 TB disk's
+/// manifest is about 9 GiB, and the receiver checks every chunk it names before it answers.
+pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// A store at a fog node or master, over HTTP.
 pub struct RemoteStore {
@@ -89,12 +94,25 @@ impl RemoteStore {
         self.received.load(Ordering::Relaxed)
     }
 
-    fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
+    /// A request to `path` under the API, with the token.
+    fn request(&self, method: Method, path: &str) -> (String, reqwest::RequestBuilder) {
         let url = format!("{}/api/v1{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some(token) = &self.token {
             req = req.header(reqwest::header::AUTHORIZATION, format!("Bearer {token}"));
         }
+        (url, req)
+    }
+
+    fn runtime(&self, url: &str) -> Result<&tokio::runtime::Runtime> {
+        self.runtime.as_ref().ok_or_else(|| Error::Http {
+            url: url.into(),
+            reason: "client is shut down".into(),
+        })
+    }
+
+    fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
+        let (url, mut req) = self.request(method, path);
         if let Some(body) = body {
             self.sent.fetch_add(body.len() as u64, Ordering::Relaxed);
             req = req
@@ -103,11 +121,7 @@ impl RemoteStore {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let url2 = url.clone();
-        let runtime = self.runtime.as_ref().ok_or_else(|| Error::Http {
-            url: url.clone(),
-            reason: "client is shut down".into(),
-        })?;
-        runtime.spawn(async move {
+        self.runtime(&url)?.spawn(async move {
             let result = async {
                 let resp = req.send().await?;
                 let status = resp.status();
@@ -128,6 +142,122 @@ impl RemoteStore {
         self.received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if !status.is_success() {
             return Err(crate::control::client::remote_error(status, &bytes, &url2));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// A request whose reply body streams into `out` (a manifest, a manifest delta), at most
+    /// [`PIPE_BYTES`] of it in memory; returns the bytes received.
+    fn download(&self, method: Method, path: &str, body: Option<Vec<u8>>, out: &mut dyn Write) -> Result<u64> {
+        let (url, mut req) = self.request(method, path);
+        if let Some(body) = body {
+            self.sent.fetch_add(body.len() as u64, Ordering::Relaxed);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body);
+        }
+        let req = req.timeout(MANIFEST_TIMEOUT);
+        let (mut writer, mut reader) = pipe(PIPE_BYTES);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let task_url = url.clone();
+        self.runtime(&url)?.spawn(async move {
+            let mut resp = match req.send().await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let _ = tx.send(Err(request_error(&task_url, &e)));
+                    return;
+                }
+            };
+            let status = resp.status();
+            if !status.is_success() {
+                let body = resp.bytes().await.unwrap_or_default();
+                let _ = tx.send(Err(crate::control::client::remote_error(status, &body, &task_url)));
+                return;
+            }
+            let _ = tx.send(Ok(()));
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(piece)) => {
+                        if writer.send(piece).await.is_err() {
+                            return; // the caller stopped reading
+                        }
+                    }
+                    Ok(None) => return writer.finish(),
+                    Err(e) => return writer.fail(crate::net::tls::error_chain(&e)),
+                }
+            }
+        });
+        rx.recv().map_err(|_| Error::Http {
+            url: url.clone(),
+            reason: "request task ended".into(),
+        })??;
+        let n = copy_apart(&mut reader, out).map_err(|e| match e {
+            CopyError::Read(e) => Error::Http {
+                url: url.clone(),
+                reason: format!("the reply stopped: {e}"),
+            },
+            CopyError::Write(e) => Error::io("received manifest", e),
+        })?;
+        self.received.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// A request whose body streams from `src`, at most [`PIPE_BYTES`] of it in memory; returns
+    /// the reply.
+    fn upload(&self, method: Method, path: &str, src: &mut dyn Read) -> Result<Vec<u8>> {
+        let (url, req) = self.request(method, path);
+        let (mut writer, reader) = pipe(PIPE_BYTES);
+        let closer = writer.reader_closer();
+        let req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(MANIFEST_TIMEOUT)
+            .body(reqwest::Body::wrap(reader));
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.runtime(&url)?.spawn(async move {
+            let result = async {
+                let resp = req.send().await?;
+                let status = resp.status();
+                let bytes = resp.bytes().await?;
+                Ok::<_, reqwest::Error>((status, bytes))
+            }
+            .await;
+            // An answer before the whole body (a refusal) stops the caller's writing.
+            closer.close();
+            let _ = tx.send(result);
+        });
+        let mut complete = false;
+        let mut unreadable = None;
+        match copy_apart(src, &mut writer) {
+            Ok(n) => {
+                self.sent.fetch_add(n, Ordering::Relaxed);
+                writer.finish();
+                complete = true;
+            }
+            Err(CopyError::Read(e)) => {
+                writer.fail(format!("reading what to send failed: {e}"));
+                unreadable = Some(e);
+            }
+            Err(CopyError::Write(_)) => drop(writer), // the request ended; its answer says why
+        }
+        let (status, bytes) = rx
+            .recv()
+            .map_err(|_| Error::Http {
+                url: url.clone(),
+                reason: "request task ended".into(),
+            })?
+            .map_err(|e| request_error(&url, &e))?;
+        if let Some(e) = unreadable {
+            return Err(Error::io("manifest to send", e));
+        }
+        self.received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if !status.is_success() {
+            return Err(crate::control::client::remote_error(status, &bytes, &url));
+        }
+        if !complete {
+            return Err(Error::Http {
+                url,
+                reason: "the server answered before the whole body was sent".into(),
+            });
         }
         Ok(bytes.to_vec())
     }
@@ -165,18 +295,20 @@ impl ImageStore for RemoteStore {
         })
     }
 
-    fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>> {
-        self.call(Method::GET, &image_path(name)?, None).map_err(|e| match e {
-            Error::Remote { status: 404, .. } => Error::ImageNotFound(name.into()),
-            other => other,
-        })
+    fn manifest_to(&self, name: &str, out: &mut dyn Write) -> Result<u64> {
+        self.download(Method::GET, &image_path(name)?, None, out)
+            .map_err(|e| match e {
+                Error::Remote { status: 404, .. } => Error::ImageNotFound(name.into()),
+                other => other,
+            })
     }
 
-    fn manifest_delta(&self, name: &str, base: &[PieceHash]) -> Result<Vec<u8>> {
-        self.call(
+    fn manifest_delta_to(&self, name: &str, base: &[PieceHash], out: &mut dyn Write) -> Result<u64> {
+        self.download(
             Method::POST,
             &format!("{}/delta", image_path(name)?),
             Some(encode_pieces(base)),
+            out,
         )
     }
 
@@ -215,9 +347,8 @@ impl ImageStore for RemoteStore {
         Ok(reply["new"].as_u64().unwrap_or(0))
     }
 
-    fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        self.call(Method::PUT, &image_path(name)?, Some(bytes.to_vec()))
-            .map(|_| ())
+    fn put_manifest_from(&self, name: &str, manifest: &mut dyn Read) -> Result<()> {
+        self.upload(Method::PUT, &image_path(name)?, manifest).map(|_| ())
     }
 }
 

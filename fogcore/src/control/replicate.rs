@@ -6,6 +6,8 @@
 //! image appears only when its manifest is accepted, which the destination refuses while any
 //! chunk is absent.
 
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -14,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::imaging::chunk::{ChunkId, WireFrame};
 use crate::imaging::manifest::ChunkRef;
 use crate::imaging::replica::{
-    ImageStore, WireChunk, apply_manifest_delta, manifest_pieces, open_manifest_bytes, unique_chunks,
+    DELTA_MAX_BASE, ImageStore, PieceHash, SpooledManifest, TempDir, WireChunk, apply_manifest_delta, chunk_windows,
+    fetch_manifest, manifest_pieces, open_spooled, put_manifest_file, spool,
 };
 use crate::progress::Progress;
 
@@ -25,10 +28,15 @@ pub struct ReplicateOptions {
     pub bandwidth: Option<u64>,
     /// Plain bytes of chunks per get and put batch.
     pub batch_bytes: u64,
-    /// Ids per "which are missing" question.
+    /// Ids per "which are missing" question: the manifest's chunk references are walked in
+    /// windows of this many, so memory stays bounded whatever the image's size.
     pub has_batch: usize,
-    /// Fetch the manifest as a delta against the destination's image of the same name.
+    /// Fetch the manifest as a delta against the destination's image of the same name (when
+    /// that one is at most [`DELTA_MAX_BASE`] bytes).
     pub manifest_delta: bool,
+    /// Where manifests are spooled while they are copied (a 2 TB disk's is about 9 GiB);
+    /// `None`: the system's temporary directory.
+    pub work_dir: Option<PathBuf>,
 }
 
 impl Default for ReplicateOptions {
@@ -38,6 +46,7 @@ impl Default for ReplicateOptions {
             batch_bytes: 4 << 20,
             has_batch: 8192,
             manifest_delta: true,
+            work_dir: None,
         }
     }
 }
@@ -47,7 +56,8 @@ impl Default for ReplicateOptions {
 pub struct ReplicateReport {
     /// Image name.
     pub image: String,
-    /// Distinct chunks the image names.
+    /// Distinct chunks the image names (distinct per window of `has_batch` references: a chunk
+    /// used again in a later window counts again, and is skipped there).
     pub chunks_considered: u64,
     /// Their plain bytes.
     pub bytes_considered: u64,
@@ -131,11 +141,11 @@ impl<S: ImageStore> ImageStore for Throttled<S> {
     fn images(&self) -> Result<Vec<String>> {
         self.inner.images()
     }
-    fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>> {
-        self.inner.manifest_bytes(name)
+    fn manifest_to(&self, name: &str, out: &mut dyn Write) -> Result<u64> {
+        self.inner.manifest_to(name, out)
     }
-    fn manifest_delta(&self, name: &str, base: &[crate::imaging::replica::PieceHash]) -> Result<Vec<u8>> {
-        self.inner.manifest_delta(name, base)
+    fn manifest_delta_to(&self, name: &str, base: &[PieceHash], out: &mut dyn Write) -> Result<u64> {
+        self.inner.manifest_delta_to(name, base, out)
     }
     fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
         self.inner.missing(ids)
@@ -158,8 +168,8 @@ impl<S: ImageStore> ImageStore for Throttled<S> {
         self.pace(frames.iter().map(|f| f.stored.len() as u64).sum());
         self.inner.put_frames(ids, frames)
     }
-    fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        self.inner.put_manifest(name, bytes)
+    fn put_manifest_from(&self, name: &str, manifest: &mut dyn Read) -> Result<()> {
+        self.inner.put_manifest_from(name, manifest)
     }
 }
 
@@ -167,25 +177,92 @@ fn is_conflict(e: &Error) -> bool {
     matches!(e, Error::Conflict { .. } | Error::Remote { status: 409, .. })
 }
 
-/// The manifest of `image` from `source`: a delta against `dest`'s image of that name when it
-/// has one, else whole. Returns the bytes, the bytes fetched and whether it was a delta.
-fn fetch_manifest(
+/// A writer that refuses to take more than `left` bytes.
+struct AtMost<'a> {
+    out: &'a mut dyn Write,
+    left: u64,
+}
+
+impl Write for AtMost<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(std::io::Error::other("larger than a delta is worth"));
+        }
+        let n = self.out.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The manifest of `image` from `source` as a delta against `dest`'s manifest of that name,
+/// spooled in `dir`, with the bytes fetched; `None` when `dest` has none (or one over
+/// [`DELTA_MAX_BASE`] bytes) or `source` cannot send a delta that rebuilds it.
+fn by_delta(
+    source: &dyn ImageStore,
+    dest: &dyn ImageStore,
+    image: &str,
+    dir: &Path,
+) -> Result<Option<(SpooledManifest, u64)>> {
+    let tmp = TempDir::new_in(dir, "fog-replicate-")?;
+    let base_path = tmp.path().join("base");
+    let fetched = spool(&base_path, |out| {
+        dest.manifest_to(
+            image,
+            &mut AtMost {
+                out,
+                left: DELTA_MAX_BASE,
+            },
+        )
+    });
+    if fetched.is_err() {
+        return Ok(None);
+    }
+    let base = std::fs::File::open(&base_path).map_err(|e| Error::io(&base_path, e))?;
+    let pieces = manifest_pieces(&base, &base_path)?;
+    let delta_path = tmp.path().join("delta");
+    let Ok(delta_len) = spool(&delta_path, |out| source.manifest_delta_to(image, &pieces, out)) else {
+        return Ok(None);
+    };
+    let path = tmp.path().join("manifest");
+    let rebuilt = std::fs::File::open(&delta_path)
+        .map_err(|e| Error::io(&delta_path, e))
+        .and_then(|delta| {
+            spool(&path, |out| {
+                apply_manifest_delta(&base, &base_path, &mut std::io::BufReader::new(delta), out)
+            })
+        });
+    drop(base);
+    let _ = std::fs::remove_file(&base_path);
+    let _ = std::fs::remove_file(&delta_path);
+    if let Err(e) = rebuilt {
+        tracing::debug!(image, "manifest delta did not rebuild ({e}); fetching it whole");
+        return Ok(None);
+    }
+    Ok(open_spooled(tmp, &path, image)
+        .ok()
+        .map(|m| (m, delta_len + pieces.len() as u64 * 16)))
+}
+
+/// The manifest of `image` from `source`, spooled in `dir`: a delta against `dest`'s image of
+/// that name when it has one, else whole. Returns it, the bytes fetched and whether it was a
+/// delta.
+fn source_manifest(
     source: &dyn ImageStore,
     dest: &dyn ImageStore,
     image: &str,
     delta: bool,
-) -> Result<(Vec<u8>, u64, bool)> {
-    if delta && let Ok(base) = dest.manifest_bytes(image) {
-        let pieces = manifest_pieces(&base);
-        if let Ok(d) = source.manifest_delta(image, &pieces)
-            && let Ok(bytes) = apply_manifest_delta(&base, &d)
-        {
-            return Ok((bytes, (d.len() + pieces.len() * 16) as u64, true));
-        }
+    dir: &Path,
+) -> Result<(SpooledManifest, u64, bool)> {
+    if delta && let Some((manifest, fetched)) = by_delta(source, dest, image, dir)? {
+        return Ok((manifest, fetched, true));
     }
-    let bytes = source.manifest_bytes(image)?;
-    let n = bytes.len() as u64;
-    Ok((bytes, n, false))
+    let manifest = fetch_manifest(source, image, dir)?;
+    let fetched = manifest.manifest.file_len();
+    Ok((manifest, fetched, false))
 }
 
 /// Copies image `image` from `source` to `dest`. See the module docs.
@@ -198,33 +275,40 @@ pub fn replicate(
 ) -> Result<ReplicateReport> {
     crate::imaging::store::check_image_name(image)?;
     let started = Instant::now();
-    let (manifest_bytes, fetched, was_delta) = fetch_manifest(source, dest, image, options.manifest_delta)?;
-    let opened = open_manifest_bytes(&manifest_bytes, image)?;
-    let chunks = unique_chunks(&opened.manifest)?;
+    let dir = options.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let (spooled, fetched, was_delta) = source_manifest(source, dest, image, options.manifest_delta, &dir)?;
+    let manifest = &spooled.manifest;
+    let window = options.has_batch.clamp(1, crate::control::chunks::MAX_IDS);
     let mut report = ReplicateReport {
         image: image.into(),
-        chunks_considered: chunks.len() as u64,
-        bytes_considered: chunks.iter().map(|c| u64::from(c.len)).sum(),
         manifest_bytes: fetched,
         manifest_delta: was_delta,
         ..ReplicateReport::default()
     };
+    // A first walk over the windows (a read of the spooled file) for the progress total.
+    for chunks in chunk_windows(manifest, window) {
+        let chunks = chunks?;
+        report.chunks_considered += chunks.len() as u64;
+        report.bytes_considered += chunks.iter().map(|c| u64::from(c.len)).sum::<u64>();
+    }
     let mut bucket = options.bandwidth.map(|rate| TokenBucket::new(rate, Instant::now()));
     progress.start("replicate", report.bytes_considered);
     // A gc on the destination between a chunk batch and the manifest can take chunks away:
     // the manifest is refused (409) and one more pass sends them.
     for attempt in 0..2 {
-        copy_missing(
-            source,
-            dest,
-            image,
-            &chunks,
-            options,
-            &mut bucket,
-            progress,
-            &mut report,
-        )?;
-        match dest.put_manifest(image, &manifest_bytes) {
+        for chunks in chunk_windows(manifest, window) {
+            copy_missing(
+                source,
+                dest,
+                image,
+                &chunks?,
+                options,
+                &mut bucket,
+                progress,
+                &mut report,
+            )?;
+        }
+        match put_manifest_file(dest, image, spooled.path()) {
             Ok(()) => break,
             Err(e) if attempt == 0 && is_conflict(&e) => continue,
             Err(e) => return Err(e),

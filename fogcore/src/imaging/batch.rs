@@ -8,21 +8,26 @@
 //!   readers decode each frame once and check each chunk.
 //! - [`BatchSink`]: a sink that buffers puts and sends them a few MiB at a time, asking first which
 //!   of them the store lacks; what it knows the store holds (seeded from an earlier manifest of
-//!   the same image) is never compressed or sent.
+//!   the same image, and the chunks it sent) is not compressed or sent again. What it knows is
+//!   bounded ([`KNOWN_IDS`]): it is only a shortcut, the store's `missing` answer is the truth.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use super::chunk::{self, ChunkId, ChunkSink, ChunkSource, FramePart, WireFrame};
 use super::manifest::Manifest;
-use super::replica::{ImageStore, WireChunk, unique_chunks};
+use super::replica::{ImageStore, WINDOW_REFS, WireChunk, chunk_windows, fetch_manifest};
 use crate::{Error, Result};
 
 /// Bytes of chunks asked for (or sent) in one request.
 pub const BATCH_BYTES: usize = 4 << 20;
 /// Bytes of prefetched chunks held before the prefetcher waits for deploy to use them.
 pub const WINDOW_BYTES: usize = 32 << 20;
+/// Chunk ids a [`BatchSink`] remembers as held by the store, per generation (two are kept, the
+/// older dropped when the newer fills): about 2 x 16 MiB, some 4 GiB of data at 8 KiB chunks.
+pub const KNOWN_IDS: usize = 1 << 18;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -293,11 +298,41 @@ pub struct SinkStats {
     pub chunks_present: u64,
 }
 
+/// Ids known to be held by the store, in two generations of at most [`KNOWN_IDS`] each: when
+/// the newer fills, the older is dropped, so memory is bounded and recent ids (the ones a capture
+/// meets again) stay known.
+#[derive(Default)]
+struct Known {
+    new: HashSet<ChunkId>,
+    old: HashSet<ChunkId>,
+}
+
+impl Known {
+    fn contains(&self, id: &ChunkId) -> bool {
+        self.new.contains(id) || self.old.contains(id)
+    }
+
+    /// Adds `id`; false when it was known already.
+    fn insert(&mut self, id: ChunkId) -> bool {
+        if self.contains(&id) {
+            return false;
+        }
+        if self.new.len() >= KNOWN_IDS {
+            self.old = std::mem::take(&mut self.new);
+        }
+        self.new.insert(id)
+    }
+
+    fn len(&self) -> usize {
+        self.new.len() + self.old.len()
+    }
+}
+
 /// A [`ChunkSink`] over an [`ImageStore`] that sends puts in batches of about `BATCH_BYTES`,
 /// each preceded by one `missing` question so chunks the store holds are not sent.
 pub struct BatchSink<'a> {
     store: &'a dyn ImageStore,
-    known: Mutex<HashSet<ChunkId>>,
+    known: Mutex<Known>,
     pending: Mutex<(Vec<WireChunk>, usize)>,
     stats: Mutex<SinkStats>,
 }
@@ -307,7 +342,7 @@ impl<'a> BatchSink<'a> {
     pub fn new(store: &'a dyn ImageStore) -> Self {
         BatchSink {
             store,
-            known: Mutex::new(HashSet::new()),
+            known: Mutex::new(Known::default()),
             pending: Mutex::new((Vec::new(), 0)),
             stats: Mutex::new(SinkStats::default()),
         }
@@ -315,22 +350,29 @@ impl<'a> BatchSink<'a> {
 
     /// Learns which chunks of `image` (an earlier capture of the same name, when the store has
     /// one) the store holds, in batched questions, so a re-capture skips them without
-    /// compressing them. Returns how many it holds; an absent image is not an error.
-    pub fn seed_from_image(&self, image: &str) -> Result<usize> {
-        let bytes = match self.store.manifest_bytes(image) {
-            Ok(bytes) => bytes,
+    /// compressing them. The manifest is spooled into `work_dir` and walked in windows; learning
+    /// stops once [`KNOWN_IDS`] are known. Returns how many it learnt; an absent image is not an
+    /// error.
+    pub fn seed_from_image(&self, image: &str, work_dir: &Path) -> Result<usize> {
+        let spooled = match fetch_manifest(self.store, image, work_dir) {
+            Ok(spooled) => spooled,
             Err(Error::ImageNotFound(_)) => return Ok(0),
             Err(e) => return Err(e),
         };
-        let opened = super::replica::open_manifest_bytes(&bytes, image)?;
-        let ids: Vec<ChunkId> = unique_chunks(&opened.manifest)?.iter().map(|c| c.id).collect();
         let mut present = 0;
-        for batch in ids.chunks(BATCH_BYTES / 64) {
-            let missing: HashSet<ChunkId> = self.store.missing(batch)?.into_iter().collect();
-            let mut known = lock(&self.known);
-            for id in batch.iter().filter(|id| !missing.contains(id)) {
-                known.insert(*id);
-                present += 1;
+        for window in chunk_windows(&spooled.manifest, WINDOW_REFS) {
+            let ids: Vec<ChunkId> = window?.iter().map(|c| c.id).collect();
+            for batch in ids.chunks(BATCH_BYTES / 64) {
+                let missing: HashSet<ChunkId> = self.store.missing(batch)?.into_iter().collect();
+                let mut known = lock(&self.known);
+                for id in batch.iter().filter(|id| !missing.contains(id)) {
+                    if known.insert(*id) {
+                        present += 1;
+                    }
+                }
+                if known.len() >= KNOWN_IDS {
+                    return Ok(present);
+                }
             }
         }
         Ok(present)
@@ -348,9 +390,9 @@ impl<'a> BatchSink<'a> {
             return Ok(());
         }
         let ids: Vec<ChunkId> = batch.iter().map(|c| c.id).collect();
-        let missing: HashSet<ChunkId> = self.store.missing(&ids)?.into_iter().collect();
-        let (send, present): (Vec<WireChunk>, Vec<WireChunk>) =
-            batch.into_iter().partition(|c| missing.contains(&c.id));
+        let mut missing: HashSet<ChunkId> = self.store.missing(&ids)?.into_iter().collect();
+        // A chunk put twice (known forgot it in between) is sent once.
+        let (send, present): (Vec<WireChunk>, Vec<WireChunk>) = batch.into_iter().partition(|c| missing.remove(&c.id));
         let bytes: u64 = send.iter().map(|c| c.encoded.len() as u64).sum();
         self.store.put_chunks(&send)?;
         let mut stats = lock(&self.stats);
@@ -405,5 +447,24 @@ impl ChunkSink for BatchSink<'_> {
             self.send(batch)?;
         }
         Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_ids_stay_bounded_and_keep_the_recent_ones() {
+        let mut known = Known::default();
+        let id = |i: u32| ChunkId::of(&i.to_le_bytes());
+        let n = 2 * KNOWN_IDS as u32 + 5;
+        for i in 0..n {
+            assert!(known.insert(id(i)));
+        }
+        assert!(known.len() <= 2 * KNOWN_IDS, "{} ids kept", known.len());
+        assert!(known.contains(&id(n - 1)) && known.contains(&id(n - KNOWN_IDS as u32)));
+        assert!(!known.contains(&id(0)), "the oldest generation was kept");
+        assert!(!known.insert(id(n - 1)));
     }
 }

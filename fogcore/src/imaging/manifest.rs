@@ -36,6 +36,11 @@ const EXTENT_LEN: u64 = 16;
 const MAX_HEADER_LEN: u64 = 1 << 30;
 /// Format version written in the header.
 pub const FORMAT: u32 = 1;
+/// The largest manifest file a store takes (64 GiB): 36 bytes per chunk reference, so a 2 TB
+/// disk full of used data fits even at 4 KiB chunks (about 18 GiB; at the usual 8 KiB, about
+/// 9 GiB). Manifests travel as files and streams, never whole in memory: this bounds the disk a
+/// received one may take, not memory.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 30;
 
 /// Where a table lives in the manifest file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +253,31 @@ impl Manifest {
         })
     }
 
+    /// Bytes of the whole file (tables, header and trailer).
+    pub fn file_len(&self) -> u64 {
+        self.body_len + TRAILER_LEN
+    }
+
+    /// The open file and its path (for errors): readers of the bytes use positioned reads
+    /// ([`ReadAt`]), so they see this file even if the image was replaced since it was opened.
+    pub(crate) fn file(&self) -> (&File, &Path) {
+        (&self.file, &self.path)
+    }
+
+    /// Copies the manifest file, as it is, to `out`; returns its length.
+    pub fn copy_to(&self, out: &mut dyn Write) -> Result<u64> {
+        let mut reader = BufReader::with_capacity(1 << 20, ReadAt::new(&self.file, 0)).take(self.file_len());
+        let n = std::io::copy(&mut reader, out).at(&self.path)?;
+        if n != self.file_len() {
+            return Err(Error::BadManifest {
+                image: self.image.clone(),
+                path: self.path.clone(),
+                reason: format!("{n} bytes read of {} (truncated while open?)", self.file_len()),
+            });
+        }
+        Ok(n)
+    }
+
     fn damaged(&self, e: FieldError) -> Error {
         Error::BadManifest {
             image: self.image.clone(),
@@ -437,13 +467,14 @@ fn check_header(header: &Header, tables_end: u64) -> FieldResult<()> {
 
 /// A reader of a file from a position of its own (`pread`), not the file's shared offset, so that
 /// several readers of one open file do not move each other.
-struct ReadAt<'a> {
+pub(crate) struct ReadAt<'a> {
     file: &'a File,
     pos: u64,
 }
 
 impl<'a> ReadAt<'a> {
-    fn new(file: &'a File, pos: u64) -> Self {
+    /// Reads `file` from byte `pos` on.
+    pub(crate) fn new(file: &'a File, pos: u64) -> Self {
         ReadAt { file, pos }
     }
 }

@@ -1,22 +1,31 @@
-//! A store as replication sees it: batched chunk questions and whole manifests, the same for a
-//! local store ([`LocalStore`], the one adapter that touches [`Store`]) and a store behind HTTP
+//! A store as replication sees it: batched chunk questions and streamed manifests, the same for
+//! a local store ([`LocalStore`], the one adapter that touches [`Store`]) and a store behind HTTP
 //! (`control::remote::RemoteStore`).
 //!
-//! Manifests travel as their file bytes (self-checking: BLAKE3 trailer). A re-captured image's
-//! manifest differs from the old one in a few places, so it can also travel as a delta against a
-//! manifest the receiver holds: both sides cut manifests into content-defined pieces (FastCDC,
-//! about 1 KiB), the receiver names the pieces it has, the sender answers with references to
-//! those and literal bytes for the rest ([`manifest_delta`], [`apply_manifest_delta`]).
+//! Manifests travel as their file bytes (self-checking: BLAKE3 trailer), streamed from file to
+//! file and never whole in memory: a 2 TB disk's manifest is about 9 GiB. Whoever needs to read
+//! one spools it to a file first ([`fetch_manifest`]) and walks its chunk references in windows
+//! ([`chunk_windows`]), so memory stays bounded whatever the image's size.
+//!
+//! A re-captured image's manifest differs from the old one in a few places, so it can also travel
+//! as a delta against a manifest the receiver holds: both sides cut manifests into
+//! content-defined pieces (FastCDC, about 1 KiB), the receiver names the pieces it has, the
+//! sender answers with references to those and literal bytes for the rest
+//! ([`write_manifest_delta`], [`apply_manifest_delta`]). Both stream over files; the piece list
+//! (16 bytes per KiB of base) and the sender's index of it are what they hold, so a delta is
+//! asked for only against a base of at most [`DELTA_MAX_BASE`] bytes.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
-use std::path::PathBuf;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::chunk::{self, ChunkId, ChunkSink, FramePart, WireFrame};
-use super::manifest::{ChunkRef, Manifest, ManifestWriter};
+use super::manifest::{ChunkRef, MAX_MANIFEST_BYTES, Manifest, ManifestWriter, ReadAt};
 use super::store::Store;
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -69,8 +78,12 @@ pub type StoreSummary = (
     crate::imaging::store::StoreStats,
 );
 
+/// Chunk references walked per window ([`chunk_windows`]): one `missing` question each, about
+/// 2.3 MiB of references in memory.
+pub const WINDOW_REFS: usize = 1 << 16;
+
 /// A store that images can be replicated from and to. Every method is one round trip for a
-/// remote store, so callers batch.
+/// remote store, so callers batch. Manifests stream: no method holds one whole in memory.
 pub trait ImageStore: Send + Sync {
     /// Names of the complete images.
     fn images(&self) -> Result<Vec<String>>;
@@ -78,11 +91,18 @@ pub trait ImageStore: Send + Sync {
     fn summaries(&self) -> Result<Option<StoreSummary>> {
         Ok(None)
     }
-    /// The manifest file of image `name` ([`Error::ImageNotFound`] when absent).
-    fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>>;
-    /// The manifest of `name` as a delta against a manifest cut into `base` pieces.
-    fn manifest_delta(&self, name: &str, base: &[PieceHash]) -> Result<Vec<u8>> {
-        Ok(manifest_delta(&self.manifest_bytes(name)?, base))
+    /// Writes the manifest file of image `name` to `out` and returns its length
+    /// ([`Error::ImageNotFound`] when absent, before anything is written).
+    fn manifest_to(&self, name: &str, out: &mut dyn Write) -> Result<u64>;
+    /// Writes the manifest of `name` to `out` as a delta against a manifest cut into `base`
+    /// pieces ([`write_manifest_delta`]); returns the delta's length. Default: the manifest
+    /// spooled to a temporary file, the delta streamed from it.
+    fn manifest_delta_to(&self, name: &str, base: &[PieceHash], out: &mut dyn Write) -> Result<u64> {
+        let dir = TempDir::new_in(&std::env::temp_dir(), "fog-delta-")?;
+        let path = dir.path().join("manifest");
+        spool(&path, |file| self.manifest_to(name, file))?;
+        let file = File::open(&path).at(&path)?;
+        write_manifest_delta(&file, &path, base, out)
     }
     /// Of `ids`, those the store does not hold, in the order given.
     fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>>;
@@ -111,9 +131,10 @@ pub trait ImageStore: Send + Sync {
     /// Checks every chunk (decode and hash) and, only if all are good, stores them durably.
     /// Returns how many were new.
     fn put_chunks(&self, chunks: &[WireChunk]) -> Result<u64>;
-    /// Makes `bytes` (a manifest file) image `name`, atomically, once every chunk it names is
-    /// present; else [`Error::Conflict`] naming what is missing, and nothing changes.
-    fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Makes the manifest file read from `manifest` (at most [`MAX_MANIFEST_BYTES`]) image
+    /// `name`, atomically, once every chunk it names is present; else [`Error::Conflict`] naming
+    /// what is missing, and nothing changes. See [`put_manifest_file`].
+    fn put_manifest_from(&self, name: &str, manifest: &mut dyn Read) -> Result<()>;
     /// Like [`put_chunks`](ImageStore::put_chunks) for the chunks of `frames` (parts naming
     /// `ids`). Default: each chunk encoded on its own through `put_chunks`.
     fn put_frames(&self, ids: &[ChunkId], frames: &[WireFrame]) -> Result<u64> {
@@ -133,6 +154,12 @@ pub trait ImageStore: Send + Sync {
 pub fn checked_frame_chunks(ids: &[ChunkId], frames: &[WireFrame]) -> Result<Vec<(ChunkId, Vec<u8>)>> {
     let per_frame: Vec<Vec<(ChunkId, Vec<u8>)>> = frames.par_iter().map(|f| f.chunks(ids)).collect::<Result<_>>()?;
     Ok(per_frame.into_iter().flatten().collect())
+}
+
+/// Makes the manifest file at `path` image `name` in `store` ([`ImageStore::put_manifest_from`]).
+pub fn put_manifest_file(store: &dyn ImageStore, name: &str, path: &Path) -> Result<()> {
+    let file = File::open(path).at(path)?;
+    store.put_manifest_from(name, &mut BufReader::with_capacity(1 << 20, file))
 }
 
 /// The local store as an [`ImageStore`]. All of replication's contact with [`Store`] is here.
@@ -162,6 +189,20 @@ impl LocalStore {
         }
         Ok(new as u64)
     }
+
+    /// The manifest served as image `name`: the stored file, opened (a snapshot: a replacement
+    /// committed meanwhile does not change it), or, when its header names another image, a copy
+    /// rewritten under `name` in a temporary directory (kept alive by the second value).
+    fn served(&self, name: &str) -> Result<(Manifest, Option<TempDir>)> {
+        let manifest = self.store.manifest(name)?;
+        if manifest.header.name == name {
+            return Ok((manifest, None));
+        }
+        let dir = TempDir::new_in(&std::env::temp_dir(), "fog-manifest-")?;
+        let path = dir.path().join("manifest");
+        copy_manifest(&manifest, ManifestWriter::create(&path)?, name)?;
+        Ok((Manifest::open(&path, name)?, Some(dir)))
+    }
 }
 
 fn unique(tag: &str) -> String {
@@ -171,19 +212,88 @@ fn unique(tag: &str) -> String {
     format!("{tag}{nanos:x}-{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
-/// A temporary file removed on drop.
-struct TempFile(PathBuf);
+/// A temporary directory, removed with what it holds on drop. A directory (not a file) because a
+/// store's gc removes whatever is in its `tmp/` as directories.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
 
-impl TempFile {
-    fn new() -> TempFile {
-        TempFile(std::env::temp_dir().join(unique("fog-manifest-")))
+impl TempDir {
+    /// A new directory in `parent` (created if absent), its name starting with `tag`.
+    pub fn new_in(parent: &Path, tag: &str) -> Result<TempDir> {
+        fs::create_dir_all(parent).at(parent)?;
+        let path = parent.join(unique(tag));
+        fs::create_dir(&path).at(&path)?;
+        Ok(TempDir(path))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
     }
 }
 
-impl Drop for TempFile {
+impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
+        let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// Creates `path` and has `fill` write it through a buffer; a partial file is removed.
+pub fn spool(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<u64>) -> Result<u64> {
+    let file = File::options().write(true).create_new(true).open(path).at(path)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let written = fill(&mut out).and_then(|n| out.flush().at(path).map(|()| n));
+    if written.is_err() {
+        drop(out);
+        let _ = fs::remove_file(path);
+    }
+    written
+}
+
+/// Copies at most `limit` bytes of `from` into the new file `path`: more is
+/// [`Error::TooLarge`], a failed read an invalid upload of `what`.
+fn receive(from: &mut dyn Read, path: &Path, limit: u64, what: &str) -> Result<u64> {
+    spool(path, |out| {
+        let mut limited = from.take(limit.saturating_add(1));
+        let n = copy_apart(&mut limited, out).map_err(|e| match e {
+            CopyError::Read(e) => Error::invalid("manifest", what, format!("reading it stopped: {e}")),
+            CopyError::Write(e) => Error::io(path, e),
+        })?;
+        if n > limit {
+            return Err(Error::TooLarge {
+                what: format!("the manifest of {what}"),
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            });
+        }
+        Ok(n)
+    })
+}
+
+/// Copies `from` to `to` in pieces, telling read errors (the source) from write errors (the
+/// destination) apart; returns the bytes copied.
+pub fn copy_apart(from: &mut dyn Read, to: &mut dyn Write) -> std::result::Result<u64, CopyError> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        to.write_all(buf.get(..n).unwrap_or_default())
+            .map_err(CopyError::Write)?;
+        total += n as u64;
+    }
+}
+
+/// Which side of a [`copy_apart`] failed.
+#[derive(Debug)]
+pub enum CopyError {
+    /// Reading the source.
+    Read(io::Error),
+    /// Writing the destination.
+    Write(io::Error),
 }
 
 /// Rewrites `src` into `out` as image `name` (tables streamed, sections recomputed).
@@ -200,35 +310,71 @@ fn copy_manifest(src: &Manifest, mut out: ManifestWriter, name: &str) -> Result<
     out.finish(&header)
 }
 
-/// A manifest opened from bytes (kept in a temporary file while this lives).
-pub struct OpenedManifest {
+/// A manifest spooled to a temporary file, opened and checked; the file goes with it.
+pub struct SpooledManifest {
     /// The manifest.
     pub manifest: Manifest,
-    _file: TempFile,
+    path: PathBuf,
+    _dir: TempDir,
 }
 
-/// Opens manifest file bytes as image `name`, checking trailer, header and checksum.
-pub fn open_manifest_bytes(bytes: &[u8], name: &str) -> Result<OpenedManifest> {
-    let file = TempFile::new();
-    fs::write(&file.0, bytes).at(&file.0)?;
-    let manifest = Manifest::open(&file.0, name)?;
+impl SpooledManifest {
+    /// Where its file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The manifest of image `name` from `store`, spooled into a temporary directory in `dir`,
+/// opened and checked (trailer, header, checksum).
+pub fn fetch_manifest(store: &dyn ImageStore, name: &str, dir: &Path) -> Result<SpooledManifest> {
+    let tmp = TempDir::new_in(dir, "fog-manifest-")?;
+    let path = tmp.path().join("manifest");
+    spool(&path, |out| store.manifest_to(name, out))?;
+    open_spooled(tmp, &path, name)
+}
+
+/// Opens and checks the manifest at `path` (in `dir`, which goes with it) as image `name`.
+pub fn open_spooled(dir: TempDir, path: &Path, name: &str) -> Result<SpooledManifest> {
+    let manifest = Manifest::open(path, name)?;
     manifest.check()?;
-    Ok(OpenedManifest { manifest, _file: file })
+    Ok(SpooledManifest {
+        manifest,
+        path: path.into(),
+        _dir: dir,
+    })
 }
 
-/// Every distinct chunk a manifest names, in first-use order.
-pub fn unique_chunks(manifest: &Manifest) -> Result<Vec<ChunkRef>> {
+/// The chunk references of `manifest` in windows of at most `window` references, each without
+/// repeats (first use first): one `missing` question per window keeps memory bounded whatever the
+/// image's size. A chunk used again in a later window comes again there (one more question about
+/// it, answered by the store, never a second transfer).
+pub fn chunk_windows(manifest: &Manifest, window: usize) -> impl Iterator<Item = Result<Vec<ChunkRef>>> + '_ {
+    let window = window.max(1);
+    let mut refs = manifest.header.regions.iter().flat_map(|r| manifest.chunks(r));
     let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for region in &manifest.header.regions {
-        for chunk in manifest.chunks(region) {
-            let chunk = chunk?;
-            if seen.insert(chunk.id) {
-                out.push(chunk);
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        seen.clear();
+        let mut out = Vec::new();
+        for chunk in refs.by_ref().take(window) {
+            match chunk {
+                Ok(c) => {
+                    if seen.insert(c.id) {
+                        out.push(c);
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    return Some(Err(e));
+                }
             }
         }
-    }
-    Ok(out)
+        (!out.is_empty()).then_some(Ok(out))
+    })
 }
 
 impl ImageStore for LocalStore {
@@ -240,12 +386,15 @@ impl ImageStore for LocalStore {
         Ok(Some((self.store.images()?, self.store.stats()?)))
     }
 
-    fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>> {
-        let _lock = self.store.lock_shared()?;
-        let manifest = self.store.manifest(name)?;
-        let tmp = TempFile::new();
-        copy_manifest(&manifest, ManifestWriter::create(&tmp.0)?, name)?;
-        fs::read(&tmp.0).at(&tmp.0)
+    fn manifest_to(&self, name: &str, out: &mut dyn Write) -> Result<u64> {
+        let (manifest, _tmp) = self.served(name)?;
+        manifest.copy_to(out)
+    }
+
+    fn manifest_delta_to(&self, name: &str, base: &[PieceHash], out: &mut dyn Write) -> Result<u64> {
+        let (manifest, _tmp) = self.served(name)?;
+        let (file, path) = manifest.file();
+        write_manifest_delta(file, path, base, out)
     }
 
     fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
@@ -287,29 +436,53 @@ impl ImageStore for LocalStore {
         self.store_checked(&run)
     }
 
-    fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()> {
+    fn put_manifest_from(&self, name: &str, manifest: &mut dyn Read) -> Result<()> {
         super::store::check_image_name(name)?;
-        let opened = open_manifest_bytes(bytes, name)?;
-        let manifest = &opened.manifest;
+        // A shared lock, held until the commit, keeps gc from emptying `tmp/` (where the
+        // manifest is received) and from removing chunks once they are checked present.
+        let _lock = self.store.lock_shared()?;
+        let tmp = TempDir::new_in(&self.store.root().join("tmp"), "m-")?;
+        let path = tmp.path().join("received");
+        receive(manifest, &path, MAX_MANIFEST_BYTES, name)?;
+        let received = open_spooled(tmp, &path, name)?;
+        let manifest = &received.manifest;
         let writer = self.store.writer()?;
-        let mut missing = Vec::new();
-        for chunk in unique_chunks(manifest)? {
-            if !writer.has(&chunk.id)? {
-                missing.push(chunk.id);
+        let (mut missing, mut first) = (0u64, None);
+        for window in chunk_windows(manifest, WINDOW_REFS) {
+            for chunk in window? {
+                if !writer.has(&chunk.id)? {
+                    missing += 1;
+                    first.get_or_insert(chunk.id);
+                }
             }
         }
-        if let Some(first) = missing.first() {
+        if let Some(first) = first {
             return Err(Error::conflict(
                 "image",
                 name,
-                format!(
-                    "{} chunks it names are missing (first {first}); send them, then the manifest",
-                    missing.len()
-                ),
+                format!("{missing} chunks it names are missing (first {first}); send them, then the manifest"),
             ));
         }
         copy_manifest(manifest, writer.manifest_writer()?, name)?;
         writer.commit(name)
+    }
+}
+
+/// Counts the bytes written through it.
+struct Counting<'a> {
+    inner: &'a mut dyn Write,
+    written: u64,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -330,12 +503,15 @@ impl ImageStore for ReadThrough {
         self.local.images()
     }
 
-    fn manifest_bytes(&self, name: &str) -> Result<Vec<u8>> {
-        match self.upstream.manifest_bytes(name) {
-            Ok(bytes) => Ok(bytes),
+    fn manifest_to(&self, name: &str, out: &mut dyn Write) -> Result<u64> {
+        let mut counting = Counting { inner: out, written: 0 };
+        match self.upstream.manifest_to(name, &mut counting) {
+            Ok(n) => Ok(n),
+            // Once bytes went out, the local copy cannot be appended to them.
+            Err(e) if counting.written > 0 => Err(e),
             Err(e) => {
                 tracing::debug!(image = name, "upstream manifest unavailable ({e}); using the local one");
-                self.local.manifest_bytes(name)
+                self.local.manifest_to(name, counting.inner)
             }
         }
     }
@@ -378,13 +554,19 @@ impl ImageStore for ReadThrough {
         self.local.put_chunks(chunks)
     }
 
-    fn put_manifest(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        self.local.put_manifest(name, bytes)
+    fn put_manifest_from(&self, name: &str, manifest: &mut dyn Read) -> Result<()> {
+        self.local.put_manifest_from(name, manifest)
     }
 }
 
 /// The name of a manifest piece: the first 16 bytes of its BLAKE3.
 pub type PieceHash = [u8; 16];
+
+/// The largest base manifest a delta is asked against (1 GiB, about 230 GB of used data at
+/// 8 KiB chunks). The piece list is 16 bytes per piece (about 1 KiB each, at least 256 bytes),
+/// so it stays within a request body ([`crate::control::chunks::MAX_BODY`]) and the sender's
+/// index of it within tens of MiB. Larger manifests travel whole, still streamed.
+pub const DELTA_MAX_BASE: u64 = 1 << 30;
 
 const PIECE_MIN: usize = 256;
 const PIECE_AVG: usize = 1024;
@@ -398,82 +580,153 @@ fn piece_hash(bytes: &[u8]) -> PieceHash {
     h
 }
 
-fn cut(bytes: &[u8]) -> Vec<(usize, usize)> {
-    fastcdc::v2020::FastCDC::new(bytes, PIECE_MIN, PIECE_AVG, PIECE_MAX)
-        .map(|c| (c.offset, c.length))
-        .collect()
+/// Calls `each` with the offset and bytes of every piece of `file`, in order, reading it as a
+/// stream (cut points are the same as over the bytes in memory).
+fn cut_file(file: &File, path: &Path, mut each: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+    let reader = BufReader::with_capacity(1 << 20, ReadAt::new(file, 0));
+    for piece in fastcdc::v2020::StreamCDC::new(reader, PIECE_MIN, PIECE_AVG, PIECE_MAX) {
+        let piece = piece.map_err(|e| Error::io(path, e.into()))?;
+        each(piece.offset, &piece.data)?;
+    }
+    Ok(())
 }
 
-/// The pieces of a manifest the receiver holds, to send with a delta request.
-pub fn manifest_pieces(bytes: &[u8]) -> Vec<PieceHash> {
-    cut(bytes)
-        .into_iter()
-        .filter_map(|(o, l)| bytes.get(o..o + l).map(piece_hash))
-        .collect()
+/// The pieces of a manifest file the receiver holds, to send with a delta request.
+pub fn manifest_pieces(file: &File, path: &Path) -> Result<Vec<PieceHash>> {
+    let mut pieces = Vec::new();
+    cut_file(file, path, |_, piece| {
+        pieces.push(piece_hash(piece));
+        Ok(())
+    })?;
+    Ok(pieces)
 }
 
-/// `target` as references to `base` pieces and literal bytes, with its BLAKE3 first.
-pub fn manifest_delta(target: &[u8], base: &[PieceHash]) -> Vec<u8> {
+/// Writes the manifest file `target` to `out` as references to `base` pieces and literal bytes,
+/// after its BLAKE3 (so the file is read twice, never held); returns the bytes written.
+pub fn write_manifest_delta(target: &File, path: &Path, base: &[PieceHash], out: &mut dyn Write) -> Result<u64> {
     let index: HashMap<&PieceHash, u32> = base.iter().zip(0u32..).collect();
-    let mut out = blake3::hash(target).as_bytes().to_vec();
-    for (o, l) in cut(target) {
-        let Some(piece) = target.get(o..o + l) else { continue };
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(
+        &mut BufReader::with_capacity(1 << 20, ReadAt::new(target, 0)),
+        &mut hasher,
+    )
+    .at(path)?;
+    let sent = |e: std::io::Error| Error::io("manifest delta", e);
+    out.write_all(hasher.finalize().as_bytes()).map_err(sent)?;
+    let mut written = 32u64;
+    cut_file(target, path, |_, piece| {
         match index.get(&piece_hash(piece)) {
             Some(i) => {
-                out.push(OP_COPY);
-                out.extend_from_slice(&i.to_le_bytes());
+                out.write_all(&[OP_COPY]).map_err(sent)?;
+                out.write_all(&i.to_le_bytes()).map_err(sent)?;
+                written += 5;
             }
             None => {
-                out.push(OP_LITERAL);
-                out.extend_from_slice(&(l as u32).to_le_bytes());
-                out.extend_from_slice(piece);
+                out.write_all(&[OP_LITERAL]).map_err(sent)?;
+                out.write_all(&(piece.len() as u32).to_le_bytes()).map_err(sent)?;
+                out.write_all(piece).map_err(sent)?;
+                written += 5 + piece.len() as u64;
             }
         }
-    }
-    out
+        Ok(())
+    })?;
+    Ok(written)
 }
 
-/// Rebuilds a manifest from `base` and a [`manifest_delta`], checking its BLAKE3.
-pub fn apply_manifest_delta(base: &[u8], delta: &[u8]) -> Result<Vec<u8>> {
+/// Rebuilds a manifest into `out` from the file `base` and a delta read from `delta`, checking
+/// its BLAKE3 at the end (on an error, what was written is to be thrown away). Holds only the
+/// base's piece positions. Returns the bytes written.
+pub fn apply_manifest_delta(base: &File, path: &Path, delta: &mut dyn Read, out: &mut dyn Write) -> Result<u64> {
     let bad = |why: &str| Error::InvalidInput(format!("manifest delta: {why}"));
-    let pieces = cut(base);
-    let (hash, mut ops) = delta.split_at_checked(32).ok_or_else(|| bad("truncated"))?;
-    let mut out = Vec::with_capacity(base.len());
-    let u32_at = |b: &[u8]| -> Option<u32> { Some(u32::from_le_bytes(b.get(..4)?.try_into().ok()?)) };
-    while let Some((&op, rest)) = ops.split_first() {
-        let n = u32_at(rest).ok_or_else(|| bad("truncated"))?;
-        let rest = rest.get(4..).ok_or_else(|| bad("truncated"))?;
-        match op {
+    let mut pieces: Vec<(u64, u32)> = Vec::new();
+    cut_file(base, path, |offset, piece| {
+        pieces.push((offset, piece.len() as u32));
+        Ok(())
+    })?;
+    let mut delta = BufReader::with_capacity(1 << 20, delta);
+    let read = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            bad("truncated")
+        } else {
+            Error::io("manifest delta", e)
+        }
+    };
+    let written_to = |e: std::io::Error| Error::io("rebuilt manifest", e);
+    let mut hash = [0u8; 32];
+    delta.read_exact(&mut hash).map_err(read)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut written = 0u64;
+    let mut piece = vec![0u8; PIECE_MAX];
+    loop {
+        let mut op = [0u8; 1];
+        match delta.read(&mut op) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read(e)),
+        }
+        let mut n = [0u8; 4];
+        delta.read_exact(&mut n).map_err(read)?;
+        let n = u32::from_le_bytes(n);
+        match op[0] {
             OP_COPY => {
                 let (o, l) = pieces
                     .get(n as usize)
                     .copied()
                     .ok_or_else(|| bad("reference past the base"))?;
-                out.extend_from_slice(base.get(o..o + l).ok_or_else(|| bad("reference past the base"))?);
-                ops = rest;
+                let buf = piece
+                    .get_mut(..l as usize)
+                    .ok_or_else(|| bad("reference past the base"))?;
+                base.read_exact_at(buf, o).at(path)?;
+                hasher.update(buf);
+                out.write_all(buf).map_err(written_to)?;
+                written += u64::from(l);
             }
             OP_LITERAL => {
-                let (lit, rest) = rest
-                    .split_at_checked(n as usize)
-                    .ok_or_else(|| bad("truncated literal"))?;
-                out.extend_from_slice(lit);
-                ops = rest;
+                let mut left = u64::from(n);
+                while left > 0 {
+                    let take = left.min(piece.len() as u64) as usize;
+                    let buf = piece.get_mut(..take).ok_or_else(|| bad("truncated literal"))?;
+                    delta.read_exact(buf).map_err(|e| match read(e) {
+                        Error::InvalidInput(_) => bad("truncated literal"),
+                        other => other,
+                    })?;
+                    hasher.update(buf);
+                    out.write_all(buf).map_err(written_to)?;
+                    left -= take as u64;
+                }
+                written += u64::from(n);
             }
             other => return Err(bad(&format!("unknown op {other}"))),
         }
     }
-    if blake3::hash(&out).as_bytes() != hash {
+    if *hasher.finalize().as_bytes() != hash {
         return Err(bad("result does not match its hash"));
     }
-    Ok(out)
+    Ok(written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn file_of(dir: &Path, name: &str, bytes: &[u8]) -> (File, PathBuf) {
+        let path = dir.join(name);
+        fs::write(&path, bytes).expect("write");
+        (File::open(&path).expect("open"), path)
+    }
+
+    fn rebuilt(base: &[u8], delta: &[u8]) -> Result<Vec<u8>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (file, path) = file_of(dir.path(), "base", base);
+        let mut out = Vec::new();
+        apply_manifest_delta(&file, &path, &mut &delta[..], &mut out)?;
+        Ok(out)
+    }
+
     #[test]
     fn delta_of_a_small_change_is_small_and_rebuilds_the_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
         let base: Vec<u8> = (0..200_000u32)
             .flat_map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[..4].to_vec())
             .collect();
@@ -482,18 +735,42 @@ mod tests {
         if let Some(b) = target.get_mut(500_000) {
             *b ^= 1;
         }
-        let delta = manifest_delta(&target, &manifest_pieces(&base));
+        let (base_file, base_path) = file_of(dir.path(), "base", &base);
+        let (target_file, target_path) = file_of(dir.path(), "target", &target);
+        let pieces = manifest_pieces(&base_file, &base_path).expect("pieces");
+        // Streamed cut points are those of the bytes in memory (what older peers computed).
+        let in_memory: Vec<PieceHash> = fastcdc::v2020::FastCDC::new(&base, PIECE_MIN, PIECE_AVG, PIECE_MAX)
+            .map(|c| piece_hash(&base[c.offset..c.offset + c.length]))
+            .collect();
+        assert!(pieces == in_memory, "streamed pieces differ from in-memory ones");
+        let mut delta = Vec::new();
+        let n = write_manifest_delta(&target_file, &target_path, &pieces, &mut delta).expect("delta");
+        assert_eq!(n, delta.len() as u64);
         assert!(
             delta.len() < target.len() / 50,
             "delta {} of {}",
             delta.len(),
             target.len()
         );
-        assert_eq!(apply_manifest_delta(&base, &delta).ok(), Some(target.clone()));
+        assert_eq!(rebuilt(&base, &delta).ok(), Some(target.clone()));
         // Against the wrong base the hash check refuses it.
         let other = vec![1u8; base.len()];
-        assert!(apply_manifest_delta(&other, &delta).is_err());
-        assert!(apply_manifest_delta(&base, &delta[..delta.len() - 1]).is_err());
+        assert!(rebuilt(&other, &delta).is_err());
+        assert!(rebuilt(&base, &delta[..delta.len() - 1]).is_err());
+        assert!(rebuilt(&base, &delta[..20]).is_err());
+    }
+
+    #[test]
+    fn a_manifest_past_the_limit_is_refused_and_not_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m");
+        assert_eq!(receive(&mut &[7u8; 10][..], &path, 10, "img").ok(), Some(10));
+        fs::remove_file(&path).expect("remove");
+        match receive(&mut &[7u8; 11][..], &path, 10, "img") {
+            Err(Error::TooLarge { limit: 10, .. }) => {}
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(!path.exists(), "a refused manifest was kept");
     }
 
     #[test]

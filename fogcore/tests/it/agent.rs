@@ -317,8 +317,8 @@ impl ImageStore for Counting {
     fn images(&self) -> fogcore::Result<Vec<String>> {
         self.inner.images()
     }
-    fn manifest_bytes(&self, name: &str) -> fogcore::Result<Vec<u8>> {
-        self.inner.manifest_bytes(name)
+    fn manifest_to(&self, name: &str, out: &mut dyn std::io::Write) -> fogcore::Result<u64> {
+        self.inner.manifest_to(name, out)
     }
     fn missing(&self, ids: &[ChunkId]) -> fogcore::Result<Vec<ChunkId>> {
         self.missing.fetch_add(1, Ordering::SeqCst);
@@ -336,8 +336,8 @@ impl ImageStore for Counting {
         self.puts.fetch_add(1, Ordering::SeqCst);
         self.inner.put_chunks(chunks)
     }
-    fn put_manifest(&self, name: &str, bytes: &[u8]) -> fogcore::Result<()> {
-        self.inner.put_manifest(name, bytes)
+    fn put_manifest_from(&self, name: &str, manifest: &mut dyn std::io::Read) -> fogcore::Result<()> {
+        self.inner.put_manifest_from(name, manifest)
     }
 }
 

@@ -1381,7 +1381,8 @@ async fn a_node_reads_only_the_images_placed_on_it() -> TestResult {
         assert_eq!(listed, ["shared"]);
         let shared = get("/images/shared/manifest").await?;
         assert_eq!(shared.status(), 200);
-        let stored = LocalStore::new(store.clone()).manifest_bytes("shared")?;
+        let mut stored = Vec::new();
+        LocalStore::new(store.clone()).manifest_to("shared", &mut stored)?;
         assert_eq!(shared.bytes().await?.to_vec(), stored);
         let secret = get("/images/secret/manifest").await?;
         assert_eq!(secret.status(), 403);

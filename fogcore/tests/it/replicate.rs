@@ -182,8 +182,8 @@ impl ImageStore for Corrupting {
     fn images(&self) -> fogcore::Result<Vec<String>> {
         self.0.images()
     }
-    fn manifest_bytes(&self, name: &str) -> fogcore::Result<Vec<u8>> {
-        self.0.manifest_bytes(name)
+    fn manifest_to(&self, name: &str, out: &mut dyn std::io::Write) -> fogcore::Result<u64> {
+        self.0.manifest_to(name, out)
     }
     fn missing(&self, ids: &[ChunkId]) -> fogcore::Result<Vec<ChunkId>> {
         self.0.missing(ids)
@@ -200,8 +200,8 @@ impl ImageStore for Corrupting {
     fn put_chunks(&self, chunks: &[WireChunk]) -> fogcore::Result<u64> {
         self.0.put_chunks(chunks)
     }
-    fn put_manifest(&self, name: &str, bytes: &[u8]) -> fogcore::Result<()> {
-        self.0.put_manifest(name, bytes)
+    fn put_manifest_from(&self, name: &str, manifest: &mut dyn std::io::Read) -> fogcore::Result<()> {
+        self.0.put_manifest_from(name, manifest)
     }
 }
 
@@ -259,8 +259,11 @@ fn corrupt_chunk_on_the_wire_is_refused_and_the_destination_stays_consistent() {
     assert_eq!(remote_b.missing(&[ChunkId::of(&good)]).expect("missing").len(), 1);
 
     // A manifest whose chunks are absent is refused with 409; then the clean copy goes through.
-    let manifest = LocalStore::new(a.clone()).manifest_bytes("img").expect("manifest");
-    match remote_b.put_manifest("img", &manifest) {
+    let mut manifest = Vec::new();
+    LocalStore::new(a.clone())
+        .manifest_to("img", &mut manifest)
+        .expect("manifest");
+    match remote_b.put_manifest_from("img", &mut &manifest[..]) {
         Err(Error::Remote { status: 409, .. }) => {}
         other => panic!("manifest without chunks: {other:?}"),
     }
@@ -438,7 +441,10 @@ fn a_read_through_store_keeps_what_it_fetched_and_serves_frames_from_itself() {
         local: Arc::new(LocalStore::new(node.clone())),
         upstream: Arc::new(upstream),
     };
-    let ids: Vec<ChunkId> = fogcore::imaging::replica::unique_chunks(&master.manifest("img").expect("manifest"))
+    let manifest = master.manifest("img").expect("manifest");
+    let ids: Vec<ChunkId> = fogcore::imaging::replica::chunk_windows(&manifest, 1 << 16)
+        .next()
+        .expect("a window")
         .expect("chunks")
         .iter()
         .map(|c| c.id)
@@ -473,4 +479,164 @@ fn a_read_through_store_keeps_what_it_fetched_and_serves_frames_from_itself() {
             .len(),
         ids.len()
     );
+}
+
+/// Chunk references in [`big_manifest`]: 2 Mi of 36 bytes, 72 MiB, past the 64 MiB that capped
+/// a manifest PUT before manifests streamed (an agent capture of about 15 GiB failed with 413).
+const BIG_REFS: u64 = 2 << 20;
+
+/// Four distinct 4 KiB chunks, what [`big_manifest`] names over and over.
+fn big_chunks() -> Vec<WireChunk> {
+    (0..4u8)
+        .map(|i| {
+            let plain = vec![i; 4096];
+            WireChunk {
+                id: ChunkId::of(&plain),
+                len: 4096,
+                encoded: encode(&plain),
+            }
+        })
+        .collect()
+}
+
+/// A valid manifest of [`BIG_REFS`] references to [`big_chunks`] (an 8 GiB unpartitioned disk
+/// of 4 KiB chunks), written at `path`, cheaply.
+fn big_manifest(path: &Path, name: &str) {
+    use fogcore::imaging::extent::Extent;
+    use fogcore::imaging::fs::Filesystem;
+    use fogcore::imaging::manifest::{ChunkRef, FORMAT, Header, ManifestWriter, Region};
+    use fogcore::imaging::partition::{Layout, TableKind};
+    let ids: Vec<ChunkId> = big_chunks().iter().map(|c| c.id).collect();
+    let mut w = ManifestWriter::create(path).expect("create");
+    for i in 0..BIG_REFS {
+        w.push_chunk(&ChunkRef {
+            id: ids[(i % 4) as usize],
+            len: 4096,
+        })
+        .expect("push");
+    }
+    let chunks = w.end_chunks();
+    let len = BIG_REFS * 4096;
+    let extents = w.write_extents(&[Extent::new(0, len)]).expect("extents");
+    let header = Header {
+        format: FORMAT,
+        name: name.into(),
+        created: 0,
+        source: "test".into(),
+        layout: Layout {
+            table: TableKind::None,
+            sector_size: 512,
+            disk_size: len,
+            partitions: Vec::new(),
+            backup_gpt_len: 0,
+        },
+        regions: vec![Region {
+            partition: None,
+            offset: 0,
+            len,
+            filesystem: Filesystem::Raw,
+            used_bytes: len,
+            extents,
+            chunks,
+        }],
+        chunk_count: BIG_REFS,
+        data_bytes: len,
+    };
+    w.finish(&header).expect("finish");
+}
+
+#[test]
+fn manifest_over_64_mib_is_put_through_the_http_route_and_replicates_both_ways() {
+    use fogcore::imaging::replica::put_manifest_file;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.fogimg");
+    big_manifest(&path, "big");
+    let sent = fs::read(&path).expect("read");
+    assert!(sent.len() > chunks::MAX_BODY, "{} bytes", sent.len());
+
+    // An agent's capture ends like this: chunks, then the manifest PUT, to a node over HTTP.
+    let b = Store::open(dir.path().join("b")).expect("store b");
+    let served_b = serve(Arc::new(LocalStore::new(b.clone())));
+    let remote_b = RemoteStore::new(&served_b.url, Some(TOKEN)).expect("remote");
+    match put_manifest_file(&remote_b, "big", &path) {
+        Err(Error::Remote { status: 409, .. }) => {}
+        other => panic!("a manifest without its chunks: {other:?}"),
+    }
+    remote_b.put_chunks(&big_chunks()).expect("chunks");
+    put_manifest_file(&remote_b, "big", &path).expect("a manifest over 64 MiB is accepted");
+    assert_eq!(b.image_names().expect("names"), vec!["big".to_string()]);
+    assert_eq!(b.manifest("big").expect("manifest").header.chunk_count, BIG_REFS);
+    b.verify_image_refs("big").expect("every chunk it names is there");
+    let mut got = Vec::new();
+    remote_b.manifest_to("big", &mut got).expect("GET streams it back");
+    assert!(got == sent, "the manifest changed on its way");
+
+    // Replication pulls it from the node (GET streamed), then pushes it to a third store over
+    // HTTP (PUT streamed); the second pull comes as a delta against the copy already there.
+    let c = Store::open(dir.path().join("c")).expect("store c");
+    let dest_c = LocalStore::new(c.clone());
+    let pulled = replicate(&remote_b, &dest_c, "big", &ReplicateOptions::default(), &NoProgress).expect("pull");
+    assert!(!pulled.manifest_delta);
+    assert_eq!(pulled.manifest_bytes, sent.len() as u64);
+    assert_eq!(pulled.chunks_sent, 4, "each chunk once, whatever the windows");
+    let again = replicate(&remote_b, &dest_c, "big", &ReplicateOptions::default(), &NoProgress).expect("again");
+    assert!(again.manifest_delta, "the manifest came whole");
+    assert!(
+        again.manifest_bytes * 10 < sent.len() as u64,
+        "{} bytes",
+        again.manifest_bytes
+    );
+    assert_eq!(again.chunks_sent, 0);
+
+    let d = Store::open(dir.path().join("d")).expect("store d");
+    let served_d = serve(Arc::new(LocalStore::new(d.clone())));
+    let remote_d = RemoteStore::new(&served_d.url, Some(TOKEN)).expect("remote");
+    let pushed = replicate(&dest_c, &remote_d, "big", &ReplicateOptions::default(), &NoProgress).expect("push");
+    assert_eq!(pushed.chunks_sent, 4);
+    let mut from_d = Vec::new();
+    LocalStore::new(d.clone())
+        .manifest_to("big", &mut from_d)
+        .expect("manifest");
+    assert!(from_d == sent, "the pushed manifest differs");
+    d.verify_image_refs("big").expect("refs");
+}
+
+#[test]
+fn manifest_put_cut_short_changes_nothing_and_leaves_no_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m");
+    big_manifest(&path, "big");
+    let b = Store::open(dir.path().join("b")).expect("store b");
+    let served_b = serve(Arc::new(LocalStore::new(b.clone())));
+    let remote_b = RemoteStore::new(&served_b.url, Some(TOKEN)).expect("remote");
+    remote_b.put_chunks(&big_chunks()).expect("chunks");
+    // The body ends early (the sender failed): refused, not taken for a whole manifest.
+    struct Failing(std::io::Take<fs::File>);
+    impl std::io::Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(std::io::Error::other("disk gone")),
+                n => Ok(n),
+            }
+        }
+    }
+    use std::io::Read as _;
+    let mut cut = Failing(fs::File::open(&path).expect("open").take(10 << 20));
+    assert!(remote_b.put_manifest_from("big", &mut cut).is_err());
+    // A truncated manifest that ends cleanly is refused as bad (400).
+    let mut short = fs::File::open(&path).expect("open").take(10 << 20);
+    match remote_b.put_manifest_from("big", &mut short) {
+        Err(Error::Remote { status: 400, .. }) => {}
+        other => panic!("a truncated manifest: {other:?}"),
+    }
+    assert!(b.image_names().expect("names").is_empty());
+    // The server may still be cleaning up after the cut upload (the client gave up first).
+    let left = || fs::read_dir(dir.path().join("b/tmp")).expect("tmp").count();
+    for _ in 0..100 {
+        if left() == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(left(), 0, "received files were left behind");
 }
