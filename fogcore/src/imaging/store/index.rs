@@ -449,12 +449,15 @@ const FAN_IN: usize = 8;
 
 /// The sorted runs a job (a capture's writer, gc's rewriter) spills to its own directory once
 /// its entries pass its share of memory, with a Bloom filter over their ids so that most lookups
-/// of an id it never wrote read nothing. Merged by level (see [`FAN_IN`]), not all at once, so a
+/// of an id it never wrote read nothing. Merged 8 at a time by level, not all at once, so a
 /// 2 TB capture rewrites each entry a few times, not once per spill.
 pub struct Spills {
     dir: PathBuf,
     levels: Vec<Vec<Run>>,
+    /// Made at the first spill: most writers (a replication batch) never spill, and a filter
+    /// allocated for each of them would be zeroed (touched) whenever the allocator reuses heap.
     filter: Option<Bloom>,
+    filter_bytes: u64,
     written: u64,
     entries: u64,
 }
@@ -466,7 +469,8 @@ impl Spills {
         Spills {
             dir: dir.into(),
             levels: Vec::new(),
-            filter: (filter_bytes > 0).then(|| Bloom::with_bytes(filter_bytes, SPILL_PROBES)),
+            filter: None,
+            filter_bytes,
             written: 0,
             entries: 0,
         }
@@ -493,7 +497,10 @@ impl Spills {
             return Ok(());
         }
         entries.sort_unstable_by_key(|e| e.0);
-        if let Some(filter) = &mut self.filter {
+        if self.filter_bytes > 0 {
+            let filter = self
+                .filter
+                .get_or_insert_with(|| Bloom::with_bytes(self.filter_bytes, SPILL_PROBES));
             for (id, _) in &entries {
                 filter.insert(id);
             }
