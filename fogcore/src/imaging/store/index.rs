@@ -40,6 +40,8 @@ pub const WINDOW: usize = 64;
 pub const READ_ENTRIES: usize = 1024;
 /// Guesses by interpolation before a lookup halves the range instead.
 const GUESSES: u32 = 4;
+/// Listings [`Index::load`] tries while compactions keep replacing runs under it.
+const LOAD_ATTEMPTS: u32 = 1000;
 
 /// Where a chunk is: its frame's stored bytes in a pack, and its place in the frame's plain bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,7 +124,10 @@ fn key(id: &[u8]) -> u64 {
 impl Run {
     /// Opens and checks a run file (its header only: the entries are read when asked for).
     pub fn open(path: &Path) -> Result<Run> {
-        let file = File::open(path).at(path)?;
+        Run::from_file(File::open(path).at(path)?, path)
+    }
+
+    fn from_file(file: File, path: &Path) -> Result<Run> {
         let damaged = |reason: &str| Error::Internal(format!("index run {} is damaged: {reason}", path.display()));
         let len = file.metadata().at(path)?.len();
         let mut header = vec![0u8; HEADER_LEN];
@@ -334,17 +339,30 @@ pub struct Index {
 }
 
 impl Index {
-    /// Opens every run in `dir`.
+    /// Opens every run in `dir`. A compaction may replace runs meanwhile (it writes the merged
+    /// run before it removes the old ones): a listed run that is gone when opened means the
+    /// listing is stale, so it lists again. Once open, a run stays readable after its removal.
     pub fn load(dir: &Path) -> Result<Index> {
-        let mut runs = Vec::new();
-        for entry in fs::read_dir(dir).at(dir)? {
-            let path = entry.at(dir)?.path();
-            if path.extension().and_then(|e| e.to_str()) == Some(&RUN_SUFFIX[1..]) {
-                runs.push(Run::open(&path)?);
+        let mut attempts = 0;
+        'listing: loop {
+            let mut runs = Vec::new();
+            for entry in fs::read_dir(dir).at(dir)? {
+                let path = entry.at(dir)?.path();
+                if path.extension().and_then(|e| e.to_str()) != Some(&RUN_SUFFIX[1..]) {
+                    continue;
+                }
+                match File::open(&path) {
+                    Ok(file) => runs.push(Run::from_file(file, &path)?),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < LOAD_ATTEMPTS => {
+                        attempts += 1;
+                        continue 'listing;
+                    }
+                    Err(e) => return Err(Error::io(&path, e)),
+                }
             }
+            runs.sort_by(|a, b| a.path.cmp(&b.path));
+            return Ok(Index { runs });
         }
-        runs.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(Index { runs })
     }
 
     /// The runs.

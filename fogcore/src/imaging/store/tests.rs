@@ -489,3 +489,29 @@ fn commits_merge_runs_by_size_tier() {
     assert_eq!(store.stats().expect("stats").chunks, 80);
     assert!(store.verify().expect("verify").is_ok());
 }
+
+#[test]
+fn readers_load_the_index_while_commits_compact_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("s")).expect("store");
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let committer = scope.spawn(|| {
+            for image in 0..120u64 {
+                let run: Vec<Vec<u8>> = (0..2).map(|i| text(image * 10 + i, 2048)).collect();
+                commit_image(&store, &format!("i{image}"), &[run]);
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        let mut loads = 0u64;
+        while !done.load(Ordering::Relaxed) {
+            // Each load lists the runs and opens them while commits merge and remove runs.
+            let reader = store.reader().expect("a load while runs are replaced");
+            assert!(reader.index.runs().len() < 2 * TIER_RUNS);
+            loads += 1;
+        }
+        committer.join().expect("committer");
+        assert!(loads > 0);
+    });
+    assert_eq!(store.stats().expect("stats").chunks, 240);
+}
