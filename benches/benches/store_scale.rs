@@ -7,14 +7,12 @@
 //! binary re-invoked with `--phase NAME`), so each starts with a fresh heap and its own peak RSS.
 //!
 //! Memory is read from `/proc/self/status`: `VmHWM` (peak resident set, reset with
-//! `/proc/self/clear_refs` when a phase begins) counts file-backed pages too, and the index runs
-//! are memory-mapped, so a phase that walks the index shows up to the whole index there as
-//! `RssFile` (page cache the kernel can drop, not heap). `RssAnon` (the heap and other private
-//! memory) is sampled every few milliseconds for its peak.
+//! `/proc/self/clear_refs` when a phase begins) counts file-backed pages too (the binary; index
+//! runs are read in windows, not mapped, so the index no longer shows there). `RssAnon` (the heap
+//! and other private memory) is sampled every few milliseconds for its peak.
 //!
 //! Each phase also reports its CPU time (utime + stime of the process, all threads) and the bytes
-//! it had read from storage (`read_bytes` of `/proc/self/io`: page-cache misses, including those
-//! of mmap faults), which tell an I/O-bound phase from a CPU-bound one on a shared machine.
+//! it had read from storage (`read_bytes` of `/proc/self/io`: page-cache misses), which tell an I/O-bound phase from a CPU-bound one on a shared machine.
 //!
 //! `SCALE_DIR` holds the store (in `SCALE_DIR/store`, which must not exist); by default a new
 //! directory under /tmp, removed at the end. `SCALE_KEEP=1` keeps the store. `SCALE_IMAGES`
@@ -719,15 +717,15 @@ fn print_table(rows: &[Row], scale: Scale, on_disk: &str) {
     println!(
         "(MiB. Each phase is its own process. peak RSS = VmHWM, reset when the measured part begins; growth = \
          peak RSS minus RSS then; peak anon / peak file = sampled (5 ms) maxima of RssAnon (heap) and RssFile \
-         (file-backed: mmap'd index runs and the binary); read MiB = read_bytes from /proc/self/io (page-cache \
-         misses, mmap faults included); cpu s = utime + stime of all threads.)"
+         (file-backed: the binary); read MiB = read_bytes from /proc/self/io (page-cache \
+         misses); cpu s = utime + stime of all threads.)"
     );
     let half = index_mib / 2.0;
     if let Some(h) = rows.iter().max_by(|a, b| a.hwm_mib.total_cmp(&b.hwm_mib)) {
         println!(
             "verdict, peak RSS (VmHWM) < half the index in every phase: {} (largest {:.0} MiB in {} = {:.0}% of \
-             the {index_mib:.0} MiB index, of which {:.0} MiB file-backed: the mmap'd index pages the phase \
-             touched, which the kernel can drop; they are not heap)",
+             the {index_mib:.0} MiB index, of which {:.0} MiB file-backed: the binary and other mapped files, \
+             which the kernel can drop; they are not heap)",
             if h.hwm_mib < half { "YES" } else { "NO" },
             h.hwm_mib,
             h.phase,

@@ -46,7 +46,7 @@ struct Cli {
     #[arg(long, global = true, env = "FOG_STORE")]
     store: Option<PathBuf>,
     /// Memory a capture, deploy, copy, verify or gc keeps of what grows with the image, in MiB
-    /// (at least 8); the rest goes to sorted runs beside the store's index
+    /// (at least 8); the rest goes to sorted runs in the store's `tmp/`
     #[arg(long, global = true, env = "FOG_MEMORY_MIB", default_value_t = fogcore::imaging::store::DEFAULT_MEMORY_MIB,
           value_parser = clap::value_parser!(u64).range(fogcore::imaging::store::MIN_MEMORY_MIB..))]
     memory_mib: u64,

@@ -242,9 +242,19 @@ pub(crate) struct PyStore {
 #[pymethods]
 impl PyStore {
     #[new]
-    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (path, *, memory_mib = fogcore::imaging::store::DEFAULT_MEMORY_MIB))]
+    fn new(py: Python<'_>, path: PathBuf, memory_mib: u64) -> PyResult<Self> {
+        if memory_mib < fogcore::imaging::store::MIN_MEMORY_MIB {
+            return Err(fog_err(fogcore::Error::invalid(
+                "memory_mib",
+                memory_mib.to_string(),
+                format!("at least {} MiB", fogcore::imaging::store::MIN_MEMORY_MIB),
+            )));
+        }
         let store = py.detach(|| Store::open(&path)).map_err(fog_err)?;
-        Ok(PyStore { store })
+        Ok(PyStore {
+            store: store.with_memory_mib(memory_mib),
+        })
     }
 
     /// The store directory.

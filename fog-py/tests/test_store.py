@@ -309,3 +309,14 @@ def test_stubtest():
         [sys.executable, "-m", "mypy.stubtest", "fog"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert out.returncode == 0, out.stdout
+
+
+def test_memory_budget_is_a_store_option_and_reports_give_the_peak(disk, payload, tmp_path):
+    store = fog.Store(tmp_path / "small", memory_mib=8)
+    captured = store.capture(disk, "disk1")
+    assert captured["peak_memory_bytes"] > 0
+    deployed = store.deploy("disk1", tmp_path / "target.img", verify=True)
+    assert deployed["verified"] and deployed["peak_memory_bytes"] > 0
+    assert store.verify()["peak_memory_bytes"] > 0
+    with pytest.raises(fog.BadInputError, match="memory_mib"):
+        fog.Store(tmp_path / "tiny", memory_mib=4)

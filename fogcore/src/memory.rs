@@ -1,8 +1,9 @@
 //! The process's own memory, as a user's `/usr/bin/time -v` sees it: the peak resident set
-//! (`VmHWM`), which reports give so a run shows what it took.
+//! (`VmHWM`), which reports give so a run shows what it took (in a long-lived process, a master or
+//! a Python script, it is the process's peak so far, not one job's).
 
-/// Bytes of the largest resident set this process has had (since [`reset_peak`]), or 0 where
-/// the kernel does not say (not Linux).
+/// Bytes of the largest resident set this process has had, or 0 where the kernel does not say
+/// (not Linux).
 pub fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -12,11 +13,6 @@ pub fn peak_rss() -> u64 {
             Some(kib * 1024)
         })
         .unwrap_or(0)
-}
-
-/// Starts the peak over from the current resident set (a long-lived process measuring one job).
-pub fn reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 #[cfg(test)]

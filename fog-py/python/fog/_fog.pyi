@@ -65,10 +65,14 @@ class Store:
     releases the GIL while it works; one store may be used from several threads.
     """
 
-    def __new__(cls, path: _StrPath) -> "Store":
+    def __new__(cls, path: _StrPath, *, memory_mib: int = 256) -> "Store":
         """Opens the store at ``path``, creating it when the directory is absent or empty.
 
-        Raises :class:`BadInputError` when ``path`` is a non-empty directory that is not a store.
+        ``memory_mib`` (at least 8) bounds what each capture, deploy, verify or gc keeps in memory
+        of what grows with an image; the rest goes to sorted runs in the store's ``tmp/``.
+
+        Raises :class:`BadInputError` when ``path`` is a non-empty directory that is not a store,
+        or ``memory_mib`` is below 8.
         """
 
     @property

@@ -142,6 +142,8 @@ class CaptureReport(TypedDict):
     new_stored_bytes: int
     """Bytes added to the store."""
     seconds: float
+    peak_memory_bytes: int
+    """Peak resident memory of the process by the end of the job (the process's, not the job's alone)."""
 
 
 class DeployReport(TypedDict):
@@ -157,6 +159,8 @@ class DeployReport(TypedDict):
     verified: bool
     """True when the written data was read back and matched."""
     seconds: float
+    peak_memory_bytes: int
+    """Peak resident memory of the process by the end of the job (the process's, not the job's alone)."""
 
 
 class VerifyReport(TypedDict):
@@ -170,6 +174,8 @@ class VerifyReport(TypedDict):
     images_checked: int
     image_errors: List[str]
     """Problems with images (damaged manifest, missing chunks)."""
+    peak_memory_bytes: int
+    """Peak resident memory of the process by the end of the job (the process's, not the job's alone)."""
 
 
 class GcReport(TypedDict):
@@ -180,6 +186,8 @@ class GcReport(TypedDict):
     bytes_freed: int
     staging_removed: int
     """Abandoned capture directories removed."""
+    peak_memory_bytes: int
+    """Peak resident memory of the process by the end of the job (the process's, not the job's alone)."""
 
 
 class StoreStats(TypedDict):

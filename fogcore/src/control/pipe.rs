@@ -108,8 +108,9 @@ pub struct PipeWriter {
 
 impl PipeWriter {
     /// Queues `bytes`, waiting (async) while the pipe is full; an error when the reader is gone.
+    /// An empty piece is dropped: queued, it would read as the end of the stream.
     pub async fn send(&mut self, bytes: Bytes) -> io::Result<()> {
-        let mut bytes = Some(bytes);
+        let mut bytes = Some(bytes).filter(|b| !b.is_empty());
         poll_fn(|cx| {
             let mut state = self.shared.lock();
             if state.reader_gone {
@@ -373,5 +374,22 @@ mod tests {
         w.fail("no such image");
         let start = rt.block_on(r.started());
         assert_eq!(start, Start::Failed("no such image".into()));
+    }
+
+    #[test]
+    fn an_empty_piece_is_not_the_end() {
+        // An HTTP body may carry an empty data frame; read as Ok(0) it would pass a cut manifest
+        // off as whole.
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let (mut w, mut r) = pipe(64);
+        rt.block_on(async {
+            w.send(Bytes::from_static(b"head")).await.expect("send");
+            w.send(Bytes::new()).await.expect("send");
+            w.send(Bytes::from_static(b"tail")).await.expect("send");
+        });
+        drop(w);
+        let mut got = Vec::new();
+        let err = r.read_to_end(&mut got).expect_err("a writer that never finished");
+        assert_eq!(got, b"headtail", "{err}");
     }
 }

@@ -195,10 +195,12 @@ impl Run {
             let start = if n <= WINDOW {
                 lo
             } else {
+                // Keys out of order (a damaged run) make lo_key > hi_key: the guess is then
+                // merely poor, never a panic, and halving ends the search all the same.
                 let at = if guesses < GUESSES {
                     guesses += 1;
-                    let span = u128::from(hi_key - lo_key) + 1;
-                    let into = u128::from(wanted.clamp(lo_key, hi_key) - lo_key);
+                    let span = u128::from(hi_key.saturating_sub(lo_key)) + 1;
+                    let into = u128::from(wanted.saturating_sub(lo_key)).min(span - 1);
                     lo + (into * n as u128 / span) as usize
                 } else {
                     lo + n / 2
@@ -302,7 +304,10 @@ pub fn write_run(path: &Path, entries: impl IntoIterator<Item = Result<Entry>>, 
         for entry in entries {
             let (id, loc) = entry?;
             if last.is_some_and(|l| l > id) {
-                return Err(Error::Internal("index run entries out of order".into()));
+                return Err(Error::Internal(format!(
+                    "index run {}: entries given out of order at {id}",
+                    path.display()
+                )));
             }
             last = Some(id);
             out.write_all(&encode(&id, &loc)).at(&tmp)?;
@@ -332,6 +337,19 @@ pub fn write_run(path: &Path, entries: impl IntoIterator<Item = Result<Entry>>, 
     fs::rename(&tmp, path).at(path)
 }
 
+/// The runs in `dir`, sorted by name.
+fn run_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for entry in fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some(&RUN_SUFFIX[1..]) {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
 /// All runs of a store, as loaded at one moment.
 #[derive(Default)]
 pub struct Index {
@@ -340,17 +358,14 @@ pub struct Index {
 
 impl Index {
     /// Opens every run in `dir`. A compaction may replace runs meanwhile (it writes the merged
-    /// run before it removes the old ones): a listed run that is gone when opened means the
-    /// listing is stale, so it lists again. Once open, a run stays readable after its removal.
+    /// run before it removes the old ones), so the runs opened are a consistent set only if the
+    /// directory still lists exactly them afterwards; else it starts over. Once open, a run stays
+    /// readable after its removal.
     pub fn load(dir: &Path) -> Result<Index> {
         let mut attempts = 0;
         'listing: loop {
             let mut runs = Vec::new();
-            for entry in fs::read_dir(dir).at(dir)? {
-                let path = entry.at(dir)?.path();
-                if path.extension().and_then(|e| e.to_str()) != Some(&RUN_SUFFIX[1..]) {
-                    continue;
-                }
+            for path in run_paths(dir)? {
                 match File::open(&path) {
                     Ok(file) => runs.push(Run::from_file(file, &path)?),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < LOAD_ATTEMPTS => {
@@ -360,7 +375,11 @@ impl Index {
                     Err(e) => return Err(Error::io(&path, e)),
                 }
             }
-            runs.sort_by(|a, b| a.path.cmp(&b.path));
+            let opened: Vec<&Path> = runs.iter().map(|r| r.path.as_path()).collect();
+            if run_paths(dir)? != opened && attempts < LOAD_ATTEMPTS {
+                attempts += 1;
+                continue;
+            }
             return Ok(Index { runs });
         }
     }
@@ -700,6 +719,25 @@ mod tests {
         let mut absent = [7u8; 32];
         absent[9..13].copy_from_slice(&9999u32.to_be_bytes());
         assert_eq!(run.get(&ChunkId(absent)).expect("read"), None);
+    }
+
+    #[test]
+    fn a_damaged_run_gives_wrong_answers_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let entries = sorted((0..20_000).map(|n| (id(n), loc(n))));
+        let path = dir.path().join("a.idx");
+        write_run(&path, entries.iter().copied().map(Ok), Durability::Synced).expect("write");
+        // Every 50th entry's key bytes (1..9) set to extremes: the run is no longer sorted.
+        let mut raw = fs::read(&path).expect("read");
+        for i in (0..entries.len()).step_by(50) {
+            let at = HEADER_LEN + i * ENTRY_LEN;
+            raw[at + 1..at + 9].fill(if i % 100 == 0 { 0xFF } else { 0x00 });
+        }
+        fs::write(&path, &raw).expect("write");
+        let run = Run::open(&path).expect("open");
+        for (i, _) in &entries {
+            run.get(i).expect("read");
+        }
     }
 
     #[test]

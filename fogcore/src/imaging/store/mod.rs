@@ -8,7 +8,8 @@
 //! STORE/packs/<n>.pack       frames of chunks compressed together, appended (see `pack`)
 //! STORE/index/<name>.idx     sorted runs mapping chunk id -> pack, frame, place in the frame (see `index`)
 //! STORE/images/<name>.fogimg manifests
-//! STORE/tmp/<writer>/        a capture's manifest (and spilled index runs) until commit
+//! STORE/tmp/<writer>/        a capture's manifest (and spilled index runs) until commit; a
+//!                            manifest being received (`m-*`) until it is checked and renamed
 //! ```
 //!
 //! Commit order: packs fsynced -> index run written, fsynced, renamed -> manifest renamed into
@@ -406,6 +407,14 @@ impl Store {
             let path = entry.at(&tmp)?.path();
             fs::remove_dir_all(&path).at(&path)?;
             report.staging_removed += 1;
+        }
+        // Runs a killed compaction was writing (never renamed into place).
+        let index_dir = self.index_dir();
+        for entry in fs::read_dir(&index_dir).at(&index_dir)? {
+            let path = entry.at(&index_dir)?.path();
+            if path.extension().is_some_and(|e| e == "idx-tmp") {
+                fs::remove_file(&path).at(&path)?;
+            }
         }
         let manifests: Vec<Manifest> = self
             .image_names()?
@@ -1067,6 +1076,10 @@ impl StoreWriter {
         if let Some(p) = state.pack {
             packs.push(p.finish()?);
         }
+        // The new packs' names must be durable before a run names them.
+        if !packs.is_empty() {
+            sync_dir(&self.store.packs_dir())?;
+        }
         let index_dir = self.store.index_dir();
         let mut pending: Vec<Entry> = state.pending.into_iter().collect();
         pending.sort_unstable_by_key(|e| e.0);
@@ -1081,7 +1094,11 @@ impl StoreWriter {
             let published = index_dir.join(format!("{}{RUN_SUFFIX}", unique_name()));
             fs::rename(&run, &published).at(&published)?;
             sync_dir(&index_dir)?;
-            compact(&index_dir)?;
+            // The chunks are published: a compaction that fails (a full disk) leaves more runs to
+            // read, not a failed capture; the next commit tries again.
+            if let Err(e) = compact(&index_dir) {
+                tracing::warn!(index = %index_dir.display(), "store: compacting the index failed: {e}");
+            }
         }
         Ok((self.store, self.staging))
     }
@@ -1212,8 +1229,12 @@ impl ChunkSink for StoreWriter {
             let mut state = lock(&self.state);
             let state = &mut *state;
             for (id, len, data) in fresh {
-                if !state.claimed.contains(id) && !state.stored(id)? {
-                    state.claimed.insert(*id);
+                // A failed lookup leaves chunks claimed that no frame will hold: the writer
+                // must not commit after it.
+                let stored = state
+                    .stored(id)
+                    .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))?;
+                if !stored && state.claimed.insert(*id) {
                     own.push((*id, len, &data[..]));
                 }
             }

@@ -38,6 +38,16 @@ fn random(seed: u64, n: usize) -> Vec<u8> {
 
 /// Commits image `name` whose data is `runs` (each handed to the writer as one run).
 fn commit_image(store: &Store, name: &str, runs: &[Vec<Vec<u8>>]) -> u64 {
+    commit_image_with(store, name, runs, |_| {})
+}
+
+/// [`commit_image`], showing the writer to `before_commit` once every run is in.
+fn commit_image_with(
+    store: &Store,
+    name: &str,
+    runs: &[Vec<Vec<u8>>],
+    before_commit: impl FnOnce(&StoreWriter),
+) -> u64 {
     let writer = store.writer().expect("writer");
     let mut manifest = writer.manifest_writer().expect("manifest");
     let mut data_bytes = 0u64;
@@ -89,6 +99,7 @@ fn commit_image(store: &Store, name: &str, runs: &[Vec<Vec<u8>>]) -> u64 {
         data_bytes,
     };
     manifest.finish(&header).expect("finish");
+    before_commit(&writer);
     let new = writer.new_chunks();
     writer.commit(name).expect("commit");
     new
@@ -457,7 +468,16 @@ fn a_writer_past_its_memory_spills_and_still_stores_each_chunk_once() {
             .step_by(16)
             .map(|s| (s..s + 16).map(chunk).collect::<Vec<_>>()),
     );
-    let new = commit_image(&store, "big", &runs);
+    let new = commit_image_with(&store, "big", &runs, |writer| {
+        let spilled = fs::read_dir(&writer.staging)
+            .expect("staging")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("spill-"))
+            })
+            .count();
+        assert!(spilled > 0, "nothing was spilled");
+    });
     assert_eq!(new, unique as u64);
     assert_eq!(store.stats().expect("stats").chunks, unique as u64);
     assert_eq!(
