@@ -244,13 +244,7 @@ impl PyStore {
     #[new]
     #[pyo3(signature = (path, *, memory_mib = fogcore::imaging::store::DEFAULT_MEMORY_MIB))]
     fn new(py: Python<'_>, path: PathBuf, memory_mib: u64) -> PyResult<Self> {
-        if memory_mib < fogcore::imaging::store::MIN_MEMORY_MIB {
-            return Err(fog_err(fogcore::Error::invalid(
-                "memory_mib",
-                memory_mib.to_string(),
-                format!("at least {} MiB", fogcore::imaging::store::MIN_MEMORY_MIB),
-            )));
-        }
+        fogcore::imaging::store::check_memory_mib("memory_mib", memory_mib).map_err(fog_err)?;
         let store = py.detach(|| Store::open(&path)).map_err(fog_err)?;
         Ok(PyStore {
             store: store.with_memory_mib(memory_mib),

@@ -339,16 +339,9 @@ async fn run(args: &Args) -> Result<(), BoxError> {
         async move {
             admin
                 .create_host(&Host {
-                    name: format!("pc-{i:05}"),
-                    macs: vec![mac(i)],
-                    uuid: None,
-                    address: None,
                     image: Some("golden".into()),
-                    group: None,
                     node: Some("site".into()),
-                    primary_disk: None,
-                    kernel_args: String::new(),
-                    inventory: serde_json::Value::Null,
+                    ..Host::new(format!("pc-{i:05}"), vec![mac(i)])
                 })
                 .await
         }

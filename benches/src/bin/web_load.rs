@@ -116,19 +116,14 @@ async fn seed(dir: &std::path::Path, args: &Args) -> Result<String, BoxError> {
     for i in 0..args.hosts {
         control
             .create_host(Host {
-                name: format!("host-{i:05}"),
-                macs: vec![mac(i)],
-                uuid: None,
-                address: None,
                 image: Some("win11".into()),
                 group: Some(format!("room-{:02}", i % 20)),
                 node: Some("site-a".into()),
-                primary_disk: None,
-                kernel_args: String::new(),
                 inventory: serde_json::json!({
                     "dmi": {"vendor": "Dell Inc.", "product": "OptiPlex 7090", "serial": format!("SN{i:07}")},
                     "memory_bytes": 17_179_869_184u64,
                 }),
+                ..Host::new(format!("host-{i:05}"), vec![mac(i)])
             })
             .await?;
     }

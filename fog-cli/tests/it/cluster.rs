@@ -257,16 +257,8 @@ impl Cluster {
 
     fn add_host(&self, name: &str, mac: &str, node: &str) {
         let host = Host {
-            name: name.into(),
-            macs: vec![mac.into()],
-            uuid: None,
-            address: None,
-            image: None,
-            group: None,
             node: Some(node.into()),
-            primary_disk: None,
-            kernel_args: String::new(),
-            inventory: serde_json::Value::Null,
+            ..Host::new(name, vec![mac.into()])
         };
         self.rt.block_on(self.admin.create_host(&host)).expect("host");
     }

@@ -810,16 +810,8 @@ mod tests {
 
     fn host() -> Host {
         Host {
-            name: "lab-01".into(),
-            macs: vec!["52-54-00-AB-CD-EF".into()],
             uuid: Some("4C4C4544-0042-3510-8051-B7C04F563232".into()),
-            address: None,
-            image: None,
-            group: None,
-            node: None,
-            primary_disk: None,
-            kernel_args: String::new(),
-            inventory: serde_json::Value::Null,
+            ..Host::new("lab-01", vec!["52-54-00-AB-CD-EF".into()])
         }
     }
 

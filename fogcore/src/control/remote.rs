@@ -111,7 +111,8 @@ impl RemoteStore {
         })
     }
 
-    fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
+    /// A request to `path` with `body` (octet-stream, counted as sent) when given.
+    fn request_with(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> (String, reqwest::RequestBuilder) {
         let (url, mut req) = self.request(method, path);
         if let Some(body) = body {
             self.sent.fetch_add(body.len() as u64, Ordering::Relaxed);
@@ -119,9 +120,19 @@ impl RemoteStore {
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .body(body);
         }
+        (url, req)
+    }
+
+    /// Sends `req` on the client's runtime; its whole answer comes on the returned channel, after
+    /// `answered` ran in the task.
+    fn exchange(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+        answered: impl FnOnce() + Send + 'static,
+    ) -> Result<Answer> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let url2 = url.clone();
-        self.runtime(&url)?.spawn(async move {
+        self.runtime(url)?.spawn(async move {
             let result = async {
                 let resp = req.send().await?;
                 let status = resp.status();
@@ -129,33 +140,39 @@ impl RemoteStore {
                 Ok::<_, reqwest::Error>((status, bytes))
             }
             .await;
+            answered();
             let _ = tx.send(result);
         });
-        let http_err = |reason: String| Error::Http {
-            url: url2.clone(),
-            reason,
-        };
-        let (status, bytes) = rx
+        Ok(rx)
+    }
+
+    /// The status and body `answer` brings.
+    fn wait(url: &str, answer: Answer) -> Result<(reqwest::StatusCode, bytes::Bytes)> {
+        answer
             .recv()
-            .map_err(|_| http_err("request task ended".into()))?
-            .map_err(|e| request_error(&url2, &e))?;
+            .map_err(|_| task_ended(url))?
+            .map_err(|e| request_error(url, &e))
+    }
+
+    /// The body of a success (counted as received); an error status as the server's error.
+    fn reply(&self, url: &str, status: reqwest::StatusCode, bytes: &[u8]) -> Result<Vec<u8>> {
         self.received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if !status.is_success() {
-            return Err(crate::control::client::remote_error(status, &bytes, &url2));
+            return Err(crate::control::client::remote_error(status, bytes, url));
         }
         Ok(bytes.to_vec())
+    }
+
+    fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
+        let (url, req) = self.request_with(method, path, body);
+        let (status, bytes) = Self::wait(&url, self.exchange(&url, req, || {})?)?;
+        self.reply(&url, status, &bytes)
     }
 
     /// A request whose reply body streams into `out` (a manifest, a manifest delta), at most
     /// [`PIPE_BYTES`] of it in memory; returns the bytes received.
     fn download(&self, method: Method, path: &str, body: Option<Vec<u8>>, out: &mut dyn Write) -> Result<u64> {
-        let (url, mut req) = self.request(method, path);
-        if let Some(body) = body {
-            self.sent.fetch_add(body.len() as u64, Ordering::Relaxed);
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .body(body);
-        }
+        let (url, req) = self.request_with(method, path, body);
         let req = req.timeout(MANIFEST_TIMEOUT);
         let (mut writer, mut reader) = pipe(PIPE_BYTES);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -187,10 +204,7 @@ impl RemoteStore {
                 }
             }
         });
-        rx.recv().map_err(|_| Error::Http {
-            url: url.clone(),
-            reason: "request task ended".into(),
-        })??;
+        rx.recv().map_err(|_| task_ended(&url))??;
         let n = copy_apart(&mut reader, out).map_err(|e| match e {
             CopyError::Read(e) => Error::Http {
                 url: url.clone(),
@@ -212,19 +226,8 @@ impl RemoteStore {
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .timeout(MANIFEST_TIMEOUT)
             .body(reqwest::Body::wrap(reader));
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.runtime(&url)?.spawn(async move {
-            let result = async {
-                let resp = req.send().await?;
-                let status = resp.status();
-                let bytes = resp.bytes().await?;
-                Ok::<_, reqwest::Error>((status, bytes))
-            }
-            .await;
-            // An answer before the whole body (a refusal) stops the caller's writing.
-            closer.close();
-            let _ = tx.send(result);
-        });
+        // An answer before the whole body (a refusal) stops the caller's writing.
+        let answer = self.exchange(&url, req, move || closer.close())?;
         let mut complete = false;
         let mut unreadable = None;
         match copy_apart(src, &mut writer) {
@@ -239,27 +242,18 @@ impl RemoteStore {
             }
             Err(CopyError::Write(_)) => drop(writer), // the request ended; its answer says why
         }
-        let (status, bytes) = rx
-            .recv()
-            .map_err(|_| Error::Http {
-                url: url.clone(),
-                reason: "request task ended".into(),
-            })?
-            .map_err(|e| request_error(&url, &e))?;
+        let (status, bytes) = Self::wait(&url, answer)?;
         if let Some(e) = unreadable {
             return Err(Error::io("manifest to send", e));
         }
-        self.received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if !status.is_success() {
-            return Err(crate::control::client::remote_error(status, &bytes, &url));
-        }
+        let reply = self.reply(&url, status, &bytes)?;
         if !complete {
             return Err(Error::Http {
                 url,
                 reason: "the server answered before the whole body was sent".into(),
             });
         }
-        Ok(bytes.to_vec())
+        Ok(reply)
     }
 
     /// Sends the puts buffered by [`ChunkSink::put_run`].
@@ -278,6 +272,16 @@ impl Drop for RemoteStore {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// What [`RemoteStore::exchange`] answers with: the status and whole body, or why not.
+type Answer = std::sync::mpsc::Receiver<reqwest::Result<(reqwest::StatusCode, bytes::Bytes)>>;
+
+fn task_ended(url: &str) -> Error {
+    Error::Http {
+        url: url.into(),
+        reason: "request task ended".into(),
     }
 }
 

@@ -616,16 +616,7 @@ impl TryFrom<ServeFile> for ServeConfig {
         }
         let store_memory_mib = match file.store.memory_mib {
             None => crate::imaging::store::DEFAULT_MEMORY_MIB,
-            Some(mib) if mib >= crate::imaging::store::MIN_MEMORY_MIB => mib,
-            Some(mib) => {
-                return Err(bad(
-                    "[store] memory_mib",
-                    format!(
-                        "{mib} is less than the least a store job works in ({} MiB)",
-                        crate::imaging::store::MIN_MEMORY_MIB
-                    ),
-                ));
-            }
+            Some(mib) => crate::imaging::store::check_memory_mib("[store] memory_mib", mib)?,
         };
         Ok(ServeConfig {
             address,
@@ -1111,6 +1102,16 @@ mod tests {
         assert!(err("[ra]\nenabled = true\n").contains("[ra] interface"));
         assert!(err("[ra]\nenabled = true\ninterface = \"a/b\"\n").contains("[ra] interface"));
         assert!(err("[ra]\nenable = true\n").contains("unknown field `enable`"));
+        Ok(())
+    }
+
+    #[test]
+    fn store_memory_budget_defaults_and_has_a_floor() -> Result<()> {
+        let base = "[node]\naddress = \"10.99.0.1\"\n";
+        assert_eq!(ServeConfig::parse(base, "fog.toml")?.store_memory_mib, 256);
+        let set = format!("{base}[store]\nmemory_mib = 64\n");
+        assert_eq!(ServeConfig::parse(&set, "fog.toml")?.store_memory_mib, 64);
+        assert!(err(&format!("{base}[store]\nmemory_mib = 4\n")).contains("[store] memory_mib"));
         Ok(())
     }
 }

@@ -92,16 +92,9 @@ impl Site {
 
     fn add_host(&self, i: u32) {
         let host = Host {
-            name: format!("pc-{i}"),
-            macs: vec![Site::mac(i)],
-            uuid: None,
-            address: None,
             image: Some("golden".into()),
-            group: None,
             node: Some("site".into()),
-            primary_disk: None,
-            kernel_args: String::new(),
-            inventory: serde_json::Value::Null,
+            ..Host::new(format!("pc-{i}"), vec![Site::mac(i)])
         };
         self.rt.block_on(self.admin.create_host(&host)).expect("host");
     }

@@ -125,18 +125,7 @@ impl Running {
 }
 
 fn host(name: &str, mac: &str) -> Host {
-    Host {
-        name: name.into(),
-        macs: vec![mac.into()],
-        uuid: None,
-        address: None,
-        image: None,
-        group: None,
-        node: None,
-        primary_disk: None,
-        kernel_args: String::new(),
-        inventory: Value::Null,
-    }
+    Host::new(name, vec![mac.into()])
 }
 
 fn node(name: &str, subnet: &str, max: u32) -> Result<Node, Error> {

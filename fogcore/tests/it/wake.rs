@@ -64,16 +64,8 @@ fn lab() -> Result<Lab, Box<dyn std::error::Error>> {
         ] {
             admin
                 .create_host(&Host {
-                    name: name.into(),
-                    macs,
-                    uuid: None,
-                    address: None,
-                    image: None,
-                    group: None,
                     node: node.map(str::to_string),
-                    primary_disk: None,
-                    kernel_args: String::new(),
-                    inventory: serde_json::Value::Null,
+                    ..Host::new(name, macs)
                 })
                 .await?;
         }

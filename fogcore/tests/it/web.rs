@@ -198,16 +198,8 @@ async fn add_hosts(site: &Site, count: usize) -> TestResult {
     for i in 0..count {
         site.control
             .create_host(Host {
-                name: format!("lab-{i:02}"),
-                macs: vec![format!("52:54:00:00:00:{i:02x}")],
-                uuid: None,
-                address: None,
-                image: None,
-                group: None,
-                node: None,
-                primary_disk: None,
-                kernel_args: String::new(),
                 inventory: serde_json::json!({"dmi": {"serial": format!("SN{i:04}")}}),
+                ..Host::new(format!("lab-{i:02}"), vec![format!("52:54:00:00:00:{i:02x}")])
             })
             .await?;
     }

@@ -60,6 +60,19 @@ const TIER_BASE: u64 = 1 << 16;
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
 /// The least budget a store accepts, in MiB: below it the fixed buffers dominate anyway.
 pub const MIN_MEMORY_MIB: u64 = 8;
+/// Checks a memory budget a user gave as `field` (a config key, an option): at least
+/// [`MIN_MEMORY_MIB`].
+pub fn check_memory_mib(field: &'static str, mib: u64) -> Result<u64> {
+    if mib < MIN_MEMORY_MIB {
+        return Err(Error::invalid(
+            field,
+            mib.to_string(),
+            format!("less than the least a store job works in ({MIN_MEMORY_MIB} MiB)"),
+        ));
+    }
+    Ok(mib)
+}
+
 /// Bytes one in-memory index entry of a writer takes (id, place, hash table slack).
 const PENDING_ENTRY_BYTES: u64 = 128;
 /// Chunks verify checks per batch (sorted by pack position, checked in parallel by frame).
