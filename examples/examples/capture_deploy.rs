@@ -56,7 +56,7 @@ fn main() -> fogcore::Result<()> {
         &target,
         &DeployOptions {
             verify: true,
-            threads: None,
+            ..DeployOptions::default()
         },
         &Print,
     )?;

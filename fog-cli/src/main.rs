@@ -304,7 +304,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 ImageCommand::Deploy { name, target, verify } => {
                     let options = deploy::DeployOptions {
                         verify: *verify,
-                        threads: None,
+                        ..Default::default()
                     };
                     let report = deploy::deploy(&store, name, target, &options, &progress)?;
                     out.deploy(&report);

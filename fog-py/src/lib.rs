@@ -294,7 +294,11 @@ impl PyStore {
         threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let sink = PyProgress::new(progress);
-        let options = DeployOptions { verify, threads };
+        let options = DeployOptions {
+            verify,
+            threads,
+            ..DeployOptions::default()
+        };
         let store = &self.store;
         let (result, error) = run_job(py, &sink, || deploy::deploy(store, name, &target, &options, &sink))?;
         if let Some(e) = error {

@@ -454,6 +454,7 @@ pub fn deploy_remote(
     let options = DeployOptions {
         verify: config.verify,
         threads: config.threads,
+        ..DeployOptions::default()
     };
     with_prefetch(store, manifest, |source| {
         deploy_manifest(source, manifest, disk, &options, progress)

@@ -50,7 +50,7 @@ pub fn run(dir: &Path, progress: &dyn Progress) -> Result<DemoReport> {
         &target,
         &DeployOptions {
             verify: true,
-            threads: None,
+            ..DeployOptions::default()
         },
         progress,
     )?;

@@ -15,6 +15,7 @@ use super::extent::Extent;
 use super::fs::Filesystem;
 use super::manifest::{ChunkRef, Manifest, Region};
 use super::partition::{self, TableKind};
+use super::resize::LayoutMode;
 use super::store::Store;
 use crate::progress::Progress;
 use crate::{Error, Result};
@@ -26,6 +27,8 @@ pub struct DeployOptions {
     pub verify: bool,
     /// Worker threads (all cores when unset).
     pub threads: Option<usize>,
+    /// How partitions are laid out on a target of another size.
+    pub layout: LayoutMode,
 }
 
 /// What a deploy did.

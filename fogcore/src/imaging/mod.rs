@@ -12,5 +12,6 @@ pub mod fs;
 pub mod manifest;
 pub mod partition;
 pub mod replica;
+pub mod resize;
 pub mod store;
 pub mod wipe;

@@ -17,7 +17,10 @@ use fogcore::progress::NoProgress;
 const MIB: u64 = 1 << 20;
 
 fn deploy_opts(verify: bool) -> DeployOptions {
-    DeployOptions { verify, threads: None }
+    DeployOptions {
+        verify,
+        ..DeployOptions::default()
+    }
 }
 
 /// A GPT disk: 1 EFI FAT32, 2 ext4, 3 NTFS, 4 swap, 5 BIOS boot (raw bytes).

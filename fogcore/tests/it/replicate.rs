@@ -64,7 +64,7 @@ fn deployed(store: &Store, name: &str, out: &Path) -> Vec<u8> {
         out,
         &DeployOptions {
             verify: true,
-            threads: None,
+            ..DeployOptions::default()
         },
         &NoProgress,
     )
