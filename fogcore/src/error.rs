@@ -43,6 +43,33 @@ pub enum Error {
         /// Bytes the image needs.
         needed: u64,
     },
+    /// A resizing deploy cannot give a partition the room its filesystem needs.
+    #[error(
+        "target {path} is too small: partition {partition} ({filesystem}) needs {needed} bytes, \
+         the target leaves it {available}"
+    )]
+    PartitionTooSmall {
+        /// Target disk.
+        path: PathBuf,
+        /// Partition number in the image.
+        partition: u32,
+        /// Its filesystem.
+        filesystem: String,
+        /// Bytes its filesystem needs at least.
+        needed: u64,
+        /// Bytes the target's layout leaves it.
+        available: u64,
+    },
+    /// An external tool (resize2fs, ntfsresize, ...) failed, or is not installed.
+    #[error("{tool} on {what}: {reason}")]
+    ToolFailed {
+        /// The program.
+        tool: String,
+        /// What it ran on (a partition of a target, an image's copy).
+        what: String,
+        /// Its exit status and last lines of output, or why it could not start.
+        reason: String,
+    },
     /// The deploy target has another logical sector size than the captured disk.
     #[error("target {path} has {target}-byte sectors, the image was captured from {image}-byte sectors")]
     SectorSizeMismatch {
@@ -249,6 +276,7 @@ impl Error {
             Error::BadDisk { .. }
             | Error::BadFilesystem { .. }
             | Error::TargetTooSmall { .. }
+            | Error::PartitionTooSmall { .. }
             | Error::SectorSizeMismatch { .. }
             | Error::InvalidImageName(_)
             | Error::InvalidInput(_)
@@ -275,6 +303,7 @@ impl Error {
             | Error::ChunkMissing { .. }
             | Error::ChunkCorrupt { .. }
             | Error::VerifyMismatch { .. }
+            | Error::ToolFailed { .. }
             | Error::Internal(_) => ErrorKind::Internal,
         }
     }

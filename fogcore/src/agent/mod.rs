@@ -24,7 +24,7 @@ use crate::control::remote::RemoteStore;
 use crate::control::replicate::Throttled;
 use crate::imaging::batch::{BatchSink, with_prefetch};
 use crate::imaging::capture::{CaptureOptions, capture_to};
-use crate::imaging::deploy::{DeployOptions, deploy_manifest};
+use crate::imaging::deploy::{DeployOptions, prepare};
 use crate::imaging::manifest::ManifestWriter;
 use crate::imaging::replica::{ImageStore, fetch_manifest, put_manifest_file};
 use crate::imaging::wipe::{WipeMode, wipe};
@@ -456,9 +456,9 @@ pub fn deploy_remote(
         threads: config.threads,
         ..DeployOptions::default()
     };
-    with_prefetch(store, manifest, |source| {
-        deploy_manifest(source, manifest, disk, &options, progress)
-    })?;
+    let deploy = prepare(manifest, disk, &options)?;
+    let regions = deploy.regions();
+    with_prefetch(store, manifest, &regions, |source| deploy.run(source, progress))?;
     Ok(())
 }
 

@@ -79,11 +79,11 @@ pub struct Prefetch<'a> {
 }
 
 impl Prefetch<'_> {
-    fn fetch_loop(&self, manifest: &Manifest, batch_bytes: usize, window: usize) -> Result<()> {
+    fn fetch_loop(&self, manifest: &Manifest, regions: &[usize], batch_bytes: usize, window: usize) -> Result<()> {
         let mut batch: Vec<ChunkId> = Vec::new();
         let mut batch_uses: HashMap<ChunkId, u32> = HashMap::new();
         let mut pending_bytes = 0usize;
-        for region in &manifest.header.regions {
+        for region in regions.iter().filter_map(|&i| manifest.header.regions.get(i)) {
             for chunk in manifest.chunks(region) {
                 let chunk = chunk?;
                 {
@@ -250,12 +250,13 @@ impl Prefetch<'_> {
     }
 }
 
-/// Runs `job` with a [`ChunkSource`] that reads `manifest`'s chunks from `store` ahead of use,
-/// in manifest order, `BATCH_BYTES` per request and at most about `WINDOW_BYTES` ahead. A chunk
+/// Runs `job` with a [`ChunkSource`] that reads the chunks of `manifest`'s `regions` (indexes, in
+/// the order the job reads them) from `store` ahead of use, `BATCH_BYTES` per request and at most about `WINDOW_BYTES` ahead. A chunk
 /// asked for out of order is fetched on its own. Every chunk is still checked by its reader.
 pub fn with_prefetch<R>(
     store: &dyn ImageStore,
     manifest: &Manifest,
+    regions: &[usize],
     job: impl FnOnce(&Prefetch<'_>) -> Result<R>,
 ) -> Result<R> {
     let prefetch = Prefetch {
@@ -266,7 +267,7 @@ pub fn with_prefetch<R>(
     };
     std::thread::scope(|scope| {
         let fetcher = scope.spawn(|| {
-            let result = prefetch.fetch_loop(manifest, BATCH_BYTES, WINDOW_BYTES);
+            let result = prefetch.fetch_loop(manifest, regions, BATCH_BYTES, WINDOW_BYTES);
             let mut state = lock(&prefetch.state);
             state.done = true;
             if let Err(e) = result {

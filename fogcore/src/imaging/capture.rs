@@ -152,6 +152,8 @@ pub fn capture_to(
             used_bytes: total_len(&extents),
             extents: extents_section,
             chunks,
+            min_len: None,
+            shrunk: false,
         });
     }
     progress.finish();
@@ -357,7 +359,7 @@ fn is_zero(block: &[u8]) -> bool {
 
 /// Chunks one region into `sink`, appending its chunk table to `manifest`. Returns the extents
 /// actually stored and the chunk table's section.
-fn chunk_region(
+pub(crate) fn chunk_region(
     dev: &dyn ReadAt,
     ranges: &[Extent],
     skip_zero_blocks: bool,

@@ -2,7 +2,7 @@
 //! decompress -> write extents (skipping zeros on a fresh target) -> partition table adapted to
 //! the target -> optional read-back verify.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -15,7 +15,7 @@ use super::extent::Extent;
 use super::fs::Filesystem;
 use super::manifest::{ChunkRef, Manifest, Region};
 use super::partition::{self, TableKind};
-use super::resize::LayoutMode;
+use super::resize::{self, LayoutMode, PlacedPartition, Placement, RegionWrite};
 use super::store::Store;
 use crate::progress::Progress;
 use crate::{Error, Result};
@@ -48,6 +48,14 @@ pub struct DeployReport {
     pub chunks: u64,
     /// True when the written data was read back and matched.
     pub verified: bool,
+    /// The layout applied: `fit` when partitions were moved or resized, else `exact`.
+    pub layout: LayoutMode,
+    /// Why a `fit` deploy kept the source's table, when it did.
+    pub layout_note: Option<String>,
+    /// Where each partition went and what was resized.
+    pub partitions: Vec<PlacedPartition>,
+    /// Seconds the filesystem tools took (0 without resizing).
+    pub resize_seconds: f64,
     /// Wall time in seconds.
     pub seconds: f64,
     /// Peak resident memory of the process by the end, in bytes (see [`crate::memory`]).
@@ -76,6 +84,24 @@ pub fn deploy_manifest(
     options: &DeployOptions,
     progress: &dyn Progress,
 ) -> Result<DeployReport> {
+    prepare(manifest, target_path, options)?.run(source, progress)
+}
+
+/// A deploy checked against its target and laid out on it, nothing written yet.
+pub struct PreparedDeploy<'a> {
+    manifest: &'a Manifest,
+    target_path: PathBuf,
+    target: Disk,
+    placement: Placement,
+    verify: bool,
+    threads: usize,
+    started: Instant,
+}
+
+/// Opens the target, checks it against the image and lays the image out on it
+/// ([`resize::place`]): a target that cannot hold the image is refused here, before anything is
+/// written.
+pub fn prepare<'a>(manifest: &'a Manifest, target_path: &Path, options: &DeployOptions) -> Result<PreparedDeploy<'a>> {
     let started = Instant::now();
     manifest.check()?;
     let header = &manifest.header;
@@ -88,14 +114,6 @@ pub fn deploy_manifest(
             image: layout.sector_size,
         });
     }
-    let needed = layout.min_target_size();
-    if target.size() < needed {
-        return Err(Error::TargetTooSmall {
-            path: target_path.into(),
-            size: target.size(),
-            needed,
-        });
-    }
     if layout.table == TableKind::Gpt && target.size() % u64::from(layout.sector_size) != 0 {
         return Err(Error::InvalidInput(format!(
             "target {} is {} bytes, not a whole number of {}-byte sectors",
@@ -104,111 +122,189 @@ pub fn deploy_manifest(
             layout.sector_size
         )));
     }
+    let placement = resize::place(header, target_path, target.size(), options.layout)?;
+    let needed = layout.min_target_size();
+    if placement.mode == LayoutMode::Exact && target.size() < needed {
+        return Err(Error::TargetTooSmall {
+            path: target_path.into(),
+            size: target.size(),
+            needed,
+        });
+    }
     let threads = options
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
-    // Captured bytes outside partitions past this point (only zeros or junk after the last
-    // partition) do not fit a smaller target and are not needed.
-    let writable_end = target.size()
-        - if layout.table == TableKind::Gpt {
-            layout.backup_gpt_len
-        } else {
-            0
-        };
-
-    progress.start("deploy", header.data_bytes);
-    let written = AtomicU64::new(0);
-    for region in &header.regions {
-        let extents = manifest.extents(region)?;
-        let map = StreamMap::new(region.offset, &extents);
-        for_each_run(manifest, region, threads, progress, |run| {
-            // A run's chunks are consecutive in the stream: stretches of them (all but the
-            // all-zero chunks on a fresh target) are written with one write per extent piece.
-            let mut buf = Vec::with_capacity(run.iter().map(|(c, _)| c.len as usize).sum());
-            let mut stretches: Vec<(u64, usize, usize)> = Vec::new(); // stream offset, buf range
-            for (chunk, stream_offset) in run {
-                let from = buf.len();
-                load_chunk_into(source, &header.name, chunk, &mut buf)?;
-                progress.advance(u64::from(chunk.len));
-                if target.is_fresh() && buf[from..].iter().all(|&b| b == 0) {
-                    buf.truncate(from);
-                    continue;
-                }
-                match stretches.last_mut() {
-                    Some(s) if s.0 + (s.2 - s.1) as u64 == *stream_offset => s.2 = buf.len(),
-                    _ => stretches.push((*stream_offset, from, buf.len())),
-                }
-            }
-            for (stream_offset, from, to) in stretches {
-                let data = buf.get(from..to).unwrap_or_default();
-                map.for_each_piece(stream_offset, data.len() as u64, |disk_offset, at, len| {
-                    let len = len.min(writable_end.saturating_sub(disk_offset));
-                    if len == 0 {
-                        return Ok(());
-                    }
-                    let piece = data.get(at as usize..(at + len) as usize).unwrap_or_default();
-                    target.write_all_at(piece, disk_offset)?;
-                    written.fetch_add(len, Ordering::Relaxed);
-                    Ok(())
-                })?;
-            }
-            Ok(())
-        })?;
-        if let Filesystem::Swap(swap) = &region.filesystem {
-            target.write_all_at(&swap.build(region.len), region.offset)?;
-        }
-    }
-    // Bytes deploy writes over the captured ones: the GPT moved to the target's end.
-    let patches = if layout.table == TableKind::Gpt {
-        partition::relocate_gpt(&target, layout.sector_size, target.size())?.writes
-    } else {
-        Vec::new()
-    };
-    for (offset, bytes) in &patches {
-        target.write_all_at(bytes, *offset)?;
-    }
-    target.sync()?;
-    progress.finish();
-
-    if options.verify {
-        verify_target(source, manifest, &target, &patches, threads, progress)?;
-    }
-    Ok(DeployReport {
-        name: header.name.clone(),
-        target: target_path.display().to_string(),
-        target_size: target.size(),
-        data_bytes: header.data_bytes,
-        bytes_written: written.into_inner(),
-        chunks: header.chunk_count,
-        verified: options.verify,
-        seconds: started.elapsed().as_secs_f64(),
-        peak_memory_bytes: crate::memory::peak_rss(),
+    Ok(PreparedDeploy {
+        manifest,
+        target_path: target_path.into(),
+        target,
+        placement,
+        verify: options.verify,
+        threads,
+        started,
     })
 }
 
-/// Reads every chunk's bytes back from the target and checks their hash. A chunk that deploy
-/// partly overwrote (`patches`: the relocated GPT header, the protective MBR's size) is compared
-/// with its stored content with those patches applied.
-pub fn verify_target(
+impl PreparedDeploy<'_> {
+    /// The manifest's regions this deploy writes, in the order it writes them (a prefetcher
+    /// fetches their chunks in this order).
+    pub fn regions(&self) -> Vec<usize> {
+        self.placement.writes.iter().map(|w| w.region).collect()
+    }
+
+    /// Writes the image, puts the partition table right for the target, verifies when asked and
+    /// grows or shrinks the filesystems of resized partitions.
+    pub fn run(self, source: &dyn ChunkSource, progress: &dyn Progress) -> Result<DeployReport> {
+        let PreparedDeploy {
+            manifest,
+            target_path,
+            target,
+            placement,
+            verify,
+            threads,
+            started,
+        } = self;
+        let header = &manifest.header;
+        let layout = &header.layout;
+        let data_bytes = placement
+            .writes
+            .iter()
+            .filter_map(|w| header.regions.get(w.region))
+            .map(|r| r.used_bytes)
+            .sum();
+        progress.start("deploy", data_bytes);
+        let written = AtomicU64::new(0);
+        for w in &placement.writes {
+            let region = &header.regions[w.region];
+            written.fetch_add(
+                write_region(source, manifest, region, w, &target, threads, progress)?,
+                Ordering::Relaxed,
+            );
+            if let Filesystem::Swap(swap) = &region.filesystem {
+                target.write_all_at(&swap.build(region.len), w.offset)?;
+            }
+        }
+        // Bytes deploy writes over the captured ones: the partition table for the target.
+        let moved = placement.moved();
+        let patches = match layout.table {
+            TableKind::Gpt => partition::relocate_gpt(&target, layout.sector_size, target.size(), &moved)?.writes,
+            TableKind::Mbr if !moved.is_empty() => partition::refit_mbr(&target, layout.sector_size, &moved)?,
+            _ => Vec::new(),
+        };
+        for (offset, bytes) in &patches {
+            target.write_all_at(bytes, *offset)?;
+        }
+        target.sync()?;
+        progress.finish();
+
+        if verify {
+            verify_writes(
+                source,
+                manifest,
+                &placement.writes,
+                &target,
+                &patches,
+                threads,
+                progress,
+            )?;
+        }
+        let resize_started = Instant::now();
+        resize::resize_partitions(&target_path, &target, &placement, layout.sector_size, progress)?;
+        let resize_seconds = resize_started.elapsed().as_secs_f64();
+        Ok(DeployReport {
+            name: header.name.clone(),
+            target: target_path.display().to_string(),
+            target_size: target.size(),
+            data_bytes,
+            bytes_written: written.into_inner(),
+            chunks: header.chunk_count,
+            verified: verify,
+            layout: placement.mode,
+            layout_note: placement.note,
+            partitions: placement.partitions,
+            resize_seconds,
+            seconds: started.elapsed().as_secs_f64(),
+            peak_memory_bytes: crate::memory::peak_rss(),
+        })
+    }
+}
+
+/// Writes one region's data where `place` says, skipping all-zero chunks on a fresh target;
+/// returns the bytes written.
+pub(crate) fn write_region(
     source: &dyn ChunkSource,
     manifest: &Manifest,
+    region: &Region,
+    place: &RegionWrite,
+    target: &Disk,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let header = &manifest.header;
+    let written = AtomicU64::new(0);
+    let extents = manifest.extents(region)?;
+    let map = StreamMap::new(place.offset, &extents);
+    for_each_run(manifest, region, threads, progress, |run| {
+        // A run's chunks are consecutive in the stream: stretches of them (all but the
+        // all-zero chunks on a fresh target) are written with one write per extent piece.
+        let mut buf = Vec::with_capacity(run.iter().map(|(c, _)| c.len as usize).sum());
+        let mut stretches: Vec<(u64, usize, usize)> = Vec::new(); // stream offset, buf range
+        for (chunk, stream_offset) in run {
+            let from = buf.len();
+            load_chunk_into(source, &header.name, chunk, &mut buf)?;
+            progress.advance(u64::from(chunk.len));
+            if target.is_fresh() && buf[from..].iter().all(|&b| b == 0) {
+                buf.truncate(from);
+                continue;
+            }
+            match stretches.last_mut() {
+                Some(s) if s.0 + (s.2 - s.1) as u64 == *stream_offset => s.2 = buf.len(),
+                _ => stretches.push((*stream_offset, from, buf.len())),
+            }
+        }
+        for (stream_offset, from, to) in stretches {
+            let data = buf.get(from..to).unwrap_or_default();
+            map.for_each_piece(stream_offset, data.len() as u64, |disk_offset, at, len| {
+                let len = len.min(place.end.saturating_sub(disk_offset));
+                if len == 0 {
+                    return Ok(());
+                }
+                let piece = data.get(at as usize..(at + len) as usize).unwrap_or_default();
+                target.write_all_at(piece, disk_offset)?;
+                written.fetch_add(len, Ordering::Relaxed);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })?;
+    Ok(written.into_inner())
+}
+
+/// Reads every chunk's bytes back from the target and checks their hash. A chunk that deploy
+/// partly overwrote (`patches`: the partition table for the target) is compared with its stored
+/// content with those patches applied.
+fn verify_writes(
+    source: &dyn ChunkSource,
+    manifest: &Manifest,
+    writes: &[RegionWrite],
     target: &Disk,
     patches: &[(u64, Vec<u8>)],
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<()> {
     let header = &manifest.header;
-    let writable_end = target.size()
-        - if header.layout.table == TableKind::Gpt {
-            header.layout.backup_gpt_len
-        } else {
-            0
-        };
-    progress.start("verify", header.data_bytes);
-    for region in &header.regions {
+    let total = writes
+        .iter()
+        .filter_map(|w| header.regions.get(w.region))
+        .map(|r| r.used_bytes)
+        .sum();
+    progress.start("verify", total);
+    for w in writes {
+        let region = &header.regions[w.region];
+        let writable_end = w.end;
         let extents = manifest.extents(region)?;
-        let map = StreamMap::new(region.offset, &extents);
+        let map = StreamMap::new(w.offset, &extents);
         for_each_run(manifest, region, threads, progress, |run| {
             run.iter().try_for_each(|(chunk, stream_offset)| {
                 let (chunk, stream_offset) = (chunk, *stream_offset);
@@ -261,7 +357,7 @@ pub fn verify_target(
                     Err(Error::VerifyMismatch {
                         path: target.path().into(),
                         image: header.name.clone(),
-                        offset: pieces.first().map_or(region.offset, |p| p.0),
+                        offset: pieces.first().map_or(w.offset, |p| p.0),
                     })
                 }
             })

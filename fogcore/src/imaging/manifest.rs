@@ -68,6 +68,24 @@ pub struct Region {
     pub extents: Section,
     /// Its chunks, in stream order.
     pub chunks: Section,
+    /// The smallest size (bytes) the partition's filesystem can take, once worked out: the
+    /// length of its shrunk copy, or `len` when it cannot shrink. `None` for regions that were
+    /// never looked at (an image from before, or a filesystem fog does not resize).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_len: Option<u64>,
+    /// True for the shrunk copy of partition `partition`'s filesystem (see
+    /// [`crate::imaging::resize::add_shrunk_copies`]): deploy writes it instead of the full
+    /// region when the target's partition is smaller than the source's. Not counted in
+    /// [`Header::data_bytes`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shrunk: bool,
+}
+
+impl Region {
+    /// The region as captured (not a shrunk copy).
+    pub fn is_source(&self) -> bool {
+        !self.shrunk
+    }
 }
 
 /// Everything about an image except its tables.
@@ -87,7 +105,7 @@ pub struct Header {
     pub regions: Vec<Region>,
     /// Number of chunk references (with repeats).
     pub chunk_count: u64,
-    /// Bytes of used data in the image (the sum over regions).
+    /// Bytes of used data in the image (the sum over regions, shrunk copies left out).
     pub data_bytes: u64,
 }
 
@@ -445,7 +463,20 @@ fn check_header(header: &Header, tables_end: u64) -> FieldResult<()> {
             ));
         }
         chunk_count = cursor::add("chunk_count", chunk_count, r.chunks.count)?;
-        data_bytes = cursor::add("data_bytes", data_bytes, r.used_bytes)?;
+        if r.shrunk {
+            let source = header
+                .regions
+                .iter()
+                .find(|s| s.is_source() && s.partition.is_some() && s.partition == r.partition);
+            if source.is_none_or(|s| r.len > s.len) {
+                return Err(FieldError::new(
+                    &format!("{label} shrunk"),
+                    "a shrunk copy must follow a partition of the image and not be larger",
+                ));
+            }
+        } else {
+            data_bytes = cursor::add("data_bytes", data_bytes, r.used_bytes)?;
+        }
     }
     if chunk_count != header.chunk_count {
         return Err(FieldError::new(
@@ -533,6 +564,8 @@ mod tests {
                 used_bytes: extents.iter().map(|e| e.len).sum(),
                 extents: extents_section,
                 chunks,
+                min_len: None,
+                shrunk: false,
             });
         }
         let mut header = Header {

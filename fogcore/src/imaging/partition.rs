@@ -770,9 +770,34 @@ pub struct GptRelocation {
     pub writes: Vec<(u64, Vec<u8>)>,
 }
 
+/// A partition put at another place by a resizing deploy: its number, first byte and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// Partition number (the GPT entry index + 1, or the MBR primary slot 1..=4).
+    pub number: u32,
+    /// First byte on the target.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+impl Moved {
+    /// First and last sector (inclusive), checked to be whole sectors.
+    fn sectors(&self, ssz: u64) -> Result<(u64, u64)> {
+        if !self.offset.is_multiple_of(ssz) || !self.len.is_multiple_of(ssz) || self.len == 0 {
+            return Err(Error::InvalidInput(format!(
+                "partition {} at byte {} of {} bytes is not whole {ssz}-byte sectors",
+                self.number, self.offset, self.len
+            )));
+        }
+        Ok((self.offset / ssz, (self.offset + self.len) / ssz - 1))
+    }
+}
+
 /// Computes the GPT writes for a target of `target_size` bytes from the primary GPT already
-/// written to it (read back through `target`).
-pub fn relocate_gpt(target: &dyn ReadAt, ss: u32, target_size: u64) -> Result<GptRelocation> {
+/// written to it (read back through `target`), with the entries of `moved` partitions pointing
+/// at their new places (and the entry array's checksum, in both headers, to match).
+pub fn relocate_gpt(target: &dyn ReadAt, ss: u32, target_size: u64, moved: &[Moved]) -> Result<GptRelocation> {
     if !valid_sector_size(ss) {
         return Err(bad(
             target,
@@ -780,7 +805,20 @@ pub fn relocate_gpt(target: &dyn ReadAt, ss: u32, target_size: u64) -> Result<Gp
         ));
     }
     let ssz = u64::from(ss);
-    let (mut primary_sector, header, entries) = read_gpt_tables(target, ss)?;
+    let (mut primary_sector, mut header, mut entries) = read_gpt_tables(target, ss)?;
+    for m in moved {
+        let (first, last) = m.sectors(ssz)?;
+        let at = (m.number as usize)
+            .checked_sub(1)
+            .map(|i| i * header.entry_size as usize)
+            .filter(|at| at + 48 <= entries.len())
+            .ok_or_else(|| bad(target, format!("the GPT has no entry {}", m.number)))?;
+        entries[at + 32..at + 40].copy_from_slice(&first.to_le_bytes());
+        entries[at + 40..at + 48].copy_from_slice(&last.to_le_bytes());
+    }
+    if !moved.is_empty() {
+        header.entries_crc = crc32fast::hash(&entries);
+    }
     let entry_sectors = header.entries_bytes().div_ceil(ssz);
     let too_small = || {
         bad(
@@ -813,11 +851,12 @@ pub fn relocate_gpt(target: &dyn ReadAt, ss: u32, target_size: u64) -> Result<Gp
 
     let mut mbr = [0u8; 512];
     read_at(target, &mut mbr, 0, "protective MBR")?;
-    let mut writes = vec![
-        (ssz, primary_sector),
-        (backup_entries_lba * ssz, entries),
-        (last_lba * ssz, backup_sector),
-    ];
+    let mut writes = vec![(ssz, primary_sector)];
+    if !moved.is_empty() {
+        writes.push((header.entries_lba * ssz, entries.clone()));
+    }
+    writes.push((backup_entries_lba * ssz, entries));
+    writes.push((last_lba * ssz, backup_sector));
     // Protective MBR: the 0xEE entry covers the disk, capped at 32 bits.
     if let Some(i) = (0..4).find(|i| mbr.get(446 + i * 16 + 4) == Some(&0xEE)) {
         let size = u32::try_from(last_lba).unwrap_or(u32::MAX);
@@ -825,6 +864,42 @@ pub fn relocate_gpt(target: &dyn ReadAt, ss: u32, target_size: u64) -> Result<Gp
         writes.push((off as u64, size.to_le_bytes().to_vec()));
     }
     Ok(GptRelocation { writes })
+}
+
+/// The writes that point the primary MBR entries of `moved` partitions at their new places
+/// (read back through `target`, where the captured MBR was written). Logical partitions live in
+/// EBR chains and are not moved.
+pub fn refit_mbr(target: &dyn ReadAt, ss: u32, moved: &[Moved]) -> Result<Vec<(u64, Vec<u8>)>> {
+    let ssz = u64::from(ss);
+    let mut mbr = [0u8; 512];
+    read_at(target, &mut mbr, 0, "MBR")?;
+    for m in moved {
+        let (first, last) = m.sectors(ssz)?;
+        if !(1..=4).contains(&m.number) {
+            return Err(bad(
+                target,
+                format!("partition {} is not a primary MBR partition", m.number),
+            ));
+        }
+        let too_far = || {
+            bad(
+                target,
+                format!(
+                    "partition {} at sector {first} does not fit an MBR's 32-bit sectors",
+                    m.number
+                ),
+            )
+        };
+        let start = u32::try_from(first).map_err(|_| too_far())?;
+        let count = u32::try_from(last - first + 1).map_err(|_| too_far())?;
+        let e = 446 + (m.number as usize - 1) * 16;
+        // CHS fields say "use the LBA" (as every tool since the 1990s writes them).
+        mbr[e + 1..e + 4].copy_from_slice(&[0xFE, 0xFF, 0xFF]);
+        mbr[e + 5..e + 8].copy_from_slice(&[0xFE, 0xFF, 0xFF]);
+        mbr[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+        mbr[e + 12..e + 16].copy_from_slice(&count.to_le_bytes());
+    }
+    Ok(vec![(0, mbr.to_vec())])
 }
 
 #[cfg(test)]
@@ -1082,7 +1157,7 @@ mod tests {
         let small = gpt_disk(512);
         let mut big = small[..2 * MIB as usize].to_vec();
         big.resize(6 * MIB as usize, 0);
-        let moved = relocate_gpt(&big, 512, big.len() as u64).expect("relocate");
+        let moved = relocate_gpt(&big, 512, big.len() as u64, &[]).expect("relocate");
         apply(&mut big, &moved.writes);
         let l = read_layout(&big, None).expect("layout");
         assert_eq!(l.disk_size, 6 * MIB);
@@ -1091,14 +1166,14 @@ mod tests {
         let backup = GptHeader::parse(&big[big.len() - 512..]).expect("backup header");
         assert_eq!((backup.my_lba, backup.alternate_lba), (6 * 2048 - 1, 1));
         // Relocating again to the same size changes nothing.
-        let again = relocate_gpt(&big, 512, big.len() as u64).expect("relocate");
+        let again = relocate_gpt(&big, 512, big.len() as u64, &[]).expect("relocate");
         let before = big.clone();
         apply(&mut big, &again.writes);
         assert_eq!(before, big);
         // Too small for its own tables, or a bad sector size, is an error, not an underflow.
         for (ss, size) in [(512, 100), (512, 16 * 1024), (0, 6 * MIB), (513, 6 * MIB)] {
             assert!(
-                matches!(relocate_gpt(&big, ss, size), Err(Error::BadDisk { .. })),
+                matches!(relocate_gpt(&big, ss, size, &[]), Err(Error::BadDisk { .. })),
                 "{ss} {size}"
             );
         }
@@ -1155,7 +1230,7 @@ mod tests {
                     // Relocating onto a copy of itself, or a random size, never panics and
                     // writes only inside the target.
                     for size in [l.disk_size, l.disk_size / 2, l.disk_size * 2] {
-                        if let Ok(r) = relocate_gpt(d, l.sector_size, size) {
+                        if let Ok(r) = relocate_gpt(d, l.sector_size, size, &[]) {
                             for (at, bytes) in &r.writes {
                                 prop_assert!(at + bytes.len() as u64 <= size);
                             }

@@ -2,12 +2,24 @@
 //! keep it, the others share the rest in proportion), and the filesystem tools that grow or
 //! shrink each filesystem to its new partition.
 
+use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use super::disk::{Disk, ReadAt};
+use super::fs::Filesystem;
+use super::loopdev::LoopDevice;
+use super::manifest::{Header, Region};
+use super::partition::{Moved, Partition, TableKind};
+use crate::error::IoContext;
+use crate::progress::Progress;
+use crate::tools::find_tool;
+use crate::{Error, Result};
 
 /// How deploy lays the image's partitions out on the target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -41,7 +53,7 @@ impl fmt::Display for LayoutMode {
 impl FromStr for LayoutMode {
     type Err = Error;
 
-    fn from_str(s: &str) -> Result<Self, Error> {
+    fn from_str(s: &str) -> Result<Self> {
         match s {
             "fit" => Ok(LayoutMode::Fit),
             "exact" => Ok(LayoutMode::Exact),
@@ -50,4 +62,638 @@ impl FromStr for LayoutMode {
             ))),
         }
     }
+}
+
+/// Partitions start on 1 MiB boundaries, as every partitioning tool since Vista places them.
+pub const ALIGN: u64 = 1 << 20;
+
+const EFI_SYSTEM: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const MS_RESERVED: &str = "E3C9E316-0B5C-4DB8-817D-F92DF00215AE";
+const WINDOWS_RECOVERY: &str = "DE94BBA4-06D1-4D40-A16A-BFD50179D6AC";
+const BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
+const LINUX_SWAP: &str = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F";
+
+/// Why a partition keeps its size in a `fit` layout, or `None` when fog may resize it: the
+/// partitions firmware, Windows and boot loaders expect at a size (EFI system, Microsoft
+/// reserved, Windows recovery, BIOS boot), swap, and filesystems fog cannot resize here.
+pub fn fixed_reason(type_id: &str, filesystem: &Filesystem) -> Option<String> {
+    let upper = type_id.to_ascii_uppercase();
+    let by_type = match upper.as_str() {
+        EFI_SYSTEM | "0XEF" => Some("an EFI system partition"),
+        MS_RESERVED => Some("Microsoft reserved"),
+        WINDOWS_RECOVERY => Some("Windows recovery"),
+        // Hidden NTFS on an MBR disk: Windows' recovery partition (0x27) or a hidden volume.
+        "0X27" | "0X17" if *filesystem == Filesystem::Ntfs => Some("Windows recovery (hidden NTFS)"),
+        BIOS_BOOT => Some("BIOS boot"),
+        LINUX_SWAP | "0X82" => Some("swap"),
+        _ => None,
+    };
+    if let Some(reason) = by_type {
+        return Some(reason.into());
+    }
+    match Resizer::for_filesystem(filesystem) {
+        _ if matches!(filesystem, Filesystem::Swap(_)) => Some("swap".into()),
+        None => Some(format!("{} is not resized", filesystem.label())),
+        Some(r) => r
+            .missing_tool()
+            .map(|(tool, package)| format!("{tool} is not installed (Debian package {package})")),
+    }
+}
+
+/// What grows or shrinks a filesystem to its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resizer {
+    /// ext2/3/4: e2fsck, then resize2fs.
+    Ext,
+    /// NTFS: ntfsresize, then ntfsfix clears the dirty flag and bad-cluster list it leaves.
+    Ntfs,
+}
+
+impl Resizer {
+    /// The resizer of `filesystem`, if fog resizes it.
+    pub fn for_filesystem(filesystem: &Filesystem) -> Option<Resizer> {
+        match filesystem {
+            Filesystem::Ext => Some(Resizer::Ext),
+            Filesystem::Ntfs => Some(Resizer::Ntfs),
+            _ => None,
+        }
+    }
+
+    /// The programs it runs and the Debian packages that have them.
+    fn tools(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Resizer::Ext => &[("e2fsck", "e2fsprogs"), ("resize2fs", "e2fsprogs")],
+            Resizer::Ntfs => &[("ntfsresize", "ntfs-3g"), ("ntfsfix", "ntfs-3g")],
+        }
+    }
+
+    /// The first of its programs that is not installed.
+    pub fn missing_tool(self) -> Option<(&'static str, &'static str)> {
+        self.tools().iter().copied().find(|(tool, _)| find_tool(tool).is_none())
+    }
+
+    /// Grows or shrinks the filesystem on `device` (a partition, or a file) to the device's size.
+    pub fn fit_to_device(self, device: &Path, what: &str) -> Result<()> {
+        match self {
+            Resizer::Ext => {
+                check_ext(device, what)?;
+                run_tool("resize2fs", &[device.as_os_str()], what, |c| c == 0)?;
+            }
+            Resizer::Ntfs => {
+                let args = [
+                    OsStr::new("--force"),
+                    OsStr::new("--force"),
+                    OsStr::new("--no-progress-bar"),
+                ];
+                run_tool("ntfsresize", &[&args[..], &[device.as_os_str()]].concat(), what, |c| {
+                    c == 0
+                })?;
+                fix_ntfs(device, what)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Shrinks the filesystem in the image file `file` as far as it goes, truncates the file to
+    /// the new size (whole MiB) and returns that size.
+    pub(crate) fn shrink_file(self, file: &Path, what: &str) -> Result<u64> {
+        let size = match self {
+            Resizer::Ext => {
+                check_ext(file, what)?;
+                run_tool("resize2fs", &[OsStr::new("-M"), file.as_os_str()], what, |c| c == 0)?;
+                ext_size(file, what)?.next_multiple_of(ALIGN)
+            }
+            Resizer::Ntfs => {
+                let info = run_tool(
+                    "ntfsresize",
+                    &[
+                        OsStr::new("--info"),
+                        OsStr::new("--force"),
+                        OsStr::new("--no-progress-bar"),
+                        file.as_os_str(),
+                    ],
+                    what,
+                    |c| c == 0,
+                )?;
+                let min = ntfs_min_size(&info).ok_or_else(|| Error::ToolFailed {
+                    tool: "ntfsresize --info".into(),
+                    what: what.into(),
+                    reason: "it did not say the smallest size".into(),
+                })?;
+                // One more MiB: the backup boot sector follows the volume.
+                let size = min.next_multiple_of(ALIGN) + ALIGN;
+                let current = std::fs::metadata(file).at(file)?.len();
+                if size < current {
+                    let size_arg = OsString::from(size.to_string());
+                    run_tool(
+                        "ntfsresize",
+                        &[
+                            OsStr::new("--force"),
+                            OsStr::new("--force"),
+                            OsStr::new("--no-progress-bar"),
+                            OsStr::new("--size"),
+                            &size_arg,
+                            file.as_os_str(),
+                        ],
+                        what,
+                        |c| c == 0,
+                    )?;
+                }
+                size.min(current)
+            }
+        };
+        let f = std::fs::OpenOptions::new().write(true).open(file).at(file)?;
+        f.set_len(size).at(file)?;
+        if self == Resizer::Ntfs {
+            fix_ntfs(file, what)?; // the backup boot sector, at the new end
+        }
+        Ok(size)
+    }
+}
+
+/// e2fsck -f: resize2fs refuses a filesystem not checked since it was last mounted. Exit 1 means
+/// it fixed something (the captured filesystem of a running system may have been mounted).
+fn check_ext(device: &Path, what: &str) -> Result<()> {
+    run_tool(
+        "e2fsck",
+        &[OsStr::new("-f"), OsStr::new("-y"), device.as_os_str()],
+        what,
+        |c| c <= 1,
+    )?;
+    Ok(())
+}
+
+/// ntfsresize marks the volume dirty (so Windows runs chkdsk); ntfsfix -b -d clears that flag
+/// and the bad-cluster list, and writes the backup boot sector at the volume's end.
+fn fix_ntfs(device: &Path, what: &str) -> Result<()> {
+    run_tool(
+        "ntfsfix",
+        &[OsStr::new("-b"), OsStr::new("-d"), device.as_os_str()],
+        what,
+        |c| c == 0,
+    )?;
+    Ok(())
+}
+
+/// "You might resize at 7856128 bytes or 8 MB (freeing 60 MB)." from ntfsresize --info.
+fn ntfs_min_size(info: &str) -> Option<u64> {
+    let rest = info.split("You might resize at ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The size of the ext filesystem in `file`, from its superblock.
+fn ext_size(file: &Path, what: &str) -> Result<u64> {
+    let mut sb = [0u8; 1024];
+    std::fs::File::open(file)
+        .at(file)?
+        .read_exact_at(&mut sb, 1024)
+        .at(file)?;
+    let u32_at = |at: usize| u64::from(u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]));
+    let log_block = u32_at(0x18);
+    let bad = |reason: &str| Error::BadFilesystem {
+        what: what.into(),
+        reason: reason.into(),
+    };
+    if log_block > 6 {
+        return Err(bad("block size past 64 KiB after resize2fs"));
+    }
+    let mut blocks = u32_at(0x04);
+    const INCOMPAT_64BIT: u64 = 0x80;
+    if u32_at(0x60) & INCOMPAT_64BIT != 0 {
+        blocks |= u32_at(0x150) << 32;
+    }
+    Ok(blocks << (10 + log_block))
+}
+
+/// Runs an external tool with stdin closed; its output when `ok(exit code)`, else
+/// [`Error::ToolFailed`] with the last lines it printed.
+fn run_tool(tool: &str, args: &[&OsStr], what: &str, ok: impl Fn(i32) -> bool) -> Result<String> {
+    let failed = |reason: String| Error::ToolFailed {
+        tool: tool.into(),
+        what: what.into(),
+        reason,
+    };
+    let path = find_tool(tool).ok_or_else(|| failed("not installed".into()))?;
+    let out = Command::new(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| failed(format!("cannot start {}: {e}", path.display())))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.code() {
+        Some(code) if ok(code) => Ok(stdout),
+        status => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let text = format!("{stdout}\n{stderr}");
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = lines[lines.len().saturating_sub(6)..].join(" | ");
+            Err(failed(format!(
+                "exit {}: {tail}",
+                status.map_or("by signal".into(), |c| c.to_string())
+            )))
+        }
+    }
+}
+
+/// Where one partition goes on the target.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacedPartition {
+    /// Partition number.
+    pub number: u32,
+    /// Filesystem label.
+    pub filesystem: String,
+    /// Offset and length on the source disk.
+    pub source_offset: u64,
+    /// Source length.
+    pub source_len: u64,
+    /// Offset on the target.
+    pub offset: u64,
+    /// Length on the target.
+    pub len: u64,
+    /// Why it keeps its size, for partitions that must.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<String>,
+    /// True when deploy writes the image's shrunk copy of it (the target gives it less room than
+    /// the source had).
+    pub from_shrunk: bool,
+    /// The filesystem is grown or shrunk to `len` after writing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resize: Option<Resizer>,
+}
+
+/// Where one region of the image is written: its data starts at `offset` on the target and no
+/// byte at or past `end` is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionWrite {
+    /// Index into the manifest's regions.
+    pub region: usize,
+    /// Target offset of the region's first byte.
+    pub offset: u64,
+    /// First target byte not written.
+    pub end: u64,
+}
+
+/// A deploy's layout on its target.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// The layout applied (a `fit` that had nothing to change is reported as such).
+    pub mode: LayoutMode,
+    /// Why `fit` kept the source's table, when it did.
+    pub note: Option<String>,
+    /// The regions to write, in order.
+    pub writes: Vec<RegionWrite>,
+    /// Every partition's place.
+    pub partitions: Vec<PlacedPartition>,
+}
+
+impl Placement {
+    /// Partitions whose place or size differ from the source's.
+    pub fn moved(&self) -> Vec<Moved> {
+        self.partitions
+            .iter()
+            .filter(|p| p.offset != p.source_offset || p.len != p.source_len)
+            .map(|p| Moved {
+                number: p.number,
+                offset: p.offset,
+                len: p.len,
+            })
+            .collect()
+    }
+}
+
+/// Lays the image of `header` out on a target of `target_size` bytes (see [`LayoutMode`]).
+/// Refuses, before anything is written, a target on which some partition cannot get the room
+/// its filesystem needs, naming it.
+pub fn place(header: &Header, target: &Path, target_size: u64, mode: LayoutMode) -> Result<Placement> {
+    let layout = &header.layout;
+    let exact = |note: Option<String>| exact_placement(header, target_size, note);
+    if mode == LayoutMode::Exact {
+        return Ok(exact(None));
+    }
+    if layout.table == TableKind::None {
+        return Ok(exact(Some(
+            "a disk without a partition table is written as it was".into(),
+        )));
+    }
+    if layout.partitions.iter().any(|p| p.number > 4) && layout.table == TableKind::Mbr {
+        return Ok(exact(Some("logical MBR partitions are kept where they were".into())));
+    }
+    if target_size == layout.disk_size || layout.partitions.is_empty() {
+        return Ok(exact(None));
+    }
+    let ss = u64::from(layout.sector_size);
+    let align = ALIGN.max(ss);
+    let start = layout.partitions.first().map_or(0, |p| p.offset);
+    let tail = if layout.table == TableKind::Gpt {
+        layout.backup_gpt_len
+    } else {
+        0
+    };
+    let end = target_size.saturating_sub(tail) / ss * ss;
+
+    struct Sizing<'a> {
+        partition: &'a Partition,
+        region: Option<(usize, &'a Region)>,
+        shrunk: Option<(usize, &'a Region)>,
+        fixed: Option<String>,
+        min: u64,
+    }
+    let find = |number: u32, shrunk: bool| {
+        header
+            .regions
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.partition == Some(number) && r.shrunk == shrunk)
+    };
+    let sizing: Vec<Sizing> = layout
+        .partitions
+        .iter()
+        .map(|p| {
+            let region = find(p.number, false);
+            let fs = region.map_or(Filesystem::Raw, |(_, r)| r.filesystem.clone());
+            let fixed = fixed_reason(&p.type_id, &fs);
+            let shrunk = find(p.number, true).filter(|_| fixed.is_none());
+            let min = shrunk.map_or(p.len, |(_, r)| r.len);
+            Sizing {
+                partition: p,
+                region,
+                shrunk,
+                fixed,
+                min,
+            }
+        })
+        .collect();
+
+    // Room for the resizable partitions: everything but the fixed ones, less one alignment gap
+    // per partition.
+    let fixed_total: u64 = sizing
+        .iter()
+        .filter(|s| s.fixed.is_some())
+        .map(|s| s.partition.len)
+        .sum();
+    let gaps = align * sizing.len() as u64;
+    let room = end
+        .saturating_sub(start)
+        .saturating_sub(fixed_total)
+        .saturating_sub(gaps);
+    let flexible: Vec<usize> = (0..sizing.len()).filter(|&i| sizing[i].fixed.is_none()).collect();
+    if flexible.is_empty() {
+        if target_size < layout.min_target_size() {
+            return Err(Error::TargetTooSmall {
+                path: target.into(),
+                size: target_size,
+                needed: layout.min_target_size(),
+            });
+        }
+        return Ok(exact(Some("no partition of this image can be resized".into())));
+    }
+    // Shares in proportion to the source sizes; a partition whose share is under its minimum
+    // gets its minimum, and the others share what is left, until no share is under a minimum.
+    let mut pinned: Vec<Option<u64>> = vec![None; sizing.len()];
+    let share = |pinned: &[Option<u64>], i: usize| -> u64 {
+        let free = room.saturating_sub(pinned.iter().flatten().sum());
+        let weight: u128 = flexible
+            .iter()
+            .filter(|&&j| pinned[j].is_none())
+            .map(|&j| u128::from(sizing[j].partition.len))
+            .sum();
+        let share = u128::from(free) * u128::from(sizing[i].partition.len) / weight.max(1);
+        (share as u64) / align * align
+    };
+    loop {
+        let under: Vec<usize> = flexible
+            .iter()
+            .copied()
+            .filter(|&i| pinned[i].is_none() && share(&pinned, i) < sizing[i].min)
+            .collect();
+        if under.is_empty() {
+            break;
+        }
+        for i in under {
+            pinned[i] = Some(sizing[i].min.next_multiple_of(align));
+        }
+        if pinned.iter().flatten().sum::<u64>() > room {
+            let i = flexible
+                .iter()
+                .copied()
+                .find(|&i| share(&vec![None; sizing.len()], i) < sizing[i].min)
+                .unwrap_or(flexible[0]);
+            let s = &sizing[i];
+            return Err(Error::PartitionTooSmall {
+                path: target.into(),
+                partition: s.partition.number,
+                filesystem: s.region.map_or("raw", |(_, r)| r.filesystem.label()).into(),
+                needed: s.min,
+                available: share(&vec![None; sizing.len()], i),
+            });
+        }
+    }
+
+    let mut lens: Vec<u64> = sizing
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match &s.fixed {
+            Some(_) => s.partition.len,
+            None => pinned[i].unwrap_or_else(|| share(&pinned, i)),
+        })
+        .collect();
+    // Rounding and the reserved gaps leave a little: the last resizable partition takes it, so a
+    // partition after it (recovery after C:) ends at the disk's end.
+    let laid_end = lens.iter().enumerate().fold(start, |at, (i, len)| {
+        if i > 0 {
+            at.next_multiple_of(align) + len
+        } else {
+            at + len
+        }
+    });
+    if let Some(&last) = flexible.last() {
+        lens[last] += end.saturating_sub(laid_end) / align * align;
+    }
+
+    let mut writes = Vec::new();
+    if let Some((i, _)) = header.regions.iter().enumerate().find(|(_, r)| r.partition.is_none()) {
+        // Only what precedes the first partition: boot code, the tables (rewritten after), the
+        // gap boot loaders use. Gaps between partitions mean nothing at new places.
+        writes.push(RegionWrite {
+            region: i,
+            offset: 0,
+            end: start,
+        });
+    }
+    let mut partitions = Vec::new();
+    let mut at = start;
+    for (i, s) in sizing.iter().enumerate() {
+        let p = s.partition;
+        if i > 0 {
+            at = at.next_multiple_of(align);
+        }
+        let len = lens[i];
+        let use_shrunk = s.fixed.is_none() && len < p.len;
+        let written = if use_shrunk { s.shrunk } else { s.region };
+        let written_len = written.map_or(p.len, |(_, r)| r.len);
+        if let Some((index, _)) = written {
+            writes.push(RegionWrite {
+                region: index,
+                offset: at,
+                end: at + len.min(written_len),
+            });
+        }
+        let filesystem = s.region.map_or(Filesystem::Raw, |(_, r)| r.filesystem.clone());
+        partitions.push(PlacedPartition {
+            number: p.number,
+            filesystem: filesystem.label().into(),
+            source_offset: p.offset,
+            source_len: p.len,
+            offset: at,
+            len,
+            fixed: s.fixed.clone(),
+            from_shrunk: use_shrunk,
+            resize: if len != written_len {
+                Resizer::for_filesystem(&filesystem)
+            } else {
+                None
+            },
+        });
+        at += len;
+    }
+    if at > end {
+        return Err(Error::TargetTooSmall {
+            path: target.into(),
+            size: target_size,
+            needed: target_size + (at - end),
+        });
+    }
+    Ok(Placement {
+        mode: LayoutMode::Fit,
+        note: None,
+        writes,
+        partitions,
+    })
+}
+
+/// The source's layout as it was: every captured region at its own offset.
+fn exact_placement(header: &Header, target_size: u64, note: Option<String>) -> Placement {
+    let layout = &header.layout;
+    // Captured bytes outside partitions past this point (only zeros or junk after the last
+    // partition) do not fit a smaller target and are not needed.
+    let end = target_size
+        - if layout.table == TableKind::Gpt {
+            layout.backup_gpt_len
+        } else {
+            0
+        };
+    let writes = header
+        .regions
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_source())
+        .map(|(i, r)| RegionWrite {
+            region: i,
+            offset: r.offset,
+            end,
+        })
+        .collect();
+    let partitions = layout
+        .partitions
+        .iter()
+        .map(|p| {
+            let region = header
+                .regions
+                .iter()
+                .find(|r| r.partition == Some(p.number) && r.is_source());
+            PlacedPartition {
+                number: p.number,
+                filesystem: region.map_or("raw", |r| r.filesystem.label()).into(),
+                source_offset: p.offset,
+                source_len: p.len,
+                offset: p.offset,
+                len: p.len,
+                fixed: None,
+                from_shrunk: false,
+                resize: None,
+            }
+        })
+        .collect();
+    Placement {
+        mode: LayoutMode::Exact,
+        note,
+        writes,
+        partitions,
+    }
+}
+
+/// Grows or shrinks the filesystem of every partition `placement` resized, each through a loop
+/// device over its new place on `target_path`, then gives moved NTFS and FAT partitions their
+/// new first sector ([`patch_hidden_sectors`]).
+pub fn resize_partitions(
+    target_path: &Path,
+    target: &Disk,
+    placement: &Placement,
+    sector_size: u32,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let resized: Vec<&PlacedPartition> = placement.partitions.iter().filter(|p| p.resize.is_some()).collect();
+    if !resized.is_empty() {
+        progress.start("resize", resized.len() as u64);
+        for p in resized {
+            if progress.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            if let Some(resizer) = p.resize {
+                let what = format!("{} partition {}", target_path.display(), p.number);
+                let device = LoopDevice::attach(target_path, p.offset, p.len)?;
+                resizer.fit_to_device(device.path(), &what)?;
+            }
+            progress.advance(1);
+        }
+        progress.finish();
+    }
+    for p in &placement.partitions {
+        if p.offset != p.source_offset {
+            patch_hidden_sectors(target, p, u64::from(sector_size))?;
+        }
+    }
+    target.sync()
+}
+
+/// NTFS and FAT boot sectors record the partition's first sector ("hidden sectors", a 32-bit
+/// field at byte 0x1C), and Windows' boot code uses it. A moved partition whose boot sector had
+/// its old first sector gets the new one, in the backup boot sector too.
+pub fn patch_hidden_sectors(target: &Disk, p: &PlacedPartition, ss: u64) -> Result<()> {
+    const HIDDEN_SECTORS: usize = 0x1C;
+    if !matches!(p.filesystem.as_str(), "ntfs" | "fat") {
+        return Ok(());
+    }
+    let (Ok(old), Ok(new)) = (u32::try_from(p.source_offset / ss), u32::try_from(p.offset / ss)) else {
+        return Ok(());
+    };
+    let mut boot = [0u8; 512];
+    target.read_exact_at(&mut boot, p.offset)?;
+    let field = |b: &[u8; 512]| u32::from_le_bytes([b[0x1C], b[0x1D], b[0x1E], b[0x1F]]);
+    if field(&boot) != old {
+        return Ok(()); // not set from the partition table (mkfs on a file, say): left alone
+    }
+    let bytes_per_sector = u64::from(u16::from_le_bytes([boot[0x0B], boot[0x0C]]));
+    let backup = if p.filesystem == "ntfs" {
+        // NTFS keeps its backup in the sector after the volume.
+        let sectors = u64::from_le_bytes(boot[0x28..0x30].try_into().unwrap_or_default());
+        sectors.checked_mul(bytes_per_sector)
+    } else if u16::from_le_bytes([boot[0x16], boot[0x17]]) == 0 {
+        // FAT32 (no 16-bit FAT size): the backup boot sector's number is at 0x32.
+        Some(u64::from(u16::from_le_bytes([boot[0x32], boot[0x33]])) * bytes_per_sector)
+    } else {
+        None
+    };
+    let mut at = vec![p.offset];
+    if let Some(b) = backup.filter(|&b| b > 0 && b + 512 <= p.len) {
+        at.push(p.offset + b);
+    }
+    for offset in at {
+        target.read_exact_at(&mut boot, offset)?;
+        if field(&boot) == old {
+            target.write_all_at(&new.to_le_bytes(), offset + HIDDEN_SECTORS as u64)?;
+        }
+    }
+    Ok(())
 }

@@ -10,15 +10,18 @@ use crate::tools::*;
 use fogcore::Error;
 use fogcore::imaging::capture::{CaptureOptions, capture};
 use fogcore::imaging::deploy::{DeployOptions, deploy};
+use fogcore::imaging::resize::LayoutMode;
 use fogcore::imaging::store::Store;
 use fogcore::imaging::wipe::{WipeMode, wipe};
 use fogcore::progress::NoProgress;
 
 const MIB: u64 = 1 << 20;
 
+/// These tests check the source's table is kept as it was: `exact` (resizing is in `resize.rs`).
 fn deploy_opts(verify: bool) -> DeployOptions {
     DeployOptions {
         verify,
+        layout: LayoutMode::Exact,
         ..DeployOptions::default()
     }
 }

@@ -8,6 +8,7 @@ mod http;
 mod imaging;
 mod node;
 mod replicate;
+mod resize;
 mod serve;
 mod tftp;
 mod tools;

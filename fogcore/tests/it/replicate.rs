@@ -538,6 +538,8 @@ fn big_manifest(path: &Path, name: &str) {
             used_bytes: len,
             extents,
             chunks,
+            min_len: None,
+            shrunk: false,
         }],
         chunk_count: BIG_REFS,
         data_bytes: len,

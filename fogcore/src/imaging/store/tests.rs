@@ -94,6 +94,8 @@ fn commit_image_with(
             used_bytes: data_bytes,
             extents,
             chunks,
+            min_len: None,
+            shrunk: false,
         }],
         chunk_count: count,
         data_bytes,
