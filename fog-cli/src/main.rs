@@ -128,6 +128,10 @@ enum ImageCommand {
         /// Logical sector size of an image file (detected from its GPT when not given)
         #[arg(long)]
         sector_size: Option<u32>,
+        /// Skip working out the partitions' minimum sizes (shrunk copies): the image then
+        /// deploys only to disks at least as large as the source
+        #[arg(long)]
+        skip_minimum_sizes: bool,
     },
     /// Deploy an image to a disk image file (created if absent) or block device
     Deploy {
@@ -293,10 +297,12 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     source,
                     name,
                     sector_size,
+                    skip_minimum_sizes,
                 } => {
                     let options = capture::CaptureOptions {
                         sector_size: *sector_size,
-                        threads: None,
+                        skip_minimum_sizes: *skip_minimum_sizes,
+                        ..Default::default()
                     };
                     let report = capture::capture(&store, source, name, &options, &progress)?;
                     out.capture(&report);

@@ -109,8 +109,13 @@ impl Out {
             let what = r
                 .partition
                 .map_or("outside partitions".to_string(), |n| format!("partition {n}"));
+            let min = match (r.shrunk, r.min_len) {
+                (true, _) => format!(", shrunk copy of {}", mib(r.len)),
+                (false, Some(m)) => format!(", fits in {}", mib(m)),
+                (false, None) => String::new(),
+            };
             say!(
-                "region     {what:<20} {:<5} used {}",
+                "region     {what:<20} {:<5} used {}{min}",
                 r.filesystem.label(),
                 mib(r.used_bytes)
             );
@@ -210,6 +215,19 @@ fn print_capture(r: &CaptureReport) {
         100.0 * r.new_stored_bytes as f64 / (r.data_bytes.max(1)) as f64,
         mib(r.peak_memory_bytes)
     );
+    for m in &r.minimum_sizes {
+        say!(
+            "  partition {} ({}) fits in {} (of {}): shrunk copy worked out in {:.1}s",
+            m.partition,
+            m.filesystem,
+            mib(m.min_len),
+            mib(m.len),
+            m.seconds
+        );
+    }
+    if let Some(e) = &r.minimum_sizes_error {
+        say!("  minimum sizes not worked out ({e}): deploys need a disk of at least the source's size");
+    }
 }
 
 fn print_deploy(r: &DeployReport) {
@@ -224,6 +242,30 @@ fn print_deploy(r: &DeployReport) {
         if r.verified { ", read back and verified" } else { "" },
         mib(r.peak_memory_bytes)
     );
+    say!(
+        "  layout {}{}",
+        r.layout,
+        r.layout_note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+    );
+    for p in &r.partitions {
+        let change = match (&p.fixed, p.resize, p.from_shrunk) {
+            (Some(why), _, _) => format!("kept: {why}"),
+            (None, Some(tool), true) => format!("from its shrunk copy, {} to fit", tool.tool()),
+            (None, Some(tool), false) => format!("{} to fit", tool.tool()),
+            (None, None, _) => "as captured".into(),
+        };
+        say!(
+            "  partition {:>2} {:<5} {} -> {} at {}  {change}",
+            p.number,
+            p.filesystem,
+            mib(p.source_len),
+            mib(p.len),
+            p.offset
+        );
+    }
+    if r.resize_seconds > 0.0 {
+        say!("  filesystem tools took {:.2}s", r.resize_seconds);
+    }
 }
 
 /// `fog agent inventory` as text: what an operator reads on the console (the boot menu's

@@ -273,7 +273,11 @@ impl PyStore {
         sector_size: Option<u32>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let sink = PyProgress::new(progress);
-        let options = CaptureOptions { sector_size, threads };
+        let options = CaptureOptions {
+            sector_size,
+            threads,
+            ..CaptureOptions::default()
+        };
         let store = &self.store;
         let (result, error) = run_job(py, &sink, || capture::capture(store, &source, name, &options, &sink))?;
         if let Some(e) = error {

@@ -482,8 +482,9 @@ pub fn capture_remote(
     let result = (|| {
         let writer = ManifestWriter::create(&path)?;
         let options = CaptureOptions {
-            sector_size: None,
             threads: config.threads,
+            // The node works the minimum sizes out when it receives the image.
+            ..CaptureOptions::default()
         };
         capture_to(&sink, writer, disk, image, &options, progress)?;
         sink.flush()?;

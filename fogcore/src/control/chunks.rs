@@ -43,6 +43,7 @@ use crate::error::{Error, Result};
 use crate::imaging::chunk::{ChunkId, FramePart, WireFrame};
 use crate::imaging::cursor::{ByteCursor, FieldError};
 use crate::imaging::replica::{ImageStore, PieceHash, WireChunk};
+use crate::imaging::shrink::add_shrunk_copies;
 
 /// Largest request body the chunk routes take (a put batch is a few MiB).
 pub const MAX_BODY: usize = 64 << 20;
@@ -386,7 +387,18 @@ async fn put_manifest<S: HasStore>(
         // A manifest that does not parse is the sender's fault, not the store's.
         match store.put_manifest_from(&name, &mut reader) {
             Err(Error::BadManifest { image, reason, .. }) => Err(Error::invalid("manifest", image, reason)),
-            other => other,
+            Err(e) => Err(e),
+            Ok(()) => {
+                // A capture from an agent: its partitions' minimum sizes are worked out here, where
+                // the image is (an image replicated with them has nothing left to do). The image
+                // is complete either way; without them it deploys to disks of its size or more.
+                if let Some(local) = store.local_store()
+                    && let Err(e) = add_shrunk_copies(local, &name, None)
+                {
+                    tracing::warn!("image {name}: minimum partition sizes not worked out: {e}");
+                }
+                Ok(())
+            }
         }
     });
     let mut body = std::pin::pin!(body);

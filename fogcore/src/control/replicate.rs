@@ -141,6 +141,10 @@ impl<S: ImageStore> ImageStore for Throttled<S> {
     fn images(&self) -> Result<Vec<String>> {
         self.inner.images()
     }
+
+    fn local_store(&self) -> Option<&crate::imaging::store::Store> {
+        self.inner.local_store()
+    }
     fn manifest_to(&self, name: &str, out: &mut dyn Write) -> Result<u64> {
         self.inner.manifest_to(name, out)
     }

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod capture;
 pub mod chunk;
+pub mod chunker;
 pub mod cursor;
 pub mod deploy;
 pub mod disk;

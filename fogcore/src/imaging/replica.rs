@@ -135,6 +135,11 @@ pub trait ImageStore: Send + Sync {
     /// `name`, atomically, once every chunk it names is present; else [`Error::Conflict`] naming
     /// what is missing, and nothing changes. See [`put_manifest_file`].
     fn put_manifest_from(&self, name: &str, manifest: &mut dyn Read) -> Result<()>;
+    /// The local store behind this one, if it is one: what receives an image works its
+    /// partitions' minimum sizes out there ([`crate::imaging::shrink`]). Default: none.
+    fn local_store(&self) -> Option<&Store> {
+        None
+    }
     /// Like [`put_chunks`](ImageStore::put_chunks) for the chunks of `frames` (parts naming
     /// `ids`). Default: each chunk encoded on its own through `put_chunks`.
     fn put_frames(&self, ids: &[ChunkId], frames: &[WireFrame]) -> Result<u64> {
@@ -382,6 +387,10 @@ impl ImageStore for LocalStore {
         self.store.image_names()
     }
 
+    fn local_store(&self) -> Option<&Store> {
+        Some(&self.store)
+    }
+
     fn summaries(&self) -> Result<Option<StoreSummary>> {
         Ok(Some((self.store.images()?, self.store.stats()?)))
     }
@@ -501,6 +510,10 @@ pub struct ReadThrough {
 impl ImageStore for ReadThrough {
     fn images(&self) -> Result<Vec<String>> {
         self.local.images()
+    }
+
+    fn local_store(&self) -> Option<&Store> {
+        self.local.local_store()
     }
 
     fn manifest_to(&self, name: &str, out: &mut dyn Write) -> Result<u64> {

@@ -120,6 +120,14 @@ impl Resizer {
         }
     }
 
+    /// The program that resizes, for reports.
+    pub fn tool(self) -> &'static str {
+        match self {
+            Resizer::Ext => "resize2fs",
+            Resizer::Ntfs => "ntfsresize",
+        }
+    }
+
     /// The programs it runs and the Debian packages that have them.
     fn tools(self) -> &'static [(&'static str, &'static str)] {
         match self {

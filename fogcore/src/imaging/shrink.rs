@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::capture::chunk_region;
+use super::chunker::chunk_region;
 use super::deploy::write_region;
 use super::disk::{Disk, ReadAt};
 use super::extent::{Extent, total_len};
