@@ -372,6 +372,22 @@ pub fn bootenv(cmd: &BootenvCommand, json: bool) -> Result<(), Error> {
     );
     say!("libraries: {}", r.libraries.len());
     say!(
+        "tools:     {}{}",
+        r.tools
+            .iter()
+            .map(|t| t.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        if r.tools_missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (not installed here: {}; install e2fsprogs and ntfs-3g for resizing deploys)",
+                r.tools_missing.join(" ")
+            )
+        }
+    );
+    say!(
         "modules:   {} from {}: {}",
         r.modules.len(),
         r.module_dir.display(),

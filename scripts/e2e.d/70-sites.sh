@@ -6,8 +6,11 @@
 # - VM 1 at site A (GPT disk: FAT32 EFI partition + ext4 with files) has a capture task: it
 #   PXE-boots into fog's boot environment, the agent captures its disk through node A, node A
 #   pushes the image to the master.
-# - The image is placed on site B: node B pulls it. VM 2 at site B (empty disk) gets a deploy task,
-#   PXE-boots and deploys. Its disk, read afterwards, has clean filesystems and VM 1's files.
+# - The image is placed on site B: node B pulls it. VM 2 at site B (an empty disk 1.6x VM 1's) gets
+#   a deploy task, PXE-boots and deploys with the default layout, fit: the EFI partition keeps its
+#   size, the ext4 partition grows to the disk's end and the agent grows its filesystem (e2fsck and
+#   resize2fs from the boot environment). Its disk, read afterwards, has clean filesystems that
+#   fill their partitions and VM 1's files.
 # - VM 3, unknown to the master, boots at site A and registers itself (its MAC and the DMI values
 #   given to qemu with -smbios land in the master's inventory).
 # Once with BIOS (SeaBIOS + iPXE ROM) and once with UEFI (OVMF's PXE, then ipxe.efi).
@@ -211,6 +214,26 @@ same_files() {
   losetup -d "$esp_loop" "$root_loop" "$src_root"
 }
 
+# grown DISK: a fit deploy to a larger disk: the table checks clean, the EFI partition kept its
+# size, the ext4 partition reaches the end of the disk and its filesystem fills it.
+grown() {
+  local disk=$1 start sectors esp_sectors root_loop blocks block_size disk_size
+  sgdisk -v "$disk" 2>/dev/null | grep -q "No problems found" || { sgdisk -v "$disk"; return 1; }
+  read -r _ esp_sectors < <(partx -g -o START,SECTORS -n 1 "$disk")
+  [ $((esp_sectors * 512)) -eq "$esp_len" ] || { echo "EFI partition resized: $esp_sectors sectors"; return 1; }
+  read -r start sectors < <(partx -g -o START,SECTORS -n 2 "$disk")
+  disk_size=$(stat -c %s "$disk")
+  [ $((disk_size - (start + sectors) * 512)) -lt $((2 << 20)) ] \
+    || { echo "ext4 partition ends at $(((start + sectors) * 512)) of $disk_size"; return 1; }
+  root_loop=$(part_loop "$disk" 2)
+  blocks=$(dumpe2fs -h "$root_loop" 2>/dev/null | sed -n 's/^Block count: *//p')
+  block_size=$(dumpe2fs -h "$root_loop" 2>/dev/null | sed -n 's/^Block size: *//p')
+  losetup -d "$root_loop"
+  [ $((blocks * block_size)) -eq $((sectors * 512)) ] \
+    || { echo "ext4 of $((blocks * block_size)) bytes in a partition of $((sectors * 512))"; return 1; }
+  echo "   fit: ext4 grew from $((root_len >> 20)) MiB to $((sectors * 512 >> 20)) MiB, filesystem fills it"
+}
+
 # json_field PATH EXPR: EXPR (Python, over `d`, the JSON answer of GET PATH) printed.
 json_field() { api GET "$1" | python3 -c "import json,sys; d=json.load(sys.stdin); print($2)"; }
 task_is() { [ "$(json_field "/tasks/$1" 'd["state"]')" = "$2" ]; }
@@ -244,13 +267,14 @@ round() { # FIRMWARE N
   local deploy_id
   deploy_id=$(api POST /tasks "{\"kind\":\"deploy\",\"host\":\"vm2-$fw\",\"image\":\"$image\",\"after\":\"poweroff\"}" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  truncate -s 160M "$work/vm2-$fw.img"
+  truncate -s 256M "$work/vm2-$fw.img"
   t0=$SECONDS
   pxe_boot_vm fog70b tap0 "$work/vm2-$fw.log" 600 "$fw" "$mac2" \
     -drive "file=$work/vm2-$fw.img,format=raw,if=virtio" || true
   echo "   VM 2 ran $((SECONDS - t0)) s"
   wait_for 60 "deploy task $deploy_id complete" task_is "$deploy_id" complete
   same_files "$work/vm2-$fw.img"
+  grown "$work/vm2-$fw.img"
 
   echo "== [$fw] unknown VM 3 registers itself with its DMI values"
   local serial=SN-$fw-$RANDOM

@@ -458,7 +458,25 @@ pub fn deploy_remote(
     };
     let deploy = prepare(manifest, disk, &options)?;
     let regions = deploy.regions();
-    with_prefetch(store, manifest, &regions, |source| deploy.run(source, progress))?;
+    let report = with_prefetch(store, manifest, &regions, |source| deploy.run(source, progress))?;
+    for p in report
+        .partitions
+        .iter()
+        .filter(|p| p.offset != p.source_offset || p.len != p.source_len)
+    {
+        tracing::info!(
+            "deploy {image}: layout {}, partition {} ({}) {} -> {} bytes at {}{}",
+            report.layout,
+            p.number,
+            p.filesystem,
+            p.source_len,
+            p.len,
+            p.offset,
+            p.resize
+                .map(|r| format!(", {} in {:.1}s", r.tool(), report.resize_seconds))
+                .unwrap_or_default()
+        );
+    }
     Ok(())
 }
 

@@ -26,6 +26,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "sd_mod",
     "xhci_pci",
     "ehci_pci",
+    // Resizing deploys reach a partition through a loop device.
+    "loop",
 ];
 
 /// A module's name as the kernel knows it: file stem, `-` as `_` (`usb-storage` is `usb_storage`).

@@ -23,6 +23,10 @@ pub const INIT_SCRIPT: &str = include_str!("init.sh");
 /// udhcpc's hook: address, default route, DNS.
 pub const UDHCPC_SCRIPT: &str = include_str!("udhcpc.script");
 
+/// The filesystem tools a resizing deploy runs on the host (see [`crate::imaging::resize`]),
+/// carried from the build machine's Debian packages (e2fsprogs, ntfs-3g) with their libraries.
+pub const RESIZE_TOOLS: &[&str] = &["e2fsck", "resize2fs", "ntfsresize", "ntfsfix"];
+
 /// What to build from; unset fields are found on this system.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
@@ -79,8 +83,13 @@ pub struct BuildReport {
     pub fog: PathBuf,
     /// True when its debug sections were stripped.
     pub fog_stripped: bool,
-    /// Shared libraries copied (for fog and busybox).
+    /// Shared libraries copied (for fog, busybox and the tools).
     pub libraries: Vec<PathBuf>,
+    /// The resize tools carried ([`RESIZE_TOOLS`] found on this machine).
+    pub tools: Vec<PathBuf>,
+    /// The resize tools not installed here: deploys from this environment keep those
+    /// filesystems' sizes.
+    pub tools_missing: Vec<String>,
     /// Seconds the build took.
     pub seconds: f64,
 }
@@ -294,6 +303,25 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport> {
             libraries.push(lib);
         }
     }
+    let mut tools = Vec::new();
+    let mut tools_missing = Vec::new();
+    for name in RESIZE_TOOLS {
+        match crate::tools::find_tool(name) {
+            Some(path) => {
+                archive.add(
+                    &format!("usr/sbin/{name}"),
+                    Entry::File(0o755, read(&path, "resize tool")?),
+                );
+                for lib in shared_libraries(&path)? {
+                    if !libraries.contains(&lib) {
+                        libraries.push(lib);
+                    }
+                }
+                tools.push(path);
+            }
+            None => tools_missing.push(name.to_string()),
+        }
+    }
     libraries.sort();
     for lib in &libraries {
         // The loader path (/lib64/ld-linux-x86-64.so.2) is often a link: carry the file's bytes.
@@ -344,6 +372,8 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport> {
         fog,
         fog_stripped,
         libraries,
+        tools,
+        tools_missing,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
