@@ -317,3 +317,25 @@ pub(crate) mod le {
             .map(u64::from_le_bytes)
     }
 }
+
+/// Big-endian field readers (XFS, LUKS) over a byte slice that fail instead of panicking.
+pub(crate) mod be {
+    /// `u16` at `off`, or None past the end.
+    pub fn u16(b: &[u8], off: usize) -> Option<u16> {
+        b.get(off..off.checked_add(2)?)
+            .and_then(|s| s.try_into().ok())
+            .map(u16::from_be_bytes)
+    }
+    /// `u32` at `off`, or None past the end.
+    pub fn u32(b: &[u8], off: usize) -> Option<u32> {
+        b.get(off..off.checked_add(4)?)
+            .and_then(|s| s.try_into().ok())
+            .map(u32::from_be_bytes)
+    }
+    /// `u64` at `off`, or None past the end.
+    pub fn u64(b: &[u8], off: usize) -> Option<u64> {
+        b.get(off..off.checked_add(8)?)
+            .and_then(|s| s.try_into().ok())
+            .map(u64::from_be_bytes)
+    }
+}

@@ -4,6 +4,7 @@
 mod agent;
 mod control;
 mod dhcp;
+mod filesystems;
 mod http;
 mod imaging;
 mod node;

@@ -12,6 +12,7 @@
 //! lives in extension records through an attribute list, and compressed, encrypted or sparse
 //! `$Bitmap` data, none of which Windows or ntfs-3g create.
 
+use super::bitmap::BitScan;
 use crate::imaging::disk::{ReadAt, le};
 use crate::imaging::extent::{Extent, ExtentList};
 use crate::{Error, Result};
@@ -102,12 +103,7 @@ fn used_extents_in_chunks(dev: &dyn ReadAt, chunk_bytes: u64) -> Result<Vec<Exte
         .ok_or_else(|| bad("$Bitmap (MFT record 6) has no $DATA attribute".into()))?;
 
     let mut list = ExtentList::new();
-    let mut scan = BitScan {
-        clusters: g.clusters,
-        cluster_size: g.cluster_size,
-        next: 0,
-        run_start: None,
-    };
+    let mut scan = BitScan::new(0, g.clusters, g.cluster_size);
     // The boot sector is always kept ($Boot is cluster 0 and marked used anyway).
     list.push(0, g.bytes_per_sector);
     let needed = g.clusters.div_ceil(8);
@@ -400,64 +396,6 @@ fn read_runs(dev: &dyn ReadAt, g: &Geometry, runs: &[Run], pos: u64, buf: &mut [
         done += n;
     }
     Ok(())
-}
-
-/// Turns bitmap bytes into extents of used clusters, across chunks.
-struct BitScan {
-    clusters: u64,
-    cluster_size: u64,
-    /// Cluster of the next bit.
-    next: u64,
-    /// First cluster of the used run in progress.
-    run_start: Option<u64>,
-}
-
-impl BitScan {
-    fn bytes(&mut self, bytes: &[u8], list: &mut ExtentList) {
-        for &byte in bytes {
-            if self.next >= self.clusters {
-                return;
-            }
-            // Whole bytes that do not end or start a run.
-            if self.next + 8 <= self.clusters {
-                match (byte, self.run_start) {
-                    (0x00, None) | (0xFF, Some(_)) => {
-                        self.next += 8;
-                        continue;
-                    }
-                    _ => {}
-                }
-            }
-            for bit in 0..8 {
-                if self.next >= self.clusters {
-                    return;
-                }
-                self.bit(byte & (1 << bit) != 0, list);
-            }
-        }
-    }
-
-    fn bit(&mut self, used: bool, list: &mut ExtentList) {
-        match (used, self.run_start) {
-            (true, None) => self.run_start = Some(self.next),
-            (false, Some(start)) => {
-                self.push(start, self.next, list);
-                self.run_start = None;
-            }
-            _ => {}
-        }
-        self.next += 1;
-    }
-
-    fn finish(&mut self, list: &mut ExtentList) {
-        if let Some(start) = self.run_start.take() {
-            self.push(start, self.next, list);
-        }
-    }
-
-    fn push(&self, start: u64, end: u64, list: &mut ExtentList) {
-        list.push(start * self.cluster_size, (end - start) * self.cluster_size);
-    }
 }
 
 #[cfg(test)]
@@ -983,12 +921,7 @@ mod tests {
         // Bits across chunks: clusters 3..=9, 15 and 16 used of 17; bits past 16 are ignored.
         let bitmap = [0b1111_1000u8, 0b1000_0011, 0b1111_0001, 0xFF];
         let mut list = ExtentList::new();
-        let mut scan = BitScan {
-            clusters: 17,
-            cluster_size: 4,
-            next: 0,
-            run_start: None,
-        };
+        let mut scan = BitScan::new(0, 17, 4);
         for chunk in bitmap.chunks(1) {
             scan.bytes(chunk, &mut list);
         }
