@@ -413,6 +413,8 @@ fn generate(dir: &Path, scale: Scale, meter: &Meter) -> Result<Outcome, String> 
                 used_bytes: data_bytes,
                 extents,
                 chunks,
+                min_len: None,
+                shrunk: false,
             }],
             chunk_count: count,
             data_bytes,

@@ -13,8 +13,8 @@ use fogcore::control::client::Client;
 #[cfg(feature = "master")]
 use fogcore::control::master::{MasterConfig, MasterTls};
 use fogcore::control::model::{
-    After, AuditQuery, Group, Host, HostQuery, ImageStatus, NewTask, NewToken, NewUser, Node, Placement, Role, Task,
-    TaskFilter, TaskKind, TaskState, TokenInfo, User, UserUpdate, parse_subnet,
+    After, AuditQuery, Group, Host, HostQuery, ImageStatus, LayoutMode, NewTask, NewToken, NewUser, Node, Placement,
+    Role, Task, TaskFilter, TaskKind, TaskState, TokenInfo, User, UserUpdate, parse_subnet,
 };
 #[cfg(feature = "master")]
 use fogcore::imaging::replica::ImageStore;
@@ -120,6 +120,19 @@ pub enum HostCommand {
         /// Extra kernel arguments for the agent
         #[arg(long, default_value = "")]
         kernel_args: String,
+        /// How its deploys lay partitions out on a disk of another size, unless a task says
+        /// otherwise: fit (resized to the disk) or exact (the image's table as it is)
+        #[arg(long, default_value_t = LayoutMode::Fit, value_name = "fit|exact")]
+        layout: LayoutMode,
+    },
+    /// Change a host's settings (those given; the rest stay)
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["layout"])))]
+    Set {
+        name: String,
+        /// How its deploys lay partitions out: fit (resized to the disk) or exact (the image's
+        /// table as it is)
+        #[arg(long, value_name = "fit|exact")]
+        layout: Option<LayoutMode>,
     },
     /// Remove a host
     Rm { name: String },
@@ -273,6 +286,10 @@ pub enum TaskCommand {
         target: Target,
         #[arg(long)]
         image: Option<String>,
+        /// How partitions are laid out on a disk of another size: fit (resized to the disk) or
+        /// exact (the image's table as it is); default: each host's layout
+        #[arg(long, value_name = "fit|exact")]
+        layout: Option<LayoutMode>,
     },
     /// Capture a host's disk into an image
     Capture {
@@ -396,12 +413,13 @@ pub fn master(args: &MasterServe, store: Option<&std::path::Path>, memory_mib: u
 
 fn host_line(h: &Host) {
     say!(
-        "{:<20} {:<40} image={} group={} node={}",
+        "{:<20} {:<40} image={} group={} node={} layout={}",
         h.name,
         h.macs.join(","),
         h.image.as_deref().unwrap_or("-"),
         h.group.as_deref().unwrap_or("-"),
-        h.node.as_deref().unwrap_or("-")
+        h.node.as_deref().unwrap_or("-"),
+        h.layout
     );
 }
 
@@ -425,8 +443,9 @@ fn task_line(t: &Task) {
         TaskState::Failed { reason } => format!("failed: {reason}"),
         s => s.name().to_string(),
     };
+    let layout = t.layout.map(|l| format!(" layout={l}")).unwrap_or_default();
     say!(
-        "{:<6} {:<10} {:<20} {:<16} node={} {state}",
+        "{:<6} {:<10} {:<20} {:<16} node={}{layout} {state}",
         t.id,
         t.kind.as_str(),
         t.host,
@@ -470,10 +489,9 @@ pub fn host(args: &MasterArgs, cmd: &HostCommand, json: bool) -> Result<(), Erro
                 node,
                 primary_disk,
                 kernel_args,
+                layout,
             } => {
                 let host = Host {
-                    name: name.to_string(),
-                    macs: macs.clone(),
                     uuid: uuid.clone(),
                     address: *address,
                     image: image.clone().map(String::from),
@@ -481,9 +499,17 @@ pub fn host(args: &MasterArgs, cmd: &HostCommand, json: bool) -> Result<(), Erro
                     node: node.clone().map(String::from),
                     primary_disk: primary_disk.clone(),
                     kernel_args: kernel_args.clone(),
-                    inventory: serde_json::Value::Null,
+                    layout: *layout,
+                    ..Host::new(name.to_string(), macs.clone())
                 };
                 emit(json, &c.create_host(&host).await?, host_line);
+            }
+            HostCommand::Set { name, layout } => {
+                let mut host = c.host(name).await?;
+                if let Some(layout) = layout {
+                    host.layout = *layout;
+                }
+                emit(json, &c.update_host(&host).await?, host_line);
             }
             HostCommand::Rm { name } => {
                 c.delete_host(name).await?;
@@ -788,7 +814,7 @@ pub fn node(args: &MasterArgs, cmd: &NodeCommand, json: bool) -> Result<(), Erro
 pub fn task(args: &MasterArgs, cmd: &TaskCommand, json: bool) -> Result<(), Error> {
     let c = client(args)?;
     runtime()?.block_on(async {
-        let (kind, target, image) = match cmd {
+        let (kind, target, image, layout) = match cmd {
             TaskCommand::Ls {
                 state,
                 host,
@@ -828,15 +854,16 @@ pub fn task(args: &MasterArgs, cmd: &TaskCommand, json: bool) -> Result<(), Erro
                 emit(json, &c.cancel_task(*id).await?, task_line);
                 return Ok(());
             }
-            TaskCommand::Deploy { target, image } => (TaskKind::Deploy, target, image.clone()),
-            TaskCommand::Capture { target, image } => (TaskKind::Capture, target, Some(image.clone())),
-            TaskCommand::Inventory { target } => (TaskKind::Inventory, target, None),
+            TaskCommand::Deploy { target, image, layout } => (TaskKind::Deploy, target, image.clone(), *layout),
+            TaskCommand::Capture { target, image } => (TaskKind::Capture, target, Some(image.clone()), None),
+            TaskCommand::Inventory { target } => (TaskKind::Inventory, target, None, None),
             TaskCommand::Wipe { target, full } => (
                 if *full { TaskKind::WipeFull } else { TaskKind::WipeFast },
                 target,
                 None,
+                None,
             ),
-            TaskCommand::Debug { target } => (TaskKind::Debug, target, None),
+            TaskCommand::Debug { target } => (TaskKind::Debug, target, None, None),
         };
         let new = NewTask {
             kind,
@@ -848,6 +875,7 @@ pub fn task(args: &MasterArgs, cmd: &TaskCommand, json: bool) -> Result<(), Erro
                 After::Reboot
             },
             wake: target.wake,
+            layout,
         };
         match &target.group {
             Some(group) => {
@@ -917,6 +945,9 @@ pub struct AgentRun {
     /// The image of the requested task (a deploy defaults to the host's image)
     #[arg(long, requires = "request")]
     image: Option<String>,
+    /// The layout of the requested deploy: fit or exact (default: the host's)
+    #[arg(long, requires = "request", value_name = "fit|exact")]
+    layout: Option<LayoutMode>,
 }
 
 /// `fog agent run`.
@@ -944,6 +975,7 @@ pub fn agent(
             image: run.image.clone(),
             after: After::default(),
             wake: false,
+            layout: run.layout,
         });
     }
     config.disk = run.disk.clone();

@@ -7,6 +7,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use fogcore::Error;
 use fogcore::demo;
+use fogcore::imaging::resize::LayoutMode;
 use fogcore::imaging::{capture, deploy, store::Store};
 use fogcore::names::ImageName;
 use serde_json::json;
@@ -142,6 +143,11 @@ enum ImageCommand {
         /// Read the written data back and compare it with the image
         #[arg(long)]
         verify: bool,
+        /// How partitions are laid out on a target of another size: fit (partitions that must
+        /// keep their size keep it, the others share the rest in proportion, their filesystems
+        /// grown or shrunk) or exact (the image's partition table as it is)
+        #[arg(long, default_value_t = LayoutMode::Fit, value_name = "fit|exact")]
+        layout: LayoutMode,
     },
     /// List images (of the local store; with --master URL or --remote, the master's records,
     /// placement and each node's copy)
@@ -307,9 +313,15 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     let report = capture::capture(&store, source, name, &options, &progress)?;
                     out.capture(&report);
                 }
-                ImageCommand::Deploy { name, target, verify } => {
+                ImageCommand::Deploy {
+                    name,
+                    target,
+                    verify,
+                    layout,
+                } => {
                     let options = deploy::DeployOptions {
                         verify: *verify,
+                        layout: *layout,
                         ..Default::default()
                     };
                     let report = deploy::deploy(&store, name, target, &options, &progress)?;

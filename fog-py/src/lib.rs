@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use fogcore::imaging::capture::{self, CaptureOptions};
 use fogcore::imaging::deploy::{self, DeployOptions};
+use fogcore::imaging::resize::LayoutMode;
 use fogcore::imaging::store::Store;
 use fogcore::progress::Progress;
 use pyo3::create_exception;
@@ -45,6 +46,11 @@ fn fog_err(e: fogcore::Error) -> PyErr {
     } else {
         FogError::new_err(e.to_string())
     }
+}
+
+/// A layout named from Python (`"fit"`, `"exact"`); another name is a `BadInputError`.
+fn layout_mode(text: &str) -> PyResult<LayoutMode> {
+    text.parse().map_err(fog_err)
 }
 
 /// Converts a serde-serializable report into plain Python objects (dict, list, int, float, str,
@@ -286,8 +292,10 @@ impl PyStore {
         to_py(py, &result.map_err(fog_err)?)
     }
 
-    /// Deploys image `name` to `target` (an image file, created if absent, or a block device).
-    #[pyo3(signature = (name, target, verify=false, progress=None, *, threads=None))]
+    /// Deploys image `name` to `target` (an image file, created if absent, or a block device),
+    /// its partitions laid out by `layout` (`"fit"` or `"exact"`).
+    #[pyo3(signature = (name, target, verify=false, progress=None, *, threads=None, layout="fit"))]
+    #[allow(clippy::too_many_arguments)]
     fn deploy<'py>(
         &self,
         py: Python<'py>,
@@ -296,13 +304,14 @@ impl PyStore {
         verify: bool,
         progress: Option<Py<PyAny>>,
         threads: Option<usize>,
+        layout: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let sink = PyProgress::new(progress);
         let options = DeployOptions {
             verify,
             threads,
-            ..DeployOptions::default()
+            layout: layout_mode(layout)?,
         };
+        let sink = PyProgress::new(progress);
         let store = &self.store;
         let (result, error) = run_job(py, &sink, || deploy::deploy(store, name, &target, &options, &sink))?;
         if let Some(e) = error {

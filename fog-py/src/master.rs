@@ -24,7 +24,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use serde::de::DeserializeOwned;
 
-use crate::{BadInputError, FogError, PyProgress, PyStore, fog_err, run_job, to_py};
+use crate::{BadInputError, FogError, PyProgress, PyStore, fog_err, layout_mode, run_job, to_py};
 
 create_exception!(
     fog,
@@ -70,10 +70,12 @@ fn runtime() -> PyResult<Arc<tokio::runtime::Runtime>> {
         .map_err(|e| FogError::new_err(format!("cannot start a tokio runtime: {e}")))
 }
 
-/// A Python value (dict, list, ...) as a fogcore type, through JSON; `what` names it in errors.
+/// A Python value (dict, list, ...) as a fogcore type, through JSON; `what` and the key at fault
+/// (`host: layout: unknown variant ...`) name it in errors.
 fn from_py<T: DeserializeOwned>(py: Python<'_>, value: &Bound<'_, PyAny>, what: &str) -> PyResult<T> {
     let json: String = py.import("json")?.call_method1("dumps", (value,))?.extract()?;
-    serde_json::from_str(&json).map_err(|e| BadInputError::new_err(format!("{what}: {e}")))
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&json))
+        .map_err(|e| BadInputError::new_err(format!("{what}: {e}")))
 }
 
 /// `{"name": name, ..., **fields}` as a fogcore record.
@@ -202,7 +204,8 @@ impl PyMaster {
         self.call(py, move |c| async move { c.host(name).await })
     }
 
-    /// Adds a host: `create_host("pc-01", ["52:54:00:12:34:56"], image="golden", node="site-a")`.
+    /// Adds a host: `create_host("pc-01", ["52:54:00:12:34:56"], image="golden", node="site-a",
+    /// layout="exact")`.
     #[pyo3(signature = (name, macs, **fields))]
     fn create_host<'py>(
         &self,
@@ -358,8 +361,9 @@ impl PyMaster {
     // ---- tasks
 
     /// Creates a task: `kind` is deploy, capture, inventory, wipe_fast, wipe_full or debug. For
-    /// one `host`, returns the task; for a `group`, `{"created": [...], "skipped": [...]}`.
-    #[pyo3(signature = (kind, host=None, image=None, *, group=None, after="reboot", wake=false))]
+    /// one `host`, returns the task; for a `group`, `{"created": [...], "skipped": [...]}`. A
+    /// deploy's `layout` (`"fit"`, `"exact"`) defaults to each host's.
+    #[pyo3(signature = (kind, host=None, image=None, *, group=None, after="reboot", wake=false, layout=None))]
     #[allow(clippy::too_many_arguments)]
     fn create_task<'py>(
         &self,
@@ -370,6 +374,7 @@ impl PyMaster {
         group: Option<&str>,
         after: &str,
         wake: bool,
+        layout: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let new = NewTask {
             kind: TaskKind::parse(kind).map_err(fog_err)?,
@@ -377,12 +382,15 @@ impl PyMaster {
             image,
             after: self::after(after)?,
             wake,
+            layout: layout.map(layout_mode).transpose()?,
         };
         self.new_task(py, new, group)
     }
 
-    /// Deploys `image` (default: the host's) to `host` (or each host of `group`).
-    #[pyo3(signature = (host=None, image=None, *, group=None, after="reboot", wake=false))]
+    /// Deploys `image` (default: the host's) to `host` (or each host of `group`), laid out by
+    /// `layout` (default: each host's).
+    #[pyo3(signature = (host=None, image=None, *, group=None, after="reboot", wake=false, layout=None))]
+    #[allow(clippy::too_many_arguments)]
     fn deploy<'py>(
         &self,
         py: Python<'py>,
@@ -391,8 +399,9 @@ impl PyMaster {
         group: Option<&str>,
         after: &str,
         wake: bool,
+        layout: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.create_task(py, "deploy", host, image, group, after, wake)
+        self.create_task(py, "deploy", host, image, group, after, wake, layout)
     }
 
     /// Captures `host`'s disk into `image`.
@@ -405,7 +414,7 @@ impl PyMaster {
         after: &str,
         wake: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.create_task(py, "capture", Some(host), Some(image), None, after, wake)
+        self.create_task(py, "capture", Some(host), Some(image), None, after, wake, None)
     }
 
     /// Reports `host`'s hardware (or each host of `group`'s).
@@ -418,7 +427,7 @@ impl PyMaster {
         after: &str,
         wake: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.create_task(py, "inventory", host, None, group, after, wake)
+        self.create_task(py, "inventory", host, None, group, after, wake, None)
     }
 
     /// Wipes `host`'s disk: signatures, or everything with `full`.
@@ -433,7 +442,7 @@ impl PyMaster {
         wake: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let kind = if full { "wipe_full" } else { "wipe_fast" };
-        self.create_task(py, kind, host, None, group, after, wake)
+        self.create_task(py, kind, host, None, group, after, wake, None)
     }
 
     /// Tasks, newest first, filtered by state name, host, node, open ones only, at most `limit`.

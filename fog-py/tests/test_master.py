@@ -258,3 +258,35 @@ def test_serve_starts_a_node_that_heartbeats_to_the_master(tmp_path, master, api
     finally:
         node.stop()
     assert not node.running
+
+
+def test_deploy_layouts_from_the_task_else_the_host(api):
+    api.create_node("site-a", "http://10.99.0.1:8080", subnets=["10.99.0.0/24"])
+    api.create_image("golden")
+    api.create_group("lab")
+    host = api.create_host("pc-01", [MAC], image="golden", group="lab", node="site-a")
+    assert host["layout"] == "fit", "the default"
+    host["layout"] = "exact"
+    assert api.update_host(host)["layout"] == "exact"
+    assert api.create_host("pc-02", ["52:54:00:aa:00:02"], group="lab", image="golden", layout="exact")["layout"] == "exact"
+
+    task = api.deploy("pc-01")
+    assert task["layout"] == "exact", "the host's"
+    api.cancel(task["id"])
+    task = api.create_task("deploy", "pc-01", layout="fit")
+    assert task["layout"] == "fit" and api.task(task["id"])["layout"] == "fit", "the task's own"
+    api.cancel(task["id"])
+    made = api.deploy(group="lab")
+    assert sorted((t["host"], t["layout"]) for t in made["created"]) == [("pc-01", "exact"), ("pc-02", "exact")]
+    for t in made["created"]:
+        api.cancel(t["id"])
+    assert api.inventory("pc-01")["layout"] is None, "only deploys carry one"
+
+    with pytest.raises(fog.BadInputError, match="fit, exact"):
+        api.deploy("pc-01", layout="sideways")
+    with pytest.raises(fog.BadInputError, match="layout"):
+        api.create_host("pc-03", ["52:54:00:aa:00:03"], layout="sideways")
+    with pytest.raises(fog.ApiError) as refused:
+        api.create_task("wipe_fast", "pc-02", layout="exact")
+    assert (refused.value.code, refused.value.status) == ("unprocessable", 422)
+    assert "layout" in refused.value.message

@@ -320,3 +320,14 @@ def test_memory_budget_is_a_store_option_and_reports_give_the_peak(disk, payload
     assert store.verify()["peak_memory_bytes"] > 0
     with pytest.raises(fog.BadInputError, match="memory_mib"):
         fog.Store(tmp_path / "tiny", memory_mib=4)
+
+
+def test_deploy_takes_a_layout_and_refuses_others(store, disk, payload, tmp_path):
+    store.capture(disk, "disk1")
+    for layout in ("fit", "exact"):
+        target = tmp_path / f"{layout}.img"
+        store.deploy("disk1", str(target), layout=layout)
+        assert debugfs_cat(target, "/file") == payload
+    with pytest.raises(fog.BadInputError, match="fit, exact"):
+        store.deploy("disk1", str(tmp_path / "other.img"), layout="sideways")
+    assert not (tmp_path / "other.img").exists(), "refused before anything is written"

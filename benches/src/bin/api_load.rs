@@ -358,6 +358,7 @@ async fn run(args: &Args) -> Result<(), BoxError> {
                     image: None,
                     after: After::Reboot,
                     wake: false,
+                    layout: None,
                 })
                 .await
         }

@@ -270,6 +270,7 @@ impl Cluster {
             image: Some(image.into()),
             after: After::Stay,
             wake: false,
+            layout: None,
         };
         self.rt.block_on(self.admin.create_task(&task)).expect("task")
     }

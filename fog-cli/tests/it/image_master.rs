@@ -10,17 +10,17 @@ use serde_json::Value;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-struct Lab {
+pub(crate) struct Lab {
     rt: tokio::runtime::Runtime,
     master: Master,
-    url: String,
-    token: String,
+    pub(crate) url: String,
+    pub(crate) token: String,
     dir: tempfile::TempDir,
 }
 
 /// A master with nodes site-a and site-b; image `golden` on all nodes (complete on site-a,
 /// replicating on site-b) and image `lab` on site-b only (failed there).
-fn lab() -> Result<Lab, Box<dyn std::error::Error>> {
+pub(crate) fn lab() -> Result<Lab, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -84,7 +84,7 @@ fn lab() -> Result<Lab, Box<dyn std::error::Error>> {
 
 impl Lab {
     /// Runs `fog ARGS` with a local store in the lab dir and no FOG_* from the environment.
-    fn fog(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Output, std::io::Error> {
+    pub(crate) fn fog(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Output, std::io::Error> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fog"));
         cmd.args(args)
             .env_remove("FOG_MASTER")
@@ -97,7 +97,7 @@ impl Lab {
     }
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

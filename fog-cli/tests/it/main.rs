@@ -2,5 +2,6 @@
 
 mod cluster;
 mod image_master;
+mod layout;
 #[path = "../../../fogcore/tests/it/tools/mod.rs"]
 mod tools;

@@ -2,7 +2,7 @@
 
 import os
 import pathlib
-from typing import Any, Iterator, Optional, Sequence, Union, final
+from typing import Any, Iterator, Literal, Optional, Sequence, Union, final
 
 from ._reports import (
     CaptureReport,
@@ -33,6 +33,11 @@ __all__ = [
 ]
 
 _StrPath = Union[str, "os.PathLike[str]"]
+
+_LayoutMode = Literal["fit", "exact"]
+"""How a deploy lays the image's partitions out on a disk of another size: ``"fit"`` (partitions
+that must keep their size keep it, the others share the rest in proportion, their filesystems
+grown or shrunk) or ``"exact"`` (the image's partition table as it is)."""
 
 class FogError(Exception):
     """Base class of fog's errors.
@@ -114,9 +119,12 @@ class Store:
         progress: Optional[ProgressCallback] = None,
         *,
         threads: Optional[int] = None,
+        layout: _LayoutMode = "fit",
     ) -> DeployReport:
         """Writes image ``name`` to ``target``: an image file (created at the captured disk's
-        size if absent) or a block device at least as large as the image needs.
+        size if absent) or a block device at least as large as the image needs, its partitions
+        laid out by ``layout`` (``"fit"`` or ``"exact"``; another value raises
+        :class:`BadInputError`).
 
         With ``verify``, the written data is read back and checked against the image
         (:class:`FogError` on a mismatch). ``progress(phase, done, total)`` is called with phase
@@ -234,11 +242,13 @@ class Master:
 
     def host(self, name: str) -> _Record:
         """One host: ``name``, ``macs``, ``uuid``, ``address``, ``image``, ``group``, ``node``,
-        ``primary_disk``, ``kernel_args``, ``inventory``."""
+        ``primary_disk``, ``kernel_args``, ``inventory``, ``layout`` (``"fit"``, the default, or
+        ``"exact"``: how its deploys lay partitions out unless a task says otherwise)."""
 
     def create_host(self, name: str, macs: Sequence[str], **fields: Any) -> _Record:
         """Adds a host; ``fields`` are the other keys of :meth:`host` (``image="golden"``,
-        ``node="site-a"``, ``address="10.99.0.50"``, ...). MACs come back canonical."""
+        ``node="site-a"``, ``address="10.99.0.50"``, ``layout="exact"``, ...). MACs come back
+        canonical. An unknown key or layout raises :class:`BadInputError`."""
 
     def update_host(self, host: _Record) -> _Record:
         """Replaces a host with ``host`` (a dict as :meth:`host` returns it, changed)."""
@@ -311,12 +321,15 @@ class Master:
         group: Optional[str] = None,
         after: str = "reboot",
         wake: bool = False,
+        layout: Optional[_LayoutMode] = None,
     ) -> _Record:
         """Creates a task of ``kind`` (deploy, capture, inventory, wipe_fast, wipe_full, debug)
         for ``host``, returning it (``id``, ``kind``, ``host``, ``image``, ``node``, ``state``,
-        ``percent``..., ``wake``); or for each host of ``group``, returning ``{"created": [...],
-        "skipped": [{"host", "reason"}]}``. ``after``: reboot, poweroff or stay. ``wake``: the
-        host's node wakes it first (Wake-on-LAN)."""
+        ``percent``..., ``wake``, ``layout``); or for each host of ``group``, returning
+        ``{"created": [...], "skipped": [{"host", "reason"}]}``. ``after``: reboot, poweroff or
+        stay. ``wake``: the host's node wakes it first (Wake-on-LAN). ``layout``: a deploy's
+        (default: each host's; the task carries the one it settled on, ``None`` for other
+        kinds, which refuse one)."""
 
     def deploy(
         self,
@@ -326,8 +339,10 @@ class Master:
         group: Optional[str] = None,
         after: str = "reboot",
         wake: bool = False,
+        layout: Optional[_LayoutMode] = None,
     ) -> _Record:
-        """A deploy task: ``image`` (default: the host's) to ``host`` or each host of ``group``."""
+        """A deploy task: ``image`` (default: the host's) to ``host`` or each host of ``group``,
+        laid out by ``layout`` (default: each host's)."""
 
     def capture(self, host: str, image: str, *, after: str = "reboot", wake: bool = False) -> _Record:
         """A capture task: ``host``'s disk into ``image`` (an image record)."""

@@ -402,7 +402,8 @@ fn run_task(config: &AgentConfig, task: &Task, progress: &dyn Progress) -> Resul
         TaskKind::Deploy => {
             let image = task_image(task)?;
             let disk = target_disk(config)?;
-            deploy_remote(&*remote_store(config)?, image, &disk, config, progress)
+            let options = deploy_options(config, task);
+            deploy_remote(&*remote_store(config)?, image, &disk, config, &options, progress)
         }
         TaskKind::Capture => {
             let image = task_image(task)?;
@@ -440,23 +441,30 @@ fn work_dir(config: &AgentConfig) -> std::path::PathBuf {
     config.work_dir.clone().unwrap_or_else(std::env::temp_dir)
 }
 
-/// Deploys `image` from `store` to `disk`, chunks prefetched in manifest order.
+/// How the agent deploys `task`: verify and threads from its config, the layout the task
+/// settled on.
+pub fn deploy_options(config: &AgentConfig, task: &Task) -> DeployOptions {
+    DeployOptions {
+        verify: config.verify,
+        threads: config.threads,
+        layout: task.deploy_layout(),
+    }
+}
+
+/// Deploys `image` from `store` to `disk` with `options`, chunks prefetched in manifest order;
+/// the manifest is spooled to the config's work directory.
 pub fn deploy_remote(
     store: &dyn ImageStore,
     image: &str,
     disk: &Path,
     config: &AgentConfig,
+    options: &DeployOptions,
     progress: &dyn Progress,
 ) -> Result<()> {
     // Spooled to the work directory and read from there: never whole in memory.
     let spooled = fetch_manifest(store, image, &work_dir(config))?;
     let manifest = &spooled.manifest;
-    let options = DeployOptions {
-        verify: config.verify,
-        threads: config.threads,
-        ..DeployOptions::default()
-    };
-    let deploy = prepare(manifest, disk, &options)?;
+    let deploy = prepare(manifest, disk, options)?;
     let regions = deploy.regions();
     let report = with_prefetch(store, manifest, &regions, |source| deploy.run(source, progress))?;
     for p in report

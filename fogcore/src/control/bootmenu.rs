@@ -229,7 +229,7 @@ impl BootScripts for NodeBootScripts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::model::{After, Task, TaskState};
+    use crate::control::model::{After, LayoutMode, Task, TaskState};
     use crate::net::http::DefaultMenu;
 
     fn boot_task(kind: TaskKind) -> BootTask {
@@ -244,6 +244,7 @@ mod tests {
                 schedule: None,
                 after: After::default(),
                 wake: false,
+                layout: Some(LayoutMode::Exact),
                 state: TaskState::Queued,
                 ticket: None,
                 created_at: 0,

@@ -297,6 +297,7 @@ mod tests {
             schedule: None,
             after: After::Reboot,
             wake: false,
+            layout: None,
             state,
             ticket: Some(ticket),
             created_at: 0,

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::imaging::resize::LayoutMode;
 use crate::names::Mac;
 pub use crate::names::check_name;
 use crate::names::{MAC_PATTERN, NAME_PATTERN};
@@ -67,6 +68,10 @@ pub struct Host {
     /// What the agent found (DMI, CPU, memory, disks, NICs), as reported.
     #[serde(default)]
     pub inventory: serde_json::Value,
+    /// How its deploys lay the image's partitions out, unless a task says otherwise.
+    #[serde(default)]
+    #[schemars(with = "LayoutModeSchema")]
+    pub layout: LayoutMode,
 }
 
 impl Host {
@@ -83,6 +88,7 @@ impl Host {
             primary_disk: None,
             kernel_args: String::new(),
             inventory: serde_json::Value::Null,
+            layout: LayoutMode::default(),
         }
     }
 
@@ -118,6 +124,22 @@ impl Host {
         }
         Ok(())
     }
+}
+
+// The document's description of `LayoutMode` (which lives beside deploy, without a schema): the
+// same names, checked against it by a test.
+/// How a deploy lays the image's partitions out on a disk of another size.
+#[derive(JsonSchema)]
+#[schemars(rename = "LayoutMode")]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // only its schema is used
+enum LayoutModeSchema {
+    /// Partitions that must keep their size keep it (EFI system, Microsoft reserved, recovery,
+    /// BIOS boot, swap, filesystems fog cannot resize); the others share the target's space in
+    /// proportion to their source sizes, their filesystems grown or shrunk to fit.
+    Fit,
+    /// The source's partition table as it was (only the backup GPT moves to the target's end).
+    Exact,
 }
 
 /// A set of hosts imaged together (by `host.group`).
@@ -403,6 +425,11 @@ impl TaskKind {
     pub fn needs_image(self) -> bool {
         matches!(self, TaskKind::Deploy | TaskKind::Capture | TaskKind::Multicast)
     }
+
+    /// Writes an image to the host's disk, so lays its partitions out (see [`LayoutMode`]).
+    pub fn deploys(self) -> bool {
+        matches!(self, TaskKind::Deploy | TaskKind::Multicast)
+    }
 }
 
 /// What the agent does when the task is over.
@@ -524,6 +551,11 @@ pub struct Task {
     pub after: After,
     /// Wake the host with a magic packet from its node.
     pub wake: bool,
+    /// A deploy's partition layout, settled when the task was created (the one asked for, else
+    /// the host's); none for the other kinds.
+    #[serde(default)]
+    #[schemars(with = "Option<LayoutModeSchema>")]
+    pub layout: Option<LayoutMode>,
     /// Where it stands.
     #[serde(flatten)]
     pub state: TaskState,
@@ -555,6 +587,38 @@ pub struct NewTask {
     /// Wake the host first.
     #[serde(default)]
     pub wake: bool,
+    /// A deploy's partition layout; default: the host's layout. Other kinds take none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<LayoutModeSchema>")]
+    pub layout: Option<LayoutMode>,
+}
+
+impl NewTask {
+    /// The layout a task of this request for `host` carries: for a deploy, the one asked for,
+    /// else the host's; none for the other kinds.
+    pub fn layout_for(&self, host: &Host) -> Option<LayoutMode> {
+        self.kind.deploys().then(|| self.layout.unwrap_or(host.layout))
+    }
+
+    /// Refuses a layout asked for a task that deploys nothing.
+    pub fn check_layout(&self) -> Result<()> {
+        match self.layout {
+            Some(layout) if !self.kind.deploys() => Err(Error::unprocessable(
+                "layout",
+                layout.as_str(),
+                format!("a {} task takes no layout", self.kind.as_str()),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Task {
+    /// The layout the agent deploys with: the task's, else (a task stored before tasks carried
+    /// one) the default, fit.
+    pub fn deploy_layout(&self) -> LayoutMode {
+        self.layout.unwrap_or_default()
+    }
 }
 
 /// One state change of a task.
@@ -848,6 +912,49 @@ mod tests {
             assert!(check_name("host name", bad).is_err(), "{bad:?}");
         }
         assert!(check_name("host name", "PC-12_b.lab").is_ok());
+    }
+
+    #[test]
+    fn the_documented_layouts_are_the_ones_serde_reads() -> Result<()> {
+        let schema = schemars::schema_for!(LayoutModeSchema);
+        let documented: Vec<serde_json::Value> = schema
+            .get("oneOf")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|variant| variant["const"].clone())
+            .collect();
+        let all = [LayoutMode::Fit, LayoutMode::Exact];
+        let read = serde_json::to_value(all).map_err(|e| Error::Internal(e.to_string()))?;
+        assert_eq!(serde_json::Value::Array(documented), read, "{schema:?}");
+        for layout in all {
+            assert_eq!(layout.as_str().parse::<LayoutMode>()?, layout);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_deploy_takes_the_layout_asked_for_else_the_hosts() -> Result<()> {
+        let mut h = host();
+        let mut new = NewTask {
+            kind: TaskKind::Deploy,
+            host: None,
+            image: None,
+            after: After::Reboot,
+            wake: false,
+            layout: None,
+        };
+        assert_eq!(new.layout_for(&h), Some(LayoutMode::Fit), "a host's default is fit");
+        h.layout = LayoutMode::Exact;
+        assert_eq!(new.layout_for(&h), Some(LayoutMode::Exact), "the host's");
+        new.layout = Some(LayoutMode::Fit);
+        assert_eq!(new.layout_for(&h), Some(LayoutMode::Fit), "the task's over the host's");
+        new.check_layout()?;
+        new.kind = TaskKind::Capture;
+        assert!(new.check_layout().is_err(), "a capture takes no layout");
+        new.layout = None;
+        assert_eq!(new.layout_for(&h), None);
+        Ok(())
     }
 
     #[test]

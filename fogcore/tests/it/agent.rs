@@ -9,11 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::tools::*;
-use fogcore::agent::{AgentConfig, AgentReport, capture_remote, deploy_remote, run};
+use fogcore::agent::{AgentConfig, AgentReport, capture_remote, deploy_options, deploy_remote, run};
 use fogcore::control::client::Client;
 use fogcore::control::master::Master;
 use fogcore::control::model::TaskFilter;
-use fogcore::control::model::{After, Host, Image, NewTask, Node, Placement, TaskKind, TaskState};
+use fogcore::control::model::{
+    After, CheckIn, Host, Image, LayoutMode, NewTask, Node, Placement, Task, TaskKind, TaskState,
+};
 use fogcore::imaging::capture::{CaptureOptions, capture};
 use fogcore::imaging::chunk::{ChunkId, WireFrame};
 use fogcore::imaging::deploy::{DeployOptions, deploy};
@@ -106,6 +108,7 @@ impl Site {
             image: image.map(str::to_string),
             after: After::Stay,
             wake: false,
+            layout: None,
         };
         self.rt.block_on(self.admin.create_task(&task)).expect("task");
     }
@@ -348,7 +351,15 @@ fn deploy_and_capture_move_chunks_in_batches() {
     let chunks = site.store.manifest("golden").expect("manifest").header.chunk_count as usize;
     assert!(chunks > 300, "{chunks} chunks");
 
-    deploy_remote(&store, "golden", &dir.join("t.img"), &config, &NoProgress).expect("deploy");
+    deploy_remote(
+        &store,
+        "golden",
+        &dir.join("t.img"),
+        &config,
+        &DeployOptions::default(),
+        &NoProgress,
+    )
+    .expect("deploy");
     let gets = store.gets.load(Ordering::SeqCst);
     assert!(gets * 50 < chunks, "{gets} requests for {chunks} chunks");
     assert!(fs::read(dir.join("t.img")).expect("read") == site.local_deploy("golden", &dir.join("l.img")));
@@ -378,6 +389,41 @@ fn deploy_and_capture_move_chunks_in_batches() {
     let out = dir.join("copy.img");
     deploy(&copy, "copy", &out, &DeployOptions::default(), &NoProgress).expect("deploy copy");
     assert!(fs::read(&out).expect("read") == site.local_deploy("golden", &dir.join("l2.img")));
+}
+
+/// The layout a deploy task settled on at creation (here its host's) is the one the agent's
+/// deploy options carry, and the agent deploys with them.
+#[test]
+fn the_agent_deploys_with_the_layout_its_task_carries() {
+    let site = Site::start(1);
+    site.add_host(0);
+    let mut host = site.rt.block_on(site.admin.host("pc-0")).expect("host");
+    host.layout = LayoutMode::Exact;
+    site.rt.block_on(site.admin.update_host(&host)).expect("host layout");
+    site.add_task(0, TaskKind::Deploy, None);
+    let disk = site.dir.path().join("exact.img");
+    let config = site.agent(0, &disk);
+
+    // The task as the agent receives it at check-in.
+    let agent = Client::new(&site.base, Some(&site.node_token)).expect("client");
+    let check_in = CheckIn {
+        mac: Site::mac(0),
+        uuid: None,
+        address: None,
+    };
+    let reply = site.rt.block_on(agent.check_in(&check_in)).expect("check in");
+    assert_eq!(reply.task.layout, Some(LayoutMode::Exact), "the host's layout");
+    assert_eq!(deploy_options(&config, &reply.task).layout, LayoutMode::Exact);
+    let stored_before_layouts = Task {
+        layout: None,
+        ..reply.task.clone()
+    };
+    assert_eq!(deploy_options(&config, &stored_before_layouts).layout, LayoutMode::Fit);
+
+    // The agent (asking again, as after a restart) runs it.
+    let report = run_agent(&config);
+    assert_eq!(report.task.and_then(|t| t.layout), Some(LayoutMode::Exact));
+    assert!(fs::read(&disk).expect("read") == site.local_deploy("golden", &site.dir.path().join("l.img")));
 }
 
 #[test]
@@ -426,7 +472,14 @@ fn a_damaged_frame_in_the_store_fails_the_deploy_naming_image_and_chunk() {
     fs::write(&pack, bytes).expect("write pack");
     let store = LocalStore::new(Store::open(&copy).expect("store"));
     let config = site.agent(0, &dir.join("unused"));
-    match deploy_remote(&store, "golden", &dir.join("t.img"), &config, &NoProgress) {
+    match deploy_remote(
+        &store,
+        "golden",
+        &dir.join("t.img"),
+        &config,
+        &DeployOptions::default(),
+        &NoProgress,
+    ) {
         Err(fogcore::Error::ChunkCorrupt { image, chunk, .. }) => {
             assert_eq!(image, "golden");
             assert_eq!(chunk.len(), 64, "{chunk}");
@@ -532,6 +585,7 @@ fn quick_registration_creates_the_host_from_sysfs_then_updates_it() {
         image: None,
         after: After::Stay,
         wake: false,
+        layout: None,
     });
     let report = run_agent(&run_config);
     assert_eq!(report.task.expect("task").host, "sn-1234");

@@ -16,8 +16,8 @@ use fogcore::control::db::Db;
 use fogcore::control::master::{self, Master};
 use fogcore::control::model::TaskFilter;
 use fogcore::control::model::{
-    After, CheckIn, CheckOut, Group, Heartbeat, Host, Image, NewTask, NewToken, Node, Placement, ProgressReport,
-    Schedule, SlotState, TaskKind, TaskState, When,
+    After, CheckIn, CheckOut, Group, Heartbeat, Host, Image, LayoutMode, NewTask, NewToken, Node, Placement,
+    ProgressReport, Schedule, SlotState, TaskKind, TaskState, When,
 };
 use fogcore::control::service::Control;
 use serde_json::{Value, json};
@@ -156,6 +156,7 @@ fn task(kind: TaskKind, host: &str) -> NewTask {
         image: None,
         after: After::Reboot,
         wake: false,
+        layout: None,
     }
 }
 
@@ -623,6 +624,135 @@ async fn task_rules_and_illegal_transitions() -> TestResult {
     Ok(())
 }
 
+/// A deploy's layout: a host's is `fit` until changed; a task takes the one asked for, else its
+/// host's, and keeps it; a value not `fit` or `exact` is refused naming the field, and so is a
+/// layout for a task that deploys nothing.
+#[tokio::test]
+async fn deploy_layouts_come_from_the_task_else_the_host() -> TestResult {
+    for b in backends().await? {
+        let m = start(&b.url).await?;
+        let c = &m.client;
+        let admin = Some(m.admin.as_str());
+        c.create_node(&node("site-a", "10.1.0.0/16", 4)?).await?;
+        c.create_image(&image("win11")).await?;
+        c.create_group(&Group {
+            name: "lab".into(),
+            description: String::new(),
+        })
+        .await?;
+        for (name, mac) in [("pc-01", "52:54:00:00:07:01"), ("pc-02", "52:54:00:00:07:02")] {
+            let (status, body) = m
+                .raw(
+                    reqwest::Method::POST,
+                    "/api/v1/hosts",
+                    admin,
+                    Some(json!({"name": name, "macs": [mac], "image": "win11", "group": "lab", "node": "site-a"})),
+                )
+                .await?;
+            assert_eq!((status, &body["layout"]), (200, &json!("fit")), "the default: {body}");
+        }
+        // PUT replaces the record: the layout given is kept.
+        let mut pc1 = c.host("pc-01").await?;
+        let mut body = serde_json::to_value(&pc1)?;
+        body["layout"] = json!("exact");
+        let (status, body) = m
+            .raw(reqwest::Method::PUT, "/api/v1/hosts/pc-01", admin, Some(body))
+            .await?;
+        assert_eq!((status, &body["layout"]), (200, &json!("exact")), "{body}");
+        pc1 = c.host("pc-01").await?;
+        assert_eq!(pc1.layout, LayoutMode::Exact);
+        let (status, body) = m
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/hosts",
+                admin,
+                Some(json!({"name": "pc-03", "macs": ["52:54:00:00:07:03"], "layout": "sideways"})),
+            )
+            .await?;
+        assert_eq!((status, body["code"].as_str()), (400, Some("invalid")), "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("layout") && message.contains("sideways"), "{message}");
+
+        // A task's own layout, over the host's; read back as created.
+        let (status, created) = m
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/tasks",
+                admin,
+                Some(json!({"kind": "deploy", "host": "pc-02", "layout": "exact"})),
+            )
+            .await?;
+        assert_eq!((status, &created["layout"]), (200, &json!("exact")), "{created}");
+        let id = created["id"].as_i64().ok_or("no id")?;
+        let (status, read) = m
+            .raw(reqwest::Method::GET, &format!("/api/v1/tasks/{id}"), admin, None)
+            .await?;
+        assert_eq!((status, &read["layout"]), (200, &json!("exact")), "{read}");
+        c.cancel_task(id).await?;
+        // None asked: the host's, settled at creation.
+        let t = c.create_task(&task(TaskKind::Deploy, "pc-01")).await?;
+        assert_eq!(t.layout, Some(LayoutMode::Exact), "pc-01's layout");
+        c.cancel_task(t.id).await?;
+        let t = c
+            .create_task(&NewTask {
+                layout: Some(LayoutMode::Fit),
+                ..task(TaskKind::Deploy, "pc-01")
+            })
+            .await?;
+        assert_eq!(t.layout, Some(LayoutMode::Fit), "the task's over the host's");
+        c.cancel_task(t.id).await?;
+        // A group deploy: each host's own.
+        let report = c
+            .group_task(
+                "lab",
+                &NewTask {
+                    host: None,
+                    ..task(TaskKind::Deploy, "")
+                },
+            )
+            .await?;
+        let mut layouts: Vec<(String, Option<LayoutMode>)> =
+            report.created.iter().map(|t| (t.host.clone(), t.layout)).collect();
+        layouts.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            layouts,
+            [
+                ("pc-01".to_string(), Some(LayoutMode::Exact)),
+                ("pc-02".to_string(), Some(LayoutMode::Fit))
+            ]
+        );
+        for t in &report.created {
+            c.cancel_task(t.id).await?;
+        }
+        // Refused: an unknown name (400, the schema's enum), a layout for a task that deploys
+        // nothing (422, a rule the schema cannot state).
+        let (status, body) = m
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/tasks",
+                admin,
+                Some(json!({"kind": "deploy", "host": "pc-02", "layout": "bogus"})),
+            )
+            .await?;
+        assert_eq!((status, body["code"].as_str()), (400, Some("invalid")), "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("layout") && message.contains("bogus"), "{message}");
+        let (status, code, message) = remote(
+            c.create_task(&NewTask {
+                layout: Some(LayoutMode::Exact),
+                ..task(TaskKind::Inventory, "pc-02")
+            })
+            .await,
+        );
+        assert_eq!((status, code.as_str()), (422, "unprocessable"), "{message}");
+        assert!(message.contains("layout"), "{message}");
+        let inventory = c.create_task(&task(TaskKind::Inventory, "pc-02")).await?;
+        assert_eq!(inventory.layout, None, "only deploys carry a layout");
+        m.master.stop().await?;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn schedules_fire_and_quiet_waiters_lose_their_place() -> TestResult {
     for b in backends().await? {
@@ -794,7 +924,7 @@ async fn restart_keeps_state_and_migrations_are_idempotent() -> TestResult {
 
     let db = Db::open_dir(dir.path()).await?;
     assert_eq!(db.migrate().await?, 0, "nothing left to migrate");
-    assert_eq!(db.schema_versions().await?, [1, 2, 3, 4, 5]);
+    assert_eq!(db.schema_versions().await?, [1, 2, 3, 4, 5, 6]);
     let control = Arc::new(Control::new(db));
     assert!(
         control.first_admin_token(Some(dir.path())).await?.is_none(),
@@ -865,6 +995,18 @@ async fn openapi_documents_every_route() -> TestResult {
         schemas["TaskKind"].to_string().contains("wipe_fast"),
         "{}",
         schemas["TaskKind"]
+    );
+    for (record, field) in [("Host", "layout"), ("NewTask", "layout"), ("Task", "layout")] {
+        let text = schemas[record]["properties"][field].to_string();
+        assert!(
+            text.contains("#/components/schemas/LayoutMode"),
+            "{record}.{field}: {text}"
+        );
+    }
+    let layouts = schemas["LayoutMode"].to_string();
+    assert!(
+        layouts.contains("\"fit\"") && layouts.contains("\"exact\""),
+        "{layouts}"
     );
     assert!(
         schemas["ErrorBody"]["properties"]["code"]["enum"]

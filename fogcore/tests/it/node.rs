@@ -28,16 +28,9 @@ async fn start_master(db_url: &str, listen: SocketAddr, tls: &ServerTls) -> fogc
 
 fn host(name: &str, mac: &str) -> Host {
     Host {
-        name: name.into(),
-        macs: vec![mac.into()],
-        uuid: None,
-        address: None,
-        image: None,
-        group: None,
         node: Some("site-a".into()),
-        primary_disk: None,
         kernel_args: "quiet".into(),
-        inventory: serde_json::Value::Null,
+        ..Host::new(name, vec![mac.into()])
     }
 }
 
@@ -161,6 +154,7 @@ fn lab() -> Result<Lab, Box<dyn std::error::Error>> {
                 image: Some("golden".into()),
                 after: After::Reboot,
                 wake: false,
+                layout: None,
             })
             .await
     })?;

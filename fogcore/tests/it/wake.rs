@@ -89,6 +89,7 @@ fn inventory(host: &str, wake: bool) -> NewTask {
         image: None,
         after: After::Reboot,
         wake,
+        layout: None,
     }
 }
 

@@ -12,7 +12,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
 use fogcore::clock::ManualClock;
 use fogcore::control::db::Db;
-use fogcore::control::model::{AuditQuery, Host, NewTask, NewUser, Role, TaskFilter, TaskKind};
+use fogcore::control::model::{AuditQuery, Host, LayoutMode, NewTask, NewUser, Role, TaskFilter, TaskKind};
 use fogcore::control::service::{Control, SESSION_TTL_MS};
 use http_body_util::BodyExt;
 use scraper::{Html, Selector};
@@ -384,6 +384,73 @@ async fn a_post_needs_the_csrf_token_and_the_role() -> TestResult {
     Ok(())
 }
 
+/// The host form shows and sets the layout (a value not offered is refused, the host unchanged);
+/// a bulk deploy gives each host's task its host's layout, shown in the host's task table.
+#[tokio::test]
+async fn the_host_form_sets_the_layout_and_bulk_deploys_take_each_hosts() -> TestResult {
+    let site = site().await?;
+    add_hosts(&site, 2).await?;
+    let operator = Browser::new(&site, "otto").await?;
+    let page = operator.get(&site, "/hosts/lab-01").await?;
+    let offered: Vec<String> = select(&page.body, "select[name=layout] option")
+        .into_iter()
+        .map(|(_, value)| value)
+        .collect();
+    assert_eq!(offered, ["fit", "exact"]);
+    assert_eq!(select(&page.body, "select[name=layout] option[selected]")[0].1, "fit");
+    let form = |layout| [("macs", "52:54:00:00:00:01"), ("layout", layout)];
+    let refused = operator.post(&site, "/hosts/lab-01", &form("sideways")).await?;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    assert!(refused.body.contains("sideways"), "{}", refused.body);
+    assert_eq!(site.control.host("lab-01").await?.layout, LayoutMode::Fit);
+    let saved = operator.post(&site, "/hosts/lab-01", &form("exact")).await?;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+    assert_eq!(site.control.host("lab-01").await?.layout, LayoutMode::Exact);
+    let page = operator.get(&site, "/hosts/lab-01").await?;
+    assert_eq!(select(&page.body, "select[name=layout] option[selected]")[0].1, "exact");
+
+    site.control
+        .create_image(&fogcore::control::model::Image {
+            name: "win11".into(),
+            description: String::new(),
+            os: String::new(),
+            size_bytes: 0,
+            placement: fogcore::control::model::Placement::All,
+        })
+        .await?;
+    let bulk = [
+        ("action", "deploy"),
+        ("host", "lab-00"),
+        ("host", "lab-01"),
+        ("image", "win11"),
+        ("confirmed", "1"),
+    ];
+    let done = operator.post(&site, "/hosts/bulk", &bulk).await?;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    let mut layouts: Vec<(String, Option<LayoutMode>)> = site
+        .control
+        .tasks(&TaskFilter::default())
+        .await?
+        .into_iter()
+        .map(|t| (t.host, t.layout))
+        .collect();
+    layouts.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        layouts,
+        [
+            ("lab-00".to_string(), Some(LayoutMode::Fit)),
+            ("lab-01".to_string(), Some(LayoutMode::Exact))
+        ]
+    );
+    let page = operator.get(&site, "/hosts/lab-01").await?;
+    let cells: Vec<String> = select(&page.body, "table td")
+        .into_iter()
+        .map(|(text, _)| text)
+        .collect();
+    assert!(cells.iter().any(|c| c == "exact"), "{cells:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn search_narrows_the_table_and_bulk_deploy_asks_first() -> TestResult {
     let site = site().await?;
@@ -473,6 +540,7 @@ async fn the_live_stream_pushes_a_new_task_row() -> TestResult {
             image: None,
             after: Default::default(),
             wake: false,
+            layout: None,
         })
         .await?;
     let mut body = response.into_body();

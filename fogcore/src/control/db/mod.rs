@@ -23,8 +23,9 @@ use sqlx::{AnyPool, Row};
 
 use crate::clock::{Clock, SystemClock};
 use crate::control::model::{
-    After, AuditEntry, AuditQuery, CopyReport, CopyState, Group, Host, HostQuery, Image, ImageCopy, ImageQuery, Millis,
-    NewTask, Node, Placement, Role, Schedule, Task, TaskEvent, TaskFilter, TaskId, TaskKind, TaskState, Wake,
+    After, AuditEntry, AuditQuery, CopyReport, CopyState, Group, Host, HostQuery, Image, ImageCopy, ImageQuery,
+    LayoutMode, Millis, NewTask, Node, Placement, Role, Schedule, Task, TaskEvent, TaskFilter, TaskId, TaskKind,
+    TaskState, Wake,
 };
 use crate::error::{Error, Result};
 
@@ -101,6 +102,13 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
      CREATE INDEX hosts_pending ON hosts (pending);
      ALTER TABLE hosts ADD COLUMN search TEXT;
      CREATE INDEX tasks_finished ON tasks (updated_at, state)",
+    ),
+    // Deploy layouts (`fit`, `exact`): each host's, and the one each deploy task settled on at
+    // creation (none for other kinds, and for tasks stored before: the agent deploys those fit).
+    (
+        6,
+        "ALTER TABLE hosts ADD COLUMN layout TEXT NOT NULL DEFAULT 'fit';
+     ALTER TABLE tasks ADD COLUMN layout TEXT",
     ),
 ];
 
@@ -182,6 +190,12 @@ fn to_u64(v: i64) -> u64 {
 
 fn json_text<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Database(format!("encoding json: {e}")))
+}
+
+/// A layout as stored (`fit`, `exact`).
+fn stored_layout(text: &str) -> Result<LayoutMode> {
+    text.parse()
+        .map_err(|_| Error::Database(format!("stored layout {text:?} is not one of fit, exact")))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
@@ -720,7 +734,7 @@ impl Db {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         sqlx::query(
             "INSERT INTO hosts (name, uuid, address, image, grp, node, primary_disk, kernel_args, inventory, created_at,
-                search) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                search, layout) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&host.name)
         .bind(&host.uuid)
@@ -733,6 +747,7 @@ impl Db {
         .bind(json_text(&host.inventory)?)
         .bind(self.clock.now())
         .bind(search_text(host))
+        .bind(host.layout.as_str())
         .execute(&mut *tx)
         .await
         .map_err(unique("host", &host.name))?;
@@ -758,7 +773,7 @@ impl Db {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let n = sqlx::query(
             "UPDATE hosts SET uuid = $2, address = $3, image = $4, grp = $5, node = $6, primary_disk = $7,
-             kernel_args = $8, inventory = $9, search = $10 WHERE name = $1",
+             kernel_args = $8, inventory = $9, search = $10, layout = $11 WHERE name = $1",
         )
         .bind(&host.name)
         .bind(&host.uuid)
@@ -770,6 +785,7 @@ impl Db {
         .bind(&host.kernel_args)
         .bind(json_text(&host.inventory)?)
         .bind(search_text(host))
+        .bind(host.layout.as_str())
         .execute(&mut *tx)
         .await
         .map_err(db_err)?
@@ -828,7 +844,7 @@ impl Db {
         let limit = limit.map(|n| format!("LIMIT {n}")).unwrap_or_default();
         let sql = format!(
             "SELECT h.name, h.uuid, h.address, h.image, h.grp, h.node, h.primary_disk, h.kernel_args, h.inventory,
-                    m.mac
+                    h.layout, m.mac
              FROM (SELECT * FROM hosts {filter} ORDER BY name {limit}) h LEFT JOIN host_macs m ON m.host = h.name
              ORDER BY h.name, m.pos"
         );
@@ -847,6 +863,7 @@ impl Db {
             }
             let address: Option<String> = r.try_get("address").map_err(db_err)?;
             let inventory: String = r.try_get("inventory").map_err(db_err)?;
+            let layout: String = r.try_get("layout").map_err(db_err)?;
             hosts.push(Host {
                 name,
                 macs: mac.into_iter().collect(),
@@ -858,6 +875,7 @@ impl Db {
                 primary_disk: r.try_get("primary_disk").map_err(db_err)?,
                 kernel_args: r.try_get("kernel_args").map_err(db_err)?,
                 inventory: from_json("inventory", &inventory)?,
+                layout: stored_layout(&layout)?,
             });
         }
         Ok(hosts)
@@ -1154,9 +1172,9 @@ impl Db {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO tasks (kind, host, image, node, grp, schedule, after_task, wake, state, percent, bytes, rate,
-                                created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', 0, 0, 0, $9, $9) RETURNING id",
+            "INSERT INTO tasks (kind, host, image, node, grp, schedule, after_task, wake, layout, state, percent, bytes,
+                                rate, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', 0, 0, 0, $10, $10) RETURNING id",
         )
         .bind(new.kind.as_str())
         .bind(host)
@@ -1166,6 +1184,7 @@ impl Db {
         .bind(schedule)
         .bind(new.after.as_str())
         .bind(i64::from(new.wake))
+        .bind(new.layout.map(LayoutMode::as_str))
         .bind(now)
         .fetch_one(&mut *tx)
         .await
@@ -1195,11 +1214,12 @@ impl Db {
         Ok(())
     }
 
-    const TASK_COLUMNS: &str = "id, kind, host, image, node, grp, schedule, after_task, wake, state, percent, bytes, rate, reason, ticket, created_at, updated_at";
+    const TASK_COLUMNS: &str = "id, kind, host, image, node, grp, schedule, after_task, wake, layout, state, percent, bytes, rate, reason, ticket, created_at, updated_at";
 
     fn task_row(r: &AnyRow) -> Result<Task> {
         let kind: String = r.try_get("kind").map_err(db_err)?;
         let after: String = r.try_get("after_task").map_err(db_err)?;
+        let layout: Option<String> = r.try_get("layout").map_err(db_err)?;
         let state: String = r.try_get("state").map_err(db_err)?;
         let state = match state.as_str() {
             "queued" => TaskState::Queued,
@@ -1230,6 +1250,7 @@ impl Db {
             schedule: r.try_get("schedule").map_err(db_err)?,
             after: After::parse(&after)?,
             wake: r.try_get::<i64, _>("wake").map_err(db_err)? != 0,
+            layout: layout.as_deref().map(stored_layout).transpose()?,
             state,
             ticket: r.try_get("ticket").map_err(db_err)?,
             created_at: r.try_get("created_at").map_err(db_err)?,

@@ -57,6 +57,7 @@ impl Control {
         if schedule.task.kind == TaskKind::Multicast {
             return Err(Error::unprocessable("task kind", "multicast", "not supported yet"));
         }
+        schedule.task.check_layout()?;
         schedule.next_run = next_run(&schedule.when, self.clock.now())?;
         schedule.id = self.db.create_schedule(&schedule).await?;
         Ok(schedule)

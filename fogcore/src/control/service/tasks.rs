@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::names::check_name;
 
 impl Control {
-    /// Creates a task for one host. Deploy takes the host's image when none is given.
+    /// Creates a task for one host. Deploy takes the host's image and layout when none is given.
     pub async fn create_task(&self, new: &NewTask) -> Result<Task> {
         let host_name = new
             .host
@@ -35,11 +35,13 @@ impl Control {
                 "multicast sessions are not supported yet",
             ));
         }
+        new.check_layout()?;
         let mut new = new.clone();
         new.host = Some(host.name.clone());
         if new.kind == TaskKind::Deploy && new.image.is_none() {
             new.image = host.image.clone();
         }
+        new.layout = new.layout_for(host);
         if new.kind.needs_image() {
             let image = new.image.as_deref().ok_or_else(|| {
                 Error::unprocessable(
@@ -100,6 +102,7 @@ impl Control {
                 "a group task names no host",
             ));
         }
+        new.check_layout()?;
         // Checked once here, not per host: a group of none would accept any name. A 404 would
         // read as "no such group": the body names a record that is not there, a 422.
         if let Some(image) = &new.image {

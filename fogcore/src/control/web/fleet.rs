@@ -215,6 +215,7 @@ async fn group_task(
         image,
         after: After::default(),
         wake: fields.get("wake").is_some(),
+        layout: None,
     };
     let made = web.control.create_group_task(&name, &new).await?;
     let mut notice = format!("{} tasks queued for group {name}", made.created.len());

@@ -10,7 +10,9 @@ use axum::{Extension, Router};
 
 use super::view;
 use super::{App, Ctx, Fields, Layout, WebError, WebResult, done, filled, page, percent_encode};
-use crate::control::model::{After, HistoryQuery, Host, HostQuery, NewTask, Task, TaskEvent, TaskFilter, TaskKind};
+use crate::control::model::{
+    After, HistoryQuery, Host, HostQuery, LayoutMode, NewTask, Task, TaskEvent, TaskFilter, TaskKind,
+};
 use crate::control::service::Control;
 use crate::error::Error;
 
@@ -203,6 +205,18 @@ struct NewHostPage {
     images: Vec<String>,
 }
 
+/// The choices of a host form's layout field, the default first: the layout, and what it does.
+const LAYOUT_CHOICES: [(LayoutMode, &str); 2] = [
+    (LayoutMode::Fit, "fit: partitions resized to the disk"),
+    (LayoutMode::Exact, "exact: the image's partition table as it is"),
+];
+
+impl NewHostPage {
+    fn layouts(&self) -> &'static [(LayoutMode, &'static str)] {
+        &LAYOUT_CHOICES
+    }
+}
+
 async fn new_form(State(web): State<App>, Extension(ctx): Extension<Ctx>) -> WebResult {
     let (groups, nodes, images) = names(&web.control).await?;
     Ok(page(NewHostPage {
@@ -213,7 +227,8 @@ async fn new_form(State(web): State<App>, Extension(ctx): Extension<Ctx>) -> Web
     }))
 }
 
-/// The host a form describes (name, MACs by space or comma, address, image, group, node).
+/// The host a form describes (name, MACs by space or comma, address, image, group, node, disk,
+/// kernel arguments, layout).
 fn host_from(fields: &Fields, base: Host) -> Result<Host, WebError> {
     let mut host = base;
     if let Some(macs) = fields.get("macs") {
@@ -235,6 +250,9 @@ fn host_from(fields: &Fields, base: Host) -> Result<Host, WebError> {
     host.node = fields.get("node").map(str::to_string);
     host.primary_disk = fields.get("primary_disk").map(str::to_string);
     host.kernel_args = fields.get("kernel_args").unwrap_or_default().to_string();
+    if let Some(layout) = fields.get("layout") {
+        host.layout = layout.parse()?;
+    }
     Ok(host)
 }
 
@@ -291,6 +309,10 @@ impl HostPage {
 
     fn address(&self) -> String {
         self.host.address.map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    fn layouts(&self) -> &'static [(LayoutMode, &'static str)] {
+        &LAYOUT_CHOICES
     }
 }
 
@@ -581,6 +603,7 @@ async fn apply(
                 image: image.map(str::to_string),
                 after: After::default(),
                 wake: false,
+                layout: None,
             };
             control.create_task(&new).await.map(|_| ())
         }

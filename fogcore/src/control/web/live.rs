@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::view;
 use super::{App, Ctx};
-use crate::control::model::{Role, Task, TaskFilter, TaskId, TaskState};
+use crate::control::model::{LayoutMode, Role, Task, TaskFilter, TaskId, TaskState};
 use crate::control::service::Control;
 
 /// How often the open tasks are read.
@@ -37,6 +37,8 @@ pub(super) struct LiveRow {
     pub(super) host: String,
     pub(super) kind: &'static str,
     pub(super) image: String,
+    /// A deploy's layout.
+    pub(super) layout: Option<&'static str>,
     pub(super) node: String,
     pub(super) state: String,
     pub(super) class: &'static str,
@@ -78,6 +80,7 @@ impl LiveRow {
             host: task.host.clone(),
             kind: task.kind.as_str(),
             image: task.image.clone().unwrap_or_default(),
+            layout: task.layout.map(LayoutMode::as_str),
             node: task.node.clone().unwrap_or_default(),
             state: view::state(task),
             class: view::state_class(&task.state),

@@ -328,6 +328,7 @@ async fn add_schedule(State(web): State<App>, fields: Fields) -> WebResult {
             image: fields.get("image").map(str::to_string),
             after: After::default(),
             wake: fields.get("wake").is_some(),
+            layout: None,
         },
         group: fields.get("group").map(str::to_string),
         next_run: None,
