@@ -26,8 +26,11 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "sd_mod",
     "xhci_pci",
     "ehci_pci",
-    // Resizing deploys reach a partition through a loop device.
+    // Resizing deploys reach a partition through a loop device, and mount XFS and btrfs to
+    // grow them.
     "loop",
+    "xfs",
+    "btrfs",
 ];
 
 /// A module's name as the kernel knows it: file stem, `-` as `_` (`usb-storage` is `usb_storage`).

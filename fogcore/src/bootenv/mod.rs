@@ -24,8 +24,9 @@ pub const INIT_SCRIPT: &str = include_str!("init.sh");
 pub const UDHCPC_SCRIPT: &str = include_str!("udhcpc.script");
 
 /// The filesystem tools a resizing deploy runs on the host (see [`crate::imaging::resize`]),
-/// carried from the build machine's Debian packages (e2fsprogs, ntfs-3g) with their libraries.
-pub const RESIZE_TOOLS: &[&str] = &["e2fsck", "resize2fs", "ntfsresize", "ntfsfix"];
+/// carried from the build machine's Debian packages (e2fsprogs, ntfs-3g, xfsprogs, btrfs-progs)
+/// with their libraries.
+pub const RESIZE_TOOLS: &[&str] = &["e2fsck", "resize2fs", "ntfsresize", "ntfsfix", "xfs_growfs", "btrfs"];
 
 /// What to build from; unset fields are found on this system.
 #[derive(Debug, Clone, Default)]

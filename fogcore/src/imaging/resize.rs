@@ -108,6 +108,10 @@ pub enum Resizer {
     Ext,
     /// NTFS: ntfsresize, then ntfsfix clears the dirty flag and bad-cluster list it leaves.
     Ntfs,
+    /// XFS: grown only, mounted (xfs_growfs works on a mounted filesystem).
+    Xfs,
+    /// btrfs: grown only here, mounted (`btrfs filesystem resize max`).
+    Btrfs,
 }
 
 impl Resizer {
@@ -116,7 +120,24 @@ impl Resizer {
         match filesystem {
             Filesystem::Ext => Some(Resizer::Ext),
             Filesystem::Ntfs => Some(Resizer::Ntfs),
+            Filesystem::Xfs => Some(Resizer::Xfs),
+            Filesystem::Btrfs => Some(Resizer::Btrfs),
             _ => None,
+        }
+    }
+
+    /// True when fog can make a shrunk copy (XFS cannot shrink; btrfs only mounted, which fog
+    /// does not do to copies).
+    pub fn can_shrink(self) -> bool {
+        matches!(self, Resizer::Ext | Resizer::Ntfs)
+    }
+
+    /// The kernel filesystem a resize mounts, for those that need mounting.
+    fn mounts(self) -> Option<&'static str> {
+        match self {
+            Resizer::Xfs => Some("xfs"),
+            Resizer::Btrfs => Some("btrfs"),
+            Resizer::Ext | Resizer::Ntfs => None,
         }
     }
 
@@ -125,6 +146,8 @@ impl Resizer {
         match self {
             Resizer::Ext => "resize2fs",
             Resizer::Ntfs => "ntfsresize",
+            Resizer::Xfs => "xfs_growfs",
+            Resizer::Btrfs => "btrfs filesystem resize",
         }
     }
 
@@ -133,11 +156,19 @@ impl Resizer {
         match self {
             Resizer::Ext => &[("e2fsck", "e2fsprogs"), ("resize2fs", "e2fsprogs")],
             Resizer::Ntfs => &[("ntfsresize", "ntfs-3g"), ("ntfsfix", "ntfs-3g")],
+            Resizer::Xfs => &[("xfs_growfs", "xfsprogs")],
+            Resizer::Btrfs => &[("btrfs", "btrfs-progs")],
         }
     }
 
-    /// The first of its programs that is not installed.
+    /// What this machine lacks to resize: the first of its programs that is not installed, or
+    /// the kernel's support for mounting the filesystem.
     pub fn missing_tool(self) -> Option<(&'static str, &'static str)> {
+        if let Some(fs) = self.mounts()
+            && !kernel_mounts(fs)
+        {
+            return Some((fs, "the kernel's module"));
+        }
         self.tools().iter().copied().find(|(tool, _)| find_tool(tool).is_none())
     }
 
@@ -158,6 +189,19 @@ impl Resizer {
                     c == 0
                 })?;
                 fix_ntfs(device, what)?;
+            }
+            Resizer::Xfs => {
+                let mounted = Mounted::new(device, "xfs", what)?;
+                run_tool("xfs_growfs", &[mounted.dir.as_os_str()], what, |c| c == 0)?;
+                mounted.unmount()?;
+            }
+            Resizer::Btrfs => {
+                let mounted = Mounted::new(device, "btrfs", what)?;
+                let args = [OsStr::new("filesystem"), OsStr::new("resize"), OsStr::new("max")];
+                run_tool("btrfs", &[&args[..], &[mounted.dir.as_os_str()]].concat(), what, |c| {
+                    c == 0
+                })?;
+                mounted.unmount()?;
             }
         }
         Ok(())
@@ -210,6 +254,9 @@ impl Resizer {
                 }
                 size.min(current)
             }
+            Resizer::Xfs | Resizer::Btrfs => {
+                return Err(Error::InvalidInput(format!("{what}: {} only grows", self.tool())));
+            }
         };
         let f = std::fs::OpenOptions::new().write(true).open(file).at(file)?;
         f.set_len(size).at(file)?;
@@ -217,6 +264,75 @@ impl Resizer {
             fix_ntfs(file, what)?; // the backup boot sector, at the new end
         }
         Ok(size)
+    }
+}
+
+/// True when the running kernel mounts `fs`: registered already, or a module it can load.
+fn kernel_mounts(fs: &str) -> bool {
+    let registered = std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|list| list.lines().any(|l| l.split_whitespace().last() == Some(fs)));
+    registered || {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        std::fs::read_to_string(format!("/lib/modules/{}/modules.dep", release.trim()))
+            .is_ok_and(|deps| deps.lines().any(|l| l.contains(&format!("/{fs}.ko"))))
+    }
+}
+
+/// A filesystem mounted on a directory of its own for a grow; unmounted on drop if
+/// [`Mounted::unmount`] was not called.
+struct Mounted {
+    dir: std::path::PathBuf,
+    mounted: bool,
+}
+
+impl Mounted {
+    fn new(device: &Path, fstype: &str, what: &str) -> Result<Mounted> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("fog-grow-{}-{nanos:x}", std::process::id()));
+        std::fs::create_dir(&dir).at(&dir)?;
+        let mut mounted = Mounted { dir, mounted: false };
+        let c_string = |s: &OsStr| {
+            std::ffi::CString::new(s.as_encoded_bytes())
+                .map_err(|_| Error::InvalidInput(format!("{what}: a path with a NUL byte")))
+        };
+        let source = c_string(device.as_os_str())?;
+        let target = c_string(mounted.dir.as_os_str())?;
+        let kind = c_string(OsStr::new(fstype))?;
+        // SAFETY: three NUL-terminated strings that outlive the call, and no data argument.
+        let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), kind.as_ptr(), 0, std::ptr::null()) };
+        if rc != 0 {
+            return Err(Error::ToolFailed {
+                tool: format!("mount -t {fstype}"),
+                what: what.into(),
+                reason: std::io::Error::last_os_error().to_string(),
+            });
+        }
+        mounted.mounted = true;
+        Ok(mounted)
+    }
+
+    fn unmount(mut self) -> Result<()> {
+        let dir = self.dir.clone();
+        self.release().map_err(|e| Error::io(dir, e))
+    }
+
+    fn release(&mut self) -> std::io::Result<()> {
+        if std::mem::take(&mut self.mounted) {
+            let target = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())?;
+            // SAFETY: a NUL-terminated path that outlives the call.
+            if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        std::fs::remove_dir(&self.dir)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = self.release();
     }
 }
 

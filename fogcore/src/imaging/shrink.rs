@@ -59,7 +59,8 @@ pub fn add_shrunk_copies(store: &Store, name: &str, threads: Option<usize>) -> R
             if fixed_reason(&part.type_id, &r.filesystem).is_some() {
                 return None;
             }
-            Some((i, number, Resizer::for_filesystem(&r.filesystem)?))
+            let resizer = Resizer::for_filesystem(&r.filesystem).filter(|r| r.can_shrink())?;
+            Some((i, number, resizer))
         })
         .collect();
     if todo.is_empty() {

@@ -295,3 +295,125 @@ fn linux_mbr_disk_fits_larger_and_smaller_targets() {
     deploy(&store, "linux", &target, &options, &NoProgress).expect("exact");
     assert_eq!(partitions(&target), parts);
 }
+
+/// A loop device over one partition of a disk image, detached when dropped.
+struct PartitionLoop(String);
+
+impl PartitionLoop {
+    fn new(disk: &Path, (offset, len): (u64, u64)) -> PartitionLoop {
+        let dev = sh(&format!(
+            "losetup -f --show -o {offset} --sizelimit {len} {}",
+            disk.display()
+        ));
+        PartitionLoop(dev.trim().to_string())
+    }
+}
+
+impl Drop for PartitionLoop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// `files` under the read-only mount of `dev` at `dir` are identical.
+fn mounted_files_match(dev: &str, dir: &Path, files: &[(String, Vec<u8>)], what: &str) {
+    fs::create_dir_all(dir).expect("mount point");
+    sh(&format!("mount -o ro {dev} {}", dir.display()));
+    let mismatch = files
+        .iter()
+        .find(|(name, data)| fs::read(dir.join(name.trim_start_matches('/'))).ok().as_ref() != Some(data))
+        .map(|(name, _)| name.clone());
+    sh(&format!("umount {}", dir.display()));
+    assert_eq!(mismatch, None, "{what}: a file differs");
+}
+
+#[test]
+fn xfs_and_btrfs_grow_to_a_larger_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("linux.img");
+    make_sparse(&path, 560 * MIB);
+    // mkfs.xfs wants at least 300 MiB.
+    sh(&format!(
+        "sgdisk -n 1:1M:+320M -t 1:8300 -n 2:0:+200M -t 2:8300 {}",
+        path.display()
+    ));
+    let parts = partitions(&path);
+    let tree = dir.path().join("tree");
+    let files = write_tree(&tree, 9);
+
+    let xfs = dir.path().join("xfs.img");
+    make_sparse(&xfs, parts[0].1);
+    sh(&format!("mkfs.xfs -q {}", xfs.display()));
+    let mnt = dir.path().join("mnt");
+    fs::create_dir_all(&mnt).expect("mnt");
+    sh(&format!("mount -o loop {} {}", xfs.display(), mnt.display()));
+    sh(&format!(
+        "cp -a {}/. {}/; umount {}",
+        tree.display(),
+        mnt.display(),
+        mnt.display()
+    ));
+    put_partition(&path, parts[0], &xfs);
+    let btrfs = dir.path().join("btrfs.img");
+    make_sparse(&btrfs, parts[1].1);
+    sh(&format!(
+        "mkfs.btrfs -q --rootdir {} {}",
+        tree.display(),
+        btrfs.display()
+    ));
+    put_partition(&path, parts[1], &btrfs);
+
+    let store = Store::open(dir.path().join("store")).expect("store");
+    let captured = capture(&store, &path, "grow", &CaptureOptions::default(), &NoProgress).expect("capture");
+    assert!(captured.minimum_sizes.is_empty(), "XFS and btrfs get no shrunk copies");
+
+    let target = dir.path().join("target.img");
+    make_sparse(&target, 900 * MIB);
+    let report = deploy(&store, "grow", &target, &fit(true), &NoProgress).expect("deploy");
+    let got = partitions(&target);
+    assert!(got[0].1 > parts[0].1 && got[1].1 > parts[1].1, "{got:?}");
+    assert!(
+        report.partitions.iter().all(|p| p.resize.is_some()),
+        "{:?}",
+        report.partitions
+    );
+
+    let xfs_dev = PartitionLoop::new(&target, got[0]);
+    sh(&format!("xfs_repair -n {}", xfs_dev.0));
+    let sb = sh(&format!(
+        "xfs_db -r -c 'sb 0' -c 'p dblocks' -c 'p blocksize' {}",
+        xfs_dev.0
+    ));
+    let value = |key: &str| -> u64 {
+        sb.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim_start_matches([' ', '=']).trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {sb}"))
+    };
+    let xfs_bytes = value("dblocks") * value("blocksize");
+    assert!(
+        got[0].1 - xfs_bytes < value("blocksize") * 16,
+        "XFS of {xfs_bytes} in {}",
+        got[0].1
+    );
+    mounted_files_match(&xfs_dev.0, &dir.path().join("m-xfs"), &files, "XFS");
+
+    let btrfs_dev = PartitionLoop::new(&target, got[1]);
+    sh(&format!("btrfs check --readonly {} 2>&1", btrfs_dev.0));
+    let super_block = sh(&format!("btrfs inspect-internal dump-super {}", btrfs_dev.0));
+    let total: u64 = super_block
+        .lines()
+        .find_map(|l| l.strip_prefix("dev_item.total_bytes"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("dev_item.total_bytes");
+    assert_eq!(total, got[1].1, "btrfs fills its partition");
+    mounted_files_match(&btrfs_dev.0, &dir.path().join("m-btrfs"), &files, "btrfs");
+
+    // XFS cannot shrink: a target without room for it is refused, naming it.
+    let small = dir.path().join("small.img");
+    make_sparse(&small, 400 * MIB);
+    match deploy(&store, "grow", &small, &fit(false), &NoProgress) {
+        Err(Error::PartitionTooSmall { partition: 1, .. }) => {}
+        other => panic!("expected partition 1 refused, got {other:?}"),
+    }
+}
