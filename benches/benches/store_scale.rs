@@ -404,6 +404,7 @@ fn generate(dir: &Path, scale: Scale, meter: &Meter) -> Result<Outcome, String> 
                     name: String::new(),
                 }],
                 backup_gpt_len: 0,
+                extended: false,
             },
             regions: vec![Region {
                 partition: Some(0),

@@ -480,10 +480,11 @@ pub fn deploy_remote(
             p.source_len,
             p.len,
             p.offset,
-            p.resize
-                .map(|r| format!(", {} in {:.1}s", r.tool(), report.resize_seconds))
-                .unwrap_or_default()
+            p.resize.map(|r| format!(", {}", r.tool())).unwrap_or_default()
         );
+    }
+    if report.resize_seconds > 0.0 {
+        tracing::info!("deploy {image}: filesystem tools took {:.1}s", report.resize_seconds);
     }
     Ok(())
 }

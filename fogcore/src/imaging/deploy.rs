@@ -123,6 +123,7 @@ pub fn prepare<'a>(manifest: &'a Manifest, target_path: &Path, options: &DeployO
         )));
     }
     let placement = resize::place(header, target_path, target.size(), options.layout)?;
+    resize::check_before_writing(&placement, layout, target_path)?;
     let needed = layout.min_target_size();
     if placement.mode == LayoutMode::Exact && target.size() < needed {
         return Err(Error::TargetTooSmall {
@@ -218,7 +219,12 @@ impl PreparedDeploy<'_> {
             target_size: target.size(),
             data_bytes,
             bytes_written: written.into_inner(),
-            chunks: header.chunk_count,
+            chunks: placement
+                .writes
+                .iter()
+                .filter_map(|w| header.regions.get(w.region))
+                .map(|r| r.chunks.count)
+                .sum(),
             verified: verify,
             layout: placement.mode,
             layout_note: placement.note,

@@ -101,7 +101,8 @@ pub struct Header {
     pub source: String,
     /// The source disk's partition table.
     pub layout: Layout,
-    /// The bytes outside partitions first, then each partition in disk order.
+    /// The bytes outside partitions first, then each partition in disk order, then the shrunk
+    /// copies of partitions (see [`Region::shrunk`]).
     pub regions: Vec<Region>,
     /// Number of chunk references (with repeats).
     pub chunk_count: u64,
@@ -585,6 +586,7 @@ mod tests {
                     name: String::new(),
                 }],
                 backup_gpt_len: 0,
+                extended: false,
             },
             chunk_count: regions.iter().map(|r| r.chunks.count).sum(),
             data_bytes: regions.iter().map(|r| r.used_bytes).sum(),

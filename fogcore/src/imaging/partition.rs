@@ -52,6 +52,10 @@ pub struct Layout {
     /// Bytes at the end of the disk holding the backup GPT (entries and header); deploy writes
     /// them at the target's end instead. Zero without a GPT.
     pub backup_gpt_len: u64,
+    /// True when the MBR has an extended partition (the container of logical ones, perhaps
+    /// empty): a resizing deploy keeps such a table as it was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub extended: bool,
 }
 
 const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
@@ -113,6 +117,7 @@ pub fn read_layout(disk: &dyn ReadAt, sector_size: Option<u32>) -> Result<Layout
             name: String::new(),
         }],
         backup_gpt_len: 0,
+        extended: false,
     })
 }
 
@@ -269,7 +274,9 @@ fn read_mbr(disk: &dyn ReadAt, mbr: &[u8; 512], ss: u32) -> Result<Layout> {
             ebr_lba = cursor::add("EBR link", ext_start, next).map_err(bad_field(disk))?;
         }
     }
-    finish(disk, TableKind::Mbr, ss, partitions, 0)
+    let mut layout = finish(disk, TableKind::Mbr, ss, partitions, 0)?;
+    layout.extended = extended.is_some();
+    Ok(layout)
 }
 
 /// A GPT header (UEFI 2.10 section 5.3.2), as read or to be written.
@@ -528,6 +535,7 @@ fn finish(
         disk_size,
         partitions,
         backup_gpt_len,
+        extended: false,
     })
 }
 
@@ -791,6 +799,25 @@ impl Moved {
             )));
         }
         Ok((self.offset / ssz, (self.offset + self.len) / ssz - 1))
+    }
+
+    /// Checks that a `table` entry can say this (whole sectors; MBR: a primary slot and 32-bit
+    /// sectors), so deploy can refuse before it writes rather than after.
+    pub fn check(&self, table: TableKind, ssz: u64) -> Result<()> {
+        let (first, last) = self.sectors(ssz)?;
+        let fits = match table {
+            TableKind::Mbr => (1..=4).contains(&self.number) && last < u64::from(u32::MAX),
+            TableKind::Gpt => self.number >= 1,
+            TableKind::None => false,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(format!(
+                "partition {} at sectors {first}..={last} cannot be written in a {table:?} table",
+                self.number
+            )))
+        }
     }
 }
 

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::disk::{Disk, ReadAt};
 use super::fs::Filesystem;
 use super::loopdev::LoopDevice;
-use super::manifest::{Header, Region};
-use super::partition::{Moved, Partition, TableKind};
+use super::manifest::Header;
+use super::partition::{Layout, Moved, Partition, TableKind};
 use crate::error::IoContext;
 use crate::progress::Progress;
 use crate::tools::find_tool;
@@ -233,7 +233,8 @@ impl Resizer {
                     what: what.into(),
                     reason: "it did not say the smallest size".into(),
                 })?;
-                // One more MiB: the backup boot sector follows the volume.
+                // Whole MiB, and one more so the volume can shrink to its minimum and still leave
+                // the device's last sector to the backup boot sector.
                 let size = min.next_multiple_of(ALIGN) + ALIGN;
                 let current = std::fs::metadata(file).at(file)?.len();
                 if size < current {
@@ -300,8 +301,18 @@ impl Mounted {
         let source = c_string(device.as_os_str())?;
         let target = c_string(mounted.dir.as_os_str())?;
         let kind = c_string(OsStr::new(fstype))?;
-        // SAFETY: three NUL-terminated strings that outlive the call, and no data argument.
-        let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), kind.as_ptr(), 0, std::ptr::null()) };
+        // Two deploys of one XFS image on a host carry one UUID, which XFS refuses to mount twice.
+        let options = c_string(OsStr::new(if fstype == "xfs" { "nouuid" } else { "" }))?;
+        // SAFETY: four NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                kind.as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
         if rc != 0 {
             return Err(Error::ToolFailed {
                 tool: format!("mount -t {fstype}"),
@@ -348,8 +359,8 @@ fn check_ext(device: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// ntfsresize marks the volume dirty (so Windows runs chkdsk); ntfsfix -b -d clears that flag
-/// and the bad-cluster list, and writes the backup boot sector at the volume's end.
+/// ntfsresize marks the volume dirty (so Windows runs chkdsk); ntfsfix -d clears that flag and
+/// -b the bad-cluster list, and it puts a backup boot sector that differs from the primary right.
 fn fix_ntfs(device: &Path, what: &str) -> Result<()> {
     run_tool(
         "ntfsfix",
@@ -491,89 +502,162 @@ impl Placement {
 /// its filesystem needs, naming it.
 pub fn place(header: &Header, target: &Path, target_size: u64, mode: LayoutMode) -> Result<Placement> {
     let layout = &header.layout;
-    let exact = |note: Option<String>| exact_placement(header, target_size, note);
-    if mode == LayoutMode::Exact {
-        return Ok(exact(None));
+    let exact = |note: &str| {
+        Ok(exact_placement(
+            header,
+            target_size,
+            (!note.is_empty()).then(|| note.into()),
+        ))
+    };
+    match mode {
+        LayoutMode::Exact => return exact(""),
+        _ if layout.table == TableKind::None => return exact("a disk without a partition table is written as it was"),
+        _ if layout.table == TableKind::Mbr && (layout.extended || layout.partitions.iter().any(|p| p.number > 4)) => {
+            return exact("an MBR with an extended partition is written as it was");
+        }
+        _ if target_size == layout.disk_size || layout.partitions.is_empty() => return exact(""),
+        _ => {}
     }
-    if layout.table == TableKind::None {
-        return Ok(exact(Some(
-            "a disk without a partition table is written as it was".into(),
-        )));
-    }
-    if layout.partitions.iter().any(|p| p.number > 4) && layout.table == TableKind::Mbr {
-        return Ok(exact(Some("logical MBR partitions are kept where they were".into())));
-    }
-    if target_size == layout.disk_size || layout.partitions.is_empty() {
-        return Ok(exact(None));
+    let sizing = Sizing::of(header);
+    if sizing.iter().all(|s| s.fixed.is_some()) {
+        return exact("no partition of this image can be resized");
     }
     let ss = u64::from(layout.sector_size);
-    let align = ALIGN.max(ss);
-    let start = layout.partitions.first().map_or(0, |p| p.offset);
     let tail = if layout.table == TableKind::Gpt {
         layout.backup_gpt_len
     } else {
         0
     };
-    let end = target_size.saturating_sub(tail) / ss * ss;
-
-    struct Sizing<'a> {
-        partition: &'a Partition,
-        region: Option<(usize, &'a Region)>,
-        shrunk: Option<(usize, &'a Region)>,
-        fixed: Option<String>,
-        min: u64,
+    let mut end = target_size.saturating_sub(tail) / ss * ss;
+    if layout.table == TableKind::Mbr {
+        // MBR entries count sectors in 32 bits: the rest of a larger disk stays unused.
+        end = end.min(u64::from(u32::MAX) * ss);
     }
-    let find = |number: u32, shrunk: bool| {
-        header
-            .regions
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.partition == Some(number) && r.shrunk == shrunk)
+    let fits_as_is = target_size >= layout.min_target_size();
+    let lens = match share_out(&sizing, layout, end, fits_as_is) {
+        Ok(lens) => lens,
+        // A target barely larger than the source: rounding and alignment leave no room to grow.
+        Err(_) if fits_as_is => return exact("the target leaves no room to grow into"),
+        Err(Shortfall { index, available }) => {
+            let s = &sizing[index];
+            return Err(Error::PartitionTooSmall {
+                path: target.into(),
+                partition: s.partition.number,
+                filesystem: s.filesystem.label().into(),
+                needed: s.min,
+                available,
+            });
+        }
     };
-    let sizing: Vec<Sizing> = layout
-        .partitions
-        .iter()
-        .map(|p| {
-            let region = find(p.number, false);
-            let fs = region.map_or(Filesystem::Raw, |(_, r)| r.filesystem.clone());
-            let fixed = fixed_reason(&p.type_id, &fs);
-            let shrunk = find(p.number, true).filter(|_| fixed.is_none());
-            let min = shrunk.map_or(p.len, |(_, r)| r.len);
-            Sizing {
-                partition: p,
-                region,
-                shrunk,
-                fixed,
-                min,
-            }
-        })
-        .collect();
+    Ok(lay_out(header, &sizing, &lens, ss))
+}
 
-    // Room for the resizable partitions: everything but the fixed ones, less one alignment gap
-    // per partition.
+/// What `fit` knows of one partition of the image.
+struct Sizing<'a> {
+    partition: &'a Partition,
+    filesystem: Filesystem,
+    /// Its region as captured and its shrunk copy, by index into the manifest's regions.
+    source: Option<usize>,
+    shrunk: Option<usize>,
+    /// Why it keeps its size, if it must.
+    fixed: Option<String>,
+    /// The least room it can have: its size when fixed or without a shrunk copy.
+    min: u64,
+}
+
+impl<'a> Sizing<'a> {
+    fn of(header: &'a Header) -> Vec<Sizing<'a>> {
+        let find = |number: u32, shrunk: bool| {
+            header
+                .regions
+                .iter()
+                .position(|r| r.partition == Some(number) && r.shrunk == shrunk)
+        };
+        let mbr = header.layout.table == TableKind::Mbr;
+        header
+            .layout
+            .partitions
+            .iter()
+            .map(|p| {
+                let source = find(p.number, false);
+                let filesystem = source.map_or(Filesystem::Raw, |i| header.regions[i].filesystem.clone());
+                let mut fixed = fixed_reason(&p.type_id, &filesystem);
+                // An MBR Windows' "System Reserved" (a small NTFS holding the boot files): its
+                // boot configuration names partitions by their offsets, so it stays as it is.
+                if mbr && fixed.is_none() && filesystem == Filesystem::Ntfs && p.len < SYSTEM_RESERVED_MAX {
+                    fixed = Some("a small NTFS boot partition on an MBR disk (System Reserved)".into());
+                }
+                let shrunk = find(p.number, true).filter(|_| fixed.is_none());
+                let min = shrunk.map_or(p.len, |i| header.regions[i].len.min(p.len));
+                Sizing {
+                    partition: p,
+                    filesystem,
+                    source,
+                    shrunk,
+                    fixed,
+                    min,
+                }
+            })
+            .collect()
+    }
+}
+
+/// MBR NTFS partitions under this size are taken for Windows' "System Reserved".
+const SYSTEM_RESERVED_MAX: u64 = 1 << 30;
+
+/// A resizable partition that cannot get its minimum: its index and the most it could get.
+#[derive(Debug)]
+struct Shortfall {
+    index: usize,
+    available: u64,
+}
+
+/// The length of every partition on a target whose partitions may end at `end`: fixed ones
+/// their size, the others shares of the rest in proportion to their source sizes, each at least
+/// its minimum (at least its source size when `no_shrink`), whole multiples of [`ALIGN`]; the
+/// last resizable one takes what rounding leaves.
+fn share_out(sizing: &[Sizing], layout: &Layout, end: u64, no_shrink: bool) -> Result<Vec<u64>, Shortfall> {
+    let align = ALIGN.max(u64::from(layout.sector_size));
+    let start = layout.partitions.first().map_or(0, |p| p.offset);
+    let min = |s: &Sizing| if no_shrink { s.partition.len } else { s.min };
+    let flexible: Vec<usize> = (0..sizing.len()).filter(|&i| sizing[i].fixed.is_none()).collect();
     let fixed_total: u64 = sizing
         .iter()
         .filter(|s| s.fixed.is_some())
         .map(|s| s.partition.len)
         .sum();
-    let gaps = align * sizing.len() as u64;
+    // One alignment gap at most before each partition but the first.
+    let gaps = align * (sizing.len() as u64).saturating_sub(1);
     let room = end
         .saturating_sub(start)
         .saturating_sub(fixed_total)
         .saturating_sub(gaps);
-    let flexible: Vec<usize> = (0..sizing.len()).filter(|&i| sizing[i].fixed.is_none()).collect();
-    if flexible.is_empty() {
-        if target_size < layout.min_target_size() {
-            return Err(Error::TargetTooSmall {
-                path: target.into(),
-                size: target_size,
-                needed: layout.min_target_size(),
-            });
-        }
-        return Ok(exact(Some("no partition of this image can be resized".into())));
+    let mins_total: u64 = flexible.iter().map(|&i| min(&sizing[i]).next_multiple_of(align)).sum();
+    if mins_total > room {
+        // The first partition that cannot get its minimum even if the others get only theirs.
+        let index = flexible
+            .iter()
+            .copied()
+            .find(|&i| {
+                let others: u64 = flexible
+                    .iter()
+                    .filter(|&&j| j != i)
+                    .map(|&j| min(&sizing[j]).next_multiple_of(align))
+                    .sum();
+                room.saturating_sub(others) < min(&sizing[i])
+            })
+            .unwrap_or(flexible[0]);
+        let others: u64 = flexible
+            .iter()
+            .filter(|&&j| j != index)
+            .map(|&j| min(&sizing[j]).next_multiple_of(align))
+            .sum();
+        return Err(Shortfall {
+            index,
+            available: room.saturating_sub(others) / align * align,
+        });
     }
-    // Shares in proportion to the source sizes; a partition whose share is under its minimum
-    // gets its minimum, and the others share what is left, until no share is under a minimum.
+    // Proportional shares; one under its minimum gets its minimum and the rest share again.
     let mut pinned: Vec<Option<u64>> = vec![None; sizing.len()];
     let share = |pinned: &[Option<u64>], i: usize| -> u64 {
         let free = room.saturating_sub(pinned.iter().flatten().sum());
@@ -583,60 +667,49 @@ pub fn place(header: &Header, target: &Path, target_size: u64, mode: LayoutMode)
             .map(|&j| u128::from(sizing[j].partition.len))
             .sum();
         let share = u128::from(free) * u128::from(sizing[i].partition.len) / weight.max(1);
-        (share as u64) / align * align
+        u64::try_from(share).unwrap_or(u64::MAX) / align * align
     };
     loop {
         let under: Vec<usize> = flexible
             .iter()
             .copied()
-            .filter(|&i| pinned[i].is_none() && share(&pinned, i) < sizing[i].min)
+            .filter(|&i| pinned[i].is_none() && share(&pinned, i) < min(&sizing[i]))
             .collect();
         if under.is_empty() {
             break;
         }
         for i in under {
-            pinned[i] = Some(sizing[i].min.next_multiple_of(align));
-        }
-        if pinned.iter().flatten().sum::<u64>() > room {
-            let i = flexible
-                .iter()
-                .copied()
-                .find(|&i| share(&vec![None; sizing.len()], i) < sizing[i].min)
-                .unwrap_or(flexible[0]);
-            let s = &sizing[i];
-            return Err(Error::PartitionTooSmall {
-                path: target.into(),
-                partition: s.partition.number,
-                filesystem: s.region.map_or("raw", |(_, r)| r.filesystem.label()).into(),
-                needed: s.min,
-                available: share(&vec![None; sizing.len()], i),
-            });
+            pinned[i] = Some(min(&sizing[i]).next_multiple_of(align));
         }
     }
-
-    let mut lens: Vec<u64> = sizing
-        .iter()
-        .enumerate()
-        .map(|(i, s)| match &s.fixed {
-            Some(_) => s.partition.len,
+    let mut lens: Vec<u64> = (0..sizing.len())
+        .map(|i| match &sizing[i].fixed {
+            Some(_) => sizing[i].partition.len,
             None => pinned[i].unwrap_or_else(|| share(&pinned, i)),
         })
         .collect();
-    // Rounding and the reserved gaps leave a little: the last resizable partition takes it, so a
-    // partition after it (recovery after C:) ends at the disk's end.
+    // Where the partitions end as laid out (a gap only where a start is not aligned already).
     let laid_end = lens.iter().enumerate().fold(start, |at, (i, len)| {
-        if i > 0 {
-            at.next_multiple_of(align) + len
-        } else {
+        if i == 0 {
             at + len
+        } else {
+            at.next_multiple_of(align) + len
         }
     });
     if let Some(&last) = flexible.last() {
         lens[last] += end.saturating_sub(laid_end) / align * align;
     }
+    Ok(lens)
+}
 
+/// Places partitions of lengths `lens` in the source's order from the first one's offset, each
+/// later one on an alignment boundary, and says which region goes where.
+fn lay_out(header: &Header, sizing: &[Sizing], lens: &[u64], ss: u64) -> Placement {
+    let layout = &header.layout;
+    let align = ALIGN.max(ss);
+    let start = layout.partitions.first().map_or(0, |p| p.offset);
     let mut writes = Vec::new();
-    if let Some((i, _)) = header.regions.iter().enumerate().find(|(_, r)| r.partition.is_none()) {
+    if let Some(i) = header.regions.iter().position(|r| r.partition.is_none()) {
         // Only what precedes the first partition: boot code, the tables (rewritten after), the
         // gap boot loaders use. Gaps between partitions mean nothing at new places.
         writes.push(RegionWrite {
@@ -647,53 +720,68 @@ pub fn place(header: &Header, target: &Path, target_size: u64, mode: LayoutMode)
     }
     let mut partitions = Vec::new();
     let mut at = start;
-    for (i, s) in sizing.iter().enumerate() {
+    for (i, (s, &len)) in sizing.iter().zip(lens).enumerate() {
         let p = s.partition;
         if i > 0 {
             at = at.next_multiple_of(align);
         }
-        let len = lens[i];
-        let use_shrunk = s.fixed.is_none() && len < p.len;
-        let written = if use_shrunk { s.shrunk } else { s.region };
-        let written_len = written.map_or(p.len, |(_, r)| r.len);
-        if let Some((index, _)) = written {
+        let from_shrunk = s.fixed.is_none() && len < p.len;
+        let written = if from_shrunk { s.shrunk } else { s.source };
+        let written_len = written.map_or(p.len, |w| header.regions[w].len);
+        if let Some(region) = written {
             writes.push(RegionWrite {
-                region: index,
+                region,
                 offset: at,
                 end: at + len.min(written_len),
             });
         }
-        let filesystem = s.region.map_or(Filesystem::Raw, |(_, r)| r.filesystem.clone());
         partitions.push(PlacedPartition {
             number: p.number,
-            filesystem: filesystem.label().into(),
+            filesystem: s.filesystem.label().into(),
             source_offset: p.offset,
             source_len: p.len,
             offset: at,
             len,
             fixed: s.fixed.clone(),
-            from_shrunk: use_shrunk,
+            from_shrunk,
             resize: if len != written_len {
-                Resizer::for_filesystem(&filesystem)
+                Resizer::for_filesystem(&s.filesystem)
             } else {
                 None
             },
         });
         at += len;
     }
-    if at > end {
-        return Err(Error::TargetTooSmall {
-            path: target.into(),
-            size: target_size,
-            needed: target_size + (at - end),
-        });
-    }
-    Ok(Placement {
+    Placement {
         mode: LayoutMode::Fit,
         note: None,
         writes,
         partitions,
-    })
+    }
+}
+
+/// Checks, before anything is written, what deploy needs after writing: a table entry for every
+/// moved partition, and loop devices when a filesystem is to be resized.
+pub fn check_before_writing(placement: &Placement, layout: &Layout, target: &Path) -> Result<()> {
+    for m in placement.moved() {
+        m.check(layout.table, u64::from(layout.sector_size))?;
+    }
+    if placement.partitions.iter().any(|p| p.resize.is_some()) {
+        let control = Path::new("/dev/loop-control");
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(control)
+            .map_err(|e| Error::ToolFailed {
+                tool: "loop devices".into(),
+                what: target.display().to_string(),
+                reason: format!(
+                    "{}: {e} (resizing filesystems needs them; --layout exact writes the image as it was)",
+                    control.display()
+                ),
+            })?;
+    }
+    Ok(())
 }
 
 /// The source's layout as it was: every captured region at its own offset.
@@ -799,25 +887,218 @@ pub fn patch_hidden_sectors(target: &Disk, p: &PlacedPartition, ss: u64) -> Resu
         return Ok(()); // not set from the partition table (mkfs on a file, say): left alone
     }
     let bytes_per_sector = u64::from(u16::from_le_bytes([boot[0x0B], boot[0x0C]]));
-    let backup = if p.filesystem == "ntfs" {
-        // NTFS keeps its backup in the sector after the volume.
+    let backups = if p.filesystem == "ntfs" {
+        // NTFS keeps its backup in the sector after the volume, which after ntfsresize is the
+        // partition's last sector, not always the sector its count points past.
         let sectors = u64::from_le_bytes(boot[0x28..0x30].try_into().unwrap_or_default());
-        sectors.checked_mul(bytes_per_sector)
+        vec![sectors.checked_mul(bytes_per_sector), p.len.checked_sub(ss)]
     } else if u16::from_le_bytes([boot[0x16], boot[0x17]]) == 0 {
         // FAT32 (no 16-bit FAT size): the backup boot sector's number is at 0x32.
-        Some(u64::from(u16::from_le_bytes([boot[0x32], boot[0x33]])) * bytes_per_sector)
+        vec![Some(
+            u64::from(u16::from_le_bytes([boot[0x32], boot[0x33]])) * bytes_per_sector,
+        )]
     } else {
-        None
+        Vec::new()
     };
     let mut at = vec![p.offset];
-    if let Some(b) = backup.filter(|&b| b > 0 && b + 512 <= p.len) {
-        at.push(p.offset + b);
+    for b in backups.into_iter().flatten() {
+        if b > 0 && b + 512 <= p.len && !at.contains(&(p.offset + b)) {
+            at.push(p.offset + b);
+        }
     }
+    let oem_id = boot[3..11].to_vec();
     for offset in at {
+        // Only a copy of this boot sector (same OEM id, same old value), never data that
+        // happens to sit where a backup could be.
         target.read_exact_at(&mut boot, offset)?;
-        if field(&boot) == old {
+        if field(&boot) == old && boot[3..11] == oem_id[..] {
             target.write_all_at(&new.to_le_bytes(), offset + HIDDEN_SECTORS as u64)?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imaging::manifest::{FORMAT, Region, Section};
+    use proptest::prelude::*;
+
+    const MIB: u64 = 1 << 20;
+    const LINUX: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+    /// A GPT (or MBR) image whose partitions are `(len, fixed, shrunk copy length)`, each 1 MiB
+    /// after the one before, from 1 MiB.
+    fn image(table: TableKind, parts: &[(u64, bool, Option<u64>)]) -> Header {
+        let mut partitions = Vec::new();
+        let mut regions = Vec::new();
+        let mut at = MIB;
+        for (i, &(len, fixed, shrunk)) in parts.iter().enumerate() {
+            let number = i as u32 + 1;
+            let type_id = match (table, fixed) {
+                (TableKind::Mbr, true) => "0x82".into(),
+                (TableKind::Mbr, false) => "0x83".into(),
+                (_, true) => EFI_SYSTEM.into(),
+                (_, false) => LINUX.into(),
+            };
+            partitions.push(Partition {
+                number,
+                offset: at,
+                len,
+                type_id,
+                name: String::new(),
+            });
+            let region = |len, shrunk| Region {
+                partition: Some(number),
+                offset: at,
+                len,
+                filesystem: Filesystem::Ext,
+                used_bytes: 0,
+                extents: Section::default(),
+                chunks: Section::default(),
+                min_len: None,
+                shrunk,
+            };
+            regions.push(region(len, false));
+            if let Some(s) = shrunk {
+                regions.push(region(s, true));
+            }
+            at += len + MIB;
+        }
+        Header {
+            format: FORMAT,
+            name: "img".into(),
+            created: 0,
+            source: "test".into(),
+            layout: Layout {
+                table,
+                sector_size: 512,
+                disk_size: at + MIB,
+                partitions,
+                backup_gpt_len: if table == TableKind::Gpt { 33 * 512 } else { 0 },
+                extended: false,
+            },
+            regions,
+            chunk_count: 0,
+            data_bytes: 0,
+        }
+    }
+
+    fn fit(header: &Header, target_size: u64) -> Result<Placement> {
+        place(header, Path::new("t.img"), target_size, LayoutMode::Fit)
+    }
+
+    #[test]
+    fn recovery_after_c_moves_to_the_end_and_c_takes_the_room() {
+        // EFI 100, C: 300 (fits in 100), recovery-like fixed 50.
+        let h = image(
+            TableKind::Gpt,
+            &[
+                (100 * MIB, true, None),
+                (300 * MIB, false, Some(100 * MIB)),
+                (50 * MIB, true, None),
+            ],
+        );
+        for target in [800 * MIB, 260 * MIB] {
+            let p = fit(&h, target).expect("fits");
+            let [efi, c, rec] = &p.partitions[..] else {
+                panic!("three partitions")
+            };
+            assert_eq!((efi.offset, efi.len), (MIB, 100 * MIB));
+            assert_eq!(rec.len, 50 * MIB);
+            assert!(target - 33 * 512 - (rec.offset + rec.len) < MIB, "{target}: {p:?}");
+            assert_eq!(c.from_shrunk, target < h.layout.disk_size);
+            assert!(c.resize.is_some());
+        }
+    }
+
+    #[test]
+    fn a_target_barely_larger_than_the_source_keeps_every_partition_whole() {
+        let h = image(TableKind::Gpt, &[(100 * MIB, true, None), (10 << 30, false, None)]);
+        for extra in [512, MIB, 2 * MIB, 3 * MIB] {
+            let p = fit(&h, h.layout.disk_size + extra).expect("a larger disk always fits");
+            assert!(
+                p.partitions.iter().all(|q| q.len >= q.source_len && !q.from_shrunk),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn too_small_names_the_partition_and_what_it_could_get() {
+        let h = image(
+            TableKind::Gpt,
+            &[(100 * MIB, true, None), (300 * MIB, false, Some(120 * MIB))],
+        );
+        match fit(&h, 200 * MIB) {
+            Err(Error::PartitionTooSmall {
+                partition: 2,
+                needed,
+                available,
+                ..
+            }) => {
+                assert_eq!(needed, 120 * MIB);
+                assert!(available < needed && available > 90 * MIB, "{available}");
+            }
+            other => panic!("expected partition 2 refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mbr_stops_at_32_bit_sectors_and_an_extended_partition_keeps_the_table() {
+        let h = image(TableKind::Mbr, &[(100 * MIB, false, None), (64 * MIB, true, None)]);
+        let p = fit(&h, 3 << 40).expect("fits");
+        let last = p.partitions.last().expect("partitions");
+        assert!(last.offset + last.len <= u64::from(u32::MAX) * 512);
+        for m in p.moved() {
+            m.check(TableKind::Mbr, 512).expect("an MBR can say it");
+        }
+        let mut h = h;
+        h.layout.extended = true;
+        let p = fit(&h, 3 << 30).expect("exact");
+        assert_eq!(p.mode, LayoutMode::Exact);
+    }
+
+    proptest! {
+        #[test]
+        fn fit_never_overlaps_leaves_the_disk_or_goes_under_a_minimum(
+            parts in proptest::collection::vec((1u64..4000, any::<bool>(), 0u64..100), 1..6),
+            target_mib in 8u64..20000,
+        ) {
+            let parts: Vec<(u64, bool, Option<u64>)> = parts
+                .into_iter()
+                .map(|(mib, fixed, pct)| {
+                    let len = mib * MIB;
+                    (len, fixed, (pct > 10 && !fixed).then_some(len * pct / 100 / 512 * 512))
+                })
+                .collect();
+            let h = image(TableKind::Gpt, &parts);
+            let target = target_mib * MIB;
+            match fit(&h, target) {
+                Ok(p) if p.mode == LayoutMode::Fit => {
+                    let end = target - 33 * 512;
+                    let mut prev_end = 0;
+                    for (q, (len, fixed, shrunk)) in p.partitions.iter().zip(&parts) {
+                        prop_assert!(q.offset >= prev_end && q.offset + q.len <= end, "{p:?}");
+                        prop_assert!(q.len >= shrunk.unwrap_or(*len), "{q:?} under its minimum");
+                        if *fixed {
+                            prop_assert_eq!(q.len, *len);
+                        }
+                        if target >= h.layout.min_target_size() {
+                            prop_assert!(!q.from_shrunk, "{q:?} shrunk on a larger disk");
+                        }
+                        prev_end = q.offset + q.len;
+                    }
+                    for m in p.moved() {
+                        prop_assert!(m.check(TableKind::Gpt, 512).is_ok());
+                    }
+                }
+                Ok(_) => {}
+                Err(Error::PartitionTooSmall { .. } | Error::TargetTooSmall { .. }) => {
+                    prop_assert!(target < h.layout.min_target_size(), "a larger disk refused");
+                }
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+        }
+    }
 }

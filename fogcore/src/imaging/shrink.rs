@@ -45,6 +45,8 @@ pub struct ShrinkReport {
 /// image stays as it was if anything fails. Returns one report per partition looked at (none
 /// when every partition was already done or none can be resized).
 pub fn add_shrunk_copies(store: &Store, name: &str, threads: Option<usize>) -> Result<Vec<ShrinkReport>> {
+    // The writer's shared lock first: a gc cannot take chunks of the image while it is read.
+    let writer = store.writer()?;
     let manifest = store.manifest(name)?;
     manifest.check()?;
     let header = &manifest.header;
@@ -70,7 +72,6 @@ pub fn add_shrunk_copies(store: &Store, name: &str, threads: Option<usize>) -> R
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
     let reader = store.reader()?;
-    let writer = store.writer()?;
     let mut out = writer.manifest_writer()?;
     let work = TempDir::new_in(&store.root().join("tmp"), "shrink")?;
 
@@ -133,7 +134,19 @@ pub fn add_shrunk_copies(store: &Store, name: &str, threads: Option<usize>) -> R
         chunk_count,
         ..header.clone()
     })?;
-    writer.commit(name)?;
+    // A capture of the same name that landed meanwhile wins: its copies are its own business.
+    // (What is left is the moment between this check and the rename.)
+    match store.manifest(name) {
+        Ok(now) if now.header == *header && now.file_len() == manifest.file_len() => writer.commit(name)?,
+        Ok(_) | Err(Error::ImageNotFound(_)) => {
+            return Err(Error::Conflict {
+                kind: "image",
+                key: name.into(),
+                reason: "it was replaced or removed while its minimum sizes were worked out".into(),
+            });
+        }
+        Err(e) => return Err(e),
+    }
     Ok(reports)
 }
 

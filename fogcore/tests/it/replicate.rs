@@ -529,6 +529,7 @@ fn big_manifest(path: &Path, name: &str) {
             disk_size: len,
             partitions: Vec::new(),
             backup_gpt_len: 0,
+            extended: false,
         },
         regions: vec![Region {
             partition: None,

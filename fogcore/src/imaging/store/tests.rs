@@ -85,6 +85,7 @@ fn commit_image_with(
                 name: String::new(),
             }],
             backup_gpt_len: 0,
+            extended: false,
         },
         regions: vec![Region {
             partition: Some(0),
