@@ -74,7 +74,7 @@ pub struct Region {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_len: Option<u64>,
     /// True for the shrunk copy of partition `partition`'s filesystem (see
-    /// [`crate::imaging::resize::add_shrunk_copies`]): deploy writes it instead of the full
+    /// [`crate::imaging::shrink::add_shrunk_copies`]): deploy writes it instead of the full
     /// region when the target's partition is smaller than the source's. Not counted in
     /// [`Header::data_bytes`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
