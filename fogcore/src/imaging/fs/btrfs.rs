@@ -538,6 +538,7 @@ mod tests {
 
     use super::*;
     use crate::imaging::extent::total_len;
+    use crate::imaging::fs::test_support::*;
     use crate::tools::test::{command, output_ok};
 
     const INSTALL: &str = "apt-get install -y btrfs-progs";
@@ -566,15 +567,6 @@ mod tests {
                 .arg(&img),
         );
         std::fs::read(&img).expect("read image")
-    }
-
-    fn assert_sorted_disjoint(extents: &[Extent], size: u64) {
-        for pair in extents.windows(2) {
-            assert!(pair[0].end() < pair[1].offset, "extents overlap or touch: {pair:?}");
-        }
-        for e in extents {
-            assert!(e.len > 0 && e.end() <= size, "bad extent {e:?} on a {size}-byte device");
-        }
     }
 
     #[test]
@@ -654,13 +646,7 @@ mod tests {
         for (what, patch) in cases {
             let mut bytes = good.clone();
             patch(&mut bytes, sbo, chunk_root);
-            match used_extents(&bytes) {
-                Err(Error::BadFilesystem { what: name, reason }) => {
-                    assert_eq!(name, "memory", "{what}");
-                    assert!(!reason.is_empty(), "{what}");
-                }
-                other => panic!("{what}: expected BadFilesystem, got {other:?}"),
-            }
+            assert_bad_filesystem(used_extents(&bytes), "memory", what)
         }
         // Cut short: chunks past the end.
         assert!(used_extents(&good[..good.len() / 4].to_vec()).is_err());

@@ -738,6 +738,7 @@ impl<'a> BatchReader<'a> {
 mod tests {
     use super::*;
     use crate::imaging::disk::Disk;
+    use crate::imaging::fs::test_support::*;
     use std::collections::BTreeSet;
     use std::fs::{self, File};
     use std::io::Write as _;
@@ -1258,13 +1259,7 @@ mod tests {
     }
 
     fn expect_bad(d: &dyn ReadAt, what: &str) {
-        match used_extents(d) {
-            Err(Error::BadFilesystem { what: name, reason }) => {
-                assert_eq!(name, "memory", "{what}: error names the device");
-                assert!(!reason.is_empty());
-            }
-            other => panic!("{what}: expected BadFilesystem, got {other:?}"),
-        }
+        assert_bad_filesystem(used_extents(d), "memory", what)
     }
 
     #[test]

@@ -300,6 +300,7 @@ mod tests {
     use super::*;
     use crate::imaging::disk::Disk;
     use crate::imaging::extent::total_len;
+    use crate::imaging::fs::test_support::*;
 
     const INSTALL: &str = "apt-get install -y dosfstools mtools";
 
@@ -431,15 +432,6 @@ mod tests {
             .and_then(|w| w.parse().ok())
             .unwrap_or_else(|| panic!("no cluster count in {out}"));
         (data_start, cluster_size, used)
-    }
-
-    fn assert_sorted_disjoint(extents: &[Extent], size: u64) {
-        for pair in extents.windows(2) {
-            assert!(pair[0].end() < pair[1].offset, "extents overlap or touch: {pair:?}");
-        }
-        for e in extents {
-            assert!(e.len > 0 && e.end() <= size, "bad extent {e:?} on a {size}-byte device");
-        }
     }
 
     /// Makes a FAT image, fills it, deletes a file in the middle, and checks the used map.
@@ -722,13 +714,7 @@ mod tests {
             std::fs::write(&path, &bytes).expect("write corrupt image");
             let disk = Disk::open(&path).expect("open");
             assert!(!probe(&disk).expect("probe reads"), "{what}: probe accepted it");
-            match used_extents(&disk) {
-                Err(Error::BadFilesystem { what: name, reason }) => {
-                    assert_eq!(name, s(&path), "{what}: error names the device");
-                    assert!(!reason.is_empty());
-                }
-                other => panic!("{what}: expected BadFilesystem, got {other:?}"),
-            }
+            assert_bad_filesystem(used_extents(&disk), &s(&path), what)
         }
         // A device truncated below the filesystem size, and one too small for a boot sector.
         let path = dir.path().join("short.img");

@@ -20,6 +20,8 @@ pub mod luks;
 pub mod lvm;
 pub mod ntfs;
 pub mod swap;
+#[cfg(test)]
+mod test_support;
 pub mod xfs;
 
 use serde::{Deserialize, Serialize};

@@ -411,6 +411,7 @@ mod tests {
     use super::*;
     use crate::imaging::disk::Disk;
     use crate::imaging::extent::total_len;
+    use crate::imaging::fs::test_support::*;
 
     const INSTALL: &str = "apt-get install -y ntfs-3g";
 
@@ -492,15 +493,6 @@ mod tests {
             .and_then(|rest| rest.trim_start_matches([' ', ':', '\t']).split_whitespace().next())
             .and_then(|w| w.parse().ok())
             .unwrap_or_else(|| panic!("no {label:?} in {text}"))
-    }
-
-    fn assert_sorted_disjoint(extents: &[Extent], size: u64) {
-        for pair in extents.windows(2) {
-            assert!(pair[0].end() < pair[1].offset, "extents overlap or touch: {pair:?}");
-        }
-        for e in extents {
-            assert!(e.len > 0 && e.end() <= size, "bad extent {e:?} on a {size}-byte device");
-        }
     }
 
     fn make_ntfs(work: &Path, size_mb: u64, mkfs_extra: &[&str]) -> PathBuf {
@@ -757,13 +749,7 @@ mod tests {
             std::fs::write(&path, &bytes).expect("write corrupt image");
             let disk = Disk::open(&path).expect("open");
             assert_eq!(probe(&disk).expect("probe reads"), still_ntfs, "{what}: probe");
-            match used_extents(&disk) {
-                Err(Error::BadFilesystem { what: name, reason }) => {
-                    assert_eq!(name, s(&path), "{what}: error names the device");
-                    assert!(!reason.is_empty());
-                }
-                other => panic!("{what}: expected BadFilesystem, got {other:?}"),
-            }
+            assert_bad_filesystem(used_extents(&disk), &s(&path), what)
         }
         let tiny = good[..100].to_vec();
         assert!(!probe(&tiny).expect("probe reads"));

@@ -319,6 +319,7 @@ mod tests {
 
     use super::*;
     use crate::imaging::extent::total_len;
+    use crate::imaging::fs::test_support::*;
     use crate::tools::test::{command, output_ok};
 
     const INSTALL: &str = "apt-get install -y xfsprogs";
@@ -342,15 +343,6 @@ mod tests {
             .find_map(|l| l.strip_prefix("total free blocks "))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no free block count in {text}"))
-    }
-
-    fn assert_sorted_disjoint(extents: &[Extent], size: u64) {
-        for pair in extents.windows(2) {
-            assert!(pair[0].end() < pair[1].offset, "extents overlap or touch: {pair:?}");
-        }
-        for e in extents {
-            assert!(e.len > 0 && e.end() <= size, "bad extent {e:?} on a {size}-byte device");
-        }
     }
 
     /// Fresh filesystems, v5 and v4, several AGs: used plus free (counted by xfs_db from the other
@@ -437,13 +429,7 @@ mod tests {
         for (what, patch) in cases {
             let mut bytes = good.clone();
             patch(&mut bytes, agf1, leaf);
-            match used_extents(&bytes) {
-                Err(Error::BadFilesystem { what: name, reason }) => {
-                    assert_eq!(name, "memory", "{what}");
-                    assert!(!reason.is_empty(), "{what}");
-                }
-                other => panic!("{what}: expected BadFilesystem, got {other:?}"),
-            }
+            assert_bad_filesystem(used_extents(&bytes), "memory", what)
         }
         // A device cut short of the filesystem.
         assert!(!probe(&good[..good.len() / 2].to_vec()).expect("probe"));
