@@ -91,8 +91,10 @@ pub fn fixed_reason(type_id: &str, filesystem: &Filesystem) -> Option<String> {
     if let Some(reason) = by_type {
         return Some(reason.into());
     }
+    if matches!(filesystem, Filesystem::Swap(_)) {
+        return Some("swap".into());
+    }
     match Resizer::for_filesystem(filesystem) {
-        _ if matches!(filesystem, Filesystem::Swap(_)) => Some("swap".into()),
         None => Some(format!("{} is not resized", filesystem.label())),
         Some(r) => r
             .missing_tool()
