@@ -467,6 +467,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
+/// `f` as an integer when it is a whole number an `i64` holds exactly.
+fn whole_integer(f: f64) -> Option<i64> {
+    (f.fract() == 0.0 && f.abs() < 9_223_372_036_854_775_808.0).then_some(f as i64)
+}
+
+/// A numeric id in a path (a task's, a schedule's), named `what` in the error. The document
+/// calls path ids integers, and JSON Schema counts `5.0` as one, so it is read as 5, as in bodies.
+pub fn path_id(what: &'static str, text: &str) -> Result<i64> {
+    text.parse()
+        .ok()
+        .or_else(|| text.parse::<f64>().ok().and_then(whole_integer))
+        .ok_or_else(|| Error::invalid(what, text, "not a number"))
+}
+
 /// JSON Schema counts `5.0` as an integer; serde's integer fields refuse it. Whole numbers
 /// written with a fraction become integers (where an integer holds them exactly), so every body
 /// the document calls valid is read.
@@ -474,12 +488,8 @@ fn whole_numbers_as_integers(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {
         Value::Number(n) if n.is_f64() => {
-            // Whole f64 values in this range convert exactly.
-            if let Some(f) = n
-                .as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9_223_372_036_854_775_808.0)
-            {
-                *value = Value::from(f as i64);
+            if let Some(i) = n.as_f64().and_then(whole_integer) {
+                *value = Value::from(i);
             }
         }
         Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
@@ -512,4 +522,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryArgs<T> {
 /// The answer to a route that does not exist.
 pub async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError(Error::not_found("route", format!("{method} {uri}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_ids_are_integers_as_json_schema_counts_them() {
+        assert_eq!(path_id("task id", "70072").expect("plain"), 70072);
+        assert_eq!(path_id("task id", "70072.0").expect("a zero fraction"), 70072);
+        assert_eq!(path_id("task id", "-3").expect("negative"), -3);
+        for bad in ["70072.5", "x", "", "1e400", "NaN", "inf", "9223372036854775808.0"] {
+            let e = path_id("schedule id", bad).expect_err(bad).to_string();
+            assert!(e.contains("schedule id") && e.contains("not a number"), "{bad}: {e}");
+        }
+    }
 }

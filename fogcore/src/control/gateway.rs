@@ -561,8 +561,7 @@ fn answer<T: Serialize>(result: Result<T>) -> Response {
 }
 
 fn task_id(text: &str) -> Result<TaskId> {
-    text.parse()
-        .map_err(|_| Error::invalid("task id", text, "not a number"))
+    crate::control::api::path_id("task id", text)
 }
 
 async fn check_in_route(State(g): State<Arc<Gateway>>, Body(check_in): Body<CheckIn>) -> Response {

@@ -25,13 +25,12 @@ use crate::control::model::{
     TokenInfo, User as UserInfo, UserUpdate, Wake,
 };
 use crate::control::service::Control;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 type App = Arc<Control>;
 
 fn task_id(text: &str) -> std::result::Result<TaskId, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError(Error::invalid("task id", text, "not a number")))
+    crate::control::api::path_id("task id", text).map_err(ApiError)
 }
 
 fn table() -> Vec<(Route, MethodRouter<App>)> {
@@ -761,9 +760,7 @@ fn control_table() -> Vec<(Route, MethodRouter<App>)> {
                 json::<Done>(),
             ),
             delete(|State(c): State<App>, Path(id): Path<String>| async move {
-                let id = id
-                    .parse::<i64>()
-                    .map_err(|_| ApiError(Error::invalid("schedule id", &id, "not a number")))?;
+                let id = crate::control::api::path_id("schedule id", &id).map_err(ApiError)?;
                 c.delete_schedule(id).await?;
                 ApiResult::Ok(done())
             }),
