@@ -263,7 +263,7 @@ fn print_deploy(r: &DeployReport) {
             p.offset
         );
     }
-    if r.resize_seconds > 0.0 {
+    if r.partitions.iter().any(|p| p.resize.is_some()) {
         say!("  filesystem tools took {:.2}s", r.resize_seconds);
     }
 }

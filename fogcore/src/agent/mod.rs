@@ -483,7 +483,7 @@ pub fn deploy_remote(
             p.resize.map(|r| format!(", {}", r.tool())).unwrap_or_default()
         );
     }
-    if report.resize_seconds > 0.0 {
+    if report.partitions.iter().any(|p| p.resize.is_some()) {
         tracing::info!("deploy {image}: filesystem tools took {:.1}s", report.resize_seconds);
     }
     Ok(())

@@ -123,7 +123,7 @@ pub fn prepare<'a>(manifest: &'a Manifest, target_path: &Path, options: &DeployO
         )));
     }
     let placement = resize::place(header, target_path, target.size(), options.layout)?;
-    resize::check_before_writing(&placement, layout, target_path)?;
+    resize::check_before_writing(&placement, layout)?;
     let needed = layout.min_target_size();
     if placement.mode == LayoutMode::Exact && target.size() < needed {
         return Err(Error::TargetTooSmall {

@@ -522,7 +522,17 @@ pub fn place(header: &Header, target: &Path, target_size: u64, mode: LayoutMode)
     }
     let sizing = Sizing::of(header);
     if sizing.iter().all(|s| s.fixed.is_some()) {
-        return exact("no partition of this image can be resized");
+        // Say why for a partition whose filesystem could be resized elsewhere.
+        let why = sizing
+            .iter()
+            .find(|s| Resizer::for_filesystem(&s.filesystem).is_some())
+            .and_then(|s| {
+                s.fixed
+                    .as_ref()
+                    .map(|why| format!(": partition {}: {why}", s.partition.number))
+            })
+            .unwrap_or_default();
+        return exact(&format!("no partition of this image can be resized here{why}"));
     }
     let ss = u64::from(layout.sector_size);
     let tail = if layout.table == TableKind::Gpt {
@@ -584,6 +594,11 @@ impl<'a> Sizing<'a> {
                 let source = find(p.number, false);
                 let filesystem = source.map_or(Filesystem::Raw, |i| header.regions[i].filesystem.clone());
                 let mut fixed = fixed_reason(&p.type_id, &filesystem);
+                if fixed.is_none()
+                    && let Some(why) = loop_devices_unavailable()
+                {
+                    fixed = Some(why);
+                }
                 // An MBR Windows' "System Reserved" (a small NTFS holding the boot files): its
                 // boot configuration names partitions by their offsets, so it stays as it is.
                 if mbr && fixed.is_none() && filesystem == Filesystem::Ntfs && p.len < SYSTEM_RESERVED_MAX {
@@ -762,28 +777,22 @@ fn lay_out(header: &Header, sizing: &[Sizing], lens: &[u64], ss: u64) -> Placeme
     }
 }
 
-/// Checks, before anything is written, what deploy needs after writing: a table entry for every
-/// moved partition, and loop devices when a filesystem is to be resized.
-pub fn check_before_writing(placement: &Placement, layout: &Layout, target: &Path) -> Result<()> {
+/// Checks, before anything is written, that the table can hold every moved partition.
+pub fn check_before_writing(placement: &Placement, layout: &Layout) -> Result<()> {
     for m in placement.moved() {
         m.check(layout.table, u64::from(layout.sector_size))?;
     }
-    if placement.partitions.iter().any(|p| p.resize.is_some()) {
-        let control = Path::new("/dev/loop-control");
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(control)
-            .map_err(|e| Error::ToolFailed {
-                tool: "loop devices".into(),
-                what: target.display().to_string(),
-                reason: format!(
-                    "{}: {e} (resizing filesystems needs them; --layout exact writes the image as it was)",
-                    control.display()
-                ),
-            })?;
-    }
     Ok(())
+}
+
+/// Why this process cannot resize filesystems on a target (they are reached through loop
+/// devices, which need root), or `None`. Such partitions then keep their size.
+fn loop_devices_unavailable() -> Option<String> {
+    let control = Path::new("/dev/loop-control");
+    match std::fs::OpenOptions::new().read(true).write(true).open(control) {
+        Ok(_) => None,
+        Err(e) => Some(format!("no loop devices to resize it ({}: {e})", control.display())),
+    }
 }
 
 /// The source's layout as it was: every captured region at its own offset.
