@@ -714,7 +714,7 @@ mod tests {
             std::fs::write(&path, &bytes).expect("write corrupt image");
             let disk = Disk::open(&path).expect("open");
             assert!(!probe(&disk).expect("probe reads"), "{what}: probe accepted it");
-            assert_bad_filesystem(used_extents(&disk), &s(&path), what)
+            assert_bad_filesystem(used_extents(&disk), s(&path), what)
         }
         // A device truncated below the filesystem size, and one too small for a boot sector.
         let path = dir.path().join("short.img");

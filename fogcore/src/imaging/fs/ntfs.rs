@@ -749,7 +749,7 @@ mod tests {
             std::fs::write(&path, &bytes).expect("write corrupt image");
             let disk = Disk::open(&path).expect("open");
             assert_eq!(probe(&disk).expect("probe reads"), still_ntfs, "{what}: probe");
-            assert_bad_filesystem(used_extents(&disk), &s(&path), what)
+            assert_bad_filesystem(used_extents(&disk), s(&path), what)
         }
         let tiny = good[..100].to_vec();
         assert!(!probe(&tiny).expect("probe reads"));
