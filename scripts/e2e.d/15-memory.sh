@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Bounded memory: a capture's peak memory does not grow with the image. The same capture of
 # 1 GiB and of 8 GiB of unique data with --memory-mib 16 (both pass the budget and spill their
-# index entries to disk) peaks within 10% of each other, and verify and gc of the larger store
-# stay near it. A capture killed at random points past its first spills leaves no image, and gc
+# index entries to disk) peak within 8 MiB of each other (a capture's in-flight buffers vary by
+# 3-4 MiB from run to run; before the bound, 8 GiB took about 90 MiB more than 1 GiB), and verify
+# and gc of the larger store stay near it. A capture killed at random points past its first spills leaves no image, and gc
 # takes the store back to empty.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -48,7 +49,7 @@ import sys
 small, large = (int(a) for a in sys.argv[1:])
 growth = (large - small) / small
 print(f"   growth from 1 to 8 GiB: {growth:+.1%}")
-if small == 0 or abs(growth) > 0.10:
+if small == 0 or large - small > 8 << 20:
     sys.exit(f"capture memory grows with the image: {small} -> {large} bytes")
 EOF
 

@@ -147,7 +147,7 @@ pub fn prepare<'a>(manifest: &'a Manifest, target_path: &Path, options: &DeployO
     })
 }
 
-impl PreparedDeploy<'_> {
+impl<'a> PreparedDeploy<'a> {
     /// The manifest's regions this deploy writes, in the order it writes them (a prefetcher
     /// fetches their chunks in this order).
     pub fn regions(&self) -> Vec<usize> {
@@ -157,6 +157,40 @@ impl PreparedDeploy<'_> {
     /// Writes the image, puts the partition table right for the target, verifies when asked and
     /// grows or shrinks the filesystems of resized partitions.
     pub fn run(self, source: &dyn ChunkSource, progress: &dyn Progress) -> Result<DeployReport> {
+        let writer = self.into_writer()?;
+        progress.start("deploy", writer.data_bytes());
+        for (place, region) in writer.places.iter().zip(&writer.placement.writes) {
+            let region = &writer.manifest.header.regions[region.region];
+            let written = write_region(
+                source,
+                writer.manifest,
+                region,
+                place,
+                &writer.target,
+                writer.threads,
+                progress,
+            )?;
+            writer.written.fetch_add(written, Ordering::Relaxed);
+        }
+        writer.finish(source, progress)
+    }
+
+    /// A writer that takes the image's data in any order (see [`DeployWriter::write`]), for a
+    /// source that does not deliver it in disk order (a multicast carousel).
+    pub fn into_writer(self) -> Result<DeployWriter<'a>> {
+        let header = &self.manifest.header;
+        let places = self
+            .placement
+            .writes
+            .iter()
+            .map(|w| {
+                let extents = self.manifest.extents(&header.regions[w.region])?;
+                Ok(RegionPlace {
+                    map: StreamMap::new(w.offset, extents),
+                    end: w.end,
+                })
+            })
+            .collect::<Result<_>>()?;
         let PreparedDeploy {
             manifest,
             target_path,
@@ -166,22 +200,106 @@ impl PreparedDeploy<'_> {
             threads,
             started,
         } = self;
-        let header = &manifest.header;
-        let layout = &header.layout;
-        let data_bytes = placement
+        Ok(DeployWriter {
+            manifest,
+            target_path,
+            target,
+            placement,
+            places,
+            verify,
+            threads,
+            started,
+            written: AtomicU64::new(0),
+        })
+    }
+}
+
+/// A deploy's target taking the image's data in any order: each piece of a region's data stream
+/// goes where the layout puts it. [`DeployWriter::finish`] then writes the partition table,
+/// verifies and resizes.
+pub struct DeployWriter<'a> {
+    manifest: &'a Manifest,
+    target_path: PathBuf,
+    target: Disk,
+    placement: Placement,
+    /// Per entry of `placement.writes`: its stream-to-disk map and end.
+    places: Vec<RegionPlace>,
+    verify: bool,
+    threads: usize,
+    started: Instant,
+    written: AtomicU64,
+}
+
+/// Where one region's data stream lands on the target, and the first byte not written.
+struct RegionPlace {
+    map: StreamMap,
+    end: u64,
+}
+
+impl RegionPlace {
+    /// Writes `data` (stream bytes from `stream_offset`) to the target; returns bytes written.
+    fn write(&self, target: &Disk, stream_offset: u64, data: &[u8]) -> Result<u64> {
+        let mut written = 0;
+        self.map
+            .for_each_piece(stream_offset, data.len() as u64, |disk_offset, at, len| {
+                let len = len.min(self.end.saturating_sub(disk_offset));
+                if len > 0 {
+                    let piece = data.get(at as usize..(at + len) as usize).unwrap_or_default();
+                    target.write_all_at(piece, disk_offset)?;
+                    written += len;
+                }
+                Ok(())
+            })?;
+        Ok(written)
+    }
+}
+
+impl DeployWriter<'_> {
+    /// Bytes of image data the deploy writes (the regions it places).
+    pub fn data_bytes(&self) -> u64 {
+        let regions = &self.manifest.header.regions;
+        self.placement
             .writes
             .iter()
-            .filter_map(|w| header.regions.get(w.region))
+            .filter_map(|w| regions.get(w.region))
             .map(|r| r.used_bytes)
-            .sum();
-        progress.start("deploy", data_bytes);
-        let written = AtomicU64::new(0);
+            .sum()
+    }
+
+    /// Writes `data`, the bytes of region `region`'s data stream (its extents laid end to end)
+    /// from `stream_offset`, where the layout puts them. The caller has checked the bytes against
+    /// the manifest's chunk ids. A region this deploy does not write (a shrunk copy it does not
+    /// need) is refused.
+    pub fn write(&self, region: usize, stream_offset: u64, data: &[u8]) -> Result<u64> {
+        let index = self
+            .placement
+            .writes
+            .iter()
+            .position(|w| w.region == region)
+            .ok_or_else(|| Error::InvalidInput(format!("this deploy writes no region {region}")))?;
+        let written = self.places[index].write(&self.target, stream_offset, data)?;
+        self.written.fetch_add(written, Ordering::Relaxed);
+        Ok(written)
+    }
+
+    /// Writes swap headers and the partition table for the target, syncs, reads everything back
+    /// when asked, and grows or shrinks the filesystems of resized partitions.
+    pub fn finish(self, source: &dyn ChunkSource, progress: &dyn Progress) -> Result<DeployReport> {
+        let DeployWriter {
+            manifest,
+            target_path,
+            target,
+            placement,
+            places: _,
+            verify,
+            threads,
+            started,
+            written,
+        } = self;
+        let header = &manifest.header;
+        let layout = &header.layout;
         for w in &placement.writes {
             let region = &header.regions[w.region];
-            written.fetch_add(
-                write_region(source, manifest, region, w, &target, threads, progress)?,
-                Ordering::Relaxed,
-            );
             if let Filesystem::Swap(swap) = &region.filesystem {
                 target.write_all_at(&swap.build(region.len), w.offset)?;
             }
@@ -213,22 +331,18 @@ impl PreparedDeploy<'_> {
         let resize_started = Instant::now();
         resize::resize_partitions(&target_path, &target, &placement, layout.sector_size, progress)?;
         let resize_seconds = resize_started.elapsed().as_secs_f64();
+        let deployed = || placement.writes.iter().filter_map(|w| header.regions.get(w.region));
         Ok(DeployReport {
             name: header.name.clone(),
             target: target_path.display().to_string(),
             target_size: target.size(),
-            data_bytes,
+            data_bytes: deployed().map(|r| r.used_bytes).sum(),
             bytes_written: written.into_inner(),
-            chunks: placement
-                .writes
-                .iter()
-                .filter_map(|w| header.regions.get(w.region))
-                .map(|r| r.chunks.count)
-                .sum(),
+            chunks: deployed().map(|r| r.chunks.count).sum(),
             verified: verify,
             layout: placement.mode,
-            layout_note: placement.note,
-            partitions: placement.partitions,
+            layout_note: placement.note.clone(),
+            partitions: placement.partitions.clone(),
             resize_seconds,
             seconds: started.elapsed().as_secs_f64(),
             peak_memory_bytes: crate::memory::peak_rss(),
@@ -236,21 +350,19 @@ impl PreparedDeploy<'_> {
     }
 }
 
-/// Writes one region's data where `place` says, skipping all-zero chunks on a fresh target;
-/// returns the bytes written.
-pub(crate) fn write_region(
+/// Writes one region's data in stream order where `place` says, skipping all-zero chunks on a
+/// fresh target; returns the bytes written.
+fn write_region(
     source: &dyn ChunkSource,
     manifest: &Manifest,
     region: &Region,
-    place: &RegionWrite,
+    place: &RegionPlace,
     target: &Disk,
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<u64> {
     let header = &manifest.header;
     let written = AtomicU64::new(0);
-    let extents = manifest.extents(region)?;
-    let map = StreamMap::new(place.offset, &extents);
     for_each_run(manifest, region, threads, progress, |run| {
         // A run's chunks are consecutive in the stream: stretches of them (all but the
         // all-zero chunks on a fresh target) are written with one write per extent piece.
@@ -271,20 +383,35 @@ pub(crate) fn write_region(
         }
         for (stream_offset, from, to) in stretches {
             let data = buf.get(from..to).unwrap_or_default();
-            map.for_each_piece(stream_offset, data.len() as u64, |disk_offset, at, len| {
-                let len = len.min(place.end.saturating_sub(disk_offset));
-                if len == 0 {
-                    return Ok(());
-                }
-                let piece = data.get(at as usize..(at + len) as usize).unwrap_or_default();
-                target.write_all_at(piece, disk_offset)?;
-                written.fetch_add(len, Ordering::Relaxed);
-                Ok(())
-            })?;
+            written.fetch_add(place.write(target, stream_offset, data)?, Ordering::Relaxed);
         }
         Ok(())
     })?;
     Ok(written.into_inner())
+}
+
+/// Writes region `region` of `manifest` (from `source`) into `target` at the region's own
+/// offsets relative to its start: the region alone, as a file of its own (a shrunk copy's start).
+pub(crate) fn write_region_alone(
+    source: &dyn ChunkSource,
+    manifest: &Manifest,
+    region: &Region,
+    target: &Disk,
+    threads: usize,
+) -> Result<u64> {
+    let place = RegionPlace {
+        map: StreamMap::new(0, manifest.extents(region)?),
+        end: region.len,
+    };
+    write_region(
+        source,
+        manifest,
+        region,
+        &place,
+        target,
+        threads,
+        &crate::progress::NoProgress,
+    )
 }
 
 /// Reads every chunk's bytes back from the target and checks their hash. A chunk that deploy
@@ -309,8 +436,7 @@ fn verify_writes(
     for w in writes {
         let region = &header.regions[w.region];
         let writable_end = w.end;
-        let extents = manifest.extents(region)?;
-        let map = StreamMap::new(w.offset, &extents);
+        let map = StreamMap::new(w.offset, manifest.extents(region)?);
         for_each_run(manifest, region, threads, progress, |run| {
             run.iter().try_for_each(|(chunk, stream_offset)| {
                 let (chunk, stream_offset) = (chunk, *stream_offset);
@@ -489,14 +615,14 @@ fn for_each_run(
 }
 
 /// Maps offsets in a region's data stream (its extents laid end to end) to disk offsets.
-struct StreamMap<'a> {
+struct StreamMap {
     base: u64,
-    extents: &'a [Extent],
+    extents: Vec<Extent>,
     starts: Vec<u64>,
 }
 
-impl<'a> StreamMap<'a> {
-    fn new(base: u64, extents: &'a [Extent]) -> Self {
+impl StreamMap {
+    fn new(base: u64, extents: Vec<Extent>) -> Self {
         let mut pos = 0;
         let starts = extents
             .iter()

@@ -11,13 +11,13 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::chunker::chunk_region;
-use super::deploy::write_region;
+use super::deploy::write_region_alone;
 use super::disk::{Disk, ReadAt};
 use super::extent::{Extent, total_len};
 use super::fs;
 use super::manifest::{Header, ManifestWriter, Region};
 use super::replica::TempDir;
-use super::resize::{ALIGN, RegionWrite, Resizer, fixed_reason};
+use super::resize::{ALIGN, Resizer, fixed_reason};
 use super::store::{Store, StoreWriter};
 use crate::progress::NoProgress;
 use crate::{Error, Result};
@@ -45,26 +45,17 @@ pub struct ShrinkReport {
 /// image stays as it was if anything fails. Returns one report per partition looked at (none
 /// when every partition was already done or none can be resized).
 pub fn add_shrunk_copies(store: &Store, name: &str, threads: Option<usize>) -> Result<Vec<ShrinkReport>> {
-    // The writer's shared lock first: a gc cannot take chunks of the image while it is read.
+    // Most images have nothing to do (no partitions fog shrinks, or done already): the header
+    // says so without a lock or a pass over the file.
+    if shrinkable(&store.manifest(name)?.header).is_empty() {
+        return Ok(Vec::new());
+    }
+    // The writer's shared lock before the image is read: a gc cannot take its chunks meanwhile.
     let writer = store.writer()?;
     let manifest = store.manifest(name)?;
     manifest.check()?;
     let header = &manifest.header;
-    let todo: Vec<(usize, u32, Resizer)> = header
-        .regions
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.is_source() && r.min_len.is_none())
-        .filter_map(|(i, r)| {
-            let number = r.partition?;
-            let part = header.layout.partitions.iter().find(|p| p.number == number)?;
-            if fixed_reason(&part.type_id, &r.filesystem).is_some() {
-                return None;
-            }
-            let resizer = Resizer::for_filesystem(&r.filesystem).filter(|r| r.can_shrink())?;
-            Some((i, number, resizer))
-        })
-        .collect();
+    let todo = shrinkable(header);
     if todo.is_empty() {
         return Ok(Vec::new());
     }
@@ -85,12 +76,7 @@ pub fn add_shrunk_copies(store: &Store, name: &str, threads: Option<usize>) -> R
         let what = format!("image {name} partition {number} (copy being shrunk)");
         {
             let copy = Disk::open_target(&file, region.len)?;
-            let place = RegionWrite {
-                region: index,
-                offset: 0,
-                end: region.len,
-            };
-            write_region(&reader, &manifest, region, &place, &copy, threads, &NoProgress)?;
+            write_region_alone(&reader, &manifest, region, &copy, threads)?;
             copy.sync()?;
         }
         let size = resizer.shrink_file(&file, &what)?;
@@ -148,6 +134,25 @@ pub fn add_shrunk_copies(store: &Store, name: &str, threads: Option<usize>) -> R
         Err(e) => return Err(e),
     }
     Ok(reports)
+}
+
+/// The regions of `header` fog can shrink and has not looked at: index, partition, resizer.
+fn shrinkable(header: &Header) -> Vec<(usize, u32, Resizer)> {
+    header
+        .regions
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_source() && r.min_len.is_none())
+        .filter_map(|(i, r)| {
+            let number = r.partition?;
+            let part = header.layout.partitions.iter().find(|p| p.number == number)?;
+            if fixed_reason(&part.type_id, &r.filesystem).is_some() {
+                return None;
+            }
+            let resizer = Resizer::for_filesystem(&r.filesystem).filter(|r| r.can_shrink())?;
+            Some((i, number, resizer))
+        })
+        .collect()
 }
 
 /// Chunks the shrunk filesystem in `file` into the store being written, its tables into `out`.

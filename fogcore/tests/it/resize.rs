@@ -417,3 +417,69 @@ fn xfs_and_btrfs_grow_to_a_larger_target() {
         other => panic!("expected partition 1 refused, got {other:?}"),
     }
 }
+
+/// A deploy fed in any order (as a multicast receiver will feed it) gives the same disk as one
+/// written in stream order, with the fit layout applied the same way.
+#[test]
+fn a_deploy_written_in_reverse_order_gives_the_same_disk() {
+    use fogcore::imaging::chunk::ChunkSource;
+    use fogcore::imaging::deploy::prepare;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("linux.img");
+    make_sparse(&path, 96 * MIB);
+    sfdisk(&path, "label: dos\n,64M,83\n,16M,82\n", "");
+    let parts = partitions(&path);
+    let tree = dir.path().join("tree");
+    write_tree(&tree, 7);
+    let ext = dir.path().join("ext.img");
+    sh(&format!("mkfs.ext4 -q -F -d {} {} 64M", tree.display(), ext.display()));
+    put_partition(&path, parts[0], &ext);
+    let store = Store::open(dir.path().join("store")).expect("store");
+    capture(&store, &path, "img", &CaptureOptions::default(), &NoProgress).expect("capture");
+
+    let in_order = dir.path().join("in-order.img");
+    make_sparse(&in_order, 160 * MIB);
+    deploy(&store, "img", &in_order, &fit(false), &NoProgress).expect("deploy");
+
+    let reversed = dir.path().join("reversed.img");
+    make_sparse(&reversed, 160 * MIB);
+    let manifest = store.manifest("img").expect("manifest");
+    let reader = store.reader().expect("reader");
+    let prepared = prepare(&manifest, &reversed, &fit(false)).expect("prepare");
+    let regions = prepared.regions();
+    let writer = prepared.into_writer().expect("writer");
+    let mut pieces = Vec::new();
+    for &r in &regions {
+        let mut at = 0u64;
+        for chunk in manifest.chunks(&manifest.header.regions[r]) {
+            let chunk = chunk.expect("chunk ref");
+            pieces.push((r, at, chunk.id));
+            at += u64::from(chunk.len);
+        }
+    }
+    for (region, stream_offset, id) in pieces.into_iter().rev() {
+        let mut data = Vec::new();
+        assert!(
+            reader.get_into(&id, &mut data).expect("read chunk"),
+            "chunk {id} missing"
+        );
+        writer.write(region, stream_offset, &data).expect("write");
+    }
+    let shrunk_copy = manifest
+        .header
+        .regions
+        .iter()
+        .position(|r| r.shrunk)
+        .expect("a shrunk copy");
+    assert!(
+        writer.write(shrunk_copy, 0, b"x").is_err(),
+        "a region this deploy does not write"
+    );
+    let report = writer.finish(&reader, &NoProgress).expect("finish");
+    assert_eq!(report.layout, LayoutMode::Fit);
+    assert!(
+        fs::read(&in_order).expect("in order") == fs::read(&reversed).expect("reversed"),
+        "the disks differ"
+    );
+}
