@@ -66,7 +66,21 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        // A busy mount (another test's child process briefly holding a file) refuses a plain
+        // umount; try again, then detach it lazily, so no run leaves a mount behind.
+        let umount = |args: &[&str]| {
+            std::process::Command::new("umount")
+                .args(args)
+                .arg(&self.dir)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !umount(&[]) {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if !umount(&[]) {
+                umount(&["-l"]);
+            }
+        }
         if let Some(dev) = &self.loop_dev {
             let _ = std::process::Command::new("losetup").args(["-d", dev]).status();
         }
