@@ -4,7 +4,6 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -216,7 +215,7 @@ impl Resizer {
             Resizer::Ext => {
                 check_ext(file, what)?;
                 run_tool("resize2fs", &[OsStr::new("-M"), file.as_os_str()], what, |c| c == 0)?;
-                ext_size(file, what)?.next_multiple_of(ALIGN)
+                super::fs::ext::filesystem_size(&Disk::open(file)?)?.next_multiple_of(ALIGN)
             }
             Resizer::Ntfs => {
                 let info = run_tool(
@@ -377,30 +376,6 @@ fn fix_ntfs(device: &Path, what: &str) -> Result<()> {
 fn ntfs_min_size(info: &str) -> Option<u64> {
     let rest = info.split("You might resize at ").nth(1)?;
     rest.split_whitespace().next()?.parse().ok()
-}
-
-/// The size of the ext filesystem in `file`, from its superblock.
-fn ext_size(file: &Path, what: &str) -> Result<u64> {
-    let mut sb = [0u8; 1024];
-    std::fs::File::open(file)
-        .at(file)?
-        .read_exact_at(&mut sb, 1024)
-        .at(file)?;
-    let u32_at = |at: usize| u64::from(u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]));
-    let log_block = u32_at(0x18);
-    let bad = |reason: &str| Error::BadFilesystem {
-        what: what.into(),
-        reason: reason.into(),
-    };
-    if log_block > 6 {
-        return Err(bad("block size past 64 KiB after resize2fs"));
-    }
-    let mut blocks = u32_at(0x04);
-    const INCOMPAT_64BIT: u64 = 0x80;
-    if u32_at(0x60) & INCOMPAT_64BIT != 0 {
-        blocks |= u32_at(0x150) << 32;
-    }
-    Ok(blocks << (10 + log_block))
 }
 
 /// Runs an external tool with stdin closed; its output when `ok(exit code)`, else
@@ -586,6 +561,7 @@ impl<'a> Sizing<'a> {
                 .position(|r| r.partition == Some(number) && r.shrunk == shrunk)
         };
         let mbr = header.layout.table == TableKind::Mbr;
+        let no_loop_devices = loop_devices_unavailable();
         header
             .layout
             .partitions
@@ -595,9 +571,9 @@ impl<'a> Sizing<'a> {
                 let filesystem = source.map_or(Filesystem::Raw, |i| header.regions[i].filesystem.clone());
                 let mut fixed = fixed_reason(&p.type_id, &filesystem);
                 if fixed.is_none()
-                    && let Some(why) = loop_devices_unavailable()
+                    && let Some(why) = &no_loop_devices
                 {
-                    fixed = Some(why);
+                    fixed = Some(why.clone());
                 }
                 // An MBR Windows' "System Reserved" (a small NTFS holding the boot files): its
                 // boot configuration names partitions by their offsets, so it stays as it is.

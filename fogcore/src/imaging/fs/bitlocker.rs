@@ -17,11 +17,9 @@ const GUID_OFFSETS: [usize; 2] = [0xA0, 0x1A8];
 
 /// True when the boot sector of `dev` is a BitLocker one.
 pub fn probe(dev: &dyn ReadAt) -> Result<bool> {
-    let mut boot = [0u8; 512];
-    if dev.size() < boot.len() as u64 {
+    let Some(boot) = super::read_boot_sector(dev)? else {
         return Ok(false);
-    }
-    dev.read_exact_at(&mut boot, 0)?;
+    };
     Ok(boot.get(3..11) == Some(OEM_ID.as_slice())
         || GUID_OFFSETS
             .iter()

@@ -7,6 +7,7 @@
 //! found by following their FAT chains. With two FATs (TexFAT) the active FAT and bitmap are read.
 
 use super::bitmap::BitScan;
+use super::read_boot_sector;
 use crate::imaging::disk::{ReadAt, le};
 use crate::imaging::extent::{Extent, ExtentList};
 use crate::{Error, Result};
@@ -105,16 +106,6 @@ pub fn used_extents(dev: &dyn ReadAt) -> Result<Vec<Extent>> {
     }
     scan.finish(&mut list);
     Ok(list.into_vec())
-}
-
-/// The first 512 bytes of `dev`, or None when it is smaller.
-fn read_boot_sector(dev: &dyn ReadAt) -> Result<Option<[u8; 512]>> {
-    let mut boot = [0u8; 512];
-    if dev.size() < boot.len() as u64 {
-        return Ok(None);
-    }
-    dev.read_exact_at(&mut boot, 0)?;
-    Ok(Some(boot))
 }
 
 /// Checks the boot sector; the error is the reason it is not a usable exFAT volume.

@@ -127,6 +127,32 @@ pub fn used_extents(dev: &dyn ReadAt) -> Result<Vec<Extent>> {
     geo.collect(dev, &descs)
 }
 
+/// The size in bytes of the ext filesystem on `dev` (its block count times its block size), as
+/// resize2fs left it.
+pub fn filesystem_size(dev: &dyn ReadAt) -> Result<u64> {
+    if dev.size() < SUPERBLOCK_OFFSET + SUPERBLOCK_LEN as u64 {
+        return Err(bad(
+            dev,
+            format!("{} bytes is too small for an ext filesystem", dev.size()),
+        ));
+    }
+    let mut buf = vec![0u8; SUPERBLOCK_LEN];
+    dev.read_exact_at(&mut buf, SUPERBLOCK_OFFSET)?;
+    let sb = Fields(&buf);
+    if sb.u16(S_MAGIC) != u64::from(MAGIC) {
+        return Err(bad(dev, "no ext2/3/4 superblock (bad magic)"));
+    }
+    let log_bs = sb.u32(S_LOG_BLOCK_SIZE);
+    if log_bs > u64::from(MAX_LOG_BLOCK_SIZE) {
+        return Err(bad(dev, format!("block size 1024 << {log_bs} is larger than 64 KiB")));
+    }
+    let wide = sb.flags(S_FEATURE_INCOMPAT) & INCOMPAT_64BIT != 0;
+    let blocks = sb.u32(S_BLOCKS_COUNT_LO) | if wide { sb.u32(S_BLOCKS_COUNT_HI) << 32 } else { 0 };
+    blocks
+        .checked_mul(1024 << log_bs)
+        .ok_or_else(|| bad(dev, format!("{blocks} blocks of 1024 << {log_bs} bytes overflow")))
+}
+
 /// An error about the filesystem on `dev`.
 fn bad(dev: &dyn ReadAt, reason: impl Into<String>) -> Error {
     Error::BadFilesystem {

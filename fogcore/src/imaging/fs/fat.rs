@@ -12,6 +12,7 @@
 //! `probe` accepts only a BPB that is consistent throughout (geometry inside the device, a FAT
 //! large enough for the clusters); anything else is left to raw capture.
 
+use super::read_boot_sector;
 use crate::imaging::disk::{ReadAt, le};
 use crate::imaging::extent::{Extent, ExtentList};
 use crate::{Error, Result};
@@ -95,16 +96,6 @@ fn used_extents_in_chunks(dev: &dyn ReadAt, chunk_bytes: u64) -> Result<Vec<Exte
     list.push(0, geometry.data_offset);
     add_used_clusters(dev, &geometry, chunk_bytes, &mut list)?;
     Ok(list.into_vec())
-}
-
-/// The first 512 bytes of `dev`, or None when it is smaller.
-fn read_boot_sector(dev: &dyn ReadAt) -> Result<Option<[u8; 512]>> {
-    let mut boot = [0u8; 512];
-    if dev.size() < boot.len() as u64 {
-        return Ok(None);
-    }
-    dev.read_exact_at(&mut boot, 0)?;
-    Ok(Some(boot))
 }
 
 /// Checks the BPB and works out the layout; the error is the reason it is not a usable FAT.

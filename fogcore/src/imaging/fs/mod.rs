@@ -78,6 +78,17 @@ impl Filesystem {
     }
 }
 
+/// The first 512 bytes of `dev` (where FAT, exFAT, NTFS and BitLocker keep their boot sector),
+/// or None when it is smaller.
+fn read_boot_sector(dev: &dyn ReadAt) -> Result<Option<[u8; 512]>> {
+    let mut boot = [0u8; 512];
+    if dev.size() < boot.len() as u64 {
+        return Ok(None);
+    }
+    dev.read_exact_at(&mut boot, 0)?;
+    Ok(Some(boot))
+}
+
 /// Recognises the filesystem on `dev`; [`Filesystem::Raw`] when none is known.
 ///
 /// Encrypted volumes and LVM come first: their signatures are exact, and a stale filesystem

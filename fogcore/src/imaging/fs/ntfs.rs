@@ -13,6 +13,7 @@
 //! `$Bitmap` data, none of which Windows or ntfs-3g create.
 
 use super::bitmap::BitScan;
+use super::read_boot_sector;
 use crate::imaging::disk::{ReadAt, le};
 use crate::imaging::extent::{Extent, ExtentList};
 use crate::{Error, Result};
@@ -176,16 +177,6 @@ fn merged(extents: Vec<Extent>, extra: Extent) -> Vec<Extent> {
         list.push(e.offset, e.len);
     }
     list.into_vec()
-}
-
-/// The first 512 bytes of `dev`, or None when it is smaller.
-fn read_boot_sector(dev: &dyn ReadAt) -> Result<Option<[u8; 512]>> {
-    let mut boot = [0u8; 512];
-    if dev.size() < boot.len() as u64 {
-        return Ok(None);
-    }
-    dev.read_exact_at(&mut boot, 0)?;
-    Ok(Some(boot))
 }
 
 /// Checks the boot sector; the error is the reason it is not a usable NTFS volume.
