@@ -115,6 +115,63 @@ enum Command {
     /// The imaging agent, on the machine being imaged
     #[command(subcommand)]
     Agent(control::AgentCommand),
+    /// Multicast deploy without a master: one sender, any number of receivers
+    #[command(subcommand)]
+    Multicast(MulticastCommand),
+}
+
+#[derive(Subcommand)]
+enum MulticastCommand {
+    /// Send an image of the local store to the receivers that join, until each is done or gone
+    Send {
+        /// Image name
+        image: ImageName,
+        /// Interface to send on (its IPv4 address serves joins and HTTP fallback)
+        #[arg(long)]
+        interface: String,
+        /// Start when this many receivers joined...
+        #[arg(long, default_value_t = 1)]
+        receivers: usize,
+        /// ...or this many seconds after the first join, whichever comes first
+        #[arg(long, default_value_t = 300)]
+        max_wait: u64,
+        /// Rate cap in Mbit/s (the rate follows the bulk of the receivers up to it)
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Multicast group
+        #[arg(long, default_value_t = fogcore::net::multicast::DEFAULT_GROUP)]
+        group: std::net::Ipv4Addr,
+        /// UDP port of the group
+        #[arg(long, default_value_t = fogcore::net::multicast::DEFAULT_PORT)]
+        port: u16,
+        /// TCP port for joins and HTTP fallback (0: any free port; announcements carry it)
+        #[arg(long, default_value_t = 0)]
+        http_port: u16,
+    },
+    /// Join a session and deploy its image to a disk image file (created if absent) or block
+    /// device
+    Receive {
+        /// Target disk image file or block device
+        target: PathBuf,
+        /// Interface to hear the group on
+        #[arg(long)]
+        interface: String,
+        /// The sender's URL (http://host:port) [default: from its announcements on the group]
+        #[arg(long)]
+        sender: Option<String>,
+        /// Multicast group
+        #[arg(long, default_value_t = fogcore::net::multicast::DEFAULT_GROUP)]
+        group: std::net::Ipv4Addr,
+        /// UDP port of the group
+        #[arg(long, default_value_t = fogcore::net::multicast::DEFAULT_PORT)]
+        port: u16,
+        /// Seconds to wait for a session's announcement
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+        /// How partitions are laid out on a target of another size (see `fog image deploy`)
+        #[arg(long, default_value_t = LayoutMode::Fit, value_name = "fit|exact")]
+        layout: LayoutMode,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +280,69 @@ enum StoreCommand {
     Stats,
 }
 
+fn multicast(
+    cmd: &MulticastCommand,
+    store_dir: PathBuf,
+    memory_mib: u64,
+    out: &print::Out,
+    progress: &bar::Bar,
+) -> Result<(), Error> {
+    use fogcore::net::multicast;
+    use std::net::SocketAddrV4;
+    use std::time::Duration;
+    serve::init_logs();
+    match cmd {
+        MulticastCommand::Send {
+            image,
+            interface,
+            receivers,
+            max_wait,
+            rate,
+            group,
+            port,
+            http_port,
+        } => {
+            let store = Store::open(store_dir)?.with_memory_mib(memory_mib);
+            // A gc meanwhile must not take the image's chunks.
+            let _lock = store.lock_shared()?;
+            let options = multicast::SendOptions {
+                interface: interface.clone(),
+                group: SocketAddrV4::new(*group, *port),
+                http_port: *http_port,
+                receivers: *receivers,
+                max_wait: Duration::from_secs(*max_wait),
+                rate: rate.saturating_mul(1_000_000 / 8),
+            };
+            let store = std::sync::Arc::new(fogcore::imaging::replica::LocalStore::new(store));
+            let report = multicast::send(store, image, &options)?;
+            out.multicast_send(&report);
+        }
+        MulticastCommand::Receive {
+            target,
+            interface,
+            sender,
+            group,
+            port,
+            wait,
+            layout,
+        } => {
+            let options = multicast::ReceiveOptions {
+                interface: interface.clone(),
+                group: SocketAddrV4::new(*group, *port),
+                sender: sender.clone(),
+                wait: Duration::from_secs(*wait),
+                deploy: deploy::DeployOptions {
+                    layout: *layout,
+                    ..Default::default()
+                },
+            };
+            let report = multicast::receive(target, &options, progress)?;
+            out.multicast_receive(&report);
+        }
+    }
+    Ok(())
+}
+
 fn data_dir() -> PathBuf {
     std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
@@ -278,6 +398,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
         Command::User(cmd) => control::user(&cli.master, cmd, cli.json)?,
         Command::Audit(cmd) => control::audit(&cli.master, cmd, cli.json)?,
         Command::Agent(cmd) => control::agent(&cli.master, cmd, cli.json, &progress)?,
+        Command::Multicast(cmd) => multicast(cmd, store_dir(), cli.memory_mib, &out, &progress)?,
         Command::Demo { dir } => {
             let dir = dir.clone().unwrap_or_else(|| data_dir().join("demo"));
             let report = demo::run(&dir, &progress)?;

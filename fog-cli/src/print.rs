@@ -57,6 +57,51 @@ impl Out {
         print_deploy(r);
     }
 
+    pub fn multicast_send(&self, r: &fogcore::net::multicast::SendReport) {
+        if self.json(r) {
+            return;
+        }
+        let done = r.receivers.iter().filter(|x| x.done).count();
+        say!(
+            "sent {} to {done} of {} receivers in {:.1} s (waited {:.1} s): {} objects, {} of payload, {} on the wire ({:.3}x), {} repairs, {} objects again, {} over HTTP",
+            r.image,
+            r.receivers.len(),
+            r.send_seconds,
+            r.wait_seconds,
+            r.objects,
+            mib(r.payload_bytes),
+            mib(r.bytes_sent),
+            r.bytes_sent as f64 / r.payload_bytes.max(1) as f64,
+            r.repairs,
+            r.objects_resent,
+            r.http_objects
+        );
+        for x in r.receivers.iter().filter(|x| x.lost) {
+            say!(
+                "receiver {} stopped reporting ({:?}, {} objects placed)",
+                x.receiver,
+                x.mode,
+                x.placed
+            );
+        }
+    }
+
+    pub fn multicast_receive(&self, r: &fogcore::net::multicast::ReceiveReport) {
+        if self.json(r) {
+            return;
+        }
+        say!(
+            "received {} objects ({} multicast, {} HTTP; mode {:?}), {} NAKs, {} bad packets",
+            r.objects,
+            r.from_multicast,
+            r.from_http,
+            r.mode,
+            r.naks,
+            r.bad_packets
+        );
+        print_deploy(&r.deploy);
+    }
+
     pub fn images(&self, images: &[ImageSummary]) {
         if self.json(&images) {
             return;

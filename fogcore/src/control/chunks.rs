@@ -40,7 +40,7 @@ use crate::control::api::{
 };
 use crate::control::pipe::{PIPE_BYTES, PipeWriter, Start, pipe};
 use crate::error::{Error, Result};
-use crate::imaging::chunk::{ChunkId, FramePart, WireFrame};
+use crate::imaging::chunk::{ChunkId, WireFrame};
 use crate::imaging::cursor::{ByteCursor, FieldError};
 use crate::imaging::replica::{ImageStore, PieceHash, WireChunk};
 use crate::imaging::shrink::add_shrunk_copies;
@@ -114,59 +114,6 @@ pub fn decode_get_reply(body: &[u8], count: usize) -> Result<Vec<Option<Vec<u8>>
         return Err(Error::invalid("chunk batch", "reply", "trailing bytes"));
     }
     Ok(out)
-}
-
-/// A frames reply.
-pub fn encode_frames_reply(frames: &[WireFrame]) -> Vec<u8> {
-    let size = frames.iter().map(|f| 8 + 12 * f.parts.len() + f.stored.len()).sum();
-    let mut out = Vec::with_capacity(size);
-    for frame in frames {
-        out.extend_from_slice(&(frame.parts.len() as u32).to_le_bytes());
-        for part in &frame.parts {
-            for word in [part.index, part.start, part.len] {
-                out.extend_from_slice(&word.to_le_bytes());
-            }
-        }
-        out.extend_from_slice(&(frame.stored.len() as u32).to_le_bytes());
-        out.extend_from_slice(&frame.stored);
-    }
-    out
-}
-
-/// Parses a frames reply to a request of `count` ids: every part must name one of them.
-pub fn decode_frames_reply(body: &[u8], count: usize) -> Result<Vec<WireFrame>> {
-    let mut cur = ByteCursor::new(body);
-    let mut frames = Vec::new();
-    while cur.remaining() != 0 {
-        let n = cur.u32("part count").map_err(truncated)? as usize;
-        if n == 0 || n > count {
-            return Err(Error::invalid(
-                "frame batch",
-                format!("{n} parts"),
-                format!("a frame holds 1 to {count} of the asked-for chunks"),
-            ));
-        }
-        let mut parts = Vec::with_capacity(n);
-        for _ in 0..n {
-            let part = FramePart {
-                index: cur.u32("part index").map_err(truncated)?,
-                start: cur.u32("part start").map_err(truncated)?,
-                len: cur.u32("part length").map_err(truncated)?,
-            };
-            if part.index as usize >= count {
-                return Err(Error::invalid(
-                    "frame batch",
-                    format!("part index {}", part.index),
-                    format!("the request named {count} chunks"),
-                ));
-            }
-            parts.push(part);
-        }
-        let len = cur.u32("frame length").map_err(truncated)?;
-        let stored = cur.bytes("frame bytes", len as usize).map_err(truncated)?.to_vec();
-        frames.push(WireFrame { stored, parts });
-    }
-    Ok(frames)
 }
 
 /// A put body.
@@ -277,7 +224,7 @@ async fn get_chunks<S: HasStore>(State(s): State<S>, RawBody(body): RawBody) -> 
 async fn get_frames<S: HasStore>(State(s): State<S>, RawBody(body): RawBody) -> Result<Response, ApiError> {
     let store = s.image_store()?;
     let ids = decode_ids(&body)?;
-    blocking(move || store.get_frames(&ids).map(|f| octets(encode_frames_reply(&f)))).await
+    blocking(move || store.get_frames(&ids).map(|f| octets(WireFrame::encode_batch(&f)))).await
 }
 
 async fn put_chunks<S: HasStore>(State(s): State<S>, RawBody(body): RawBody) -> Result<Response, ApiError> {
@@ -582,6 +529,7 @@ pub fn router(store: Arc<dyn ImageStore>, tokens: Vec<String>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::imaging::chunk::FramePart;
 
     #[test]
     fn batches_round_trip_and_refuse_truncation() {
@@ -619,11 +567,11 @@ mod tests {
                 },
             ],
         }];
-        let reply = encode_frames_reply(&frames);
-        assert_eq!(decode_frames_reply(&reply, 2).ok(), Some(frames));
-        assert!(decode_frames_reply(&reply, 1).is_err(), "a part past the request");
-        assert!(decode_frames_reply(&reply[..reply.len() - 1], 2).is_err());
-        assert_eq!(decode_frames_reply(&[], 2).ok(), Some(Vec::new()));
+        let reply = WireFrame::encode_batch(&frames);
+        assert_eq!(WireFrame::decode_batch(&reply, 2).ok(), Some(frames));
+        assert!(WireFrame::decode_batch(&reply, 1).is_err(), "a part past the request");
+        assert!(WireFrame::decode_batch(&reply[..reply.len() - 1], 2).is_err());
+        assert_eq!(WireFrame::decode_batch(&[], 2).ok(), Some(Vec::new()));
         let ids = vec![ChunkId::of(b"x"), ChunkId::of(b"y")];
         assert_eq!(decode_ids(&encode_ids(&ids)).ok(), Some(ids));
         assert!(decode_ids(&[0u8; 33]).is_err());

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 
-use crate::control::chunks::{
-    decode_frames_reply, decode_get_reply, decode_ids, encode_ids, encode_pieces, encode_put,
-};
+use crate::control::chunks::{decode_get_reply, decode_ids, encode_ids, encode_pieces, encode_put};
 use crate::control::pipe::{PIPE_BYTES, pipe};
 use crate::error::{Error, Result};
 use crate::imaging::chunk::{self, ChunkId, ChunkSink, ChunkSource, WireFrame};
@@ -336,7 +334,7 @@ impl ImageStore for RemoteStore {
             return Ok(Vec::new());
         }
         let body = self.call(Method::POST, "/store/chunks/frames", Some(encode_ids(ids)))?;
-        decode_frames_reply(&body, ids.len())
+        WireFrame::decode_batch(&body, ids.len())
     }
 
     fn put_chunks(&self, chunks: &[WireChunk]) -> Result<u64> {

@@ -181,6 +181,63 @@ pub struct WireFrame {
 }
 
 impl WireFrame {
+    /// Frames one after another, as a frames reply or a multicast object carries them: per frame
+    /// its part count, its parts (index, start, length) and its stored bytes, little-endian.
+    pub fn encode_batch(frames: &[WireFrame]) -> Vec<u8> {
+        let size = frames.iter().map(|f| 8 + 12 * f.parts.len() + f.stored.len()).sum();
+        let mut out = Vec::with_capacity(size);
+        for frame in frames {
+            out.extend_from_slice(&(frame.parts.len() as u32).to_le_bytes());
+            for part in &frame.parts {
+                for word in [part.index, part.start, part.len] {
+                    out.extend_from_slice(&word.to_le_bytes());
+                }
+            }
+            out.extend_from_slice(&(frame.stored.len() as u32).to_le_bytes());
+            out.extend_from_slice(&frame.stored);
+        }
+        out
+    }
+
+    /// Parses [`WireFrame::encode_batch`]'s bytes for a request of `count` ids: every part must
+    /// name one of them.
+    pub fn decode_batch(body: &[u8], count: usize) -> Result<Vec<WireFrame>> {
+        use super::cursor::{ByteCursor, FieldError};
+        let truncated = |e: FieldError| Error::invalid("frame batch", e.field, e.reason);
+        let mut cur = ByteCursor::new(body);
+        let mut frames = Vec::new();
+        while cur.remaining() != 0 {
+            let n = cur.u32("part count").map_err(truncated)? as usize;
+            if n == 0 || n > count {
+                return Err(Error::invalid(
+                    "frame batch",
+                    format!("{n} parts"),
+                    format!("a frame holds 1 to {count} of the asked-for chunks"),
+                ));
+            }
+            let mut parts = Vec::with_capacity(n);
+            for _ in 0..n {
+                let part = FramePart {
+                    index: cur.u32("part index").map_err(truncated)?,
+                    start: cur.u32("part start").map_err(truncated)?,
+                    len: cur.u32("part length").map_err(truncated)?,
+                };
+                if part.index as usize >= count {
+                    return Err(Error::invalid(
+                        "frame batch",
+                        format!("part index {}", part.index),
+                        format!("the request named {count} chunks"),
+                    ));
+                }
+                parts.push(part);
+            }
+            let len = cur.u32("frame length").map_err(truncated)?;
+            let stored = cur.bytes("frame bytes", len as usize).map_err(truncated)?.to_vec();
+            frames.push(WireFrame { stored, parts });
+        }
+        Ok(frames)
+    }
+
     /// The plain bytes of part `part` of the decoded frame `plain`, checked against `id`.
     pub fn checked_part<'a>(plain: &'a [u8], part: &FramePart, id: &ChunkId) -> std::result::Result<&'a [u8], String> {
         let start = part.start as usize;

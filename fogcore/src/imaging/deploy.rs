@@ -266,10 +266,22 @@ impl DeployWriter<'_> {
             .sum()
     }
 
+    /// True when this deploy writes region `region` (a shrunk copy is written only where the
+    /// target needs it, and then instead of its source).
+    pub fn writes_region(&self, region: usize) -> bool {
+        self.placement.writes.iter().any(|w| w.region == region)
+    }
+
+    /// The regions this deploy writes.
+    pub fn regions(&self) -> Vec<usize> {
+        self.placement.writes.iter().map(|w| w.region).collect()
+    }
+
     /// Writes `data`, the bytes of region `region`'s data stream (its extents laid end to end)
     /// from `stream_offset`, where the layout puts them. The caller has checked the bytes against
     /// the manifest's chunk ids. A region this deploy does not write (a shrunk copy it does not
     /// need) is refused.
+    /// All-zero data is skipped on a fresh target, as the in-order deploy skips it.
     pub fn write(&self, region: usize, stream_offset: u64, data: &[u8]) -> Result<u64> {
         let index = self
             .placement
@@ -277,6 +289,9 @@ impl DeployWriter<'_> {
             .iter()
             .position(|w| w.region == region)
             .ok_or_else(|| Error::InvalidInput(format!("this deploy writes no region {region}")))?;
+        if self.target.is_fresh() && data.iter().all(|&b| b == 0) {
+            return Ok(0);
+        }
         let written = self.places[index].write(&self.target, stream_offset, data)?;
         self.written.fetch_add(written, Ordering::Relaxed);
         Ok(written)

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod capture;
+pub mod carousel;
 pub mod chunk;
 pub mod chunker;
 pub mod cursor;

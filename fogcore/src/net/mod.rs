@@ -6,6 +6,7 @@ pub mod bootfiles;
 pub mod config;
 pub mod dhcp;
 pub mod http;
+pub mod multicast;
 pub mod ra;
 pub mod server;
 pub mod tftp;

@@ -7,6 +7,7 @@ mod dhcp;
 mod filesystems;
 mod http;
 mod imaging;
+mod multicast;
 mod node;
 mod replicate;
 mod resize;
