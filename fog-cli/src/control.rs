@@ -291,6 +291,17 @@ pub enum TaskCommand {
         #[arg(long, value_name = "fit|exact")]
         layout: Option<LayoutMode>,
     },
+    /// Deploy an image to a group (or a host) in one multicast session per node: one stream
+    /// for every host there, none waiting for another
+    Multicast {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        image: String,
+        /// How partitions are laid out on a disk of another size (see `task deploy`)
+        #[arg(long, value_name = "fit|exact")]
+        layout: Option<LayoutMode>,
+    },
     /// Capture a host's disk into an image
     Capture {
         #[command(flatten)]
@@ -855,6 +866,9 @@ pub fn task(args: &MasterArgs, cmd: &TaskCommand, json: bool) -> Result<(), Erro
                 return Ok(());
             }
             TaskCommand::Deploy { target, image, layout } => (TaskKind::Deploy, target, image.clone(), *layout),
+            TaskCommand::Multicast { target, image, layout } => {
+                (TaskKind::Multicast, target, Some(image.clone()), *layout)
+            }
             TaskCommand::Capture { target, image } => (TaskKind::Capture, target, Some(image.clone()), None),
             TaskCommand::Inventory { target } => (TaskKind::Inventory, target, None, None),
             TaskCommand::Wipe { target, full } => (

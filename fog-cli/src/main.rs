@@ -331,6 +331,7 @@ fn multicast(
                 group: SocketAddrV4::new(*group, *port),
                 sender: sender.clone(),
                 wait: Duration::from_secs(*wait),
+                work_dir: None,
                 deploy: deploy::DeployOptions {
                     layout: *layout,
                     ..Default::default()

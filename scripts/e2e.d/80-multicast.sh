@@ -88,11 +88,12 @@ receiver() {
   pids+=("$last")
 }
 
-# finish NAME PIDS...: waits (bounded) for the receivers, then the sender; each must succeed.
+# finish NAME PIDS...: waits (bounded) for the receivers, then the sender if one was started by
+# `session`; each must succeed.
 finish() {
   local name=$1 p
   shift
-  for p in "$@" "$sender"; do
+  for p in "$@" ${sender:+"$sender"}; do
     local deadline=$((SECONDS + 300))
     while kill -0 "$p" 2>/dev/null; do
       [ $SECONDS -lt $deadline ] || { echo "$name: process $p still running after 300 s"; return 1; }
@@ -112,6 +113,15 @@ same() {
   done
 }
 
+# summary NAME I...: one line per receiver (mode, objects from HTTP, seconds), for the log.
+summary() {
+  local name=$1 i
+  shift
+  for i in "$@"; do
+    echo "   receiver $i: $(field "$work/$name-r$i.json" "'%s, %d of %d objects over HTTP, %d NAKs, %.1f s' % (r['mode'], r['from_http'], r['objects'], r['naks'], r['deploy']['seconds'])")"
+  done
+}
+
 # field FILE EXPR: a value of a JSON report (python expression over r).
 field() {
   python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print($2)" "$1"
@@ -121,6 +131,7 @@ echo "== clean: 3 receivers"
 session clean 3
 receiver clean 1; a=$last; receiver clean 2; b=$last; receiver clean 3; c=$last
 finish clean "$a" "$b" "$c"
+summary clean 1 2 3
 same clean 1 2 3
 for i in 1 2 3; do
   [ "$(field "$work/clean-r$i.json" "r['from_http']")" = 0 ] || { echo "clean: receiver $i used HTTP"; exit 1; }
@@ -135,6 +146,7 @@ session loss 3
 receiver loss 1; a=$last; receiver loss 2; b=$last; receiver loss 3; c=$last
 finish loss "$a" "$b" "$c"
 mcast_noloss r1
+summary loss 1 2 3
 same loss 1 2 3
 [ "$(field "$work/loss-r1.json" "r['naks'] > 0")" = True ] || { echo "loss: the lossy receiver sent no NAK"; exit 1; }
 for i in 2 3; do
@@ -147,6 +159,7 @@ session slow 3
 receiver slow 1; a=$last; receiver slow 2; b=$last; receiver slow 3; c=$last
 finish slow "$a" "$b" "$c"
 mcast_rate r2 200
+summary slow 1 2 3
 same slow 1 2 3
 [ "$(field "$work/slow-r2.json" "r['mode']")" = assisted ] || { echo "slow: the slow receiver was not assisted"; exit 1; }
 slow_seconds=$(field "$work/slow-r2.json" "r['deploy']['seconds']")
@@ -190,6 +203,7 @@ grep -q "sent 900 bad packets" "$work/bad.log"
 sleep 2
 receiver late 4; d=$last
 finish late "$a" "$b" "$d"
+summary late 1 2 4
 same late 1 2 4
 [ "$(field "$work/late-send.json" "[x['lost'] for x in r['receivers']].count(True)")" = 1 ] \
   || { echo "late: the sender did not see exactly one receiver lost"; exit 1; }
@@ -204,8 +218,78 @@ ip netns exec "${MC}r3" nft add rule inet g input ip daddr 224.0.0.0/4 drop
 session deaf 2
 receiver deaf 1; a=$last; receiver deaf 3 --sender http://10.80.0.1:7071; c=$last
 finish deaf "$a" "$c"
+summary deaf 1 3
 same deaf 1 3
 [ "$(field "$work/deaf-r3.json" "r['mode']")" = http ] || { echo "deaf: receiver 3 was not in HTTP mode"; exit 1; }
 [ "$(field "$work/deaf-r1.json" "r['from_http']")" = 0 ] || { echo "deaf: receiver 1 used HTTP"; exit 1; }
+
+echo "== tasks: a master and a node with [multicast]; a multicast task for a group of 3 hosts"
+ip netns exec "${MC}s" "$fog" --store "$work/store" master --data-dir "$work/master" --listen 10.80.0.1:8090 \
+  > "$work/master.log" 2>&1 &
+pids+=($!)
+master=http://10.80.0.1:8090
+up() { ip netns exec "${MC}s" curl -fsS -o /dev/null "$1" 2> /dev/null; }
+deadline=$((SECONDS + 60))
+until up "$master/api/v1/health"; do
+  [ $SECONDS -lt $deadline ] || { echo "the master did not answer within 60 s"; exit 1; }
+  sleep 0.5
+done
+admin=$(tr -d '\n' < "$work/master/admin-token")
+m() { ip netns exec "${MC}s" "$fog" --master "$master" --token "$admin" "$@"; }
+ip netns exec "${MC}s" curl -fsS -X POST -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+  -d '{"name": "room"}' "$master/api/v1/images" > /dev/null
+m --json node add site --url http://10.80.0.1:8080 --subnet 10.80.0.0/24 --max-clients 1 > "$work/node-add.json"
+field "$work/node-add.json" "r['token']" > "$work/node-token"
+node_token=$(cat "$work/node-token")
+m group add lab > /dev/null
+for i in 1 2 3; do
+  m host add "pc$i" --mac "52:54:00:80:00:0$i" --node site --group lab > /dev/null
+done
+mkdir -p "$work/node/boot"
+cat > "$work/node.toml" <<TOML
+[node]
+address = "10.80.0.1"
+data_dir = "$work/node"
+master = "$master"
+name = "site"
+token_file = "$work/node-token"
+heartbeat_secs = 1
+
+[http]
+listen = "10.80.0.1:8080"
+
+[multicast]
+interface = "eth0"
+max_wait_secs = 60
+TOML
+ip netns exec "${MC}s" "$fog" serve --config "$work/node.toml" > "$work/node.log" 2>&1 &
+pids+=($!)
+deadline=$((SECONDS + 60))
+until up http://10.80.0.1:8080/boot.ipxe; do
+  [ $SECONDS -lt $deadline ] || { echo "the node did not answer within 60 s"; exit 1; }
+  sleep 0.5
+done
+m --json task multicast --group lab --image room > "$work/tasks.json"
+[ "$(field "$work/tasks.json" "len(r['created'])")" = 3 ] || { echo "tasks: not 3 tasks created"; exit 1; }
+sleep 3 # the node pulls its hosts' tasks every second: the session waits for all three
+agents=()
+for i in 1 2 3; do
+  ip netns exec "${MC}r$i" "$fog" --json agent run --master http://10.80.0.1:8080 --token "$node_token" \
+    --mac "52:54:00:80:00:0$i" --disk "$work/tasks-r$i.img" --once --no-power \
+    > "$work/tasks-r$i.json" 2> "$work/tasks-r$i.log" &
+  agents+=($!)
+  pids+=($!)
+done
+sender= # the node's session: no sender process of ours
+finish tasks "${agents[@]}"
+for i in 1 2 3; do
+  [ "$(field "$work/tasks-r$i.json" "r['ok']")" = True ] || { echo "tasks: agent $i failed"; exit 1; }
+  grep -q "multicast: .* from the group" "$work/tasks-r$i.log" || { echo "tasks: agent $i did not receive by multicast"; exit 1; }
+done
+same tasks 1 2 3
+[ "$(grep -c "multicast: session open" "$work/node.log")" = 1 ] || { echo "tasks: not exactly one session"; exit 1; }
+m --json task ls > "$work/task-ls.json"
+[ "$(field "$work/task-ls.json" "sorted(t['state']['state'] if isinstance(t['state'], dict) else t['state'] for t in r)")" \
+  = "['complete', 'complete', 'complete']" ] || { echo "tasks: not all complete on the master"; cat "$work/task-ls.json"; exit 1; }
 
 echo "== multicast e2e passed"

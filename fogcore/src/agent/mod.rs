@@ -10,6 +10,7 @@
 pub mod inventory;
 pub mod target;
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, mpsc};
@@ -20,14 +21,16 @@ use crate::control::model::{
     After, CheckIn, CheckOut, NewTask, ProgressReport, Registered, Registration, SlotState, Task, TaskKind,
     canonical_mac,
 };
+use crate::control::multicast::MulticastJoin;
 use crate::control::remote::RemoteStore;
 use crate::control::replicate::Throttled;
 use crate::imaging::batch::{BatchSink, with_prefetch};
 use crate::imaging::capture::{CaptureOptions, capture_to};
-use crate::imaging::deploy::{DeployOptions, prepare};
+use crate::imaging::deploy::{DeployOptions, DeployReport, prepare};
 use crate::imaging::manifest::ManifestWriter;
 use crate::imaging::replica::{ImageStore, fetch_manifest, put_manifest_file};
 use crate::imaging::wipe::{WipeMode, wipe};
+use crate::net::multicast::{self, ReceiveOptions};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -410,6 +413,32 @@ fn run_task(config: &AgentConfig, task: &Task, progress: &dyn Progress) -> Resul
             let disk = target_disk(config)?;
             capture_remote(&*remote_store(config)?, image, &disk, config, progress)
         }
+        TaskKind::Multicast => {
+            let image = task_image(task)?;
+            let disk = target_disk(config)?;
+            let options = deploy_options(config, task);
+            let join = runtime(&config.master)?.block_on(async {
+                Client::new(&config.master, config.token.as_deref())?
+                    .multicast_join(task.id)
+                    .await
+            });
+            match join {
+                Ok(join) => receive_multicast(config, &join, &disk, options, progress),
+                // A node without multicast (or that does not know the route): one stream each.
+                Err(Error::Remote {
+                    status: 404 | 409,
+                    message,
+                    ..
+                }) => {
+                    tracing::warn!(
+                        "task {}: no multicast session ({message}); deploying over HTTP",
+                        task.id
+                    );
+                    deploy_remote(&*remote_store(config)?, image, &disk, config, &options, progress)
+                }
+                Err(e) => Err(e),
+            }
+        }
         TaskKind::Inventory => Ok(()), // the inventory goes with the check-out
         TaskKind::WipeFast | TaskKind::WipeFull => {
             let mode = if task.kind == TaskKind::WipeFull {
@@ -432,6 +461,59 @@ fn run_task(config: &AgentConfig, task: &Task, progress: &dyn Progress) -> Resul
             other.as_str(),
             "this agent does not run it yet",
         )),
+    }
+}
+
+/// Deploys from the multicast session `join`, heard on the interface that faces the node.
+fn receive_multicast(
+    config: &AgentConfig,
+    join: &MulticastJoin,
+    disk: &Path,
+    options: DeployOptions,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let interface = local_address_toward(&join.sender)?;
+    let receive = ReceiveOptions {
+        interface: interface.to_string(),
+        group: SocketAddrV4::new(join.group, join.port),
+        sender: Some(join.sender.clone()),
+        wait: Duration::from_secs(600),
+        work_dir: Some(work_dir(config)),
+        deploy: options,
+    };
+    let report = multicast::receive(disk, &receive, progress)?;
+    tracing::info!(
+        "multicast: {} objects ({} from the group, {} over HTTP, mode {:?}), {} NAKs, {} bad packets; {:.1} s",
+        report.objects,
+        report.from_multicast,
+        report.from_http,
+        report.mode,
+        report.naks,
+        report.bad_packets,
+        report.deploy.seconds
+    );
+    log_deploy(&report.deploy);
+    Ok(())
+}
+
+/// The local IPv4 address a packet to `url`'s host leaves from (no packet is sent).
+fn local_address_toward(url: &str) -> Result<Ipv4Addr> {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let bad = |reason: String| Error::invalid("multicast sender", url, reason);
+    let target = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .map_err(|e| bad(e.to_string()))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| bad("no IPv4 address".into()))?;
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| bad(e.to_string()))?;
+    probe.connect(target).map_err(|e| bad(e.to_string()))?;
+    match probe.local_addr().map_err(|e| bad(e.to_string()))? {
+        SocketAddr::V4(local) => Ok(*local.ip()),
+        SocketAddr::V6(_) => Err(bad("not reached over IPv4".into())),
     }
 }
 
@@ -467,6 +549,13 @@ pub fn deploy_remote(
     let deploy = prepare(manifest, disk, options)?;
     let regions = deploy.regions();
     let report = with_prefetch(store, manifest, &regions, |source| deploy.run(source, progress))?;
+    log_deploy(&report);
+    Ok(())
+}
+
+/// Logs where a deploy put partitions of another size, and the filesystem tools' time.
+fn log_deploy(report: &DeployReport) {
+    let image = &report.name;
     for p in report
         .partitions
         .iter()
@@ -486,7 +575,6 @@ pub fn deploy_remote(
     if report.partitions.iter().any(|p| p.resize.is_some()) {
         tracing::info!("deploy {image}: filesystem tools took {:.1}s", report.resize_seconds);
     }
-    Ok(())
 }
 
 /// Captures `disk` into `store` as `image`: chunks the store holds are not sent, the rest go in

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::control::client::Client;
-use crate::control::model::{BootTask, TaskKind, canonical_mac};
+use crate::control::model::{BootTask, canonical_mac};
 use crate::control::tokens::task_token;
 use crate::net::http::{AgentArgs, AgentFiles, BootScripts, format_mac, one_line};
 
@@ -91,6 +91,13 @@ impl NodeTasks {
             Ok(guard) => guard.get(&key).cloned(),
             Err(poisoned) => poisoned.into_inner().get(&key).cloned(),
         }
+    }
+
+    /// How many tasks (each once, whatever its host's MACs) match `keep`.
+    pub fn count(&self, keep: impl Fn(&crate::control::model::Task) -> bool) -> usize {
+        let guard = self.by_mac.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ids: std::collections::HashSet<_> = guard.values().filter(|t| keep(&t.task)).map(|t| t.task.id).collect();
+        ids.len()
     }
 
     /// How many MACs have a task.
@@ -203,11 +210,6 @@ impl NodeBootScripts {
             kernel = self.kernel,
         )
     }
-
-    /// True for the kinds the agent runs from a network boot.
-    fn boots_agent(kind: TaskKind) -> bool {
-        !matches!(kind, TaskKind::Multicast)
-    }
 }
 
 impl BootScripts for NodeBootScripts {
@@ -220,8 +222,8 @@ impl BootScripts for NodeBootScripts {
             recheck.refresh(&self.tasks);
         }
         match self.tasks.get(mac) {
-            Some(task) if NodeBootScripts::boots_agent(task.task.kind) => self.agent_script(mac, &task, base),
-            _ => self.others.script_at(mac, base),
+            Some(task) => self.agent_script(mac, &task, base),
+            None => self.others.script_at(mac, base),
         }
     }
 }
@@ -229,7 +231,7 @@ impl BootScripts for NodeBootScripts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::model::{After, LayoutMode, Task, TaskState};
+    use crate::control::model::{After, LayoutMode, Task, TaskKind, TaskState};
     use crate::net::http::DefaultMenu;
 
     fn boot_task(kind: TaskKind) -> BootTask {
@@ -298,6 +300,6 @@ mod tests {
         s.tasks.replace(Vec::new());
         assert!(s.script(mac).contains("choose --timeout"));
         s.tasks.replace(vec![boot_task(TaskKind::Multicast)]);
-        assert!(s.script(mac).contains("choose --timeout"));
+        assert!(s.script(mac).contains("fog.token="), "a multicast task boots the agent");
     }
 }

@@ -357,6 +357,12 @@ impl Client {
         self.send(Method::POST, &format!("/tasks/{id}/checkout"), out).await
     }
 
+    /// Where the agent of multicast task `id` joins its session (asked of its node).
+    pub async fn multicast_join(&self, id: TaskId) -> Result<crate::control::multicast::MulticastJoin> {
+        self.send(Method::POST, &format!("/tasks/{id}/multicast"), &serde_json::json!({}))
+            .await
+    }
+
     /// Every schedule.
     pub async fn schedules(&self) -> Result<Vec<Schedule>> {
         self.get("/schedules").await

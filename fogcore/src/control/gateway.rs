@@ -40,12 +40,14 @@ use crate::control::model::{
     CheckIn, CheckInReply, CheckOut, CopyReport, CopyState, ProgressReport, Registration, SlotState, Task, TaskId,
     TaskKind, TaskState, canonical_mac,
 };
+use crate::control::multicast::{MulticastJoin, Sessions};
 use crate::control::remote::RemoteStore;
 use crate::control::replicate::{REPORT_EVERY, ReplicateOptions, replicate};
 use crate::control::tokens::{TASK_TOKEN_PREFIX, task_token};
 use crate::error::{Error, Result};
 use crate::imaging::replica::{ImageStore, LocalStore, ReadThrough};
 use crate::imaging::store::Store;
+use crate::net::config::MulticastConfig;
 use crate::net::tls::Trust;
 use crate::progress::NoProgress;
 
@@ -136,6 +138,8 @@ pub struct Gateway {
     /// Of those, the ones this node granted while the master was away: the master does not know
     /// they run, so their progress is not its business and their check-out is a reconciliation.
     granted_offline: Mutex<HashSet<TaskId>>,
+    /// The node's multicast sessions, when `[multicast]` is configured.
+    multicast: std::sync::OnceLock<Arc<Sessions>>,
     /// The node's slot limit as the master last said (used while it is away).
     max_clients: AtomicU32,
     /// One flush at a time.
@@ -182,6 +186,7 @@ impl Gateway {
             spool: data_dir.join("node").join("spool"),
             active: Mutex::new(HashMap::new()),
             granted_offline: Mutex::new(HashSet::new()),
+            multicast: std::sync::OnceLock::new(),
             max_clients: AtomicU32::new(u32::MAX),
             flushing: tokio::sync::Mutex::new(()),
             master_url: master_url.trim_end_matches('/').to_string(),
@@ -194,6 +199,47 @@ impl Gateway {
                     reason: e.to_string(),
                 })?,
         })
+    }
+
+    /// Serves multicast tasks with sessions as `config` says (from the node's store, which
+    /// fetches what it lacks from the master).
+    pub fn enable_multicast(&self, config: MulticastConfig) {
+        let _ = self.multicast.set(Arc::new(Sessions::new(config, self.store.clone())));
+    }
+
+    /// Where the agent of multicast task `id` joins its session (opened now when none runs for
+    /// its image). Only the task's own token (or the node's) may ask. Without `[multicast]` the
+    /// answer is a 409 and the agent deploys over HTTP.
+    pub async fn multicast_join(&self, caller: &Caller, id: TaskId) -> Result<MulticastJoin> {
+        match caller {
+            Caller::Task { task, .. } if *task == id => {}
+            Caller::Node(_) => {}
+            _ => return Err(Error::Forbidden(format!("this token is not task {id}'s"))),
+        }
+        let task = self.cached_task(id)?;
+        if task.kind != TaskKind::Multicast {
+            return Err(Error::conflict(
+                "task",
+                id.to_string(),
+                format!("a {} task joins no multicast session", task.kind.as_str()),
+            ));
+        }
+        let image = task
+            .image
+            .clone()
+            .ok_or_else(|| Error::conflict("task", id.to_string(), "it names no image"))?;
+        let sessions =
+            self.multicast.get().cloned().ok_or_else(|| {
+                Error::conflict("node", &self.node, "it has no [multicast] interface: deploy over HTTP")
+            })?;
+        // Every host here with a multicast task of this image is waited for (up to the
+        // session's longest wait).
+        let receivers = self
+            .tasks
+            .count(|t| t.kind == TaskKind::Multicast && t.image.as_deref() == Some(image.as_str()));
+        tokio::task::spawn_blocking(move || sessions.join(&image, receivers))
+            .await
+            .map_err(|e| Error::Internal(format!("multicast join: {e}")))?
     }
 
     /// The node's own store.
@@ -294,7 +340,8 @@ impl Gateway {
         let mut task = boot.task;
         let max = self.max_clients.load(Ordering::Relaxed);
         let mut active = self.lock_active();
-        let slot = if active.contains_key(&task.id) || (active.len() as u64) < u64::from(max) {
+        let rides = task.kind == TaskKind::Multicast; // takes no slot
+        let slot = if rides || active.contains_key(&task.id) || (active.len() as u64) < u64::from(max) {
             active.insert(task.id, task.clone());
             self.offline_set().insert(task.id);
             task.state = TaskState::InProgress {
@@ -461,6 +508,7 @@ impl Gateway {
             .route(&format!("{API}/checkin"), post(check_in_route))
             .route(&format!("{API}/tasks/{{id}}/progress"), post(progress_route))
             .route(&format!("{API}/tasks/{{id}}/checkout"), post(check_out_route))
+            .route(&format!("{API}/tasks/{{id}}/multicast"), post(multicast_route))
             .route_layer(guard.clone())
             .with_state(self.clone());
         let mut store = Router::new();
@@ -586,6 +634,17 @@ async fn check_out_route(
 ) -> Response {
     match task_id(&id) {
         Ok(id) => answer(g.check_out(id, &out).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn multicast_route(
+    State(g): State<Arc<Gateway>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    match task_id(&id) {
+        Ok(id) => answer(g.multicast_join(&caller, id).await),
         Err(e) => answer::<()>(Err(e)),
     }
 }

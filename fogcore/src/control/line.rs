@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::control::model::{Millis, Task, TaskId, TaskState};
+use crate::control::model::{Millis, Task, TaskId, TaskKind, TaskState};
 
 /// True for the states that stand in a node's line: checked in, waiting, or holding a slot.
 pub fn in_line(state: &TaskState) -> bool {
@@ -35,6 +35,8 @@ struct NodeLine {
     max: u32,
     enabled: bool,
     running: BTreeSet<TaskId>,
+    /// Multicast tasks in progress: one stream serves them all, so they hold no slot.
+    riding: BTreeSet<TaskId>,
     /// (ticket, task): first in line first.
     waiting: BTreeSet<(i64, TaskId)>,
     /// When stale agents were last looked for.
@@ -81,6 +83,7 @@ impl Lines {
                 max,
                 enabled,
                 running: BTreeSet::new(),
+                riding: BTreeSet::new(),
                 waiting: BTreeSet::new(),
                 swept: None,
             },
@@ -93,7 +96,8 @@ impl Lines {
     /// Drops `node`'s line (it is loaded again when next needed).
     pub fn forget(&mut self, node: &str) {
         if let Some(line) = self.nodes.remove(node) {
-            for id in line.running.iter().chain(line.waiting.iter().map(|(_, id)| id)) {
+            let held = line.running.iter().chain(&line.riding);
+            for id in held.chain(line.waiting.iter().map(|(_, id)| id)) {
                 self.tasks.remove(id);
                 self.dirty.remove(id);
             }
@@ -132,13 +136,18 @@ impl Lines {
             && let Some(line) = old.task.node.as_deref().and_then(|n| self.nodes.get_mut(n))
         {
             line.running.remove(&old.task.id);
+            line.riding.remove(&old.task.id);
             line.waiting.remove(&ticket_key(&old.task));
         }
         let line = task.node.as_deref().and_then(|n| self.nodes.get_mut(n));
         match line {
             Some(line) if in_line(&task.state) => {
                 if matches!(task.state, TaskState::InProgress { .. }) {
-                    line.running.insert(task.id);
+                    if task.kind == TaskKind::Multicast {
+                        line.riding.insert(task.id);
+                    } else {
+                        line.running.insert(task.id);
+                    }
                 } else {
                     line.waiting.insert(ticket_key(&task));
                 }
@@ -253,7 +262,7 @@ impl Lines {
         }
         line.swept = Some(now);
         let mut stale = Stale::default();
-        for id in &line.running {
+        for id in line.running.iter().chain(&line.riding) {
             if let Some(held) = self.tasks.get(id) {
                 let silent = now - held.contact.max(started);
                 if silent > agent_timeout {

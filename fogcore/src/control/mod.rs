@@ -33,6 +33,7 @@ pub mod line;
 #[cfg(feature = "master")]
 pub mod master;
 pub mod model;
+pub mod multicast;
 pub mod node;
 pub mod openapi;
 pub mod pipe;

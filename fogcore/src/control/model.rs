@@ -389,7 +389,8 @@ pub enum TaskKind {
     WipeFull,
     /// Boot the agent's environment to a shell.
     Debug,
-    /// Deploy in a multicast session (the transport comes later; refused for now).
+    /// Deploy in a multicast session of the host's node: one stream for every host deploying
+    /// the same image there (see [`crate::net::multicast`]).
     Multicast,
 }
 

@@ -221,6 +221,9 @@ pub fn node_role(config: &ServeConfig) -> Result<Option<NodeRole>> {
         &link.trust,
         tasks.clone(),
     )?);
+    if let Some(multicast) = &config.multicast {
+        gateway.enable_multicast(multicast.clone());
+    }
     let node_loop = NodeLoop::new(link, &config.data_dir, tasks.clone(), gateway.clone())?;
     let others: Arc<dyn BootScripts> = Arc::new(HostFilesOrMenu {
         boot_dir: config.boot_dir.clone(),

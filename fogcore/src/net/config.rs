@@ -36,6 +36,13 @@
 //! menu_default = "local"         # item taken after the timeout: local, register, sysinfo, ...
 //! agent_kernel = "bootenv/vmlinuz"    # what hosts with a task boot (paths under boot_dir)
 //! agent_initrd = "bootenv/initrd.img"
+//!
+//! [multicast]                    # multicast tasks' sessions; off without `interface`
+//! interface = "br0"
+//! rate_mbit = 1000               # cap; the rate follows the bulk of the receivers
+//! group = "239.255.70.1"         # the first session's group, then the next addresses
+//! port = 7070
+//! max_wait_secs = 300            # start when all its hosts joined, or this long after the first
 //! ```
 //!
 //! The `[dhcp]` and `[tftp]` sections are the DHCP and TFTP servers' own configs
@@ -84,6 +91,87 @@ pub struct ServeFile {
     /// `[store]`.
     #[serde(default)]
     pub store: StoreFile,
+    /// `[multicast]`.
+    #[serde(default)]
+    pub multicast: MulticastFile,
+}
+
+/// `[multicast]` as written: multicast deploy sessions of this node's hosts (multicast tasks).
+/// Off unless `interface` is set; a multicast task then deploys over HTTP from the node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MulticastFile {
+    /// The interface sessions send on (its IPv4 address serves joins and HTTP fallback).
+    pub interface: Option<String>,
+    /// Rate cap in Mbit/s (default 1000); the rate follows the bulk of the receivers up to it.
+    pub rate_mbit: Option<u64>,
+    /// The first session's group (default 239.255.70.1); further sessions at once take the
+    /// next addresses.
+    pub group: Option<String>,
+    /// UDP port (default 7070).
+    pub port: Option<u16>,
+    /// A session starts when every host with a multicast task of its image here has joined, or
+    /// this many seconds after the first join (default 300).
+    pub max_wait_secs: Option<u64>,
+}
+
+/// `[multicast]` checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MulticastConfig {
+    /// Interface name.
+    pub interface: String,
+    /// Rate cap, bytes per second.
+    pub rate: u64,
+    /// The first session's group.
+    pub group: Ipv4Addr,
+    /// UDP port.
+    pub port: u16,
+    /// Longest wait after the first join.
+    pub max_wait: std::time::Duration,
+}
+
+impl MulticastFile {
+    fn check(self) -> Result<Option<MulticastConfig>> {
+        let Some(interface) = self.interface else {
+            return Ok(None);
+        };
+        if !dhcp::valid_interface_name(&interface) {
+            return Err(bad(
+                "[multicast] interface",
+                format!("{interface:?} is not a valid interface name"),
+            ));
+        }
+        let group = match self.group {
+            None => crate::net::multicast::DEFAULT_GROUP,
+            Some(text) => {
+                let group: Ipv4Addr = text
+                    .parse()
+                    .map_err(|_| bad("[multicast] group", format!("{text:?} is not an IPv4 address")))?;
+                if !group.is_multicast() {
+                    return Err(bad("[multicast] group", format!("{text} is not a multicast address")));
+                }
+                group
+            }
+        };
+        let rate_mbit = self.rate_mbit.unwrap_or(1000);
+        if rate_mbit == 0 || rate_mbit > 100_000 {
+            return Err(bad(
+                "[multicast] rate_mbit",
+                format!("{rate_mbit} is not from 1 to 100000"),
+            ));
+        }
+        let port = self.port.unwrap_or(crate::net::multicast::DEFAULT_PORT);
+        if port == 0 {
+            return Err(bad("[multicast] port", "0 is not a port"));
+        }
+        Ok(Some(MulticastConfig {
+            interface,
+            rate: rate_mbit * 1_000_000 / 8,
+            group,
+            port,
+            max_wait: std::time::Duration::from_secs(self.max_wait_secs.unwrap_or(300)),
+        }))
+    }
 }
 
 /// `[store]` as written: the node's image store (`DATA_DIR/store`).
@@ -314,6 +402,8 @@ pub struct ServeConfig {
     pub master: Option<MasterLink>,
     /// `[store] memory_mib`: the memory budget of each store job.
     pub store_memory_mib: u64,
+    /// `[multicast]`, `None` when off.
+    pub multicast: Option<MulticastConfig>,
 }
 
 fn bad(key: &str, reason: impl std::fmt::Display) -> Error {
@@ -618,6 +708,7 @@ impl TryFrom<ServeFile> for ServeConfig {
             None => crate::imaging::store::DEFAULT_MEMORY_MIB,
             Some(mib) => crate::imaging::store::check_memory_mib("[store] memory_mib", mib)?,
         };
+        let multicast = file.multicast.check()?;
         Ok(ServeConfig {
             address,
             data_dir,
@@ -629,6 +720,7 @@ impl TryFrom<ServeFile> for ServeConfig {
             ra,
             master,
             store_memory_mib,
+            multicast,
         })
     }
 }

@@ -591,3 +591,44 @@ fn quick_registration_creates_the_host_from_sysfs_then_updates_it() {
     assert_eq!(report.task.expect("task").host, "sn-1234");
     assert_eq!(site.tasks("sn-1234")[0].state, TaskState::Complete);
 }
+
+#[test]
+fn multicast_tasks_take_no_slot_and_deploy_over_http_where_no_session_runs() {
+    // One slot, three multicast tasks: all three are granted at once (one stream serves a
+    // session, so they hold no slot). The master answers agents itself here, with no node and so
+    // no session: each agent deploys over HTTP instead.
+    let site = Site::start(1);
+    let agent = Client::new(&site.base, Some(&site.node_token)).expect("client");
+    for i in 0..3 {
+        site.add_host(i);
+        site.add_task(i, TaskKind::Multicast, Some("golden"));
+        let check_in = CheckIn {
+            mac: Site::mac(i),
+            uuid: None,
+            address: None,
+        };
+        let reply = site.rt.block_on(agent.check_in(&check_in)).expect("check in");
+        assert_eq!(
+            reply.slot,
+            fogcore::control::model::SlotState::Granted,
+            "task of pc-{i}"
+        );
+    }
+    let expected = site.local_deploy("golden", &site.dir.path().join("unicast.img"));
+    std::thread::scope(|scope| {
+        for i in 0..3 {
+            let disk = site.dir.path().join(format!("mc-{i}.img"));
+            let config = site.agent(i, &disk);
+            let expected = &expected;
+            scope.spawn(move || {
+                run_agent(&config);
+                assert!(fs::read(&disk).expect("read") == *expected, "pc-{i}'s disk");
+            });
+        }
+    });
+    for i in 0..3 {
+        let tasks = site.tasks(&format!("pc-{i}"));
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].state, TaskState::Complete, "pc-{i}: {:?}", tasks[0].state);
+    }
+}

@@ -10,8 +10,8 @@ use crate::control::api::Caller;
 use crate::control::db::{Db, MacLookup, TaskChange, TaskEventRow};
 use crate::control::line::{Held, Lines, in_line};
 use crate::control::model::{
-    CheckIn, CheckInReply, CheckOut, Millis, ProgressReport, SlotState, Task, TaskId, TaskState, canonical_mac,
-    canonical_uuid,
+    CheckIn, CheckInReply, CheckOut, Millis, ProgressReport, SlotState, Task, TaskId, TaskKind, TaskState,
+    canonical_mac, canonical_uuid,
 };
 use crate::control::tasks::{Event, Slot, slot_for, step};
 use crate::error::{Error, Result};
@@ -282,6 +282,18 @@ impl Control {
             mine.step(next, None);
         } else if task.state.is_terminal() {
             step(task.id, &task.state, Event::CheckIn)?;
+        }
+        if task.kind == TaskKind::Multicast {
+            // One stream serves every host of the session: it takes no slot and waits for none.
+            let next = step(task.id, &mine.task.state, Event::Grant)?;
+            mine.step(next, None);
+            if !self.commit(lines, vec![mine.clone()]).await? {
+                return Ok(None);
+            }
+            return Ok(Some(CheckInReply {
+                task: mine.task,
+                slot: SlotState::Granted,
+            }));
         }
         let (max, enabled) = lines.limits(&node_name).unwrap_or((0, false));
         let active = lines.active(&node_name);

@@ -3,7 +3,7 @@
 
 use super::Control;
 use crate::control::cron::Cron;
-use crate::control::model::{GroupTasks, Millis, Schedule, Skipped, TaskKind, When, check_name};
+use crate::control::model::{GroupTasks, Millis, Schedule, Skipped, When, check_name};
 use crate::error::{Error, Result};
 
 fn next_run(when: &When, now: Millis) -> Result<Option<Millis>> {
@@ -53,9 +53,6 @@ impl Control {
                     "name either a host (task.host) or a group",
                 ));
             }
-        }
-        if schedule.task.kind == TaskKind::Multicast {
-            return Err(Error::unprocessable("task kind", "multicast", "not supported yet"));
         }
         schedule.task.check_layout()?;
         schedule.next_run = next_run(&schedule.when, self.clock.now())?;

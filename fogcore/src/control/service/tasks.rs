@@ -28,13 +28,6 @@ impl Control {
         group: Option<&str>,
         schedule: Option<i64>,
     ) -> Result<Task> {
-        if new.kind == TaskKind::Multicast {
-            return Err(Error::unprocessable(
-                "task kind",
-                "multicast",
-                "multicast sessions are not supported yet",
-            ));
-        }
         new.check_layout()?;
         let mut new = new.clone();
         new.host = Some(host.name.clone());

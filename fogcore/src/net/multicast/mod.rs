@@ -20,7 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use receiver::{ReceiveOptions, ReceiveReport, receive};
-pub use sender::{ReceiverSummary, SendOptions, SendReport, send};
+pub use sender::{ReceiverSummary, RunningSession, SendOptions, SendReport, send, start};
 
 use crate::{Error, Result};
 
@@ -48,8 +48,11 @@ pub struct Joined {
     pub report: SocketAddr,
 }
 
-/// The IPv4 address of interface `name`.
+/// The IPv4 address of interface `name` (or `name` itself when it is an IPv4 address).
 pub fn interface_ipv4(name: &str) -> Result<Ipv4Addr> {
+    if let Ok(address) = name.parse::<Ipv4Addr>() {
+        return Ok(address);
+    }
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list freed below by freeifaddrs.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -96,9 +99,10 @@ pub fn interface_ipv4(name: &str) -> Result<Ipv4Addr> {
     })
 }
 
-/// A socket that hears `group` on the interface with address `interface`: bound to the group's
-/// port with SO_REUSEADDR (several receivers on one host each get every packet), with a large
-/// receive buffer so a burst waits in the kernel rather than being dropped.
+/// A socket that hears `group` on the interface with address `interface`: bound to the group
+/// and its port with SO_REUSEADDR (several receivers on one host each get every packet, and
+/// another session's group on the same port is not heard), with a large receive buffer so a
+/// burst waits in the kernel rather than being dropped.
 fn group_socket(group: SocketAddrV4, interface: Ipv4Addr) -> Result<UdpSocket> {
     let io = |what: &str, e: std::io::Error| {
         Error::InvalidInput(format!("multicast group {group} on {interface}: {what}: {e}"))
@@ -106,7 +110,7 @@ fn group_socket(group: SocketAddrV4, interface: Ipv4Addr) -> Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| io("socket", e))?;
     socket.set_reuse_address(true).map_err(|e| io("SO_REUSEADDR", e))?;
     socket
-        .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
+        .bind(&SocketAddr::from(group).into())
         .map_err(|e| io("bind", e))?;
     socket
         .join_multicast_v4(group.ip(), &interface)

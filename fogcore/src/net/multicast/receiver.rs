@@ -51,8 +51,10 @@ pub struct ReceiveOptions {
     pub group: SocketAddrV4,
     /// The sender's URL (`http://host:port`); else taken from its announcements.
     pub sender: Option<String>,
-    /// How long to wait for an announcement.
+    /// How long to wait for an announcement (or for the sender to answer).
     pub wait: Duration,
+    /// Where the manifest is spooled (default: the system's temporary directory).
+    pub work_dir: Option<std::path::PathBuf>,
     /// Layout and threads of the deploy (verify is not offered: every chunk is checked by hash
     /// as it is placed).
     pub deploy: DeployOptions,
@@ -212,25 +214,22 @@ pub fn receive(target: &Path, options: &ReceiveOptions, progress: &dyn Progress)
         None => wait_for_announcement(&socket, options)?,
     };
     let http = Http::new(&url)?;
+    // Ready before joining: the session starts when its receivers have joined, and one still
+    // fetching its manifest then would fetch it under the stream.
+    let work_dir = options.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = TempDir::new_in(&work_dir, "fog-multicast-")?;
+    let path = dir.path().join("manifest");
     // A receiver started before its sender waits for it, as for an announcement.
     let started = Instant::now();
-    let reply = loop {
-        match http.call(true, "/multicast/join") {
-            Ok(reply) => break reply,
+    let manifest_bytes = loop {
+        match http.call(false, "/multicast/manifest") {
+            Ok(bytes) => break bytes,
             Err(e) if started.elapsed() >= options.wait => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
     };
-    let joined: Joined = serde_json::from_slice(&reply)
-        .map_err(|e| Error::invalid("multicast join reply", url.clone(), e.to_string()))?;
-    let key = key_from_hex(&joined.key)?;
-    if joined.group != options.group {
-        tracing::info!(group = %joined.group, "multicast: the session's group is another than ours; HTTP only");
-    }
-    let dir = TempDir::new_in(&std::env::temp_dir(), "fog-multicast-")?;
-    let path = dir.path().join("manifest");
-    std::fs::write(&path, http.call(false, "/multicast/manifest")?).map_err(|e| Error::io(&path, e))?;
-    let spooled = open_spooled(dir, &path, &joined.image)?;
+    std::fs::write(&path, manifest_bytes).map_err(|e| Error::io(&path, e))?;
+    let spooled = open_spooled(dir, &path, &format!("the image of {url}"))?;
     let manifest = &spooled.manifest;
     let deploy_options = DeployOptions {
         verify: false,
@@ -238,11 +237,23 @@ pub fn receive(target: &Path, options: &ReceiveOptions, progress: &dyn Progress)
     };
     let writer = deploy::prepare(manifest, target, &deploy_options)?.into_writer()?;
     let plan = Plan::build(manifest)?;
-    if plan.len() != joined.objects as usize {
+    let joined: Joined = serde_json::from_slice(&http.call(true, "/multicast/join")?)
+        .map_err(|e| Error::invalid("multicast join reply", url.clone(), e.to_string()))?;
+    let key = key_from_hex(&joined.key)?;
+    if joined.group != options.group {
+        tracing::info!(group = %joined.group, "multicast: the session's group is another than ours; HTTP only");
+    }
+    if plan.len() != joined.objects as usize || joined.image != manifest.header.name {
         return Err(Error::invalid(
             "multicast session",
             url,
-            format!("its manifest makes {} objects, it said {}", plan.len(), joined.objects),
+            format!(
+                "it sends {} ({} objects), its manifest is of {} ({} objects)",
+                joined.image,
+                joined.objects,
+                manifest.header.name,
+                plan.len()
+            ),
         ));
     }
     let regions = writer.regions();

@@ -23,6 +23,8 @@ use crate::{Error, Result};
 
 /// A receiver silent this long is forgotten (until it reports again).
 const FORGET_AFTER: Duration = Duration::from_secs(5);
+/// A receiver that joined and never reported is forgotten after this long.
+const FIRST_REPORT_WITHIN: Duration = Duration::from_secs(30);
 /// An object is not sent again within this time of its last send: reports lag behind.
 const RESEND_AFTER: Duration = Duration::from_millis(1000);
 /// A fragment asked for again is not repaired twice within this time.
@@ -158,6 +160,44 @@ impl Shared {
 
 /// Sends image `image` of `store` to the receivers that join, until each is done or gone.
 pub fn send(store: Arc<dyn ImageStore>, image: &str, options: &SendOptions) -> Result<SendReport> {
+    start(store, image, options)?.wait()
+}
+
+/// A session running on threads of its own.
+pub struct RunningSession {
+    url: String,
+    group: SocketAddrV4,
+    ended: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<SendReport>>,
+}
+
+impl RunningSession {
+    /// Where receivers join (`http://address:port`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The session's group and port.
+    pub fn group(&self) -> SocketAddrV4 {
+        self.group
+    }
+
+    /// True once every receiver is done or gone (or the session failed).
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire) || self.thread.is_finished()
+    }
+
+    /// Waits for the end; the session's report.
+    pub fn wait(self) -> Result<SendReport> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("the multicast sender panicked".into())))
+    }
+}
+
+/// Opens a session for image `image` of `store`: plans it, binds its sockets and HTTP side, and
+/// runs it on its own threads until every receiver that joins is done or gone.
+pub fn start(store: Arc<dyn ImageStore>, image: &str, options: &SendOptions) -> Result<RunningSession> {
     let interface = super::interface_ipv4(&options.interface)?;
     let mut manifest_bytes = Vec::new();
     store.manifest_to(image, &mut manifest_bytes)?;
@@ -188,17 +228,33 @@ pub fn send(store: Arc<dyn ImageStore>, image: &str, options: &SendOptions) -> R
     let http = HttpSide::start(shared.clone(), SocketAddr::from((interface, options.http_port)))?;
     let url = format!("http://{}", http.addr);
     tracing::info!(image, session = shared.session, %url, group = %options.group, "multicast: session open");
-    let stop = AtomicBool::new(false);
-    let result = std::thread::scope(|scope| {
-        let reports = socket.try_clone().map_err(|e| Error::Internal(e.to_string()))?;
-        let reader = scope.spawn(|| read_reports(&shared, reports, &stop));
-        let result = Carousel::new(&shared, &socket, options, url, objects).run();
-        stop.store(true, Ordering::Relaxed);
-        let _ = reader.join();
-        result
-    });
-    http.stop();
-    result
+    let ended = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (options, url, ended) = (options.clone(), url.clone(), ended.clone());
+        std::thread::Builder::new()
+            .name("fog-multicast".into())
+            .spawn(move || {
+                let stop = AtomicBool::new(false);
+                let result = std::thread::scope(|scope| {
+                    let reports = socket.try_clone().map_err(|e| Error::Internal(e.to_string()))?;
+                    let reader = scope.spawn(|| read_reports(&shared, reports, &stop));
+                    let result = Carousel::new(&shared, &socket, &options, url, objects).run();
+                    stop.store(true, Ordering::Relaxed);
+                    let _ = reader.join();
+                    result
+                });
+                http.stop();
+                ended.store(true, Ordering::Release);
+                result
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the multicast sender: {e}")))?
+    };
+    Ok(RunningSession {
+        url,
+        group: options.group,
+        ended,
+        thread,
+    })
 }
 
 /// Reads reports until `stop`.
@@ -466,7 +522,12 @@ impl<'a> Carousel<'a> {
             self.last_adjust = Instant::now();
             let mut session = self.shared.lock();
             for peer in session.peers.values_mut() {
-                if !peer.done && !peer.forgotten && peer.last_heard.elapsed() > FORGET_AFTER {
+                let patience = if peer.reported {
+                    FORGET_AFTER
+                } else {
+                    FIRST_REPORT_WITHIN
+                };
+                if !peer.done && !peer.forgotten && peer.last_heard.elapsed() > patience {
                     peer.forgotten = true;
                     tracing::warn!("multicast: a receiver stopped reporting; forgotten until it reports again");
                 }
