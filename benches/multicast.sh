@@ -82,6 +82,10 @@ fi
 [ -x "$fog" ] || (cd "$root" && cargo build --release --locked -q -p fog-cli)
 
 work=$(mktemp -d "$parent/fog-bench-mcast.XXXXXX")
+# A copy of the binary: a rebuild during the run must not change what is measured.
+cp "$fog" "$work/fog"
+fog_id="$(git -C "$root" rev-parse --short HEAD 2> /dev/null || echo '?') (work tree may differ), binary of $(date -u -r "$fog" +%FT%TZ), sha256 $(sha256sum "$work/fog" | cut -c1-12)"
+fog=$work/fog
 pids=()  # process groups this script started (each under setsid: pid == pgid)
 net_n=0  # receivers of the network that is up
 failed=0 # sessions that failed
@@ -367,13 +371,14 @@ done | jq -sc .)
 jq -s --argjson sources "$sources" --argjson mib "$mib" --argjson many "$many" --argjson many_mib "$many_mib" \
   --argjson rate "$rate" --argjson many_rate "$many_rate" --arg load_start "$load_start" \
   --arg load_end "$(cut -d' ' -f1-3 /proc/loadavg)" --argjson wall "$(awk -v a="$bench_start" -v b="$bench_end" 'BEGIN {print b - a}')" \
-  --arg versions "fog $(git -C "$root" rev-parse --short HEAD 2> /dev/null || echo '?') (work tree may differ); $(dpkg-query -W -f '${Package} ${Version}; ' udpcast uftp partclone zstd 2> /dev/null)" '
+  --arg versions "fog $fog_id; $(dpkg-query -W -f '${Package} ${Version}; ' udpcast uftp partclone zstd 2> /dev/null)" '
   def others($case): if $case == "loss" then 1 elif $case == "slow" then 2 else 0 end;
   . as $s
   | {bench_mib: $mib, bench_many: $many, bench_many_mib: $many_mib, port_mbit: {"3": $rate, many: $many_rate},
      loadavg_start: $load_start, loadavg_end: $load_end, wall_seconds: $wall, versions: $versions,
      sources: $sources, sessions: $s,
-     summary: [ $s | group_by(.net)[] | . as $net
+     summary: [ ($s | reduce .[].net as $n ([]; if any(.[]; . == $n) then . else . + [$n] end))[] as $name
+       | $s | map(select(.net == $name)) | . as $net
        | [ .[] | select(.case == "clean") ] as $clean
        | [ "clean", "loss", "slow" ][] as $case
        | ($net | map(select(.case == $case)) | INDEX(.tool)) as $by

@@ -296,8 +296,9 @@ pub enum TaskCommand {
     Multicast {
         #[command(flatten)]
         target: Target,
+        /// Image [default: each host's; one session per image and node]
         #[arg(long)]
-        image: String,
+        image: Option<String>,
         /// How partitions are laid out on a disk of another size (see `task deploy`)
         #[arg(long, value_name = "fit|exact")]
         layout: Option<LayoutMode>,
@@ -866,9 +867,7 @@ pub fn task(args: &MasterArgs, cmd: &TaskCommand, json: bool) -> Result<(), Erro
                 return Ok(());
             }
             TaskCommand::Deploy { target, image, layout } => (TaskKind::Deploy, target, image.clone(), *layout),
-            TaskCommand::Multicast { target, image, layout } => {
-                (TaskKind::Multicast, target, Some(image.clone()), *layout)
-            }
+            TaskCommand::Multicast { target, image, layout } => (TaskKind::Multicast, target, image.clone(), *layout),
             TaskCommand::Capture { target, image } => (TaskKind::Capture, target, Some(image.clone()), None),
             TaskCommand::Inventory { target } => (TaskKind::Inventory, target, None, None),
             TaskCommand::Wipe { target, full } => (

@@ -151,14 +151,21 @@ enum MulticastCommand {
     /// Join a session and deploy its image to a disk image file (created if absent) or block
     /// device
     Receive {
-        /// Target disk image file or block device
-        target: PathBuf,
-        /// Interface to hear the group on
+        /// Target disk image file or block device [default: this machine's disk, as the agent
+        /// chooses it]
+        target: Option<PathBuf>,
+        /// Interface to hear the group on (a name, or its IPv4 address)
         #[arg(long)]
         interface: String,
         /// The sender's URL (http://host:port) [default: from its announcements on the group]
         #[arg(long)]
         sender: Option<String>,
+        /// Join the session of this image [default: the first announced]
+        #[arg(long, conflicts_with = "sender")]
+        session: Option<String>,
+        /// Without a target: which disk (as `fog agent run --disk-rule`)
+        #[arg(long, conflicts_with = "target")]
+        disk_rule: Option<String>,
         /// Multicast group
         #[arg(long, default_value_t = fogcore::net::multicast::DEFAULT_GROUP)]
         group: std::net::Ipv4Addr,
@@ -321,15 +328,22 @@ fn multicast(
             target,
             interface,
             sender,
+            session,
+            disk_rule,
             group,
             port,
             wait,
             layout,
         } => {
+            let target = match target {
+                Some(target) => target.clone(),
+                None => fogcore::agent::target::choose(std::path::Path::new("/sys"), disk_rule.as_deref())?,
+            };
             let options = multicast::ReceiveOptions {
                 interface: interface.clone(),
                 group: SocketAddrV4::new(*group, *port),
                 sender: sender.clone(),
+                session: session.clone(),
                 wait: Duration::from_secs(*wait),
                 work_dir: None,
                 deploy: deploy::DeployOptions {
@@ -337,7 +351,7 @@ fn multicast(
                     ..Default::default()
                 },
             };
-            let report = multicast::receive(target, &options, progress)?;
+            let report = multicast::receive(&target, &options, progress)?;
             out.multicast_receive(&report);
         }
     }

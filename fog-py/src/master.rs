@@ -360,7 +360,7 @@ impl PyMaster {
 
     // ---- tasks
 
-    /// Creates a task: `kind` is deploy, capture, inventory, wipe_fast, wipe_full or debug. For
+    /// Creates a task: `kind` is deploy, multicast, capture, inventory, wipe_fast, wipe_full or debug. For
     /// one `host`, returns the task; for a `group`, `{"created": [...], "skipped": [...]}`. A
     /// deploy's `layout` (`"fit"`, `"exact"`) defaults to each host's.
     #[pyo3(signature = (kind, host=None, image=None, *, group=None, after="reboot", wake=false, layout=None))]

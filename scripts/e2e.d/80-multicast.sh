@@ -201,7 +201,7 @@ print('sent 900 bad packets to session', session)
 PY
 grep -q "sent 900 bad packets" "$work/bad.log"
 sleep 2
-receiver late 4; d=$last
+receiver late 4 --session room; d=$last
 finish late "$a" "$b" "$d"
 summary late 1 2 4
 same late 1 2 4

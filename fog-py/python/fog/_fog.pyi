@@ -323,7 +323,7 @@ class Master:
         wake: bool = False,
         layout: Optional[_LayoutMode] = None,
     ) -> _Record:
-        """Creates a task of ``kind`` (deploy, capture, inventory, wipe_fast, wipe_full, debug)
+        """Creates a task of ``kind`` (deploy, multicast, capture, inventory, wipe_fast, wipe_full, debug)
         for ``host``, returning it (``id``, ``kind``, ``host``, ``image``, ``node``, ``state``,
         ``percent``..., ``wake``, ``layout``); or for each host of ``group``, returning
         ``{"created": [...], "skipped": [{"host", "reason"}]}``. ``after``: reboot, poweroff or

@@ -477,6 +477,7 @@ fn receive_multicast(
         interface: interface.to_string(),
         group: SocketAddrV4::new(join.group, join.port),
         sender: Some(join.sender.clone()),
+        session: None,
         wait: Duration::from_secs(600),
         work_dir: Some(work_dir(config)),
         deploy: options,

@@ -144,6 +144,24 @@ do_task() {
   finish "${after:-reboot}"
 }
 
+# The boot menu's "Join a multicast session": no task, so no token; the session of an image
+# announced on this segment (empty name: the first announced) is deployed to the disk.
+do_join() {
+  printf 'session (image name, empty: the first announced): '
+  read -r FOG_IMAGE
+  echo
+  ip=$(cat "${FOG_RUN:-/run}"/fog-ip-* 2> /dev/null | head -n 1)
+  [ -n "$ip" ] || rescue "no network address to hear a session on"
+  set -- multicast receive --interface "$ip" --wait 600
+  [ -n "$FOG_IMAGE" ] && set -- "$@" --session "$FOG_IMAGE"
+  [ -n "$FOG_DISK" ] && set -- "$@" --disk-rule "$FOG_DISK"
+  say "joining ${FOG_IMAGE:-the first announced session} on $ip"
+  fog "$@" || rescue "the multicast deploy failed (see above)"
+  say "deployed; rebooting in 5 s"
+  sleep 5
+  finish reboot
+}
+
 main() {
   export PATH=/bin:/sbin:/usr/bin:/usr/sbin
   /bin/busybox --install -s /bin
@@ -169,7 +187,8 @@ main() {
     shell | debug | '') shell_forever ;;
     register) do_register ;;
     sysinfo) do_sysinfo ;;
-    deploy | capture | inventory | wipe_fast | wipe_full) do_task ;;
+    deploy | capture | inventory | wipe_fast | wipe_full | multicast) do_task ;;
+    join) do_join ;;
     *) rescue "unknown fog.action=$FOG_ACTION" ;;
   esac
 }

@@ -508,6 +508,57 @@ mod tests {
         }
     }
 
+    /// The boot menu's "Join a multicast session": the name typed and the leased address make
+    /// the receiver's command line (`fog` and `finish` stand in for the real ones).
+    #[test]
+    fn init_joins_the_session_named_at_the_console_on_the_leased_address() {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file());
+        let Some(busybox) = busybox else {
+            eprintln!("busybox not installed: skipped");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let init = dir.path().join("init");
+        std::fs::write(&init, INIT_SCRIPT).expect("write");
+        std::fs::write(dir.path().join("fog-ip-eth0"), "10.99.0.57\n").expect("write");
+        let run = |typed: &str| {
+            let out = std::process::Command::new(busybox)
+                .args(["sh", "-c"])
+                .arg(format!(
+                    ". {}; fog() {{ echo \"fog $*\"; }}; finish() {{ echo \"finish $1\"; }}; sleep() {{ :; }}; \
+                     FOG_DISK=largest; do_join < \"$1\"",
+                    init.display()
+                ))
+                .arg("sh")
+                .arg({
+                    let input = dir.path().join("typed");
+                    std::fs::write(&input, typed).expect("write");
+                    input
+                })
+                .env("FOG_INIT_LIB", "1")
+                .env("FOG_RUN", dir.path())
+                .output()
+                .expect("busybox sh");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        let named = run("win11\n");
+        assert!(
+            named.contains(
+                "fog multicast receive --interface 10.99.0.57 --wait 600 --session win11 --disk-rule largest\n"
+            ),
+            "{named}"
+        );
+        assert!(named.contains("finish reboot"), "{named}");
+        let first = run("\n");
+        assert!(
+            first.contains("fog multicast receive --interface 10.99.0.57 --wait 600 --disk-rule largest\n"),
+            "{first}"
+        );
+    }
+
     /// The init's command-line parser, run by busybox sh as the boot environment runs it.
     #[test]
     fn init_reads_fog_arguments_from_the_command_line() {

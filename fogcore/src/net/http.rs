@@ -164,6 +164,7 @@ pub const AGENT_ITEMS: &[(&str, &str, &str)] = &[
     ("sysinfo", "System information", "sysinfo"),
     ("deploy", "Deploy an image (admin token)", "deploy"),
     ("capture", "Capture an image (admin token)", "capture"),
+    ("multicast", "Join a multicast session", "join"),
     ("debug", "Debug shell", "shell"),
 ];
 

@@ -3,15 +3,16 @@
 use super::Control;
 use super::checkin::{Change, raced};
 use crate::control::model::{
-    GroupTasks, HistoryQuery, Host, NewTask, Page, Skipped, Task, TaskEvent, TaskFilter, TaskId, TaskKind,
-    check_not_negative, page_limit,
+    GroupTasks, HistoryQuery, Host, NewTask, Page, Skipped, Task, TaskEvent, TaskFilter, TaskId, check_not_negative,
+    page_limit,
 };
 use crate::control::tasks::{Event, step};
 use crate::error::{Error, Result};
 use crate::names::check_name;
 
 impl Control {
-    /// Creates a task for one host. Deploy takes the host's image and layout when none is given.
+    /// Creates a task for one host. Deploy and multicast take the host's image and layout when
+    /// none is given.
     pub async fn create_task(&self, new: &NewTask) -> Result<Task> {
         let host_name = new
             .host
@@ -31,7 +32,7 @@ impl Control {
         new.check_layout()?;
         let mut new = new.clone();
         new.host = Some(host.name.clone());
-        if new.kind == TaskKind::Deploy && new.image.is_none() {
+        if new.kind.deploys() && new.image.is_none() {
             new.image = host.image.clone();
         }
         new.layout = new.layout_for(host);

@@ -198,6 +198,12 @@ async fn group_task(
         let what = match (&kind, &image) {
             (TaskKind::Deploy, Some(image)) => format!("deploy image {image}, erasing their disks"),
             (TaskKind::Deploy, None) => "deploy each host's image, erasing their disks".into(),
+            (TaskKind::Multicast, Some(image)) => {
+                format!("deploy image {image} in one multicast session per node, erasing their disks")
+            }
+            (TaskKind::Multicast, None) => {
+                "deploy each host's image by multicast (a session per image and node), erasing their disks".into()
+            }
             (kind, _) => format!("a {} task", kind.as_str()),
         };
         let confirmation = super::hosts::confirm(

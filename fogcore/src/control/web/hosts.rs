@@ -409,6 +409,7 @@ impl Bulk {
     fn parse(text: &str) -> Result<Bulk, Error> {
         Ok(match text {
             "deploy" => Bulk::Task(TaskKind::Deploy),
+            "multicast" => Bulk::Task(TaskKind::Multicast),
             "capture" => Bulk::Task(TaskKind::Capture),
             "inventory" => Bulk::Task(TaskKind::Inventory),
             "wipe_fast" => Bulk::Task(TaskKind::WipeFast),
@@ -432,6 +433,10 @@ impl Bulk {
             Bulk::Task(TaskKind::Deploy) => match image {
                 Some(image) => format!("Deploy image {image} to {hosts}, erasing their disks"),
                 None => format!("Deploy each host's own image to {hosts}, erasing their disks"),
+            },
+            Bulk::Task(TaskKind::Multicast) => match image {
+                Some(image) => format!("Deploy image {image} to {hosts} by multicast, erasing their disks"),
+                None => format!("Deploy each host's own image to {hosts} by multicast, erasing their disks"),
             },
             Bulk::Task(TaskKind::Capture) => match image {
                 Some(image) => format!("Capture {hosts} into image {image}"),

@@ -135,8 +135,9 @@ impl TasksPage {
 
 const HISTORY_ROWS: u32 = 50;
 
-const KINDS: [TaskKind; 6] = [
+const KINDS: [TaskKind; 7] = [
     TaskKind::Deploy,
+    TaskKind::Multicast,
     TaskKind::Capture,
     TaskKind::Inventory,
     TaskKind::WipeFast,

@@ -51,6 +51,8 @@ pub struct ReceiveOptions {
     pub group: SocketAddrV4,
     /// The sender's URL (`http://host:port`); else taken from its announcements.
     pub sender: Option<String>,
+    /// Without `sender`: the session of this image (else the first announced).
+    pub session: Option<String>,
     /// How long to wait for an announcement (or for the sender to answer).
     pub wait: Duration,
     /// Where the manifest is spooled (default: the system's temporary directory).
@@ -349,12 +351,15 @@ fn wait_for_announcement(socket: &UdpSocket, options: &ReceiveOptions) -> Result
         if let Ok(Packet::Announce(a)) = wire::decode(&buf[..n], None, None)
             && a.state != SessionState::Ended
             && a.url.starts_with("http://")
+            && options.session.as_ref().is_none_or(|name| *name == a.image)
         {
+            tracing::info!(image = %a.image, url = %a.url, "multicast: joining an announced session");
             return Ok(a.url);
         }
     }
     Err(Error::InvalidInput(format!(
-        "no multicast session announced on {} (interface {}) within {} s",
+        "no multicast session{} announced on {} (interface {}) within {} s",
+        options.session.as_ref().map(|s| format!(" of {s}")).unwrap_or_default(),
         options.group,
         options.interface,
         options.wait.as_secs()

@@ -569,6 +569,7 @@ impl<'a> Carousel<'a> {
             position: self.position,
             rate_kib: (self.pacer.rate / 1024.0) as u32,
             url: self.url.clone(),
+            image: self.shared.image.clone(),
         });
         wire::encode(self.shared.session, &self.shared.key, &packet, &mut self.packet);
         self.transmit()

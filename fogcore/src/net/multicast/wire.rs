@@ -99,6 +99,8 @@ pub struct Announce {
     pub rate_kib: u32,
     /// Where to join (HTTP).
     pub url: String,
+    /// The image sent (a session's name: receivers may look for it).
+    pub image: String,
 }
 
 /// Missing fragments of one object, as half-open ranges.
@@ -247,9 +249,11 @@ pub fn encode(session: u32, key: &Key, packet: &Packet<'_>, out: &mut Vec<u8>) {
             w.u32(a.objects);
             w.u32(a.position);
             w.u32(a.rate_kib);
-            let url = &a.url.as_bytes()[..a.url.len().min(512)];
-            w.u16(url.len() as u16);
-            w.0.extend_from_slice(url);
+            for text in [&a.url, &a.image] {
+                let bytes = &text.as_bytes()[..text.len().min(512)];
+                w.u16(bytes.len() as u16);
+                w.0.extend_from_slice(bytes);
+            }
         }
         Packet::Report(r) => {
             w.u32(r.receiver);
@@ -353,16 +357,21 @@ pub fn decode<'a>(bytes: &'a [u8], session: Option<u32>, key: Option<&Key>) -> R
             let objects = r.u32()?;
             let position = r.u32()?;
             let rate_kib = r.u32()?;
-            let len = r.u16()? as usize;
-            let url = std::str::from_utf8(r.take(len)?)
-                .map_err(|_| Bad::Malformed)?
-                .to_string();
+            let mut text = || -> Result<String, Bad> {
+                let len = r.u16()? as usize;
+                Ok(std::str::from_utf8(r.take(len)?)
+                    .map_err(|_| Bad::Malformed)?
+                    .to_string())
+            };
+            let url = text()?;
+            let image = text()?;
             Packet::Announce(Announce {
                 state,
                 objects,
                 position,
                 rate_kib,
                 url,
+                image,
             })
         }
         REPORT => {
@@ -451,6 +460,7 @@ mod tests {
             position: 3,
             rate_kib: 4096,
             url: "http://10.0.0.1:7071".into(),
+            image: "win11".into(),
         }));
         round_trip(&Packet::Report(Report {
             receiver: 4,
