@@ -60,6 +60,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
         "fs_ntfs" => mkfs_seeds(&[("ntfs-512", "mkfs.ntfs", &["-s", "512", "-c", "512"], 1028 * KIB)]),
         "dhcp" => named(dhcp_seeds()),
         "tftp" => named(tftp_seeds()),
+        "multicast" => named(multicast_seeds()),
         _ => Vec::new(),
     }
 }
@@ -348,4 +349,66 @@ fn tftp_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("oack", Packet::Oack(vec![("blksize".into(), "1468".into())]).encode()),
     ]
+}
+
+/// The session number the multicast target's packets are read as.
+pub const MULTICAST_SESSION: u32 = 0x0f06_0001;
+/// The key the multicast target's packets are tagged with.
+pub const MULTICAST_KEY: [u8; 32] = [7; 32];
+
+/// One multicast packet of each kind, tagged with [`MULTICAST_KEY`].
+fn multicast_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use fogcore::net::multicast::wire::{self, Announce, Data, Key, Mode, Nak, Packet, Report, SessionState};
+    let key = Key(MULTICAST_KEY);
+    let payload = vec![0x5a; 700];
+    let packets = [
+        (
+            "data",
+            Packet::Data(Data {
+                seq: 9,
+                object: 3,
+                frag: 1,
+                frags: 2,
+                repair: false,
+                payload: &payload,
+            }),
+        ),
+        (
+            "announce",
+            Packet::Announce(Announce {
+                state: SessionState::Sending,
+                objects: 40,
+                position: 7,
+                rate_kib: 20_000,
+                url: "http://10.99.0.1:7071".into(),
+                image: "win11".into(),
+            }),
+        ),
+        (
+            "report",
+            Packet::Report(Report {
+                receiver: 1,
+                counter: 5,
+                got: 100,
+                expected: 104,
+                done: false,
+                congested: false,
+                mode: Some(Mode::Normal),
+                placed: 12,
+                needs: vec![(12, 20), (25, 40)],
+                naks: vec![Nak {
+                    object: 11,
+                    missing: vec![(3, 5)],
+                }],
+            }),
+        ),
+    ];
+    packets
+        .into_iter()
+        .map(|(name, packet)| {
+            let mut bytes = Vec::new();
+            wire::encode(MULTICAST_SESSION, &key, &packet, &mut bytes);
+            (name, bytes)
+        })
+        .collect()
 }
