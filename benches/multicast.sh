@@ -371,7 +371,7 @@ done | jq -sc .)
 jq -s --argjson sources "$sources" --argjson mib "$mib" --argjson many "$many" --argjson many_mib "$many_mib" \
   --argjson rate "$rate" --argjson many_rate "$many_rate" --arg load_start "$load_start" \
   --arg load_end "$(cut -d' ' -f1-3 /proc/loadavg)" --argjson wall "$(awk -v a="$bench_start" -v b="$bench_end" 'BEGIN {print b - a}')" \
-  --arg versions "fog $fog_id; $(dpkg-query -W -f '${Package} ${Version}; ' udpcast uftp partclone zstd 2> /dev/null)" '
+  --arg versions "fog $fog_id; $(dpkg-query -W -f '${Package} ${Version}, ' udpcast uftp partclone zstd 2> /dev/null | sed 's/, $//')" '
   def others($case): if $case == "loss" then 1 elif $case == "slow" then 2 else 0 end;
   . as $s
   | {bench_mib: $mib, bench_many: $many, bench_many_mib: $many_mib, port_mbit: {"3": $rate, many: $many_rate},

@@ -166,6 +166,9 @@ enum MulticastCommand {
         /// Without a target: which disk (as `fog agent run --disk-rule`)
         #[arg(long, conflicts_with = "target")]
         disk_rule: Option<String>,
+        /// Only sessions announced from this host (anyone on the segment can announce)
+        #[arg(long, conflicts_with = "sender")]
+        only_from: Option<String>,
         /// Multicast group
         #[arg(long, default_value_t = fogcore::net::multicast::DEFAULT_GROUP)]
         group: std::net::Ipv4Addr,
@@ -319,6 +322,7 @@ fn multicast(
                 receivers: *receivers,
                 max_wait: Duration::from_secs(*max_wait),
                 rate: rate.saturating_mul(1_000_000 / 8),
+                give_up: None,
             };
             let store = std::sync::Arc::new(fogcore::imaging::replica::LocalStore::new(store));
             let report = multicast::send(store, image, &options)?;
@@ -330,6 +334,7 @@ fn multicast(
             sender,
             session,
             disk_rule,
+            only_from,
             group,
             port,
             wait,
@@ -344,6 +349,7 @@ fn multicast(
                 group: SocketAddrV4::new(*group, *port),
                 sender: sender.clone(),
                 session: session.clone(),
+                only_from: only_from.clone(),
                 wait: Duration::from_secs(*wait),
                 work_dir: None,
                 deploy: deploy::DeployOptions {

@@ -148,6 +148,8 @@ fn manifest_seed() -> Vec<u8> {
                 used_bytes: extents.iter().map(|e| e.len).sum(),
                 extents: extents_section,
                 chunks,
+                min_len: None,
+                shrunk: false,
             });
         }
         let header = Header {
@@ -167,6 +169,7 @@ fn manifest_seed() -> Vec<u8> {
                     name: String::new(),
                 }],
                 backup_gpt_len: 0,
+                extended: false,
             },
             chunk_count: regions.iter().map(|r| r.chunks.count).sum(),
             data_bytes: regions.iter().map(|r| r.used_bytes).sum(),

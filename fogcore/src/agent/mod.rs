@@ -423,7 +423,17 @@ fn run_task(config: &AgentConfig, task: &Task, progress: &dyn Progress) -> Resul
                     .await
             });
             match join {
-                Ok(join) => receive_multicast(config, &join, &disk, options, progress),
+                Ok(join) => match receive_multicast(config, &join, &disk, options.clone(), progress) {
+                    // The disk is written again whole: what the session wrote is overwritten.
+                    Err(e) if !matches!(e, Error::Cancelled) && !e.is_bad_input() => {
+                        tracing::warn!(
+                            "task {}: the multicast session failed ({e}); deploying over HTTP",
+                            task.id
+                        );
+                        deploy_remote(&*remote_store(config)?, image, &disk, config, &options, progress)
+                    }
+                    other => other,
+                },
                 // A node without multicast (or that does not know the route): one stream each.
                 Err(Error::Remote {
                     status: 404 | 409,
@@ -478,6 +488,7 @@ fn receive_multicast(
         group: SocketAddrV4::new(join.group, join.port),
         sender: Some(join.sender.clone()),
         session: None,
+        only_from: None,
         wait: Duration::from_secs(600),
         work_dir: Some(work_dir(config)),
         deploy: options,

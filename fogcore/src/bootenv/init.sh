@@ -153,6 +153,10 @@ do_join() {
   ip=$(cat "${FOG_RUN:-/run}"/fog-ip-* 2> /dev/null | head -n 1)
   [ -n "$ip" ] || rescue "no network address to hear a session on"
   set -- multicast receive --interface "$ip" --wait 600
+  # Only the node's sessions: anyone on the segment can announce one.
+  node=${FOG_MASTER#*://}
+  node=${node%%/*}
+  [ -n "$node" ] && set -- "$@" --only-from "${node%:*}"
   [ -n "$FOG_IMAGE" ] && set -- "$@" --session "$FOG_IMAGE"
   [ -n "$FOG_DISK" ] && set -- "$@" --disk-rule "$FOG_DISK"
   say "joining ${FOG_IMAGE:-the first announced session} on $ip"

@@ -528,7 +528,7 @@ mod tests {
                 .args(["sh", "-c"])
                 .arg(format!(
                     ". {}; fog() {{ echo \"fog $*\"; }}; finish() {{ echo \"finish $1\"; }}; sleep() {{ :; }}; \
-                     FOG_DISK=largest; do_join < \"$1\"",
+                     FOG_DISK=largest; FOG_MASTER=http://10.99.0.1:8080; do_join < \"$1\"",
                     init.display()
                 ))
                 .arg("sh")
@@ -547,14 +547,17 @@ mod tests {
         let named = run("win11\n");
         assert!(
             named.contains(
-                "fog multicast receive --interface 10.99.0.57 --wait 600 --session win11 --disk-rule largest\n"
+                "fog multicast receive --interface 10.99.0.57 --wait 600 --only-from 10.99.0.1 --session win11 \
+                 --disk-rule largest\n"
             ),
             "{named}"
         );
         assert!(named.contains("finish reboot"), "{named}");
         let first = run("\n");
         assert!(
-            first.contains("fog multicast receive --interface 10.99.0.57 --wait 600 --disk-rule largest\n"),
+            first.contains(
+                "fog multicast receive --interface 10.99.0.57 --wait 600 --only-from 10.99.0.1 --disk-rule largest\n"
+            ),
             "{first}"
         );
     }

@@ -340,8 +340,10 @@ impl Gateway {
         let mut task = boot.task;
         let max = self.max_clients.load(Ordering::Relaxed);
         let mut active = self.lock_active();
-        let rides = task.kind == TaskKind::Multicast; // takes no slot
-        let slot = if rides || active.contains_key(&task.id) || (active.len() as u64) < u64::from(max) {
+        // Multicast tasks take no slot, and do not count against the others.
+        let rides = task.kind == TaskKind::Multicast;
+        let holding = active.values().filter(|t| t.kind != TaskKind::Multicast).count();
+        let slot = if rides || active.contains_key(&task.id) || (holding as u64) < u64::from(max) {
             active.insert(task.id, task.clone());
             self.offline_set().insert(task.id);
             task.state = TaskState::InProgress {

@@ -96,6 +96,8 @@ impl Sessions {
             receivers: receivers.max(1),
             max_wait: self.config.max_wait,
             rate: self.config.rate,
+            // The agent that opened it may fail before it joins.
+            give_up: Some(self.config.max_wait),
         };
         let session = multicast::start(self.store.clone(), image, &options)?;
         let answer = joined(&session);

@@ -161,36 +161,46 @@ impl Plan {
         )
     }
 
-    /// Decodes object `index` from `payload`, checks every chunk against its id, and writes each
-    /// use of it in a region `writer` writes. Nothing is written unless every chunk of the object
-    /// is present and matches.
-    pub fn place(&self, index: usize, payload: &[u8], writer: &DeployWriter<'_>) -> Result<Placed> {
-        let object = self.object(index).ok_or_else(|| self.no_such(index))?;
-        let frames = WireFrame::decode_batch(payload, object.ids.len())?;
+    /// Decodes object `index` from `payload` and checks every chunk against its id. A refusal
+    /// (damaged, forged, another object's bytes, a chunk missing) says why; nothing is written.
+    pub fn check(&self, index: usize, payload: &[u8]) -> std::result::Result<Checked, String> {
+        let object = self.object(index).ok_or_else(|| self.no_such(index).to_string())?;
+        let frames = WireFrame::decode_batch(payload, object.ids.len()).map_err(|e| e.to_string())?;
         let mut chunks: Vec<Option<Vec<u8>>> = vec![None; object.ids.len()];
         for frame in &frames {
-            for (id, data) in frame.chunks(&object.ids)? {
+            for (id, data) in frame.chunks(&object.ids).map_err(|e| e.to_string())? {
                 if let Some(slot) = object.ids.iter().position(|i| *i == id).and_then(|i| chunks.get_mut(i)) {
                     slot.get_or_insert(data);
                 }
             }
         }
-        if let Some(missing) = chunks.iter().position(Option::is_none) {
-            return Err(Error::ChunkMissing {
-                image: format!("multicast object {index}"),
-                chunk: object.ids[missing].to_hex(),
-            });
+        let mut checked = Vec::with_capacity(chunks.len());
+        for (id, data) in object.ids.iter().zip(chunks) {
+            let data = data.ok_or_else(|| format!("chunk {id} is not in it"))?;
+            if let Some(u) = self
+                .uses
+                .get(id)
+                .into_iter()
+                .flatten()
+                .find(|u| u.len as usize != data.len())
+            {
+                return Err(format!(
+                    "chunk {id} is {} bytes, the image expects {}",
+                    data.len(),
+                    u.len
+                ));
+            }
+            checked.push(data);
         }
+        Ok(Checked { index, chunks: checked })
+    }
+
+    /// Writes each use of a checked object's chunks in a region `writer` writes.
+    pub fn write(&self, checked: &Checked, writer: &DeployWriter<'_>) -> Result<Placed> {
+        let object = self.object(checked.index).ok_or_else(|| self.no_such(checked.index))?;
         let mut placed = Placed::default();
-        for (id, data) in object.ids.iter().zip(chunks.iter().flatten()) {
+        for (id, data) in object.ids.iter().zip(&checked.chunks) {
             for u in self.uses.get(id).into_iter().flatten() {
-                if u.len as usize != data.len() {
-                    return Err(Error::ChunkCorrupt {
-                        image: "multicast".into(),
-                        chunk: id.to_hex(),
-                        reason: format!("{} bytes, the image expects {}", data.len(), u.len),
-                    });
-                }
                 if writer.writes_region(u.region) {
                     placed.written += writer.write(u.region, u.stream_offset, data)?;
                     placed.uses += 1;
@@ -200,4 +210,32 @@ impl Plan {
         }
         Ok(placed)
     }
+
+    /// [`Plan::check`], then [`Plan::write`]: a refused object is [`Error::ChunkCorrupt`] and
+    /// writes nothing.
+    pub fn place(&self, index: usize, payload: &[u8], writer: &DeployWriter<'_>) -> Result<Placed> {
+        let checked = self.check(index, payload).map_err(|reason| Error::ChunkCorrupt {
+            image: "multicast".into(),
+            chunk: format!("object {index}"),
+            reason,
+        })?;
+        self.write(&checked, writer)
+    }
+
+    /// The most fragments object `index` can take on the wire (a packet claiming more is not
+    /// from this plan): a stored frame goes whole when the object's chunks make at least half of
+    /// it, so twice its chunks stored raw, with the frames' headers and part tables.
+    pub fn max_fragments(&self, index: usize, fragment: usize) -> usize {
+        self.object(index).map_or(0, |o| {
+            let bound = 2 * o.plain_bytes as usize + 32 * o.ids.len() + 1024;
+            bound.div_ceil(fragment.max(1))
+        })
+    }
+}
+
+/// An object whose chunks all matched their ids, ready to be written.
+#[derive(Debug)]
+pub struct Checked {
+    index: usize,
+    chunks: Vec<Vec<u8>>,
 }

@@ -64,6 +64,11 @@ fn objects_placed_in_any_order_give_the_unicast_disk_and_bad_ones_write_nothing(
     let mut placed = 0;
     for k in order {
         let payload = plan.payload(&local, k).expect("payload");
+        let fragments = payload.len().div_ceil(fogcore::net::multicast::wire::FRAGMENT);
+        assert!(
+            fragments <= plan.max_fragments(k, fogcore::net::multicast::wire::FRAGMENT),
+            "object {k}: {fragments} fragments, past the bound receivers accept"
+        );
         placed += plan.place(k, &payload, &writer).expect("place").plain_bytes;
     }
     assert_eq!(placed, writer.data_bytes(), "placed bytes");

@@ -916,11 +916,13 @@ impl Db {
         Ok(())
     }
 
-    /// Each node's load: tasks holding slots, agents waiting in line, its disk's free bytes.
+    /// Each node's load: tasks holding slots (multicast tasks hold none), agents waiting in line,
+    /// its disk's free bytes.
     pub async fn node_loads(&self) -> Result<HashMap<String, NodeLoad>> {
         let rows = sqlx::query(
             "SELECT n.name, n.free_bytes,
-                (SELECT COUNT(*) FROM tasks t WHERE t.node = n.name AND t.state = 'in_progress') AS busy,
+                (SELECT COUNT(*) FROM tasks t WHERE t.node = n.name AND t.state = 'in_progress'
+                    AND t.kind <> 'multicast') AS busy,
                 (SELECT COUNT(*) FROM tasks t WHERE t.node = n.name AND t.state = 'waiting_for_slot') AS waiting
              FROM nodes n",
         )

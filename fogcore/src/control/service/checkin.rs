@@ -283,8 +283,10 @@ impl Control {
         } else if task.state.is_terminal() {
             step(task.id, &task.state, Event::CheckIn)?;
         }
-        if task.kind == TaskKind::Multicast {
-            // One stream serves every host of the session: it takes no slot and waits for none.
+        let node_enabled = lines.limits(&node_name).is_some_and(|(_, enabled)| enabled);
+        if task.kind == TaskKind::Multicast && node_enabled {
+            // One stream serves every host of the session: it takes no slot and waits for none
+            // (a disabled node images none, as for the others).
             let next = step(task.id, &mine.task.state, Event::Grant)?;
             mine.step(next, None);
             if !self.commit(lines, vec![mine.clone()]).await? {

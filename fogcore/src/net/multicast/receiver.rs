@@ -53,6 +53,9 @@ pub struct ReceiveOptions {
     pub sender: Option<String>,
     /// Without `sender`: the session of this image (else the first announced).
     pub session: Option<String>,
+    /// Without `sender`: only sessions whose URL is on this host (the node's, from the boot
+    /// menu: anyone on the segment can announce).
+    pub only_from: Option<String>,
     /// How long to wait for an announcement (or for the sender to answer).
     pub wait: Duration,
     /// Where the manifest is spooled (default: the system's temporary directory).
@@ -116,8 +119,10 @@ struct Progressing {
     failure: Mutex<Option<Error>>,
     /// Objects handed to the decoders or to HTTP and not yet settled.
     pending: Mutex<HashSet<u32>>,
-    /// Bytes of objects from the group waiting for the decoders.
+    /// Bytes of objects waiting for the decoders.
     queued_bytes: AtomicUsize,
+    /// The deploy stopped (done, cancelled or failed): the threads drop what is left.
+    stop: AtomicBool,
 }
 
 impl Progressing {
@@ -270,6 +275,7 @@ pub fn receive(target: &Path, options: &ReceiveOptions, progress: &dyn Progress)
         failure: Mutex::new(None),
         pending: Mutex::new(HashSet::new()),
         queued_bytes: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
     };
     let wanted = needed.iter().filter(|n| **n).count() as u32;
     let listening = joined.group == options.group;
@@ -280,12 +286,15 @@ pub fn receive(target: &Path, options: &ReceiveOptions, progress: &dyn Progress)
         report_to: joined.report,
         key,
         needed: &needed,
+        max_frags: (0..plan.len()).map(|k| plan.max_fragments(k, wire::FRAGMENT)).collect(),
         wanted,
         mode: if listening { Mode::Normal } else { Mode::Http },
         partial: HashMap::new(),
         carousel_at: None,
         passed: VecDeque::new(),
         last_valid: Instant::now(),
+        last_data: None,
+        sending_since: None,
         session_state: SessionState::Waiting,
         counter: 0,
         got: 0,
@@ -317,6 +326,7 @@ pub fn receive(target: &Path, options: &ReceiveOptions, progress: &dyn Progress)
             scope.spawn(move || fetch_loop(fetch_rx, http, decode_tx, shared));
         }
         let result = state.run(&shared, &decode_tx, &fetch_tx, progress);
+        shared.stop.store(true, Ordering::Relaxed);
         drop(decode_tx);
         drop(fetch_tx);
         result
@@ -352,6 +362,7 @@ fn wait_for_announcement(socket: &UdpSocket, options: &ReceiveOptions) -> Result
             && a.state != SessionState::Ended
             && a.url.starts_with("http://")
             && options.session.as_ref().is_none_or(|name| *name == a.image)
+            && options.only_from.as_ref().is_none_or(|host| url_host(&a.url) == host)
         {
             tracing::info!(image = %a.image, url = %a.url, "multicast: joining an announced session");
             return Ok(a.url);
@@ -366,6 +377,13 @@ fn wait_for_announcement(socket: &UdpSocket, options: &ReceiveOptions) -> Result
     )))
 }
 
+/// The host of an `http://host:port/...` URL.
+fn url_host(url: &str) -> &str {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or_default();
+    authority.rsplit_once(':').map_or(authority, |(host, _)| host)
+}
+
 fn decode_loop(
     rx: Receiver<(u32, Vec<u8>, Origin)>,
     plan: &Plan,
@@ -375,16 +393,27 @@ fn decode_loop(
     progress: &dyn Progress,
 ) {
     for (object, payload, origin) in rx {
-        if matches!(origin, Origin::Multicast) {
-            shared.queued_bytes.fetch_sub(payload.len(), Ordering::Relaxed);
-        }
+        shared.queued_bytes.fetch_sub(payload.len(), Ordering::Relaxed);
         let index = object as usize;
-        if shared.done.get(index).is_none_or(|d| d.load(Ordering::Acquire)) {
+        if shared.stop.load(Ordering::Relaxed) || shared.done.get(index).is_none_or(|d| d.load(Ordering::Acquire)) {
             shared.pending().remove(&object);
             continue;
         }
-        match plan.place(index, &payload, writer) {
-            Ok(_) => {
+        let placed = match plan.check(index, &payload) {
+            Ok(checked) => plan.write(&checked, writer).map(Some),
+            Err(reason) => {
+                // Forged or damaged: nothing was written; the object stays needed.
+                shared.bad_objects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    object,
+                    "multicast: an object failed its check ({reason}); asked for again"
+                );
+                Ok(None)
+            }
+        };
+        match placed {
+            Ok(None) => {}
+            Ok(Some(_)) => {
                 shared.done[index].store(true, Ordering::Release);
                 shared.placed.fetch_add(1, Ordering::Relaxed);
                 match origin {
@@ -392,11 +421,6 @@ fn decode_loop(
                     Origin::Http => shared.from_http.fetch_add(1, Ordering::Relaxed),
                 };
                 progress.advance(plan.use_bytes(index, regions));
-            }
-            Err(Error::ChunkCorrupt { .. } | Error::ChunkMissing { .. } | Error::InvalidInput(_)) => {
-                // Forged or damaged: nothing was written; the object stays needed.
-                shared.bad_objects.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(object, "multicast: an object failed its check; asked for again");
             }
             Err(e) => shared.fail(e),
         }
@@ -406,13 +430,18 @@ fn decode_loop(
 
 fn fetch_loop(rx: Receiver<u32>, http: &Http, decode: Sender<(u32, Vec<u8>, Origin)>, shared: &Progressing) {
     for object in rx {
-        if shared
-            .done
-            .get(object as usize)
-            .is_none_or(|d| d.load(Ordering::Acquire))
+        if shared.stop.load(Ordering::Relaxed)
+            || shared
+                .done
+                .get(object as usize)
+                .is_none_or(|d| d.load(Ordering::Acquire))
         {
             shared.pending().remove(&object);
             continue;
+        }
+        // No more fetched than the decoders have room for.
+        while shared.queued_bytes.load(Ordering::Relaxed) > DECODE_QUEUE_BYTES && !shared.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(10));
         }
         let mut tries = 0;
         let payload = loop {
@@ -429,6 +458,7 @@ fn fetch_loop(rx: Receiver<u32>, http: &Http, decode: Sender<(u32, Vec<u8>, Orig
             }
         };
         let Some(payload) = payload else { return };
+        shared.queued_bytes.fetch_add(payload.len(), Ordering::Relaxed);
         if decode.send((object, payload, Origin::Http)).is_err() {
             return;
         }
@@ -443,6 +473,8 @@ struct Loop<'a> {
     report_to: std::net::SocketAddr,
     key: Key,
     needed: &'a [bool],
+    /// Per object, the most fragments it can take (see [`Plan::max_fragments`]).
+    max_frags: Vec<usize>,
     wanted: u32,
     mode: Mode,
     partial: HashMap<u32, Partial>,
@@ -451,6 +483,9 @@ struct Loop<'a> {
     /// Objects the carousel passed while we lacked them (assisted mode fetches them).
     passed: VecDeque<u32>,
     last_valid: Instant,
+    /// The last data packet, and when the announcements said the session started sending.
+    last_data: Option<Instant>,
+    sending_since: Option<Instant>,
     session_state: SessionState,
     counter: u32,
     got: u32,
@@ -510,21 +545,29 @@ impl Loop<'_> {
         let data = match packet {
             Packet::Data(d) => d,
             Packet::Announce(a) => {
+                if a.state == SessionState::Sending && self.session_state != SessionState::Sending {
+                    self.sending_since = Some(Instant::now());
+                }
                 self.session_state = a.state;
                 return;
             }
             Packet::Report(_) => return,
         };
+        self.last_data = Some(Instant::now());
         self.packets += 1;
         self.got += 1;
         if self.max_seq.is_none_or(|m| data.seq.wrapping_sub(m) < 1 << 31) {
             self.max_seq = Some(data.seq);
         }
         let object = data.object;
+        let index = object as usize;
+        if index >= self.needed.len() || usize::from(data.frags) > self.max_frags[index] {
+            self.bad_packets += 1; // not an object of this plan: not from the sender
+            return;
+        }
         if !data.repair {
             self.carousel_moved(object, shared);
         }
-        let index = object as usize;
         if !self.needed.get(index).copied().unwrap_or(false) || shared.done[index].load(Ordering::Acquire) {
             return;
         }
@@ -542,7 +585,17 @@ impl Loop<'_> {
             last_nak: None,
         });
         if entry.have.len() != frags {
-            return; // a fragment count that disagrees with the first: ignore it
+            // The object was sent with another count (its bytes changed in the store): start
+            // again from this packet.
+            *entry = Partial {
+                buf: vec![0; frags * wire::FRAGMENT],
+                have: vec![false; frags],
+                count: 0,
+                len: 0,
+                last_seen: Instant::now(),
+                passed: false,
+                last_nak: None,
+            };
         }
         entry.last_seen = Instant::now();
         let frag = data.frag as usize;
@@ -624,7 +677,17 @@ impl Loop<'_> {
         if self.mode == Mode::Http {
             return;
         }
-        let silent = self.last_valid.elapsed() >= SILENCE;
+        // Announcements alone do not count: a path that passes small packets and drops full
+        // ones (an MTU below 1500) brings no data.
+        // (In assisted mode the carousel may rightly send nothing: what is left is on its way
+        // over HTTP.)
+        let no_data = self.mode == Mode::Normal
+            && self.session_state == SessionState::Sending
+            && self
+                .last_data
+                .or(self.sending_since)
+                .is_some_and(|t| t.elapsed() >= SILENCE);
+        let silent = self.last_valid.elapsed() >= SILENCE || no_data;
         let ended = self.session_state == SessionState::Ended;
         if silent || ended {
             tracing::info!(silent, ended, "multicast: receiving over HTTP");

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,8 @@ const FIRST_REPORT_WITHIN: Duration = Duration::from_secs(30);
 const RESEND_AFTER: Duration = Duration::from_millis(1000);
 /// A fragment asked for again is not repaired twice within this time.
 const REPAIR_AGAIN_AFTER: Duration = Duration::from_millis(100);
+/// Fragments waiting to be repaired, at most.
+const MAX_REPAIRS: usize = 1 << 16;
 /// Bytes of object payloads kept for repairs.
 const PAYLOAD_CACHE: usize = 64 << 20;
 /// Repair packets earned per carousel packet: repairs are at most a quarter of what is sent
@@ -56,6 +58,8 @@ pub struct SendOptions {
     pub max_wait: Duration,
     /// Rate cap, bytes per second.
     pub rate: u64,
+    /// End a session nobody joined after this long (`None`: wait for the first receiver).
+    pub give_up: Option<Duration>,
 }
 
 /// One receiver as the sender saw it.
@@ -82,7 +86,8 @@ pub struct SendReport {
     pub session: u32,
     /// Objects in the plan.
     pub objects: u32,
-    /// Bytes of all objects once (frames as stored, plus their part tables).
+    /// Bytes of the objects sent, each once (frames as stored, plus their part tables): what
+    /// a clean run puts on the wire, and what `bytes_sent` is compared with.
     pub payload_bytes: u64,
     /// Data packets sent.
     pub packets: u64,
@@ -130,6 +135,8 @@ impl Peer {
 
 #[derive(Default)]
 struct Session {
+    /// Over: no more joins.
+    closed: bool,
     peers: BTreeMap<u32, Peer>,
     next_id: u32,
     first_join: Option<Instant>,
@@ -141,6 +148,8 @@ struct Session {
 
 struct Shared {
     plan: Plan,
+    /// Per object, its fragment count once sent (0 before): NAKs are checked against it.
+    frags: Vec<AtomicU16>,
     store: Arc<dyn ImageStore>,
     manifest: bytes::Bytes,
     image: String,
@@ -214,6 +223,7 @@ pub fn start(store: Arc<dyn ImageStore>, image: &str, options: &SendOptions) -> 
     let report_addr = socket.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     let key = Key::random();
     let shared = Arc::new(Shared {
+        frags: (0..plan.len()).map(|_| AtomicU16::new(0)).collect(),
         plan,
         store,
         manifest: manifest_bytes.into(),
@@ -269,7 +279,6 @@ fn read_reports(shared: &Shared, socket: UdpSocket, stop: &AtomicBool) {
             session.bad_reports += 1;
             continue;
         };
-        let frags_known = |object: u32| shared.plan.object(object as usize).is_some();
         let Some(peer) = session.peers.get_mut(&report.receiver) else {
             session.bad_reports += 1;
             continue;
@@ -291,18 +300,21 @@ fn read_reports(shared: &Shared, socket: UdpSocket, stop: &AtomicBool) {
         } else {
             0.0
         };
-        let mut asked = Vec::new();
-        for nak in &report.naks {
-            if !frags_known(nak.object) {
-                continue;
-            }
+        // Only fragments of objects sent, within their count, while the queue has room.
+        'naks: for nak in &report.naks {
+            let sent = shared
+                .frags
+                .get(nak.object as usize)
+                .map_or(0, |f| f.load(Ordering::Relaxed));
             for &(from, to) in &nak.missing {
-                asked.extend((from..to).map(|frag| (nak.object, frag)));
-            }
-        }
-        for piece in asked {
-            if session.repairs.len() < 1 << 16 && session.queued.insert(piece) {
-                session.repairs.push_back(piece);
+                for frag in from..to.min(sent) {
+                    if session.repairs.len() >= MAX_REPAIRS {
+                        break 'naks;
+                    }
+                    if session.queued.insert((nak.object, frag)) {
+                        session.repairs.push_back((nak.object, frag));
+                    }
+                }
             }
         }
     }
@@ -474,7 +486,6 @@ impl<'a> Carousel<'a> {
             self.announce()?;
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.report.payload_bytes = self.payload_total()?;
         let session = self.shared.lock();
         self.report.bad_reports = session.bad_reports;
         self.report.http_objects = session.http_objects;
@@ -493,23 +504,19 @@ impl<'a> Carousel<'a> {
         Ok(self.report)
     }
 
-    /// Bytes of every object once (the stored size a clean run should send).
-    fn payload_total(&self) -> Result<u64> {
-        let mut total = 0;
-        for index in 0..self.objects as usize {
-            total += self.shared.plan.payload(self.shared.store.as_ref(), index)?.len() as u64;
-        }
-        Ok(total)
-    }
-
     fn wait_for_receivers(&mut self) -> Result<()> {
+        let opened = Instant::now();
         loop {
             self.announce_when_due()?;
             let session = self.shared.lock();
             let joined = session.peers.len();
             let first = session.first_join;
             drop(session);
-            if joined >= self.options.receivers.max(1) || first.is_some_and(|t| t.elapsed() >= self.options.max_wait) {
+            let abandoned = first.is_none() && self.options.give_up.is_some_and(|limit| opened.elapsed() >= limit);
+            if joined >= self.options.receivers.max(1)
+                || first.is_some_and(|t| t.elapsed() >= self.options.max_wait)
+                || abandoned
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -546,9 +553,13 @@ impl<'a> Carousel<'a> {
         Ok(())
     }
 
+    /// Every receiver done or gone (or none ever came): joins are refused from now on.
     fn finished(&self) -> bool {
-        let session = self.shared.lock();
-        !session.peers.is_empty() && session.peers.values().all(|p| !p.active())
+        let mut session = self.shared.lock();
+        if session.peers.values().all(|p| !p.active()) {
+            session.closed = true;
+        }
+        session.closed
     }
 
     fn announce_when_due(&mut self) -> Result<()> {
@@ -653,13 +664,18 @@ impl<'a> Carousel<'a> {
     }
 
     fn send_object(&mut self, object: u32) -> Result<()> {
-        if self.last_sent[object as usize].is_some() {
-            self.report.objects_resent += 1;
-        }
-        self.last_sent[object as usize] = Some(Instant::now());
         let payload = self.payload(object)?;
         let frags = payload.len().div_ceil(wire::FRAGMENT).max(1);
         let frags = u16::try_from(frags).map_err(|_| Error::Internal(format!("object {object} is too large")))?;
+        if self.last_sent[object as usize].is_some() {
+            self.report.objects_resent += 1;
+        } else {
+            self.report.payload_bytes += payload.len() as u64;
+        }
+        self.last_sent[object as usize] = Some(Instant::now());
+        if let Some(f) = self.shared.frags.get(object as usize) {
+            f.store(frags, Ordering::Relaxed);
+        }
         for frag in 0..frags {
             self.send_piece(object, frag, frags, &payload, false)?;
         }
@@ -761,6 +777,9 @@ impl HttpSide {
 
 async fn join(State(shared): State<Arc<Shared>>) -> Response {
     let mut session = shared.lock();
+    if session.closed {
+        return (StatusCode::GONE, "this multicast session is over").into_response();
+    }
     let receiver = session.next_id;
     session.next_id += 1;
     session.first_join.get_or_insert_with(Instant::now);

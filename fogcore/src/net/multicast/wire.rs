@@ -17,6 +17,10 @@ const DATA_HEADER_LEN: usize = HEADER_LEN + 13;
 pub const FRAGMENT: usize = MAX_PACKET - DATA_HEADER_LEN - TAG_LEN;
 /// Needed-object ranges a report carries; past them the last range runs to the end.
 pub const MAX_NEEDS: usize = 64;
+/// Missing-fragment ranges of one object a report carries.
+const MAX_NAK_RANGES: usize = 64;
+/// Bytes of a URL or an image name in an announcement.
+const MAX_TEXT: usize = 512;
 
 const DATA: u8 = 1;
 const ANNOUNCE: u8 = 3;
@@ -250,7 +254,7 @@ pub fn encode(session: u32, key: &Key, packet: &Packet<'_>, out: &mut Vec<u8>) {
             w.u32(a.position);
             w.u32(a.rate_kib);
             for text in [&a.url, &a.image] {
-                let bytes = &text.as_bytes()[..text.len().min(512)];
+                let bytes = text.as_bytes().get(..MAX_TEXT).unwrap_or(text.as_bytes());
                 w.u16(bytes.len() as u16);
                 w.0.extend_from_slice(bytes);
             }
@@ -278,7 +282,7 @@ pub fn encode(session: u32, key: &Key, packet: &Packet<'_>, out: &mut Vec<u8>) {
             w.u16(0);
             let mut count = 0u16;
             for nak in &r.naks {
-                let ranges = nak.missing.len().min(64);
+                let ranges = nak.missing.len().min(MAX_NAK_RANGES);
                 if w.0.len() + 6 + 4 * ranges + TAG_LEN > MAX_PACKET {
                     break;
                 }
@@ -334,8 +338,11 @@ pub fn decode<'a>(bytes: &'a [u8], session: Option<u32>, key: Option<&Key>) -> R
             let frags = r.u16()?;
             let repair = r.u8()? & 1 == 1;
             let payload = r.0;
-            let full = frag + 1 < frags;
-            if frags == 0 || frag >= frags || payload.is_empty() || (full && payload.len() != FRAGMENT) {
+            if frag >= frags || payload.is_empty() {
+                return Err(Bad::Malformed);
+            }
+            let last = u32::from(frag) + 1 == u32::from(frags);
+            if !last && payload.len() != FRAGMENT {
                 return Err(Bad::Malformed);
             }
             Packet::Data(Data {
@@ -359,6 +366,9 @@ pub fn decode<'a>(bytes: &'a [u8], session: Option<u32>, key: Option<&Key>) -> R
             let rate_kib = r.u32()?;
             let mut text = || -> Result<String, Bad> {
                 let len = r.u16()? as usize;
+                if len > MAX_TEXT {
+                    return Err(Bad::Malformed);
+                }
                 Ok(std::str::from_utf8(r.take(len)?)
                     .map_err(|_| Bad::Malformed)?
                     .to_string())
@@ -399,6 +409,9 @@ pub fn decode<'a>(bytes: &'a [u8], session: Option<u32>, key: Option<&Key>) -> R
             for _ in 0..n {
                 let object = r.u32()?;
                 let m = r.u16()? as usize;
+                if m > MAX_NAK_RANGES {
+                    return Err(Bad::Malformed);
+                }
                 let mut missing = Vec::with_capacity(m.min(64));
                 for _ in 0..m {
                     let (from, to) = (r.u16()?, r.u16()?);
