@@ -508,14 +508,17 @@ mod tests {
         }
     }
 
+    fn busybox() -> Option<&'static str> {
+        ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+    }
+
     /// The boot menu's "Join a multicast session": the name typed and the leased address make
     /// the receiver's command line (`fog` and `finish` stand in for the real ones).
     #[test]
     fn init_joins_the_session_named_at_the_console_on_the_leased_address() {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file());
-        let Some(busybox) = busybox else {
+        let Some(busybox) = busybox() else {
             eprintln!("busybox not installed: skipped");
             return;
         };
@@ -565,10 +568,7 @@ mod tests {
     /// The init's command-line parser, run by busybox sh as the boot environment runs it.
     #[test]
     fn init_reads_fog_arguments_from_the_command_line() {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file());
-        let Some(busybox) = busybox else {
+        let Some(busybox) = busybox() else {
             eprintln!("busybox not installed: skipped");
             return;
         };

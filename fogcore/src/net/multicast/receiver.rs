@@ -104,6 +104,20 @@ struct Partial {
     last_nak: Option<Instant>,
 }
 
+impl Partial {
+    fn new(frags: usize) -> Partial {
+        Partial {
+            buf: vec![0; frags * wire::FRAGMENT],
+            have: vec![false; frags],
+            count: 0,
+            len: 0,
+            last_seen: Instant::now(),
+            passed: false,
+            last_nak: None,
+        }
+    }
+}
+
 enum Origin {
     Multicast,
     Http,
@@ -575,27 +589,11 @@ impl Loop<'_> {
             return;
         }
         let frags = data.frags as usize;
-        let entry = self.partial.entry(object).or_insert_with(|| Partial {
-            buf: vec![0; frags * wire::FRAGMENT],
-            have: vec![false; frags],
-            count: 0,
-            len: 0,
-            last_seen: Instant::now(),
-            passed: false,
-            last_nak: None,
-        });
+        let entry = self.partial.entry(object).or_insert_with(|| Partial::new(frags));
         if entry.have.len() != frags {
             // The object was sent with another count (its bytes changed in the store): start
             // again from this packet.
-            *entry = Partial {
-                buf: vec![0; frags * wire::FRAGMENT],
-                have: vec![false; frags],
-                count: 0,
-                len: 0,
-                last_seen: Instant::now(),
-                passed: false,
-                last_nak: None,
-            };
+            *entry = Partial::new(frags);
         }
         entry.last_seen = Instant::now();
         let frag = data.frag as usize;
@@ -664,12 +662,17 @@ impl Loop<'_> {
         }
     }
 
-    fn choose_mode(&mut self) {
-        let expected = match (self.max_seq, self.reported_seq) {
+    /// Data packets the sender sent since the last report, by its counter.
+    fn expected_since_report(&self) -> u32 {
+        match (self.max_seq, self.reported_seq) {
             (Some(now), Some(before)) => now.wrapping_sub(before),
             (Some(_), None) => self.got,
             _ => 0,
-        };
+        }
+    }
+
+    fn choose_mode(&mut self) {
+        let expected = self.expected_since_report();
         self.window.push_back((self.got, expected, self.congested));
         while self.window.len() > ASSIST_WINDOW {
             self.window.pop_front();
@@ -746,11 +749,7 @@ impl Loop<'_> {
     }
 
     fn report(&mut self, shared: &Progressing, done: bool) {
-        let expected = match (self.max_seq, self.reported_seq) {
-            (Some(now), Some(before)) => now.wrapping_sub(before),
-            (Some(_), None) => self.got,
-            _ => 0,
-        };
+        let expected = self.expected_since_report();
         let pending = shared.pending().clone();
         let needs =
             if self.mode == Mode::Http || done {
