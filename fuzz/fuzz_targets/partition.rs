@@ -20,7 +20,7 @@ fuzz_target!(init: write_seeds("partition"), |data: &[u8]| {
         check_layout(&layout, size);
         if layout.table == TableKind::Gpt {
             for target in [size, size / 2, size.saturating_mul(3)] {
-                match relocate_gpt(&disk, layout.sector_size, target) {
+                match relocate_gpt(&disk, layout.sector_size, target, &[]) {
                     Ok(r) => {
                         for (at, bytes) in &r.writes {
                             let end = at.checked_add(bytes.len() as u64).expect("write end overflows");

@@ -24,11 +24,11 @@ use crate::{Error, Result};
 const REPORT_EVERY: Duration = Duration::from_millis(200);
 /// No valid packet for this long: multicast does not reach us, HTTP takes over.
 const SILENCE: Duration = Duration::from_secs(3);
-/// Loss past this over the last [`ASSIST_WINDOW`] reports: keep what comes, fetch the gaps over
-/// HTTP. Well above what the rate's probing costs everyone (a few percent at its peaks), well
+/// Loss past the bulk's by this over the last [`ASSIST_WINDOW`] reports: keep what comes,
+/// fetch the gaps over HTTP. Well above what the rate's probing costs everyone (a few percent at its peaks), well
 /// below what a port slower than the rest loses (half at half the rate).
 const ASSIST_LOSS: f64 = 0.15;
-/// Loss past this over a second: assisted at once.
+/// Loss past the bulk's by this over a second: assisted at once.
 const HEAVY_LOSS: f64 = 0.3;
 /// Reports (of [`REPORT_EVERY`]) loss is judged over: three seconds.
 const ASSIST_WINDOW: usize = 15;
@@ -310,6 +310,7 @@ pub fn receive(target: &Path, options: &ReceiveOptions, progress: &dyn Progress)
         last_data: None,
         sending_since: None,
         session_state: SessionState::Waiting,
+        bulk_loss: 0.0,
         counter: 0,
         got: 0,
         max_seq: None,
@@ -501,6 +502,8 @@ struct Loop<'a> {
     last_data: Option<Instant>,
     sending_since: Option<Instant>,
     session_state: SessionState,
+    /// The bulk's loss as the sender last announced it.
+    bulk_loss: f64,
     counter: u32,
     got: u32,
     max_seq: Option<u32>,
@@ -563,6 +566,7 @@ impl Loop<'_> {
                     self.sending_since = Some(Instant::now());
                 }
                 self.session_state = a.state;
+                self.bulk_loss = f64::from(a.bulk_loss_permille) / 1000.0;
                 return;
             }
             Packet::Report(_) => return,
@@ -712,11 +716,15 @@ impl Loop<'_> {
                 0.0
             }
         };
+        // Only loss beyond the bulk's is this receiver's own: when it is the bulk (alone, or
+        // all lose alike) the rate answers it.
+        let own = |loss: f64| loss - self.bulk_loss;
         let full = self.window.len() == ASSIST_WINDOW;
-        let loss = loss_of(ASSIST_WINDOW);
+        let loss = own(loss_of(ASSIST_WINDOW));
         // Heavy loss for a second is a port slower than the rest: no need to wait longer.
-        let heavy = self.window.len() >= ASSIST_WINDOW / 3 && loss_of(ASSIST_WINDOW / 3) >= HEAVY_LOSS;
-        let lossy = heavy || full && loss >= ASSIST_LOSS && loss_of(ASSIST_WINDOW / 3) >= ASSIST_LOSS;
+        let last_second = own(loss_of(ASSIST_WINDOW / 3));
+        let heavy = self.window.len() >= ASSIST_WINDOW / 3 && last_second >= HEAVY_LOSS;
+        let lossy = heavy || full && loss >= ASSIST_LOSS && last_second >= ASSIST_LOSS;
         let congested = self.window.iter().filter(|w| w.2).count();
         if self.mode == Mode::Normal && (lossy || congested >= ASSIST_WINDOW / 2 && self.queue_drops > 0) {
             tracing::info!(loss, congested, "multicast: assisted by HTTP");

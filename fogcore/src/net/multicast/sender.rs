@@ -115,6 +115,8 @@ struct Peer {
     reported: bool,
     needs: Vec<(u32, u32)>,
     loss: f64,
+    /// Loss over the last few seconds (moving average of the reports').
+    recent_loss: f64,
     congested: bool,
     mode: Mode,
     done: bool,
@@ -300,6 +302,7 @@ fn read_reports(shared: &Shared, socket: UdpSocket, stop: &AtomicBool) {
         } else {
             0.0
         };
+        peer.recent_loss = 0.8 * peer.recent_loss + 0.2 * peer.loss;
         // Only fragments of objects sent, within their count, while the queue has room.
         'naks: for nak in &report.naks {
             let sent = shared
@@ -572,6 +575,23 @@ impl<'a> Carousel<'a> {
         Ok(())
     }
 
+    /// The median of the recent loss of the receivers heard from the group, per mille.
+    fn bulk_loss_permille(&self) -> u16 {
+        let session = self.shared.lock();
+        let mut losses: Vec<f64> = session
+            .peers
+            .values()
+            .filter(|p| p.active() && p.reported && p.mode != Mode::Http)
+            .map(|p| p.recent_loss)
+            .collect();
+        drop(session);
+        if losses.is_empty() {
+            return 0;
+        }
+        losses.sort_by(f64::total_cmp);
+        (losses[(losses.len() - 1) / 2] * 1000.0).round().clamp(0.0, 1000.0) as u16
+    }
+
     fn announce(&mut self) -> Result<()> {
         self.last_announce = Some(Instant::now());
         let packet = Packet::Announce(Announce {
@@ -579,6 +599,7 @@ impl<'a> Carousel<'a> {
             objects: self.objects,
             position: self.position,
             rate_kib: (self.pacer.rate / 1024.0) as u32,
+            bulk_loss_permille: self.bulk_loss_permille(),
             url: self.url.clone(),
             image: self.shared.image.clone(),
         });
@@ -792,6 +813,7 @@ async fn join(State(shared): State<Arc<Shared>>) -> Response {
             reported: false,
             needs: ranges((0..objects).map(|_| true)),
             loss: 0.0,
+            recent_loss: 0.0,
             congested: false,
             mode: Mode::Normal,
             done: false,

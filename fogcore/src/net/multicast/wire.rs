@@ -101,6 +101,9 @@ pub struct Announce {
     pub position: u32,
     /// Current rate, KiB/s.
     pub rate_kib: u32,
+    /// The bulk's loss, per mille: the median of the receivers' recent loss. A receiver
+    /// losing far more than the bulk is slower than the rest (the rate follows the bulk).
+    pub bulk_loss_permille: u16,
     /// Where to join (HTTP).
     pub url: String,
     /// The image sent (a session's name: receivers may look for it).
@@ -253,6 +256,7 @@ pub fn encode(session: u32, key: &Key, packet: &Packet<'_>, out: &mut Vec<u8>) {
             w.u32(a.objects);
             w.u32(a.position);
             w.u32(a.rate_kib);
+            w.u16(a.bulk_loss_permille);
             for text in [&a.url, &a.image] {
                 let bytes = text.as_bytes().get(..MAX_TEXT).unwrap_or(text.as_bytes());
                 w.u16(bytes.len() as u16);
@@ -364,6 +368,7 @@ pub fn decode<'a>(bytes: &'a [u8], session: Option<u32>, key: Option<&Key>) -> R
             let objects = r.u32()?;
             let position = r.u32()?;
             let rate_kib = r.u32()?;
+            let bulk_loss_permille = r.u16()?;
             let mut text = || -> Result<String, Bad> {
                 let len = r.u16()? as usize;
                 if len > MAX_TEXT {
@@ -380,6 +385,7 @@ pub fn decode<'a>(bytes: &'a [u8], session: Option<u32>, key: Option<&Key>) -> R
                 objects,
                 position,
                 rate_kib,
+                bulk_loss_permille,
                 url,
                 image,
             })
@@ -472,6 +478,7 @@ mod tests {
             objects: 10,
             position: 3,
             rate_kib: 4096,
+            bulk_loss_permille: 12,
             url: "http://10.0.0.1:7071".into(),
             image: "win11".into(),
         }));
