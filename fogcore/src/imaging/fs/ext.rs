@@ -127,9 +127,8 @@ pub fn used_extents(dev: &dyn ReadAt) -> Result<Vec<Extent>> {
     geo.collect(dev, &descs)
 }
 
-/// The size in bytes of the ext filesystem on `dev` (its block count times its block size), as
-/// resize2fs left it.
-pub fn filesystem_size(dev: &dyn ReadAt) -> Result<u64> {
+/// The primary superblock of `dev`, its magic checked.
+fn read_superblock(dev: &dyn ReadAt) -> Result<Vec<u8>> {
     if dev.size() < SUPERBLOCK_OFFSET + SUPERBLOCK_LEN as u64 {
         return Err(bad(
             dev,
@@ -142,6 +141,14 @@ pub fn filesystem_size(dev: &dyn ReadAt) -> Result<u64> {
     if sb.u16(S_MAGIC) != u64::from(MAGIC) {
         return Err(bad(dev, "no ext2/3/4 superblock (bad magic)"));
     }
+    Ok(buf)
+}
+
+/// The size in bytes of the ext filesystem on `dev` (its block count times its block size), as
+/// resize2fs left it.
+pub fn filesystem_size(dev: &dyn ReadAt) -> Result<u64> {
+    let buf = read_superblock(dev)?;
+    let sb = Fields(&buf);
     let log_bs = sb.u32(S_LOG_BLOCK_SIZE);
     if log_bs > u64::from(MAX_LOG_BLOCK_SIZE) {
         return Err(bad(dev, format!("block size 1024 << {log_bs} is larger than 64 KiB")));
@@ -237,18 +244,8 @@ impl Fields<'_> {
 impl Geometry {
     /// Reads and checks the primary superblock.
     fn read(dev: &dyn ReadAt) -> Result<Plan> {
-        if dev.size() < SUPERBLOCK_OFFSET + SUPERBLOCK_LEN as u64 {
-            return Err(bad(
-                dev,
-                format!("{} bytes is too small for an ext filesystem", dev.size()),
-            ));
-        }
-        let mut buf = vec![0u8; SUPERBLOCK_LEN];
-        dev.read_exact_at(&mut buf, SUPERBLOCK_OFFSET)?;
+        let buf = read_superblock(dev)?;
         let sb = Fields(&buf);
-        if sb.u16(S_MAGIC) != u64::from(MAGIC) {
-            return Err(bad(dev, "no ext2/3/4 superblock (bad magic)"));
-        }
         let compat = sb.flags(S_FEATURE_COMPAT);
         let incompat = sb.flags(S_FEATURE_INCOMPAT);
         let ro_compat = sb.flags(S_FEATURE_RO_COMPAT);
