@@ -384,6 +384,7 @@ fn multicast_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 position: 7,
                 rate_kib: 20_000,
                 bulk_loss_permille: 5,
+                bulk_receivers: 2,
                 url: "http://10.99.0.1:7071".into(),
                 image: "win11".into(),
             }),

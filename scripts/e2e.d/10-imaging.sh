@@ -2,6 +2,8 @@
 # Imaging through the `fog` binary as a user runs it: demo, capture, deploy --verify and fsck,
 # 4096-byte-sector block devices, exit codes, a capture killed with SIGKILL then gc.
 set -euo pipefail
+# A failing command names itself and its line (scripts/e2e repeats it at the end).
+trap 'echo "!! ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND (exit $?)"' ERR
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d /tmp/fog-e2e.XXXXXX)
 pids=()

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Bounded memory: a capture's peak memory does not grow with the image. The same capture of
 # 1 GiB and of 8 GiB of unique data with --memory-mib 16 (both pass the budget and spill their
-# index entries to disk) peak within 8 MiB of each other (a capture's in-flight buffers vary by
-# 3-4 MiB from run to run; before the bound, 8 GiB took about 90 MiB more than 1 GiB), and verify
+# index entries to disk) peak within 16 MiB of each other (a capture's in-flight buffers vary by
+# 3-4 MiB from run to run, more under load; before the bound, 8 GiB took about 90 MiB more than
+# 1 GiB), and verify
 # and gc of the larger store stay near it. A capture killed at random points past its first spills leaves no image, and gc
 # takes the store back to empty.
 set -euo pipefail
+# A failing command names itself and its line (scripts/e2e repeats it at the end).
+trap 'echo "!! ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND (exit $?)"' ERR
 cd "$(dirname "$0")/../.."
 # On disk, not tmpfs: 8 GiB of source and as much of store.
 work=$(mktemp -d /var/tmp/fog-e2e-memory.XXXXXX)
@@ -49,7 +52,7 @@ import sys
 small, large = (int(a) for a in sys.argv[1:])
 growth = (large - small) / small
 print(f"   growth from 1 to 8 GiB: {growth:+.1%}")
-if small == 0 or large - small > 8 << 20:
+if small == 0 or large - small > 16 << 20:
     sys.exit(f"capture memory grows with the image: {small} -> {large} bytes")
 EOF
 

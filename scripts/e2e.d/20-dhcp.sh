@@ -9,6 +9,8 @@
 # namespaces dhc1 (udhcpc, PXE client), dhc2 (dhclient), dhrel (a relay at 10.99.1.1) and dhdns
 # (dnsmasq, 10.99.0.3) hang off it by veths.
 set -euo pipefail
+# A failing command names itself and its line (scripts/e2e repeats it at the end).
+trap 'echo "!! ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND (exit $?)"' ERR
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d /tmp/fog-e2e-dhcp.XXXXXX)
 pids=()

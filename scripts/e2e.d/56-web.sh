@@ -5,6 +5,8 @@
 # target/web-screenshots), printed at the end. The master runs on loopback and is stopped by
 # trap; its log is printed on failure.
 set -euo pipefail
+# A failing command names itself and its line (scripts/e2e repeats it at the end).
+trap 'echo "!! ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND (exit $?)"' ERR
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d /tmp/fog-e2e-web.XXXXXX)
 master_pid=

@@ -16,6 +16,8 @@
 # Once with BIOS (SeaBIOS + iPXE ROM) and once with UEFI (OVMF's PXE, then ipxe.efi).
 # `FOG_SITES_FIRMWARE=bios` (or uefi) runs one round only.
 set -euo pipefail
+# A failing command names itself and its line (scripts/e2e repeats it at the end).
+trap 'echo "!! ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND (exit $?)"' ERR
 cd "$(dirname "$0")/../.."
 source scripts/lib/pxe.sh
 work=$(mktemp -d /tmp/fog-e2e-sites.XXXXXX)

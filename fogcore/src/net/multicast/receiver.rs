@@ -311,6 +311,7 @@ pub fn receive(target: &Path, options: &ReceiveOptions, progress: &dyn Progress)
         sending_since: None,
         session_state: SessionState::Waiting,
         bulk_loss: 0.0,
+        bulk_receivers: 0,
         counter: 0,
         got: 0,
         max_seq: None,
@@ -504,6 +505,8 @@ struct Loop<'a> {
     session_state: SessionState,
     /// The bulk's loss as the sender last announced it.
     bulk_loss: f64,
+    /// How many receivers that hear the group make the bulk.
+    bulk_receivers: u16,
     counter: u32,
     got: u32,
     max_seq: Option<u32>,
@@ -567,6 +570,7 @@ impl Loop<'_> {
                 }
                 self.session_state = a.state;
                 self.bulk_loss = f64::from(a.bulk_loss_permille) / 1000.0;
+                self.bulk_receivers = a.bulk_receivers;
                 return;
             }
             Packet::Report(_) => return,
@@ -716,8 +720,11 @@ impl Loop<'_> {
                 0.0
             }
         };
-        // Only loss beyond the bulk's is this receiver's own: when it is the bulk (alone, or
-        // all lose alike) the rate answers it.
+        // Only loss beyond the bulk's is this receiver's own: when it is the bulk (the only one
+        // hearing the group, or all lose alike) the rate answers it, as it answers a full queue.
+        if self.bulk_receivers < 2 {
+            return;
+        }
         let own = |loss: f64| loss - self.bulk_loss;
         let full = self.window.len() == ASSIST_WINDOW;
         let loss = own(loss_of(ASSIST_WINDOW));

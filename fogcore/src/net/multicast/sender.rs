@@ -115,8 +115,11 @@ struct Peer {
     reported: bool,
     needs: Vec<(u32, u32)>,
     loss: f64,
-    /// Loss over the last few seconds (moving average of the reports').
+    /// Loss over the last few seconds (moving average of the reports that heard data).
     recent_loss: f64,
+    /// The last report heard data from the group: only then is its loss a sample of the
+    /// bulk's (a receiver that hears nothing expects nothing, and would count as lossless).
+    hears: bool,
     congested: bool,
     mode: Mode,
     done: bool,
@@ -302,7 +305,10 @@ fn read_reports(shared: &Shared, socket: UdpSocket, stop: &AtomicBool) {
         } else {
             0.0
         };
-        peer.recent_loss = 0.8 * peer.recent_loss + 0.2 * peer.loss;
+        peer.hears = report.expected > 0;
+        if peer.hears {
+            peer.recent_loss = 0.8 * peer.recent_loss + 0.2 * peer.loss;
+        }
         // Only fragments of objects sent, within their count, while the queue has room.
         'naks: for nak in &report.naks {
             let sent = shared
@@ -575,31 +581,35 @@ impl<'a> Carousel<'a> {
         Ok(())
     }
 
-    /// The median of the recent loss of the receivers heard from the group, per mille.
-    fn bulk_loss_permille(&self) -> u16 {
+    /// The median of the recent loss of the receivers that hear the group, per mille, and
+    /// how many they are.
+    fn bulk_loss(&self) -> (u16, u16) {
         let session = self.shared.lock();
         let mut losses: Vec<f64> = session
             .peers
             .values()
-            .filter(|p| p.active() && p.reported && p.mode != Mode::Http)
+            .filter(|p| p.active() && p.hears && p.mode != Mode::Http)
             .map(|p| p.recent_loss)
             .collect();
         drop(session);
         if losses.is_empty() {
-            return 0;
+            return (0, 0);
         }
         losses.sort_by(f64::total_cmp);
-        (losses[(losses.len() - 1) / 2] * 1000.0).round().clamp(0.0, 1000.0) as u16
+        let median = (losses[(losses.len() - 1) / 2] * 1000.0).round().clamp(0.0, 1000.0) as u16;
+        (median, losses.len().min(usize::from(u16::MAX)) as u16)
     }
 
     fn announce(&mut self) -> Result<()> {
         self.last_announce = Some(Instant::now());
+        let (bulk_loss_permille, bulk_receivers) = self.bulk_loss();
         let packet = Packet::Announce(Announce {
             state: self.state,
             objects: self.objects,
             position: self.position,
             rate_kib: (self.pacer.rate / 1024.0) as u32,
-            bulk_loss_permille: self.bulk_loss_permille(),
+            bulk_loss_permille,
+            bulk_receivers,
             url: self.url.clone(),
             image: self.shared.image.clone(),
         });
@@ -814,6 +824,7 @@ async fn join(State(shared): State<Arc<Shared>>) -> Response {
             needs: ranges((0..objects).map(|_| true)),
             loss: 0.0,
             recent_loss: 0.0,
+            hears: false,
             congested: false,
             mode: Mode::Normal,
             done: false,

@@ -104,6 +104,9 @@ pub struct Announce {
     /// The bulk's loss, per mille: the median of the receivers' recent loss. A receiver
     /// losing far more than the bulk is slower than the rest (the rate follows the bulk).
     pub bulk_loss_permille: u16,
+    /// How many receivers that hear the group the median was taken over. With one (or none),
+    /// a receiver's loss is the bulk's, and the rate answers it.
+    pub bulk_receivers: u16,
     /// Where to join (HTTP).
     pub url: String,
     /// The image sent (a session's name: receivers may look for it).
@@ -257,6 +260,7 @@ pub fn encode(session: u32, key: &Key, packet: &Packet<'_>, out: &mut Vec<u8>) {
             w.u32(a.position);
             w.u32(a.rate_kib);
             w.u16(a.bulk_loss_permille);
+            w.u16(a.bulk_receivers);
             for text in [&a.url, &a.image] {
                 let bytes = text.as_bytes().get(..MAX_TEXT).unwrap_or(text.as_bytes());
                 w.u16(bytes.len() as u16);
@@ -369,6 +373,7 @@ pub fn decode<'a>(bytes: &'a [u8], session: Option<u32>, key: Option<&Key>) -> R
             let position = r.u32()?;
             let rate_kib = r.u32()?;
             let bulk_loss_permille = r.u16()?;
+            let bulk_receivers = r.u16()?;
             let mut text = || -> Result<String, Bad> {
                 let len = r.u16()? as usize;
                 if len > MAX_TEXT {
@@ -386,6 +391,7 @@ pub fn decode<'a>(bytes: &'a [u8], session: Option<u32>, key: Option<&Key>) -> R
                 position,
                 rate_kib,
                 bulk_loss_permille,
+                bulk_receivers,
                 url,
                 image,
             })
@@ -479,6 +485,7 @@ mod tests {
             position: 3,
             rate_kib: 4096,
             bulk_loss_permille: 12,
+            bulk_receivers: 3,
             url: "http://10.0.0.1:7071".into(),
             image: "win11".into(),
         }));
