@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use fogcore::Error;
+use fogcore::net::boot::SecureBoot;
 use fogcore::net::bootfiles::{self, FileOutcome};
 use fogcore::net::config::{DhcpMode, QuickServe, ServeConfig};
 
@@ -28,7 +29,7 @@ pub enum DhcpArg {
 #[derive(Args)]
 pub struct ServeArgs {
     /// Config file (fog.toml); without it, the flags below describe the node
-    #[arg(long, conflicts_with_all = ["interface", "address", "dhcp", "range", "subnet", "boot_dir", "data_dir", "http_port", "tftp_port", "no_tftp", "no_ra", "node_master", "node_name", "node_token_file", "node_master_ca", "node_master_fingerprint"])]
+    #[arg(long, conflicts_with_all = ["interface", "address", "dhcp", "range", "subnet", "boot_dir", "data_dir", "http_port", "tftp_port", "no_tftp", "no_ra", "node_master", "node_name", "node_token_file", "node_master_ca", "node_master_fingerprint", "secure_boot"])]
     config: Option<PathBuf>,
     /// Interface of the clients' subnet (DHCP binds to it)
     #[arg(long)]
@@ -81,6 +82,18 @@ pub struct ServeArgs {
     /// An https:// master is trusted when its certificate has this SHA-256 fingerprint
     #[arg(long, requires = "node_master", conflicts_with = "node_master_ca")]
     node_master_fingerprint: Option<String>,
+    /// How x64 UEFI PXE clients boot: auto (the signed chain shim -> GRUB -> signed kernel,
+    /// which boots with Secure Boot on or off) or off (iPXE)
+    #[arg(long, value_enum, default_value = "auto")]
+    secure_boot: SecureBootArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SecureBootArg {
+    /// The signed chain for x64 UEFI
+    Auto,
+    /// iPXE for every firmware
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -94,7 +107,7 @@ pub enum ConfigCommand {
 
 #[derive(Subcommand)]
 pub enum BootfilesCommand {
-    /// Copy the iPXE binaries of the system's ipxe package into the boot directory
+    /// Copy the iPXE binaries and the signed chain (shim, GRUB) of the system's packages into the boot directory
     Install {
         /// Boot directory [default: the config's, or /var/lib/fog/boot]
         #[arg(long)]
@@ -142,6 +155,10 @@ fn serve_config(args: &ServeArgs) -> Result<ServeConfig, Error> {
         node_token_file: args.node_token_file.clone(),
         master_ca: args.node_master_ca.clone(),
         master_fingerprint: args.node_master_fingerprint.clone(),
+        secure_boot: match args.secure_boot {
+            SecureBootArg::Auto => SecureBoot::Auto,
+            SecureBootArg::Off => SecureBoot::Off,
+        },
     };
     ServeConfig::try_from(quick.to_file()?)
 }
@@ -226,12 +243,13 @@ pub fn bootfiles(cmd: &BootfilesCommand, json: bool) -> Result<(), Error> {
             config,
             system_root,
         } => {
-            let boot_dir = match (boot_dir, config) {
-                (Some(dir), _) => dir.clone(),
-                (None, Some(path)) => ServeConfig::load(path)?.boot_dir,
-                (None, None) => ServeConfig::try_from(fogcore::net::config::ServeFile::default())?.boot_dir,
+            let serve = match config {
+                Some(path) => ServeConfig::load(path)?,
+                None => ServeConfig::try_from(fogcore::net::config::ServeFile::default())?,
             };
-            let report = bootfiles::install(&boot_dir, &bootfiles::ipxe_sources(system_root))?;
+            let boot_dir = boot_dir.clone().unwrap_or(serve.boot_dir);
+            let sources = bootfiles::boot_file_sources(system_root, serve.boot.secure_boot);
+            let report = bootfiles::install(&boot_dir, &sources)?;
             if json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(text) => say!("{text}"),
@@ -344,6 +362,20 @@ pub fn bootenv(cmd: &BootenvCommand, json: bool) -> Result<(), Error> {
         r.kernel.display(),
         mib(r.kernel_bytes),
         r.kernel_source.display()
+    );
+    say!(
+        "secure:    {}",
+        match (r.kernel_signed, r.unsigned_modules.is_empty()) {
+            (true, true) =>
+                "the kernel and every module are signed: the signed chain boots it with Secure Boot on".into(),
+            (true, false) => format!(
+                "the kernel is signed, but a locked-down kernel will refuse these unsigned modules: {}",
+                r.unsigned_modules.join(" ")
+            ),
+            (false, _) =>
+                "the kernel is not signed: with Secure Boot on, GRUB refuses it (use the distribution's signed kernel)"
+                    .into(),
+        }
     );
     say!(
         "initramfs: {} ({} zstd, {} unpacked, {} entries)",

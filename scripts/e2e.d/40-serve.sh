@@ -33,6 +33,8 @@ command -v curl > /dev/null || need+=(curl)
 command -v udhcpc > /dev/null || need+=(udhcpc)
 command -v tftp > /dev/null || need+=(tftp-hpa)
 [ -f /usr/lib/ipxe/undionly.kpxe ] || need+=(ipxe)
+[ -f /usr/lib/shim/shimx64.efi.signed ] || need+=(shim-signed)
+[ -f /usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed ] || need+=(grub-efi-amd64-signed)
 if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" > "$work/apt.log" 2>&1
 fi
@@ -71,6 +73,8 @@ echo "== fog bootfiles install"
 "$fog" bootfiles install --boot-dir "$boot" > "$work/bootfiles.log" 2>&1
 cmp /usr/lib/ipxe/undionly.kpxe "$boot/undionly.kpxe"
 cmp /usr/lib/ipxe/ipxe.efi "$boot/ipxe.efi"
+cmp /usr/lib/shim/shimx64.efi.signed "$boot/shimx64.efi"
+cmp /usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed "$boot/grubx64.efi"
 grep -q "unchanged undionly.kpxe" <("$fog" bootfiles install --boot-dir "$boot" 2>&1)
 
 echo "== fog config check"

@@ -4,7 +4,8 @@
 # - BIOS: the NIC's iPXE ROM takes a lease, fog sends it (as an iPXE client) straight to
 #   /boot.ipxe over HTTP, which chains to its host script, which loads a kernel and an initramfs
 #   over HTTP; the initramfs takes a lease again and prints the marker from its command line;
-# - UEFI: OVMF's own PXE gets ipxe.efi over TFTP from fog, then the same HTTP chain;
+# - UEFI with `--secure-boot off`: OVMF's own PXE gets ipxe.efi over TFTP from fog, then the same
+#   HTTP chain (65-secureboot boots UEFI through the signed chain, the default);
 # - a host with no script of its own gets the menu; rdisc6 sees fog's router advertisement
 #   (lifetime 0: not a router), which is what lets iPXE skip its ~13 s wait for IPv6.
 set -euo pipefail
@@ -55,7 +56,7 @@ host_script "$uefi_mac" "$uefi_marker"
 
 echo "== fog serve on a bridge: DHCP full, TFTP, HTTP, RA"
 pxe_bridge_up "$ns" 10.99.45.1/24
-ip netns exec "$ns" "$fog" serve --interface br0 --address 10.99.45.1 --dhcp full \
+ip netns exec "$ns" "$fog" serve --interface br0 --address 10.99.45.1 --dhcp full --secure-boot off \
   --range 10.99.45.100-10.99.45.150 --boot-dir "$boot" --data-dir "$work" > "$work/serve.log" 2>&1 &
 serve_pid=$!
 for _ in $(seq 1 100); do

@@ -13,7 +13,8 @@
 #   fill their partitions and VM 1's files.
 # - VM 3, unknown to the master, boots at site A and registers itself (its MAC and the DMI values
 #   given to qemu with -smbios land in the master's inventory).
-# Once with BIOS (SeaBIOS + iPXE ROM) and once with UEFI (OVMF's PXE, then ipxe.efi).
+# Once with BIOS (SeaBIOS + iPXE ROM) and once with UEFI (OVMF's PXE, then ipxe.efi: the nodes
+# say secure_boot = "off"; 65-secureboot tests the signed chain).
 # `FOG_SITES_FIRMWARE=bios` (or uefi) runs one round only.
 set -euo pipefail
 # A failing command names itself and its line (scripts/e2e repeats it at the end).
@@ -150,12 +151,15 @@ range = [\"10.71.0.100\", \"10.71.0.150\"]
 lease_secs = 600
 [boot]
 menu_timeout_ms = 1000
-menu_default = \"register\""
+menu_default = \"register\"
+secure_boot = \"off\""
 start_node site-b fog70b 10.72.0.1 10.70.2.1 "[dhcp]
 mode = \"proxy\"
 interface = \"br0\"
 [ra]
-enabled = true"
+enabled = true
+[boot]
+secure_boot = \"off\""
 m node ls > "$work/nodes.log"
 
 echo "== VM 1's disk: GPT, FAT32 EFI partition, ext4 with files"

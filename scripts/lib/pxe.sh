@@ -2,12 +2,15 @@
 # for qemu VMs, and PXE-booting a TCG VM on it with its serial console in a log.
 # Root only. The caller owns cleanup: `pxe_bridge_down NS` and killing what it started.
 
-# pxe_need_packages LOG: installs qemu, OVMF, iPXE and the kernel the test initramfs uses.
+# pxe_need_packages LOG: installs qemu, OVMF, iPXE, the signed chain (shim, GRUB) and the kernel
+# the test initramfs uses.
 pxe_need_packages() {
   local need=()
   command -v qemu-system-x86_64 > /dev/null || need+=(qemu-system-x86)
   [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
   [ -f /usr/lib/ipxe/undionly.kpxe ] || need+=(ipxe)
+  [ -f /usr/lib/shim/shimx64.efi.signed ] || need+=(shim-signed)
+  [ -f /usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed ] || need+=(grub-efi-amd64-signed)
   command -v cpio > /dev/null || need+=(cpio)
   ls /boot/vmlinuz-* > /dev/null 2>&1 || need+=(linux-image-amd64)
   if [ ${#need[@]} -gt 0 ]; then
@@ -35,12 +38,13 @@ pxe_bridge_up() {
 
 pxe_bridge_down() { ip netns del "$1" 2>/dev/null || true; }
 
-# pxe_boot_vm NS TAP LOG TIMEOUT bios|uefi MAC [QEMU ARGS...]: PXE-boots a TCG VM (512 MiB, no
-# disk) until it powers off or TIMEOUT seconds pass; its serial console goes to LOG, each line
+# pxe_boot_vm NS TAP LOG TIMEOUT bios|uefi|uefi-sb MAC [QEMU ARGS...]: PXE-boots a TCG VM (512 MiB,
+# no disk) until it powers off or TIMEOUT seconds pass; its serial console goes to LOG, each line
 # prefixed with the seconds since qemu started. BIOS boots the NIC's iPXE ROM; UEFI boots OVMF's
-# own PXE. Extra arguments go to qemu (-smbios, -pidfile); PXE_STDIN names what the serial
-# console reads (default /dev/null; a FIFO to type into a shell). Returns qemu's status (124 on
-# timeout).
+# own PXE; uefi-sb is UEFI with Secure Boot on (OVMF's .ms firmware: Microsoft's keys enrolled;
+# SMM, which Secure Boot's variable store needs, under TCG only). Extra arguments go to qemu
+# (-smbios, -pidfile); PXE_STDIN names what the serial console reads (default /dev/null; a FIFO
+# to type into a shell). Returns qemu's status (124 on timeout).
 pxe_boot_vm() {
   local ns=$1 tap=$2 log=$3 limit=$4 firmware=$5 mac=$6
   shift 6
@@ -51,6 +55,12 @@ pxe_boot_vm() {
     cp /usr/share/OVMF/OVMF_VARS_4M.fd "$dir/vars.fd"
     fw=(-machine q35 -drive "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
       -drive "if=pflash,format=raw,file=$dir/vars.fd")
+    nic=(-device "virtio-net-pci,netdev=n0,mac=$mac,romfile=,bootindex=1")
+  elif [ "$firmware" = uefi-sb ]; then
+    cp /usr/share/OVMF/OVMF_VARS_4M.ms.fd "$dir/vars.fd"
+    fw=(-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on
+      -drive "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.ms.fd"
+      -drive "if=pflash,format=raw,unit=1,file=$dir/vars.fd")
     nic=(-device "virtio-net-pci,netdev=n0,mac=$mac,romfile=,bootindex=1")
   else
     # SeaBIOS and iPXE print to the serial port only when told to.

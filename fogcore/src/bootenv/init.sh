@@ -166,6 +166,18 @@ do_join() {
   finish reboot
 }
 
+# Secure Boot as the kernel found it (its own log line, from the firmware's variable) and the
+# lockdown it implies (securityfs): what the signed chain led to.
+secure_boot_state() {
+  local state=off lockdown=none
+  [ -d /sys/firmware/efi ] || state="off (BIOS)"
+  dmesg | grep -q "secureboot: Secure boot enabled" && state=on
+  mkdir -p /sys/kernel/security
+  mount -t securityfs securityfs /sys/kernel/security 2> /dev/null
+  [ -r /sys/kernel/security/lockdown ] && lockdown=$(sed 's/.*\[\(.*\)\].*/\1/' /sys/kernel/security/lockdown)
+  echo "Secure Boot $state, lockdown $lockdown"
+}
+
 main() {
   export PATH=/bin:/sbin:/usr/bin:/usr/sbin
   /bin/busybox --install -s /bin
@@ -177,7 +189,7 @@ main() {
   mount -t devpts devpts /dev/pts
   exec < /dev/console > /dev/console 2>&1
   echo 4 > /proc/sys/kernel/printk
-  say "fog boot environment, kernel $(uname -r)"
+  say "fog boot environment, kernel $(uname -r); $(secure_boot_state)"
   parse_cmdline "$(cat /proc/cmdline)"
   say "action ${FOG_ACTION:-shell}${FOG_MASTER:+, master $FOG_MASTER}"
   load_modules

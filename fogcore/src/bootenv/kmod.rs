@@ -166,6 +166,12 @@ impl ModuleIndex {
     }
 }
 
+/// True when a module (decompressed) ends with the kernel's module-signature trailer: a kernel
+/// that enforces signatures (locked down by Secure Boot) loads only these.
+pub fn is_signed(module: &[u8]) -> bool {
+    module.ends_with(b"~Module signature appended~\n")
+}
+
 /// A module file's contents, decompressed (busybox `insmod` may not decompress): `.zst` here,
 /// `.xz` and `.gz` through the `xz` and `gzip` commands.
 pub fn read_module(path: &Path) -> Result<Vec<u8>> {

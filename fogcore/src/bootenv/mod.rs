@@ -60,6 +60,11 @@ pub struct BuildReport {
     pub kernel_source: PathBuf,
     /// Kernel bytes.
     pub kernel_bytes: u64,
+    /// The kernel carries an Authenticode signature (Debian's signed kernels do): the signed
+    /// chain (shim, GRUB) boots it with Secure Boot on. It is copied unchanged.
+    pub kernel_signed: bool,
+    /// Modules carried without a signature: a kernel locked down by Secure Boot refuses them.
+    pub unsigned_modules: Vec<String>,
     /// The initramfs written (`OUT/initrd.img`).
     pub initrd: PathBuf,
     /// Its compressed size.
@@ -93,6 +98,31 @@ pub struct BuildReport {
     pub tools_missing: Vec<String>,
     /// Seconds the build took.
     pub seconds: f64,
+}
+
+/// True when `image` is a PE file (an EFI-stub kernel) whose certificate table (data directory
+/// 4, where Authenticode signatures live) is not empty.
+pub fn pe_is_signed(image: &[u8]) -> bool {
+    let u16_at = |at: usize| image.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |at: usize| {
+        image
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let Some(pe) = u32_at(0x3c).map(|v| v as usize) else {
+        return false;
+    };
+    if image.get(pe..pe + 4) != Some(b"PE\0\0") {
+        return false;
+    }
+    let optional = pe + 4 + 20;
+    let directories = match u16_at(optional) {
+        Some(0x10b) => optional + 96,  // PE32
+        Some(0x20b) => optional + 112, // PE32+
+        _ => return false,
+    };
+    let certificates = directories + 4 * 8;
+    u32_at(certificates + 4).is_some_and(|size| size > 0)
 }
 
 /// Compares version strings the way `sort -V` does for kernel names: digit runs as numbers.
@@ -331,8 +361,12 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport> {
     }
 
     let mut order = String::new();
+    let mut unsigned_modules = Vec::new();
     for (name, rel) in &closure.load {
         let bytes = kmod::read_module(&module_dir.join(rel))?;
+        if !kmod::is_signed(&bytes) {
+            unsigned_modules.push(name.clone());
+        }
         archive.add(&format!("lib/modules/{name}.ko"), Entry::File(0o644, bytes));
         order.push_str(name);
         order.push('\n');
@@ -360,6 +394,8 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport> {
         kernel: vmlinuz,
         kernel_source: kernel,
         kernel_bytes: kernel_bytes.len() as u64,
+        kernel_signed: pe_is_signed(&kernel_bytes),
+        unsigned_modules,
         initrd,
         initrd_bytes,
         uncompressed_bytes,
@@ -505,7 +541,55 @@ mod tests {
         for m in &order {
             let ko = find(&format!("lib/modules/{m}.ko")).expect("module file");
             assert_eq!(ko.2.get(..4), Some(&b"\x7fELF"[..]), "{m} is a plain ELF object");
+            // Carried as the kernel package signed it (decompressed, never stripped).
+            assert_eq!(kmod::is_signed(&ko.2), !report.unsigned_modules.contains(m), "{m}");
         }
+        // A distribution's kernel with its modules (Debian signs both) stays signed.
+        if report.kernel_signed {
+            assert!(report.unsigned_modules.is_empty(), "{:?}", report.unsigned_modules);
+        }
+    }
+
+    #[test]
+    fn signatures_are_recognised() {
+        // A PE32+ header whose certificate directory (entry 4) has a size, and one without.
+        let mut pe = vec![0u8; 512];
+        pe[0..2].copy_from_slice(b"MZ");
+        pe[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        pe[0x80..0x84].copy_from_slice(b"PE\0\0");
+        let optional = 0x80 + 24;
+        pe[optional..optional + 2].copy_from_slice(&0x20bu16.to_le_bytes());
+        assert!(!pe_is_signed(&pe));
+        let size_at = optional + 112 + 4 * 8 + 4;
+        pe[size_at..size_at + 4].copy_from_slice(&1024u32.to_le_bytes());
+        assert!(pe_is_signed(&pe));
+        assert!(!pe_is_signed(b"MZ"));
+        assert!(!pe_is_signed(
+            b"\x7fELF not a PE file at all, and long enough to hold a header offset"
+        ));
+        assert!(kmod::is_signed(b"\x7fELF...~Module signature appended~\n"));
+        assert!(!kmod::is_signed(b"\x7fELF..."));
+        // This system's kernel, when it is a distribution's signed one.
+        if let Ok((kernel, _)) = find_kernel(Path::new("/boot"), Path::new("/lib/modules"))
+            && let Ok(bytes) = std::fs::read(&kernel)
+            && osslsigncode_finds_a_signature(&kernel)
+        {
+            assert!(pe_is_signed(&bytes), "{}", kernel.display());
+        }
+    }
+
+    /// `osslsigncode extract-signature` finds a signature (false without the tool).
+    fn osslsigncode_finds_a_signature(file: &Path) -> bool {
+        let out = std::env::temp_dir().join(format!("fog-sig-{}", std::process::id()));
+        let found = std::process::Command::new("osslsigncode")
+            .args(["extract-signature", "-in"])
+            .arg(file)
+            .arg("-out")
+            .arg(&out)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let _ = std::fs::remove_file(&out);
+        found
     }
 
     fn busybox() -> Option<&'static str> {

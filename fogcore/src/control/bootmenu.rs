@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::control::client::Client;
 use crate::control::model::{BootTask, canonical_mac};
 use crate::control::tokens::task_token;
+use crate::net::grub;
 use crate::net::http::{AgentArgs, AgentFiles, BootScripts, format_mac, one_line};
 
 /// The last known open tasks of a node's hosts, by MAC; kept in a file when it has one, so a
@@ -173,27 +174,36 @@ impl Recheck {
 }
 
 impl NodeBootScripts {
-    /// The script that boots the agent for `task`, its files served from `base`.
-    pub fn agent_script(&self, mac: [u8; 6], task: &BootTask, base: &str) -> String {
-        let mac = format_mac(mac);
-        let base = base.trim_end_matches('/');
-        let t = &task.task;
-        let files = AgentFiles {
+    fn agent_files(&self) -> AgentFiles {
+        AgentFiles {
             kernel: self.kernel.clone(),
             initrd: self.initrd.clone(),
-        };
-        let args = AgentArgs {
-            // The agent talks to this node, which answers for the master when it is away.
-            master: base.to_string(),
+        }
+    }
+
+    /// The agent's arguments for `task`: it talks to this node at `base`, which answers for the
+    /// master when it is away, with a task token.
+    fn agent_args(&self, mac: [u8; 6], task: &BootTask, base: &str) -> AgentArgs {
+        let t = &task.task;
+        AgentArgs {
+            master: base.trim_end_matches('/').to_string(),
             node: Some(self.node.clone()),
             task: Some(t.id),
             action: t.kind.as_str().to_string(),
-            mac: Some(mac.clone()),
+            mac: Some(format_mac(mac)),
             token: Some(task_token(&self.node_token, &self.node, t.id)),
             image: t.image.clone(),
             extra: task.kernel_args.clone(),
-        };
-        let boot = files.boot_lines(base, &args, "failed");
+        }
+    }
+
+    /// The script that boots the agent for `task`, its files served from `base`.
+    pub fn agent_script(&self, mac: [u8; 6], task: &BootTask, base: &str) -> String {
+        let args = self.agent_args(mac, task, base);
+        let mac = format_mac(mac);
+        let base = base.trim_end_matches('/');
+        let t = &task.task;
+        let boot = self.agent_files().boot_lines(base, &args, "failed");
         format!(
             "#!ipxe\n\
              # fog: task {id} ({action}) for host {host} ({mac})\n\
@@ -218,13 +228,35 @@ impl BootScripts for NodeBootScripts {
     }
 
     fn script_at(&self, mac: [u8; 6], base: &str) -> String {
-        if let (Some(recheck), Some(_)) = (&self.recheck, self.tasks.get(mac)) {
-            recheck.refresh(&self.tasks);
-        }
-        match self.tasks.get(mac) {
+        match self.task_to_boot(mac) {
             Some(task) => self.agent_script(mac, &task, base),
             None => self.others.script_at(mac, base),
         }
+    }
+
+    fn grub_config(&self, mac: [u8; 6], base: &str) -> String {
+        match self.task_to_boot(mac) {
+            Some(task) => {
+                let t = &task.task;
+                let what = format!("task {}: {} on {}", t.id, t.kind.as_str(), t.host);
+                grub::agent_config(mac, &self.agent_files(), &self.agent_args(mac, &task, base), &what)
+            }
+            None => self.others.grub_config(mac, base),
+        }
+    }
+
+    fn grub_menu(&self, base: &str) -> String {
+        self.others.grub_menu(base)
+    }
+}
+
+impl NodeBootScripts {
+    /// The task the host with `mac` boots the agent for, asked again of the master first.
+    fn task_to_boot(&self, mac: [u8; 6]) -> Option<BootTask> {
+        if let (Some(recheck), Some(_)) = (&self.recheck, self.tasks.get(mac)) {
+            recheck.refresh(&self.tasks);
+        }
+        self.tasks.get(mac)
     }
 }
 

@@ -115,7 +115,39 @@ pub trait BootPolicy: Send + Sync {
     fn boot_file(&self, request: &BootRequest) -> Option<BootFile>;
 }
 
-/// Firmware -> iPXE binary over TFTP; iPXE and HTTP boot -> the node's HTTP script.
+/// How x64 UEFI PXE clients boot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecureBoot {
+    /// The signed chain: shim (signed by Microsoft's UEFI CA), then GRUB (signed by the
+    /// distribution), then the signed kernel. DHCP cannot tell whether Secure Boot is on, and shim
+    /// boots either way.
+    #[default]
+    Auto,
+    /// iPXE, which Secure Boot refuses (it is not signed by a key the firmware trusts).
+    Off,
+}
+
+impl std::str::FromStr for SecureBoot {
+    type Err = crate::Error;
+    fn from_str(text: &str) -> crate::Result<Self> {
+        match text {
+            "auto" => Ok(SecureBoot::Auto),
+            "off" => Ok(SecureBoot::Off),
+            other => Err(crate::Error::InvalidInput(format!(
+                "secure_boot: {other:?} is not one of \"auto\", \"off\""
+            ))),
+        }
+    }
+}
+
+/// The signed chain's first stage, in the boot directory: shim loads `grubx64.efi` beside it.
+pub const SHIM_FILE: &str = "shimx64.efi";
+/// The signed GRUB network image, where shim looks for it.
+pub const SIGNED_GRUB_FILE: &str = "grubx64.efi";
+
+/// Firmware -> iPXE binary (or the signed chain) over TFTP; iPXE and HTTP boot -> the node's
+/// HTTP script.
 #[derive(Debug, Clone)]
 pub struct DefaultBootPolicy {
     /// The node's address on the clients' subnet (TFTP and HTTP server).
@@ -128,6 +160,8 @@ pub struct DefaultBootPolicy {
     pub uefi_x64_file: String,
     /// ARM64 UEFI boot file.
     pub uefi_arm64_file: String,
+    /// Whether x64 UEFI PXE clients get the signed chain ([`SHIM_FILE`]) or `uefi_x64_file`.
+    pub secure_boot: SecureBoot,
 }
 
 impl DefaultBootPolicy {
@@ -139,6 +173,7 @@ impl DefaultBootPolicy {
             bios_file: "undionly.kpxe".into(),
             uefi_x64_file: "ipxe.efi".into(),
             uefi_arm64_file: "ipxe-arm64.efi".into(),
+            secure_boot: SecureBoot::Auto,
         }
     }
 
@@ -154,6 +189,21 @@ impl DefaultBootPolicy {
 
 impl BootPolicy for DefaultBootPolicy {
     fn boot_file(&self, request: &BootRequest) -> Option<BootFile> {
+        let boot = self.choose(request);
+        if let Some(BootFile::Tftp { file, .. }) = &boot {
+            let chain = if file == SHIM_FILE {
+                "signed chain (shim, GRUB, signed kernel)"
+            } else {
+                "iPXE"
+            };
+            tracing::info!(mac = %crate::names::Mac(request.mac), firmware = ?request.firmware(), %file, "boot: {chain}");
+        }
+        boot
+    }
+}
+
+impl DefaultBootPolicy {
+    fn choose(&self, request: &BootRequest) -> Option<BootFile> {
         let tftp = |file: &str| BootFile::Tftp {
             next_server: self.server,
             file: file.to_string(),
@@ -166,6 +216,13 @@ impl BootPolicy for DefaultBootPolicy {
                 url: format!("{}/{}", self.http_base(), self.uefi_x64_file),
             }),
             Firmware::Bios => Some(tftp(&self.bios_file)),
+            // 32-bit UEFI cannot run shimx64.
+            Firmware::UefiX64
+                if self.secure_boot == SecureBoot::Auto
+                    && matches!(request.arch, Some(arch::UEFI_X64 | arch::UEFI_BC)) =>
+            {
+                Some(tftp(SHIM_FILE))
+            }
             Firmware::UefiX64 => Some(tftp(&self.uefi_x64_file)),
             Firmware::UefiArm64 => Some(tftp(&self.uefi_arm64_file)),
             Firmware::Unknown(_) => None,
@@ -202,7 +259,28 @@ mod tests {
         );
         assert_eq!(
             file(&req(Some(7), None, Some("PXEClient:Arch:00007"))),
+            tftp("shimx64.efi")
+        );
+        assert_eq!(
+            file(&req(Some(9), None, Some("PXEClient:Arch:00009"))),
+            tftp("shimx64.efi")
+        );
+        assert_eq!(
+            file(&req(Some(6), None, Some("PXEClient:Arch:00006"))),
+            tftp("ipxe.efi"),
+            "32-bit UEFI has no shim"
+        );
+        let off = DefaultBootPolicy {
+            secure_boot: SecureBoot::Off,
+            ..p.clone()
+        };
+        assert_eq!(
+            off.boot_file(&req(Some(7), None, Some("PXEClient:Arch:00007"))),
             tftp("ipxe.efi")
+        );
+        assert_eq!(
+            off.boot_file(&req(Some(0), None, Some("PXEClient:Arch:00000"))),
+            tftp("undionly.kpxe")
         );
         assert_eq!(
             file(&req(Some(11), None, Some("PXEClient:Arch:00011"))),

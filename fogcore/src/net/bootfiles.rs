@@ -1,6 +1,9 @@
-//! The iPXE binaries PXE clients load over TFTP, copied into the boot directory from the system's
-//! iPXE package (Debian/Ubuntu `ipxe`: `/usr/lib/ipxe/`; Fedora `ipxe-bootimgs-*`:
-//! `/usr/share/ipxe/`), or a report of exactly what is missing and which package has it.
+//! The boot programs PXE clients load over TFTP, copied into the boot directory from the system's
+//! packages, or a report of exactly what is missing and which package has it:
+//! - iPXE (Debian/Ubuntu `ipxe`: `/usr/lib/ipxe/`; Fedora `ipxe-bootimgs-*`: `/usr/share/ipxe/`);
+//! - the signed chain for Secure Boot: shim signed by Microsoft's UEFI CA (`shim-signed`) and
+//!   the distribution's signed GRUB network image (`grub-efi-amd64-signed`), which shim loads
+//!   as `grubx64.efi` from beside itself.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, IoContext as _, Result};
+use crate::net::boot::SecureBoot;
 
 /// One boot file and where the system's packages put it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -22,9 +26,10 @@ pub struct BootFileSource {
     pub required: bool,
 }
 
-/// The iPXE files fog serves, with the package paths of Debian/Ubuntu and Fedora under `root`
-/// (`/` for the running system).
-pub fn ipxe_sources(root: &Path) -> Vec<BootFileSource> {
+/// The boot files fog serves, with the package paths of Debian/Ubuntu and Fedora under `root`
+/// (`/` for the running system). The signed chain is required unless `secure_boot` is off.
+pub fn boot_file_sources(root: &Path, secure_boot: SecureBoot) -> Vec<BootFileSource> {
+    let signed_chain_required = secure_boot == SecureBoot::Auto;
     let debian = "apt-get install ipxe (Debian/Ubuntu) or dnf install ipxe-bootimgs-x86 (Fedora)";
     let at = |paths: &[&str]| -> Vec<PathBuf> { paths.iter().map(|p| root.join(p.trim_start_matches('/'))).collect() };
     vec![
@@ -61,6 +66,28 @@ pub fn ipxe_sources(root: &Path) -> Vec<BootFileSource> {
                            build bin-arm64-efi/ipxe.efi from ipxe.org"
                 .into(),
             required: false,
+        },
+        // `[boot] secure_boot = "auto"` (the default) sends x64 UEFI clients to shim.
+        BootFileSource {
+            name: crate::net::boot::SHIM_FILE.into(),
+            candidates: at(&[
+                "/usr/lib/shim/shimx64.efi.signed",
+                "/usr/lib/shim/shimx64.efi.signed.latest",
+                "/boot/efi/EFI/fedora/shimx64.efi",
+            ]),
+            package_hint: "apt-get install shim-signed (Debian/Ubuntu) or dnf install shim-x64 (Fedora)".into(),
+            required: signed_chain_required,
+        },
+        BootFileSource {
+            name: crate::net::boot::SIGNED_GRUB_FILE.into(),
+            candidates: at(&[
+                "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+                "/boot/efi/EFI/fedora/grubx64.efi",
+            ]),
+            package_hint: "apt-get install grub-efi-amd64-signed (Debian/Ubuntu) or dnf install grub2-efi-x64 \
+                           (Fedora)"
+                .into(),
+            required: signed_chain_required,
         },
     ]
 }
@@ -216,28 +243,52 @@ mod tests {
         std::fs::write(lib.join("undionly.kpxe"), b"bios").at(&lib)?;
         std::fs::write(root.path().join("boot/ipxe.efi"), b"uefi").at(&lib)?;
         std::os::unix::fs::symlink("/boot/ipxe.efi-absent", lib.join("ipxe.efi")).at(&lib)?;
+        let shim = root.path().join("usr/lib/shim");
+        let grub = root.path().join("usr/lib/grub/x86_64-efi-signed");
+        for dir in [&shim, &grub] {
+            std::fs::create_dir_all(dir).at(dir)?;
+        }
+        std::fs::write(shim.join("shimx64.efi.signed"), b"shim").at(&shim)?;
+        std::fs::write(grub.join("grubnetx64.efi.signed"), b"grub").at(&grub)?;
         let boot_dir = root.path().join("srv/boot");
 
-        let report = install(&boot_dir, &ipxe_sources(root.path()))?;
+        let report = install(&boot_dir, &boot_file_sources(root.path(), SecureBoot::Auto))?;
         assert_eq!(std::fs::read(boot_dir.join("undionly.kpxe")).at(&boot_dir)?, b"bios");
         assert_eq!(std::fs::read(boot_dir.join("ipxe.efi")).at(&boot_dir)?, b"uefi");
+        assert_eq!(std::fs::read(boot_dir.join("shimx64.efi")).at(&boot_dir)?, b"shim");
+        assert_eq!(std::fs::read(boot_dir.join("grubx64.efi")).at(&boot_dir)?, b"grub");
         assert!(report.missing_required().is_empty());
         assert!(report.check().is_ok());
         assert!(
             matches!(report.files.get(2), Some((n, FileOutcome::Missing { required: false, .. })) if n == "snponly.efi")
         );
 
-        let again = install(&boot_dir, &ipxe_sources(root.path()))?;
+        let again = install(&boot_dir, &boot_file_sources(root.path(), SecureBoot::Auto))?;
         assert!(matches!(again.files.first(), Some((_, FileOutcome::Unchanged { .. }))));
 
         std::fs::remove_file(lib.join("undionly.kpxe")).at(&lib)?;
+        std::fs::remove_file(shim.join("shimx64.efi.signed")).at(&shim)?;
         let empty = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-        let report = install(&empty.path().join("boot"), &ipxe_sources(root.path()))?;
-        assert_eq!(report.missing_required(), ["undionly.kpxe"]);
+        let report = install(
+            &empty.path().join("boot"),
+            &boot_file_sources(root.path(), SecureBoot::Auto),
+        )?;
+        assert_eq!(report.missing_required(), ["undionly.kpxe", "shimx64.efi"]);
         let message = report.check().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains("undionly.kpxe"), "{message}");
         assert!(message.contains("usr/lib/ipxe/undionly.kpxe"), "{message}");
         assert!(message.contains("apt-get install ipxe"), "{message}");
+        assert!(message.contains("usr/lib/shim/shimx64.efi.signed"), "{message}");
+        assert!(message.contains("apt-get install shim-signed"), "{message}");
+        let without = install(
+            &empty.path().join("boot"),
+            &boot_file_sources(root.path(), SecureBoot::Off),
+        )?;
+        assert_eq!(
+            without.missing_required(),
+            ["undionly.kpxe"],
+            "secure_boot = \"off\" needs no shim"
+        );
         Ok(())
     }
 }

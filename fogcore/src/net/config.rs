@@ -32,6 +32,7 @@
 //! bios_file = "undionly.kpxe"
 //! uefi_x64_file = "ipxe.efi"     # or "snponly.efi"
 //! uefi_arm64_file = "ipxe-arm64.efi"
+//! secure_boot = "auto"           # x64 UEFI gets shim -> GRUB -> the signed kernel; "off": iPXE
 //! menu_timeout_ms = 5000
 //! menu_default = "local"         # item taken after the timeout: local, register, sysinfo, ...
 //! agent_kernel = "bootenv/vmlinuz"    # what hosts with a task boot (paths under boot_dir)
@@ -255,6 +256,10 @@ pub struct BootFile {
     pub uefi_x64_file: Option<String>,
     /// ARM64 UEFI boot file, default `ipxe-arm64.efi`.
     pub uefi_arm64_file: Option<String>,
+    /// `auto` (default): x64 UEFI PXE clients get the signed chain (shim, GRUB, the signed
+    /// kernel), which boots with Secure Boot on or off; `off`: they get `uefi_x64_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<crate::net::boot::SecureBoot>,
     /// Milliseconds the default menu waits before booting the local disk (default 5000).
     pub menu_timeout_ms: Option<u32>,
     /// The menu item taken after the timeout (default `local`; `register` registers unknown
@@ -304,6 +309,8 @@ pub struct BootFiles {
     pub uefi_x64_file: String,
     /// ARM64 UEFI.
     pub uefi_arm64_file: String,
+    /// Whether x64 UEFI gets the signed chain.
+    pub secure_boot: crate::net::boot::SecureBoot,
     /// Default menu timeout.
     pub menu_timeout_ms: u32,
     /// The menu item taken after the timeout.
@@ -613,6 +620,7 @@ impl TryFrom<ServeFile> for ServeConfig {
             bios_file: file_name("[boot] bios_file", file.boot.bios_file, "undionly.kpxe")?,
             uefi_x64_file: file_name("[boot] uefi_x64_file", file.boot.uefi_x64_file, "ipxe.efi")?,
             uefi_arm64_file: file_name("[boot] uefi_arm64_file", file.boot.uefi_arm64_file, "ipxe-arm64.efi")?,
+            secure_boot: file.boot.secure_boot.unwrap_or_default(),
             menu_timeout_ms: file.boot.menu_timeout_ms.unwrap_or(5000),
             menu_default: file.boot.menu_default.unwrap_or_else(|| "local".into()),
             agent_kernel: boot_path("[boot] agent_kernel", file.boot.agent_kernel, "bootenv/vmlinuz")?,
@@ -760,6 +768,8 @@ pub struct QuickServe {
     pub master_ca: Option<PathBuf>,
     /// `--node-master-fingerprint`.
     pub master_fingerprint: Option<String>,
+    /// `--secure-boot`: how x64 UEFI clients boot.
+    pub secure_boot: crate::net::boot::SecureBoot,
 }
 
 impl QuickServe {
@@ -786,6 +796,10 @@ impl QuickServe {
             http: HttpFile {
                 enabled: Some(true),
                 listen: Some(SocketAddr::from((address, self.http_port)).to_string()),
+            },
+            boot: BootFile {
+                secure_boot: Some(self.secure_boot),
+                ..BootFile::default()
             },
             ..ServeFile::default()
         };
@@ -902,8 +916,13 @@ impl ServeConfig {
         if self.tftp.is_none() && self.http.is_none() {
             return Vec::new();
         }
-        [&self.boot.bios_file, &self.boot.uefi_x64_file]
+        let signed_chain: &[&str] = match self.boot.secure_boot {
+            crate::net::boot::SecureBoot::Auto => &[crate::net::boot::SHIM_FILE, crate::net::boot::SIGNED_GRUB_FILE],
+            crate::net::boot::SecureBoot::Off => &[],
+        };
+        [self.boot.bios_file.as_str(), self.boot.uefi_x64_file.as_str()]
             .into_iter()
+            .chain(signed_chain.iter().copied())
             .map(|f| self.boot_dir.join(f))
             .filter(|p| !p.is_file())
             .collect()
@@ -1016,7 +1035,19 @@ impl ServeConfig {
             .http_base()
             .map_or_else(|| "the HTTP script".to_string(), |b| format!("{b}/boot.ipxe"));
         let _ = writeln!(out, "boot files    BIOS -> {} (tftp)", self.boot.bios_file);
-        let _ = writeln!(out, "              UEFI x64 -> {} (tftp)", self.boot.uefi_x64_file);
+        match self.boot.secure_boot {
+            crate::net::boot::SecureBoot::Auto => {
+                let _ = writeln!(
+                    out,
+                    "              UEFI x64 -> {} -> {} -> the signed kernel (tftp; secure_boot = \"auto\")",
+                    crate::net::boot::SHIM_FILE,
+                    crate::net::boot::SIGNED_GRUB_FILE
+                );
+            }
+            crate::net::boot::SecureBoot::Off => {
+                let _ = writeln!(out, "              UEFI x64 -> {} (tftp)", self.boot.uefi_x64_file);
+            }
+        }
         let _ = writeln!(out, "              UEFI arm64 -> {} (tftp)", self.boot.uefi_arm64_file);
         let _ = writeln!(out, "              iPXE -> {ipxe}");
         let _ = writeln!(

@@ -37,6 +37,13 @@ pub trait BootScripts: Send + Sync {
         let _ = base;
         self.script(mac)
     }
+
+    /// The GRUB configuration of the host with this MAC, for the signed chain (see
+    /// [`crate::net::grub`]); `base` is the node's HTTP base, where the agent talks to.
+    fn grub_config(&self, mac: [u8; 6], base: &str) -> String;
+
+    /// The GRUB menu for a machine that did not say its MAC.
+    fn grub_menu(&self, base: &str) -> String;
 }
 
 /// The agent's boot environment as a node serves it: kernel and initramfs, paths under the boot
@@ -90,12 +97,17 @@ pub fn one_line(text: &str) -> String {
 }
 
 impl AgentFiles {
-    /// The kernel's arguments: `initrd=<name>` (UEFI's stub finds the initramfs by it), the
-    /// serial and screen consoles, then `fog.*`, then `extra`.
+    /// The kernel's arguments as iPXE gives them: `initrd=<name>` (UEFI's stub finds the
+    /// initramfs by it), then [`AgentFiles::fog_args`].
     pub fn kernel_args(&self, args: &AgentArgs) -> String {
         let initrd_name = self.initrd.rsplit('/').next().unwrap_or(&self.initrd);
+        format!("initrd={initrd_name} {}", self.fog_args(args))
+    }
+
+    /// The serial and screen consoles, then `fog.*`, then `extra`.
+    pub fn fog_args(&self, args: &AgentArgs) -> String {
         let mut line = format!(
-            "initrd={initrd_name} console=tty0 console=ttyS0,115200n8 fog.master={}",
+            "console=tty0 console=ttyS0,115200n8 fog.master={}",
             one_line(&args.master)
         );
         let mut push = |key: &str, value: Option<String>| {
@@ -238,11 +250,20 @@ impl BootScripts for DefaultMenu {
             timeout = self.timeout_ms,
         )
     }
+
+    fn grub_config(&self, mac: [u8; 6], base: &str) -> String {
+        crate::net::grub::menu_config(self, Some(mac), base)
+    }
+
+    fn grub_menu(&self, base: &str) -> String {
+        crate::net::grub::menu_config(self, None, base)
+    }
 }
 
 /// Hand-written per-host scripts beside the menu: `hosts/52-54-00-12-34-56.ipxe` under the boot
-/// directory is that host's script (as pxelinux's `pxelinux.cfg/01-<mac>`); a host without one gets
-/// `menu`. A file that resolves outside the boot directory (a symlink) is ignored.
+/// directory is that host's script (as pxelinux's `pxelinux.cfg/01-<mac>`), and
+/// `hosts/52-54-00-12-34-56.grub.cfg` its GRUB config for the signed chain; a host without one
+/// gets `menu`. A file that resolves outside the boot directory (a symlink) is ignored.
 #[derive(Debug, Clone)]
 pub struct HostFilesOrMenu {
     /// The boot directory.
@@ -254,8 +275,17 @@ pub struct HostFilesOrMenu {
 impl HostFilesOrMenu {
     /// The path of `mac`'s script file.
     pub fn host_file(&self, mac: [u8; 6]) -> PathBuf {
+        self.host_file_named(mac, "ipxe")
+    }
+
+    /// The path of `mac`'s GRUB config file.
+    pub fn host_grub_file(&self, mac: [u8; 6]) -> PathBuf {
+        self.host_file_named(mac, "grub.cfg")
+    }
+
+    fn host_file_named(&self, mac: [u8; 6], extension: &str) -> PathBuf {
         let name = format_mac(mac).replace(':', "-");
-        self.boot_dir.join("hosts").join(format!("{name}.ipxe"))
+        self.boot_dir.join("hosts").join(format!("{name}.{extension}"))
     }
 
     fn read_inside(&self, path: &Path) -> Option<String> {
@@ -278,6 +308,15 @@ impl BootScripts for HostFilesOrMenu {
     fn script_at(&self, mac: [u8; 6], base: &str) -> String {
         self.read_inside(&self.host_file(mac))
             .unwrap_or_else(|| self.menu.script_at(mac, base))
+    }
+
+    fn grub_config(&self, mac: [u8; 6], base: &str) -> String {
+        self.read_inside(&self.host_grub_file(mac))
+            .unwrap_or_else(|| self.menu.grub_config(mac, base))
+    }
+
+    fn grub_menu(&self, base: &str) -> String {
+        self.menu.grub_menu(base)
     }
 }
 

@@ -5,6 +5,7 @@ pub mod boot;
 pub mod bootfiles;
 pub mod config;
 pub mod dhcp;
+pub mod grub;
 pub mod http;
 pub mod multicast;
 pub mod ra;

@@ -27,6 +27,7 @@ use super::config::ServeConfig;
 use crate::error::{Error, Result};
 use crate::net::boot::DefaultBootPolicy;
 use crate::net::dhcp::DhcpServer;
+use crate::net::grub::{Chained, GrubConfigs};
 use crate::net::http::{BootScripts, HostFilesOrMenu, HttpService, chain_script};
 use crate::net::ra::RaResponder;
 use crate::net::tftp::{TftpServer, VirtualFiles};
@@ -121,7 +122,7 @@ async fn bind_all(
             .unwrap_or_else(|| format!("http://{}:{}", listen.ip(), listen.port()));
         let service = HttpService {
             boot_dir: config.boot_dir.clone(),
-            scripts,
+            scripts: scripts.clone(),
             fallback_base,
             extra_routes: routes,
         };
@@ -139,10 +140,15 @@ async fn bind_all(
         services.push(("http", Box::new(move |cancel| Box::pin(http.run(cancel, GRACE)))));
     }
     if let Some(tftp) = &config.tftp {
-        let scripts: Option<Arc<dyn VirtualFiles>> = http_base
-            .clone()
-            .map(|base| Arc::new(ChainScript { base }) as Arc<dyn VirtualFiles>);
-        let server = TftpServer::bind(tftp.clone(), scripts)
+        // Generated per client: iPXE's chain script, and GRUB's configs for the signed chain
+        // (their agent talks to the node's HTTP, so both need it).
+        let generated: Option<Arc<dyn VirtualFiles>> = http_base.clone().map(|base| {
+            Arc::new(Chained(vec![
+                Arc::new(ChainScript { base: base.clone() }),
+                Arc::new(GrubConfigs { scripts, base }),
+            ])) as Arc<dyn VirtualFiles>
+        });
+        let server = TftpServer::bind(tftp.clone(), generated)
             .await
             .map_err(|e| startup("tftp", e))?;
         addrs.tftp = Some(server.local_addr());
@@ -155,6 +161,7 @@ async fn bind_all(
         policy.bios_file = config.boot.bios_file.clone();
         policy.uefi_x64_file = config.boot.uefi_x64_file.clone();
         policy.uefi_arm64_file = config.boot.uefi_arm64_file.clone();
+        policy.secure_boot = config.boot.secure_boot;
         let server = DhcpServer::bind(dhcp.clone(), Arc::new(policy))
             .await
             .map_err(|e| startup("dhcp", e))?;

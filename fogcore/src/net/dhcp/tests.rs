@@ -401,7 +401,7 @@ fn pxe_clients_get_the_boot_file_for_their_firmware() {
     let mut e = engine(DhcpMode::Full);
     let cases: [(u16, Option<&[u8]>, &str); 4] = [
         (0, None, "undionly.kpxe"),
-        (7, None, "ipxe.efi"),
+        (7, None, "shimx64.efi"),
         (11, None, "ipxe-arm64.efi"),
         (0, Some(b"iPXE"), "http://10.99.0.1:8080/boot.ipxe"),
     ];
@@ -465,7 +465,7 @@ fn proxy_mode_answers_only_pxe_clients_and_never_gives_an_address() {
     assert_eq!(kind(&offer), Some(MessageType::Offer));
     assert_eq!(offer.yiaddr(), Ipv4Addr::UNSPECIFIED);
     assert_eq!(offer.siaddr(), SERVER);
-    assert_eq!(file(&offer), Some(&b"ipxe.efi"[..]));
+    assert_eq!(file(&offer), Some(&b"shimx64.efi"[..]));
     assert_eq!(raw(&offer, 60), Some(b"PXEClient".to_vec()));
     assert_eq!(raw(&offer, 43), Some(PXE_DISCOVERY_CONTROL.to_vec()));
     for code in [OptionCode::AddressLeaseTime, OptionCode::SubnetMask, OptionCode::Router] {
@@ -486,7 +486,7 @@ fn proxy_mode_answers_only_pxe_clients_and_never_gives_an_address() {
     let ack = reply(&out);
     assert_eq!(kind(&ack), Some(MessageType::Ack));
     assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
-    assert_eq!(file(&ack), Some(&b"ipxe.efi"[..]));
+    assert_eq!(file(&ack), Some(&b"shimx64.efi"[..]));
     // iPXE in proxy mode gets the HTTP script.
     let ipxe = reply(&run(
         &mut e,
