@@ -69,7 +69,8 @@ wait_for() { # wait_for FILE PATTERN PID
 }
 
 start_fog() { # start_fog EXTRA_FLAGS...
-  ip netns exec "$ns" "$fog" serve --interface br0 --address 10.99.46.1 --dhcp full \
+  # iPXE on UEFI too, as dnsmasq serves it (benches/secureboot_boot.sh times the signed chain).
+  ip netns exec "$ns" "$fog" serve --interface br0 --address 10.99.46.1 --dhcp full --secure-boot off \
     --range 10.99.46.100-10.99.46.200 --boot-dir "$boot" --data-dir "$work/fog-data" "$@" \
     > "$work/fog.log" 2>&1 &
   server_pids+=($!)

@@ -5,10 +5,13 @@
 # GRUB asks the node over TFTP for its per-MAC config and boots the signed Debian kernel with
 # fog's initramfs, unchanged:
 # - with an inventory task, then a deploy task of a small image (GPT, ext4 with files): both
-#   complete on the master, the console shows Secure Boot enabled and the kernel locked down, and
-#   the VM's disk equals a `fog image deploy` of the image;
+#   complete on the master, the console shows Secure Boot enabled and the kernel locked down
+#   (every module, all signed, loaded), the host's inventory says Secure Boot is on, and the
+#   VM's disk equals a `fog image deploy` of the image;
 # - the same with a kernel whose signature is broken (one byte changed): the chain refuses it,
 #   and no kernel runs;
+# - a host without a task gets the menu, whose default after its timeout boots the local disk's
+#   own signed loader (chainloaded, so Secure Boot checks it);
 # - a UEFI VM with Secure Boot off boots through the same chain and completes its task.
 # (BIOS with "auto" still boots iPXE: 60-bootenv; UEFI with "off" boots iPXE: 45-pxe, 70-sites.)
 set -euo pipefail
@@ -16,6 +19,7 @@ set -euo pipefail
 trap 'echo "!! ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND (exit $?)"' ERR
 cd "$(dirname "$0")/../.."
 source scripts/lib/pxe.sh
+source scripts/lib/wait.sh
 work=$(mktemp -d /tmp/fog-e2e-secureboot.XXXXXX)
 ns=fog65
 pids=()
@@ -34,20 +38,6 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT
-
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND every half second.
-wait_for() {
-  local limit=$1 what=$2
-  shift 2
-  local deadline=$((SECONDS + limit))
-  until "$@" > /dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then
-      echo "timed out after ${limit}s waiting for: $what"
-      return 1
-    fi
-    sleep 0.5
-  done
-}
 
 fog=${FOG:?run through scripts/e2e}
 pxe_need_packages "$work/apt.log"
@@ -85,7 +75,7 @@ pxe_bridge_up "$ns" 10.99.65.1/24
 master=http://10.99.65.1:8090
 ip netns exec "$ns" "$fog" master --data-dir "$work/master" --listen 10.99.65.1:8090 > "$work/master.log" 2>&1 &
 pids+=($!)
-wait_for 30 "the master" grep -q "listening on" "$work/master.log"
+wait_until 30 "the master" grep -q "listening on" "$work/master.log"
 admin=$(cat "$work/master/admin-token")
 m() { ip netns exec "$ns" "$fog" --master "$master" --token "$admin" "$@"; }
 m --json node add site65 --url http://10.99.65.1:8080 --subnet 10.99.65.0/24 > "$work/node.json"
@@ -97,13 +87,13 @@ ip netns exec "$ns" "$fog" serve --interface br0 --address 10.99.65.1 --dhcp ful
   --range 10.99.65.100-10.99.65.150 --boot-dir "$boot" --data-dir "$work/node" \
   --node-master "$master" --node-name site65 --node-token-file "$work/node-token" > "$work/serve.log" 2>&1 &
 pids+=($!)
-wait_for 30 "fog serve" grep -q "fog serve: running" "$work/serve.log"
+wait_until 30 "fog serve" grep -q "fog serve: running" "$work/serve.log"
 api() { ip netns exec "$ns" curl -fsS -H "Authorization: Bearer $admin" "$master/api/v1$1"; }
 copied() {
   api /images/sb-image/copies | python3 -c 'import json, sys
 sys.exit(0 if any(c["node"] == "site65" and c["state"] == "complete" for c in json.load(sys.stdin)) else 1)'
 }
-wait_for 120 "the image on the node" copied
+wait_until 120 "the image on the node" copied
 
 sb_mac=52:54:00:65:00:01
 plain_mac=52:54:00:65:00:02
@@ -133,9 +123,15 @@ grep -q "NBP filename is shimx64.efi" "$log"
 grep -q "fog: Secure Boot is on" "$log"
 grep -q "secureboot: Secure boot enabled" "$log"
 grep -q "fog-init: fog boot environment, kernel .*; Secure Boot on, lockdown integrity" "$log"
+# Every module is signed, so the locked-down kernel loads them all.
+grep -Eq "fog-init: loaded ([0-9]+) of \1 kernel modules" "$log" \
+  || { echo "not every module loaded: $(grep -o "fog-init: loaded.*" "$log")"; exit 1; }
 grep -q "fog-init: running the agent: inventory (task $id)" "$log"
 [ "$(task_state "$id")" = complete ] || { echo "inventory task $id: $(task_state "$id")"; exit 1; }
 grep -q "boot: signed chain" "$work/serve.log"
+# boot_of HOST: the host's inventory says how it booted.
+boot_of() { api "/hosts/$1" | python3 -c 'import json, sys; b = json.load(sys.stdin)["inventory"]["boot"]; print(b["uefi"], b["secure_boot"])'; }
+[ "$(boot_of sb-vm)" = "True True" ] || { echo "sb-vm's inventory says: $(boot_of sb-vm)"; exit 1; }
 
 echo "== Secure Boot on: a deploy task of the small image"
 truncate -s 64M "$work/sb-disk.img"
@@ -161,7 +157,7 @@ PY
 id=$(new_task inventory sb-vm)
 PXE_STDIN=/dev/null pxe_boot_vm "$ns" tap0 "$work/sb-broken.log" 400 uefi-sb "$sb_mac" -pidfile "$vm_pid_file" &
 vm_job=$!
-wait_for 360 "the refusal on the console" grep -q "fog: cannot boot the agent" "$work/sb-broken.log"
+wait_until 360 "the refusal on the console" grep -q "fog: cannot boot the agent" "$work/sb-broken.log"
 kill "$(cat "$vm_pid_file")" 2>/dev/null || true
 wait "$vm_job" 2>/dev/null || true
 : > "$vm_pid_file"
@@ -172,6 +168,20 @@ echo "   refused: $(grep -Eo "bad shim signature|invalid signature|Verification 
 cp "$work/vmlinuz.good" "$boot/bootenv/vmlinuz"
 m task cancel "$id" > /dev/null
 
+echo "== no task: the menu's default boots the local disk's own signed loader"
+# The disk: an EFI system partition (qemu's vvfat over a directory) with Debian's shim as the
+# removable-media loader, its signed GRUB beside it and a grub.cfg that says where it runs.
+esp=$work/esp/EFI/BOOT
+mkdir -p "$esp"
+cp /usr/lib/shim/shimx64.efi.signed "$esp/BOOTX64.EFI"
+cp /usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed "$esp/grubx64.efi"
+printf 'echo "LOCAL-DISK-LOADER reached"\nsleep 2\nhalt\n' > "$esp/grub.cfg"
+boot_task uefi-sb "$sb_mac" "$work/sb-menu.log" \
+  -drive "file=fat:$work/esp,if=none,id=d0,format=raw,readonly=on" -device virtio-blk-pci,drive=d0,bootindex=2
+grep -q "Booting from the local disk" "$work/sb-menu.log"
+grep -q "LOCAL-DISK-LOADER reached" "$work/sb-menu.log"
+grep -q "Secure Boot: on (fog boot menu)" "$work/sb-menu.log"
+
 echo "== Secure Boot off: the same chain boots a plain UEFI VM"
 id=$(new_task inventory plain-vm)
 boot_task uefi "$plain_mac" "$work/plain-inventory.log"
@@ -180,5 +190,6 @@ grep -q "NBP filename is shimx64.efi" "$log"
 grep -q "fog: Secure Boot is off" "$log"
 grep -q "fog-init: fog boot environment, kernel .*; Secure Boot off" "$log"
 [ "$(task_state "$id")" = complete ] || { echo "inventory task $id: $(task_state "$id")"; exit 1; }
+[ "$(boot_of plain-vm)" = "True False" ] || { echo "plain-vm's inventory says: $(boot_of plain-vm)"; exit 1; }
 
 echo "== secureboot e2e passed"

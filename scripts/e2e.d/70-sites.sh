@@ -21,6 +21,7 @@ set -euo pipefail
 trap 'echo "!! ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND (exit $?)"' ERR
 cd "$(dirname "$0")/../.."
 source scripts/lib/pxe.sh
+source scripts/lib/wait.sh
 work=$(mktemp -d /tmp/fog-e2e-sites.XXXXXX)
 pids=()
 loops=()
@@ -53,19 +54,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >> "$work/apt.log" 2>&1
 fi
 
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND every half second.
-wait_for() {
-  local limit=$1 what=$2
-  shift 2
-  local deadline=$((SECONDS + limit))
-  until "$@" > /dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then
-      echo "timed out after ${limit}s waiting for: $what"
-      return 1
-    fi
-    sleep 0.5
-  done
-}
 
 echo "== network: master namespace, site A (full DHCP), site B (proxy DHCP beside dnsmasq)"
 ip netns add fog70m
@@ -98,7 +86,7 @@ echo "== master"
 mkdir -p "$work/master"
 ip netns exec fog70m "$fog" master --data-dir "$work/master" --listen 0.0.0.0:8090 > "$work/master.log" 2>&1 &
 pids+=($!)
-wait_for 60 "the master" test -s "$work/master/admin-token"
+wait_until 60 "the master" test -s "$work/master/admin-token"
 export FOG_TOKEN
 FOG_TOKEN=$(cat "$work/master/admin-token")
 m() { ip netns exec fog70m "$fog" --master http://127.0.0.1:8090 "$@"; }
@@ -106,7 +94,7 @@ api() { # METHOD PATH [JSON]
   ip netns exec fog70m curl -sS -f -X "$1" -H "authorization: Bearer $FOG_TOKEN" \
     -H 'content-type: application/json' ${3:+--data "$3"} "http://127.0.0.1:8090/api/v1$2"
 }
-wait_for 60 "the master's API" api GET /health
+wait_until 60 "the master's API" api GET /health
 
 echo "== boot environment and nodes"
 boot_env=$work/bootenv-boot
@@ -140,7 +128,7 @@ $dhcp
 EOF
   ip netns exec "$ns" "$fog" serve --config "$dir/node.toml" > "$work/node-$name.log" 2>&1 &
   pids+=($!)
-  wait_for 60 "node $name" grep -q "fog serve: running" "$work/node-$name.log"
+  wait_until 60 "node $name" grep -q "fog serve: running" "$work/node-$name.log"
 }
 start_node site-a fog70a 10.71.0.1 10.70.1.1 "[dhcp]
 mode = \"full\"
@@ -261,12 +249,12 @@ round() { # FIRMWARE N
   pxe_boot_vm fog70a tap0 "$work/vm1-$fw.log" 600 "$fw" "$mac1" \
     -drive "file=$work/vm1-$fw.img,format=raw,if=virtio" || true
   echo "   VM 1 ran $((SECONDS - t0)) s"
-  wait_for 120 "capture task $capture_id complete" task_is "$capture_id" complete
+  wait_until 120 "capture task $capture_id complete" task_is "$capture_id" complete
   "$fog" image ls --store "$work/master/store" | grep -q "$image"
 
   echo "== [$fw] the image is placed on site B; node B pulls it"
   api PUT "/images/$image" "{\"name\":\"$image\",\"placement\":{\"kind\":\"nodes\",\"nodes\":[\"site-a\",\"site-b\"]}}" > /dev/null
-  wait_for 300 "$image on site B" copy_complete "$image" site-b
+  wait_until 300 "$image on site B" copy_complete "$image" site-b
 
   echo "== [$fw] VM 2 deploys at site B onto an empty disk"
   m host add "vm2-$fw" --mac "$mac2" --node site-b > /dev/null
@@ -278,7 +266,7 @@ round() { # FIRMWARE N
   pxe_boot_vm fog70b tap0 "$work/vm2-$fw.log" 600 "$fw" "$mac2" \
     -drive "file=$work/vm2-$fw.img,format=raw,if=virtio" || true
   echo "   VM 2 ran $((SECONDS - t0)) s"
-  wait_for 60 "deploy task $deploy_id complete" task_is "$deploy_id" complete
+  wait_until 60 "deploy task $deploy_id complete" task_is "$deploy_id" complete
   same_files "$work/vm2-$fw.img"
   grown "$work/vm2-$fw.img"
 
@@ -319,7 +307,7 @@ watch_one() { # FIRMWARE
     pxe_boot_vm fog70a tap0 "$work/watch-$kind.log" 600 "$fw" "$mac" \
       -drive "file=$work/watch.img,format=raw,if=virtio" || true
     kill "$tail_pid" 2> /dev/null || true
-    wait_for 120 "task $id complete" task_is "$id" complete
+    wait_until 120 "task $id complete" task_is "$id" complete
     if [ "$kind" = capture ]; then
       echo "== the VM's disk is wiped"
       rm -f "$work/watch.img"

@@ -19,6 +19,46 @@ pub struct Inventory {
     pub disks: Vec<DiskInfo>,
     /// Network cards (not loopback).
     pub nics: Vec<Nic>,
+    /// How the machine booted (absent from inventories of older agents).
+    #[serde(default)]
+    pub boot: BootInfo,
+}
+
+/// How the machine booted: its firmware, and Secure Boot as the firmware told the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootInfo {
+    /// Booted by UEFI (`/sys/firmware/efi` exists), or by BIOS; none without `/sys/firmware`.
+    pub uefi: Option<bool>,
+    /// Secure Boot on or off (off with BIOS); none when the firmware did not say.
+    pub secure_boot: Option<bool>,
+}
+
+/// Where `struct boot_params` (exported at `/sys/kernel/boot_params/data`) keeps the Secure Boot
+/// mode the EFI stub found: 0 unset, 1 unknown, 2 disabled, 3 enabled.
+const BOOT_PARAMS_SECURE_BOOT: usize = 0x1ec;
+
+/// The firmware and Secure Boot's state, from `sys`.
+pub fn boot_info(sys: &Path) -> BootInfo {
+    if !sys.join("firmware").is_dir() {
+        return BootInfo::default();
+    }
+    if !sys.join("firmware/efi").is_dir() {
+        return BootInfo {
+            uefi: Some(false),
+            secure_boot: Some(false),
+        };
+    }
+    let mode = fs::read(sys.join("kernel/boot_params/data"))
+        .ok()
+        .and_then(|data| data.get(BOOT_PARAMS_SECURE_BOOT).copied());
+    BootInfo {
+        uefi: Some(true),
+        secure_boot: match mode {
+            Some(3) => Some(true),
+            Some(2) => Some(false),
+            _ => None,
+        },
+    }
 }
 
 /// SMBIOS identity.
@@ -217,6 +257,7 @@ pub fn collect(sys: &Path, proc: &Path) -> Inventory {
             .and_then(|t| parse_meminfo(&t)),
         disks: disks(sys),
         nics: nics(sys),
+        boot: boot_info(sys),
     }
 }
 
@@ -276,6 +317,31 @@ mod tests {
             "MemTotal:       16303716 kB\nMemFree:         1203716 kB\n",
         );
         (dir, sys, proc)
+    }
+
+    #[test]
+    fn secure_boot_comes_from_the_boot_params() {
+        let (_dir, sys, _) = fixture();
+        assert_eq!(boot_info(&sys), BootInfo::default(), "no /sys/firmware: unknown");
+        fs::create_dir_all(sys.join("firmware/acpi")).expect("mkdir");
+        assert_eq!(
+            boot_info(&sys),
+            BootInfo {
+                uefi: Some(false),
+                secure_boot: Some(false)
+            },
+            "BIOS"
+        );
+        fs::create_dir_all(sys.join("firmware/efi")).expect("mkdir");
+        assert_eq!(boot_info(&sys).secure_boot, None, "UEFI, nothing said");
+        for (mode, want) in [(3u8, Some(true)), (2, Some(false)), (1, None)] {
+            let mut params = vec![0u8; 4096];
+            params[BOOT_PARAMS_SECURE_BOOT] = mode;
+            fs::create_dir_all(sys.join("kernel/boot_params")).expect("mkdir");
+            fs::write(sys.join("kernel/boot_params/data"), &params).expect("write");
+            let got = boot_info(&sys);
+            assert_eq!((got.uefi, got.secure_boot), (Some(true), want), "mode {mode}");
+        }
     }
 
     #[test]

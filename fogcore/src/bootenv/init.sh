@@ -43,11 +43,16 @@ parse_cmdline() {
 }
 
 load_modules() {
-  loaded=0
+  loaded=0 total=0 failed=
   for m in $(cat /lib/modules/order 2>/dev/null); do
-    insmod "/lib/modules/$m.ko" 2>/dev/null && loaded=$((loaded + 1))
+    total=$((total + 1))
+    if insmod "/lib/modules/$m.ko" 2>/dev/null; then
+      loaded=$((loaded + 1))
+    else
+      failed="$failed $m"
+    fi
   done
-  say "loaded $loaded kernel modules"
+  say "loaded $loaded of $total kernel modules${failed:+; not loaded:$failed}"
 }
 
 # Every card but lo gets a lease attempt, all at once; true when one got an address.

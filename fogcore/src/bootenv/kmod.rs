@@ -29,6 +29,9 @@ pub const DEFAULT_MODULES: &[&str] = &[
     // Resizing deploys reach a partition through a loop device, and mount XFS and btrfs to
     // grow them.
     "loop",
+    // libcrc32c (which XFS and btrfs need) asks the crypto API for crc32c, a soft dependency
+    // modules.dep does not list: without it both fail to load.
+    "crc32c_generic",
     "xfs",
     "btrfs",
 ];

@@ -239,7 +239,7 @@ impl BootScripts for NodeBootScripts {
             Some(task) => {
                 let t = &task.task;
                 let what = format!("task {}: {} on {}", t.id, t.kind.as_str(), t.host);
-                grub::agent_config(mac, &self.agent_files(), &self.agent_args(mac, &task, base), &what)
+                grub::agent_config(&self.agent_files(), &self.agent_args(mac, &task, base), &what)
             }
             None => self.others.grub_config(mac, base),
         }

@@ -24,12 +24,6 @@ pub fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-/// A host's config, as `grub/grub.cfg` names it from `$net_default_mac`:
-/// `grub/mac/52:54:00:12:34:56`.
-pub fn host_config_path(mac: [u8; 6]) -> String {
-    format!("{CONFIG_DIR}/mac/{}", format_mac(mac))
-}
-
 /// The MAC of a per-host config path (`grub/mac/52:54:00:12:34:56`, or the
 /// `grub/grub.cfg-01-52-54-00-12-34-56` newer GRUBs try first), if `path` is one.
 fn mac_of_config_path(path: &str) -> Option<[u8; 6]> {
@@ -62,40 +56,56 @@ fn header(what: &str) -> String {
 }
 
 /// GRUB lines that boot the environment with `args`: kernel and initramfs from the TFTP root
-/// (GRUB's `$root` is the server it was loaded from). The `initrd=` argument iPXE passes is
-/// left out: GRUB hands the initramfs over itself.
-pub fn boot_lines(files: &AgentFiles, args: &AgentArgs) -> String {
+/// (GRUB's `$root` is the server it was loaded from; Debian's GRUB has no HTTP under Secure
+/// Boot). The `initrd=` argument iPXE passes is left out: GRUB hands the initramfs over itself.
+/// When the boot fails (no boot environment on the node, or a kernel the chain refuses) they say
+/// so and reboot after `wait_secs`, to ask the node again from PXE: GRUB cannot try a second
+/// kernel in one session (it faults under Secure Boot).
+pub fn boot_lines(files: &AgentFiles, args: &AgentArgs, wait_secs: u32) -> String {
     let words: Vec<String> = files.fog_args(args).split_whitespace().map(quote).collect();
+    // The console cuts lines at ~79 columns: the message is two lines.
     format!(
         "linux /{kernel} {words}\n\
          initrd /{initrd}\n\
-         boot\n",
+         boot\n\
+         echo {failed}\n\
+         echo 'fog: is it built on this node, and signed? rebooting in {wait_secs} s'\n\
+         sleep {wait_secs}\n\
+         reboot\n",
         kernel = files.kernel.trim_start_matches('/'),
         initrd = files.initrd.trim_start_matches('/'),
         words = words.join(" "),
+        failed = quote(&format!(
+            "fog: cannot boot the agent from /{}",
+            files.kernel.trim_start_matches('/')
+        )),
     )
 }
 
-/// The config of a host with a task: boot the agent at once. When that fails (no boot
-/// environment on the node, or a kernel the chain refuses), say so and ask the node again.
-pub fn agent_config(mac: [u8; 6], files: &AgentFiles, args: &AgentArgs, what: &str) -> String {
+/// The config of a host with a task: boot the agent at once.
+pub fn agent_config(files: &AgentFiles, args: &AgentArgs, what: &str) -> String {
     format!(
         "{header}\
          echo {loading}\n\
-         {boot}\
-         echo {failed}\n\
-         sleep 30\n\
-         configfile /{path}\n",
+         {boot}",
         header = header(&one_line(what)),
         loading = quote(&format!("fog: {}; loading the agent", one_line(what))),
-        boot = boot_lines(files, args),
-        failed = quote(&format!(
-            "fog: cannot boot the agent from /{} (is the boot environment built on this node, and signed?); retrying in 30 s",
-            files.kernel
-        )),
-        path = host_config_path(mac),
+        boot = boot_lines(files, args, 30),
     )
 }
+
+/// The local disk's boot loader: Windows Boot Manager, else the removable-media path every
+/// installed system keeps, on the first disk that has it (chainloaded, so Secure Boot checks
+/// it). `exit` would leave OVMF, and some firmwares, in their setup screen, not at the next boot
+/// entry; it is the last resort.
+const LOCAL_DISK: &str = "  echo 'Booting from the local disk'\n\
+  for loader in /EFI/Microsoft/Boot/bootmgfw.efi /EFI/BOOT/BOOTX64.EFI; do\n\
+    if search --no-floppy --file --set=root \"$loader\"; then\n\
+      chainloader \"$loader\"\n\
+      boot\n\
+    fi\n\
+  done\n\
+  exit\n";
 
 /// The menu as GRUB shows it: the same items as iPXE's (local disk by default after the
 /// timeout, the boot environment's items with `fog.master` = `base`), and Secure Boot's state.
@@ -112,8 +122,7 @@ pub fn menu_config(menu: &DefaultMenu, mac: Option<[u8; 6]>, base: &str) -> Stri
         "set timeout={}\n\
          set default={default_item}\n\
          menuentry 'Boot from the local disk' --id local {{\n\
-         \x20 echo 'Booting from the local disk'\n\
-         \x20 exit\n\
+         {LOCAL_DISK}\
          }}\n",
         menu.timeout_ms.div_ceil(1000),
     ));
@@ -125,7 +134,10 @@ pub fn menu_config(menu: &DefaultMenu, mac: Option<[u8; 6]>, base: &str) -> Stri
                 mac: mac.map(format_mac),
                 ..AgentArgs::default()
             };
-            let lines: String = boot_lines(files, &args).lines().map(|l| format!("  {l}\n")).collect();
+            let lines: String = boot_lines(files, &args, 10)
+                .lines()
+                .map(|l| format!("  {l}\n"))
+                .collect();
             out.push_str(&format!(
                 "menuentry {title} --id {label} {{\n  echo {echo}\n{lines}}}\n",
                 title = quote(text),
@@ -155,25 +167,10 @@ impl VirtualFiles for GrubConfigs {
             loader_config(&self.scripts.grub_menu(&self.base))
         } else {
             let mac = mac_of_config_path(path)?;
-            let config = self.scripts.grub_config(mac, &self.base);
-            let chain = if config.contains("\nlinux ") && !config.contains("menuentry ") {
-                "the agent"
-            } else {
-                "the menu"
-            };
-            tracing::info!(mac = %format_mac(mac), %client, "boot: signed chain: GRUB config gives {chain}");
-            config
+            tracing::info!(mac = %format_mac(mac), %client, "boot: signed chain: GRUB asks for its config");
+            self.scripts.grub_config(mac, &self.base)
         };
         Some(bytes::Bytes::from(config))
-    }
-}
-
-/// Several [`VirtualFiles`] handlers, asked in order.
-pub struct Chained(pub Vec<Arc<dyn VirtualFiles>>);
-
-impl VirtualFiles for Chained {
-    fn open(&self, path: &str, client: SocketAddr) -> Option<bytes::Bytes> {
-        self.0.iter().find_map(|files| files.open(path, client))
     }
 }
 
@@ -192,7 +189,6 @@ mod tests {
 
     #[test]
     fn config_paths_name_the_mac() {
-        assert_eq!(host_config_path(MAC), "grub/mac/52:54:00:12:34:56");
         assert_eq!(mac_of_config_path("grub/mac/52:54:00:12:34:56"), Some(MAC));
         assert_eq!(mac_of_config_path("grub/grub.cfg-01-52-54-00-12-34-56"), Some(MAC));
         assert_eq!(mac_of_config_path("grub/mac/"), None);
@@ -211,14 +207,18 @@ mod tests {
             image: Some("it's $bad; reboot".into()),
             ..AgentArgs::default()
         };
-        let config = agent_config(MAC, &AgentFiles::default(), &args, "task 7: deploy on pc-01");
+        let config = agent_config(&AgentFiles::default(), &args, "task 7: deploy on pc-01");
         let linux = config.lines().find(|l| l.starts_with("linux ")).unwrap_or_default();
         assert_eq!(
             linux,
             r"linux /bootenv/vmlinuz 'console=tty0' 'console=ttyS0,115200n8' 'fog.master=http://10.99.0.1:8080' 'fog.task=7' 'fog.action=deploy' 'fog.token=fogt_7_x' 'fog.image=it'\''s' '$bad;' 'reboot'"
         );
-        assert!(config.contains("\ninitrd /bootenv/initrd.img\nboot\n"));
-        assert!(config.ends_with("configfile /grub/mac/52:54:00:12:34:56\n"));
+        assert!(config.contains("\ninitrd /bootenv/initrd.img\nboot\necho 'fog: cannot boot the agent"));
+        assert!(
+            config.ends_with("sleep 30\nreboot\n"),
+            "a failed boot starts over from PXE"
+        );
+        assert_eq!(config.matches("linux ").count(), 1, "one kernel per GRUB session");
         assert!(!config.contains("initrd=initrd.img"));
     }
 

@@ -27,10 +27,10 @@ use super::config::ServeConfig;
 use crate::error::{Error, Result};
 use crate::net::boot::DefaultBootPolicy;
 use crate::net::dhcp::DhcpServer;
-use crate::net::grub::{Chained, GrubConfigs};
+use crate::net::grub::GrubConfigs;
 use crate::net::http::{BootScripts, HostFilesOrMenu, HttpService, chain_script};
 use crate::net::ra::RaResponder;
-use crate::net::tftp::{TftpServer, VirtualFiles};
+use crate::net::tftp::{ChainedFiles, TftpServer, VirtualFiles};
 
 /// How long running requests and transfers may go on after a stop.
 const GRACE: Duration = Duration::from_secs(3);
@@ -143,7 +143,7 @@ async fn bind_all(
         // Generated per client: iPXE's chain script, and GRUB's configs for the signed chain
         // (their agent talks to the node's HTTP, so both need it).
         let generated: Option<Arc<dyn VirtualFiles>> = http_base.clone().map(|base| {
-            Arc::new(Chained(vec![
+            Arc::new(ChainedFiles(vec![
                 Arc::new(ChainScript { base: base.clone() }),
                 Arc::new(GrubConfigs { scripts, base }),
             ])) as Arc<dyn VirtualFiles>

@@ -129,6 +129,15 @@ pub trait VirtualFiles: Send + Sync {
     fn open(&self, path: &str, client: SocketAddr) -> Option<bytes::Bytes>;
 }
 
+/// Several [`VirtualFiles`] handlers, asked in order.
+pub struct ChainedFiles(pub Vec<std::sync::Arc<dyn VirtualFiles>>);
+
+impl VirtualFiles for ChainedFiles {
+    fn open(&self, path: &str, client: SocketAddr) -> Option<bytes::Bytes> {
+        self.0.iter().find_map(|files| files.open(path, client))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
