@@ -15,8 +15,9 @@
 # - a UEFI VM with Secure Boot off boots through the same chain and completes its task.
 # (BIOS with "auto" still boots iPXE: 60-bootenv; UEFI with "off" boots iPXE: 45-pxe, 70-sites.)
 set -euo pipefail
-# A failing command names itself and its line (scripts/e2e repeats it at the end).
-trap 'echo "!! ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND (exit $?)"' ERR
+# A command that fails the part names itself and its line (scripts/e2e repeats it at the end);
+# failures expected under `set +e` stay quiet.
+trap 'case $- in *e*) echo "!! ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND (exit $?)" ;; esac' ERR
 cd "$(dirname "$0")/../.."
 source scripts/lib/pxe.sh
 source scripts/lib/wait.sh

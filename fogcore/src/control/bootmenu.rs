@@ -174,6 +174,14 @@ impl Recheck {
 }
 
 impl NodeBootScripts {
+    /// The task the host with `mac` boots the agent for, asked again of the master first.
+    fn task_to_boot(&self, mac: [u8; 6]) -> Option<BootTask> {
+        if let (Some(recheck), Some(_)) = (&self.recheck, self.tasks.get(mac)) {
+            recheck.refresh(&self.tasks);
+        }
+        self.tasks.get(mac)
+    }
+
     fn agent_files(&self) -> AgentFiles {
         AgentFiles {
             kernel: self.kernel.clone(),
@@ -250,16 +258,6 @@ impl BootScripts for NodeBootScripts {
     }
 }
 
-impl NodeBootScripts {
-    /// The task the host with `mac` boots the agent for, asked again of the master first.
-    fn task_to_boot(&self, mac: [u8; 6]) -> Option<BootTask> {
-        if let (Some(recheck), Some(_)) = (&self.recheck, self.tasks.get(mac)) {
-            recheck.refresh(&self.tasks);
-        }
-        self.tasks.get(mac)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,5 +331,25 @@ mod tests {
         assert!(s.script(mac).contains("choose --timeout"));
         s.tasks.replace(vec![boot_task(TaskKind::Multicast)]);
         assert!(s.script(mac).contains("fog.token="), "a multicast task boots the agent");
+    }
+
+    #[test]
+    fn grub_gets_the_same_decision() {
+        let s = scripts();
+        s.tasks.replace(vec![boot_task(TaskKind::Deploy)]);
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let config = s.grub_config(mac, "http://10.99.0.1:8080");
+        let linux = config.lines().find(|l| l.starts_with("linux ")).unwrap_or_default();
+        for arg in [
+            "'fog.task=42'".to_string(),
+            "'fog.action=deploy'".to_string(),
+            format!("'fog.token={}'", task_token("fog_abc", "site-a", 42)),
+            "'chain'".to_string(),
+        ] {
+            assert!(linux.contains(&arg), "{arg} missing from {linux}");
+        }
+        assert!(!config.contains("menuentry"), "a task boots at once");
+        let menu = s.grub_config([0x52, 0x54, 0, 0, 0, 1], "http://10.99.0.1:8080");
+        assert!(menu.contains("--id local ") && !menu.contains("fog.token"));
     }
 }
