@@ -146,6 +146,16 @@ pub const SHIM_FILE: &str = "shimx64.efi";
 /// The signed GRUB network image, where shim looks for it.
 pub const SIGNED_GRUB_FILE: &str = "grubx64.efi";
 
+impl SecureBoot {
+    /// The boot files this mode sends clients to beside the configured iPXE ones.
+    pub fn signed_chain_files(self) -> &'static [&'static str] {
+        match self {
+            SecureBoot::Auto => &[SHIM_FILE, SIGNED_GRUB_FILE],
+            SecureBoot::Off => &[],
+        }
+    }
+}
+
 /// Firmware -> iPXE binary (or the signed chain) over TFTP; iPXE and HTTP boot -> the node's
 /// HTTP script.
 #[derive(Debug, Clone)]

@@ -916,13 +916,9 @@ impl ServeConfig {
         if self.tftp.is_none() && self.http.is_none() {
             return Vec::new();
         }
-        let signed_chain: &[&str] = match self.boot.secure_boot {
-            crate::net::boot::SecureBoot::Auto => &[crate::net::boot::SHIM_FILE, crate::net::boot::SIGNED_GRUB_FILE],
-            crate::net::boot::SecureBoot::Off => &[],
-        };
         [self.boot.bios_file.as_str(), self.boot.uefi_x64_file.as_str()]
             .into_iter()
-            .chain(signed_chain.iter().copied())
+            .chain(self.boot.secure_boot.signed_chain_files().iter().copied())
             .map(|f| self.boot_dir.join(f))
             .filter(|p| !p.is_file())
             .collect()

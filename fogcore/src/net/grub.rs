@@ -110,12 +110,7 @@ const LOCAL_DISK: &str = "  echo 'Booting from the local disk'\n\
 /// The menu as GRUB shows it: the same items as iPXE's (local disk by default after the
 /// timeout, the boot environment's items with `fog.master` = `base`), and Secure Boot's state.
 pub fn menu_config(menu: &DefaultMenu, mac: Option<[u8; 6]>, base: &str) -> String {
-    let agent = menu.agent.as_ref().filter(|_| !base.is_empty());
-    let default_item = if agent.is_some() && AGENT_ITEMS.iter().any(|(label, ..)| *label == menu.default_item) {
-        menu.default_item.as_str()
-    } else {
-        "local"
-    };
+    let (agent, default_item) = menu.agent_and_default(base);
     let who = mac.map_or_else(|| "this machine".to_string(), format_mac);
     let mut out = header(&format!("boot menu for {who}"));
     out.push_str(&format!(

@@ -170,6 +170,17 @@ impl Default for DefaultMenu {
     }
 }
 
+impl DefaultMenu {
+    /// The boot environment the menu offers when served from `base` (none without a base URL),
+    /// and the item taken after the timeout: `default_item` when it is offered, else `local`.
+    /// iPXE's menu and GRUB's ([`crate::net::grub::menu_config`]) share it.
+    pub fn agent_and_default(&self, base: &str) -> (Option<&AgentFiles>, &str) {
+        let agent = self.agent.as_ref().filter(|_| !base.is_empty());
+        let offered = agent.is_some() && AGENT_ITEMS.iter().any(|(label, ..)| *label == self.default_item);
+        (agent, if offered { self.default_item.as_str() } else { "local" })
+    }
+}
+
 /// The menu's boot-environment items: (label, text, `fog.action`).
 pub const AGENT_ITEMS: &[(&str, &str, &str)] = &[
     ("register", "Quick registration", "register"),
@@ -187,12 +198,7 @@ impl BootScripts for DefaultMenu {
 
     fn script_at(&self, mac: [u8; 6], base: &str) -> String {
         let mac = format_mac(mac);
-        let agent = self.agent.as_ref().filter(|_| !base.is_empty());
-        let default_item = if agent.is_some() && AGENT_ITEMS.iter().any(|(label, ..)| *label == self.default_item) {
-            self.default_item.as_str()
-        } else {
-            "local"
-        };
+        let (agent, default_item) = self.agent_and_default(base);
         let base = base.trim_end_matches('/');
         let mut items = String::new();
         let mut targets = String::new();
